@@ -1,0 +1,32 @@
+//! dasmesh-wire: the dasmesh block protocol as pure code.
+//!
+//! Everything a peer needs to speak the protocol lives here: the handshake ([`Hello`],
+//! [`HelloReply`]), request and reply headers ([`RequestHeader`], [`ReplyHeader`]), the SEARCH
+//! body and matcher, the [`Status`] codes, and the ed25519-signed capability [`Token`].
+//! There is no I/O and no `unsafe` here; `docs/protocol.md` is the contract this crate implements.
+#![forbid(unsafe_code)]
+
+mod frame;
+mod handshake;
+mod ids;
+mod search;
+mod status;
+mod token;
+pub mod units;
+
+pub use frame::{
+    check_request, Op, ReplyHeader, RequestHeader, RequestLimits, SearchBody, FLAG_FUA,
+    REPLY_FLAG_TRUNCATED, REPLY_HEADER_LEN, REPLY_MAGIC, REQUEST_HEADER_LEN, REQUEST_MAGIC,
+    SEARCH_BODY_LEN, SEARCH_PATTERN_MAX,
+};
+pub use handshake::{
+    negotiate_version, Capabilities, Hello, HelloReply, HELLO_LEN, HELLO_MAGIC, HELLO_REPLY_LEN,
+    MAX_TOKEN_LEN, PROTOCOL_VERSION,
+};
+pub use ids::{DeviceId, Epoch, NodeId, Tag, VolumeId};
+pub use search::Searcher;
+pub use status::Status;
+pub use token::{
+    key_from_text, key_to_text, signing_key_from_text, verifying_key_from_text, Claim, Rights,
+    SigningKey, Token, TokenError, VerifyingKey, CLAIM_LEN, TOKEN_LEN, TOKEN_TEXT_PREFIX,
+};

@@ -1,0 +1,425 @@
+//! Capability tokens: a fixed-size [`Claim`] signed with ed25519 by the control plane.
+//!
+//! Binary form (what the handshake carries): the 88-byte claim followed by the 64-byte signature.
+//! Text form (what people and files carry): `dmt1.` + unpadded URL-safe base64 of the binary.
+//! The signature covers `SIGNING_CONTEXT || claim bytes`.
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use bytemuck::{Pod, Zeroable};
+use ed25519_dalek::{Signature, Signer as _};
+pub use ed25519_dalek::{SigningKey, VerifyingKey};
+use thiserror::Error;
+
+use crate::ids::{DeviceId, Epoch, NodeId, VolumeId};
+use crate::status::Status;
+
+/// Size of the claim.
+pub const CLAIM_LEN: usize = 88;
+/// Size of a binary token (claim + signature).
+pub const TOKEN_LEN: usize = CLAIM_LEN + 64;
+/// Prefix of the text form.
+pub const TOKEN_TEXT_PREFIX: &str = "dmt1.";
+const CLAIM_MAGIC: [u8; 4] = *b"DMTK";
+const CLAIM_FORMAT: u8 = 1;
+const SIGNING_CONTEXT: &[u8; 16] = b"dasmesh-token-v1";
+
+/// What a token lets its holder do.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Rights {
+    /// READ and SEARCH (and FLUSH).
+    ReadOnly = 1,
+    /// Everything.
+    ReadWrite = 2,
+}
+
+impl Rights {
+    /// Whether write-class ops are allowed.
+    pub fn writable(self) -> bool {
+        self == Rights::ReadWrite
+    }
+}
+
+/// Why a token was refused.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum TokenError {
+    /// Text form without the `dmt1.` prefix or with invalid base64.
+    #[error("token text is not `{TOKEN_TEXT_PREFIX}` followed by base64url")]
+    BadEncoding,
+    /// A key file that is not 64 hex digits of a valid ed25519 key.
+    #[error("key is not 64 hex digits of a valid ed25519 key")]
+    BadKey,
+    /// Binary form of the wrong size.
+    #[error("token is {0} bytes, expected {TOKEN_LEN}")]
+    BadLength(usize),
+    /// Claim magic, format version, rights or reserved bytes invalid.
+    #[error("token claim is malformed: {0}")]
+    BadClaim(&'static str),
+    /// The signature does not verify with the trusted key.
+    #[error("token signature does not verify with the trusted key")]
+    BadSignature,
+    /// The expiry has passed.
+    #[error("token expired at {expires_at_ms} ms (now {now_ms} ms since the epoch)")]
+    Expired {
+        /// The token's expiry.
+        expires_at_ms: u64,
+        /// The time of the check.
+        now_ms: u64,
+    },
+    /// The token names another node.
+    #[error("token is for node {token}, this is node {node}")]
+    WrongNode {
+        /// The token's node.
+        token: NodeId,
+        /// The checking node.
+        node: NodeId,
+    },
+    /// The token names another device.
+    #[error("token is for device {token}, the request is for device {requested}")]
+    WrongDevice {
+        /// The token's device.
+        token: DeviceId,
+        /// The device asked for.
+        requested: DeviceId,
+    },
+}
+
+impl TokenError {
+    /// The wire status this refusal is reported with.
+    pub fn status(&self) -> Status {
+        match self {
+            TokenError::BadEncoding
+            | TokenError::BadKey
+            | TokenError::BadLength(_)
+            | TokenError::BadClaim(_)
+            | TokenError::BadSignature => Status::BadToken,
+            TokenError::Expired { .. } => Status::Expired,
+            TokenError::WrongNode { .. } => Status::WrongNode,
+            TokenError::WrongDevice { .. } => Status::WrongDevice,
+        }
+    }
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct RawClaim {
+    magic: [u8; 4],
+    format: u8,
+    rights: u8,
+    reserved0: [u8; 2],
+    node_id: [u8; 8],
+    volume_id: [u8; 8],
+    device_id: [u8; 4],
+    reserved1: [u8; 4],
+    range_offset: [u8; 8],
+    range_length: [u8; 8],
+    epoch: [u8; 8],
+    issued_at_ms: [u8; 8],
+    expires_at_ms: [u8; 8],
+    nonce: [u8; 8],
+    reserved2: [u8; 8],
+}
+
+/// What the control plane lends: a byte range of one device on one node, with rights, a fencing
+/// epoch and an expiry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Claim {
+    /// The node (0: any node).
+    pub node_id: NodeId,
+    /// The volume the range belongs to (0 when minted by hand).
+    pub volume_id: VolumeId,
+    /// The device on that node.
+    pub device_id: DeviceId,
+    /// Start of the lent byte range (block-aligned).
+    pub range_offset: u64,
+    /// Length of the lent byte range.
+    pub range_length: u64,
+    /// Read-only or read-write.
+    pub rights: Rights,
+    /// Fencing epoch.
+    pub epoch: Epoch,
+    /// When it was issued, ms since the Unix epoch.
+    pub issued_at_ms: u64,
+    /// When it stops being valid, ms since the Unix epoch.
+    pub expires_at_ms: u64,
+    /// Random, so two otherwise equal tokens differ.
+    pub nonce: u64,
+}
+
+impl Claim {
+    /// Encodes to the 88 claim bytes.
+    pub fn encode(&self) -> [u8; CLAIM_LEN] {
+        bytemuck::cast(RawClaim {
+            magic: CLAIM_MAGIC,
+            format: CLAIM_FORMAT,
+            rights: self.rights as u8,
+            reserved0: [0; 2],
+            node_id: self.node_id.0.to_le_bytes(),
+            volume_id: self.volume_id.0.to_le_bytes(),
+            device_id: self.device_id.0.to_le_bytes(),
+            reserved1: [0; 4],
+            range_offset: self.range_offset.to_le_bytes(),
+            range_length: self.range_length.to_le_bytes(),
+            epoch: self.epoch.0.to_le_bytes(),
+            issued_at_ms: self.issued_at_ms.to_le_bytes(),
+            expires_at_ms: self.expires_at_ms.to_le_bytes(),
+            nonce: self.nonce.to_le_bytes(),
+            reserved2: [0; 8],
+        })
+    }
+
+    /// Decodes 88 claim bytes.
+    pub fn decode(bytes: &[u8]) -> Result<Self, TokenError> {
+        let raw: &RawClaim = bytes
+            .get(..CLAIM_LEN)
+            .map(bytemuck::from_bytes)
+            .ok_or(TokenError::BadLength(bytes.len()))?;
+        if raw.magic != CLAIM_MAGIC {
+            return Err(TokenError::BadClaim("bad magic"));
+        }
+        if raw.format != CLAIM_FORMAT {
+            return Err(TokenError::BadClaim("unknown claim format"));
+        }
+        if raw.reserved0 != [0; 2] || raw.reserved1 != [0; 4] || raw.reserved2 != [0; 8] {
+            return Err(TokenError::BadClaim("reserved bytes set"));
+        }
+        let rights = match raw.rights {
+            1 => Rights::ReadOnly,
+            2 => Rights::ReadWrite,
+            _ => return Err(TokenError::BadClaim("unknown rights")),
+        };
+        Ok(Self {
+            node_id: NodeId(u64::from_le_bytes(raw.node_id)),
+            volume_id: VolumeId(u64::from_le_bytes(raw.volume_id)),
+            device_id: DeviceId(u32::from_le_bytes(raw.device_id)),
+            range_offset: u64::from_le_bytes(raw.range_offset),
+            range_length: u64::from_le_bytes(raw.range_length),
+            rights,
+            epoch: Epoch(u64::from_le_bytes(raw.epoch)),
+            issued_at_ms: u64::from_le_bytes(raw.issued_at_ms),
+            expires_at_ms: u64::from_le_bytes(raw.expires_at_ms),
+            nonce: u64::from_le_bytes(raw.nonce),
+        })
+    }
+
+    /// Signs this claim into a token.
+    pub fn sign(&self, key: &SigningKey) -> Token {
+        let claim = self.encode();
+        let signature = key.sign(&signed_message(&claim)).to_bytes();
+        let mut bytes = [0u8; TOKEN_LEN];
+        bytes[..CLAIM_LEN].copy_from_slice(&claim);
+        bytes[CLAIM_LEN..].copy_from_slice(&signature);
+        Token { bytes }
+    }
+}
+
+fn signed_message(claim: &[u8; CLAIM_LEN]) -> [u8; SIGNING_CONTEXT.len() + CLAIM_LEN] {
+    let mut msg = [0u8; SIGNING_CONTEXT.len() + CLAIM_LEN];
+    msg[..SIGNING_CONTEXT.len()].copy_from_slice(SIGNING_CONTEXT);
+    msg[SIGNING_CONTEXT.len()..].copy_from_slice(claim);
+    msg
+}
+
+/// A signed claim, as carried in the handshake. Holding one proves nothing until [`Token::verify`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Token {
+    bytes: [u8; TOKEN_LEN],
+}
+
+impl Token {
+    /// The binary form.
+    pub fn as_bytes(&self) -> &[u8; TOKEN_LEN] {
+        &self.bytes
+    }
+
+    /// Takes the binary form; checks only the length (verify checks the rest).
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, TokenError> {
+        let bytes: [u8; TOKEN_LEN] = bytes
+            .try_into()
+            .map_err(|_| TokenError::BadLength(bytes.len()))?;
+        Ok(Self { bytes })
+    }
+
+    /// The one-line text form.
+    pub fn to_text(&self) -> String {
+        format!("{TOKEN_TEXT_PREFIX}{}", URL_SAFE_NO_PAD.encode(self.bytes))
+    }
+
+    /// Parses the text form (surrounding whitespace is ignored).
+    pub fn from_text(text: &str) -> Result<Self, TokenError> {
+        let b64 = text
+            .trim()
+            .strip_prefix(TOKEN_TEXT_PREFIX)
+            .ok_or(TokenError::BadEncoding)?;
+        let bytes = URL_SAFE_NO_PAD
+            .decode(b64)
+            .map_err(|_| TokenError::BadEncoding)?;
+        Self::from_bytes(&bytes)
+    }
+
+    /// The claim, unverified (for display; never for access decisions).
+    pub fn claim_unverified(&self) -> Result<Claim, TokenError> {
+        Claim::decode(&self.bytes[..CLAIM_LEN])
+    }
+
+    /// Checks the signature with `key`, then the expiry against `now_ms`, the node (a claim for
+    /// node 0 is good on any node) and the device. Returns the claim when all hold.
+    pub fn verify(
+        &self,
+        key: &VerifyingKey,
+        now_ms: u64,
+        node: NodeId,
+        device: DeviceId,
+    ) -> Result<Claim, TokenError> {
+        let claim_bytes: &[u8; CLAIM_LEN] = self.bytes[..CLAIM_LEN]
+            .try_into()
+            .map_err(|_| TokenError::BadLength(TOKEN_LEN))?;
+        let sig_bytes: [u8; 64] = self.bytes[CLAIM_LEN..]
+            .try_into()
+            .map_err(|_| TokenError::BadLength(TOKEN_LEN))?;
+        key.verify_strict(
+            &signed_message(claim_bytes),
+            &Signature::from_bytes(&sig_bytes),
+        )
+        .map_err(|_| TokenError::BadSignature)?;
+        let claim = Claim::decode(claim_bytes)?;
+        if now_ms >= claim.expires_at_ms {
+            return Err(TokenError::Expired {
+                expires_at_ms: claim.expires_at_ms,
+                now_ms,
+            });
+        }
+        if claim.node_id != NodeId(0) && claim.node_id != node {
+            return Err(TokenError::WrongNode {
+                token: claim.node_id,
+                node,
+            });
+        }
+        if claim.device_id != device {
+            return Err(TokenError::WrongDevice {
+                token: claim.device_id,
+                requested: device,
+            });
+        }
+        Ok(claim)
+    }
+}
+
+/// The text form of a key file: 64 lowercase hex digits of the 32 key bytes, one line.
+pub fn key_to_text(bytes: &[u8; 32]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Parses a key file's text (64 hex digits; surrounding whitespace ignored).
+pub fn key_from_text(text: &str) -> Result<[u8; 32], TokenError> {
+    let t = text.trim();
+    if t.len() != 64 || !t.is_ascii() {
+        return Err(TokenError::BadKey);
+    }
+    let mut out = [0u8; 32];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = u8::from_str_radix(&t[2 * i..2 * i + 2], 16).map_err(|_| TokenError::BadKey)?;
+    }
+    Ok(out)
+}
+
+/// Parses a public-key file's text into a verifying key.
+pub fn verifying_key_from_text(text: &str) -> Result<VerifyingKey, TokenError> {
+    VerifyingKey::from_bytes(&key_from_text(text)?).map_err(|_| TokenError::BadKey)
+}
+
+/// Parses a signing-key file's text (the 32-byte seed).
+pub fn signing_key_from_text(text: &str) -> Result<SigningKey, TokenError> {
+    Ok(SigningKey::from_bytes(&key_from_text(text)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key() -> SigningKey {
+        SigningKey::from_bytes(&[7u8; 32])
+    }
+
+    fn claim() -> Claim {
+        Claim {
+            node_id: NodeId(5),
+            volume_id: VolumeId(9),
+            device_id: DeviceId(1),
+            range_offset: 4096,
+            range_length: 1 << 20,
+            rights: Rights::ReadWrite,
+            epoch: Epoch(3),
+            issued_at_ms: 1_000,
+            expires_at_ms: 2_000,
+            nonce: 42,
+        }
+    }
+
+    #[test]
+    fn sign_verify_text_round_trip() {
+        let t = claim().sign(&key());
+        let t2 = Token::from_text(&t.to_text()).unwrap();
+        assert_eq!(t, t2);
+        let c = t2
+            .verify(&key().verifying_key(), 1_500, NodeId(5), DeviceId(1))
+            .unwrap();
+        assert_eq!(c, claim());
+    }
+
+    #[test]
+    fn refusals() {
+        let t = claim().sign(&key());
+        let vk = key().verifying_key();
+        let other = SigningKey::from_bytes(&[8u8; 32]).verifying_key();
+        assert_eq!(
+            t.verify(&other, 1_500, NodeId(5), DeviceId(1)),
+            Err(TokenError::BadSignature)
+        );
+        assert!(matches!(
+            t.verify(&vk, 2_000, NodeId(5), DeviceId(1)),
+            Err(TokenError::Expired { .. })
+        ));
+        assert!(matches!(
+            t.verify(&vk, 1_500, NodeId(6), DeviceId(1)),
+            Err(TokenError::WrongNode { .. })
+        ));
+        assert!(matches!(
+            t.verify(&vk, 1_500, NodeId(5), DeviceId(0)),
+            Err(TokenError::WrongDevice { .. })
+        ));
+        for i in 0..TOKEN_LEN {
+            let mut b = *t.as_bytes();
+            b[i] ^= 0x01;
+            let r = Token::from_bytes(&b)
+                .unwrap()
+                .verify(&vk, 1_500, NodeId(5), DeviceId(1));
+            assert_eq!(r.unwrap_err().status(), Status::BadToken, "bit flip at {i}");
+        }
+        assert_eq!(Token::from_text("dmt1.@@"), Err(TokenError::BadEncoding));
+        assert_eq!(Token::from_text("xyz"), Err(TokenError::BadEncoding));
+        assert_eq!(Token::from_bytes(&[0; 3]), Err(TokenError::BadLength(3)));
+    }
+
+    #[test]
+    fn key_text_round_trip() {
+        let k = key();
+        let pk = verifying_key_from_text(&key_to_text(k.verifying_key().as_bytes())).unwrap();
+        assert_eq!(pk, k.verifying_key());
+        let sk = signing_key_from_text(&format!("{}\n", key_to_text(&k.to_bytes()))).unwrap();
+        assert_eq!(sk.to_bytes(), k.to_bytes());
+        assert_eq!(key_from_text("zz"), Err(TokenError::BadKey));
+        assert_eq!(key_from_text(&"g".repeat(64)), Err(TokenError::BadKey));
+    }
+
+    #[test]
+    fn any_node_claim() {
+        let mut c = claim();
+        c.node_id = NodeId(0);
+        let t = c.sign(&key());
+        assert!(t
+            .verify(&key().verifying_key(), 1_500, NodeId(77), DeviceId(1))
+            .is_ok());
+    }
+}
