@@ -1,1 +1,110 @@
-//! placeholder
+//! dasmesh-node: a storage node serving raw block devices over the dasmesh block protocol.
+//!
+//! One reactor thread per core (`--cores`), each pinned, each with its own io_uring ring,
+//! registered buffer arena, fixed-file table and connections (see `docs/node.md`). The
+//! listening socket is shared with SO_REUSEPORT so the kernel spreads connections over them.
+//! `unsafe` lives only in the ring (`reactor`), buffer (`arena`) and syscall (`sys`) modules.
+
+pub mod arena;
+pub mod backend;
+pub mod config;
+mod conn;
+pub mod fence;
+mod reactor;
+pub mod sys;
+
+use std::net::{SocketAddr, TcpListener};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+
+use dasmesh_wire::{DeviceId, NodeId, VerifyingKey};
+
+use crate::backend::Backend;
+use crate::config::{Config, PollMode};
+use crate::fence::FenceTable;
+
+/// What every reactor of a node shares (read-mostly).
+pub struct Shared {
+    /// The backends, indexed by device id.
+    pub backends: Vec<Backend>,
+    /// Highest epochs seen.
+    pub fence: FenceTable,
+    /// The key tokens must be signed with.
+    pub trust_key: Option<VerifyingKey>,
+    /// This node's id.
+    pub node_id: NodeId,
+    /// Set to start a clean shutdown.
+    pub shutdown: AtomicBool,
+    /// Polling mode.
+    pub poll: PollMode,
+    /// Adaptive spin window.
+    pub spin: Duration,
+    /// Largest READ/WRITE.
+    pub max_io: u32,
+    /// Requests in flight per connection.
+    pub max_inflight: u32,
+    /// Largest SEARCH hit limit.
+    pub max_search_hits: u32,
+    /// Grace period of a clean shutdown.
+    pub shutdown_grace: Duration,
+}
+
+/// Opens the backends and reads the trust key named by `cfg`.
+pub fn open_shared(cfg: &Config) -> anyhow::Result<Shared> {
+    let mut backends = Vec::new();
+    for (i, spec) in cfg.backends.iter().enumerate() {
+        backends.push(Backend::open(DeviceId(i as u32), spec)?);
+    }
+    let trust_key = match &cfg.trust_key {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| anyhow::anyhow!("--trust-key {}: {e}", path.display()))?;
+            Some(
+                dasmesh_wire::verifying_key_from_text(&text)
+                    .map_err(|e| anyhow::anyhow!("--trust-key {}: {e}", path.display()))?,
+            )
+        }
+        None => None,
+    };
+    Ok(Shared {
+        backends,
+        fence: FenceTable::default(),
+        trust_key,
+        node_id: cfg.node(),
+        shutdown: AtomicBool::new(false),
+        poll: cfg.poll,
+        spin: cfg.spin,
+        max_io: cfg.max_io as u32,
+        max_inflight: cfg.max_inflight,
+        max_search_hits: cfg.max_search_hits,
+        shutdown_grace: cfg.shutdown_grace,
+    })
+}
+
+/// Binds one listener per reactor on the same address (SO_REUSEPORT); port 0 picks a free
+/// port for the first and the rest share it.
+pub fn bind_listeners(addr: &str, n: usize) -> anyhow::Result<(SocketAddr, Vec<TcpListener>)> {
+    use socket2::{Domain, Socket, Type};
+    let mut target: SocketAddr = addr
+        .parse()
+        .map_err(|e| anyhow::anyhow!("--listen {addr}: {e}"))?;
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let s = Socket::new(Domain::for_address(target), Type::STREAM, None)?;
+        s.set_reuse_address(true)?;
+        s.set_reuse_port(true)?;
+        s.bind(&target.into())
+            .map_err(|e| anyhow::anyhow!("--listen {target}: {e}"))?;
+        s.listen(1024)?;
+        let l: TcpListener = s.into();
+        target = l.local_addr()?;
+        out.push(l);
+    }
+    Ok((target, out))
+}
+
+/// Runs reactor `id` on the current thread until shutdown.
+pub fn run_reactor(id: usize, shared: Arc<Shared>, listener: TcpListener) -> std::io::Result<()> {
+    reactor::Reactor::new(id, shared, listener)?.run()
+}

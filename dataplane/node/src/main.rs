@@ -1,1 +1,98 @@
-fn main() {}
+//! `dasmesh-node`: parse flags, open backends, start the pinned reactors, wait for SIGTERM/SIGINT,
+//! shut down cleanly (finish in-flight I/O, flush every backend) and exit 0.
+
+use std::io::Write as _;
+use std::sync::atomic::Ordering;
+use std::sync::{mpsc, Arc};
+
+use anyhow::Context as _;
+use clap::Parser as _;
+use dasmesh_node::config::Config;
+
+enum Event {
+    Signal(i32),
+    ReactorExited(usize, std::io::Result<()>),
+}
+
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("dasmesh-node: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> anyhow::Result<()> {
+    let cfg = Config::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    cfg.validate().map_err(anyhow::Error::msg)?;
+    // Before any thread exists, so every thread inherits the mask and only the waiter sees them.
+    dasmesh_node::sys::block_termination_signals().context("blocking signals")?;
+    let shared = Arc::new(dasmesh_node::open_shared(&cfg)?);
+    for b in &shared.backends {
+        tracing::info!(device = b.id.0, name = %b.name, size = b.size, block = b.block_size, "backend");
+    }
+    if shared.trust_key.is_none() {
+        tracing::warn!("no --trust-key: every handshake will be refused with NoTrustKey");
+    }
+    let (addr, listeners) = dasmesh_node::bind_listeners(&cfg.listen, cfg.cores)?;
+    let cores = core_affinity::get_core_ids().unwrap_or_default();
+    let (tx, rx) = mpsc::channel();
+    let mut handles = Vec::new();
+    for (i, listener) in listeners.into_iter().enumerate() {
+        let shared = Arc::clone(&shared);
+        let tx = tx.clone();
+        let core = (!cfg.no_pin && !cores.is_empty()).then(|| cores[i % cores.len()]);
+        handles.push(
+            std::thread::Builder::new()
+                .name(format!("reactor-{i}"))
+                .spawn(move || {
+                    if let Some(core) = core {
+                        core_affinity::set_for_current(core);
+                    }
+                    let r = dasmesh_node::run_reactor(i, shared, listener);
+                    let _ = tx.send(Event::ReactorExited(i, r));
+                })?,
+        );
+    }
+    {
+        let tx = tx.clone();
+        std::thread::Builder::new()
+            .name("signals".into())
+            .spawn(move || {
+                if let Ok(sig) = dasmesh_node::sys::wait_for_termination() {
+                    let _ = tx.send(Event::Signal(sig));
+                }
+            })?;
+    }
+    println!("listening {addr}");
+    std::io::stdout().flush()?;
+    let mut failed = false;
+    match rx.recv()? {
+        Event::Signal(sig) => tracing::info!(signal = sig, "terminating"),
+        Event::ReactorExited(i, r) => {
+            tracing::error!(reactor = i, "reactor stopped unexpectedly: {r:?}");
+            failed = true;
+        }
+    }
+    shared.shutdown.store(true, Ordering::Release);
+    for h in handles {
+        let _ = h.join();
+    }
+    while let Ok(ev) = rx.try_recv() {
+        if let Event::ReactorExited(i, Err(e)) = ev {
+            tracing::error!(reactor = i, "reactor failed: {e}");
+            failed = true;
+        }
+    }
+    for b in &shared.backends {
+        b.sync().with_context(|| format!("flushing {}", b.name))?;
+    }
+    tracing::info!("stopped cleanly");
+    anyhow::ensure!(!failed, "a reactor failed");
+    Ok(())
+}

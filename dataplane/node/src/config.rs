@@ -1,0 +1,184 @@
+//! Node configuration: command-line flags, backend specs and polling modes.
+
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use clap::Parser;
+use dasmesh_wire::units::parse_size;
+use dasmesh_wire::NodeId;
+
+/// How a reactor waits for completions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum PollMode {
+    /// Spin while work arrives, block in the kernel after a short idle window (default).
+    Adaptive,
+    /// Spin always (a dedicated core per reactor).
+    Busy,
+    /// Always block in the kernel until a completion arrives.
+    Interrupt,
+}
+
+/// One `--backend` flag.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BackendSpec {
+    /// A raw block device, opened O_DIRECT.
+    Device(PathBuf),
+    /// A file opened O_DIRECT, created (sparse) with `size` bytes if absent.
+    File(PathBuf, Option<u64>),
+    /// Anonymous memory of this many bytes (tests, network-path benchmarks).
+    Memory(u64),
+}
+
+/// A backend spec that could not be parsed.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "invalid backend {spec:?}: {why} (expected device:/dev/X, file:PATH[:SIZE] or memory:SIZE)"
+)]
+pub struct BackendSpecError {
+    spec: String,
+    why: String,
+}
+
+impl FromStr for BackendSpec {
+    type Err = BackendSpecError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let err = |why: &str| BackendSpecError {
+            spec: s.to_string(),
+            why: why.to_string(),
+        };
+        let (kind, rest) = s.split_once(':').ok_or_else(|| err("missing kind"))?;
+        match kind {
+            "device" if !rest.is_empty() => Ok(BackendSpec::Device(rest.into())),
+            "file" if !rest.is_empty() => {
+                // A trailing `:SIZE` is a size only if it parses as one; paths may contain ':'.
+                if let Some((path, size)) = rest.rsplit_once(':') {
+                    if let Ok(bytes) = parse_size(size) {
+                        if bytes == 0 {
+                            return Err(err("size must be > 0"));
+                        }
+                        return Ok(BackendSpec::File(path.into(), Some(bytes)));
+                    }
+                }
+                Ok(BackendSpec::File(rest.into(), None))
+            }
+            "memory" => {
+                let bytes = parse_size(rest).map_err(|e| err(&e.to_string()))?;
+                if bytes == 0 {
+                    return Err(err("size must be > 0"));
+                }
+                Ok(BackendSpec::Memory(bytes))
+            }
+            "device" | "file" => Err(err("missing path")),
+            _ => Err(err("unknown kind")),
+        }
+    }
+}
+
+fn size_arg(s: &str) -> Result<u64, String> {
+    parse_size(s).map_err(|e| e.to_string())
+}
+
+/// `dasmesh-node`: serves raw block devices (or files, or memory) over the dasmesh protocol.
+#[derive(Clone, Debug, Parser)]
+#[command(name = "dasmesh-node", version, about)]
+pub struct Config {
+    /// Address to listen on (port 0 picks a free port; the chosen address is printed).
+    #[arg(long, default_value = "127.0.0.1:7700")]
+    pub listen: String,
+    /// A backend to serve: device:/dev/X, file:PATH[:SIZE], memory:SIZE. Repeat for several;
+    /// devices are numbered 0, 1, ... in this order.
+    #[arg(long = "backend", required = true)]
+    pub backends: Vec<BackendSpec>,
+    /// The control plane's public key (64 hex digits), used to verify every token.
+    #[arg(long)]
+    pub trust_key: Option<PathBuf>,
+    /// This node's id; tokens for another node (other than 0, "any") are refused.
+    #[arg(long, default_value_t = 0)]
+    pub node_id: u64,
+    /// Number of reactor threads, each pinned to its own core.
+    #[arg(long, default_value_t = 1)]
+    pub cores: usize,
+    /// Do not pin reactors to cores.
+    #[arg(long)]
+    pub no_pin: bool,
+    /// How reactors wait for work.
+    #[arg(long, value_enum, default_value_t = PollMode::Adaptive)]
+    pub poll: PollMode,
+    /// How long an adaptive reactor keeps spinning after its last completion.
+    #[arg(long, default_value = "50us", value_parser = humantime::parse_duration)]
+    pub spin: Duration,
+    /// Largest READ/WRITE a request may carry.
+    #[arg(long, default_value = "1M", value_parser = size_arg)]
+    pub max_io: u64,
+    /// Requests kept in flight per connection (more wait in the socket).
+    #[arg(long, default_value_t = 256)]
+    pub max_inflight: u32,
+    /// Largest number of hits one SEARCH may ask for.
+    #[arg(long, default_value_t = 65536)]
+    pub max_search_hits: u32,
+    /// How long a clean shutdown waits for in-flight work before closing connections anyway.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub shutdown_grace: Duration,
+}
+
+impl Config {
+    /// The node id as a newtype.
+    pub fn node(&self) -> NodeId {
+        NodeId(self.node_id)
+    }
+
+    /// Checks values clap cannot.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.cores == 0 {
+            return Err("--cores must be at least 1".into());
+        }
+        if !(4096..=(16 << 20)).contains(&self.max_io) || !self.max_io.is_power_of_two() {
+            return Err(format!(
+                "--max-io {} must be a power of two between 4k and 16M",
+                self.max_io
+            ));
+        }
+        if self.max_inflight == 0 || self.max_inflight > 4096 {
+            return Err(format!(
+                "--max-inflight {} must be in 1..=4096",
+                self.max_inflight
+            ));
+        }
+        if self.max_search_hits == 0 {
+            return Err("--max-search-hits must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backend_specs() {
+        assert_eq!(
+            "device:/dev/loop0".parse::<BackendSpec>().unwrap(),
+            BackendSpec::Device("/dev/loop0".into())
+        );
+        assert_eq!(
+            "file:/tmp/a.img:2G".parse::<BackendSpec>().unwrap(),
+            BackendSpec::File("/tmp/a.img".into(), Some(2 << 30))
+        );
+        assert_eq!(
+            "file:/tmp/a:b.img".parse::<BackendSpec>().unwrap(),
+            BackendSpec::File("/tmp/a:b.img".into(), None)
+        );
+        assert_eq!(
+            "memory:64M".parse::<BackendSpec>().unwrap(),
+            BackendSpec::Memory(64 << 20)
+        );
+        for bad in [
+            "memory:0", "memory:x", "disk:/x", "file:", "device:", "nothing",
+        ] {
+            assert!(bad.parse::<BackendSpec>().is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,211 @@
+//! Per-connection state: the receive staging buffer, the session a token opened, and the queue
+//! of replies waiting to be sent (with the in-flight `sendmsg` that owns its iovecs).
+
+use std::net::TcpStream;
+
+use dasmesh_wire::{
+    Claim, HelloReply, Op, ReplyHeader, RequestHeader, RequestLimits, Searcher, Tag,
+    HELLO_REPLY_LEN, REPLY_HEADER_LEN,
+};
+
+use crate::arena::BufId;
+use crate::fence::Range;
+
+/// Size of a connection's receive staging buffer (headers, and small writes' leading bytes).
+pub const RBUF_LEN: usize = 64 << 10;
+
+/// What follows a reply header on the wire.
+pub enum Payload {
+    /// Nothing.
+    None,
+    /// An arena slot (READ data), freed once sent.
+    Arena(BufId, usize),
+    /// Heap bytes (SEARCH hits).
+    Heap(Vec<u8>),
+    /// Straight out of the memory backend.
+    Memory(*const u8, usize),
+}
+
+/// One message to send: a header (request reply or handshake reply) and its payload.
+pub struct Reply {
+    /// Encoded header bytes.
+    pub head: [u8; HELLO_REPLY_LEN],
+    /// How many of `head` are used.
+    pub head_len: usize,
+    /// The payload.
+    pub payload: Payload,
+    /// Whether this answers a request (and so frees a pipelining slot once sent).
+    pub counts: bool,
+}
+
+impl Reply {
+    /// A reply to a request.
+    pub fn request(h: ReplyHeader, payload: Payload) -> Self {
+        let mut head = [0u8; HELLO_REPLY_LEN];
+        head[..REPLY_HEADER_LEN].copy_from_slice(&h.encode());
+        Self {
+            head,
+            head_len: REPLY_HEADER_LEN,
+            payload,
+            counts: true,
+        }
+    }
+
+    /// The answer to a hello.
+    pub fn hello(r: &HelloReply) -> Self {
+        Self {
+            head: r.encode(),
+            head_len: HELLO_REPLY_LEN,
+            payload: Payload::None,
+            counts: false,
+        }
+    }
+}
+
+/// A `sendmsg` in flight: owns the replies its iovecs point into until the kernel is done.
+pub struct SendState {
+    /// The replies being sent.
+    pub items: Vec<Reply>,
+    /// Their iovecs (header, payload, header, ...).
+    pub iovs: Vec<libc::iovec>,
+    /// First iovec not yet fully sent.
+    pub pos: usize,
+    /// The message header handed to the kernel.
+    pub msg: libc::msghdr,
+}
+
+/// What a verified token opened.
+pub struct Session {
+    /// Index of the backend.
+    pub device: usize,
+    /// The verified claim.
+    pub claim: Claim,
+    /// The static request limits.
+    pub limits: RequestLimits,
+    /// The lent range, clipped to the device.
+    pub range: Range,
+    /// Fence generation last checked.
+    pub fence_gen: u64,
+    /// Overtaken by a newer epoch: every request fails with StaleEpoch.
+    pub fenced: bool,
+}
+
+/// Where a connection is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// Waiting for the hello and token.
+    Handshake,
+    /// Serving requests.
+    Serving,
+    /// Shut down; waiting for in-flight operations before the slot is freed.
+    Closing,
+}
+
+/// A client connection.
+pub struct Conn {
+    /// The socket.
+    pub sock: TcpStream,
+    /// Life phase.
+    pub phase: Phase,
+    /// Set after a successful handshake.
+    pub session: Option<Session>,
+    /// Receive staging buffer.
+    pub rbuf: Box<[u8]>,
+    /// Start of unparsed bytes in `rbuf`.
+    pub rstart: usize,
+    /// End of received bytes in `rbuf`.
+    pub rend: usize,
+    /// Bytes the parser needs in `rbuf` before it can go on.
+    pub need: usize,
+    /// A recv SQE is outstanding.
+    pub recv_armed: bool,
+    /// The last frame was a WRITE: receive just the next header, so that a following write's
+    /// payload lands straight in its arena slot rather than in `rbuf`.
+    pub recv_exact: bool,
+    /// A WRITE whose payload is being received into its slot.
+    pub payload_req: Option<usize>,
+    /// Requests parsed whose reply is not yet sent.
+    pub inflight: u32,
+    /// Requests in the reactor's table owned by this connection.
+    pub live_reqs: u32,
+    /// Replies waiting to be sent.
+    pub sendq: Vec<Reply>,
+    /// The sendmsg in flight.
+    pub sending: Option<Box<SendState>>,
+    /// Close once the send queue drains (after a fatal error reply).
+    pub close_after_send: bool,
+    /// Waiting for an arena slot.
+    pub stalled: bool,
+    /// Queued for `pump`.
+    pub dirty: bool,
+}
+
+impl Conn {
+    /// A fresh connection awaiting its hello.
+    pub fn new(sock: TcpStream) -> Self {
+        Self {
+            sock,
+            phase: Phase::Handshake,
+            session: None,
+            rbuf: vec![0u8; RBUF_LEN].into_boxed_slice(),
+            rstart: 0,
+            rend: 0,
+            need: 0,
+            recv_armed: false,
+            recv_exact: false,
+            payload_req: None,
+            inflight: 0,
+            live_reqs: 0,
+            sendq: Vec::new(),
+            sending: None,
+            close_after_send: false,
+            stalled: false,
+            dirty: false,
+        }
+    }
+
+    /// Unparsed received bytes.
+    pub fn avail(&self) -> &[u8] {
+        &self.rbuf[self.rstart..self.rend]
+    }
+}
+
+/// The step a multi-step request is in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stage {
+    /// Receiving a WRITE payload.
+    Receiving,
+    /// Reading or writing the data (READ, WRITE, SEARCH chunks).
+    Data,
+    /// Deallocating or zeroing a range with fallocate.
+    Fallocate,
+    /// Writing zeroes from the zero buffer (when fallocate cannot).
+    ZeroWrite,
+    /// fdatasync (FLUSH, or after a FUA zeroing).
+    Sync,
+}
+
+/// A request being served.
+pub struct Req {
+    /// Owning connection.
+    pub conn: usize,
+    /// The header.
+    pub hdr: RequestHeader,
+    /// The op (checked).
+    pub op: Op,
+    /// Its arena slot.
+    pub buf: Option<BufId>,
+    /// Bytes done so far (payload received, data transferred, or range covered).
+    pub done: u64,
+    /// The step.
+    pub stage: Stage,
+    /// SEARCH state.
+    pub search: Option<Box<Searcher>>,
+}
+
+impl Req {
+    /// The request's tag.
+    pub fn tag(&self) -> Tag {
+        self.hdr.tag
+    }
+}

@@ -1,0 +1,1228 @@
+//! A reactor: one thread, one io_uring, its own buffer arena and connections.
+//!
+//! The loop submits what the connections queued, reaps completions, and lets each touched
+//! connection make progress (`pump`). Payloads go socket -> arena slot -> device and
+//! device -> arena slot -> socket; the arena is registered with the ring (READ_FIXED /
+//! WRITE_FIXED) and the backends are fixed files. Every SQE's memory (arena slot, receive
+//! buffer, sendmsg state) is owned by a request or connection that outlives the SQE.
+
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dasmesh_wire::{
+    check_request, negotiate_version, Hello, HelloReply, Op, ReplyHeader, RequestHeader,
+    RequestLimits, SearchBody, Searcher, Status, Token, HELLO_LEN, REPLY_FLAG_TRUNCATED,
+    REQUEST_HEADER_LEN, SEARCH_BODY_LEN,
+};
+use io_uring::{opcode, squeue, types, IoUring};
+use slab::Slab;
+
+use crate::arena::{Arena, ZERO_LEN};
+use crate::backend::Store;
+use crate::config::PollMode;
+use crate::conn::{Conn, Payload, Phase, Reply, Req, SendState, Session, Stage, RBUF_LEN};
+use crate::fence::Range;
+use crate::{sys, Shared};
+
+const UD_ACCEPT: u64 = 1 << 56;
+const UD_RECV: u64 = 2 << 56;
+const UD_SEND: u64 = 3 << 56;
+const UD_IO: u64 = 4 << 56;
+const UD_CANCEL: u64 = 5 << 56;
+const UD_KIND: u64 = 0xff << 56;
+/// Replies gathered into one sendmsg at most.
+const SEND_BATCH: usize = 256;
+/// Bytes read per step of a SEARCH.
+const SEARCH_CHUNK: u64 = 1 << 20;
+/// How long a blocked reactor sleeps before it looks at the shutdown flag again.
+const IDLE_WAIT: Duration = Duration::from_millis(100);
+/// io_uring_enter flag asking the kernel to run deferred work and post completions.
+const ENTER_GETEVENTS: u32 = 1;
+
+/// A backend as the ring sees it.
+#[derive(Clone, Copy)]
+enum FileRef {
+    Fixed(u32),
+    Raw(RawFd),
+}
+
+/// Builds an SQE on a backend file, fixed or not.
+macro_rules! on_file {
+    ($f:expr, |$fd:ident| $body:expr) => {
+        match $f {
+            FileRef::Fixed(i) => {
+                let $fd = types::Fixed(i);
+                $body
+            }
+            FileRef::Raw(r) => {
+                let $fd = types::Fd(r);
+                $body
+            }
+        }
+    };
+}
+
+/// Builds the ring with the best setup flags this kernel accepts.
+fn build_ring(entries: u32) -> std::io::Result<(IoUring, &'static str)> {
+    if let Ok(r) = IoUring::builder()
+        .setup_single_issuer()
+        .setup_defer_taskrun()
+        .setup_cqsize(entries * 4)
+        .build(entries)
+    {
+        return Ok((r, "single-issuer+defer-taskrun"));
+    }
+    if let Ok(r) = IoUring::builder()
+        .setup_coop_taskrun()
+        .setup_cqsize(entries * 4)
+        .build(entries)
+    {
+        return Ok((r, "coop-taskrun"));
+    }
+    Ok((IoUring::new(entries)?, "plain"))
+}
+
+/// One reactor's state.
+pub struct Reactor {
+    // Declared first so it is dropped first: the kernel lets go of the arena before it is unmapped.
+    ring: IoUring,
+    id: usize,
+    shared: Arc<Shared>,
+    arena: Arena,
+    fixed_bufs: bool,
+    files: Vec<Option<FileRef>>,
+    listener: TcpListener,
+    accept_armed: bool,
+    conns: Slab<Conn>,
+    reqs: Slab<Req>,
+    dirty: Vec<usize>,
+    stalled: Vec<usize>,
+    cqes: Vec<(u64, i32)>,
+    now_ms: u64,
+    stopping: Option<Instant>,
+}
+
+impl Reactor {
+    /// Sets up the ring, registers the arena and the backend files.
+    pub fn new(id: usize, shared: Arc<Shared>, listener: TcpListener) -> std::io::Result<Self> {
+        let (ring, setup) = build_ring(1024)?;
+        let mut arena = Arena::new()?;
+        let iovecs = arena.iovecs();
+        // SAFETY: the iovecs describe the arena's mappings, which live in `arena` as long as the
+        // ring (the ring is dropped first, see the field order).
+        let fixed_bufs = match unsafe { ring.submitter().register_buffers(&iovecs) } {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(
+                    reactor = id,
+                    "cannot register buffers ({e}); using plain reads and writes"
+                );
+                false
+            }
+        };
+        let raw: Vec<RawFd> = shared
+            .backends
+            .iter()
+            .map(|b| match &b.store {
+                Store::File { file, .. } => file.as_raw_fd(),
+                Store::Memory(_) => -1,
+            })
+            .collect();
+        let fixed_files = ring.submitter().register_files(&raw).is_ok();
+        let files = raw
+            .iter()
+            .enumerate()
+            .map(|(i, fd)| {
+                (*fd >= 0).then_some(if fixed_files {
+                    FileRef::Fixed(i as u32)
+                } else {
+                    FileRef::Raw(*fd)
+                })
+            })
+            .collect();
+        tracing::info!(
+            reactor = id,
+            setup,
+            fixed_bufs,
+            fixed_files,
+            "reactor ready"
+        );
+        Ok(Self {
+            ring,
+            id,
+            shared,
+            arena,
+            fixed_bufs,
+            files,
+            listener,
+            accept_armed: false,
+            conns: Slab::new(),
+            reqs: Slab::new(),
+            dirty: Vec::new(),
+            stalled: Vec::new(),
+            cqes: Vec::with_capacity(1024),
+            now_ms: sys::now_ms(),
+            stopping: None,
+        })
+    }
+
+    /// Runs until shutdown completes (or the grace period runs out).
+    pub fn run(mut self) -> std::io::Result<()> {
+        self.arm_accept();
+        let mut last_work = Instant::now();
+        loop {
+            self.now_ms = sys::now_ms();
+            if self.stopping.is_none() && self.shared.shutdown.load(Ordering::Acquire) {
+                self.begin_shutdown();
+            }
+            if let Some(deadline) = self.stopping {
+                if self.conns.is_empty() && !self.accept_armed {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    tracing::warn!(
+                        reactor = self.id,
+                        conns = self.conns.len(),
+                        "shutdown grace expired; closing with work in flight"
+                    );
+                    // The kernel may still touch connection buffers: leak them rather than free.
+                    std::mem::forget(std::mem::take(&mut self.conns));
+                    return Ok(());
+                }
+            }
+            let spin = match self.shared.poll {
+                PollMode::Busy => true,
+                PollMode::Interrupt => false,
+                PollMode::Adaptive => last_work.elapsed() < self.shared.spin,
+            };
+            self.enter(spin)?;
+            if self.reap() > 0 {
+                last_work = Instant::now();
+            }
+            self.pump_dirty();
+        }
+        Ok(())
+    }
+
+    fn enter(&mut self, spin: bool) -> std::io::Result<()> {
+        let r = if spin {
+            let n = self.ring.submission().len() as u32;
+            // SAFETY: no signal mask or extra argument is passed; GETEVENTS with min_complete 0
+            // only runs deferred completions and never blocks.
+            unsafe {
+                self.ring
+                    .submitter()
+                    .enter::<libc::sigset_t>(n, 0, ENTER_GETEVENTS, None)
+            }
+        } else {
+            let ts = types::Timespec::from(IDLE_WAIT);
+            let args = types::SubmitArgs::new().timespec(&ts);
+            self.ring.submitter().submit_with_args(1, &args)
+        };
+        match r {
+            Ok(_) => Ok(()),
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::ETIME | libc::EINTR | libc::EBUSY | libc::EAGAIN)
+                ) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn reap(&mut self) -> usize {
+        let mut cqes = std::mem::take(&mut self.cqes);
+        cqes.extend(self.ring.completion().map(|c| (c.user_data(), c.result())));
+        let n = cqes.len();
+        for (ud, res) in cqes.drain(..) {
+            let idx = (ud & !UD_KIND) as usize;
+            match ud & UD_KIND {
+                UD_ACCEPT => self.on_accept(res),
+                UD_RECV => self.on_recv(idx, res),
+                UD_SEND => self.on_send(idx, res),
+                UD_IO => self.on_io(idx, res),
+                _ => {}
+            }
+        }
+        self.cqes = cqes;
+        n
+    }
+
+    /// Queues an SQE, submitting first if the queue is full.
+    ///
+    /// # Safety
+    /// Every buffer and struct the entry points to must stay valid and unmoved until its
+    /// completion is reaped.
+    unsafe fn push(&mut self, e: squeue::Entry) {
+        loop {
+            // SAFETY: forwarded from this function's contract.
+            if unsafe { self.ring.submission().push(&e) }.is_ok() {
+                return;
+            }
+            if let Err(err) = self.ring.submit() {
+                tracing::warn!("submit with a full queue failed: {err}");
+            }
+        }
+    }
+
+    fn mark_dirty(&mut self, ci: usize) {
+        if let Some(c) = self.conns.get_mut(ci) {
+            if !c.dirty {
+                c.dirty = true;
+                self.dirty.push(ci);
+            }
+        }
+    }
+
+    fn pump_dirty(&mut self) {
+        while let Some(ci) = self.dirty.pop() {
+            if let Some(c) = self.conns.get_mut(ci) {
+                c.dirty = false;
+                self.pump(ci);
+            }
+        }
+    }
+
+    // ---- accept and shutdown ----
+
+    fn arm_accept(&mut self) {
+        let e = opcode::Accept::new(
+            types::Fd(self.listener.as_raw_fd()),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+        )
+        .flags(libc::SOCK_CLOEXEC)
+        .build()
+        .user_data(UD_ACCEPT);
+        // SAFETY: the entry points at no memory; the listener lives as long as the reactor.
+        unsafe { self.push(e) };
+        self.accept_armed = true;
+    }
+
+    fn on_accept(&mut self, res: i32) {
+        self.accept_armed = false;
+        if res >= 0 {
+            // SAFETY: a successful accept returns a new descriptor that nothing else owns.
+            let sock = unsafe { TcpStream::from_raw_fd(res) };
+            if self.stopping.is_some() {
+                return;
+            }
+            let _ = sock.set_nodelay(true);
+            let ci = self.conns.insert(Conn::new(sock));
+            self.mark_dirty(ci);
+        } else if res != -libc::ECANCELED {
+            tracing::warn!("accept failed: {}", std::io::Error::from_raw_os_error(-res));
+        }
+        if self.stopping.is_none() {
+            self.arm_accept();
+        }
+    }
+
+    fn begin_shutdown(&mut self) {
+        tracing::info!(reactor = self.id, conns = self.conns.len(), "shutting down");
+        self.stopping = Some(Instant::now() + self.shared.shutdown_grace);
+        let mut cancels = Vec::new();
+        if self.accept_armed {
+            cancels.push(UD_ACCEPT);
+        }
+        for (ci, c) in self.conns.iter() {
+            if c.recv_armed && c.payload_req.is_none() {
+                cancels.push(UD_RECV | ci as u64);
+            }
+        }
+        for ud in cancels {
+            let e = opcode::AsyncCancel::new(ud).build().user_data(UD_CANCEL);
+            // SAFETY: a cancel points at no memory.
+            unsafe { self.push(e) };
+        }
+        let all: Vec<usize> = self.conns.iter().map(|(ci, _)| ci).collect();
+        for ci in all {
+            self.mark_dirty(ci);
+        }
+    }
+
+    // ---- connection progress ----
+
+    /// Parses what arrived, arms the next receive, starts sending, and closes when due.
+    fn pump(&mut self, ci: usize) {
+        if self.conns[ci].phase == Phase::Closing {
+            self.try_reap(ci);
+            return;
+        }
+        self.parse(ci);
+        let max_inflight = self.shared.max_inflight;
+        let stopping = self.stopping.is_some();
+        let c = &mut self.conns[ci];
+        if c.phase == Phase::Closing {
+            return;
+        }
+        if !c.recv_armed && !c.close_after_send {
+            if let Some(ri) = c.payload_req {
+                let r = &self.reqs[ri];
+                let buf = r.buf.expect("write has a slot");
+                // SAFETY: done < length <= the slot's capacity.
+                let ptr = unsafe { self.arena.ptr(buf).add(r.done as usize) };
+                let len = (r.hdr.length - r.done) as u32;
+                self.arm_recv(ci, ptr, len);
+            } else if !stopping && !c.stalled && c.inflight < max_inflight {
+                if c.rstart > 0 {
+                    c.rbuf.copy_within(c.rstart..c.rend, 0);
+                    c.rend -= c.rstart;
+                    c.rstart = 0;
+                }
+                let room = RBUF_LEN - c.rend;
+                let want = if c.recv_exact {
+                    c.need.saturating_sub(c.rend).clamp(1, room)
+                } else {
+                    room
+                };
+                // SAFETY: rend + want <= RBUF_LEN.
+                let ptr = unsafe { c.rbuf.as_mut_ptr().add(c.rend) };
+                self.arm_recv(ci, ptr, want as u32);
+            }
+        }
+        let c = &mut self.conns[ci];
+        if c.sending.is_none() && !c.sendq.is_empty() {
+            self.start_send(ci);
+        }
+        let c = &self.conns[ci];
+        let idle = c.sending.is_none() && c.sendq.is_empty() && c.payload_req.is_none();
+        if idle && (c.close_after_send || (stopping && c.inflight == 0 && !c.recv_armed)) {
+            self.close(ci);
+        }
+    }
+
+    fn arm_recv(&mut self, ci: usize, ptr: *mut u8, len: u32) {
+        let c = &mut self.conns[ci];
+        c.recv_armed = true;
+        let e = opcode::Recv::new(types::Fd(c.sock.as_raw_fd()), ptr, len)
+            .build()
+            .user_data(UD_RECV | ci as u64);
+        // SAFETY: `ptr` is inside the connection's receive buffer or a write request's arena
+        // slot; both are kept until this recv completes (a connection is only freed once
+        // `recv_armed` is false, a request only once its payload receive is over).
+        unsafe { self.push(e) };
+    }
+
+    fn on_recv(&mut self, ci: usize, res: i32) {
+        let c = &mut self.conns[ci];
+        c.recv_armed = false;
+        if c.phase == Phase::Closing {
+            self.try_reap(ci);
+            return;
+        }
+        if res <= 0 {
+            if res == -libc::ECANCELED {
+                self.mark_dirty(ci);
+                return;
+            }
+            if res < 0 && res != -libc::ECONNRESET {
+                tracing::debug!(
+                    conn = ci,
+                    "recv failed: {}",
+                    std::io::Error::from_raw_os_error(-res)
+                );
+            }
+            self.close(ci);
+            return;
+        }
+        let n = res as usize;
+        if let Some(ri) = c.payload_req {
+            let r = &mut self.reqs[ri];
+            r.done += n as u64;
+            if r.done == r.hdr.length {
+                self.conns[ci].payload_req = None;
+                self.reqs[ri].stage = Stage::Data;
+                self.start_write(ri);
+            }
+        } else {
+            c.rend += n;
+        }
+        self.mark_dirty(ci);
+    }
+
+    /// Sends a reply to a request.
+    fn reply(&mut self, ci: usize, h: ReplyHeader, payload: Payload) {
+        let c = &mut self.conns[ci];
+        if c.phase == Phase::Closing {
+            c.inflight -= 1;
+            self.release(payload);
+            return;
+        }
+        c.sendq.push(Reply::request(h, payload));
+        self.mark_dirty(ci);
+    }
+
+    /// Answers with an error and closes: the stream can no longer be trusted.
+    fn fatal(&mut self, ci: usize, reply: Reply) {
+        let c = &mut self.conns[ci];
+        c.sendq.push(reply);
+        c.close_after_send = true;
+    }
+
+    fn release(&mut self, payload: Payload) {
+        if let Payload::Arena(b, _) = payload {
+            self.arena.free(b);
+            self.wake_stalled();
+        }
+    }
+
+    fn wake_stalled(&mut self) {
+        for ci in std::mem::take(&mut self.stalled) {
+            if let Some(c) = self.conns.get_mut(ci) {
+                c.stalled = false;
+                self.mark_dirty(ci);
+            }
+        }
+    }
+
+    fn stall(&mut self, ci: usize) {
+        let c = &mut self.conns[ci];
+        if !c.stalled {
+            c.stalled = true;
+            self.stalled.push(ci);
+        }
+    }
+
+    fn start_send(&mut self, ci: usize) {
+        let c = &mut self.conns[ci];
+        let take = c.sendq.len().min(SEND_BATCH);
+        let items: Vec<Reply> = c.sendq.drain(..take).collect();
+        let mut iovs = Vec::with_capacity(items.len() * 2);
+        for it in &items {
+            iovs.push(libc::iovec {
+                iov_base: it.head.as_ptr() as *mut libc::c_void,
+                iov_len: it.head_len,
+            });
+            let (p, len) = match &it.payload {
+                Payload::None => continue,
+                Payload::Arena(b, len) => (self.arena.ptr(*b) as *const u8, *len),
+                Payload::Heap(v) => (v.as_ptr(), v.len()),
+                Payload::Memory(p, len) => (*p, *len),
+            };
+            if len > 0 {
+                iovs.push(libc::iovec {
+                    iov_base: p as *mut libc::c_void,
+                    iov_len: len,
+                });
+            }
+        }
+        // SAFETY: msghdr is plain data; all-zero is a valid empty message.
+        let msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        let mut st = Box::new(SendState {
+            items,
+            iovs,
+            pos: 0,
+            msg,
+        });
+        st.msg.msg_iov = st.iovs.as_mut_ptr();
+        st.msg.msg_iovlen = st.iovs.len() as _;
+        let msg_ptr: *const libc::msghdr = &st.msg;
+        let fd = c.sock.as_raw_fd();
+        c.sending = Some(st);
+        self.push_send(ci, fd, msg_ptr);
+    }
+
+    fn push_send(&mut self, ci: usize, fd: RawFd, msg: *const libc::msghdr) {
+        let e = opcode::SendMsg::new(types::Fd(fd), msg)
+            .flags(libc::MSG_NOSIGNAL as u32)
+            .build()
+            .user_data(UD_SEND | ci as u64);
+        // SAFETY: the msghdr, its iovecs and every buffer they point to belong to the boxed
+        // SendState held in `conn.sending` (and the memory backend, which lives for the
+        // process) until this send completes.
+        unsafe { self.push(e) };
+    }
+
+    fn on_send(&mut self, ci: usize, res: i32) {
+        let c = &mut self.conns[ci];
+        let st = c.sending.as_mut().expect("send completion without a send");
+        if res > 0 && c.phase != Phase::Closing {
+            let mut n = res as usize;
+            while n > 0 && st.pos < st.iovs.len() {
+                let iov = &mut st.iovs[st.pos];
+                if n >= iov.iov_len {
+                    n -= iov.iov_len;
+                    st.pos += 1;
+                } else {
+                    // SAFETY: n < iov_len, so the advanced pointer stays inside the buffer.
+                    iov.iov_base = unsafe { iov.iov_base.cast::<u8>().add(n) }.cast();
+                    iov.iov_len -= n;
+                    n = 0;
+                }
+            }
+            if st.pos < st.iovs.len() {
+                // SAFETY: pos < iovs.len().
+                st.msg.msg_iov = unsafe { st.iovs.as_mut_ptr().add(st.pos) };
+                st.msg.msg_iovlen = (st.iovs.len() - st.pos) as _;
+                let msg_ptr: *const libc::msghdr = &st.msg;
+                let fd = c.sock.as_raw_fd();
+                self.push_send(ci, fd, msg_ptr);
+                return;
+            }
+        }
+        let st = c.sending.take().expect("checked above");
+        let failed = res <= 0;
+        for it in st.items {
+            if it.counts {
+                self.conns[ci].inflight -= 1;
+            }
+            self.release(it.payload);
+        }
+        if failed {
+            self.close(ci);
+        } else {
+            self.mark_dirty(ci);
+        }
+    }
+
+    /// Closes a connection: no more input; replies are dropped; the slot is freed once nothing
+    /// in flight refers to it.
+    fn close(&mut self, ci: usize) {
+        let c = &mut self.conns[ci];
+        if c.phase == Phase::Closing {
+            return;
+        }
+        c.phase = Phase::Closing;
+        // Wakes any recv or send still in flight on the socket.
+        let _ = c.sock.shutdown(Shutdown::Both);
+        let queued = std::mem::take(&mut c.sendq);
+        let payload_req = c.payload_req.take();
+        for it in queued {
+            if it.counts {
+                self.conns[ci].inflight -= 1;
+            }
+            self.release(it.payload);
+        }
+        if let Some(ri) = payload_req {
+            self.drop_req(ri);
+        }
+        self.try_reap(ci);
+    }
+
+    fn try_reap(&mut self, ci: usize) {
+        let c = &self.conns[ci];
+        if c.phase == Phase::Closing && !c.recv_armed && c.sending.is_none() && c.live_reqs == 0 {
+            self.conns.remove(ci);
+        }
+    }
+
+    // ---- parsing ----
+
+    fn parse(&mut self, ci: usize) {
+        loop {
+            let c = &self.conns[ci];
+            if c.payload_req.is_some()
+                || c.close_after_send
+                || c.stalled
+                || c.phase == Phase::Closing
+            {
+                return;
+            }
+            let progressed = match c.phase {
+                Phase::Handshake => self.parse_hello(ci),
+                _ => self.parse_request(ci),
+            };
+            if !progressed {
+                return;
+            }
+        }
+    }
+
+    fn parse_hello(&mut self, ci: usize) -> bool {
+        let c = &mut self.conns[ci];
+        if c.avail().len() < HELLO_LEN {
+            c.need = HELLO_LEN;
+            return false;
+        }
+        let hello = match Hello::decode(c.avail()) {
+            Ok(h) => h,
+            Err(s) => {
+                self.fatal(ci, Reply::hello(&HelloReply::refuse(0, s)));
+                return false;
+            }
+        };
+        let total = HELLO_LEN + usize::from(hello.token_len);
+        if c.avail().len() < total {
+            c.need = total;
+            return false;
+        }
+        let token = c.avail()[HELLO_LEN..total].to_vec();
+        c.rstart += total;
+        let version = negotiate_version(hello.min_version, hello.max_version).unwrap_or(0);
+        match self.open_session(&hello, &token, version) {
+            Ok((session, reply)) => {
+                tracing::debug!(
+                    conn = ci,
+                    device = session.device,
+                    epoch = session.claim.epoch.0,
+                    "session opened"
+                );
+                let c = &mut self.conns[ci];
+                c.session = Some(session);
+                c.phase = Phase::Serving;
+                c.sendq.push(Reply::hello(&reply));
+                true
+            }
+            Err(s) => {
+                tracing::info!(conn = ci, "handshake refused: {s}");
+                self.fatal(ci, Reply::hello(&HelloReply::refuse(version, s)));
+                false
+            }
+        }
+    }
+
+    fn open_session(
+        &self,
+        hello: &Hello,
+        token: &[u8],
+        version: u16,
+    ) -> Result<(Session, HelloReply), Status> {
+        if version == 0 {
+            return Err(Status::VersionMismatch);
+        }
+        let key = self.shared.trust_key.as_ref().ok_or(Status::NoTrustKey)?;
+        let device = hello.device_id.0 as usize;
+        let backend = self
+            .shared
+            .backends
+            .get(device)
+            .ok_or(Status::WrongDevice)?;
+        let token = Token::from_bytes(token).map_err(|e| e.status())?;
+        let claim = token
+            .verify(key, self.now_ms, self.shared.node_id, hello.device_id)
+            .map_err(|e| e.status())?;
+        let start = claim.range_offset;
+        let end = start.saturating_add(claim.range_length).min(backend.size);
+        if start >= end {
+            return Err(Status::OutOfRange);
+        }
+        let range = Range { start, end };
+        let fence_gen = self.shared.fence.generation();
+        self.shared
+            .fence
+            .admit(hello.device_id, range, claim.epoch)?;
+        let limits = RequestLimits {
+            block_size: backend.block_size,
+            max_io_size: self.shared.max_io,
+            range_offset: start,
+            range_length: end - start,
+            writable: claim.rights.writable(),
+        };
+        let reply = HelloReply {
+            version,
+            status: Status::Ok.code(),
+            device_id: hello.device_id,
+            block_size: backend.block_size,
+            physical_block_size: backend.physical_block_size,
+            max_io_size: self.shared.max_io,
+            max_inflight: self.shared.max_inflight,
+            device_size: backend.size,
+            lent_offset: start,
+            lent_length: end - start,
+            capabilities: backend.capabilities,
+            max_search_hits: self.shared.max_search_hits,
+        };
+        let session = Session {
+            device,
+            claim,
+            limits,
+            range,
+            fence_gen,
+            fenced: false,
+        };
+        Ok((session, reply))
+    }
+
+    /// The checks every request passes before it touches the device.
+    fn admit(&mut self, ci: usize, h: &RequestHeader) -> Result<Op, Status> {
+        if self.stopping.is_some() {
+            return Err(Status::ShuttingDown);
+        }
+        let s = self.conns[ci].session.as_mut().ok_or(Status::Internal)?;
+        let op = check_request(h, &s.limits)?;
+        if self.now_ms >= s.claim.expires_at_ms {
+            return Err(Status::Expired);
+        }
+        let generation = self.shared.fence.generation();
+        if !s.fenced && generation != s.fence_gen {
+            if self
+                .shared
+                .fence
+                .is_current(s.claim.device_id, s.range, s.claim.epoch)
+            {
+                s.fence_gen = generation;
+            } else {
+                s.fenced = true;
+            }
+        }
+        if s.fenced {
+            return Err(Status::StaleEpoch);
+        }
+        Ok(op)
+    }
+
+    /// Parses one request if enough bytes are there; false when it must wait.
+    fn parse_request(&mut self, ci: usize) -> bool {
+        let max_inflight = self.shared.max_inflight;
+        let c = &mut self.conns[ci];
+        if c.inflight >= max_inflight {
+            return false;
+        }
+        if c.avail().len() < REQUEST_HEADER_LEN {
+            c.need = REQUEST_HEADER_LEN;
+            return false;
+        }
+        let h = match RequestHeader::decode(c.avail()) {
+            Ok(h) => h,
+            Err(s) => {
+                tracing::info!(conn = ci, "unparsable frame; closing the connection");
+                self.fatal(
+                    ci,
+                    Reply::request(ReplyHeader::status(Default::default(), s), Payload::None),
+                );
+                return false;
+            }
+        };
+        match h.known_op() {
+            Some(Op::Write) => self.parse_write(ci, h),
+            Some(Op::Search) => self.parse_search(ci, h),
+            _ => {
+                let verdict = self.admit(ci, &h);
+                let memory = self.is_memory(ci);
+                let buf = match verdict {
+                    Ok(Op::Read) if !memory => match self.arena.alloc(h.length as usize) {
+                        Some(b) => Some(b),
+                        None => {
+                            self.stall(ci);
+                            return false;
+                        }
+                    },
+                    _ => None,
+                };
+                let c = &mut self.conns[ci];
+                c.rstart += REQUEST_HEADER_LEN;
+                c.inflight += 1;
+                c.recv_exact = false;
+                match verdict {
+                    Err(s) => self.reply(ci, ReplyHeader::status(h.tag, s), Payload::None),
+                    Ok(op) => {
+                        let ri = self.new_req(ci, h, op, buf, Stage::Data);
+                        self.dispatch(ri);
+                    }
+                }
+                true
+            }
+        }
+    }
+
+    fn parse_write(&mut self, ci: usize, h: RequestHeader) -> bool {
+        if h.length > u64::from(self.shared.max_io) {
+            // The payload cannot be skipped safely: answer and close.
+            self.fatal(
+                ci,
+                Reply::request(ReplyHeader::status(h.tag, Status::TooLarge), Payload::None),
+            );
+            return false;
+        }
+        if h.length == 0 {
+            let c = &mut self.conns[ci];
+            c.rstart += REQUEST_HEADER_LEN;
+            c.inflight += 1;
+            self.reply(
+                ci,
+                ReplyHeader::status(h.tag, Status::InvalidLength),
+                Payload::None,
+            );
+            return true;
+        }
+        let len = h.length as usize;
+        let Some(buf) = self.arena.alloc(len) else {
+            self.stall(ci);
+            return false;
+        };
+        let c = &mut self.conns[ci];
+        c.rstart += REQUEST_HEADER_LEN;
+        c.inflight += 1;
+        c.recv_exact = true;
+        let have = c.avail().len().min(len);
+        self.arena
+            .bytes_mut(buf, have)
+            .copy_from_slice(&c.rbuf[c.rstart..c.rstart + have]);
+        c.rstart += have;
+        let ri = self.new_req(ci, h, Op::Write, Some(buf), Stage::Receiving);
+        self.reqs[ri].done = have as u64;
+        if have < len {
+            self.conns[ci].payload_req = Some(ri);
+            false
+        } else {
+            self.reqs[ri].stage = Stage::Data;
+            self.start_write(ri);
+            true
+        }
+    }
+
+    fn parse_search(&mut self, ci: usize, h: RequestHeader) -> bool {
+        let c = &mut self.conns[ci];
+        let total = REQUEST_HEADER_LEN + SEARCH_BODY_LEN;
+        if c.avail().len() < total {
+            c.need = total;
+            return false;
+        }
+        let body = SearchBody::decode(&c.avail()[REQUEST_HEADER_LEN..total]);
+        if body == Err(Status::BadFrame) {
+            self.fatal(
+                ci,
+                Reply::request(ReplyHeader::status(h.tag, Status::BadFrame), Payload::None),
+            );
+            return false;
+        }
+        let verdict = self.admit(ci, &h).and_then(|op| {
+            let body = body?;
+            if body.max_hits > self.shared.max_search_hits {
+                return Err(Status::TooLarge);
+            }
+            Ok((op, body))
+        });
+        let buf = match &verdict {
+            Ok(_) => match self.arena.alloc(h.length.min(SEARCH_CHUNK) as usize) {
+                Some(b) => Some(b),
+                None => {
+                    self.stall(ci);
+                    return false;
+                }
+            },
+            Err(_) => None,
+        };
+        let c = &mut self.conns[ci];
+        c.rstart += total;
+        c.inflight += 1;
+        c.recv_exact = false;
+        match verdict {
+            Err(s) => self.reply(ci, ReplyHeader::status(h.tag, s), Payload::None),
+            Ok((op, body)) => {
+                let ri = self.new_req(ci, h, op, buf, Stage::Data);
+                self.reqs[ri].search = Some(Box::new(Searcher::new(
+                    &body.pattern,
+                    body.max_hits as usize,
+                )));
+                self.dispatch(ri);
+            }
+        }
+        true
+    }
+
+    fn is_memory(&self, ci: usize) -> bool {
+        self.conns[ci]
+            .session
+            .as_ref()
+            .is_some_and(|s| matches!(self.shared.backends[s.device].store, Store::Memory(_)))
+    }
+
+    fn new_req(
+        &mut self,
+        ci: usize,
+        hdr: RequestHeader,
+        op: Op,
+        buf: Option<crate::arena::BufId>,
+        stage: Stage,
+    ) -> usize {
+        self.conns[ci].live_reqs += 1;
+        self.reqs.insert(Req {
+            conn: ci,
+            hdr,
+            op,
+            buf,
+            done: 0,
+            stage,
+            search: None,
+        })
+    }
+
+    /// Drops a request whose connection went away before it was dispatched.
+    fn drop_req(&mut self, ri: usize) {
+        let r = self.reqs.remove(ri);
+        if let Some(b) = r.buf {
+            self.arena.free(b);
+            self.wake_stalled();
+        }
+        let c = &mut self.conns[r.conn];
+        c.live_reqs -= 1;
+        c.inflight -= 1;
+    }
+
+    // ---- execution ----
+
+    fn device(&self, ri: usize) -> usize {
+        let ci = self.reqs[ri].conn;
+        self.conns[ci]
+            .session
+            .as_ref()
+            .map(|s| s.device)
+            .expect("request on a session")
+    }
+
+    /// A fully received WRITE: check it, then write it.
+    fn start_write(&mut self, ri: usize) {
+        let ci = self.reqs[ri].conn;
+        let h = self.reqs[ri].hdr;
+        match self.admit(ci, &h) {
+            Ok(_) => self.dispatch(ri),
+            Err(s) => self.finish(ri, s, Payload::None, 0),
+        }
+    }
+
+    fn dispatch(&mut self, ri: usize) {
+        let dev = self.device(ri);
+        let shared = Arc::clone(&self.shared);
+        let backend = &shared.backends[dev];
+        let r = &self.reqs[ri];
+        let (op, off, len) = (r.op, r.hdr.offset, r.hdr.length);
+        let fua = r.hdr.flags & dasmesh_wire::FLAG_FUA != 0;
+        match &backend.store {
+            Store::Memory(m) => {
+                match op {
+                    Op::Read => {
+                        let p = m.ptr(off, len as usize);
+                        return self.finish(ri, Status::Ok, Payload::Memory(p, len as usize), 0);
+                    }
+                    Op::Write => {
+                        let buf = r.buf.expect("write slot");
+                        m.write(off, self.arena.bytes(buf, len as usize));
+                    }
+                    Op::Discard | Op::WriteZeroes => m.zero(off, len),
+                    Op::Flush => {}
+                    Op::Search => {
+                        let buf = r.buf.expect("search slot");
+                        let mut done = 0;
+                        while done < len {
+                            let n = (len - done).min(SEARCH_CHUNK) as usize;
+                            m.read(off + done, self.arena.bytes_mut(buf, n));
+                            let s = self.reqs[ri].search.as_mut().expect("searcher");
+                            s.feed(off + done, self.arena.bytes(buf, n));
+                            if s.is_done() {
+                                break;
+                            }
+                            done += n as u64;
+                        }
+                        return self.finish_search(ri);
+                    }
+                }
+                self.finish(ri, Status::Ok, Payload::None, 0)
+            }
+            Store::File { file, block_device } => match op {
+                Op::Read | Op::Write | Op::Search => self.submit_data(ri),
+                Op::Flush => self.submit_sync(ri),
+                Op::Discard | Op::WriteZeroes if *block_device => {
+                    let r = if op == Op::Discard {
+                        sys::discard(file, off, len)
+                    } else {
+                        sys::zero_out(file, off, len)
+                    };
+                    let r = r.and_then(|()| if fua { file.sync_data() } else { Ok(()) });
+                    let status = match r {
+                        Ok(()) => Status::Ok,
+                        Err(e) => errno_status(e.raw_os_error().unwrap_or(libc::EIO)),
+                    };
+                    self.finish(ri, status, Payload::None, 0)
+                }
+                Op::Discard | Op::WriteZeroes => {
+                    let mode = if op == Op::Discard {
+                        libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE
+                    } else {
+                        libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE
+                    };
+                    self.reqs[ri].stage = Stage::Fallocate;
+                    let f = self.files[dev].expect("file backend");
+                    let e = on_file!(f, |fd| opcode::Fallocate::new(fd, len)
+                        .offset(off)
+                        .mode(mode)
+                        .build());
+                    // SAFETY: fallocate points at no memory.
+                    unsafe { self.push(e.user_data(UD_IO | ri as u64)) };
+                }
+            },
+        }
+    }
+
+    /// Submits the next data transfer of a READ, WRITE, SEARCH chunk or zero-write.
+    fn submit_data(&mut self, ri: usize) {
+        let dev = self.device(ri);
+        let f = self.files[dev].expect("file backend");
+        let r = &self.reqs[ri];
+        let off = r.hdr.offset + r.done;
+        let left = r.hdr.length - r.done;
+        let fua = r.hdr.flags & dasmesh_wire::FLAG_FUA != 0;
+        let e = if r.stage == Stage::ZeroWrite {
+            let (zp, zi) = self.arena.zero();
+            let n = left.min(ZERO_LEN as u64) as u32;
+            if self.fixed_bufs {
+                on_file!(f, |fd| opcode::WriteFixed::new(fd, zp, n, zi)
+                    .offset(off)
+                    .build())
+            } else {
+                on_file!(f, |fd| opcode::Write::new(fd, zp, n).offset(off).build())
+            }
+        } else {
+            let buf = r.buf.expect("data slot");
+            let idx = self.arena.buf_index(buf);
+            let (ptr, n) = if r.op == Op::Search {
+                // Each chunk is read into the start of the slot.
+                (self.arena.ptr(buf), left.min(SEARCH_CHUNK) as u32)
+            } else {
+                // SAFETY: done < length <= the slot's capacity.
+                (
+                    unsafe { self.arena.ptr(buf).add(r.done as usize) },
+                    left as u32,
+                )
+            };
+            let write = r.op == Op::Write;
+            let flags = if write && fua { libc::RWF_DSYNC } else { 0 };
+            match (write, self.fixed_bufs) {
+                (true, true) => on_file!(f, |fd| opcode::WriteFixed::new(fd, ptr, n, idx)
+                    .offset(off)
+                    .rw_flags(flags)
+                    .build()),
+                (true, false) => on_file!(f, |fd| opcode::Write::new(fd, ptr, n)
+                    .offset(off)
+                    .rw_flags(flags)
+                    .build()),
+                (false, true) => on_file!(f, |fd| opcode::ReadFixed::new(fd, ptr, n, idx)
+                    .offset(off)
+                    .build()),
+                (false, false) => {
+                    on_file!(f, |fd| opcode::Read::new(fd, ptr, n).offset(off).build())
+                }
+            }
+        };
+        // SAFETY: the slot (or the zero buffer) belongs to this request until its completion.
+        unsafe { self.push(e.user_data(UD_IO | ri as u64)) };
+    }
+
+    fn submit_sync(&mut self, ri: usize) {
+        let dev = self.device(ri);
+        let f = self.files[dev].expect("file backend");
+        self.reqs[ri].stage = Stage::Sync;
+        let e = on_file!(f, |fd| opcode::Fsync::new(fd)
+            .flags(types::FsyncFlags::DATASYNC)
+            .build());
+        // SAFETY: fsync points at no memory.
+        unsafe { self.push(e.user_data(UD_IO | ri as u64)) };
+    }
+
+    fn on_io(&mut self, ri: usize, res: i32) {
+        let r = &mut self.reqs[ri];
+        let fua = r.hdr.flags & dasmesh_wire::FLAG_FUA != 0;
+        match r.stage {
+            Stage::Data | Stage::ZeroWrite => {
+                if res < 0 {
+                    return self.finish(ri, errno_status(-res), Payload::None, 0);
+                }
+                if res == 0 {
+                    tracing::warn!("device returned 0 bytes at {}", r.hdr.offset + r.done);
+                    return self.finish(ri, Status::IoError, Payload::None, 0);
+                }
+                if r.op == Op::Search {
+                    let at = r.hdr.offset + r.done;
+                    let buf = r.buf.expect("search slot");
+                    let s = r.search.as_mut().expect("searcher");
+                    s.feed(at, self.arena.bytes(buf, res as usize));
+                    r.done += res as u64;
+                    if s.is_done() || r.done == r.hdr.length {
+                        return self.finish_search(ri);
+                    }
+                    return self.submit_data(ri);
+                }
+                r.done += res as u64;
+                if r.done < r.hdr.length {
+                    return self.submit_data(ri);
+                }
+                if r.stage == Stage::ZeroWrite && fua {
+                    return self.submit_sync(ri);
+                }
+                if r.op == Op::Read {
+                    let buf = r.buf.take().expect("read slot");
+                    let len = r.hdr.length as usize;
+                    return self.finish(ri, Status::Ok, Payload::Arena(buf, len), 0);
+                }
+                self.finish(ri, Status::Ok, Payload::None, 0)
+            }
+            Stage::Fallocate => {
+                if res == -libc::EOPNOTSUPP || res == -libc::EINVAL {
+                    // The filesystem cannot: write zeroes instead.
+                    r.stage = Stage::ZeroWrite;
+                    r.done = 0;
+                    return self.submit_data(ri);
+                }
+                if res < 0 {
+                    return self.finish(ri, errno_status(-res), Payload::None, 0);
+                }
+                if fua {
+                    return self.submit_sync(ri);
+                }
+                self.finish(ri, Status::Ok, Payload::None, 0)
+            }
+            Stage::Sync => {
+                let s = if res < 0 {
+                    errno_status(-res)
+                } else {
+                    Status::Ok
+                };
+                self.finish(ri, s, Payload::None, 0)
+            }
+            Stage::Receiving => unreachable!("no I/O is submitted while receiving"),
+        }
+    }
+
+    fn finish_search(&mut self, ri: usize) {
+        let s = self.reqs[ri].search.take().expect("searcher");
+        let (hits, truncated) = s.finish();
+        let bytes: Vec<u8> = hits.iter().flat_map(|h| h.to_le_bytes()).collect();
+        let flags = if truncated { REPLY_FLAG_TRUNCATED } else { 0 };
+        self.finish(ri, Status::Ok, Payload::Heap(bytes), flags)
+    }
+
+    /// Ends a request: frees its slot (unless the payload carries it) and queues the reply.
+    fn finish(&mut self, ri: usize, status: Status, payload: Payload, flags: u16) {
+        let r = self.reqs.remove(ri);
+        if let Some(b) = r.buf {
+            self.arena.free(b);
+            self.wake_stalled();
+        }
+        let ci = r.conn;
+        self.conns[ci].live_reqs -= 1;
+        let payload_len = match &payload {
+            Payload::None => 0,
+            Payload::Arena(_, n) | Payload::Memory(_, n) => *n,
+            Payload::Heap(v) => v.len(),
+        };
+        let h = ReplyHeader {
+            status: status.code(),
+            flags,
+            tag: r.tag(),
+            payload_len: payload_len as u32,
+        };
+        if status != Status::Ok {
+            tracing::debug!(conn = ci, op = ?r.op, offset = r.hdr.offset, length = r.hdr.length, "request failed: {status}");
+        }
+        self.reply(ci, h, payload);
+        if self.conns[ci].phase == Phase::Closing {
+            self.try_reap(ci);
+        }
+    }
+}
+
+/// The wire status for an errno from the device.
+fn errno_status(errno: i32) -> Status {
+    match errno {
+        libc::ENOSPC => Status::NoSpace,
+        libc::EINVAL => Status::Internal,
+        _ => Status::IoError,
+    }
+}
