@@ -462,6 +462,9 @@ impl Reactor {
     /// Answers with an error and closes: the stream can no longer be trusted.
     fn fatal(&mut self, ci: usize, reply: Reply) {
         let c = &mut self.conns[ci];
+        if reply.counts {
+            c.inflight += 1;
+        }
         c.sendq.push(reply);
         c.close_after_send = true;
     }
@@ -972,6 +975,8 @@ impl Reactor {
     fn start_write(&mut self, ri: usize) {
         let ci = self.reqs[ri].conn;
         let h = self.reqs[ri].hdr;
+        // `done` counted payload bytes received; from here on it counts bytes written.
+        self.reqs[ri].done = 0;
         match self.admit(ci, &h) {
             Ok(_) => self.dispatch(ri),
             Err(s) => self.finish(ri, s, Payload::None, 0),
