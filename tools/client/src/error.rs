@@ -1,0 +1,47 @@
+//! The one error type of the client.
+
+use dasmesh_wire::{Op, Status, TokenError};
+
+/// Why a client call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The socket failed.
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+    /// The node refused the handshake.
+    #[error("node refused the connection: {name} ({status})", name = .0.name(), status = .0)]
+    Handshake(Status),
+    /// The node refused or failed a request.
+    #[error("node refused {op:?}: {} ({status})", .status.name())]
+    Request {
+        /// The op.
+        op: Op,
+        /// The node's status.
+        status: Status,
+    },
+    /// The node sent something that breaks the protocol; the connection was closed.
+    #[error("protocol violation by the node: {0}")]
+    Protocol(String),
+    /// The connection is closed; requests in flight on it failed.
+    #[error("connection closed")]
+    Closed,
+    /// A token could not be used.
+    #[error("token: {0}")]
+    Token(#[from] TokenError),
+    /// Connecting took too long.
+    #[error("timed out connecting")]
+    Timeout,
+    /// A caller argument the node would refuse anyway (checked before sending).
+    #[error("invalid argument: {0}")]
+    Invalid(String),
+}
+
+impl Error {
+    /// The node's status, for handshake and request refusals.
+    pub fn status(&self) -> Option<Status> {
+        match self {
+            Error::Handshake(s) | Error::Request { status: s, .. } => Some(*s),
+            _ => None,
+        }
+    }
+}
