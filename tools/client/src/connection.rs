@@ -404,7 +404,7 @@ async fn read_replies(mut rd: OwnedReadHalf, inner: &std::sync::Weak<Inner>) -> 
         let expected = match (&w.dest, ok) {
             (Dest::Vec(n), true) => Some(*n),
             (Dest::Buf(b), true) => Some(b.len()),
-            (Dest::Hits, true) if len % 8 == 0 => Some(len),
+            (Dest::Hits, true) if len.is_multiple_of(8) => Some(len),
             (Dest::Hits, true) => None,
             (Dest::None, _) | (_, false) => Some(0),
         };
