@@ -207,8 +207,7 @@ fn client_reports_refusals_with_their_status() {
         let t = node.token(1, 0, SIZE, Rights::ReadOnly, 1);
         let e = Connection::connect(&node.addr, DeviceId(0), &t, &ConnectOptions::default())
             .await
-            .err()
-            .expect("token for device 1 used on device 0");
+            .expect_err("token for device 1 used on device 0");
         assert_eq!(e.status(), Some(Status::WrongDevice));
     });
 }
