@@ -76,7 +76,11 @@ fn clean_shutdown_under_load_answers_or_closes_and_exits_zero() {
             let data = block(16 << 10, k);
             let (mut sent, mut ok, mut refused) = (0u64, 0u64, 0u64);
             let send = |c: &mut Raw, n: u64| {
-                let op = if n.is_multiple_of(2) { Op::Write } else { Op::Read };
+                let op = if n.is_multiple_of(2) {
+                    Op::Write
+                } else {
+                    Op::Read
+                };
                 let off = (n * 16384) % (16 * MIB);
                 let h = req(op, n, off, 16384);
                 let payload: &[u8] = if op == Op::Write { &data } else { &[] };

@@ -203,7 +203,7 @@ async fn write(t: &Target, offset: u64, input: &PathBuf, fua: bool) -> anyhow::R
     let data = std::fs::read(input).with_context(|| format!("reading {}", input.display()))?;
     let c = connect(t).await?;
     let bs = u64::from(c.info().block_size);
-    if data.is_empty() || data.len() as u64 % bs != 0 {
+    if data.is_empty() || !(data.len() as u64).is_multiple_of(bs) {
         bail!(
             "{} is {} bytes: the length must be a non-zero multiple of the block size {bs}",
             input.display(),

@@ -135,7 +135,7 @@ fn mint(a: &MintArgs) -> anyhow::Result<()> {
         .with_context(|| format!("reading {}", sk_path.display()))?;
     let key = signing_key_from_text(&text).with_context(|| format!("{}", sk_path.display()))?;
     let (start, end) = parse_range(&a.range)?;
-    if start % 512 != 0 || end % 512 != 0 || start == end {
+    if !start.is_multiple_of(512) || !end.is_multiple_of(512) || start == end {
         bail!(
             "--range {}: start and end must be multiples of 512 and the range non-empty",
             a.range
