@@ -1,0 +1,319 @@
+//! The `dasmesh` binary as a user runs it: keys, tokens, argument errors, and `io` commands
+//! against a real node (started from the workspace's build of `dasmesh-node`).
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+
+fn dasmesh(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_dasmesh"))
+        .args(args)
+        .output()
+        .expect("run dasmesh")
+}
+
+fn ok(args: &[&str]) -> String {
+    let o = dasmesh(args);
+    assert!(
+        o.status.success(),
+        "dasmesh {args:?} failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8(o.stdout).unwrap()
+}
+
+fn fails(args: &[&str]) -> String {
+    let o = dasmesh(args);
+    assert!(!o.status.success(), "dasmesh {args:?} should fail");
+    String::from_utf8(o.stderr).unwrap()
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn keygen_writes_keys_and_refuses_to_overwrite() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys");
+    ok(&["keygen", "--out", s(&keys)]);
+    let sk = std::fs::read_to_string(keys.join("signing.key")).unwrap();
+    let pk = std::fs::read_to_string(keys.join("public.key")).unwrap();
+    assert_eq!(sk.trim().len(), 64);
+    let vk = dasmesh_wire::verifying_key_from_text(&pk).unwrap();
+    let sk = dasmesh_wire::signing_key_from_text(&sk).unwrap();
+    assert_eq!(sk.verifying_key(), vk);
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = std::fs::metadata(keys.join("signing.key"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let err = fails(&["keygen", "--out", s(&keys)]);
+    assert!(err.contains("refusing to overwrite"), "{err}");
+    ok(&["keygen", "--out", s(&keys), "--force"]);
+    assert_ne!(
+        std::fs::read_to_string(keys.join("public.key")).unwrap(),
+        pk
+    );
+}
+
+#[test]
+fn token_mint_verifies_and_shows() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys");
+    ok(&["keygen", "--out", s(&keys)]);
+    let text = ok(&[
+        "token",
+        "mint",
+        "--key",
+        s(&keys),
+        "--node",
+        "7",
+        "--device",
+        "2",
+        "--range",
+        "1M..2G",
+        "--rights",
+        "ro",
+        "--ttl",
+        "30m",
+        "--epoch",
+        "9",
+    ]);
+    assert_eq!(text.lines().count(), 1);
+    let token = dasmesh_wire::Token::from_text(&text).unwrap();
+    let vk = dasmesh_wire::verifying_key_from_text(
+        &std::fs::read_to_string(keys.join("public.key")).unwrap(),
+    )
+    .unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let c = token
+        .verify(&vk, now, dasmesh_wire::NodeId(7), dasmesh_wire::DeviceId(2))
+        .unwrap();
+    assert_eq!(
+        (c.range_offset, c.range_length),
+        (1 << 20, (2 << 30) - (1 << 20))
+    );
+    assert_eq!(c.rights, dasmesh_wire::Rights::ReadOnly);
+    assert_eq!(c.epoch, dasmesh_wire::Epoch(9));
+    let ttl = c.expires_at_ms - c.issued_at_ms;
+    assert_eq!(ttl, 30 * 60 * 1000);
+
+    let tf = dir.path().join("tok");
+    std::fs::write(&tf, &text).unwrap();
+    let shown = ok(&["token", "show", "--token-file", s(&tf), "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&shown).unwrap();
+    assert_eq!(v["device"], 2);
+    assert_eq!(v["node"], 7);
+    assert_eq!(v["rights"], "ro");
+    assert_eq!(v["range_end"], 2u64 << 30);
+}
+
+#[test]
+fn bad_arguments_get_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys");
+    ok(&["keygen", "--out", s(&keys)]);
+    let mint = |range: &str| {
+        fails(&[
+            "token",
+            "mint",
+            "--key",
+            s(&keys),
+            "--device",
+            "0",
+            "--range",
+            range,
+            "--rights",
+            "rw",
+        ])
+    };
+    assert!(mint("100..4096").contains("multiples of 512"));
+    assert!(mint("8k..4k").contains("invalid range"));
+    assert!(mint("1x..2G").contains("invalid size"));
+    let err = fails(&[
+        "token",
+        "mint",
+        "--key",
+        "/nonexistent",
+        "--device",
+        "0",
+        "--range",
+        "0..1M",
+        "--rights",
+        "rw",
+    ]);
+    assert!(err.contains("/nonexistent/signing.key"), "{err}");
+    let garbage = dir.path().join("garbage");
+    std::fs::write(&garbage, "not a token").unwrap();
+    let err = fails(&["token", "show", "--token-file", s(&garbage)]);
+    assert!(err.contains("token"), "{err}");
+    let err = fails(&[
+        "io",
+        "read",
+        "--node",
+        "127.0.0.1:1",
+        "--token-file",
+        s(&garbage),
+        "--device",
+        "0",
+        "--offset",
+        "0",
+        "--length",
+        "4k",
+        "--output",
+        "-",
+    ]);
+    assert!(err.contains("token"), "{err}");
+}
+
+/// A node started from the workspace's build (scripts/test.sh builds every binary first).
+struct Node {
+    child: Child,
+    addr: String,
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn node_binary() -> PathBuf {
+    let me = PathBuf::from(env!("CARGO_BIN_EXE_dasmesh"));
+    let p = me.with_file_name("dasmesh-node");
+    assert!(
+        p.exists(),
+        "{} missing: run `cargo build --workspace --bins` first",
+        p.display()
+    );
+    p
+}
+
+fn start_node(dir: &Path, keys: &Path) -> Node {
+    let mut child = Command::new(node_binary())
+        .args(["--listen", "127.0.0.1:0", "--no-pin", "--trust-key"])
+        .arg(keys.join("public.key"))
+        .arg("--backend")
+        .arg(format!("file:{}:16M", dir.join("d.img").display()))
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("listening ")
+        .expect("listening line")
+        .to_string();
+    Node { child, addr }
+}
+
+#[test]
+fn io_commands_round_trip_through_a_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys");
+    ok(&["keygen", "--out", s(&keys)]);
+    let node = start_node(dir.path(), &keys);
+    let tok = dir.path().join("tok");
+    std::fs::write(
+        &tok,
+        ok(&[
+            "token",
+            "mint",
+            "--key",
+            s(&keys),
+            "--device",
+            "0",
+            "--range",
+            "0..16M",
+            "--rights",
+            "rw",
+        ]),
+    )
+    .unwrap();
+    let input = dir.path().join("in.bin");
+    let mut data: Vec<u8> = (0..(3 << 20) as u32).map(|i| (i * 7 % 251) as u8).collect();
+    data[(1 << 20) - 3..(1 << 20) + 5].copy_from_slice(b"XNEEDLEX");
+    std::fs::write(&input, &data).unwrap();
+    let t = [
+        "--node",
+        &node.addr,
+        "--token-file",
+        s(&tok),
+        "--device",
+        "0",
+    ];
+    let with = |extra: &[&str]| -> Vec<String> {
+        extra
+            .iter()
+            .chain(t.iter())
+            .map(|x| x.to_string())
+            .collect()
+    };
+    let run = |args: Vec<String>| ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let out = run(with(&[
+        "io",
+        "write",
+        "--offset",
+        "4k",
+        "--input",
+        s(&input),
+        "--json",
+    ]));
+    assert!(out.contains("\"written\":3145728"), "{out}");
+    run(with(&["io", "flush"]));
+    let back = dir.path().join("back.bin");
+    run(with(&[
+        "io",
+        "read",
+        "--offset",
+        "4k",
+        "--length",
+        "3M",
+        "--output",
+        s(&back),
+    ]));
+    assert!(std::fs::read(&back).unwrap() == data);
+    let hits = run(with(&[
+        "io",
+        "search",
+        "--offset",
+        "0",
+        "--length",
+        "16M",
+        "--pattern",
+        "NEEDLE",
+    ]));
+    assert_eq!(hits.trim(), ((1u64 << 20) - 2 + 4096).to_string());
+    let none = run(with(&[
+        "io",
+        "search",
+        "--offset",
+        "0",
+        "--length",
+        "16M",
+        "--pattern",
+        "ABSENT",
+    ]));
+    assert_eq!(none.trim(), "");
+    // Misaligned input length and a read past the range are refused with a reason.
+    let odd = dir.path().join("odd.bin");
+    std::fs::write(&odd, [1u8; 1000]).unwrap();
+    let args = with(&["io", "write", "--offset", "0", "--input", s(&odd)]);
+    let err = fails(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(err.contains("multiple of the block size"), "{err}");
+    let args = with(&[
+        "io", "read", "--offset", "16M", "--length", "4k", "--output", "-",
+    ]);
+    let err = fails(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(err.contains("OutOfRange"), "{err}");
+}
