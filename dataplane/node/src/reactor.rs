@@ -745,9 +745,7 @@ impl Reactor {
 
     /// The checks every request passes before it touches the device.
     fn admit(&mut self, ci: usize, h: &RequestHeader) -> Result<Op, Status> {
-        if self.stopping.is_some() {
-            return Err(Status::ShuttingDown);
-        }
+        let stopping = self.stopping.is_some();
         let s = self.conns[ci].session.as_mut().ok_or(Status::Internal)?;
         let op = check_request(h, &s.limits)?;
         if self.now_ms >= s.claim.expires_at_ms {
@@ -767,6 +765,9 @@ impl Reactor {
         }
         if s.fenced {
             return Err(Status::StaleEpoch);
+        }
+        if stopping {
+            return Err(Status::ShuttingDown);
         }
         Ok(op)
     }
