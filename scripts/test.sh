@@ -11,3 +11,8 @@ echo "== cargo build"
 cargo build --workspace --bins
 echo "== cargo test"
 cargo test --workspace
+echo "== fuzz targets: build on stable and a short smoke run of each"
+cargo build --manifest-path fuzz/Cargo.toml -q
+for t in request reply handshake token; do
+  fuzz/target/debug/$t -runs=5000 2>&1 | tail -n 1
+done
