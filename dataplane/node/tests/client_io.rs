@@ -57,7 +57,8 @@ fn random_writes_and_reads_match_a_model_on_every_backend() {
                 let blocks = rng.gen_range(1..=256u64); // 4 KiB .. 1 MiB
                 let len = blocks * 4096;
                 let off = rng.gen_range(0..(SIZE - len) / 4096) * 4096;
-                let data: Vec<u8> = (0..len).map(|_| rng.gen()).collect();
+                let mut data = vec![0u8; len as usize];
+                rng.fill(&mut data[..]);
                 c.write(off, &data, false).await.unwrap();
                 model.apply(off, &data);
                 let roff = rng.gen_range(0..(SIZE - len) / 4096) * 4096;
