@@ -1,0 +1,386 @@
+//! `dasmesh-bench`: fio-like workloads against several targets in one run (the first is the
+//! baseline), with HDR latency histograms, a JSON report and an SVG of the latency curves.
+#![deny(unsafe_code)]
+
+mod job;
+#[allow(unsafe_code)]
+mod local;
+mod node;
+mod report;
+mod verify;
+mod workload;
+
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use clap::Parser;
+use dasmesh_wire::units::parse_size;
+use dasmesh_wire::Token;
+
+use crate::job::{Engine, Shared};
+use crate::report::{Lat, TargetResult, VerifyReport};
+use crate::workload::{Rw, Workload};
+
+fn size_arg(s: &str) -> Result<u64, String> {
+    parse_size(s).map_err(|e| e.to_string())
+}
+
+/// dasmesh-bench: measure targets side by side on one workload.
+///
+/// Each --target runs the same workload, one after another; the first is the baseline and every
+/// row shows its IOPS ratio to it. Targets:
+///   local:PATH   io_uring + O_DIRECT straight on a file or block device (the baseline)
+///   node:ADDR    a dasmesh node's device, with the token from --token
+///
+/// Example: dasmesh-bench --target local:/var/tmp/disk.img --target node:127.0.0.1:7700
+///   --token tok --rw randread --bs 4k --iodepth 32 --runtime 10s --json out.json --plot out.svg
+#[derive(Parser, Debug)]
+#[command(name = "dasmesh-bench", version, verbatim_doc_comment)]
+struct Args {
+    /// A target (repeat for several): local:PATH or node:ADDR. The first is the baseline.
+    #[arg(long = "target", required = true)]
+    targets: Vec<String>,
+    /// Token file for node: targets (from `dasmesh token mint`; names the device).
+    #[arg(long)]
+    token: Option<PathBuf>,
+    /// Access pattern.
+    #[arg(long, value_enum, default_value = "randread")]
+    rw: Rw,
+    /// Percent reads for randrw.
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(0..=100))]
+    rwmixread: u32,
+    /// Block size of every I/O.
+    #[arg(long, default_value = "4k", value_parser = size_arg)]
+    bs: u64,
+    /// Requests in flight per job.
+    #[arg(long, default_value_t = 32)]
+    iodepth: usize,
+    /// Jobs: threads, each with its own ring (local) or connection (node).
+    #[arg(long, default_value_t = 1)]
+    numjobs: usize,
+    /// Bytes of each target to use (default: all of it: the file, device or lent range).
+    #[arg(long, value_parser = size_arg)]
+    size: Option<u64>,
+    /// Where the region starts within the target.
+    #[arg(long, default_value = "0", value_parser = size_arg)]
+    offset: u64,
+    /// Measured time per target [default: 10s, 2s with --quick].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    runtime: Option<Duration>,
+    /// Warm-up before measuring [default: 1s, 200ms with --quick].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    ramp: Option<Duration>,
+    /// Open-loop pacing: issue this many IOPS in total (latency counts from the scheduled time).
+    #[arg(long, default_value_t = 0)]
+    rate_iops: u64,
+    /// Writes carry a checksum and their offset; reads check them; any mismatch fails the run.
+    #[arg(long)]
+    verify: bool,
+    /// Short run (smoke tests, CI).
+    #[arg(long)]
+    quick: bool,
+    /// Write every figure, the machine, the git commit and the configuration here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Draw the latency percentile curves of all targets into this SVG.
+    #[arg(long)]
+    plot: Option<PathBuf>,
+    /// No progress bar.
+    #[arg(long)]
+    no_progress: bool,
+}
+
+enum Target {
+    Local(PathBuf),
+    Node(String, Token),
+}
+
+fn parse_target(t: &str, token: Option<&PathBuf>) -> anyhow::Result<Target> {
+    if let Some(p) = t.strip_prefix("local:") {
+        return Ok(Target::Local(PathBuf::from(p)));
+    }
+    if let Some(addr) = t.strip_prefix("node:") {
+        let path = token.with_context(|| format!("{t}: node targets need --token FILE"))?;
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let tok =
+            Token::from_text(&text).with_context(|| format!("token in {}", path.display()))?;
+        return Ok(Target::Node(addr.to_string(), tok));
+    }
+    if t.starts_with("volume:") {
+        bail!("{t}: volume targets need the control plane, which this build does not have yet");
+    }
+    bail!("unknown target {t:?}: expected local:PATH or node:ADDR")
+}
+
+fn main() {
+    let args = Args::parse();
+    match run(args) {
+        Ok(true) => {}
+        Ok(false) => std::process::exit(1),
+        Err(e) => {
+            eprintln!("dasmesh-bench: {e:#}");
+            std::process::exit(2);
+        }
+    }
+}
+
+/// Runs every target; false if any had errors or verify mismatches.
+fn run(a: Args) -> anyhow::Result<bool> {
+    anyhow::ensure!(
+        a.bs >= 512 && a.bs.is_power_of_two(),
+        "--bs {} must be a power of two >= 512",
+        a.bs
+    );
+    anyhow::ensure!(
+        (1..=1024).contains(&a.iodepth),
+        "--iodepth must be 1..=1024"
+    );
+    anyhow::ensure!((1..=256).contains(&a.numjobs), "--numjobs must be 1..=256");
+    let targets: Vec<(String, Target)> = a
+        .targets
+        .iter()
+        .map(|t| Ok((t.clone(), parse_target(t, a.token.as_ref())?)))
+        .collect::<anyhow::Result<_>>()?;
+    let runtime = a.runtime.unwrap_or(if a.quick {
+        Duration::from_secs(2)
+    } else {
+        Duration::from_secs(10)
+    });
+    let ramp = a.ramp.unwrap_or(if a.quick {
+        Duration::from_millis(200)
+    } else {
+        Duration::from_secs(1)
+    });
+    let mut results: Vec<TargetResult> = Vec::new();
+    let mut workloads = Vec::new();
+    for (name, t) in &targets {
+        let w = Workload {
+            rw: a.rw,
+            rwmixread: a.rwmixread,
+            bs: a.bs,
+            iodepth: a.iodepth,
+            numjobs: a.numjobs,
+            size: 0,
+            offset: a.offset,
+            runtime,
+            ramp,
+            rate_iops: a.rate_iops,
+            verify: a.verify,
+        };
+        let (w, engines, region) = open_target(t, w, a.size)?;
+        let r = run_target(name, &w, engines, region, !a.no_progress)?;
+        let base = results
+            .first()
+            .map(|b: &TargetResult| b.iops)
+            .unwrap_or(r.iops);
+        results.push(TargetResult {
+            ratio_to_baseline: if base > 0.0 {
+                (r.iops / base * 100.0).round() / 100.0
+            } else {
+                0.0
+            },
+            ..r
+        });
+        workloads.push(w);
+    }
+    print!("{}", report::table(&results));
+    if let Some(path) = &a.json {
+        let doc = serde_json::json!({
+            "git_commit": git_commit(),
+            "machine": machine(),
+            "config": { "targets": a.targets, "workload": workloads.first() },
+            "results": results,
+        });
+        std::fs::write(path, serde_json::to_string_pretty(&doc)? + "\n")
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    if let Some(path) = &a.plot {
+        let title = format!(
+            "{:?} {} iodepth {} x {} jobs",
+            a.rw,
+            dasmesh_wire::units::format_size(a.bs),
+            a.iodepth,
+            a.numjobs
+        );
+        std::fs::write(path, report::svg(&results, &title))
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(results
+        .iter()
+        .all(|r| r.errors == 0 && r.verify.as_ref().is_none_or(|v| v.mismatches == 0)))
+}
+
+type Opened = (Workload, Vec<Box<dyn Engine>>, (u64, u64));
+
+/// Opens one engine per job and works out the region.
+fn open_target(t: &Target, mut w: Workload, size: Option<u64>) -> anyhow::Result<Opened> {
+    let mut engines: Vec<Box<dyn Engine>> = Vec::new();
+    let (start, avail) = match t {
+        Target::Local(path) => {
+            let total = local::target_size(path)?;
+            anyhow::ensure!(
+                w.offset < total,
+                "--offset {} is beyond {} ({total} bytes)",
+                w.offset,
+                path.display()
+            );
+            for _ in 0..w.numjobs {
+                engines.push(Box::new(local::Local::open(
+                    path,
+                    w.iodepth,
+                    w.bs as usize,
+                    w.rw.writes(),
+                )?));
+            }
+            (w.offset, total - w.offset)
+        }
+        Target::Node(addr, token) => {
+            let mut lent = (0, 0);
+            for _ in 0..w.numjobs {
+                let (e, info) = node::NodeEngine::open(addr, token, w.iodepth, w.bs as usize)?;
+                lent = (info.lent_offset, info.lent_length);
+                engines.push(Box::new(e));
+            }
+            anyhow::ensure!(
+                w.offset < lent.1,
+                "--offset {} is beyond the lent range ({} bytes)",
+                w.offset,
+                lent.1
+            );
+            (lent.0 + w.offset, lent.1 - w.offset)
+        }
+    };
+    let len = size.unwrap_or(avail).min(avail) / w.bs * w.bs;
+    anyhow::ensure!(len > 0, "the region holds no {}-byte block", w.bs);
+    if w.verify {
+        anyhow::ensure!(
+            len / w.bs > (w.iodepth * w.numjobs) as u64,
+            "--verify needs more blocks in the region ({}) than requests in flight ({})",
+            len / w.bs,
+            w.iodepth * w.numjobs
+        );
+    }
+    w.size = len;
+    Ok((w, engines, (start, len)))
+}
+
+fn run_target(
+    name: &str,
+    w: &Workload,
+    engines: Vec<Box<dyn Engine>>,
+    region: (u64, u64),
+    progress: bool,
+) -> anyhow::Result<TargetResult> {
+    let shared = Arc::new(Shared::new(region.1 / w.bs, w.verify));
+    let total = w.ramp + w.runtime;
+    let bar = progress.then(|| {
+        let b = indicatif::ProgressBar::new(total.as_millis() as u64);
+        b.set_style(
+            indicatif::ProgressStyle::with_template("{prefix:<28} [{bar:30}] {elapsed:>4} {msg}")
+                .expect("template")
+                .progress_chars("=> "),
+        );
+        b.set_prefix(name.to_string());
+        b
+    });
+    let watcher = bar.clone().map(|b| {
+        let shared = Arc::clone(&shared);
+        std::thread::spawn(move || {
+            let t0 = Instant::now();
+            let mut last = (0u64, Instant::now());
+            while !b.is_finished() {
+                std::thread::sleep(Duration::from_millis(250));
+                let done = shared.done.load(Ordering::Relaxed);
+                let rate = (done - last.0) as f64 / last.1.elapsed().as_secs_f64();
+                last = (done, Instant::now());
+                b.set_position(t0.elapsed().as_millis() as u64);
+                b.set_message(format!("{rate:>9.0} IOPS"));
+            }
+        })
+    });
+    let stats = job::run_jobs(engines, w, region, &shared);
+    if let Some(b) = &bar {
+        b.finish_and_clear();
+    }
+    if let Some(h) = watcher {
+        let _ = h.join();
+    }
+    let stats = stats?;
+    let mut hist = job::new_hist();
+    let (mut ops, mut bytes, mut errors) = (0u64, 0u64, 0u64);
+    let mut timeline = vec![0u64; stats.first().map(|s| s.timeline.len()).unwrap_or(0)];
+    let mut first_error = None;
+    let mut v = VerifyReport {
+        verified: 0,
+        unwritten: 0,
+        mismatches: 0,
+        first_mismatch: None,
+    };
+    for s in &stats {
+        hist.add(&s.hist)?;
+        ops += s.ops;
+        bytes += s.bytes;
+        errors += s.errors;
+        first_error = first_error.or(s.first_error.clone());
+        for (t, x) in timeline.iter_mut().zip(&s.timeline) {
+            *t += x;
+        }
+        v.verified += s.verified;
+        v.unwritten += s.unwritten;
+        v.mismatches += s.mismatches;
+        v.first_mismatch = v.first_mismatch.or(s.first_mismatch.clone());
+    }
+    // The last second is partial (the window ends inside it); drop it.
+    timeline.truncate(w.runtime.as_secs() as usize);
+    let secs = w.runtime.as_secs_f64();
+    Ok(TargetResult {
+        target: name.to_string(),
+        rw: format!("{:?}", w.rw).to_lowercase(),
+        bs: w.bs,
+        iodepth: w.iodepth,
+        numjobs: w.numjobs,
+        iops: (ops as f64 / secs).round(),
+        mib_s: (bytes as f64 / secs / (1 << 20) as f64 * 10.0).round() / 10.0,
+        lat_us: Lat::of(&hist),
+        ratio_to_baseline: 1.0,
+        timeline_mib_s: timeline
+            .iter()
+            .map(|o| (*o * w.bs) as f64 / (1 << 20) as f64)
+            .collect(),
+        errors,
+        first_error,
+        verify: w.verify.then_some(v),
+        curve: report::curve(&hist),
+    })
+}
+
+fn git_commit() -> String {
+    std::process::Command::new("git")
+        .args(["rev-parse", "HEAD"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+fn machine() -> serde_json::Value {
+    let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
+    let cpu = read("/proc/cpuinfo")
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("model name")
+                .map(|r| r.trim_start_matches([' ', '\t', ':']).to_string())
+        })
+        .unwrap_or_default();
+    serde_json::json!({
+        "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        "kernel": read("/proc/sys/kernel/osrelease").trim(),
+        "cpu": cpu,
+        "hostname": read("/proc/sys/kernel/hostname").trim(),
+    })
+}
