@@ -158,7 +158,7 @@ mod tests {
         let mut reads = 0;
         for _ in 0..10_000 {
             let (k, off) = p.next();
-            assert!(off >= 1 << 20 && off < 2 << 20 && off % 4096 == 0);
+            assert!((1 << 20..2 << 20).contains(&off) && off.is_multiple_of(4096));
             reads += (k == Kind::Read) as u32;
         }
         assert!(
