@@ -125,10 +125,7 @@ pub fn run(
     loop {
         let now = Instant::now();
         let issuing = now < end && !shared.abort.load(Ordering::Relaxed);
-        while issuing {
-            let Some(slot) = free.last().copied() else {
-                break;
-            };
+        while let (true, Some(&slot)) = (issuing, free.last()) {
             let start = match interval {
                 Some(iv) => {
                     if next_issue > now {
