@@ -41,15 +41,16 @@ pub fn target_size(path: &Path) -> anyhow::Result<u64> {
 /// One job's ring, file and slot buffers.
 pub struct Local {
     // Dropped first: the kernel lets go of the buffers before they are freed.
-    ring: IoUring,
-    _file: File,
+    ring: Option<IoUring>,
+    file: File,
     bufs: Vec<AlignedBuf>,
     bs: usize,
-    queued: usize,
 }
 
 impl Local {
-    /// Opens `path` O_DIRECT and sets up a ring of `depth` with `depth` registered buffers.
+    /// Opens `path` O_DIRECT with `depth` slot buffers of `bs` bytes. The ring itself is made on
+    /// the job's thread at its first request (SINGLE_ISSUER rings belong to the thread that
+    /// made them).
     pub fn open(path: &Path, depth: usize, bs: usize, write: bool) -> anyhow::Result<Self> {
         let file = OpenOptions::new()
             .read(true)
@@ -57,27 +58,39 @@ impl Local {
             .custom_flags(libc::O_DIRECT)
             .open(path)
             .with_context(|| format!("opening {} with O_DIRECT", path.display()))?;
-        // A plain ring, as fio's io_uring engine sets up by default (and the ring is created on
-        // the main thread but driven from the job's, which SINGLE_ISSUER would refuse).
-        let ring = IoUring::new(depth.next_power_of_two().max(8) as u32)?;
-        let mut bufs: Vec<AlignedBuf> = (0..depth).map(|_| AlignedBuf::new(bs)).collect();
-        let iovecs: Vec<libc::iovec> = bufs
-            .iter_mut()
-            .map(|b| libc::iovec {
-                iov_base: b.as_mut_ptr().cast(),
-                iov_len: b.len(),
-            })
-            .collect();
-        // SAFETY: the buffers live in `self.bufs` and are never resized; the ring is dropped first.
-        unsafe { ring.submitter().register_buffers(&iovecs)? };
-        ring.submitter().register_files(&[file.as_raw_fd()])?;
         Ok(Self {
-            ring,
-            _file: file,
-            bufs,
+            ring: None,
+            file,
+            bufs: (0..depth).map(|_| AlignedBuf::new(bs)).collect(),
             bs,
-            queued: 0,
         })
+    }
+
+    /// The ring, set up as fio's io_uring engine does (single issuer, deferred task work, as
+    /// the kernel allows), with the slot buffers and the file registered.
+    fn ring(&mut self) -> anyhow::Result<&mut IoUring> {
+        if self.ring.is_none() {
+            let entries = self.bufs.len().next_power_of_two().max(8) as u32;
+            let ring = IoUring::builder()
+                .setup_coop_taskrun()
+                .setup_single_issuer()
+                .setup_defer_taskrun()
+                .build(entries)
+                .or_else(|_| IoUring::new(entries))?;
+            let iovecs: Vec<libc::iovec> = self
+                .bufs
+                .iter_mut()
+                .map(|b| libc::iovec {
+                    iov_base: b.as_mut_ptr().cast(),
+                    iov_len: b.len(),
+                })
+                .collect();
+            // SAFETY: the buffers live in `self.bufs`, never resized; the ring is dropped first.
+            unsafe { ring.submitter().register_buffers(&iovecs)? };
+            ring.submitter().register_files(&[self.file.as_raw_fd()])?;
+            self.ring = Some(ring);
+        }
+        Ok(self.ring.as_mut().expect("just set"))
     }
 }
 
@@ -98,23 +111,24 @@ impl Engine for Local {
                 .build(),
         }
         .user_data(slot as u64);
+        let ring = self.ring()?;
         // SAFETY: the slot's buffer is registered and owned by this engine; the job loop does not
         // touch it until this slot's completion is returned.
-        unsafe { self.ring.submission().push(&e) }
+        unsafe { ring.submission().push(&e) }
             .map_err(|_| anyhow::anyhow!("submission queue full"))?;
-        self.queued += 1;
         Ok(())
     }
 
     fn complete(&mut self, out: &mut Vec<(usize, Result<(), String>)>) -> anyhow::Result<()> {
-        self.ring.submit_and_wait(1)?;
-        self.queued = 0;
-        for c in self.ring.completion() {
+        let bs = self.bs as i32;
+        let ring = self.ring()?;
+        ring.submit_and_wait(1)?;
+        for c in ring.completion() {
             let slot = c.user_data() as usize;
             let r = c.result();
             out.push((
                 slot,
-                if r == self.bs as i32 {
+                if r == bs {
                     Ok(())
                 } else if r < 0 {
                     Err(std::io::Error::from_raw_os_error(-r).to_string())

@@ -7,6 +7,7 @@ mod job;
 mod local;
 mod node;
 mod report;
+mod sys;
 mod verify;
 mod workload;
 
@@ -88,6 +89,10 @@ struct Args {
     /// Draw the latency percentile curves of all targets into this SVG.
     #[arg(long)]
     plot: Option<PathBuf>,
+    /// node: targets: how long a job spins on its socket before it sleeps in poll(2) waiting
+    /// for a reply [default: 200us when at most 4 requests are in flight in total, else 0].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    client_spin: Option<Duration>,
     /// No progress bar.
     #[arg(long)]
     no_progress: bool,
@@ -171,7 +176,12 @@ fn run(a: Args) -> anyhow::Result<bool> {
             rate_iops: a.rate_iops,
             verify: a.verify,
         };
-        let (w, engines, region) = open_target(t, w, a.size)?;
+        let spin = a.client_spin.unwrap_or(if a.iodepth * a.numjobs <= 4 {
+            Duration::from_micros(200)
+        } else {
+            Duration::ZERO
+        });
+        let (w, engines, region) = open_target(t, w, a.size, spin)?;
         let r = run_target(name, &w, engines, region, !a.no_progress)?;
         let base = results
             .first()
@@ -217,7 +227,12 @@ fn run(a: Args) -> anyhow::Result<bool> {
 type Opened = (Workload, Vec<Box<dyn Engine>>, (u64, u64));
 
 /// Opens one engine per job and works out the region.
-fn open_target(t: &Target, mut w: Workload, size: Option<u64>) -> anyhow::Result<Opened> {
+fn open_target(
+    t: &Target,
+    mut w: Workload,
+    size: Option<u64>,
+    spin: Duration,
+) -> anyhow::Result<Opened> {
     let mut engines: Vec<Box<dyn Engine>> = Vec::new();
     let (start, avail) = match t {
         Target::Local(path) => {
@@ -241,7 +256,8 @@ fn open_target(t: &Target, mut w: Workload, size: Option<u64>) -> anyhow::Result
         Target::Node(addr, token) => {
             let mut lent = (0, 0);
             for _ in 0..w.numjobs {
-                let (e, info) = node::NodeEngine::open(addr, token, w.iodepth, w.bs as usize)?;
+                let (e, info) =
+                    node::NodeEngine::open(addr, token, w.iodepth, w.bs as usize, spin)?;
                 lent = (info.lent_offset, info.lent_length);
                 engines.push(Box::new(e));
             }

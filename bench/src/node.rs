@@ -2,8 +2,10 @@
 //! fio engine (one thread, requests batched into one vectored write, replies read back to back),
 //! so that the benchmark measures the node and the network, not an async runtime.
 
-use std::io::{BufReader, IoSlice, Read, Write};
+use std::io::{BufReader, ErrorKind, IoSlice, Read, Write};
 use std::net::TcpStream;
+use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 use dasmesh_client::AlignedBuf;
@@ -15,10 +17,46 @@ use dasmesh_wire::{
 use crate::job::Engine;
 use crate::workload::Kind;
 
+/// A non-blocking socket that waits for data by spinning for a while, then by poll(2): at low
+/// queue depths a blocked thread's wake-up costs more than the round trip it waits for.
+struct SpinSocket {
+    s: TcpStream,
+    spin: Duration,
+}
+
+impl SpinSocket {
+    fn io<T>(
+        &mut self,
+        write: bool,
+        mut f: impl FnMut(&mut TcpStream) -> std::io::Result<T>,
+    ) -> std::io::Result<T> {
+        let mut spin_until = None;
+        loop {
+            match f(&mut self.s) {
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    let until = *spin_until.get_or_insert_with(|| Instant::now() + self.spin);
+                    if Instant::now() < until {
+                        std::hint::spin_loop();
+                    } else {
+                        crate::sys::wait_ready(self.s.as_raw_fd(), write)?;
+                    }
+                }
+                r => return r,
+            }
+        }
+    }
+}
+
+impl Read for SpinSocket {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.io(false, |s| s.read(buf))
+    }
+}
+
 /// One job's connection and slot buffers.
 pub struct NodeEngine {
-    writer: TcpStream,
-    reader: BufReader<TcpStream>,
+    writer: SpinSocket,
+    reader: BufReader<SpinSocket>,
     bufs: Vec<AlignedBuf>,
     bs: usize,
     kinds: Vec<Kind>,
@@ -60,8 +98,10 @@ impl NodeEngine {
         token: &Token,
         depth: usize,
         bs: usize,
+        spin: Duration,
     ) -> anyhow::Result<(Self, HelloReply)> {
         let (s, info) = connect(addr, token)?;
+        s.set_nonblocking(true)?;
         if depth > info.max_inflight as usize {
             bail!(
                 "iodepth {depth} is above the node's max_inflight {}",
@@ -76,8 +116,11 @@ impl NodeEngine {
         }
         Ok((
             Self {
-                writer: s.try_clone()?,
-                reader: BufReader::with_capacity(256 << 10, s),
+                writer: SpinSocket {
+                    s: s.try_clone()?,
+                    spin,
+                },
+                reader: BufReader::with_capacity(256 << 10, SpinSocket { s, spin }),
                 bufs: (0..depth).map(|_| AlignedBuf::new(bs)).collect(),
                 bs,
                 kinds: vec![Kind::Read; depth],
@@ -101,7 +144,7 @@ impl NodeEngine {
         }
         let mut rest = &mut slices[..];
         while !rest.is_empty() {
-            let n = self.writer.write_vectored(rest)?;
+            let n = self.writer.io(true, |s| s.write_vectored(rest))?;
             if n == 0 {
                 bail!("node closed the connection");
             }
