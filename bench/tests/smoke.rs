@@ -1,0 +1,254 @@
+//! The runner's quick smoke run, as CI does it: a node on the memory backend and a local file;
+//! the JSON is complete, the plot is drawn, and verify mode catches one corrupted block.
+//! No timing is asserted.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use dasmesh_client::{ConnectOptions, Connection};
+use dasmesh_wire::*;
+
+struct Node(Child, String);
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn bin(name: &str) -> PathBuf {
+    let p = PathBuf::from(env!("CARGO_BIN_EXE_dasmesh-bench")).with_file_name(name);
+    assert!(
+        p.exists(),
+        "{} missing: run `cargo build --workspace --bins` first",
+        p.display()
+    );
+    p
+}
+
+fn start_node(dir: &Path, key: &SigningKey) -> Node {
+    let pk = dir.join("public.key");
+    std::fs::write(&pk, key_to_text(key.verifying_key().as_bytes())).unwrap();
+    let mut child = Command::new(bin("dasmesh-node"))
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--no-pin",
+            "--backend",
+            "memory:16M",
+            "--trust-key",
+        ])
+        .arg(&pk)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line.trim().strip_prefix("listening ").unwrap().to_string();
+    Node(child, addr)
+}
+
+fn token(key: &SigningKey) -> Token {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    Claim {
+        node_id: NodeId(0),
+        volume_id: VolumeId(0),
+        device_id: DeviceId(0),
+        range_offset: 0,
+        range_length: 16 << 20,
+        rights: Rights::ReadWrite,
+        epoch: Epoch(1),
+        issued_at_ms: now,
+        expires_at_ms: now + 600_000,
+        nonce: 1,
+    }
+    .sign(key)
+}
+
+fn bench(args: &[&str]) -> (bool, String, String) {
+    let o = Command::new(env!("CARGO_BIN_EXE_dasmesh-bench"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        o.status.success(),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+fn json(path: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+#[test]
+fn quick_run_json_plot_and_verify_catch_a_corrupted_block() {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let key = SigningKey::from_bytes(&[4u8; 32]);
+    let node = start_node(dir.path(), &key);
+    let tok = dir.path().join("tok");
+    std::fs::write(&tok, token(&key).to_text()).unwrap();
+    let img = dir.path().join("local.img");
+    std::fs::write(&img, vec![0u8; 4 << 20]).unwrap();
+    let target = format!("node:{}", node.1);
+    let (j, svg) = (dir.path().join("out.json"), dir.path().join("out.svg"));
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+
+    // Two targets, every figure in the JSON, and the plot.
+    let (ok, out, err) = bench(&[
+        "--quick",
+        "--no-progress",
+        "--target",
+        &format!("local:{}", s(&img)),
+        "--target",
+        &target,
+        "--token",
+        &s(&tok),
+        "--rw",
+        "randrw",
+        "--bs",
+        "4k",
+        "--iodepth",
+        "4",
+        "--numjobs",
+        "2",
+        "--size",
+        "4M",
+        "--runtime",
+        "1s",
+        "--json",
+        &s(&j),
+        "--plot",
+        &s(&svg),
+    ]);
+    assert!(ok, "{out}\n{err}");
+    assert!(out.contains("IOPS") && out.contains(&target), "{out}");
+    let v = json(&j);
+    assert!(v["git_commit"].as_str().is_some_and(|c| !c.is_empty()));
+    assert!(v["machine"]["cores"].as_u64().unwrap() >= 1);
+    assert!(!v["machine"]["kernel"].as_str().unwrap().is_empty());
+    assert_eq!(v["config"]["workload"]["iodepth"], 4);
+    let results = v["results"].as_array().unwrap();
+    assert_eq!(results.len(), 2);
+    for r in results {
+        for k in [
+            "target",
+            "rw",
+            "bs",
+            "iodepth",
+            "numjobs",
+            "iops",
+            "mib_s",
+            "ratio_to_baseline",
+        ] {
+            assert!(!r[k].is_null(), "missing {k} in {r}");
+        }
+        for k in ["p50", "p90", "p99", "p999", "max"] {
+            assert!(r["lat_us"][k].as_f64().unwrap() > 0.0, "lat_us.{k} in {r}");
+        }
+        assert!(r["iops"].as_f64().unwrap() > 0.0);
+        assert_eq!(r["errors"], 0);
+        assert_eq!(r["numjobs"], 2);
+    }
+    assert_eq!(results[0]["ratio_to_baseline"], 1.0);
+    let plot = std::fs::read_to_string(&svg).unwrap();
+    assert!(plot.starts_with("<svg") && plot.matches("<polyline").count() == 2);
+
+    // Verify: fill every block, read back clean, corrupt one block, read back: caught.
+    let common = [
+        "--quick",
+        "--no-progress",
+        "--target",
+        &target,
+        "--token",
+        &s(&tok),
+        "--bs",
+        "4k",
+        "--iodepth",
+        "8",
+        "--size",
+        "1M",
+        "--verify",
+    ];
+    let with = |extra: &[&str]| -> Vec<String> {
+        common.iter().chain(extra).map(|x| x.to_string()).collect()
+    };
+    let run = |args: Vec<String>| bench(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let (ok, out, err) = run(with(&["--rw", "write", "--runtime", "500ms"]));
+    assert!(ok, "{out}\n{err}");
+    let (ok, out, err) = run(with(&[
+        "--rw",
+        "read",
+        "--runtime",
+        "500ms",
+        "--json",
+        &s(&j),
+    ]));
+    assert!(ok, "clean data failed verify: {out}\n{err}");
+    let v = json(&j);
+    assert!(v["results"][0]["verify"]["verified"].as_u64().unwrap() > 0);
+    assert_eq!(v["results"][0]["verify"]["mismatches"], 0);
+    assert_eq!(
+        v["results"][0]["verify"]["unwritten"], 0,
+        "every block was written"
+    );
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let c = Connection::connect(
+            &node.1,
+            DeviceId(0),
+            &token(&key),
+            &ConnectOptions::default(),
+        )
+        .await
+        .unwrap();
+        let mut block = c.read(40960, 4096).await.unwrap();
+        block[2000] ^= 0x40;
+        c.write(40960, &block, true).await.unwrap();
+    });
+    let (ok, out, _) = run(with(&[
+        "--rw",
+        "read",
+        "--runtime",
+        "500ms",
+        "--json",
+        &s(&j),
+    ]));
+    assert!(!ok, "a corrupted block went unnoticed: {out}");
+    assert!(out.contains("MISMATCHED"), "{out}");
+    let v = json(&j);
+    assert!(v["results"][0]["verify"]["mismatches"].as_u64().unwrap() >= 1);
+    let first = v["results"][0]["verify"]["first_mismatch"]
+        .as_str()
+        .unwrap();
+    assert!(
+        first.contains("40960") && first.contains("BadChecksum"),
+        "{first}"
+    );
+}
+
+#[test]
+fn bad_arguments_are_refused_with_a_reason() {
+    let (ok, _, err) = bench(&["--target", "nfs:somewhere"]);
+    assert!(!ok && err.contains("unknown target"), "{err}");
+    let (ok, _, err) = bench(&["--target", "node:127.0.0.1:1"]);
+    assert!(!ok && err.contains("--token"), "{err}");
+    let (ok, _, err) = bench(&["--target", "local:/nonexistent/x", "--quick"]);
+    assert!(!ok && err.contains("/nonexistent/x"), "{err}");
+    let (ok, _, err) = bench(&["--target", "local:/dev/null", "--bs", "3000"]);
+    assert!(!ok && err.contains("power of two"), "{err}");
+    let (ok, _, err) = bench(&["--target", "volume:v1"]);
+    assert!(!ok && err.contains("control plane"), "{err}");
+}
