@@ -119,8 +119,8 @@ pub struct Conn {
     pub need: usize,
     /// A recv SQE is outstanding.
     pub recv_armed: bool,
-    /// The last frame was a WRITE: receive just the next header, so that a following write's
-    /// payload lands straight in its arena slot rather than in `rbuf`.
+    /// The last frame was a large WRITE: receive just the next header, so that a following
+    /// large write's payload lands straight in its arena slot rather than in `rbuf`.
     pub recv_exact: bool,
     /// A WRITE whose payload is being received into its slot.
     pub payload_req: Option<usize>,

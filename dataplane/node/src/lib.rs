@@ -48,6 +48,8 @@ pub struct Shared {
     pub max_search_hits: u32,
     /// Grace period of a clean shutdown.
     pub shutdown_grace: Duration,
+    /// Submit each device I/O at once rather than with the loop's batch.
+    pub eager_submit: bool,
 }
 
 /// Opens the backends and reads the trust key named by `cfg`.
@@ -79,6 +81,7 @@ pub fn open_shared(cfg: &Config) -> anyhow::Result<Shared> {
         max_inflight: cfg.max_inflight,
         max_search_hits: cfg.max_search_hits,
         shutdown_grace: cfg.shutdown_grace,
+        eager_submit: !cfg.batch_submit,
     })
 }
 

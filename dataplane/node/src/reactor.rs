@@ -35,6 +35,9 @@ const UD_CANCEL: u64 = 5 << 56;
 const UD_KIND: u64 = 0xff << 56;
 /// Replies gathered into one sendmsg at most.
 const SEND_BATCH: usize = 256;
+/// WRITE payloads up to this size are received with their headers into the staging buffer and
+/// copied into their slot; larger ones go from the socket straight into the slot.
+const COPY_MAX: usize = 16 << 10;
 /// Bytes read per step of a SEARCH.
 const SEARCH_CHUNK: u64 = 1 << 20;
 /// How long a blocked reactor sleeps before it looks at the shutdown flag again.
@@ -267,6 +270,22 @@ impl Reactor {
             }
             if let Err(err) = self.ring.submit() {
                 tracing::warn!("submit with a full queue failed: {err}");
+            }
+        }
+    }
+
+    /// Queues a device SQE and submits it at once: a virtio disk loses 10-15% of its 4k random
+    /// IOPS when a batch of reads reaches it in one submission instead of one by one
+    /// (docs/performance.md).
+    ///
+    /// # Safety
+    /// As for [`Reactor::push`].
+    unsafe fn push_io(&mut self, e: squeue::Entry) {
+        // SAFETY: forwarded from this function's contract.
+        unsafe { self.push(e) };
+        if self.shared.eager_submit {
+            if let Err(err) = self.ring.submit() {
+                tracing::warn!("submit failed: {err}");
             }
         }
     }
@@ -854,7 +873,9 @@ impl Reactor {
         let c = &mut self.conns[ci];
         c.rstart += REQUEST_HEADER_LEN;
         c.inflight += 1;
-        c.recv_exact = true;
+        // Small payloads ride in the staging buffer with their headers (one receive for many
+        // writes, then a copy); large ones are received straight into their slot.
+        c.recv_exact = len > COPY_MAX;
         let have = c.avail().len().min(len);
         self.arena
             .bytes_mut(buf, have)
@@ -1051,7 +1072,7 @@ impl Reactor {
                         .mode(mode)
                         .build());
                     // SAFETY: fallocate points at no memory.
-                    unsafe { self.push(e.user_data(UD_IO | ri as u64)) };
+                    unsafe { self.push_io(e.user_data(UD_IO | ri as u64)) };
                 }
             },
         }
@@ -1108,7 +1129,7 @@ impl Reactor {
             }
         };
         // SAFETY: the slot (or the zero buffer) belongs to this request until its completion.
-        unsafe { self.push(e.user_data(UD_IO | ri as u64)) };
+        unsafe { self.push_io(e.user_data(UD_IO | ri as u64)) };
     }
 
     fn submit_sync(&mut self, ri: usize) {
@@ -1119,7 +1140,7 @@ impl Reactor {
             .flags(types::FsyncFlags::DATASYNC)
             .build());
         // SAFETY: fsync points at no memory.
-        unsafe { self.push(e.user_data(UD_IO | ri as u64)) };
+        unsafe { self.push_io(e.user_data(UD_IO | ri as u64)) };
     }
 
     fn on_io(&mut self, ri: usize, res: i32) {
