@@ -56,8 +56,9 @@ if "$BIN/dasmesh" io write --node "$ADDR" --token-file "$DIR/ro-token" --device 
 fi
 echo "refused as expected: $(cat "$DIR/err")"
 
-step "8. a quick 4k random-read loop, queue depth 32, 3 s"
-"$BIN/dasmesh" io bench "${IO[@]}" --rw randread --bs 4k --qd 32 --runtime 3s
+step "8. a short benchmark of the 4 MiB written: read directly from the file (the baseline), then through the node"
+"$BIN/dasmesh-bench" --quick --no-progress --target "local:$DIR/disk.img" --target "node:$ADDR" --token "$DIR/token" \
+  --rw randread --bs 4k --iodepth 32 --offset 1M --size 4M --json "$DIR/bench.json"
 
 step "9. clean shutdown (SIGTERM): finish in-flight I/O, flush, exit 0"
 kill -TERM "$NODE_PID"
