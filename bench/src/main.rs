@@ -39,7 +39,7 @@ fn size_arg(s: &str) -> Result<u64, String> {
 /// Example: dasmesh-bench --target local:/var/tmp/disk.img --target node:127.0.0.1:7700
 ///   --token tok --rw randread --bs 4k --iodepth 32 --runtime 10s --json out.json --plot out.svg
 #[derive(Parser, Debug)]
-#[command(name = "dasmesh-bench", version, verbatim_doc_comment)]
+#[command(name = "dasmesh-bench", version, verbatim_doc_comment, after_long_help = AFTER_HELP)]
 struct Args {
     /// A target (repeat for several): local:PATH or node:ADDR. The first is the baseline.
     #[arg(long = "target", required = true)]
@@ -93,10 +93,24 @@ struct Args {
     /// for a reply [default: 200us when at most 4 requests are in flight in total, else 0].
     #[arg(long, value_parser = humantime::parse_duration)]
     client_spin: Option<Duration>,
+    /// Allow write workloads on a local: block device (they overwrite its data).
+    #[arg(long)]
+    destroy_data: bool,
     /// No progress bar.
     #[arg(long)]
     no_progress: bool,
 }
+
+const AFTER_HELP: &str = "\
+Output: one row per target: IOPS and MiB/s over the measured window (after --ramp), completion
+latency percentiles p50/p90/p99/p99.9/max in microseconds (HDR histogram, from the moment a request
+is queued, or from its scheduled time with --rate-iops), and the IOPS ratio to the first target.
+--json adds the per-second timeline, the machine, the git commit and the configuration.
+
+Write workloads overwrite the region they use. On a local: block device they need --destroy-data.
+
+Exit status: 0 all targets ran clean; 1 a target had I/O errors or verify mismatches; 2 bad usage
+or setup (the message says which). More: bench/README.md.";
 
 enum Target {
     Local(PathBuf),
@@ -181,6 +195,14 @@ fn run(a: Args) -> anyhow::Result<bool> {
         } else {
             Duration::ZERO
         });
+        if let Target::Local(path) = t {
+            let is_dev = std::fs::metadata(path)
+                .map(|m| std::os::unix::fs::FileTypeExt::is_block_device(&m.file_type()))
+                .unwrap_or(false);
+            if is_dev && w.rw.writes() && !a.destroy_data {
+                bail!("{name}: a {:?} workload overwrites the block device; add --destroy-data if that is what you want", w.rw);
+            }
+        }
         let (w, engines, region) = open_target(t, w, a.size, spin)?;
         let r = run_target(name, &w, engines, region, !a.no_progress)?;
         let base = results

@@ -240,6 +240,40 @@ fn quick_run_json_plot_and_verify_catch_a_corrupted_block() {
 }
 
 #[test]
+fn paced_runs_never_issue_above_the_rate() {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let img = dir.path().join("local.img");
+    std::fs::write(&img, vec![0u8; 1 << 20]).unwrap();
+    let j = dir.path().join("out.json");
+    let (ok, out, err) = bench(&[
+        "--no-progress",
+        "--target",
+        &format!("local:{}", img.display()),
+        "--rw",
+        "randread",
+        "--iodepth",
+        "8",
+        "--numjobs",
+        "2",
+        "--rate-iops",
+        "400",
+        "--runtime",
+        "1s",
+        "--ramp",
+        "0s",
+        "--json",
+        j.to_str().unwrap(),
+    ]);
+    assert!(ok, "{out}\n{err}");
+    // An upper bound, not a timing claim: pacing issues at most rate x elapsed (+1 per job).
+    let iops = json(&j)["results"][0]["iops"].as_f64().unwrap();
+    assert!(
+        iops > 0.0 && iops <= 400.0 + 2.0,
+        "{iops} IOPS with --rate-iops 400"
+    );
+}
+
+#[test]
 fn bad_arguments_are_refused_with_a_reason() {
     let (ok, _, err) = bench(&["--target", "nfs:somewhere"]);
     assert!(!ok && err.contains("unknown target"), "{err}");
