@@ -2,76 +2,12 @@
 //! the JSON is complete, the plot is drawn, and verify mode catches one corrupted block.
 //! No timing is asserted.
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 
 use dasmesh_client::{ConnectOptions, Connection};
-use dasmesh_wire::*;
-
-struct Node(Child, String);
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn bin(name: &str) -> PathBuf {
-    let p = PathBuf::from(env!("CARGO_BIN_EXE_dasmesh-bench")).with_file_name(name);
-    assert!(
-        p.exists(),
-        "{} missing: run `cargo build --workspace --bins` first",
-        p.display()
-    );
-    p
-}
-
-fn start_node(dir: &Path, key: &SigningKey) -> Node {
-    let pk = dir.join("public.key");
-    std::fs::write(&pk, key_to_text(key.verifying_key().as_bytes())).unwrap();
-    let mut child = Command::new(bin("dasmesh-node"))
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--no-pin",
-            "--backend",
-            "memory:16M",
-            "--trust-key",
-        ])
-        .arg(&pk)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = line.trim().strip_prefix("listening ").unwrap().to_string();
-    Node(child, addr)
-}
-
-fn token(key: &SigningKey) -> Token {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64;
-    Claim {
-        node_id: NodeId(0),
-        volume_id: VolumeId(0),
-        device_id: DeviceId(0),
-        range_offset: 0,
-        range_length: 16 << 20,
-        rights: Rights::ReadWrite,
-        epoch: Epoch(1),
-        issued_at_ms: now,
-        expires_at_ms: now + 600_000,
-        nonce: 1,
-    }
-    .sign(key)
-}
+use dasmesh_testkit::Node;
+use dasmesh_wire::{DeviceId, Rights};
 
 fn bench(args: &[&str]) -> (bool, String, String) {
     let o = Command::new(env!("CARGO_BIN_EXE_dasmesh-bench"))
@@ -92,13 +28,13 @@ fn json(path: &Path) -> serde_json::Value {
 #[test]
 fn quick_run_json_plot_and_verify_catch_a_corrupted_block() {
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-    let key = SigningKey::from_bytes(&[4u8; 32]);
-    let node = start_node(dir.path(), &key);
+    let node = Node::start(&["memory:16M"], &[]);
+    let token = node.token(0, 0, 16 << 20, Rights::ReadWrite, 1);
     let tok = dir.path().join("tok");
-    std::fs::write(&tok, token(&key).to_text()).unwrap();
+    std::fs::write(&tok, token.to_text()).unwrap();
     let img = dir.path().join("local.img");
     std::fs::write(&img, vec![0u8; 4 << 20]).unwrap();
-    let target = format!("node:{}", node.1);
+    let target = format!("node:{}", node.addr);
     let (j, svg) = (dir.path().join("out.json"), dir.path().join("out.svg"));
     let s = |p: &Path| p.to_str().unwrap().to_string();
 
@@ -206,14 +142,9 @@ fn quick_run_json_plot_and_verify_catch_a_corrupted_block() {
         .build()
         .unwrap();
     rt.block_on(async {
-        let c = Connection::connect(
-            &node.1,
-            DeviceId(0),
-            &token(&key),
-            &ConnectOptions::default(),
-        )
-        .await
-        .unwrap();
+        let c = Connection::connect(&node.addr, DeviceId(0), &token, &ConnectOptions::default())
+            .await
+            .unwrap();
         let mut block = c.read(40960, 4096).await.unwrap();
         block[2000] ^= 0x40;
         c.write(40960, &block, true).await.unwrap();

@@ -1,9 +1,8 @@
 //! The `dasmesh` binary as a user runs it: keys, tokens, argument errors, and `io` commands
-//! against a real node (started from the workspace's build of `dasmesh-node`).
+//! against a real node (dasmesh-testkit starts the workspace's build of `dasmesh-node`).
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::path::Path;
+use std::process::{Command, Output};
 
 fn dasmesh(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_dasmesh"))
@@ -171,75 +170,25 @@ fn bad_arguments_get_clear_errors() {
     assert!(err.contains("token"), "{err}");
 }
 
-/// A node started from the workspace's build (scripts/test.sh builds every binary first).
-struct Node {
-    child: Child,
-    addr: String,
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn node_binary() -> PathBuf {
-    let me = PathBuf::from(env!("CARGO_BIN_EXE_dasmesh"));
-    let p = me.with_file_name("dasmesh-node");
-    assert!(
-        p.exists(),
-        "{} missing: run `cargo build --workspace --bins` first",
-        p.display()
-    );
-    p
-}
-
-fn start_node(dir: &Path, keys: &Path) -> Node {
-    let mut child = Command::new(node_binary())
-        .args(["--listen", "127.0.0.1:0", "--no-pin", "--trust-key"])
-        .arg(keys.join("public.key"))
-        .arg("--backend")
-        .arg(format!("file:{}:16M", dir.join("d.img").display()))
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = line
-        .trim()
-        .strip_prefix("listening ")
-        .expect("listening line")
-        .to_string();
-    Node { child, addr }
-}
-
 #[test]
 fn io_commands_round_trip_through_a_node() {
+    let node = dasmesh_testkit::Node::start(&["file:{dir}/d.img:16M"], &[]);
     let dir = tempfile::tempdir().unwrap();
-    let keys = dir.path().join("keys");
-    ok(&["keygen", "--out", s(&keys)]);
-    let node = start_node(dir.path(), &keys);
+    let keys = node.key_dir();
     let tok = dir.path().join("tok");
-    std::fs::write(
-        &tok,
-        ok(&[
-            "token",
-            "mint",
-            "--key",
-            s(&keys),
-            "--device",
-            "0",
-            "--range",
-            "0..16M",
-            "--rights",
-            "rw",
-        ]),
-    )
-    .unwrap();
+    let minted = ok(&[
+        "token",
+        "mint",
+        "--key",
+        s(&keys),
+        "--device",
+        "0",
+        "--range",
+        "0..16M",
+        "--rights",
+        "rw",
+    ]);
+    std::fs::write(&tok, minted).unwrap();
     let input = dir.path().join("in.bin");
     let mut data: Vec<u8> = (0..(3 << 20) as u32).map(|i| (i * 7 % 251) as u8).collect();
     data[(1 << 20) - 3..(1 << 20) + 5].copy_from_slice(b"XNEEDLEX");

@@ -1,0 +1,217 @@
+//! Test support shared by the workspace's integration tests: start the real `dasmesh-node`
+//! binary on 127.0.0.1 with a fresh key pair and temp dir, mint tokens for it, signal it, restart
+//! it, and kill it when the test ends (also when it panics).
+#![forbid(unsafe_code)]
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use dasmesh_wire::{Claim, DeviceId, Epoch, NodeId, Rights, SigningKey, Token, VolumeId};
+
+/// Path of a workspace binary next to the running test (`cargo build --workspace --bins` first).
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    // Tests run from target/<profile>/deps; binaries live in target/<profile>.
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let p = dir.join(name);
+    assert!(
+        p.exists(),
+        "{} missing: run `cargo build --workspace --bins` first",
+        p.display()
+    );
+    p
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_millis() as u64
+}
+
+/// A running node; killed on drop.
+pub struct Node {
+    child: Option<Child>,
+    /// The address it listens on.
+    pub addr: String,
+    /// Its temp dir: `keys/signing.key` and `keys/public.key` (the `dasmesh keygen` layout) and
+    /// any file backends named with `{dir}`.
+    pub dir: tempfile::TempDir,
+    /// The key its tokens are signed with.
+    pub key: SigningKey,
+    args: Vec<String>,
+}
+
+impl Node {
+    /// Starts a node with these `--backend` specs (`{dir}` becomes the temp dir) and extra flags.
+    pub fn start(backends: &[&str], extra: &[&str]) -> Node {
+        let dir = tempfile::tempdir_in(std::env::temp_dir()).expect("temp dir");
+        let key = SigningKey::from_bytes(&rand::random::<[u8; 32]>());
+        let keys = dir.path().join("keys");
+        std::fs::create_dir_all(&keys).expect("keys dir");
+        std::fs::write(
+            keys.join("signing.key"),
+            dasmesh_wire::key_to_text(&key.to_bytes()),
+        )
+        .expect("signing key");
+        let pk = keys.join("public.key");
+        std::fs::write(
+            &pk,
+            dasmesh_wire::key_to_text(key.verifying_key().as_bytes()),
+        )
+        .expect("public key");
+        let mut args: Vec<String> = ["--listen", "127.0.0.1:0", "--no-pin", "--trust-key"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        args.push(pk.display().to_string());
+        for b in backends {
+            args.push("--backend".into());
+            args.push(b.replace("{dir}", &dir.path().display().to_string()));
+        }
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let mut n = Node {
+            child: None,
+            addr: String::new(),
+            dir,
+            key,
+            args,
+        };
+        n.spawn();
+        n
+    }
+
+    fn spawn(&mut self) {
+        let mut child = Command::new(bin("dasmesh-node"))
+            .args(&self.args)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn dasmesh-node");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let mut r = BufReader::new(stdout);
+            let _ = r.read_line(&mut line);
+            let _ = tx.send(line);
+            // Keep draining so the node never blocks on a full pipe.
+            let mut sink = Vec::new();
+            let _ = r.read_to_end(&mut sink);
+        });
+        let line = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("node did not print its address");
+        self.addr = line
+            .trim()
+            .strip_prefix("listening ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .to_string();
+        self.child = Some(child);
+    }
+
+    /// The key directory, as `dasmesh token mint --key` expects it.
+    pub fn key_dir(&self) -> PathBuf {
+        self.dir.path().join("keys")
+    }
+
+    /// A token for any node, `device`, bytes `[start, end)`, valid for an hour.
+    pub fn token(&self, device: u32, start: u64, end: u64, rights: Rights, epoch: u64) -> Token {
+        self.token_with(device, start, end, rights, epoch, 0, &self.key, 3_600_000)
+    }
+
+    /// A token with every field chosen (a negative `ttl_ms` gives an expired token).
+    #[allow(clippy::too_many_arguments)]
+    pub fn token_with(
+        &self,
+        device: u32,
+        start: u64,
+        end: u64,
+        rights: Rights,
+        epoch: u64,
+        node: u64,
+        key: &SigningKey,
+        ttl_ms: i64,
+    ) -> Token {
+        let now = now_ms();
+        Claim {
+            node_id: NodeId(node),
+            volume_id: VolumeId(0),
+            device_id: DeviceId(device),
+            range_offset: start,
+            range_length: end - start,
+            rights,
+            epoch: Epoch(epoch),
+            issued_at_ms: now,
+            expires_at_ms: (now as i64 + ttl_ms) as u64,
+            nonce: rand::random(),
+        }
+        .sign(key)
+    }
+
+    /// Sends `signal` (TERM, KILL, ...) with kill(1).
+    pub fn signal(&self, signal: &str) {
+        let pid = self.pid();
+        let ok = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(pid.to_string())
+            .status()
+            .expect("run kill")
+            .success();
+        assert!(ok, "kill -{signal} {pid}");
+    }
+
+    /// Waits for the node to exit (panics after `timeout`).
+    pub fn wait(&mut self, timeout: Duration) -> ExitStatus {
+        let child = self.child.as_mut().expect("node running");
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(s) = child.try_wait().expect("try_wait") {
+                self.child = None;
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node did not exit within {timeout:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGTERM, then wait for the exit.
+    pub fn stop(&mut self) -> ExitStatus {
+        self.signal("TERM");
+        self.wait(Duration::from_secs(30))
+    }
+
+    /// SIGKILL, then reap.
+    pub fn kill(&mut self) {
+        self.signal("KILL");
+        self.wait(Duration::from_secs(10));
+    }
+
+    /// Starts the node again with the same flags (on a new port).
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "stop or kill the node first");
+        self.spawn();
+    }
+
+    /// The node's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("node running").id()
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
