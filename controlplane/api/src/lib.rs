@@ -1,0 +1,11 @@
+//! dasmesh-api: the control plane's gRPC API (package `dasmesh.v1`), generated from the .proto
+//! files in `proto/` by tonic. Every message and field is documented there.
+
+/// The `dasmesh.v1` package: messages, clients (`*_client`) and servers (`*_server`).
+pub mod v1 {
+    #![allow(missing_docs, clippy::all, clippy::pedantic)]
+    tonic::include_proto!("dasmesh.v1");
+}
+
+/// The encoded file descriptor set of `dasmesh.v1`, for the gRPC reflection service.
+pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("dasmesh_v1_descriptor");
