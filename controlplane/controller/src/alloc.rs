@@ -1,0 +1,415 @@
+//! The allocator: finds extents for a layout in the pool's free space. Pure: it is given each
+//! device's free ranges and returns pieces, or the reason it cannot.
+
+use std::collections::BTreeSet;
+
+use serde::{Deserialize, Serialize};
+
+/// Every extent starts and ends on this alignment (the largest block size we accept).
+pub const ALIGN: u64 = 4096;
+/// Stripe unit when none is given.
+pub const DEFAULT_STRIPE_UNIT: u64 = 64 << 10;
+
+/// A device of the pool.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct DeviceKey {
+    /// The node.
+    pub node: u64,
+    /// The device on it.
+    pub device: u32,
+}
+
+/// A device with room, as the allocator sees it.
+#[derive(Clone, Debug)]
+pub struct Candidate {
+    /// Which device.
+    pub key: DeviceKey,
+    /// Its node's failure domain.
+    pub failure_domain: String,
+    /// Free ranges `(start, length)`, aligned.
+    pub free: Vec<(u64, u64)>,
+}
+
+/// The layouts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Layout {
+    /// One extent.
+    Single,
+    /// Extents end to end.
+    Concat,
+    /// `width` extents interleaved by `unit` bytes.
+    Stripe {
+        /// Number of stripes.
+        width: u32,
+        /// Stripe unit in bytes.
+        unit: u64,
+    },
+    /// `copies` full-size extents on different nodes.
+    Mirror {
+        /// Number of copies.
+        copies: u32,
+    },
+}
+
+impl std::fmt::Display for Layout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Layout::Single => write!(f, "single"),
+            Layout::Concat => write!(f, "concat"),
+            Layout::Stripe { width, unit } => write!(f, "stripe:{width}:{unit}"),
+            Layout::Mirror { copies } => write!(f, "mirror:{copies}"),
+        }
+    }
+}
+
+/// One extent to create.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Piece {
+    /// Where.
+    pub key: DeviceKey,
+    /// First byte on the device.
+    pub offset: u64,
+    /// Length.
+    pub length: u64,
+    /// Mirror copy index.
+    pub copy: u32,
+    /// Position within the copy (concat/stripe order).
+    pub index: u32,
+}
+
+/// Rounds up to [`ALIGN`].
+pub fn align_up(x: u64) -> u64 {
+    x.div_ceil(ALIGN) * ALIGN
+}
+
+fn gib(x: u64) -> String {
+    dasmesh_wire::units::format_size(x)
+}
+
+/// Working copy of the free space, consumed as pieces are taken.
+struct Pool {
+    cands: Vec<Candidate>,
+}
+
+impl Pool {
+    fn device_free(&self, i: usize) -> u64 {
+        self.cands[i].free.iter().map(|r| r.1).sum()
+    }
+
+    fn node_free(&self, node: u64) -> u64 {
+        (0..self.cands.len())
+            .filter(|i| self.cands[*i].key.node == node)
+            .map(|i| self.device_free(i))
+            .sum()
+    }
+
+    /// Best fit: the smallest free range that holds `len`, on a device `ok` accepts; ties go to
+    /// the node with the most free space (spreading load).
+    fn best_fit(&self, len: u64, ok: impl Fn(&Candidate) -> bool) -> Option<(usize, usize)> {
+        let mut best: Option<(u64, std::cmp::Reverse<u64>, usize, usize)> = None;
+        for (ci, c) in self.cands.iter().enumerate().filter(|(_, c)| ok(c)) {
+            for (ri, r) in c.free.iter().enumerate().filter(|(_, r)| r.1 >= len) {
+                let key = (r.1, std::cmp::Reverse(self.node_free(c.key.node)), ci, ri);
+                if best.is_none_or(|b| (key.0, key.1) < (b.0, b.1)) {
+                    best = Some(key);
+                }
+            }
+        }
+        best.map(|b| (b.2, b.3))
+    }
+
+    /// Takes `len` bytes from the start of free range `ri` of candidate `ci`.
+    fn take(&mut self, ci: usize, ri: usize, len: u64) -> (DeviceKey, u64) {
+        let c = &mut self.cands[ci];
+        let (start, rlen) = c.free[ri];
+        if rlen == len {
+            c.free.remove(ri);
+        } else {
+            c.free[ri] = (start + len, rlen - len);
+        }
+        (c.key, start)
+    }
+
+    fn largest(&self) -> Option<(usize, usize, u64)> {
+        self.cands
+            .iter()
+            .enumerate()
+            .flat_map(|(ci, c)| c.free.iter().enumerate().map(move |(ri, r)| (ci, ri, r.1)))
+            .max_by_key(|x| x.2)
+    }
+}
+
+/// Finds extents of `size` bytes (rounded up to [`ALIGN`]) for `layout`, or says what is short.
+/// Mirror copies always land on different nodes, and with `spread_domains` on different
+/// failure domains; stripes prefer different nodes.
+pub fn allocate(
+    cands: &[Candidate],
+    layout: Layout,
+    size: u64,
+    spread_domains: bool,
+) -> Result<Vec<Piece>, String> {
+    if size == 0 {
+        return Err("size must be greater than 0".into());
+    }
+    let size = align_up(size);
+    let mut pool = Pool {
+        cands: cands.to_vec(),
+    };
+    let total: u64 = (0..pool.cands.len()).map(|i| pool.device_free(i)).sum();
+    let piece = |(key, offset): (DeviceKey, u64), length, copy, index| Piece {
+        key,
+        offset,
+        length,
+        copy,
+        index,
+    };
+    match layout {
+        Layout::Single => {
+            let (ci, ri) = pool.best_fit(size, |_| true).ok_or_else(|| {
+                let max = pool.largest().map(|x| x.2).unwrap_or(0);
+                format!(
+                    "need {} free in one piece for single, the largest free piece is {}",
+                    gib(size),
+                    gib(max)
+                )
+            })?;
+            Ok(vec![piece(pool.take(ci, ri, size), size, 0, 0)])
+        }
+        Layout::Concat => {
+            if total < size {
+                return Err(format!(
+                    "need {} for concat, the pool has {} free",
+                    gib(size),
+                    gib(total)
+                ));
+            }
+            let mut out = Vec::new();
+            let mut left = size;
+            while left > 0 {
+                let (ci, ri, len) = match pool.best_fit(left, |_| true) {
+                    Some((ci, ri)) => (ci, ri, left),
+                    None => pool.largest().expect("total covers the size"),
+                };
+                let at = pool.take(ci, ri, len);
+                out.push(piece(at, len, 0, out.len() as u32));
+                left -= len;
+            }
+            Ok(out)
+        }
+        Layout::Stripe { width, unit } => {
+            if width < 2 {
+                return Err(format!("stripe needs a width of at least 2, got {width}"));
+            }
+            let unit = if unit == 0 { DEFAULT_STRIPE_UNIT } else { unit };
+            if unit % ALIGN != 0 {
+                return Err(format!("stripe unit {unit} must be a multiple of {ALIGN}"));
+            }
+            let per = size.div_ceil(u64::from(width)).div_ceil(unit) * unit;
+            let mut out: Vec<Piece> = Vec::new();
+            for index in 0..width {
+                let used_dev: BTreeSet<DeviceKey> = out.iter().map(|p| p.key).collect();
+                let used_node: BTreeSet<u64> = out.iter().map(|p| p.key.node).collect();
+                let found = pool
+                    .best_fit(per, |c| {
+                        !used_dev.contains(&c.key) && !used_node.contains(&c.key.node)
+                    })
+                    .or_else(|| pool.best_fit(per, |c| !used_dev.contains(&c.key)));
+                let Some((ci, ri)) = found else {
+                    return Err(format!(
+                        "need {width} devices with {} free for stripe:{width}, have {}",
+                        gib(per),
+                        out.len()
+                            + pool
+                                .cands
+                                .iter()
+                                .filter(|c| !used_dev.contains(&c.key)
+                                    && c.free.iter().any(|r| r.1 >= per))
+                                .count()
+                    ));
+                };
+                out.push(piece(pool.take(ci, ri, per), per, 0, index));
+            }
+            Ok(out)
+        }
+        Layout::Mirror { copies } => {
+            if copies < 2 {
+                return Err(format!("mirror needs at least 2 copies, got {copies}"));
+            }
+            let mut out: Vec<Piece> = Vec::new();
+            let mut domains: BTreeSet<String> = BTreeSet::new();
+            for copy in 0..copies {
+                let used_node: BTreeSet<u64> = out.iter().map(|p| p.key.node).collect();
+                let found = pool.best_fit(size, |c| {
+                    !(used_node.contains(&c.key.node)
+                        || (spread_domains && domains.contains(&c.failure_domain)))
+                });
+                let Some((ci, ri)) = found else {
+                    let able: BTreeSet<u64> = pool
+                        .cands
+                        .iter()
+                        .filter(|c| c.free.iter().any(|r| r.1 >= size))
+                        .map(|c| c.key.node)
+                        .collect();
+                    let have = able.len() + used_node.len();
+                    let what = if spread_domains {
+                        "nodes in different failure domains"
+                    } else {
+                        "nodes"
+                    };
+                    return Err(format!(
+                        "need {copies} {what} with {} free for mirror:{copies}, have {}",
+                        gib(size),
+                        have.min(copies as usize - 1)
+                    ));
+                };
+                domains.insert(pool.cands[ci].failure_domain.clone());
+                out.push(piece(pool.take(ci, ri, size), size, copy, 0));
+            }
+            Ok(out)
+        }
+    }
+}
+
+/// Free ranges of `[start, start+len)` once `used` ranges are taken out (all aligned).
+pub fn free_ranges(start: u64, len: u64, used: &[(u64, u64)]) -> Vec<(u64, u64)> {
+    let mut used: Vec<(u64, u64)> = used.to_vec();
+    used.sort();
+    let (mut at, end) = (align_up(start), start + len);
+    let mut out = Vec::new();
+    for (s, l) in used {
+        if s > at {
+            let stop = s.min(end);
+            if stop > at {
+                out.push((at, (stop - at) / ALIGN * ALIGN));
+            }
+        }
+        at = at.max(s + l);
+    }
+    if end > at && (end - at) >= ALIGN {
+        out.push((at, (end - at) / ALIGN * ALIGN));
+    }
+    out.retain(|r| r.1 > 0);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const G: u64 = 1 << 30;
+
+    fn cand(node: u64, device: u32, free: u64, domain: &str) -> Candidate {
+        Candidate {
+            key: DeviceKey { node, device },
+            failure_domain: domain.into(),
+            free: vec![(0, free)],
+        }
+    }
+
+    #[test]
+    fn single_is_best_fit() {
+        let c = [
+            cand(1, 0, 10 * G, "a"),
+            cand(2, 0, 3 * G, "b"),
+            cand(3, 0, 5 * G, "c"),
+        ];
+        let p = allocate(&c, Layout::Single, 2 * G, false).unwrap();
+        assert_eq!(p.len(), 1);
+        assert_eq!(p[0].key.node, 2, "the smallest piece that fits");
+        let e = allocate(&c, Layout::Single, 11 * G, false).unwrap_err();
+        assert!(e.contains("largest free piece is 10G"), "{e}");
+    }
+
+    #[test]
+    fn concat_spans_devices() {
+        let c = [cand(1, 0, 4 * G, "a"), cand(2, 0, 3 * G, "b")];
+        let p = allocate(&c, Layout::Concat, 6 * G, false).unwrap();
+        assert_eq!(p.iter().map(|x| x.length).sum::<u64>(), 6 * G);
+        assert_eq!(p.iter().map(|x| x.index).collect::<Vec<_>>(), vec![0, 1]);
+        assert!(allocate(&c, Layout::Concat, 8 * G, false)
+            .unwrap_err()
+            .contains("has 7G free"));
+    }
+
+    #[test]
+    fn mirror_uses_different_nodes_and_domains_and_says_what_is_short() {
+        let c = [
+            cand(1, 0, 50 * G, "r1"),
+            cand(1, 1, 50 * G, "r1"),
+            cand(2, 0, 50 * G, "r1"),
+            cand(3, 0, 10 * G, "r2"),
+        ];
+        let p = allocate(&c, Layout::Mirror { copies: 2 }, 40 * G, false).unwrap();
+        assert_ne!(p[0].key.node, p[1].key.node);
+        assert_eq!((p[0].copy, p[1].copy), (0, 1));
+        let e = allocate(&c, Layout::Mirror { copies: 3 }, 40 * G, false).unwrap_err();
+        assert_eq!(e, "need 3 nodes with 40G free for mirror:3, have 2");
+        let e = allocate(&c, Layout::Mirror { copies: 2 }, 40 * G, true).unwrap_err();
+        assert!(e.contains("different failure domains"), "{e}");
+        assert!(allocate(&c, Layout::Mirror { copies: 2 }, 10 * G, true).is_ok());
+    }
+
+    #[test]
+    fn stripe_prefers_distinct_nodes_and_rounds_to_the_unit() {
+        let c = [
+            cand(1, 0, 10 * G, "a"),
+            cand(1, 1, 10 * G, "a"),
+            cand(2, 0, 10 * G, "b"),
+        ];
+        let p = allocate(&c, Layout::Stripe { width: 2, unit: 0 }, 3 * G + 1, false).unwrap();
+        assert_eq!(p.len(), 2);
+        assert_ne!(p[0].key.node, p[1].key.node);
+        assert!(p
+            .iter()
+            .all(|x| x.length % DEFAULT_STRIPE_UNIT == 0 && 2 * x.length > 3 * G));
+        let p = allocate(
+            &c,
+            Layout::Stripe {
+                width: 3,
+                unit: 1 << 20,
+            },
+            3 * G,
+            false,
+        )
+        .unwrap();
+        assert_eq!(p.len(), 3, "falls back to a second device on a node");
+        let e = allocate(&c, Layout::Stripe { width: 4, unit: 0 }, 4 * G, false).unwrap_err();
+        assert!(e.starts_with("need 4 devices"), "{e}");
+    }
+
+    #[test]
+    fn free_ranges_subtract_used_extents() {
+        let f = free_ranges(4096, 100 * 4096, &[(4096 * 11, 4096 * 10), (4096, 4096)]);
+        assert_eq!(f, vec![(8192, 9 * 4096), (21 * 4096, 80 * 4096)]);
+        assert_eq!(free_ranges(0, 8192, &[(0, 8192)]), vec![]);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn pieces_never_overlap_and_cover_the_size(
+            frees in proptest::collection::vec(1u64..64, 1..6),
+            size in 1u64..200,
+            kind in 0u8..4,
+        ) {
+            let c: Vec<Candidate> = frees.iter().enumerate().map(|(i, f)| cand(i as u64 / 2, i as u32 % 2, f * (1 << 20), "d")).collect();
+            let layout = match kind {
+                0 => Layout::Single,
+                1 => Layout::Concat,
+                2 => Layout::Stripe { width: 2, unit: 1 << 20 },
+                _ => Layout::Mirror { copies: 2 },
+            };
+            let size = size * (1 << 20);
+            if let Ok(p) = allocate(&c, layout, size, false) {
+                for (i, a) in p.iter().enumerate() {
+                    for b in &p[i + 1..] {
+                        proptest::prop_assert!(a.key != b.key || a.offset + a.length <= b.offset || b.offset + b.length <= a.offset);
+                    }
+                    let cap = c.iter().find(|x| x.key == a.key).unwrap().free[0].1;
+                    proptest::prop_assert!(a.offset + a.length <= cap);
+                }
+                let per_copy: u64 = p.iter().filter(|x| x.copy == 0).map(|x| x.length).sum();
+                proptest::prop_assert!(per_copy >= size);
+            }
+        }
+    }
+}

@@ -1,0 +1,677 @@
+//! The control plane's state and the one function that changes it.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::alloc::{self, Candidate, DeviceKey, Layout, Piece};
+
+/// Heartbeats missed before a node is marked down.
+pub const MISSED_BEATS: u64 = 3;
+
+/// Health of a node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NodeState {
+    /// Heartbeating.
+    Up,
+    /// Missed heartbeats.
+    Down,
+    /// Deregistered.
+    Gone,
+}
+
+/// A device a node reported.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceRec {
+    /// Id on the node.
+    pub device_id: u32,
+    /// Path or name.
+    pub path: String,
+    /// Logical block size.
+    pub block_size: u32,
+    /// Device size.
+    pub size: u64,
+    /// First lendable byte.
+    pub lendable_start: u64,
+    /// Lendable length.
+    pub lendable_length: u64,
+}
+
+/// A registered node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRec {
+    /// Id.
+    pub id: u64,
+    /// Data-plane address.
+    pub address: String,
+    /// Version.
+    pub version: String,
+    /// Failure domain.
+    pub failure_domain: String,
+    /// Health.
+    pub state: NodeState,
+    /// Last heartbeat, ms.
+    pub last_heartbeat_ms: u64,
+    /// Devices.
+    pub devices: Vec<DeviceRec>,
+}
+
+/// One extent of a volume.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExtentRec {
+    /// The piece.
+    pub piece: Piece,
+    /// A mirror copy that missed writes.
+    pub stale: bool,
+}
+
+/// Lending conditions.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Requirements {
+    /// Promised IOPS.
+    pub min_iops: u64,
+    /// Promised MiB/s.
+    pub min_mib_s: u64,
+    /// Price per GiB-hour.
+    pub price_per_gib_hour: f64,
+    /// Spread over failure domains.
+    pub spread_failure_domains: bool,
+}
+
+/// A volume.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct VolumeRec {
+    /// Id.
+    pub id: u64,
+    /// Name.
+    pub name: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// Layout.
+    pub layout: Layout,
+    /// Extents.
+    pub extents: Vec<ExtentRec>,
+    /// Lending conditions.
+    pub req: Requirements,
+    /// Creation time, ms.
+    pub created_ms: u64,
+    /// Fencing epoch.
+    pub epoch: u64,
+}
+
+/// A lease.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseRec {
+    /// Id.
+    pub id: u64,
+    /// Volume name.
+    pub volume: String,
+    /// Holder.
+    pub host: String,
+    /// Read-write (else read-only).
+    pub rw: bool,
+    /// Epoch its tokens carry.
+    pub epoch: u64,
+    /// Start, ms.
+    pub started_ms: u64,
+    /// Expiry, ms.
+    pub expires_at_ms: u64,
+}
+
+/// Usage of one lease, kept after the lease ends.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct UsageRec {
+    /// Lease.
+    pub lease_id: u64,
+    /// Host.
+    pub host: String,
+    /// Volume name.
+    pub volume: String,
+    /// Volume size while leased.
+    pub size: u64,
+    /// Price per GiB-hour.
+    pub price_per_gib_hour: f64,
+    /// Start, ms.
+    pub started_ms: u64,
+    /// End, ms (None while active).
+    pub ended_ms: Option<u64>,
+    /// Bytes read.
+    pub read_bytes: u64,
+    /// Bytes written.
+    pub write_bytes: u64,
+    /// Read ops.
+    pub read_ops: u64,
+    /// Write ops.
+    pub write_ops: u64,
+}
+
+/// Everything the controller knows.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct State {
+    /// Last id handed out (nodes, volumes and leases share the counter).
+    pub last_id: u64,
+    /// Nodes by id.
+    pub nodes: BTreeMap<u64, NodeRec>,
+    /// Volumes by name.
+    pub volumes: BTreeMap<String, VolumeRec>,
+    /// Active leases by id.
+    pub leases: BTreeMap<u64, LeaseRec>,
+    /// Usage by lease id (active and ended).
+    pub usage: BTreeMap<u64, UsageRec>,
+}
+
+/// Per-lease counters reported with a heartbeat.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counters {
+    /// Lease.
+    pub lease_id: u64,
+    /// Bytes read.
+    pub read_bytes: u64,
+    /// Bytes written.
+    pub write_bytes: u64,
+    /// Read ops.
+    pub read_ops: u64,
+    /// Write ops.
+    pub write_ops: u64,
+}
+
+/// Everything that can change the state.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Command {
+    /// A node registers (id 0: new).
+    Register {
+        node_id: u64,
+        address: String,
+        version: String,
+        failure_domain: String,
+        now_ms: u64,
+    },
+    /// A node reports its devices.
+    ReportDevices {
+        node_id: u64,
+        devices: Vec<DeviceRec>,
+    },
+    /// A heartbeat with usage.
+    Heartbeat {
+        node_id: u64,
+        usage: Vec<Counters>,
+        now_ms: u64,
+    },
+    /// Mark nodes that missed [`MISSED_BEATS`] beats down, end expired leases.
+    Tick { now_ms: u64, heartbeat_ms: u64 },
+    /// A node leaves cleanly.
+    Deregister { node_id: u64 },
+    /// Create a volume.
+    CreateVolume {
+        name: String,
+        size: u64,
+        layout: Layout,
+        req: Requirements,
+        now_ms: u64,
+    },
+    /// Resize a volume.
+    ResizeVolume { name: String, size: u64 },
+    /// Delete a volume.
+    DeleteVolume { name: String },
+    /// Take a lease.
+    Mount {
+        volume: String,
+        host: String,
+        rw: bool,
+        ttl_ms: u64,
+        now_ms: u64,
+    },
+    /// Extend a lease.
+    Renew {
+        lease_id: u64,
+        ttl_ms: u64,
+        now_ms: u64,
+    },
+    /// End a lease.
+    Unmount { lease_id: u64, now_ms: u64 },
+    /// End a lease and fence its tokens.
+    Revoke { lease_id: u64, now_ms: u64 },
+}
+
+/// What a command produced.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Outcome {
+    /// A node as now recorded.
+    Node(NodeRec),
+    /// A volume as now recorded.
+    Volume(VolumeRec),
+    /// A lease (with its volume, for mount information).
+    Lease(LeaseRec, VolumeRec),
+    /// Nothing to return.
+    Done,
+}
+
+/// Why a command was refused (the state is unchanged).
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum Error {
+    /// No such node.
+    #[error("unknown node {0}")]
+    UnknownNode(u64),
+    /// No such volume.
+    #[error("unknown volume {0:?}")]
+    UnknownVolume(String),
+    /// No such lease.
+    #[error("unknown lease {0}")]
+    UnknownLease(u64),
+    /// Name taken.
+    #[error("volume {0:?} already exists")]
+    VolumeExists(String),
+    /// The volume is leased and the command would alter it.
+    #[error("volume {volume:?} is leased (lease {lease} held by {host:?}); {what} is refused while it is")]
+    Leased {
+        volume: String,
+        lease: u64,
+        host: String,
+        what: &'static str,
+    },
+    /// A second read-write lease.
+    #[error("volume {volume:?} already has a read-write lease (lease {lease} held by {host:?})")]
+    ReadWriteHeld {
+        volume: String,
+        lease: u64,
+        host: String,
+    },
+    /// The pool cannot satisfy the request.
+    #[error("cannot allocate: {0}")]
+    Insufficient(String),
+    /// A bad argument.
+    #[error("invalid request: {0}")]
+    Invalid(String),
+}
+
+/// Applies one command. On error nothing has changed.
+pub fn apply(s: &mut State, cmd: Command) -> Result<Outcome, Error> {
+    let mut next = s.clone();
+    let out = apply_inner(&mut next, cmd)?;
+    *s = next;
+    Ok(out)
+}
+
+fn new_id(s: &mut State) -> u64 {
+    s.last_id += 1;
+    s.last_id
+}
+
+fn node_mut(s: &mut State, id: u64) -> Result<&mut NodeRec, Error> {
+    s.nodes.get_mut(&id).ok_or(Error::UnknownNode(id))
+}
+
+fn volume<'a>(s: &'a State, name: &str) -> Result<&'a VolumeRec, Error> {
+    s.volumes
+        .get(name)
+        .ok_or_else(|| Error::UnknownVolume(name.to_string()))
+}
+
+fn first_lease<'a>(s: &'a State, volume: &str) -> Option<&'a LeaseRec> {
+    s.leases.values().find(|l| l.volume == volume)
+}
+
+fn refuse_if_leased(s: &State, volume: &str, what: &'static str) -> Result<(), Error> {
+    match first_lease(s, volume) {
+        Some(l) => Err(Error::Leased {
+            volume: volume.into(),
+            lease: l.id,
+            host: l.host.clone(),
+            what,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// The allocator's view: free ranges of every device of every node that is up.
+pub fn candidates(s: &State) -> Vec<Candidate> {
+    let mut used: BTreeMap<DeviceKey, Vec<(u64, u64)>> = BTreeMap::new();
+    for v in s.volumes.values() {
+        for e in &v.extents {
+            used.entry(e.piece.key)
+                .or_default()
+                .push((e.piece.offset, e.piece.length));
+        }
+    }
+    s.nodes
+        .values()
+        .filter(|n| n.state == NodeState::Up)
+        .flat_map(|n| {
+            let used = &used;
+            n.devices.iter().map(move |d| {
+                let key = DeviceKey {
+                    node: n.id,
+                    device: d.device_id,
+                };
+                Candidate {
+                    key,
+                    failure_domain: n.failure_domain.clone(),
+                    free: alloc::free_ranges(
+                        d.lendable_start,
+                        d.lendable_length,
+                        used.get(&key).map(Vec::as_slice).unwrap_or(&[]),
+                    ),
+                }
+            })
+        })
+        .collect()
+}
+
+fn end_lease(s: &mut State, id: u64, now_ms: u64) -> Result<LeaseRec, Error> {
+    let l = s.leases.remove(&id).ok_or(Error::UnknownLease(id))?;
+    if let Some(u) = s.usage.get_mut(&id) {
+        u.ended_ms = Some(now_ms);
+    }
+    Ok(l)
+}
+
+fn apply_inner(s: &mut State, cmd: Command) -> Result<Outcome, Error> {
+    match cmd {
+        Command::Register {
+            node_id,
+            address,
+            version,
+            failure_domain,
+            now_ms,
+        } => {
+            if address.is_empty() {
+                return Err(Error::Invalid(
+                    "a node must give its data-plane address".into(),
+                ));
+            }
+            let id = if node_id == 0 { new_id(s) } else { node_id };
+            s.last_id = s.last_id.max(id);
+            let n = s.nodes.entry(id).or_insert_with(|| NodeRec {
+                id,
+                address: address.clone(),
+                version: version.clone(),
+                failure_domain: failure_domain.clone(),
+                state: NodeState::Up,
+                last_heartbeat_ms: now_ms,
+                devices: Vec::new(),
+            });
+            n.address = address;
+            n.version = version;
+            n.failure_domain = failure_domain;
+            n.state = NodeState::Up;
+            n.last_heartbeat_ms = now_ms;
+            Ok(Outcome::Node(n.clone()))
+        }
+        Command::ReportDevices { node_id, devices } => {
+            for d in &devices {
+                if d.lendable_start.saturating_add(d.lendable_length) > d.size {
+                    return Err(Error::Invalid(format!(
+                        "device {} lends {}..{} beyond its size {}",
+                        d.device_id,
+                        d.lendable_start,
+                        d.lendable_start + d.lendable_length,
+                        d.size
+                    )));
+                }
+            }
+            // Extents already on a device must stay inside what it now lends.
+            for v in s.volumes.values() {
+                for e in v.extents.iter().filter(|e| e.piece.key.node == node_id) {
+                    let fits = devices.iter().any(|d| {
+                        d.device_id == e.piece.key.device
+                            && e.piece.offset >= d.lendable_start
+                            && e.piece.offset + e.piece.length
+                                <= d.lendable_start + d.lendable_length
+                    });
+                    if !fits {
+                        return Err(Error::Invalid(format!(
+                            "device {} no longer lends the extent of volume {:?} at {}",
+                            e.piece.key.device, v.name, e.piece.offset
+                        )));
+                    }
+                }
+            }
+            let n = node_mut(s, node_id)?;
+            n.devices = devices;
+            Ok(Outcome::Node(n.clone()))
+        }
+        Command::Heartbeat {
+            node_id,
+            usage,
+            now_ms,
+        } => {
+            let n = node_mut(s, node_id)?;
+            n.last_heartbeat_ms = now_ms;
+            if n.state == NodeState::Down {
+                n.state = NodeState::Up;
+            }
+            for c in usage {
+                if let Some(u) = s.usage.get_mut(&c.lease_id) {
+                    u.read_bytes += c.read_bytes;
+                    u.write_bytes += c.write_bytes;
+                    u.read_ops += c.read_ops;
+                    u.write_ops += c.write_ops;
+                }
+            }
+            Ok(Outcome::Done)
+        }
+        Command::Tick {
+            now_ms,
+            heartbeat_ms,
+        } => {
+            for n in s.nodes.values_mut() {
+                if n.state == NodeState::Up
+                    && now_ms.saturating_sub(n.last_heartbeat_ms) > MISSED_BEATS * heartbeat_ms
+                {
+                    n.state = NodeState::Down;
+                }
+            }
+            let expired: Vec<u64> = s
+                .leases
+                .values()
+                .filter(|l| l.expires_at_ms <= now_ms)
+                .map(|l| l.id)
+                .collect();
+            for id in expired {
+                end_lease(s, id, now_ms)?;
+            }
+            Ok(Outcome::Done)
+        }
+        Command::Deregister { node_id } => {
+            let n = node_mut(s, node_id)?;
+            n.state = NodeState::Gone;
+            Ok(Outcome::Node(n.clone()))
+        }
+        Command::CreateVolume {
+            name,
+            size,
+            layout,
+            req,
+            now_ms,
+        } => {
+            if name.is_empty()
+                || name.len() > 128
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            {
+                return Err(Error::Invalid(format!(
+                    "volume name {name:?}: 1-128 of [A-Za-z0-9._-]"
+                )));
+            }
+            if s.volumes.contains_key(&name) {
+                return Err(Error::VolumeExists(name));
+            }
+            let pieces = alloc::allocate(&candidates(s), layout, size, req.spread_failure_domains)
+                .map_err(Error::Insufficient)?;
+            let v = VolumeRec {
+                id: new_id(s),
+                name: name.clone(),
+                size: alloc::align_up(size),
+                layout,
+                extents: pieces
+                    .into_iter()
+                    .map(|piece| ExtentRec {
+                        piece,
+                        stale: false,
+                    })
+                    .collect(),
+                req,
+                created_ms: now_ms,
+                epoch: 1,
+            };
+            s.volumes.insert(name, v.clone());
+            Ok(Outcome::Volume(v))
+        }
+        Command::ResizeVolume { name, size } => {
+            let v = volume(s, &name)?.clone();
+            let size = alloc::align_up(size);
+            if size == v.size {
+                return Ok(Outcome::Volume(v));
+            }
+            if size < v.size {
+                refuse_if_leased(s, &name, "shrinking")?;
+                return Err(Error::Invalid(format!(
+                    "shrinking {name:?} from {} to {size} bytes is not supported yet",
+                    v.size
+                )));
+            }
+            let grown = grow(s, &v, size)?;
+            s.volumes.insert(name, grown.clone());
+            Ok(Outcome::Volume(grown))
+        }
+        Command::DeleteVolume { name } => {
+            volume(s, &name)?;
+            refuse_if_leased(s, &name, "deleting")?;
+            s.volumes.remove(&name);
+            Ok(Outcome::Done)
+        }
+        Command::Mount {
+            volume: name,
+            host,
+            rw,
+            ttl_ms,
+            now_ms,
+        } => {
+            if host.is_empty() {
+                return Err(Error::Invalid("a host id is needed to mount".into()));
+            }
+            if ttl_ms == 0 {
+                return Err(Error::Invalid("a lease needs a ttl above 0".into()));
+            }
+            let v = volume(s, &name)?.clone();
+            if rw {
+                if let Some(l) = s.leases.values().find(|l| l.volume == name && l.rw) {
+                    return Err(Error::ReadWriteHeld {
+                        volume: name,
+                        lease: l.id,
+                        host: l.host.clone(),
+                    });
+                }
+            }
+            let epoch = if rw { v.epoch + 1 } else { v.epoch };
+            let id = new_id(s);
+            let l = LeaseRec {
+                id,
+                volume: name.clone(),
+                host: host.clone(),
+                rw,
+                epoch,
+                started_ms: now_ms,
+                expires_at_ms: now_ms + ttl_ms,
+            };
+            let vol = s.volumes.get_mut(&name).expect("checked above");
+            vol.epoch = epoch;
+            let vol = vol.clone();
+            s.leases.insert(id, l.clone());
+            s.usage.insert(
+                id,
+                UsageRec {
+                    lease_id: id,
+                    host,
+                    volume: name,
+                    size: vol.size,
+                    price_per_gib_hour: vol.req.price_per_gib_hour,
+                    started_ms: now_ms,
+                    ..Default::default()
+                },
+            );
+            Ok(Outcome::Lease(l, vol))
+        }
+        Command::Renew {
+            lease_id,
+            ttl_ms,
+            now_ms,
+        } => {
+            let l = s
+                .leases
+                .get_mut(&lease_id)
+                .ok_or(Error::UnknownLease(lease_id))?;
+            l.expires_at_ms = now_ms + ttl_ms.max(1);
+            // A renewal hands out tokens at the volume's current epoch.
+            let vol = s
+                .volumes
+                .get(&l.volume)
+                .ok_or_else(|| Error::UnknownVolume(l.volume.clone()))?
+                .clone();
+            l.epoch = vol.epoch;
+            Ok(Outcome::Lease(l.clone(), vol))
+        }
+        Command::Unmount { lease_id, now_ms } => {
+            end_lease(s, lease_id, now_ms)?;
+            Ok(Outcome::Done)
+        }
+        Command::Revoke { lease_id, now_ms } => {
+            let l = end_lease(s, lease_id, now_ms)?;
+            let vol = s
+                .volumes
+                .get_mut(&l.volume)
+                .ok_or_else(|| Error::UnknownVolume(l.volume.clone()))?;
+            vol.epoch += 1;
+            Ok(Outcome::Volume(vol.clone()))
+        }
+    }
+}
+
+/// Appends extents to reach `size` (single and concat become concat; mirror grows every copy).
+fn grow(s: &State, v: &VolumeRec, size: u64) -> Result<VolumeRec, Error> {
+    let extra = size - v.size;
+    let mut out = v.clone();
+    out.size = size;
+    match v.layout {
+        Layout::Single | Layout::Concat => {
+            let pieces = alloc::allocate(&candidates(s), Layout::Concat, extra, false)
+                .map_err(Error::Insufficient)?;
+            let base = v.extents.len() as u32;
+            for (i, mut p) in pieces.into_iter().enumerate() {
+                p.index = base + i as u32;
+                out.extents.push(ExtentRec {
+                    piece: p,
+                    stale: false,
+                });
+            }
+            out.layout = Layout::Concat;
+        }
+        Layout::Mirror { copies } => {
+            let pieces = alloc::allocate(
+                &candidates(s),
+                Layout::Mirror { copies },
+                extra,
+                v.req.spread_failure_domains,
+            )
+            .map_err(Error::Insufficient)?;
+            for mut p in pieces {
+                p.index = v.extents.iter().filter(|e| e.piece.copy == p.copy).count() as u32;
+                out.extents.push(ExtentRec {
+                    piece: p,
+                    stale: false,
+                });
+            }
+        }
+        Layout::Stripe { .. } => {
+            return Err(Error::Invalid(format!(
+                "growing striped volume {:?} is not supported yet",
+                v.name
+            )));
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests;

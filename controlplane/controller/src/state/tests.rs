@@ -1,0 +1,362 @@
+use super::*;
+
+const G: u64 = 1 << 30;
+
+fn dev(id: u32, size: u64) -> DeviceRec {
+    DeviceRec {
+        device_id: id,
+        path: format!("/dev/x{id}"),
+        block_size: 4096,
+        size,
+        lendable_start: 0,
+        lendable_length: size,
+    }
+}
+
+/// A pool of `n` nodes with one 100 GiB device each.
+fn pool(n: u64) -> State {
+    let mut s = State::default();
+    for i in 0..n {
+        let Outcome::Node(node) = apply(
+            &mut s,
+            Command::Register {
+                node_id: 0,
+                address: format!("10.0.0.{i}:7700"),
+                version: "t".into(),
+                failure_domain: format!("rack{}", i % 2),
+                now_ms: 0,
+            },
+        )
+        .unwrap() else {
+            panic!()
+        };
+        apply(
+            &mut s,
+            Command::ReportDevices {
+                node_id: node.id,
+                devices: vec![dev(0, 100 * G)],
+            },
+        )
+        .unwrap();
+    }
+    s
+}
+
+fn create(s: &mut State, name: &str, size: u64, layout: Layout) -> Result<VolumeRec, Error> {
+    match apply(
+        s,
+        Command::CreateVolume {
+            name: name.into(),
+            size,
+            layout,
+            req: Requirements {
+                price_per_gib_hour: 0.5,
+                ..Default::default()
+            },
+            now_ms: 0,
+        },
+    )? {
+        Outcome::Volume(v) => Ok(v),
+        o => panic!("{o:?}"),
+    }
+}
+
+fn mount(s: &mut State, vol: &str, host: &str, rw: bool) -> Result<LeaseRec, Error> {
+    match apply(
+        s,
+        Command::Mount {
+            volume: vol.into(),
+            host: host.into(),
+            rw,
+            ttl_ms: 60_000,
+            now_ms: 1000,
+        },
+    )? {
+        Outcome::Lease(l, _) => Ok(l),
+        o => panic!("{o:?}"),
+    }
+}
+
+#[test]
+fn registration_keeps_the_id_across_restarts() {
+    let mut s = pool(1);
+    let id = *s.nodes.keys().next().unwrap();
+    let Outcome::Node(n) = apply(
+        &mut s,
+        Command::Register {
+            node_id: id,
+            address: "10.0.0.9:1".into(),
+            version: "t2".into(),
+            failure_domain: String::new(),
+            now_ms: 5,
+        },
+    )
+    .unwrap() else {
+        panic!()
+    };
+    assert_eq!(n.id, id);
+    assert_eq!(n.address, "10.0.0.9:1");
+    assert_eq!(n.devices.len(), 1, "devices survive a re-registration");
+    assert_eq!(s.nodes.len(), 1);
+}
+
+#[test]
+fn every_layout_allocates_and_volumes_share_devices_disjointly() {
+    let mut s = pool(3);
+    let a = create(&mut s, "a", 10 * G, Layout::Single).unwrap();
+    let b = create(&mut s, "b", 10 * G, Layout::Single).unwrap();
+    let m = create(&mut s, "m", 40 * G, Layout::Mirror { copies: 3 }).unwrap();
+    let st = create(&mut s, "st", 20 * G, Layout::Stripe { width: 2, unit: 0 }).unwrap();
+    let c = create(&mut s, "c", 100 * G, Layout::Concat).unwrap();
+    assert_eq!(m.extents.len(), 3);
+    assert_eq!(st.extents.len(), 2);
+    assert!(c.extents.len() >= 2);
+    let all: Vec<Piece> = [a, b, m, st, c]
+        .iter()
+        .flat_map(|v| v.extents.iter().map(|e| e.piece))
+        .collect();
+    for (i, x) in all.iter().enumerate() {
+        for y in &all[i + 1..] {
+            assert!(
+                x.key != y.key
+                    || x.offset + x.length <= y.offset
+                    || y.offset + y.length <= x.offset,
+                "{x:?} overlaps {y:?}"
+            );
+        }
+    }
+    let e = create(&mut s, "big", 90 * G, Layout::Mirror { copies: 3 }).unwrap_err();
+    assert!(e.to_string().contains("mirror:3"), "{e}");
+    assert_eq!(
+        create(&mut s, "a", G, Layout::Single).unwrap_err(),
+        Error::VolumeExists("a".into())
+    );
+}
+
+#[test]
+fn owner_reservations_are_never_lent() {
+    let mut s = State::default();
+    apply(
+        &mut s,
+        Command::Register {
+            node_id: 7,
+            address: "n:1".into(),
+            version: String::new(),
+            failure_domain: String::new(),
+            now_ms: 0,
+        },
+    )
+    .unwrap();
+    let mut d = dev(0, 10 * G);
+    d.lendable_start = 4 * G;
+    d.lendable_length = 6 * G;
+    apply(
+        &mut s,
+        Command::ReportDevices {
+            node_id: 7,
+            devices: vec![d],
+        },
+    )
+    .unwrap();
+    let v = create(&mut s, "v", 6 * G, Layout::Single).unwrap();
+    assert_eq!(v.extents[0].piece.offset, 4 * G);
+    assert!(
+        create(&mut s, "w", 4096, Layout::Single).is_err(),
+        "nothing left outside the reservation"
+    );
+    let mut bad = dev(0, 10 * G);
+    bad.lendable_start = 8 * G;
+    let e = apply(
+        &mut s,
+        Command::ReportDevices {
+            node_id: 7,
+            devices: vec![bad],
+        },
+    )
+    .unwrap_err();
+    assert!(matches!(e, Error::Invalid(_)), "{e}");
+}
+
+#[test]
+fn one_read_write_lease_many_readers_and_epochs() {
+    let mut s = pool(2);
+    create(&mut s, "v", G, Layout::Single).unwrap();
+    let w = mount(&mut s, "v", "host-a", true).unwrap();
+    assert_eq!(w.epoch, 2);
+    let e = mount(&mut s, "v", "host-b", true).unwrap_err();
+    assert_eq!(
+        e,
+        Error::ReadWriteHeld {
+            volume: "v".into(),
+            lease: w.id,
+            host: "host-a".into()
+        }
+    );
+    let r1 = mount(&mut s, "v", "host-c", false).unwrap();
+    let r2 = mount(&mut s, "v", "host-d", false).unwrap();
+    assert_eq!((r1.epoch, r2.epoch), (2, 2));
+    // Revoke bumps the epoch; the next writer gets a newer one still.
+    let Outcome::Volume(v) = apply(
+        &mut s,
+        Command::Revoke {
+            lease_id: w.id,
+            now_ms: 2000,
+        },
+    )
+    .unwrap() else {
+        panic!()
+    };
+    assert_eq!(v.epoch, 3);
+    let w2 = mount(&mut s, "v", "host-b", true).unwrap();
+    assert_eq!(w2.epoch, 4);
+    // A renewal picks up the current epoch.
+    let Outcome::Lease(r1b, _) = apply(
+        &mut s,
+        Command::Renew {
+            lease_id: r1.id,
+            ttl_ms: 1000,
+            now_ms: 3000,
+        },
+    )
+    .unwrap() else {
+        panic!()
+    };
+    assert_eq!((r1b.epoch, r1b.expires_at_ms), (4, 4000));
+}
+
+#[test]
+fn leased_volumes_are_locked() {
+    let mut s = pool(2);
+    create(&mut s, "v", G, Layout::Single).unwrap();
+    let l = mount(&mut s, "v", "host-a", false).unwrap();
+    let e = apply(&mut s, Command::DeleteVolume { name: "v".into() }).unwrap_err();
+    assert!(
+        e.to_string().contains(&format!("lease {}", l.id)) && e.to_string().contains("host-a"),
+        "{e}"
+    );
+    let e = apply(
+        &mut s,
+        Command::ResizeVolume {
+            name: "v".into(),
+            size: G / 2,
+        },
+    )
+    .unwrap_err();
+    assert!(matches!(e, Error::Leased { .. }), "{e}");
+    // Growing online is allowed while leased.
+    let Outcome::Volume(v) = apply(
+        &mut s,
+        Command::ResizeVolume {
+            name: "v".into(),
+            size: 3 * G,
+        },
+    )
+    .unwrap() else {
+        panic!()
+    };
+    assert_eq!(v.size, 3 * G);
+    assert_eq!(v.layout, Layout::Concat);
+    assert_eq!(v.extents.iter().map(|e| e.piece.length).sum::<u64>(), 3 * G);
+    apply(
+        &mut s,
+        Command::Unmount {
+            lease_id: l.id,
+            now_ms: 5,
+        },
+    )
+    .unwrap();
+    apply(&mut s, Command::DeleteVolume { name: "v".into() }).unwrap();
+    assert!(s.volumes.is_empty());
+}
+
+#[test]
+fn refused_commands_change_nothing() {
+    let mut s = pool(1);
+    let before = s.clone();
+    assert!(create(&mut s, "m", G, Layout::Mirror { copies: 2 }).is_err());
+    assert!(create(&mut s, "bad name!", G, Layout::Single).is_err());
+    assert!(apply(
+        &mut s,
+        Command::Unmount {
+            lease_id: 99,
+            now_ms: 0
+        }
+    )
+    .is_err());
+    assert!(apply(
+        &mut s,
+        Command::Heartbeat {
+            node_id: 42,
+            usage: vec![],
+            now_ms: 0
+        }
+    )
+    .is_err());
+    assert_eq!(s, before);
+}
+
+#[test]
+fn heartbeats_missed_beats_deregistration_and_usage() {
+    let mut s = pool(2);
+    create(&mut s, "v", G, Layout::Single).unwrap();
+    let l = mount(&mut s, "v", "host-a", true).unwrap();
+    let ids: Vec<u64> = s.nodes.keys().copied().collect();
+    apply(
+        &mut s,
+        Command::Heartbeat {
+            node_id: ids[0],
+            usage: vec![Counters {
+                lease_id: l.id,
+                read_bytes: 4096,
+                write_bytes: 8192,
+                read_ops: 1,
+                write_ops: 2,
+            }],
+            now_ms: 2500,
+        },
+    )
+    .unwrap();
+    apply(
+        &mut s,
+        Command::Heartbeat {
+            node_id: ids[0],
+            usage: vec![Counters {
+                lease_id: l.id,
+                read_bytes: 4096,
+                ..Default::default()
+            }],
+            now_ms: 3500,
+        },
+    )
+    .unwrap();
+    apply(
+        &mut s,
+        Command::Tick {
+            now_ms: 4000,
+            heartbeat_ms: 1000,
+        },
+    )
+    .unwrap();
+    assert_eq!(s.nodes[&ids[0]].state, NodeState::Up);
+    assert_eq!(s.nodes[&ids[1]].state, NodeState::Down, "silent since 0");
+    let u = &s.usage[&l.id];
+    assert_eq!(
+        (u.read_bytes, u.write_bytes, u.read_ops, u.write_ops),
+        (8192, 8192, 1, 2)
+    );
+    // The lease expires at 61 000.
+    apply(
+        &mut s,
+        Command::Tick {
+            now_ms: 61_000,
+            heartbeat_ms: 1000,
+        },
+    )
+    .unwrap();
+    assert!(s.leases.is_empty());
+    assert_eq!(s.usage[&l.id].ended_ms, Some(61_000));
+    // A deregistered node's space leaves the pool; its volume stays.
+    apply(&mut s, Command::Deregister { node_id: ids[0] }).unwrap();
+    assert!(candidates(&s).iter().all(|c| c.key.node != ids[0]));
+    assert!(s.volumes.contains_key("v"));
+}
