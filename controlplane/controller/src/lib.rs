@@ -7,6 +7,8 @@
 #![forbid(unsafe_code)]
 
 pub mod alloc;
+pub mod service;
 pub mod state;
+pub mod store;
 
 pub use state::{apply, Command, Error, Outcome, State};

@@ -94,6 +94,22 @@ pub struct Config {
     /// The control plane's public key (64 hex digits), used to verify every token.
     #[arg(long)]
     pub trust_key: Option<PathBuf>,
+    /// The controller to register with (e.g. http://127.0.0.1:7600): the node gets its id and
+    /// the token-signing key from it, reports its devices and heartbeats.
+    #[arg(long)]
+    pub controller: Option<String>,
+    /// The data-plane address hosts should use (default: the bound --listen address).
+    #[arg(long)]
+    pub advertise: Option<String>,
+    /// Where the node keeps its id between restarts (node-id file), with --controller.
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+    /// Bytes at the start of every device kept for the owner: never lent.
+    #[arg(long, default_value = "0", value_parser = size_arg)]
+    pub reserve: u64,
+    /// Failure domain label reported to the controller (rack, room).
+    #[arg(long, default_value = "")]
+    pub failure_domain: String,
     /// This node's id; tokens for another node (other than 0, "any") are refused.
     #[arg(long, default_value_t = 0)]
     pub node_id: u64,

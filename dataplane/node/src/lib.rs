@@ -5,6 +5,7 @@
 //! listening socket is shared with SO_REUSEPORT so the kernel spreads connections over them.
 //! `unsafe` lives only in the ring (`reactor`), buffer (`arena`) and syscall (`sys`) modules.
 
+pub mod agent;
 pub mod arena;
 pub mod backend;
 pub mod config;
@@ -30,10 +31,10 @@ pub struct Shared {
     pub backends: Vec<Backend>,
     /// Highest epochs seen.
     pub fence: FenceTable,
-    /// The key tokens must be signed with.
-    pub trust_key: Option<VerifyingKey>,
-    /// This node's id.
-    pub node_id: NodeId,
+    /// The key tokens must be signed with (from --trust-key, or learned at registration).
+    pub trust_key: std::sync::RwLock<Option<VerifyingKey>>,
+    /// This node's id (from --node-id, or assigned at registration).
+    pub node_id: std::sync::atomic::AtomicU64,
     /// Set to start a clean shutdown.
     pub shutdown: AtomicBool,
     /// Polling mode.
@@ -50,6 +51,18 @@ pub struct Shared {
     pub shutdown_grace: Duration,
     /// Submit each device I/O at once rather than with the loop's batch.
     pub eager_submit: bool,
+}
+
+impl Shared {
+    /// The trusted key, if known yet.
+    pub fn trust_key(&self) -> Option<VerifyingKey> {
+        *self.trust_key.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> NodeId {
+        NodeId(self.node_id.load(std::sync::atomic::Ordering::Acquire))
+    }
 }
 
 /// Opens the backends and reads the trust key named by `cfg`.
@@ -72,8 +85,8 @@ pub fn open_shared(cfg: &Config) -> anyhow::Result<Shared> {
     Ok(Shared {
         backends,
         fence: FenceTable::default(),
-        trust_key,
-        node_id: cfg.node(),
+        trust_key: std::sync::RwLock::new(trust_key),
+        node_id: std::sync::atomic::AtomicU64::new(cfg.node().0),
         shutdown: AtomicBool::new(false),
         poll: cfg.poll,
         spin: cfg.spin,

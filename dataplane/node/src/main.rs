@@ -36,7 +36,7 @@ fn run() -> anyhow::Result<()> {
     for b in &shared.backends {
         tracing::info!(device = b.id.0, name = %b.name, size = b.size, block = b.block_size, "backend");
     }
-    if shared.trust_key.is_none() {
+    if shared.trust_key().is_none() && cfg.controller.is_none() {
         tracing::warn!("no --trust-key: every handshake will be refused with NoTrustKey");
     }
     let (addr, listeners) = dasmesh_node::bind_listeners(&cfg.listen, cfg.cores)?;
@@ -69,6 +69,29 @@ fn run() -> anyhow::Result<()> {
                 }
             })?;
     }
+    // Register before announcing readiness, so the first host finds the node in the pool.
+    let (agent_stop, agent) = match &cfg.controller {
+        Some(url) => {
+            let (stop_tx, stop_rx) = mpsc::channel();
+            let c = dasmesh_node::agent::AgentConfig {
+                controller: url.clone(),
+                advertise: cfg.advertise.clone().unwrap_or_else(|| addr.to_string()),
+                state_dir: cfg.state_dir.clone(),
+                reserve: cfg.reserve,
+                failure_domain: cfg.failure_domain.clone(),
+            };
+            let (first, h) = dasmesh_node::agent::start(c, Arc::clone(&shared), stop_rx);
+            match first.recv_timeout(std::time::Duration::from_secs(30)) {
+                Ok(Ok(id)) => tracing::info!(node_id = id, "registered with {url}"),
+                Ok(Err(e)) => tracing::warn!(
+                    "not registered yet with {url} ({e}); retrying in the background"
+                ),
+                Err(_) => tracing::warn!("no answer from {url} yet; retrying in the background"),
+            }
+            (Some(stop_tx), Some(h))
+        }
+        None => (None, None),
+    };
     println!("listening {addr}");
     std::io::stdout().flush()?;
     let mut failed = false;
@@ -81,6 +104,11 @@ fn run() -> anyhow::Result<()> {
     }
     shared.shutdown.store(true, Ordering::Release);
     for h in handles {
+        let _ = h.join();
+    }
+    // Deregister after the last request was answered.
+    drop(agent_stop);
+    if let Some(h) = agent {
         let _ = h.join();
     }
     while let Ok(ev) = rx.try_recv() {

@@ -709,7 +709,7 @@ impl Reactor {
         if version == 0 {
             return Err(Status::VersionMismatch);
         }
-        let key = self.shared.trust_key.as_ref().ok_or(Status::NoTrustKey)?;
+        let key = self.shared.trust_key().ok_or(Status::NoTrustKey)?;
         let device = hello.device_id.0 as usize;
         let backend = self
             .shared
@@ -718,7 +718,7 @@ impl Reactor {
             .ok_or(Status::WrongDevice)?;
         let token = Token::from_bytes(token).map_err(|e| e.status())?;
         let claim = token
-            .verify(key, self.now_ms, self.shared.node_id, hello.device_id)
+            .verify(&key, self.now_ms, self.shared.node_id(), hello.device_id)
             .map_err(|e| e.status())?;
         let start = claim.range_offset;
         let end = start.saturating_add(claim.range_length).min(backend.size);

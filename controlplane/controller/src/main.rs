@@ -1,0 +1,139 @@
+//! `dasmesh-controller`: the control plane. gRPC (registry, pool, volumes, leases, usage, plus
+//! health and reflection) on `--listen`, state in redb inside `--data-dir`, tokens signed with
+//! the key in `--data-dir/signing.key` (made on first start).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Parser;
+use dasmesh_api::v1;
+use dasmesh_controller::service::{Controller, Svc};
+use dasmesh_controller::state::Command;
+use dasmesh_controller::store::RedbStore;
+use dasmesh_wire::SigningKey;
+
+/// dasmesh-controller: registers nodes, carves volumes, lends them with signed leases, meters use.
+#[derive(Parser)]
+#[command(name = "dasmesh-controller", version, about)]
+struct Args {
+    /// gRPC address (port 0 picks a free one; the chosen address is printed as `listening ADDR`).
+    #[arg(long, default_value = "127.0.0.1:7600")]
+    listen: SocketAddr,
+    /// Directory for the state (controller.redb) and the signing key.
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// Heartbeat interval asked of nodes; three missed beats mark a node down.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    heartbeat: Duration,
+}
+
+fn load_or_make_key(dir: &Path) -> anyhow::Result<SigningKey> {
+    let path = dir.join("signing.key");
+    if path.exists() {
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        return dasmesh_wire::signing_key_from_text(&text)
+            .with_context(|| format!("{}", path.display()));
+    }
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let key = SigningKey::from_bytes(&rand::random::<[u8; 32]>());
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    writeln!(f, "{}", dasmesh_wire::key_to_text(&key.to_bytes()))?;
+    f.sync_all()?;
+    std::fs::write(
+        dir.join("public.key"),
+        format!(
+            "{}\n",
+            dasmesh_wire::key_to_text(key.verifying_key().as_bytes())
+        ),
+    )?;
+    Ok(key)
+}
+
+#[tokio::main]
+async fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    if let Err(e) = run(Args::parse()).await {
+        eprintln!("dasmesh-controller: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(a: Args) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&a.data_dir)
+        .with_context(|| format!("creating {}", a.data_dir.display()))?;
+    let key = load_or_make_key(&a.data_dir)?;
+    let store = RedbStore::open(&a.data_dir)?;
+    let heartbeat_ms = a.heartbeat.as_millis().max(1) as u64;
+    let ctl = Arc::new(Controller::new(Box::new(store), key, heartbeat_ms)?);
+    let listener = tokio::net::TcpListener::bind(a.listen)
+        .await
+        .with_context(|| format!("--listen {}", a.listen))?;
+    let addr = listener.local_addr()?;
+
+    let ticker = Arc::clone(&ctl);
+    tokio::spawn(async move {
+        let mut t = tokio::time::interval(Duration::from_millis(heartbeat_ms));
+        loop {
+            t.tick().await;
+            let now = dasmesh_controller::service::now_ms();
+            if let Err(e) = ticker.execute(Command::Tick {
+                now_ms: now,
+                heartbeat_ms,
+            }) {
+                tracing::warn!("tick: {e}");
+            }
+        }
+    });
+
+    let (health_reporter, health) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<v1::volumes_server::VolumesServer<Svc>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(dasmesh_api::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let svc = Svc(ctl);
+    println!("listening {addr}");
+    tracing::info!(%addr, data_dir = %a.data_dir.display(), "controller ready");
+    tonic::transport::Server::builder()
+        .add_service(health)
+        .add_service(reflection)
+        .add_service(v1::node_registry_server::NodeRegistryServer::new(
+            svc.clone(),
+        ))
+        .add_service(v1::pool_server::PoolServer::new(svc.clone()))
+        .add_service(v1::volumes_server::VolumesServer::new(svc.clone()))
+        .add_service(v1::leases_server::LeasesServer::new(svc.clone()))
+        .add_service(v1::usage_server::UsageServer::new(svc))
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            async {
+                let mut term =
+                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                        .expect("SIGTERM handler");
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+                tracing::info!("shutting down");
+            },
+        )
+        .await?;
+    Ok(())
+}

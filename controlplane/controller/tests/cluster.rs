@@ -1,0 +1,290 @@
+//! The real controller and nodes on 127.0.0.1: nodes register and report their devices, volumes
+//! are carved, a mount lease's tokens open the extents at the nodes, a leased volume is locked,
+//! and everything acknowledged survives a SIGKILL of the controller.
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use dasmesh_api::v1;
+use dasmesh_client::{ConnectOptions, Connection};
+use dasmesh_testkit::bin;
+use dasmesh_wire::{DeviceId, Token};
+
+/// A child process killed on drop, with the address it printed.
+struct Proc {
+    child: Child,
+    addr: String,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn spawn(name: &str, args: &[String]) -> Proc {
+    let mut child = Command::new(bin(name))
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    std::thread::spawn(move || {
+        let mut sink = Vec::new();
+        let _ = out.read_to_end(&mut sink);
+    });
+    let addr = line
+        .trim()
+        .strip_prefix("listening ")
+        .unwrap_or_else(|| panic!("{name}: {line:?}"))
+        .to_string();
+    Proc { child, addr }
+}
+
+fn controller(dir: &Path, listen: &str) -> Proc {
+    spawn(
+        "dasmesh-controller",
+        &[
+            "--listen".into(),
+            listen.into(),
+            "--data-dir".into(),
+            dir.display().to_string(),
+            "--heartbeat".into(),
+            "200ms".into(),
+        ],
+    )
+}
+
+fn node(dir: &Path, ctl: &str, name: &str) -> Proc {
+    spawn(
+        "dasmesh-node",
+        &[
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+            "--no-pin".into(),
+            "--controller".into(),
+            format!("http://{ctl}"),
+            "--state-dir".into(),
+            dir.join(name).display().to_string(),
+            "--reserve".into(),
+            "1M".into(),
+            "--backend".into(),
+            format!("file:{}:256M", dir.join(format!("{name}.img")).display()),
+        ],
+    )
+}
+
+fn signal(p: &mut Proc, sig: &str) {
+    assert!(Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(p.child.id().to_string())
+        .status()
+        .unwrap()
+        .success());
+    for _ in 0..500 {
+        if p.child.try_wait().unwrap().is_some() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("process did not exit after SIG{sig}");
+}
+
+async fn channel(addr: &str) -> tonic::transport::Channel {
+    tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
+
+#[test]
+fn nodes_register_volumes_lease_and_state_survives_sigkill() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut ctl = controller(&dir.path().join("ctl"), "127.0.0.1:0");
+    let n1 = node(dir.path(), &ctl.addr, "n1");
+    let mut n2 = node(dir.path(), &ctl.addr, "n2");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let ch = channel(&ctl.addr).await;
+        let mut pool = v1::pool_client::PoolClient::new(ch.clone());
+        let nodes = pool
+            .list_nodes(v1::ListNodesRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .nodes;
+        assert_eq!(nodes.len(), 2);
+        for n in &nodes {
+            assert_eq!(n.state, v1::NodeState::Up as i32);
+            assert_eq!(n.devices.len(), 1);
+            let d = &n.devices[0];
+            assert_eq!(
+                (d.size_bytes, d.lendable_start, d.lendable_length),
+                (256 << 20, 1 << 20, 255 << 20),
+                "the 1M reserve is never lent"
+            );
+        }
+        let addrs: Vec<&str> = nodes.iter().map(|n| n.address.as_str()).collect();
+        assert!(addrs.contains(&n1.addr.as_str()) && addrs.contains(&n2.addr.as_str()));
+
+        let mut vols = v1::volumes_client::VolumesClient::new(ch.clone());
+        let layout = |kind: v1::LayoutKind, width| {
+            Some(v1::Layout {
+                kind: kind as i32,
+                width,
+                stripe_unit_bytes: 0,
+            })
+        };
+        let m = vols
+            .create(v1::CreateVolumeRequest {
+                name: "m".into(),
+                size_bytes: 64 << 20,
+                layout: layout(v1::LayoutKind::Mirror, 2),
+                requirements: Some(v1::Requirements {
+                    price_per_gib_hour: 1.0,
+                    ..Default::default()
+                }),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(m.extents.len(), 2);
+        assert_ne!(m.extents[0].node_id, m.extents[1].node_id);
+        let e = vols
+            .create(v1::CreateVolumeRequest {
+                name: "m3".into(),
+                size_bytes: 64 << 20,
+                layout: layout(v1::LayoutKind::Mirror, 3),
+                requirements: None,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::ResourceExhausted);
+        assert!(e.message().contains("need 3 nodes"), "{}", e.message());
+
+        // Mount: one token per extent opens it at its node.
+        let mut leases = v1::leases_client::LeasesClient::new(ch.clone());
+        let mount = leases
+            .mount(v1::MountRequest {
+                volume: "m".into(),
+                host_id: "host-a".into(),
+                access: v1::Access::ReadWrite as i32,
+                ttl_ms: 60_000,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        for me in &mount.extents {
+            let x = me.extent.as_ref().unwrap();
+            let token = Token::from_text(&me.token).unwrap();
+            let c = Connection::connect(
+                &x.node_address,
+                DeviceId(x.device_id),
+                &token,
+                &ConnectOptions::default(),
+            )
+            .await
+            .unwrap();
+            assert_eq!(
+                (c.info().lent_offset, c.info().lent_length),
+                (x.offset, x.length)
+            );
+            c.write(x.offset, &[0x5A; 4096], true).await.unwrap();
+            assert_eq!(c.read(x.offset, 4096).await.unwrap(), vec![0x5A; 4096]);
+            let e = c.read(x.offset + x.length, 4096).await.unwrap_err();
+            assert_eq!(
+                e.status(),
+                Some(dasmesh_wire::Status::OutOfRange),
+                "outside the lent extent"
+            );
+        }
+        let e = leases
+            .mount(v1::MountRequest {
+                volume: "m".into(),
+                host_id: "host-b".into(),
+                access: v1::Access::ReadWrite as i32,
+                ttl_ms: 0,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::FailedPrecondition);
+        assert!(e.message().contains("host-a"), "{}", e.message());
+        let e = vols
+            .delete(v1::DeleteVolumeRequest { name: "m".into() })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::FailedPrecondition);
+        assert!(e.message().contains("leased"), "{}", e.message());
+    });
+
+    // SIGKILL the controller: everything acknowledged is still there after a restart (on the
+    // same address, where the nodes keep heartbeating).
+    signal(&mut ctl, "KILL");
+    let ctl2 = controller(&dir.path().join("ctl"), &ctl.addr);
+    rt.block_on(async {
+        let ch = channel(&ctl2.addr).await;
+        let mut vols = v1::volumes_client::VolumesClient::new(ch.clone());
+        let m = vols
+            .get(v1::GetVolumeRequest { name: "m".into() })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            (m.size_bytes, m.active_leases, m.extents.len()),
+            (64 << 20, 1, 2)
+        );
+        let mut leases = v1::leases_client::LeasesClient::new(ch.clone());
+        let ls = leases
+            .list(v1::ListLeasesRequest { volume: "m".into() })
+            .await
+            .unwrap()
+            .into_inner()
+            .leases;
+        assert_eq!(ls.len(), 1);
+        assert_eq!(ls[0].host_id, "host-a");
+        let mut usage = v1::usage_client::UsageClient::new(ch.clone());
+        let rep = usage
+            .report(v1::UsageRequest {
+                host_id: "host-a".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(rep.records.len(), 1);
+        assert!(rep.records[0].gib_hours > 0.0);
+    });
+
+    // A node that shuts down cleanly deregisters: its state is GONE and its volumes stay.
+    signal(&mut n2, "TERM");
+    rt.block_on(async {
+        let ch = channel(&ctl2.addr).await;
+        let mut pool = v1::pool_client::PoolClient::new(ch.clone());
+        let nodes = pool
+            .list_nodes(v1::ListNodesRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .nodes;
+        let gone = nodes.iter().find(|n| n.address == n2.addr).unwrap();
+        assert_eq!(gone.state, v1::NodeState::Gone as i32);
+        let mut vols = v1::volumes_client::VolumesClient::new(ch);
+        let m = vols
+            .get(v1::GetVolumeRequest { name: "m".into() })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(m.state, v1::VolumeState::Degraded as i32);
+    });
+    drop(n1);
+}

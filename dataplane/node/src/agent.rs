@@ -1,0 +1,166 @@
+//! The registration agent: on its own thread with a small tokio runtime, it registers the node
+//! with the controller (keeping the assigned id in `--state-dir/node-id` so a restart is the same
+//! node), learns the token-signing key, reports every device and what it lends (after
+//! `--reserve`), heartbeats, and deregisters on a clean shutdown.
+
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::{mpsc, Arc};
+use std::time::Duration;
+
+use dasmesh_api::v1;
+use dasmesh_wire::VerifyingKey;
+
+use crate::Shared;
+
+/// What the agent needs to know.
+pub struct AgentConfig {
+    /// Controller URL.
+    pub controller: String,
+    /// Address hosts use for this node.
+    pub advertise: String,
+    /// Where the node id is kept.
+    pub state_dir: Option<PathBuf>,
+    /// Bytes reserved for the owner at the start of each device.
+    pub reserve: u64,
+    /// Failure domain.
+    pub failure_domain: String,
+}
+
+type Client = v1::node_registry_client::NodeRegistryClient<tonic::transport::Channel>;
+
+fn id_file(c: &AgentConfig) -> Option<PathBuf> {
+    c.state_dir.as_ref().map(|d| d.join("node-id"))
+}
+
+async fn register(c: &AgentConfig, shared: &Shared) -> anyhow::Result<(Client, u64)> {
+    let mut client = Client::connect(c.controller.clone()).await?;
+    let saved: u64 = id_file(c)
+        .and_then(|p| std::fs::read_to_string(p).ok())
+        .and_then(|t| t.trim().parse().ok())
+        .unwrap_or(0);
+    let r = client
+        .register(v1::RegisterRequest {
+            node_id: saved,
+            address: c.advertise.clone(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            failure_domain: c.failure_domain.clone(),
+        })
+        .await?
+        .into_inner();
+    let key: [u8; 32] = r.signing_public_key.as_slice().try_into().map_err(|_| {
+        anyhow::anyhow!("controller sent a {}-byte key", r.signing_public_key.len())
+    })?;
+    let key = VerifyingKey::from_bytes(&key)?;
+    *shared.trust_key.write().unwrap_or_else(|e| e.into_inner()) = Some(key);
+    shared.node_id.store(r.node_id, Ordering::Release);
+    if let Some(p) = id_file(c) {
+        if let Some(d) = p.parent() {
+            std::fs::create_dir_all(d)?;
+        }
+        std::fs::write(&p, format!("{}\n", r.node_id))?;
+    }
+    let devices = shared
+        .backends
+        .iter()
+        .map(|b| {
+            let start = c.reserve.min(b.size).div_ceil(4096) * 4096;
+            v1::DeviceReport {
+                device_id: b.id.0,
+                path: b.name.clone(),
+                block_size: b.block_size,
+                size_bytes: b.size,
+                lendable_start: start.min(b.size),
+                lendable_length: b.size - start.min(b.size),
+            }
+        })
+        .collect();
+    client
+        .report_devices(v1::ReportDevicesRequest {
+            node_id: r.node_id,
+            devices,
+        })
+        .await?;
+    tracing::info!(node_id = r.node_id, controller = %c.controller, "registered");
+    Ok((client, u64::from(r.heartbeat_interval_ms.max(100))))
+}
+
+/// Starts the agent. The returned channel reports the first registration (Ok or the error);
+/// the agent keeps retrying in the background either way. Dropping `stop` ends it: it
+/// deregisters and the thread exits.
+pub fn start(
+    c: AgentConfig,
+    shared: Arc<Shared>,
+    stop: mpsc::Receiver<()>,
+) -> (
+    mpsc::Receiver<Result<u64, String>>,
+    std::thread::JoinHandle<()>,
+) {
+    let (tx, rx) = mpsc::channel();
+    let h = std::thread::Builder::new()
+        .name("agent".into())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = tx.send(Err(e.to_string()));
+                    return;
+                }
+            };
+            rt.block_on(async move {
+                let stopped = || !matches!(stop.try_recv(), Err(mpsc::TryRecvError::Empty));
+                let mut told = false;
+                'outer: loop {
+                    let (mut client, beat_ms) = match register(&c, &shared).await {
+                        Ok(x) => x,
+                        Err(e) => {
+                            if !told {
+                                let _ = tx.send(Err(e.to_string()));
+                                told = true;
+                            }
+                            tracing::warn!(
+                                "registration with {} failed: {e}; retrying",
+                                c.controller
+                            );
+                            if stopped() {
+                                return;
+                            }
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                            continue;
+                        }
+                    };
+                    let node_id = shared.node_id.load(Ordering::Acquire);
+                    if !told {
+                        let _ = tx.send(Ok(node_id));
+                        told = true;
+                    }
+                    loop {
+                        for _ in 0..(beat_ms / 50).max(1) {
+                            if stopped() {
+                                let _ = client.deregister(v1::DeregisterRequest { node_id }).await;
+                                tracing::info!(node_id, "deregistered");
+                                return;
+                            }
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                        match client
+                            .heartbeat(v1::HeartbeatRequest {
+                                node_id,
+                                usage: vec![],
+                            })
+                            .await
+                        {
+                            Ok(r) if !r.get_ref().known => continue 'outer,
+                            Ok(_) => {}
+                            Err(e) => tracing::warn!("heartbeat failed: {e}"),
+                        }
+                    }
+                }
+            });
+        })
+        .expect("spawn agent thread");
+    (rx, h)
+}
