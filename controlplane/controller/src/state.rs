@@ -497,6 +497,30 @@ fn apply_inner(s: &mut State, cmd: Command) -> Result<Outcome, Error> {
             if s.volumes.contains_key(&name) {
                 return Err(Error::VolumeExists(name));
             }
+            if size == 0 {
+                return Err(Error::Invalid(format!(
+                    "volume {name:?}: size must be greater than 0"
+                )));
+            }
+            match layout {
+                Layout::Mirror { copies } if copies < 2 => {
+                    return Err(Error::Invalid(format!(
+                        "mirror needs at least 2 copies, got {copies}"
+                    )))
+                }
+                Layout::Stripe { width, .. } if width < 2 => {
+                    return Err(Error::Invalid(format!(
+                        "stripe needs a width of at least 2, got {width}"
+                    )))
+                }
+                Layout::Stripe { unit, .. } if unit % alloc::ALIGN != 0 => {
+                    return Err(Error::Invalid(format!(
+                        "stripe unit {unit} must be a multiple of {}",
+                        alloc::ALIGN
+                    )))
+                }
+                _ => {}
+            }
             let pieces = alloc::allocate(&candidates(s), layout, size, req.spread_failure_domains)
                 .map_err(Error::Insufficient)?;
             let v = VolumeRec {

@@ -288,3 +288,194 @@ fn nodes_register_volumes_lease_and_state_survives_sigkill() {
     });
     drop(n1);
 }
+
+#[test]
+fn three_nodes_every_layout_missed_beats_bad_input_and_reflection() {
+    let dir = tempfile::tempdir().unwrap();
+    let ctl = controller(&dir.path().join("ctl"), "127.0.0.1:0");
+    let _n1 = node(dir.path(), &ctl.addr, "n1");
+    let _n2 = node(dir.path(), &ctl.addr, "n2");
+    let mut n3 = node(dir.path(), &ctl.addr, "n3");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let ch = channel(&ctl.addr).await;
+        let mut vols = v1::volumes_client::VolumesClient::new(ch.clone());
+        let mk =
+            |name: &str, size: u64, kind: v1::LayoutKind, width: u32| v1::CreateVolumeRequest {
+                name: name.into(),
+                size_bytes: size,
+                layout: Some(v1::Layout {
+                    kind: kind as i32,
+                    width,
+                    stripe_unit_bytes: 0,
+                }),
+                requirements: None,
+            };
+        for (name, kind, width, extents) in [
+            ("s", v1::LayoutKind::Single, 0, 1),
+            ("st", v1::LayoutKind::Stripe, 3, 3),
+            ("m3", v1::LayoutKind::Mirror, 3, 3),
+            ("c", v1::LayoutKind::Concat, 0, 2),
+        ] {
+            let size = if name == "c" { 400 << 20 } else { 32 << 20 };
+            let v = vols
+                .create(mk(name, size, kind, width))
+                .await
+                .unwrap()
+                .into_inner();
+            assert_eq!(v.extents.len(), extents, "{name}");
+        }
+
+        // Bad input: a clear code and reason, and nothing changes.
+        let before = vols
+            .list(v1::ListVolumesRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        let cases = [
+            (
+                mk("", 1 << 20, v1::LayoutKind::Single, 0),
+                tonic::Code::InvalidArgument,
+            ),
+            (
+                mk("z", 0, v1::LayoutKind::Single, 0),
+                tonic::Code::InvalidArgument,
+            ),
+            (
+                mk("z", 1 << 50, v1::LayoutKind::Single, 0),
+                tonic::Code::ResourceExhausted,
+            ),
+            (
+                mk("z", 1 << 20, v1::LayoutKind::Mirror, 1),
+                tonic::Code::InvalidArgument,
+            ),
+            (
+                v1::CreateVolumeRequest {
+                    name: "z".into(),
+                    size_bytes: 1 << 20,
+                    layout: Some(v1::Layout {
+                        kind: 99,
+                        width: 0,
+                        stripe_unit_bytes: 0,
+                    }),
+                    requirements: None,
+                },
+                tonic::Code::InvalidArgument,
+            ),
+            (
+                v1::CreateVolumeRequest {
+                    name: "z".into(),
+                    size_bytes: 1 << 20,
+                    layout: None,
+                    requirements: None,
+                },
+                tonic::Code::InvalidArgument,
+            ),
+            (
+                mk("s", 1 << 20, v1::LayoutKind::Single, 0),
+                tonic::Code::AlreadyExists,
+            ),
+        ];
+        for (req, code) in cases {
+            let e = vols.create(req.clone()).await.unwrap_err();
+            assert_eq!(e.code(), code, "{req:?}: {}", e.message());
+            assert!(!e.message().is_empty());
+        }
+        let e = vols
+            .get(v1::GetVolumeRequest {
+                name: "nope".into(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::NotFound);
+        let mut leases = v1::leases_client::LeasesClient::new(ch.clone());
+        let e = leases
+            .unmount(v1::UnmountRequest { lease_id: 4242 })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::NotFound);
+        let e = leases
+            .mount(v1::MountRequest {
+                volume: "s".into(),
+                host_id: "h".into(),
+                access: 0,
+                ttl_ms: 0,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        let e = leases
+            .mount(v1::MountRequest {
+                volume: "s".into(),
+                host_id: String::new(),
+                access: v1::Access::ReadOnly as i32,
+                ttl_ms: 0,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        assert_eq!(
+            vols.list(v1::ListVolumesRequest {})
+                .await
+                .unwrap()
+                .into_inner(),
+            before
+        );
+
+        // Reflection lists the services (what grpcurl uses for discovery).
+        use tonic_reflection::pb::v1::{
+            server_reflection_client::ServerReflectionClient,
+            server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+            ServerReflectionRequest,
+        };
+        let mut refl = ServerReflectionClient::new(ch.clone());
+        let req = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        };
+        let mut stream = refl
+            .server_reflection_info(tokio_stream::iter(vec![req]))
+            .await
+            .unwrap()
+            .into_inner();
+        let resp = stream.message().await.unwrap().unwrap();
+        let Some(MessageResponse::ListServicesResponse(list)) = resp.message_response else {
+            panic!("{resp:?}")
+        };
+        let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+        for s in [
+            "dasmesh.v1.Volumes",
+            "dasmesh.v1.Leases",
+            "dasmesh.v1.NodeRegistry",
+            "dasmesh.v1.Pool",
+            "dasmesh.v1.Usage",
+            "grpc.health.v1.Health",
+        ] {
+            assert!(names.iter().any(|n| n == s), "{s} not in {names:?}");
+        }
+    });
+
+    // A node killed outright is marked down after three missed heartbeats (200 ms each here).
+    signal(&mut n3, "KILL");
+    rt.block_on(async {
+        let mut pool = v1::pool_client::PoolClient::new(channel(&ctl.addr).await);
+        for _ in 0..100 {
+            let nodes = pool
+                .list_nodes(v1::ListNodesRequest {})
+                .await
+                .unwrap()
+                .into_inner()
+                .nodes;
+            if nodes.iter().find(|n| n.address == n3.addr).unwrap().state
+                == v1::NodeState::Down as i32
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("killed node never marked down");
+    });
+}

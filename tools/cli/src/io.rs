@@ -31,9 +31,9 @@ pub struct Target {
     /// The device on the node.
     #[arg(long)]
     device: u32,
-    /// Machine-readable output.
-    #[arg(long)]
-    json: bool,
+    /// Set from the global --json.
+    #[arg(skip)]
+    pub json: bool,
 }
 
 /// `dasmesh io ...`.
@@ -132,8 +132,21 @@ pub struct BenchArgs {
     runtime: Duration,
 }
 
+impl IoCmd {
+    fn target_mut(&mut self) -> &mut Target {
+        match self {
+            IoCmd::Write { t, .. }
+            | IoCmd::Read { t, .. }
+            | IoCmd::Search { t, .. }
+            | IoCmd::Flush { t, .. } => t,
+            IoCmd::Bench(b) => &mut b.t,
+        }
+    }
+}
+
 /// Runs an `io` subcommand.
-pub fn run(cmd: IoCmd) -> anyhow::Result<()> {
+pub fn run(mut cmd: IoCmd, json: bool) -> anyhow::Result<()> {
+    cmd.target_mut().json = json;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()

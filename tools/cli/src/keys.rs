@@ -73,9 +73,9 @@ pub struct ShowArgs {
     /// File holding the token text; standard input if absent.
     #[arg(long)]
     token_file: Option<PathBuf>,
-    /// Machine-readable output.
-    #[arg(long)]
-    json: bool,
+    /// Set from the global --json.
+    #[arg(skip)]
+    pub json: bool,
 }
 
 /// Writes a new key pair.
@@ -122,10 +122,13 @@ pub fn read_token(path: &std::path::Path) -> anyhow::Result<Token> {
 }
 
 /// Runs a token subcommand.
-pub fn token(cmd: TokenCmd) -> anyhow::Result<()> {
+pub fn token(cmd: TokenCmd, json: bool) -> anyhow::Result<()> {
     match cmd {
         TokenCmd::Mint(a) => mint(&a),
-        TokenCmd::Show(a) => show(&a),
+        TokenCmd::Show(mut a) => {
+            a.json = json;
+            show(&a)
+        }
     }
 }
 

@@ -1,6 +1,7 @@
 //! `dasmesh`: the operator and host command line.
 #![forbid(unsafe_code)]
 
+mod ctl;
 mod io;
 mod keys;
 
@@ -10,6 +11,17 @@ use clap::{Parser, Subcommand};
 #[derive(Parser)]
 #[command(name = "dasmesh", version, about)]
 struct Cli {
+    /// Machine-readable JSON output instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+    /// The controller's gRPC URL.
+    #[arg(
+        long,
+        global = true,
+        env = "DASMESH_CONTROLLER",
+        default_value = "http://127.0.0.1:7600"
+    )]
+    controller: String,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -24,6 +36,19 @@ enum Cmd {
     /// Talk to a node directly with a token.
     #[command(subcommand)]
     Io(io::IoCmd),
+    /// Storage nodes.
+    #[command(subcommand)]
+    Node(ctl::NodeCmd),
+    /// The pool: every device and its free space.
+    Pool,
+    /// Volumes.
+    #[command(subcommand)]
+    Volume(ctl::VolumeCmd),
+    /// Mount leases.
+    #[command(subcommand)]
+    Lease(ctl::LeaseCmd),
+    /// Usage and charges per host and volume.
+    Usage(ctl::UsageArgs),
 }
 
 fn main() {
@@ -36,8 +61,13 @@ fn main() {
     let cli = Cli::parse();
     let r = match cli.cmd {
         Cmd::Keygen(a) => keys::keygen(&a),
-        Cmd::Token(t) => keys::token(t),
-        Cmd::Io(c) => io::run(c),
+        Cmd::Token(t) => keys::token(t, cli.json),
+        Cmd::Io(c) => io::run(c, cli.json),
+        Cmd::Node(c) => ctl::run(&cli.controller, cli.json, ctl::Ctl::Node(c)),
+        Cmd::Pool => ctl::run(&cli.controller, cli.json, ctl::Ctl::Pool),
+        Cmd::Volume(c) => ctl::run(&cli.controller, cli.json, ctl::Ctl::Volume(c)),
+        Cmd::Lease(c) => ctl::run(&cli.controller, cli.json, ctl::Ctl::Lease(c)),
+        Cmd::Usage(a) => ctl::run(&cli.controller, cli.json, ctl::Ctl::Usage(a)),
     };
     if let Err(e) = r {
         eprintln!("dasmesh: {e:#}");

@@ -1,0 +1,435 @@
+//! Control-plane commands: nodes, pool, volumes, leases, usage. Tables by default, `--json` for
+//! scripts; every refusal is one line with the controller's reason.
+
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use clap::{Args, Subcommand};
+use dasmesh_api::v1;
+use dasmesh_wire::units::{format_size, parse_size};
+use serde_json::json;
+use tonic::transport::Channel;
+
+fn size_arg(s: &str) -> Result<u64, String> {
+    parse_size(s).map_err(|e| e.to_string())
+}
+
+/// `dasmesh node ...`.
+#[derive(Subcommand)]
+pub enum NodeCmd {
+    /// Every registered node.
+    List,
+}
+
+/// `dasmesh volume ...`.
+#[derive(Subcommand)]
+pub enum VolumeCmd {
+    /// Carve a volume from the pool.
+    Create {
+        /// Unique name.
+        name: String,
+        /// Size, e.g. 10G.
+        #[arg(long, value_parser = size_arg)]
+        size: u64,
+        /// single, concat, stripe:N[:UNIT] or mirror:N.
+        #[arg(long, default_value = "single")]
+        layout: String,
+        /// Promised IOPS.
+        #[arg(long, default_value_t = 0)]
+        min_iops: u64,
+        /// Promised MiB/s.
+        #[arg(long, default_value_t = 0)]
+        min_mib_s: u64,
+        /// Price per GiB-hour.
+        #[arg(long, default_value_t = 0.0)]
+        price: f64,
+        /// Put copies/extents in different failure domains.
+        #[arg(long)]
+        spread_domains: bool,
+    },
+    /// Every volume.
+    List,
+    /// One volume with its extents.
+    Show {
+        /// Its name.
+        name: String,
+    },
+    /// Grow a volume (online), or shrink one that is not leased.
+    Resize {
+        /// Its name.
+        name: String,
+        /// New size.
+        #[arg(long, value_parser = size_arg)]
+        size: u64,
+    },
+    /// Delete a volume (refused while leased).
+    Delete {
+        /// Its name.
+        name: String,
+    },
+}
+
+/// `dasmesh lease ...`.
+#[derive(Subcommand)]
+pub enum LeaseCmd {
+    /// Take a lease: prints the mount information with one token per extent.
+    Mount {
+        /// The volume.
+        name: String,
+        /// Who holds it.
+        #[arg(long)]
+        host: String,
+        /// Read-write (the default).
+        #[arg(long, conflicts_with = "ro")]
+        rw: bool,
+        /// Read-only.
+        #[arg(long)]
+        ro: bool,
+        /// Lease length.
+        #[arg(long, default_value = "1m", value_parser = humantime::parse_duration)]
+        ttl: Duration,
+    },
+    /// Extend a lease.
+    Renew {
+        /// The lease id.
+        id: u64,
+        /// New length from now.
+        #[arg(long, default_value = "1m", value_parser = humantime::parse_duration)]
+        ttl: Duration,
+    },
+    /// End a lease.
+    Unmount {
+        /// The lease id.
+        id: u64,
+    },
+    /// End a lease and fence its tokens (operator).
+    Revoke {
+        /// The lease id.
+        id: u64,
+    },
+    /// Active leases.
+    List {
+        /// Only this volume's.
+        #[arg(long)]
+        volume: Option<String>,
+    },
+}
+
+/// `dasmesh usage`.
+#[derive(Args)]
+pub struct UsageArgs {
+    /// Only this host.
+    #[arg(long)]
+    host: Option<String>,
+    /// Only this volume.
+    #[arg(long)]
+    volume: Option<String>,
+    /// Only the last DURATION (e.g. 24h).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    since: Option<Duration>,
+}
+
+/// Any control-plane command.
+pub enum Ctl {
+    /// Nodes.
+    Node(NodeCmd),
+    /// Pool.
+    Pool,
+    /// Volumes.
+    Volume(VolumeCmd),
+    /// Leases.
+    Lease(LeaseCmd),
+    /// Usage.
+    Usage(UsageArgs),
+}
+
+/// Parses `single`, `concat`, `stripe:N[:UNIT]`, `mirror:N`.
+pub fn parse_layout(s: &str) -> anyhow::Result<v1::Layout> {
+    let parts: Vec<&str> = s.split(':').collect();
+    let num = |i: usize| -> anyhow::Result<u32> {
+        parts
+            .get(i)
+            .ok_or_else(|| anyhow::anyhow!("layout {s:?}: missing the count"))?
+            .parse()
+            .with_context(|| format!("layout {s:?}: bad count"))
+    };
+    let (kind, width, unit) = match parts[0] {
+        "single" if parts.len() == 1 => (v1::LayoutKind::Single, 0, 0),
+        "concat" if parts.len() == 1 => (v1::LayoutKind::Concat, 0, 0),
+        "stripe" if (2..=3).contains(&parts.len()) => (
+            v1::LayoutKind::Stripe,
+            num(1)?,
+            parts
+                .get(2)
+                .map(|u| parse_size(u))
+                .transpose()?
+                .unwrap_or(0),
+        ),
+        "mirror" if parts.len() == 2 => (v1::LayoutKind::Mirror, num(1)?, 0),
+        _ => bail!("bad layout {s:?}: expected single, concat, stripe:N[:UNIT] or mirror:N"),
+    };
+    Ok(v1::Layout {
+        kind: kind as i32,
+        width,
+        stripe_unit_bytes: unit,
+    })
+}
+
+fn layout_text(l: &Option<v1::Layout>) -> String {
+    match l {
+        Some(l) => match v1::LayoutKind::try_from(l.kind) {
+            Ok(v1::LayoutKind::Single) => "single".into(),
+            Ok(v1::LayoutKind::Concat) => "concat".into(),
+            Ok(v1::LayoutKind::Stripe) => {
+                format!("stripe:{}:{}", l.width, format_size(l.stripe_unit_bytes))
+            }
+            Ok(v1::LayoutKind::Mirror) => format!("mirror:{}", l.width),
+            _ => "?".into(),
+        },
+        None => "?".into(),
+    }
+}
+
+fn state_name<T: std::fmt::Debug>(v: Result<T, prost::UnknownEnumValue>) -> String {
+    v.map(|s| format!("{s:?}").to_lowercase())
+        .unwrap_or_else(|_| "?".into())
+}
+
+/// A refusal as one line: the gRPC code and the controller's reason.
+fn status(e: tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!("controller refused ({:?}): {}", e.code(), e.message())
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn volume_json(v: &v1::Volume) -> serde_json::Value {
+    json!({
+        "volume_id": v.volume_id, "name": v.name, "size_bytes": v.size_bytes, "layout": layout_text(&v.layout),
+        "state": state_name(v1::VolumeState::try_from(v.state)), "epoch": v.epoch, "active_leases": v.active_leases,
+        "extents": v.extents.iter().map(|e| json!({"node_id": e.node_id, "node_address": e.node_address,
+            "device_id": e.device_id, "offset": e.offset, "length": e.length, "copy": e.copy, "index": e.index,
+            "stale": e.stale})).collect::<Vec<_>>(),
+    })
+}
+
+fn mount_json(m: &v1::MountResponse) -> serde_json::Value {
+    let l = m.lease.clone().unwrap_or_default();
+    json!({
+        "lease_id": l.lease_id, "volume": l.volume_name, "host": l.host_id,
+        "access": if l.access == v1::Access::ReadWrite as i32 { "rw" } else { "ro" },
+        "epoch": l.epoch, "expires_at_ms": l.expires_at_ms, "size_bytes": m.size_bytes, "layout": layout_text(&m.layout),
+        "extents": m.extents.iter().map(|me| { let e = me.extent.clone().unwrap_or_default();
+            json!({"node_id": e.node_id, "node_address": e.node_address, "device_id": e.device_id, "offset": e.offset,
+                   "length": e.length, "copy": e.copy, "index": e.index, "token": me.token}) }).collect::<Vec<_>>(),
+    })
+}
+
+fn print_mount(m: &v1::MountResponse, json_out: bool) {
+    if json_out {
+        println!("{}", mount_json(m));
+        return;
+    }
+    let l = m.lease.clone().unwrap_or_default();
+    let left = l.expires_at_ms.saturating_sub(now_ms()) / 1000;
+    println!(
+        "lease {} on {} for {} ({}), epoch {}, expires in {left}s",
+        l.lease_id,
+        l.volume_name,
+        l.host_id,
+        if l.access == v1::Access::ReadWrite as i32 {
+            "read-write"
+        } else {
+            "read-only"
+        },
+        l.epoch
+    );
+    println!(
+        "{:<6} {:<6} {:<22} {:<7} {:>12} {:>10}",
+        "copy", "index", "node", "device", "offset", "length"
+    );
+    for me in &m.extents {
+        let e = me.extent.clone().unwrap_or_default();
+        println!(
+            "{:<6} {:<6} {:<22} {:<7} {:>12} {:>10}",
+            e.copy,
+            e.index,
+            e.node_address,
+            e.device_id,
+            e.offset,
+            format_size(e.length)
+        );
+    }
+    println!("(tokens with --json)");
+}
+
+/// Runs a control-plane command against `url`.
+pub fn run(url: &str, json_out: bool, cmd: Ctl) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let ch = Channel::from_shared(url.to_string())
+            .with_context(|| format!("--controller {url}"))?
+            .connect_timeout(Duration::from_secs(5))
+            .connect()
+            .await
+            .with_context(|| format!("cannot reach the controller at {url}"))?;
+        match cmd {
+            Ctl::Node(NodeCmd::List) => {
+                let nodes = v1::pool_client::PoolClient::new(ch).list_nodes(v1::ListNodesRequest {}).await.map_err(status)?.into_inner().nodes;
+                if json_out {
+                    let v: Vec<_> = nodes.iter().map(|n| json!({"node_id": n.node_id, "address": n.address, "state": state_name(v1::NodeState::try_from(n.state)),
+                        "version": n.version, "failure_domain": n.failure_domain, "last_heartbeat_ms": n.last_heartbeat_ms,
+                        "devices": n.devices.iter().map(|d| json!({"device_id": d.device_id, "path": d.path, "block_size": d.block_size,
+                            "size_bytes": d.size_bytes, "lendable_start": d.lendable_start, "lendable_length": d.lendable_length,
+                            "free_bytes": d.free_bytes})).collect::<Vec<_>>()})).collect();
+                    println!("{}", serde_json::Value::from(v));
+                } else {
+                    println!("{:<6} {:<22} {:<6} {:>7} {:>10} {:>10} {:<10}", "id", "address", "state", "devices", "lendable", "free", "domain");
+                    for n in &nodes {
+                        let lend: u64 = n.devices.iter().map(|d| d.lendable_length).sum();
+                        let free: u64 = n.devices.iter().map(|d| d.free_bytes).sum();
+                        println!("{:<6} {:<22} {:<6} {:>7} {:>10} {:>10} {:<10}", n.node_id, n.address, state_name(v1::NodeState::try_from(n.state)),
+                            n.devices.len(), format_size(lend), format_size(free), n.failure_domain);
+                    }
+                }
+            }
+            Ctl::Pool => {
+                let p = v1::pool_client::PoolClient::new(ch).list_devices(v1::ListDevicesRequest {}).await.map_err(status)?.into_inner();
+                if json_out {
+                    println!("{}", json!({"total_bytes": p.total_bytes, "free_bytes": p.free_bytes,
+                        "devices": p.devices.iter().map(|d| json!({"node_id": d.node_id, "device_id": d.device_id, "path": d.path,
+                            "lendable_length": d.lendable_length, "free_bytes": d.free_bytes})).collect::<Vec<_>>()}));
+                } else {
+                    println!("{:<6} {:<7} {:<36} {:>10} {:>10}", "node", "device", "path", "lendable", "free");
+                    for d in &p.devices {
+                        println!("{:<6} {:<7} {:<36} {:>10} {:>10}", d.node_id, d.device_id, d.path, format_size(d.lendable_length), format_size(d.free_bytes));
+                    }
+                    println!("pool: {} lendable, {} free", format_size(p.total_bytes), format_size(p.free_bytes));
+                }
+            }
+            Ctl::Volume(c) => {
+                let mut vols = v1::volumes_client::VolumesClient::new(ch);
+                let show = |v: &v1::Volume| {
+                    if json_out {
+                        println!("{}", volume_json(v));
+                    } else {
+                        println!("{} ({}): {} {}, {}, epoch {}, {} lease(s)", v.name, v.volume_id, format_size(v.size_bytes), layout_text(&v.layout),
+                            state_name(v1::VolumeState::try_from(v.state)), v.epoch, v.active_leases);
+                        for e in &v.extents {
+                            println!("  copy {} index {}: node {} ({}) device {} bytes {}..{}{}", e.copy, e.index, e.node_id, e.node_address,
+                                e.device_id, e.offset, e.offset + e.length, if e.stale { " STALE" } else { "" });
+                        }
+                    }
+                };
+                match c {
+                    VolumeCmd::Create { name, size, layout, min_iops, min_mib_s, price, spread_domains } => {
+                        let req = v1::CreateVolumeRequest { name, size_bytes: size, layout: Some(parse_layout(&layout)?),
+                            requirements: Some(v1::Requirements { min_iops, min_mib_s, price_per_gib_hour: price, spread_failure_domains: spread_domains }) };
+                        show(&vols.create(req).await.map_err(status)?.into_inner());
+                    }
+                    VolumeCmd::List => {
+                        let vs = vols.list(v1::ListVolumesRequest {}).await.map_err(status)?.into_inner().volumes;
+                        if json_out {
+                            println!("{}", serde_json::Value::from(vs.iter().map(volume_json).collect::<Vec<_>>()));
+                        } else {
+                            println!("{:<6} {:<20} {:>10} {:<14} {:<12} {:>6} {:>7}", "id", "name", "size", "layout", "state", "epoch", "leases");
+                            for v in &vs {
+                                println!("{:<6} {:<20} {:>10} {:<14} {:<12} {:>6} {:>7}", v.volume_id, v.name, format_size(v.size_bytes), layout_text(&v.layout),
+                                    state_name(v1::VolumeState::try_from(v.state)), v.epoch, v.active_leases);
+                            }
+                        }
+                    }
+                    VolumeCmd::Show { name } => show(&vols.get(v1::GetVolumeRequest { name }).await.map_err(status)?.into_inner()),
+                    VolumeCmd::Resize { name, size } => show(&vols.resize(v1::ResizeVolumeRequest { name, size_bytes: size }).await.map_err(status)?.into_inner()),
+                    VolumeCmd::Delete { name } => {
+                        vols.delete(v1::DeleteVolumeRequest { name: name.clone() }).await.map_err(status)?;
+                        if json_out { println!("{}", json!({"deleted": name})) } else { println!("deleted {name}") }
+                    }
+                }
+            }
+            Ctl::Lease(c) => {
+                let mut leases = v1::leases_client::LeasesClient::new(ch);
+                match c {
+                    LeaseCmd::Mount { name, host, rw: _, ro, ttl } => {
+                        let access = if ro { v1::Access::ReadOnly } else { v1::Access::ReadWrite } as i32;
+                        let m = leases.mount(v1::MountRequest { volume: name, host_id: host, access, ttl_ms: ttl.as_millis() as u64 }).await.map_err(status)?;
+                        print_mount(m.get_ref(), json_out);
+                    }
+                    LeaseCmd::Renew { id, ttl } => {
+                        let m = leases.renew(v1::RenewRequest { lease_id: id, ttl_ms: ttl.as_millis() as u64 }).await.map_err(status)?;
+                        print_mount(m.get_ref(), json_out);
+                    }
+                    LeaseCmd::Unmount { id } => {
+                        leases.unmount(v1::UnmountRequest { lease_id: id }).await.map_err(status)?;
+                        if json_out { println!("{}", json!({"unmounted": id})) } else { println!("lease {id} ended") }
+                    }
+                    LeaseCmd::Revoke { id } => {
+                        let r = leases.revoke(v1::RevokeRequest { lease_id: id }).await.map_err(status)?.into_inner();
+                        if json_out { println!("{}", json!({"revoked": id, "new_epoch": r.new_epoch})) } else { println!("lease {id} revoked; the volume's epoch is now {}", r.new_epoch) }
+                    }
+                    LeaseCmd::List { volume } => {
+                        let ls = leases.list(v1::ListLeasesRequest { volume: volume.unwrap_or_default() }).await.map_err(status)?.into_inner().leases;
+                        if json_out {
+                            println!("{}", serde_json::Value::from(ls.iter().map(|l| json!({"lease_id": l.lease_id, "volume": l.volume_name, "host": l.host_id,
+                                "access": if l.access == v1::Access::ReadWrite as i32 { "rw" } else { "ro" }, "epoch": l.epoch,
+                                "started_ms": l.started_ms, "expires_at_ms": l.expires_at_ms})).collect::<Vec<_>>()));
+                        } else {
+                            println!("{:<6} {:<20} {:<16} {:<6} {:>6} {:>10}", "id", "volume", "host", "access", "epoch", "expires in");
+                            for l in &ls {
+                                println!("{:<6} {:<20} {:<16} {:<6} {:>6} {:>9}s", l.lease_id, l.volume_name, l.host_id,
+                                    if l.access == v1::Access::ReadWrite as i32 { "rw" } else { "ro" }, l.epoch, l.expires_at_ms.saturating_sub(now_ms()) / 1000);
+                            }
+                        }
+                    }
+                }
+            }
+            Ctl::Usage(a) => {
+                let start_ms = a.since.map(|d| now_ms().saturating_sub(d.as_millis() as u64)).unwrap_or(0);
+                let r = v1::usage_client::UsageClient::new(ch)
+                    .report(v1::UsageRequest { host_id: a.host.unwrap_or_default(), volume: a.volume.unwrap_or_default(), start_ms, end_ms: 0 })
+                    .await
+                    .map_err(status)?
+                    .into_inner();
+                if json_out {
+                    println!("{}", json!({"total_charge": r.total_charge, "records": r.records.iter().map(|u| json!({"host": u.host_id, "volume": u.volume,
+                        "lease_id": u.lease_id, "started_ms": u.started_ms, "ended_ms": u.ended_ms, "read_bytes": u.read_bytes,
+                        "write_bytes": u.write_bytes, "read_ops": u.read_ops, "write_ops": u.write_ops, "gib_hours": u.gib_hours,
+                        "charge": u.charge})).collect::<Vec<_>>()}));
+                } else {
+                    println!("{:<16} {:<20} {:>6} {:>10} {:>10} {:>10} {:>10}", "host", "volume", "lease", "read", "written", "GiB-h", "charge");
+                    for u in &r.records {
+                        println!("{:<16} {:<20} {:>6} {:>10} {:>10} {:>10.4} {:>10.4}", u.host_id, u.volume, u.lease_id, format_size(u.read_bytes),
+                            format_size(u.write_bytes), u.gib_hours, u.charge);
+                    }
+                    println!("total charge {:.4}", r.total_charge);
+                }
+            }
+        }
+        Ok(())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layouts_parse_or_say_why() {
+        assert_eq!(
+            parse_layout("single").unwrap().kind,
+            v1::LayoutKind::Single as i32
+        );
+        assert_eq!(parse_layout("mirror:2").unwrap().width, 2);
+        let s = parse_layout("stripe:4:1M").unwrap();
+        assert_eq!((s.width, s.stripe_unit_bytes), (4, 1 << 20));
+        for bad in ["raid5", "mirror", "mirror:x", "stripe:2:zz", "single:2", ""] {
+            assert!(parse_layout(bad).is_err(), "{bad}");
+        }
+    }
+}
