@@ -2,98 +2,24 @@
 //! are carved, a mount lease's tokens open the extents at the nodes, a leased volume is locked,
 //! and everything acknowledged survives a SIGKILL of the controller.
 
-use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use dasmesh_api::v1;
 use dasmesh_client::{ConnectOptions, Connection};
-use dasmesh_testkit::bin;
+use dasmesh_testkit::Process;
 use dasmesh_wire::{DeviceId, Token};
 
-/// A child process killed on drop, with the address it printed.
-struct Proc {
-    child: Child,
-    addr: String,
+fn controller(dir: &Path, listen: &str) -> Process {
+    Process::controller(dir, listen)
 }
 
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+fn node(dir: &Path, ctl: &str, name: &str) -> Process {
+    Process::node(dir, ctl, name)
 }
 
-fn spawn(name: &str, args: &[String]) -> Proc {
-    let mut child = Command::new(bin(name))
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    out.read_line(&mut line).unwrap();
-    std::thread::spawn(move || {
-        let mut sink = Vec::new();
-        let _ = out.read_to_end(&mut sink);
-    });
-    let addr = line
-        .trim()
-        .strip_prefix("listening ")
-        .unwrap_or_else(|| panic!("{name}: {line:?}"))
-        .to_string();
-    Proc { child, addr }
-}
-
-fn controller(dir: &Path, listen: &str) -> Proc {
-    spawn(
-        "dasmesh-controller",
-        &[
-            "--listen".into(),
-            listen.into(),
-            "--data-dir".into(),
-            dir.display().to_string(),
-            "--heartbeat".into(),
-            "200ms".into(),
-        ],
-    )
-}
-
-fn node(dir: &Path, ctl: &str, name: &str) -> Proc {
-    spawn(
-        "dasmesh-node",
-        &[
-            "--listen".into(),
-            "127.0.0.1:0".into(),
-            "--no-pin".into(),
-            "--controller".into(),
-            format!("http://{ctl}"),
-            "--state-dir".into(),
-            dir.join(name).display().to_string(),
-            "--reserve".into(),
-            "1M".into(),
-            "--backend".into(),
-            format!("file:{}:256M", dir.join(format!("{name}.img")).display()),
-        ],
-    )
-}
-
-fn signal(p: &mut Proc, sig: &str) {
-    assert!(Command::new("kill")
-        .arg(format!("-{sig}"))
-        .arg(p.child.id().to_string())
-        .status()
-        .unwrap()
-        .success());
-    for _ in 0..500 {
-        if p.child.try_wait().unwrap().is_some() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    panic!("process did not exit after SIG{sig}");
+fn signal(p: &mut Process, sig: &str) {
+    p.signal(sig);
 }
 
 async fn channel(addr: &str) -> tonic::transport::Channel {

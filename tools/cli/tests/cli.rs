@@ -266,3 +266,78 @@ fn io_commands_round_trip_through_a_node() {
     let err = fails(&args.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(err.contains("OutOfRange"), "{err}");
 }
+
+#[test]
+fn control_plane_commands_against_a_real_controller() {
+    use dasmesh_testkit::Process;
+    let dir = tempfile::tempdir().unwrap();
+    let ctl = Process::controller(&dir.path().join("ctl"), "127.0.0.1:0");
+    let _n1 = Process::node(dir.path(), &ctl.addr, "n1");
+    let _n2 = Process::node(dir.path(), &ctl.addr, "n2");
+    let url = format!("http://{}", ctl.addr);
+    let c = |args: &[&str]| -> Vec<String> {
+        ["--controller", url.as_str()]
+            .iter()
+            .chain(args)
+            .map(|x| x.to_string())
+            .collect()
+    };
+    let run_ok = |args: Vec<String>| ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let run_fail = |args: Vec<String>| fails(&args.iter().map(String::as_str).collect::<Vec<_>>());
+
+    let nodes: serde_json::Value =
+        serde_json::from_str(&run_ok(c(&["--json", "node", "list"]))).unwrap();
+    assert_eq!(nodes.as_array().unwrap().len(), 2);
+    assert!(nodes.as_array().unwrap().iter().all(|n| n["state"] == "up"));
+    assert!(run_ok(c(&["pool"])).contains("pool: 510M lendable"));
+
+    let v: serde_json::Value = serde_json::from_str(&run_ok(c(&[
+        "volume", "create", "v1", "--size", "16M", "--layout", "mirror:2", "--price", "2.5",
+        "--json",
+    ])))
+    .unwrap();
+    assert_eq!(v["layout"], "mirror:2");
+    assert_eq!(v["extents"].as_array().unwrap().len(), 2);
+    let err = run_fail(c(&[
+        "volume", "create", "v2", "--size", "16M", "--layout", "mirror:3",
+    ]));
+    assert!(err.contains("need 3 nodes"), "{err}");
+    let err = run_fail(c(&[
+        "volume", "create", "v2", "--size", "16M", "--layout", "raid5",
+    ]));
+    assert!(err.contains("bad layout"), "{err}");
+    assert!(run_ok(c(&["volume", "list"])).contains("v1"));
+
+    let m: serde_json::Value = serde_json::from_str(&run_ok(c(&[
+        "--json", "lease", "mount", "v1", "--host", "h1", "--rw", "--ttl", "30m",
+    ])))
+    .unwrap();
+    let lease = m["lease_id"].as_u64().unwrap();
+    assert_eq!(m["access"], "rw");
+    assert!(m["extents"][0]["token"]
+        .as_str()
+        .unwrap()
+        .starts_with("dmt1."));
+    let err = run_fail(c(&["lease", "mount", "v1", "--host", "h2", "--rw"]));
+    assert!(
+        err.contains("FailedPrecondition") && err.contains("h1"),
+        "{err}"
+    );
+    let err = run_fail(c(&["volume", "delete", "v1"]));
+    assert!(
+        err.contains("leased") && err.contains(&format!("lease {lease}")),
+        "{err}"
+    );
+    assert!(run_ok(c(&["lease", "list"])).contains("h1"));
+    run_ok(c(&["lease", "renew", &lease.to_string(), "--ttl", "10m"]));
+    run_ok(c(&["lease", "unmount", &lease.to_string()]));
+    let usage: serde_json::Value =
+        serde_json::from_str(&run_ok(c(&["--json", "usage", "--host", "h1"]))).unwrap();
+    assert_eq!(usage["records"].as_array().unwrap().len(), 1);
+    assert_eq!(usage["records"][0]["volume"], "v1");
+    run_ok(c(&["volume", "delete", "v1"]));
+    let err = run_fail(c(&["volume", "show", "v1"]));
+    assert!(err.contains("NotFound"), "{err}");
+    let err = fails(&["--controller", "http://127.0.0.1:1", "node", "list"]);
+    assert!(err.contains("cannot reach the controller"), "{err}");
+}

@@ -215,3 +215,97 @@ impl Drop for Node {
         }
     }
 }
+
+/// Any workspace binary that prints `listening ADDR` as its first line; killed on drop.
+pub struct Process {
+    /// The child.
+    pub child: Child,
+    /// The address it printed.
+    pub addr: String,
+}
+
+impl Process {
+    /// Starts `name` (a workspace binary) with `args` and waits for its `listening` line.
+    pub fn spawn(name: &str, args: &[String]) -> Process {
+        let mut child = Command::new(bin(name))
+            .args(args)
+            .env("RUST_LOG", "error")
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {name}: {e}"));
+        let mut out = BufReader::new(child.stdout.take().expect("stdout"));
+        let mut line = String::new();
+        let _ = out.read_line(&mut line);
+        std::thread::spawn(move || {
+            let mut sink = Vec::new();
+            let _ = out.read_to_end(&mut sink);
+        });
+        let addr = line
+            .trim()
+            .strip_prefix("listening ")
+            .unwrap_or_else(|| panic!("{name}: unexpected first line {line:?}"))
+            .to_string();
+        Process { child, addr }
+    }
+
+    /// A controller with its state in `dir`, heartbeats every 200 ms.
+    pub fn controller(dir: &Path, listen: &str) -> Process {
+        let args = [
+            "--listen",
+            listen,
+            "--data-dir",
+            &dir.display().to_string(),
+            "--heartbeat",
+            "200ms",
+        ];
+        Process::spawn("dasmesh-controller", &args.map(String::from))
+    }
+
+    /// A node registering with the controller at `ctl`, a 256 MiB file backend and a 1 MiB
+    /// owner reservation, its state in `dir/name`.
+    pub fn node(dir: &Path, ctl: &str, name: &str) -> Process {
+        let args = [
+            "--listen".to_string(),
+            "127.0.0.1:0".into(),
+            "--no-pin".into(),
+            "--controller".into(),
+            format!("http://{ctl}"),
+            "--state-dir".into(),
+            dir.join(name).display().to_string(),
+            "--reserve".into(),
+            "1M".into(),
+            "--backend".into(),
+            format!("file:{}:256M", dir.join(format!("{name}.img")).display()),
+        ];
+        Process::spawn("dasmesh-node", &args)
+    }
+
+    /// Sends `sig` with kill(1) and waits up to 10 s for the exit.
+    pub fn signal(&mut self, sig: &str) -> ExitStatus {
+        let ok = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("run kill")
+            .success();
+        assert!(ok, "kill -{sig}");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(s) = self.child.try_wait().expect("try_wait") {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "process did not exit after SIG{sig}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
