@@ -360,3 +360,157 @@ fn heartbeats_missed_beats_deregistration_and_usage() {
     assert!(candidates(&s).iter().all(|c| c.key.node != ids[0]));
     assert!(s.volumes.contains_key("v"));
 }
+
+mod sequences {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        Create(u8, u64, u8),
+        Resize(u8, u64),
+        Delete(u8),
+        Mount(u8, bool),
+        Unmount(u8),
+        Down(u8),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            (0u8..6, 1u64..40, 0u8..4).prop_map(|(v, s, l)| Op::Create(v, s, l)),
+            (0u8..6, 1u64..60).prop_map(|(v, s)| Op::Resize(v, s)),
+            (0u8..6).prop_map(Op::Delete),
+            (0u8..6, any::<bool>()).prop_map(|(v, rw)| Op::Mount(v, rw)),
+            (0u8..8).prop_map(Op::Unmount),
+            (0u8..3).prop_map(Op::Down),
+        ]
+    }
+
+    const M: u64 = 1 << 20;
+
+    /// Three nodes, each one 64 MiB device with the first 8 MiB reserved for the owner.
+    fn reserved_pool() -> State {
+        let mut s = State::default();
+        for i in 0..3u64 {
+            apply(
+                &mut s,
+                Command::Register {
+                    node_id: i + 1,
+                    address: format!("n{i}:1"),
+                    version: String::new(),
+                    failure_domain: String::new(),
+                    now_ms: 0,
+                },
+            )
+            .unwrap();
+            let d = DeviceRec {
+                device_id: 0,
+                path: "d".into(),
+                block_size: 4096,
+                size: 64 * M,
+                lendable_start: 8 * M,
+                lendable_length: 56 * M,
+            };
+            apply(
+                &mut s,
+                Command::ReportDevices {
+                    node_id: i + 1,
+                    devices: vec![d],
+                },
+            )
+            .unwrap();
+        }
+        s
+    }
+
+    fn check(s: &State) -> Result<(), TestCaseError> {
+        let pieces: Vec<Piece> = s
+            .volumes
+            .values()
+            .flat_map(|v| v.extents.iter().map(|e| e.piece))
+            .collect();
+        for (i, a) in pieces.iter().enumerate() {
+            prop_assert!(
+                a.offset >= 8 * M && a.offset + a.length <= 64 * M,
+                "reserved area lent: {a:?}"
+            );
+            for b in &pieces[i + 1..] {
+                prop_assert!(
+                    a.key != b.key
+                        || a.offset + a.length <= b.offset
+                        || b.offset + b.length <= a.offset,
+                    "{a:?} overlaps {b:?}"
+                );
+            }
+        }
+        // Free space adds up: lendable = free + used, per device.
+        for c in candidates(s) {
+            let free: u64 = c.free.iter().map(|r| r.1).sum();
+            let used: u64 = pieces
+                .iter()
+                .filter(|p| p.key == c.key)
+                .map(|p| p.length)
+                .sum();
+            prop_assert_eq!(free + used, 56 * M, "device {:?}", c.key);
+        }
+        for v in s.volumes.values() {
+            let copies = match v.layout {
+                Layout::Mirror { copies } => copies,
+                _ => 1,
+            };
+            for copy in 0..copies {
+                let sum: u64 = v
+                    .extents
+                    .iter()
+                    .filter(|e| e.piece.copy == copy)
+                    .map(|e| e.piece.length)
+                    .sum();
+                prop_assert!(
+                    sum >= v.size,
+                    "copy {copy} of {} holds {sum} < {}",
+                    v.name,
+                    v.size
+                );
+            }
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+        #[test]
+        fn random_sequences_keep_the_invariants(ops in proptest::collection::vec(op(), 1..40)) {
+            let mut s = reserved_pool();
+            let mut leases: Vec<u64> = Vec::new();
+            for (t, op) in ops.into_iter().enumerate() {
+                let before = s.clone();
+                let r = match op {
+                    Op::Create(v, size, l) => {
+                        let layout = [Layout::Single, Layout::Concat, Layout::Stripe { width: 2, unit: M }, Layout::Mirror { copies: 2 }][l as usize];
+                        apply(&mut s, Command::CreateVolume { name: format!("v{v}"), size: size * M, layout, req: Requirements::default(), now_ms: t as u64 })
+                    }
+                    Op::Resize(v, size) => apply(&mut s, Command::ResizeVolume { name: format!("v{v}"), size: size * M }),
+                    Op::Delete(v) => apply(&mut s, Command::DeleteVolume { name: format!("v{v}") }),
+                    Op::Mount(v, rw) => {
+                        let r = apply(&mut s, Command::Mount { volume: format!("v{v}"), host: "h".into(), rw, ttl_ms: 1_000_000, now_ms: t as u64 });
+                        if let Ok(Outcome::Lease(l, _)) = &r { leases.push(l.id); }
+                        r
+                    }
+                    Op::Unmount(i) => match leases.get(i as usize).copied() {
+                        Some(id) => apply(&mut s, Command::Unmount { lease_id: id, now_ms: t as u64 }),
+                        None => continue,
+                    },
+                    Op::Down(n) => apply(&mut s, Command::Tick { now_ms: 10_000 + u64::from(n), heartbeat_ms: 1 }),
+                };
+                if r.is_err() {
+                    prop_assert_eq!(&s, &before, "a refused command changed the state");
+                }
+                // A leased volume is never deleted.
+                for l in s.leases.values() {
+                    prop_assert!(s.volumes.contains_key(&l.volume));
+                }
+                check(&s)?;
+            }
+        }
+    }
+}
