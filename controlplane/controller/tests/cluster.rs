@@ -134,6 +134,30 @@ fn nodes_register_volumes_lease_and_state_survives_sigkill() {
                 "outside the lent extent"
             );
         }
+        // The nodes count the lease's bytes and ops and report them with their heartbeats.
+        let mut usage = v1::usage_client::UsageClient::new(ch.clone());
+        let mut seen = None;
+        for _ in 0..50 {
+            let rep = usage
+                .report(v1::UsageRequest {
+                    host_id: "host-a".into(),
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            let r = rep.records[0].clone();
+            if r.write_bytes >= 8192 && r.read_bytes >= 8192 {
+                seen = Some(r);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let r = seen.expect("usage from the nodes' heartbeats never arrived");
+        assert_eq!(
+            (r.write_bytes, r.read_bytes, r.write_ops, r.read_ops),
+            (8192, 8192, 2, 2)
+        );
         let e = leases
             .mount(v1::MountRequest {
                 volume: "m".into(),

@@ -85,6 +85,22 @@ async fn register(c: &AgentConfig, shared: &Shared) -> anyhow::Result<(Client, u
     Ok((client, u64::from(r.heartbeat_interval_ms.max(100))))
 }
 
+/// The usage counted since the last heartbeat.
+fn take_usage(shared: &Shared) -> Vec<v1::LeaseUsage> {
+    shared
+        .usage
+        .take()
+        .into_iter()
+        .map(|(lease_id, u)| v1::LeaseUsage {
+            lease_id,
+            read_bytes: u.read_bytes,
+            write_bytes: u.write_bytes,
+            read_ops: u.read_ops,
+            write_ops: u.write_ops,
+        })
+        .collect()
+}
+
 /// Starts the agent. The returned channel reports the first registration (Ok or the error);
 /// the agent keeps retrying in the background either way. Dropping `stop` ends it: it
 /// deregisters and the thread exits.
@@ -149,7 +165,7 @@ pub fn start(
                         match client
                             .heartbeat(v1::HeartbeatRequest {
                                 node_id,
-                                usage: vec![],
+                                usage: take_usage(&shared),
                             })
                             .await
                         {

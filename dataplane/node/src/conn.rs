@@ -88,6 +88,8 @@ pub struct Session {
     pub fence_gen: u64,
     /// Overtaken by a newer epoch: every request fails with StaleEpoch.
     pub fenced: bool,
+    /// Usage not yet handed to the shared table.
+    pub usage: crate::usage::Usage,
 }
 
 /// Where a connection is in its life.

@@ -13,6 +13,7 @@ mod conn;
 pub mod fence;
 mod reactor;
 pub mod sys;
+pub mod usage;
 
 use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::AtomicBool;
@@ -51,6 +52,10 @@ pub struct Shared {
     pub shutdown_grace: Duration,
     /// Submit each device I/O at once rather than with the loop's batch.
     pub eager_submit: bool,
+    /// Per-lease usage for the heartbeats (collected only when registered with a controller).
+    pub usage: usage::UsageTable,
+    /// Whether to collect usage at all.
+    pub collect_usage: bool,
 }
 
 impl Shared {
@@ -95,6 +100,8 @@ pub fn open_shared(cfg: &Config) -> anyhow::Result<Shared> {
         max_search_hits: cfg.max_search_hits,
         shutdown_grace: cfg.shutdown_grace,
         eager_submit: !cfg.batch_submit,
+        usage: usage::UsageTable::default(),
+        collect_usage: cfg.controller.is_some(),
     })
 }
 

@@ -176,8 +176,13 @@ impl Reactor {
     pub fn run(mut self) -> std::io::Result<()> {
         self.arm_accept();
         let mut last_work = Instant::now();
+        let mut last_usage_flush = self.now_ms;
         loop {
             self.now_ms = sys::now_ms();
+            if self.now_ms >= last_usage_flush + 200 {
+                self.flush_usage();
+                last_usage_flush = self.now_ms;
+            }
             if self.stopping.is_none() && self.shared.shutdown.load(Ordering::Acquire) {
                 self.begin_shutdown();
             }
@@ -631,7 +636,32 @@ impl Reactor {
     fn try_reap(&mut self, ci: usize) {
         let c = &self.conns[ci];
         if c.phase == Phase::Closing && !c.recv_armed && c.sending.is_none() && c.live_reqs == 0 {
-            self.conns.remove(ci);
+            let c = self.conns.remove(ci);
+            if let Some(s) = c.session {
+                self.hand_over_usage(&s);
+            }
+        }
+    }
+
+    fn hand_over_usage(&self, s: &Session) {
+        if self.shared.collect_usage {
+            self.shared.usage.add(s.claim.nonce, &s.usage);
+        }
+    }
+
+    /// Hands every connection's counts to the shared table (a few times a second, not per
+    /// request: the I/O path takes no lock).
+    fn flush_usage(&mut self) {
+        if !self.shared.collect_usage {
+            return;
+        }
+        for (_, c) in self.conns.iter_mut() {
+            if let Some(s) = c.session.as_mut() {
+                if !s.usage.is_zero() {
+                    self.shared.usage.add(s.claim.nonce, &s.usage);
+                    s.usage = Default::default();
+                }
+            }
         }
     }
 
@@ -758,6 +788,7 @@ impl Reactor {
             range,
             fence_gen,
             fenced: false,
+            usage: Default::default(),
         };
         Ok((session, reply))
     }
@@ -1237,6 +1268,19 @@ impl Reactor {
         };
         if status != Status::Ok {
             tracing::debug!(conn = ci, op = ?r.op, offset = r.hdr.offset, length = r.hdr.length, "request failed: {status}");
+        } else if let Some(sess) = self.conns[ci].session.as_mut() {
+            let u = &mut sess.usage;
+            match r.op {
+                Op::Read | Op::Search => {
+                    u.read_ops += 1;
+                    u.read_bytes += r.hdr.length;
+                }
+                Op::Write | Op::WriteZeroes => {
+                    u.write_ops += 1;
+                    u.write_bytes += r.hdr.length;
+                }
+                Op::Discard | Op::Flush => u.write_ops += 1,
+            }
         }
         self.reply(ci, h, payload);
         if self.conns[ci].phase == Phase::Closing {
