@@ -550,10 +550,14 @@ fn apply_inner(s: &mut State, cmd: Command) -> Result<Outcome, Error> {
             }
             if size < v.size {
                 refuse_if_leased(s, &name, "shrinking")?;
-                return Err(Error::Invalid(format!(
-                    "shrinking {name:?} from {} to {size} bytes is not supported yet",
-                    v.size
-                )));
+                if size == 0 {
+                    return Err(Error::Invalid(format!(
+                        "volume {name:?}: size must be greater than 0"
+                    )));
+                }
+                let shrunk = shrink(&v, size)?;
+                s.volumes.insert(name, shrunk.clone());
+                return Ok(Outcome::Volume(shrunk));
             }
             let grown = grow(s, &v, size)?;
             s.volumes.insert(name, grown.clone());
@@ -650,6 +654,42 @@ fn apply_inner(s: &mut State, cmd: Command) -> Result<Outcome, Error> {
             Ok(Outcome::Volume(vol.clone()))
         }
     }
+}
+
+/// Cuts every copy's extents back to `size` bytes (the tail is freed); stripes cannot shrink.
+fn shrink(v: &VolumeRec, size: u64) -> Result<VolumeRec, Error> {
+    if matches!(v.layout, Layout::Stripe { .. }) {
+        return Err(Error::Invalid(format!(
+            "shrinking striped volume {:?} is not supported yet",
+            v.name
+        )));
+    }
+    let mut out = v.clone();
+    out.size = size;
+    let copies = match v.layout {
+        Layout::Mirror { copies } => copies,
+        _ => 1,
+    };
+    out.extents.clear();
+    for copy in 0..copies {
+        let mut mine: Vec<ExtentRec> = v
+            .extents
+            .iter()
+            .filter(|e| e.piece.copy == copy)
+            .copied()
+            .collect();
+        mine.sort_by_key(|e| e.piece.index);
+        let mut left = size;
+        for mut e in mine {
+            if left == 0 {
+                break;
+            }
+            e.piece.length = e.piece.length.min(left);
+            left -= e.piece.length;
+            out.extents.push(e);
+        }
+    }
+    Ok(out)
 }
 
 /// Appends extents to reach `size` (single and concat become concat; mirror grows every copy).

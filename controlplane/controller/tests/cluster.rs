@@ -193,6 +193,15 @@ fn nodes_register_volumes_lease_and_state_survives_sigkill() {
             (m.size_bytes, m.active_leases, m.extents.len()),
             (64 << 20, 1, 2)
         );
+        let mut pool = v1::pool_client::PoolClient::new(ch.clone());
+        let nodes = pool
+            .list_nodes(v1::ListNodesRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .nodes;
+        assert_eq!(nodes.len(), 2, "every node survives the restart");
+        assert!(nodes.iter().all(|n| n.devices.len() == 1));
         let mut leases = v1::leases_client::LeasesClient::new(ch.clone());
         let ls = leases
             .list(v1::ListLeasesRequest { volume: "m".into() })
