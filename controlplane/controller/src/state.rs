@@ -150,6 +150,11 @@ pub struct UsageRec {
 pub struct State {
     /// Last id handed out (nodes, volumes and leases share the counter).
     pub last_id: u64,
+    /// Last fencing epoch handed out. Epochs come from one counter for all volumes, so a range
+    /// that passes from a deleted volume to a new one never sees its epoch go backwards (nodes
+    /// fence by device range, not by volume).
+    #[serde(default)]
+    pub last_epoch: u64,
     /// Nodes by id.
     pub nodes: BTreeMap<u64, NodeRec>,
     /// Volumes by name.
@@ -295,6 +300,11 @@ pub fn apply(s: &mut State, cmd: Command) -> Result<Outcome, Error> {
 fn new_id(s: &mut State) -> u64 {
     s.last_id += 1;
     s.last_id
+}
+
+fn new_epoch(s: &mut State) -> u64 {
+    s.last_epoch += 1;
+    s.last_epoch
 }
 
 fn node_mut(s: &mut State, id: u64) -> Result<&mut NodeRec, Error> {
@@ -537,7 +547,7 @@ fn apply_inner(s: &mut State, cmd: Command) -> Result<Outcome, Error> {
                     .collect(),
                 req,
                 created_ms: now_ms,
-                epoch: 1,
+                epoch: new_epoch(s),
             };
             s.volumes.insert(name, v.clone());
             Ok(Outcome::Volume(v))
@@ -592,7 +602,7 @@ fn apply_inner(s: &mut State, cmd: Command) -> Result<Outcome, Error> {
                     });
                 }
             }
-            let epoch = if rw { v.epoch + 1 } else { v.epoch };
+            let epoch = if rw { new_epoch(s) } else { v.epoch };
             let id = new_id(s);
             let l = LeaseRec {
                 id,
@@ -646,11 +656,12 @@ fn apply_inner(s: &mut State, cmd: Command) -> Result<Outcome, Error> {
         }
         Command::Revoke { lease_id, now_ms } => {
             let l = end_lease(s, lease_id, now_ms)?;
+            let epoch = new_epoch(s);
             let vol = s
                 .volumes
                 .get_mut(&l.volume)
                 .ok_or_else(|| Error::UnknownVolume(l.volume.clone()))?;
-            vol.epoch += 1;
+            vol.epoch = epoch;
             Ok(Outcome::Volume(vol.clone()))
         }
     }

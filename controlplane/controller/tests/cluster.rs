@@ -438,3 +438,74 @@ fn three_nodes_every_layout_missed_beats_bad_input_and_reflection() {
         panic!("killed node never marked down");
     });
 }
+
+#[test]
+fn a_range_reused_by_a_new_volume_is_not_fenced_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let ctl = controller(&dir.path().join("ctl"), "127.0.0.1:0");
+    let _n = node(dir.path(), &ctl.addr, "n1");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let ch = channel(&ctl.addr).await;
+        let mut vols = v1::volumes_client::VolumesClient::new(ch.clone());
+        let mut leases = v1::leases_client::LeasesClient::new(ch.clone());
+        let single = Some(v1::Layout {
+            kind: v1::LayoutKind::Single as i32,
+            width: 0,
+            stripe_unit_bytes: 0,
+        });
+        let mut offsets = Vec::new();
+        // "a" is mounted read-write twice, so the node sees a higher epoch on the range than a
+        // fresh volume would start with if epochs were counted per volume.
+        for (name, cycles) in [("a", 2), ("b", 1)] {
+            vols.create(v1::CreateVolumeRequest {
+                name: name.into(),
+                size_bytes: 8 << 20,
+                layout: single,
+                requirements: None,
+            })
+            .await
+            .unwrap();
+            for _ in 0..cycles {
+                let m = leases
+                    .mount(v1::MountRequest {
+                        volume: name.into(),
+                        host_id: "h".into(),
+                        access: v1::Access::ReadWrite as i32,
+                        ttl_ms: 0,
+                    })
+                    .await
+                    .unwrap()
+                    .into_inner();
+                let me = &m.extents[0];
+                let x = me.extent.as_ref().unwrap();
+                offsets.push(x.offset);
+                let c = Connection::connect(
+                    &x.node_address,
+                    DeviceId(x.device_id),
+                    &Token::from_text(&me.token).unwrap(),
+                    &ConnectOptions::default(),
+                )
+                .await
+                .unwrap_or_else(|e| panic!("volume {name}: {e}"));
+                c.write(x.offset, &[1u8; 4096], false).await.unwrap();
+                leases
+                    .unmount(v1::UnmountRequest {
+                        lease_id: m.lease.unwrap().lease_id,
+                    })
+                    .await
+                    .unwrap();
+            }
+            vols.delete(v1::DeleteVolumeRequest { name: name.into() })
+                .await
+                .unwrap();
+        }
+        assert_eq!(
+            offsets[0], offsets[2],
+            "the second volume reuses the first one's range"
+        );
+    });
+}

@@ -514,3 +514,28 @@ mod sequences {
         }
     }
 }
+
+#[test]
+fn epochs_only_grow_across_volumes_so_reused_ranges_are_not_fenced() {
+    let mut s = pool(1);
+    create(&mut s, "a", G, Layout::Single).unwrap();
+    let la = mount(&mut s, "a", "h", true).unwrap();
+    apply(
+        &mut s,
+        Command::Unmount {
+            lease_id: la.id,
+            now_ms: 2,
+        },
+    )
+    .unwrap();
+    apply(&mut s, Command::DeleteVolume { name: "a".into() }).unwrap();
+    let b = create(&mut s, "b", G, Layout::Single).unwrap();
+    assert!(
+        b.epoch > la.epoch,
+        "new volume epoch {} must exceed {} seen on the same range",
+        b.epoch,
+        la.epoch
+    );
+    let lb = mount(&mut s, "b", "h", false).unwrap();
+    assert!(lb.epoch > la.epoch);
+}
