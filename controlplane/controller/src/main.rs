@@ -97,6 +97,7 @@ async fn run(a: Args) -> anyhow::Result<()> {
             }) {
                 tracing::warn!("tick: {e}");
             }
+            ticker.reap_deleting().await;
         }
     });
 

@@ -95,6 +95,83 @@ impl Controller {
         self.key.verifying_key().to_bytes()
     }
 
+    /// Discards the extents of every DELETING volume on their nodes and frees the volumes whose
+    /// extents were all discarded. A volume with an unreachable node stays DELETING until a later
+    /// call succeeds, so its range is never handed out with the old data on it.
+    pub async fn reap_deleting(&self) {
+        let work: Vec<(String, Vec<(String, u32, u64, u64)>, u64, u64)> = self.read(|s| {
+            s.volumes
+                .values()
+                .filter(|v| v.deleting)
+                .map(|v| {
+                    let extents = v
+                        .extents
+                        .iter()
+                        .map(|e| {
+                            let addr = s
+                                .nodes
+                                .get(&e.piece.key.node)
+                                .map(|n| n.address.clone())
+                                .unwrap_or_default();
+                            (addr, e.piece.key.device, e.piece.offset, e.piece.length)
+                        })
+                        .collect();
+                    (v.name.clone(), extents, v.epoch, v.id)
+                })
+                .collect()
+        });
+        for (name, extents, epoch, volume_id) in work {
+            let mut all = true;
+            for (i, (addr, device, offset, length)) in extents.iter().enumerate() {
+                let node = self.read(|s| {
+                    s.volumes
+                        .get(&name)
+                        .and_then(|v| v.extents.get(i))
+                        .map(|e| e.piece.key.node)
+                        .unwrap_or(0)
+                });
+                let claim = Claim {
+                    node_id: NodeId(node),
+                    volume_id: VolumeId(volume_id),
+                    device_id: DeviceId(*device),
+                    range_offset: *offset,
+                    range_length: *length,
+                    rights: Rights::ReadWrite,
+                    epoch: Epoch(epoch),
+                    issued_at_ms: now_ms(),
+                    expires_at_ms: now_ms() + 60_000,
+                    nonce: 0,
+                };
+                let opts = dasmesh_client::ConnectOptions {
+                    connect_timeout: std::time::Duration::from_secs(3),
+                    ..Default::default()
+                };
+                let r = async {
+                    let c = dasmesh_client::Connection::connect(
+                        addr,
+                        DeviceId(*device),
+                        &claim.sign(&self.key),
+                        &opts,
+                    )
+                    .await?;
+                    c.discard(*offset, *length).await?;
+                    c.flush().await
+                }
+                .await;
+                if let Err(e) = r {
+                    tracing::warn!(volume = %name, node = addr.as_str(), "discard failed, will retry: {e}");
+                    all = false;
+                }
+            }
+            if all {
+                match self.execute(Command::PurgeVolume { name: name.clone() }) {
+                    Ok(_) => tracing::info!(volume = %name, "deleted: extents discarded and freed"),
+                    Err(e) => tracing::warn!(volume = %name, "purge: {e}"),
+                }
+            }
+        }
+    }
+
     /// Mount information for a lease: every extent with a token for its node and device.
     fn mount_info(&self, l: &LeaseRec, v: &VolumeRec) -> v1::MountResponse {
         let extents = self.read(|s| {
@@ -207,6 +284,7 @@ fn lease_msg(l: &LeaseRec, v: &VolumeRec) -> v1::Lease {
 fn volume_msg(s: &State, v: &VolumeRec) -> v1::Volume {
     let up = |node: u64| s.nodes.get(&node).is_some_and(|n| n.state == NodeState::Up);
     let state = match v.layout {
+        _ if v.deleting => v1::VolumeState::Deleting,
         Layout::Mirror { copies } => {
             let good_copies = (0..copies)
                 .filter(|c| {
@@ -488,6 +566,8 @@ impl v1::volumes_server::Volumes for Svc {
         self.0.execute(Command::DeleteVolume {
             name: r.into_inner().name,
         })?;
+        // Discard now when the nodes answer; otherwise the ticker retries.
+        self.0.reap_deleting().await;
         Ok(Response::new(v1::DeleteVolumeResponse {}))
     }
 }

@@ -97,6 +97,9 @@ pub struct VolumeRec {
     pub created_ms: u64,
     /// Fencing epoch.
     pub epoch: u64,
+    /// Deleted; its extents stay allocated until they are discarded on the nodes.
+    #[serde(default)]
+    pub deleting: bool,
 }
 
 /// A lease.
@@ -216,8 +219,10 @@ pub enum Command {
     },
     /// Resize a volume.
     ResizeVolume { name: String, size: u64 },
-    /// Delete a volume.
+    /// Delete a volume: it turns DELETING until its extents are discarded.
     DeleteVolume { name: String },
+    /// Free a DELETING volume's extents (after they were discarded on the nodes).
+    PurgeVolume { name: String },
     /// Take a lease.
     Mount {
         volume: String,
@@ -319,6 +324,16 @@ fn volume<'a>(s: &'a State, name: &str) -> Result<&'a VolumeRec, Error> {
 
 fn first_lease<'a>(s: &'a State, volume: &str) -> Option<&'a LeaseRec> {
     s.leases.values().find(|l| l.volume == volume)
+}
+
+fn refuse_if_deleting(v: &VolumeRec) -> Result<(), Error> {
+    if v.deleting {
+        return Err(Error::Invalid(format!(
+            "volume {:?} is being deleted",
+            v.name
+        )));
+    }
+    Ok(())
 }
 
 fn refuse_if_leased(s: &State, volume: &str, what: &'static str) -> Result<(), Error> {
@@ -548,12 +563,14 @@ fn apply_inner(s: &mut State, cmd: Command) -> Result<Outcome, Error> {
                 req,
                 created_ms: now_ms,
                 epoch: new_epoch(s),
+                deleting: false,
             };
             s.volumes.insert(name, v.clone());
             Ok(Outcome::Volume(v))
         }
         Command::ResizeVolume { name, size } => {
             let v = volume(s, &name)?.clone();
+            refuse_if_deleting(&v)?;
             let size = alloc::align_up(size);
             if size == v.size {
                 return Ok(Outcome::Volume(v));
@@ -576,6 +593,16 @@ fn apply_inner(s: &mut State, cmd: Command) -> Result<Outcome, Error> {
         Command::DeleteVolume { name } => {
             volume(s, &name)?;
             refuse_if_leased(s, &name, "deleting")?;
+            let v = s.volumes.get_mut(&name).expect("checked above");
+            v.deleting = true;
+            Ok(Outcome::Volume(v.clone()))
+        }
+        Command::PurgeVolume { name } => {
+            if !volume(s, &name)?.deleting {
+                return Err(Error::Invalid(format!(
+                    "volume {name:?} is not being deleted"
+                )));
+            }
             s.volumes.remove(&name);
             Ok(Outcome::Done)
         }
@@ -593,6 +620,7 @@ fn apply_inner(s: &mut State, cmd: Command) -> Result<Outcome, Error> {
                 return Err(Error::Invalid("a lease needs a ttl above 0".into()));
             }
             let v = volume(s, &name)?.clone();
+            refuse_if_deleting(&v)?;
             if rw {
                 if let Some(l) = s.leases.values().find(|l| l.volume == name && l.rw) {
                     return Err(Error::ReadWriteHeld {

@@ -266,7 +266,16 @@ fn leased_volumes_are_locked() {
     )
     .unwrap();
     apply(&mut s, Command::DeleteVolume { name: "v".into() }).unwrap();
+    // Deleting: the extents stay allocated (not reusable) until purged after the discard.
+    assert!(s.volumes["v"].deleting);
+    assert!(matches!(
+        mount(&mut s, "v", "host-b", false),
+        Err(Error::Invalid(_))
+    ));
+    let free_before = candidates(&s)[0].free.iter().map(|r| r.1).sum::<u64>();
+    apply(&mut s, Command::PurgeVolume { name: "v".into() }).unwrap();
     assert!(s.volumes.is_empty());
+    assert!(candidates(&s)[0].free.iter().map(|r| r.1).sum::<u64>() > free_before);
 }
 
 #[test]
@@ -490,7 +499,8 @@ mod sequences {
                         apply(&mut s, Command::CreateVolume { name: format!("v{v}"), size: size * M, layout, req: Requirements::default(), now_ms: t as u64 })
                     }
                     Op::Resize(v, size) => apply(&mut s, Command::ResizeVolume { name: format!("v{v}"), size: size * M }),
-                    Op::Delete(v) => apply(&mut s, Command::DeleteVolume { name: format!("v{v}") }),
+                    Op::Delete(v) => apply(&mut s, Command::DeleteVolume { name: format!("v{v}") })
+                        .and_then(|_| apply(&mut s, Command::PurgeVolume { name: format!("v{v}") })),
                     Op::Mount(v, rw) => {
                         let r = apply(&mut s, Command::Mount { volume: format!("v{v}"), host: "h".into(), rw, ttl_ms: 1_000_000, now_ms: t as u64 });
                         if let Ok(Outcome::Lease(l, _)) = &r { leases.push(l.id); }
@@ -529,6 +539,7 @@ fn epochs_only_grow_across_volumes_so_reused_ranges_are_not_fenced() {
     )
     .unwrap();
     apply(&mut s, Command::DeleteVolume { name: "a".into() }).unwrap();
+    apply(&mut s, Command::PurgeVolume { name: "a".into() }).unwrap();
     let b = create(&mut s, "b", G, Layout::Single).unwrap();
     assert!(
         b.epoch > la.epoch,
