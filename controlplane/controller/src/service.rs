@@ -99,77 +99,71 @@ impl Controller {
     /// extents were all discarded. A volume with an unreachable node stays DELETING until a later
     /// call succeeds, so its range is never handed out with the old data on it.
     pub async fn reap_deleting(&self) {
-        let work: Vec<(String, Vec<(String, u32, u64, u64)>, u64, u64)> = self.read(|s| {
-            s.volumes
+        let (volumes, addrs) = self.read(|s| {
+            let v: Vec<VolumeRec> = s.volumes.values().filter(|v| v.deleting).cloned().collect();
+            let a: std::collections::BTreeMap<u64, String> = s
+                .nodes
                 .values()
-                .filter(|v| v.deleting)
-                .map(|v| {
-                    let extents = v
-                        .extents
-                        .iter()
-                        .map(|e| {
-                            let addr = s
-                                .nodes
-                                .get(&e.piece.key.node)
-                                .map(|n| n.address.clone())
-                                .unwrap_or_default();
-                            (addr, e.piece.key.device, e.piece.offset, e.piece.length)
-                        })
-                        .collect();
-                    (v.name.clone(), extents, v.epoch, v.id)
-                })
-                .collect()
+                .map(|n| (n.id, n.address.clone()))
+                .collect();
+            (v, a)
         });
-        for (name, extents, epoch, volume_id) in work {
+        for v in volumes {
             let mut all = true;
-            for (i, (addr, device, offset, length)) in extents.iter().enumerate() {
-                let node = self.read(|s| {
-                    s.volumes
-                        .get(&name)
-                        .and_then(|v| v.extents.get(i))
-                        .map(|e| e.piece.key.node)
-                        .unwrap_or(0)
-                });
-                let claim = Claim {
-                    node_id: NodeId(node),
-                    volume_id: VolumeId(volume_id),
-                    device_id: DeviceId(*device),
-                    range_offset: *offset,
-                    range_length: *length,
-                    rights: Rights::ReadWrite,
-                    epoch: Epoch(epoch),
-                    issued_at_ms: now_ms(),
-                    expires_at_ms: now_ms() + 60_000,
-                    nonce: 0,
-                };
-                let opts = dasmesh_client::ConnectOptions {
-                    connect_timeout: std::time::Duration::from_secs(3),
-                    ..Default::default()
-                };
-                let r = async {
-                    let c = dasmesh_client::Connection::connect(
-                        addr,
-                        DeviceId(*device),
-                        &claim.sign(&self.key),
-                        &opts,
-                    )
-                    .await?;
-                    c.discard(*offset, *length).await?;
-                    c.flush().await
-                }
-                .await;
-                if let Err(e) = r {
-                    tracing::warn!(volume = %name, node = addr.as_str(), "discard failed, will retry: {e}");
+            for e in &v.extents {
+                let p = e.piece;
+                let addr = addrs.get(&p.key.node).cloned().unwrap_or_default();
+                if let Err(err) = self.discard(&v, &p, &addr).await {
+                    tracing::warn!(volume = %v.name, node = %addr, "discard failed, will retry: {err}");
                     all = false;
                 }
             }
             if all {
-                match self.execute(Command::PurgeVolume { name: name.clone() }) {
-                    Ok(_) => tracing::info!(volume = %name, "deleted: extents discarded and freed"),
-                    Err(e) => tracing::warn!(volume = %name, "purge: {e}"),
+                match self.execute(Command::PurgeVolume {
+                    name: v.name.clone(),
+                }) {
+                    Ok(_) => {
+                        tracing::info!(volume = %v.name, "deleted: extents discarded and freed")
+                    }
+                    Err(err) => tracing::warn!(volume = %v.name, "purge: {err}"),
                 }
             }
         }
+    }
+
+    /// Discards one extent of `v` at its node with a token the controller signs for itself.
+    async fn discard(
+        &self,
+        v: &VolumeRec,
+        p: &crate::alloc::Piece,
+        addr: &str,
+    ) -> Result<(), dasmesh_client::Error> {
+        let claim = Claim {
+            node_id: NodeId(p.key.node),
+            volume_id: VolumeId(v.id),
+            device_id: DeviceId(p.key.device),
+            range_offset: p.offset,
+            range_length: p.length,
+            rights: Rights::ReadWrite,
+            // The volume's epoch is the newest any token for this range carried.
+            epoch: Epoch(v.epoch),
+            issued_at_ms: now_ms(),
+            expires_at_ms: now_ms() + 60_000,
+            nonce: 0,
+        };
+        let opts = dasmesh_client::ConnectOptions {
+            connect_timeout: std::time::Duration::from_secs(3),
+            ..Default::default()
+        };
+        let c = dasmesh_client::Connection::connect(
+            addr,
+            DeviceId(p.key.device),
+            &claim.sign(&self.key),
+            &opts,
+        )
+        .await?;
+        c.discard(p.offset, p.length).await?;
+        c.flush().await
     }
 
     /// Mount information for a lease: every extent with a token for its node and device.
