@@ -21,8 +21,8 @@ pub struct AgentConfig {
     pub advertise: String,
     /// Where the node id is kept.
     pub state_dir: Option<PathBuf>,
-    /// Bytes reserved for the owner at the start of each device.
-    pub reserve: u64,
+    /// The owner's part of each device.
+    pub reserve: crate::config::Reserve,
     /// Failure domain.
     pub failure_domain: String,
 }
@@ -64,14 +64,14 @@ async fn register(c: &AgentConfig, shared: &Shared) -> anyhow::Result<(Client, u
         .backends
         .iter()
         .map(|b| {
-            let start = c.reserve.min(b.size).div_ceil(4096) * 4096;
+            let (lendable_start, lendable_length) = c.reserve.lendable(b.size);
             v1::DeviceReport {
                 device_id: b.id.0,
                 path: b.name.clone(),
                 block_size: b.block_size,
                 size_bytes: b.size,
-                lendable_start: start.min(b.size),
-                lendable_length: b.size - start.min(b.size),
+                lendable_start,
+                lendable_length,
             }
         })
         .collect();

@@ -19,6 +19,53 @@ pub enum PollMode {
     Interrupt,
 }
 
+/// The owner's part of every device, never lent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reserve {
+    /// The first N bytes.
+    Head(u64),
+    /// Everything from this byte on.
+    Tail(u64),
+}
+
+impl Reserve {
+    /// The lendable `(start, length)` of a device of `size` bytes, aligned to 4 KiB.
+    pub fn lendable(self, size: u64) -> (u64, u64) {
+        match self {
+            Reserve::Head(n) => {
+                let start = (n.div_ceil(4096) * 4096).min(size);
+                (start, size - start)
+            }
+            Reserve::Tail(from) => (0, (from.min(size) / 4096) * 4096),
+        }
+    }
+}
+
+impl FromStr for Reserve {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad =
+            |why: String| format!("--reserve {s:?}: {why} (expected SIZE, 0..END or START..)");
+        match s.split_once("..") {
+            None => parse_size(s)
+                .map(Reserve::Head)
+                .map_err(|e| bad(e.to_string())),
+            Some((a, "")) => parse_size(a)
+                .map(Reserve::Tail)
+                .map_err(|e| bad(e.to_string())),
+            Some((a, b)) => {
+                let start = parse_size(a).map_err(|e| bad(e.to_string()))?;
+                let end = parse_size(b).map_err(|e| bad(e.to_string()))?;
+                if start != 0 {
+                    return Err(bad("a reserved range must start at 0 or run to the end of the device, so that one lendable area remains".into()));
+                }
+                Ok(Reserve::Head(end))
+            }
+        }
+    }
+}
+
 /// One `--backend` flag.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum BackendSpec {
@@ -104,9 +151,10 @@ pub struct Config {
     /// Where the node keeps its id between restarts (node-id file), with --controller.
     #[arg(long)]
     pub state_dir: Option<PathBuf>,
-    /// Bytes at the start of every device kept for the owner: never lent.
-    #[arg(long, default_value = "0", value_parser = size_arg)]
-    pub reserve: u64,
+    /// What of every device the owner keeps (never lent): SIZE (the first SIZE bytes),
+    /// 0..END (the same), or START.. (everything from START to the end).
+    #[arg(long, default_value = "0")]
+    pub reserve: Reserve,
     /// Failure domain label reported to the controller (rack, room).
     #[arg(long, default_value = "")]
     pub failure_domain: String,
@@ -176,6 +224,31 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reservations() {
+        let g = 1u64 << 30;
+        assert_eq!(
+            "1M".parse::<Reserve>().unwrap().lendable(g),
+            (1 << 20, g - (1 << 20))
+        );
+        assert_eq!("0..1M".parse::<Reserve>().unwrap(), Reserve::Head(1 << 20));
+        assert_eq!(
+            "512M..".parse::<Reserve>().unwrap().lendable(g),
+            (0, 512 << 20)
+        );
+        assert_eq!(
+            "100".parse::<Reserve>().unwrap().lendable(g).0,
+            4096,
+            "rounded up to a block"
+        );
+        assert_eq!("2G".parse::<Reserve>().unwrap().lendable(g), (g, 0));
+        assert!("1M..2M"
+            .parse::<Reserve>()
+            .unwrap_err()
+            .contains("start at 0"));
+        assert!("x".parse::<Reserve>().is_err());
+    }
 
     #[test]
     fn backend_specs() {
