@@ -148,7 +148,8 @@ pub struct Config {
     /// The data-plane address hosts should use (default: the bound --listen address).
     #[arg(long)]
     pub advertise: Option<String>,
-    /// Where the node keeps its id between restarts (node-id file), with --controller.
+    /// Where the node keeps its state across restarts: its id (node-id, with --controller) and
+    /// the highest fencing epoch seen per device range (fences).
     #[arg(long)]
     pub state_dir: Option<PathBuf>,
     /// What of every device the owner keeps (never lent): SIZE (the first SIZE bytes),

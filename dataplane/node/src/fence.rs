@@ -3,8 +3,12 @@
 //! A token is admitted only if no overlapping range has seen a newer epoch. Admitting a newer
 //! epoch bumps a generation counter, which every connection compares on each request (one
 //! atomic load); on a change it re-checks its own epoch and, if overtaken, fails with StaleEpoch.
+//! With a state directory the table is written (temp file, fsync, rename, fsync of the directory)
+//! before a handshake under a new epoch is answered, so a restart never forgets a fence.
 
 use std::collections::HashMap;
+use std::io::Write as _;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
@@ -30,6 +34,71 @@ impl Range {
 pub struct FenceTable {
     ranges: Mutex<HashMap<DeviceId, Vec<(Range, Epoch)>>>,
     generation: AtomicU64,
+    file: Option<PathBuf>,
+}
+
+/// One line of the fence file: `device start end epoch`.
+fn encode(map: &HashMap<DeviceId, Vec<(Range, Epoch)>>) -> String {
+    let mut lines: Vec<String> = map
+        .iter()
+        .flat_map(|(d, v)| {
+            v.iter()
+                .map(move |(r, e)| format!("{} {} {} {}", d.0, r.start, r.end, e.0))
+        })
+        .collect();
+    lines.sort();
+    lines.join("\n") + "\n"
+}
+
+impl FenceTable {
+    /// A table kept durably in `dir/fences` (loaded if present).
+    pub fn persistent(dir: PathBuf) -> std::io::Result<Self> {
+        std::fs::create_dir_all(&dir)?;
+        let file = dir.join("fences");
+        let mut map: HashMap<DeviceId, Vec<(Range, Epoch)>> = HashMap::new();
+        if let Ok(text) = std::fs::read_to_string(&file) {
+            for (n, line) in text
+                .lines()
+                .enumerate()
+                .filter(|(_, l)| !l.trim().is_empty())
+            {
+                let f: Vec<u64> = line
+                    .split_whitespace()
+                    .filter_map(|x| x.parse().ok())
+                    .collect();
+                let [d, start, end, e] = f[..] else {
+                    return Err(std::io::Error::other(format!(
+                        "{}:{}: malformed fence line {line:?}",
+                        file.display(),
+                        n + 1
+                    )));
+                };
+                map.entry(DeviceId(d as u32))
+                    .or_default()
+                    .push((Range { start, end }, Epoch(e)));
+            }
+        }
+        Ok(Self {
+            ranges: Mutex::new(map),
+            generation: AtomicU64::new(0),
+            file: Some(file),
+        })
+    }
+
+    fn save(&self, map: &HashMap<DeviceId, Vec<(Range, Epoch)>>) -> std::io::Result<()> {
+        let Some(file) = &self.file else {
+            return Ok(());
+        };
+        let tmp = file.with_extension("tmp");
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(encode(map).as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, file)?;
+        if let Some(dir) = file.parent() {
+            std::fs::File::open(dir)?.sync_all()?;
+        }
+        Ok(())
+    }
 }
 
 impl FenceTable {
@@ -49,9 +118,20 @@ impl FenceTable {
         if newest.is_some_and(|n| n < epoch) {
             self.generation.fetch_add(1, Ordering::Release);
         }
+        if entries.contains(&(range, epoch)) {
+            return Ok(());
+        }
+        let before = entries.clone();
         // Entries wholly inside the new range are superseded by it.
         entries.retain(|(r, _)| !(range.start <= r.start && r.end <= range.end));
         entries.push((range, epoch));
+        if let Err(e) = self.save(&map) {
+            // Not durable: refuse (and forget it) rather than serve under a fence a restart
+            // could lose.
+            tracing::error!("cannot persist the fence table: {e}");
+            map.insert(device, before);
+            return Err(Status::Internal);
+        }
         Ok(())
     }
 
@@ -79,6 +159,25 @@ mod tests {
 
     fn r(start: u64, end: u64) -> Range {
         Range { start, end }
+    }
+
+    #[test]
+    fn persistent_table_survives_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let t = FenceTable::persistent(dir.path().to_path_buf()).unwrap();
+            t.admit(D, r(0, 100), Epoch(7)).unwrap();
+            t.admit(DeviceId(2), r(50, 60), Epoch(3)).unwrap();
+        }
+        let t = FenceTable::persistent(dir.path().to_path_buf()).unwrap();
+        assert_eq!(t.admit(D, r(10, 20), Epoch(6)), Err(Status::StaleEpoch));
+        assert_eq!(
+            t.admit(DeviceId(2), r(0, 55), Epoch(2)),
+            Err(Status::StaleEpoch)
+        );
+        assert_eq!(t.admit(D, r(0, 100), Epoch(7)), Ok(()));
+        std::fs::write(dir.path().join("fences"), "garbage\n").unwrap();
+        assert!(FenceTable::persistent(dir.path().to_path_buf()).is_err());
     }
 
     #[test]

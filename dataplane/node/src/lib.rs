@@ -89,7 +89,11 @@ pub fn open_shared(cfg: &Config) -> anyhow::Result<Shared> {
     };
     Ok(Shared {
         backends,
-        fence: FenceTable::default(),
+        fence: match &cfg.state_dir {
+            Some(dir) => FenceTable::persistent(dir.clone())
+                .map_err(|e| anyhow::anyhow!("--state-dir {}: {e}", dir.display()))?,
+            None => FenceTable::default(),
+        },
         trust_key: std::sync::RwLock::new(trust_key),
         node_id: std::sync::atomic::AtomicU64::new(cfg.node().0),
         shutdown: AtomicBool::new(false),

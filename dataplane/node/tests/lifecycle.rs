@@ -150,3 +150,22 @@ fn replies_come_back_out_of_order_matched_by_tag() {
     assert_eq!((second.tag, second.status_enum()), (Tag(1), Status::Ok));
     assert_eq!(second.payload_len, 0, "an empty file has no needle");
 }
+
+#[test]
+fn fencing_epochs_survive_a_restart_with_a_state_dir() {
+    let mut node = Node::start(&["file:{dir}/d0.img:4M"], &["--state-dir", "{dir}/state"]);
+    let newer = node.token(0, 0, 2 * MIB, Rights::ReadWrite, 5);
+    let _ = Raw::open(&node.addr, 0, &newer);
+    node.kill();
+    node.restart();
+    let older = node.token(0, MIB, 3 * MIB, Rights::ReadWrite, 4);
+    let (_, reply) = Raw::hello(&node.addr, 0, older.as_bytes());
+    assert_eq!(
+        reply.status_enum(),
+        Status::StaleEpoch,
+        "the fence was forgotten by the restart"
+    );
+    let _ = Raw::open(&node.addr, 0, &newer);
+    let disjoint = node.token(0, 3 * MIB, 4 * MIB, Rights::ReadWrite, 1);
+    let _ = Raw::open(&node.addr, 0, &disjoint);
+}

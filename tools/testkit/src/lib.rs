@@ -47,7 +47,8 @@ pub struct Node {
 }
 
 impl Node {
-    /// Starts a node with these `--backend` specs (`{dir}` becomes the temp dir) and extra flags.
+    /// Starts a node with these `--backend` specs and extra flags (`{dir}` becomes the temp dir in
+    /// both).
     pub fn start(backends: &[&str], extra: &[&str]) -> Node {
         let dir = tempfile::tempdir_in(std::env::temp_dir()).expect("temp dir");
         let key = SigningKey::from_bytes(&rand::random::<[u8; 32]>());
@@ -73,7 +74,11 @@ impl Node {
             args.push("--backend".into());
             args.push(b.replace("{dir}", &dir.path().display().to_string()));
         }
-        args.extend(extra.iter().map(|s| s.to_string()));
+        args.extend(
+            extra
+                .iter()
+                .map(|s| s.replace("{dir}", &dir.path().display().to_string())),
+        );
         let mut n = Node {
             child: None,
             addr: String::new(),
