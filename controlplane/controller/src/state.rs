@@ -697,11 +697,22 @@ fn apply_inner(s: &mut State, cmd: Command) -> Result<Outcome, Error> {
 
 /// Cuts every copy's extents back to `size` bytes (the tail is freed); stripes cannot shrink.
 fn shrink(v: &VolumeRec, size: u64) -> Result<VolumeRec, Error> {
-    if matches!(v.layout, Layout::Stripe { .. }) {
-        return Err(Error::Invalid(format!(
-            "shrinking striped volume {:?} is not supported yet",
-            v.name
-        )));
+    if let Layout::Stripe { width, .. } = v.layout {
+        // Keep the stripe sets that start below the new size; the last may be partly used.
+        let mut out = v.clone();
+        out.size = size;
+        let mut extents = v.extents.clone();
+        extents.sort_by_key(|e| e.piece.index);
+        out.extents.clear();
+        let mut start = 0u64;
+        for set in extents.chunks(width as usize) {
+            if start >= size {
+                break;
+            }
+            start += set.iter().map(|e| e.piece.length).sum::<u64>();
+            out.extents.extend_from_slice(set);
+        }
+        return Ok(out);
     }
     let mut out = v.clone();
     out.size = size;
@@ -767,10 +778,18 @@ fn grow(s: &State, v: &VolumeRec, size: u64) -> Result<VolumeRec, Error> {
             }
         }
         Layout::Stripe { .. } => {
-            return Err(Error::Invalid(format!(
-                "growing striped volume {:?} is not supported yet",
-                v.name
-            )));
+            // A new stripe set of `width` extents follows the existing sets (extent index
+            // = set * width + stripe).
+            let pieces = alloc::allocate(&candidates(s), v.layout, extra, false)
+                .map_err(Error::Insufficient)?;
+            let base = v.extents.len() as u32;
+            for mut p in pieces {
+                p.index += base;
+                out.extents.push(ExtentRec {
+                    piece: p,
+                    stale: false,
+                });
+            }
         }
     }
     Ok(out)

@@ -550,3 +550,47 @@ fn epochs_only_grow_across_volumes_so_reused_ranges_are_not_fenced() {
     let lb = mount(&mut s, "b", "h", false).unwrap();
     assert!(lb.epoch > la.epoch);
 }
+
+#[test]
+fn stripes_grow_by_whole_sets_and_shrink_by_dropping_them() {
+    let mut s = pool(3);
+    let v = create(
+        &mut s,
+        "st",
+        3 * G,
+        Layout::Stripe {
+            width: 3,
+            unit: 1 << 20,
+        },
+    )
+    .unwrap();
+    assert_eq!(v.extents.len(), 3);
+    let Outcome::Volume(g) = apply(
+        &mut s,
+        Command::ResizeVolume {
+            name: "st".into(),
+            size: 6 * G,
+        },
+    )
+    .unwrap() else {
+        panic!()
+    };
+    assert_eq!(g.extents.len(), 6);
+    assert_eq!(
+        g.extents.iter().map(|e| e.piece.index).collect::<Vec<_>>(),
+        vec![0, 1, 2, 3, 4, 5]
+    );
+    assert!(g.extents.iter().map(|e| e.piece.length).sum::<u64>() >= 6 * G);
+    let Outcome::Volume(sh) = apply(
+        &mut s,
+        Command::ResizeVolume {
+            name: "st".into(),
+            size: 2 * G,
+        },
+    )
+    .unwrap() else {
+        panic!()
+    };
+    assert_eq!((sh.size, sh.extents.len()), (2 * G, 3));
+    assert_eq!(sh.extents, v.extents, "the first set is kept as it was");
+}
