@@ -286,6 +286,44 @@ fn three_nodes_every_layout_missed_beats_bad_input_and_reflection() {
                 .unwrap()
                 .into_inner();
             assert_eq!(v.extents.len(), extents, "{name}");
+            // Every extent's token opens exactly that extent at its node.
+            let mut leases = v1::leases_client::LeasesClient::new(ch.clone());
+            let m = leases
+                .mount(v1::MountRequest {
+                    volume: name.into(),
+                    host_id: "reader".into(),
+                    access: v1::Access::ReadOnly as i32,
+                    ttl_ms: 0,
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            for me in &m.extents {
+                let x = me.extent.as_ref().unwrap();
+                let t = Token::from_text(&me.token).unwrap();
+                let c = Connection::connect(
+                    &x.node_address,
+                    DeviceId(x.device_id),
+                    &t,
+                    &ConnectOptions::default(),
+                )
+                .await
+                .unwrap();
+                assert_eq!(
+                    (c.info().lent_offset, c.info().lent_length),
+                    (x.offset, x.length),
+                    "{name}"
+                );
+                c.read(x.offset + x.length - 4096, 4096).await.unwrap();
+                let e = c.write(x.offset, &[0u8; 4096], false).await.unwrap_err();
+                assert_eq!(e.status(), Some(dasmesh_wire::Status::ReadOnly), "{name}");
+            }
+            leases
+                .unmount(v1::UnmountRequest {
+                    lease_id: m.lease.unwrap().lease_id,
+                })
+                .await
+                .unwrap();
         }
 
         // Bad input: a clear code and reason, and nothing changes.
