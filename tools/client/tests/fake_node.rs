@@ -1,12 +1,9 @@
 //! The client against a scripted fake node (a tokio listener speaking dasmesh-wire): replies out
-//! of order, a reply for an unknown tag, an abrupt close, cancelled requests (waiting, queued and
-//! half-written), queue-depth limits, every op's frame, `close`, and a session's flush.
+//! of order, a reply for an unknown tag, an abrupt close, a cancelled request.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
-use dasmesh_client::{AlignedBuf, ConnectOptions, Connection, Error, NodeSession};
+use dasmesh_client::{ConnectOptions, Connection, Error};
 use dasmesh_wire::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -27,114 +24,48 @@ fn token() -> Token {
     .sign(&SigningKey::from_bytes(&[1; 32]))
 }
 
-/// What the fake node announces.
-const DEVICE: u64 = 1 << 30;
-
-/// Accepts `conns` connections, answers each hello with `status` (and `max_inflight`), and hands
-/// each socket to its own copy of `script`.
-async fn fake_node<F, Fut>(conns: usize, max_inflight: u32, status: Status, script: F) -> String
+/// Accepts one connection, answers the hello with `status`, and hands the socket to `script`.
+async fn fake<F, Fut>(status: Status, script: F) -> String
 where
-    F: Fn(TcpStream) -> Fut + Send + Sync + 'static,
-    Fut: std::future::Future<Output = ()> + Send + 'static,
+    F: FnOnce(TcpStream) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
 {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap().to_string();
-    let script = std::sync::Arc::new(script);
     tokio::spawn(async move {
-        for _ in 0..conns {
-            let (mut s, _) = l.accept().await.unwrap();
-            let script = std::sync::Arc::clone(&script);
-            tokio::spawn(async move {
-                let mut hello = [0u8; HELLO_LEN];
-                s.read_exact(&mut hello).await.unwrap();
-                let h = Hello::decode(&hello).unwrap();
-                let mut tok = vec![0u8; h.token_len as usize];
-                s.read_exact(&mut tok).await.unwrap();
-                let reply = HelloReply {
-                    version: 1,
-                    status: status.code(),
-                    device_id: h.device_id,
-                    block_size: 4096,
-                    physical_block_size: 4096,
-                    max_io_size: 1 << 20,
-                    max_inflight,
-                    device_size: DEVICE,
-                    lent_offset: 0,
-                    lent_length: DEVICE,
-                    capabilities: Capabilities(Capabilities::ALL),
-                    max_search_hits: 100,
-                };
-                s.write_all(&reply.encode()).await.unwrap();
-                script(s).await;
-            });
-        }
+        let (mut s, _) = l.accept().await.unwrap();
+        let mut hello = [0u8; HELLO_LEN];
+        s.read_exact(&mut hello).await.unwrap();
+        let h = Hello::decode(&hello).unwrap();
+        let mut tok = vec![0u8; h.token_len as usize];
+        s.read_exact(&mut tok).await.unwrap();
+        let reply = HelloReply {
+            version: 1,
+            status: status.code(),
+            device_id: h.device_id,
+            block_size: 4096,
+            physical_block_size: 4096,
+            max_io_size: 1 << 20,
+            max_inflight: 64,
+            device_size: 1 << 20,
+            lent_offset: 0,
+            lent_length: 1 << 20,
+            capabilities: Capabilities(Capabilities::ALL),
+            max_search_hits: 100,
+        };
+        s.write_all(&reply.encode()).await.unwrap();
+        script(s).await;
     });
     addr
 }
 
-/// One connection, a node with room for 64 requests in flight.
-async fn fake<F, Fut>(status: Status, script: F) -> String
-where
-    F: Fn(TcpStream) -> Fut + Send + Sync + 'static,
-    Fut: std::future::Future<Output = ()> + Send + 'static,
-{
-    fake_node(1, 64, status, script).await
-}
-
-/// Reads a request and its payload.
-async fn read_frame(s: &mut TcpStream) -> (RequestHeader, Vec<u8>) {
+async fn read_req(s: &mut TcpStream) -> RequestHeader {
     let mut b = [0u8; REQUEST_HEADER_LEN];
     s.read_exact(&mut b).await.unwrap();
     let h = RequestHeader::decode(&b).unwrap();
     let mut payload = vec![0u8; h.payload_len() as usize];
     s.read_exact(&mut payload).await.unwrap();
-    (h, payload)
-}
-
-/// Answers requests in order with `handler`'s (status, reply flags, payload) until the client
-/// goes away.
-async fn serve<H>(mut s: TcpStream, mut handler: H)
-where
-    H: FnMut(&RequestHeader, &[u8]) -> (Status, u16, Vec<u8>),
-{
-    loop {
-        let mut b = [0u8; REQUEST_HEADER_LEN];
-        if s.read_exact(&mut b).await.is_err() {
-            return;
-        }
-        let h = RequestHeader::decode(&b).unwrap();
-        let mut payload = vec![0u8; h.payload_len() as usize];
-        if s.read_exact(&mut payload).await.is_err() {
-            return;
-        }
-        let (status, flags, data) = handler(&h, &payload);
-        let r = ReplyHeader {
-            status: status.code(),
-            flags,
-            tag: h.tag,
-            payload_len: data.len() as u32,
-        };
-        if s.write_all(&r.encode()).await.is_err() || s.write_all(&data).await.is_err() {
-            return;
-        }
-    }
-}
-
-/// Whether no byte arrives from the client within `ms` (peeked, so nothing is consumed).
-async fn quiet(s: &TcpStream, ms: u64) -> bool {
-    let mut b = [0u8; 1];
-    tokio::time::timeout(Duration::from_millis(ms), s.peek(&mut b))
-        .await
-        .is_err()
-}
-
-/// The block-sized data the fake returns for a READ at `offset`: every byte names the block.
-fn block_data(offset: u64, len: u64) -> Vec<u8> {
-    vec![(offset / 4096) as u8; len as usize]
-}
-
-async fn read_req(s: &mut TcpStream) -> RequestHeader {
-    read_frame(s).await.0
+    h
 }
 
 async fn reply(s: &mut TcpStream, tag: Tag, status: Status, payload: &[u8]) {
