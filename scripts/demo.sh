@@ -10,7 +10,10 @@ BIN=$PWD/target/release
 DIR=$(mktemp -d "${TMPDIR:-/var/tmp}/dasmesh-demo.XXXXXX")
 NODE_PID=""
 cleanup() {
-  [[ -n "$NODE_PID" ]] && kill "$NODE_PID" 2>/dev/null || true
+  if [[ -n "$NODE_PID" ]]; then
+    kill "$NODE_PID" 2>/dev/null || true
+    wait "$NODE_PID" 2>/dev/null || true # its files go away next
+  fi
   rm -rf "$DIR"
 }
 trap cleanup EXIT
@@ -23,7 +26,12 @@ step "2. a node serving a 256 MiB file (O_DIRECT, io_uring) on a free loopback p
 "$BIN/dasmesh-node" --listen 127.0.0.1:0 --backend "file:$DIR/disk.img:256M" \
   --trust-key "$DIR/keys/public.key" >"$DIR/node.out" 2>"$DIR/node.log" &
 NODE_PID=$!
-for _ in $(seq 100); do grep -q '^listening ' "$DIR/node.out" 2>/dev/null && break; sleep 0.1; done
+# Up to 10 s for the `listening ADDR` line; a node that exits early stops the wait at once.
+for _ in $(seq 100); do
+  grep -q '^listening ' "$DIR/node.out" 2>/dev/null && break
+  kill -0 "$NODE_PID" 2>/dev/null || break
+  sleep 0.1
+done
 ADDR=$(sed -n 's/^listening //p' "$DIR/node.out")
 [[ -n "$ADDR" ]] || { echo "node did not start:"; cat "$DIR/node.log"; exit 1; }
 echo "node listening on $ADDR (pid $NODE_PID)"
@@ -62,7 +70,15 @@ step "8. a short benchmark of the 4 MiB written: read directly from the file (th
 
 step "9. clean shutdown (SIGTERM): finish in-flight I/O, flush, exit 0"
 kill -TERM "$NODE_PID"
-wait "$NODE_PID" && echo "node exited 0"
+# Not `wait && echo`: set -e ignores a failure on the left of &&, and a bad exit must fail the demo.
+rc=0
+wait "$NODE_PID" || rc=$?
 NODE_PID=""
+if ((rc != 0)); then
+  echo "node exited with status $rc:"
+  tail -n 20 "$DIR/node.log"
+  exit 1
+fi
+echo "node exited 0"
 echo
 echo "demo complete"

@@ -209,42 +209,70 @@ fn report(t: &Target, human: &str, json: serde_json::Value) {
     }
 }
 
-/// At most this many chunk requests in flight for `io read` / `io write`.
+/// At most this many chunk requests in flight for `io read` / `io write`: enough to keep a node
+/// busy, and it bounds the memory held to PIPELINE x max_io_size.
 const PIPELINE: usize = 16;
 
+/// A byte-count progress bar on stderr; indicatif draws nothing when stderr is not a terminal,
+/// and `--json` runs stay silent.
+fn progress(total: u64, json: bool) -> indicatif::ProgressBar {
+    if json {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(total);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "[{bar:40}] {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} eta {eta}",
+        )
+        .expect("template"),
+    );
+    bar
+}
+
 async fn write(t: &Target, offset: u64, input: &PathBuf, fua: bool) -> anyhow::Result<()> {
-    let data = std::fs::read(input).with_context(|| format!("reading {}", input.display()))?;
+    use tokio::io::AsyncReadExt as _;
+    let mut file = tokio::fs::File::open(input)
+        .await
+        .with_context(|| format!("opening {}", input.display()))?;
+    let total = file.metadata().await?.len();
     let c = connect(t).await?;
     let bs = u64::from(c.info().block_size);
-    if data.is_empty() || !(data.len() as u64).is_multiple_of(bs) {
+    if total == 0 || !total.is_multiple_of(bs) {
         bail!(
-            "{} is {} bytes: the length must be a non-zero multiple of the block size {bs}",
+            "{} is {total} bytes: the length must be a non-zero multiple of the block size {bs}",
             input.display(),
-            data.len()
         );
     }
-    let data = Arc::new(data);
-    let chunk = c.info().max_io_size as usize;
+    // Streamed in chunks of the node's largest I/O, so a file of any size needs little memory.
+    let chunk = u64::from(c.info().max_io_size).max(bs);
+    let bar = progress(total, t.json);
     let mut set = JoinSet::new();
-    for start in (0..data.len()).step_by(chunk) {
+    let mut done = 0u64;
+    while done < total {
         if set.len() >= PIPELINE {
             set.join_next().await.expect("non-empty")??;
         }
-        let (c, data) = (c.clone(), Arc::clone(&data));
+        let n = chunk.min(total - done);
+        let mut buf = vec![0u8; n as usize];
+        file.read_exact(&mut buf)
+            .await
+            .with_context(|| format!("reading {} at byte {done}", input.display()))?;
+        let (c, bar, at) = (c.clone(), bar.clone(), offset + done);
         set.spawn(async move {
-            let end = (start + chunk).min(data.len());
-            c.write(offset + start as u64, &data[start..end], fua)
-                .await
-                .map_err(refused)
+            c.write(at, &buf, fua).await.map_err(refused)?;
+            bar.inc(n);
+            Ok::<_, anyhow::Error>(())
         });
+        done += n;
     }
     while let Some(r) = set.join_next().await {
         r??;
     }
+    bar.finish_and_clear();
     report(
         t,
-        &format!("wrote {} bytes at offset {offset}", data.len()),
-        serde_json::json!({"written": data.len(), "offset": offset}),
+        &format!("wrote {total} bytes at offset {offset}"),
+        serde_json::json!({"written": total, "offset": offset}),
     );
     Ok(())
 }
@@ -252,15 +280,16 @@ async fn write(t: &Target, offset: u64, input: &PathBuf, fua: bool) -> anyhow::R
 async fn read(t: &Target, offset: u64, length: u64, output: &PathBuf) -> anyhow::Result<()> {
     use std::io::Write as _;
     let c = connect(t).await?;
-    let chunk = u64::from(c.info().max_io_size);
+    let chunk = u64::from(c.info().max_io_size).max(u64::from(c.info().block_size));
     let mut out: Box<dyn std::io::Write> = if output.as_os_str() == "-" {
         Box::new(std::io::stdout().lock())
     } else {
-        Box::new(
+        Box::new(std::io::BufWriter::new(
             std::fs::File::create(output)
                 .with_context(|| format!("creating {}", output.display()))?,
-        )
+        ))
     };
+    let bar = progress(length, t.json);
     // Keep PIPELINE reads in flight, write them out in order.
     let mut inflight = std::collections::VecDeque::new();
     let mut next = 0u64;
@@ -276,9 +305,13 @@ async fn read(t: &Target, offset: u64, length: u64, output: &PathBuf) -> anyhow:
             .expect("non-empty")
             .await?
             .map_err(refused)?;
-        out.write_all(&bytes)?;
+        out.write_all(&bytes)
+            .with_context(|| format!("writing {}", output.display()))?;
+        bar.inc(bytes.len() as u64);
     }
-    out.flush()?;
+    out.flush()
+        .with_context(|| format!("writing {}", output.display()))?;
+    bar.finish_and_clear();
     if output.as_os_str() != "-" {
         report(
             t,

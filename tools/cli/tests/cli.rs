@@ -132,6 +132,7 @@ fn bad_arguments_get_clear_errors() {
         ])
     };
     assert!(mint("100..4096").contains("multiples of 512"));
+    assert!(mint("0..0").contains("non-empty"));
     assert!(mint("8k..4k").contains("invalid range"));
     assert!(mint("1x..2G").contains("invalid size"));
     let err = fails(&[
@@ -168,11 +169,74 @@ fn bad_arguments_get_clear_errors() {
         "-",
     ]);
     assert!(err.contains("token"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+
+    let base = ["token", "mint", "--key", s(&keys), "--device", "0"];
+    let with = |extra: &[&'static str]| -> Vec<String> {
+        base.iter().chain(extra).map(|x| x.to_string()).collect()
+    };
+    let run = |a: Vec<String>| fails(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    let err = run(with(&["--range", "0..1M", "--rights", "rx"]));
+    assert!(err.contains("'rx'") && err.contains("rw"), "{err}");
+    let err = run(with(&[
+        "--range", "0..1M", "--rights", "ro", "--ttl", "forever",
+    ]));
+    assert!(err.contains("--ttl"), "{err}");
+    let err = run(with(&["--rights", "ro"]));
+    assert!(err.contains("--range"), "a missing flag is named: {err}");
+}
+
+#[test]
+fn token_show_reads_standard_input() {
+    use std::io::Write as _;
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys");
+    ok(&["keygen", "--out", s(&keys)]);
+    let text = ok(&[
+        "token",
+        "mint",
+        "--key",
+        s(&keys),
+        "--device",
+        "3",
+        "--range",
+        "4k..1M",
+        "--rights",
+        "rw",
+        "--volume",
+        "12",
+    ]);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_dasmesh"))
+        .args(["token", "show"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let shown = String::from_utf8(out.stdout).unwrap();
+    for want in [
+        "device    3",
+        "volume    12",
+        "range     4k..1M",
+        "rights    rw",
+        "node      any",
+    ] {
+        assert!(shown.contains(want), "{want:?} in {shown}");
+    }
 }
 
 #[test]
 fn io_commands_round_trip_through_a_node() {
-    let node = dasmesh_testkit::Node::start(&["file:{dir}/d.img:16M"], &[]);
+    // A small max I/O size makes `io write` and `io read` split 3 MiB into 48 requests, more
+    // than their pipeline holds at once.
+    let node = dasmesh_testkit::Node::start(&["file:{dir}/d.img:16M"], &["--max-io", "64k"]);
     let dir = tempfile::tempdir().unwrap();
     let keys = node.key_dir();
     let tok = dir.path().join("tok");
@@ -265,6 +329,69 @@ fn io_commands_round_trip_through_a_node() {
     ]);
     let err = fails(&args.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(err.contains("OutOfRange"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+
+    // The hit limit: the node says more matches follow.
+    let many = run(with(&[
+        "io",
+        "search",
+        "--offset",
+        "0",
+        "--length",
+        "16M",
+        "--pattern",
+        "E",
+        "--max-hits",
+        "2",
+        "--json",
+    ]));
+    let v: serde_json::Value = serde_json::from_str(&many).unwrap();
+    assert_eq!(v["hits"].as_array().unwrap().len(), 2, "{many}");
+    assert_eq!(v["truncated"], true, "{many}");
+
+    // A read-only token reads but cannot write: refused by the node, with the status named.
+    let ro = dir.path().join("ro");
+    let minted = ok(&[
+        "token",
+        "mint",
+        "--key",
+        s(&keys),
+        "--device",
+        "0",
+        "--range",
+        "0..16M",
+        "--rights",
+        "ro",
+    ]);
+    std::fs::write(&ro, minted).unwrap();
+    let ro_args = |extra: &[&str]| -> Vec<String> {
+        extra
+            .iter()
+            .chain(&[
+                "--node",
+                &node.addr,
+                "--token-file",
+                s(&ro),
+                "--device",
+                "0",
+            ])
+            .map(|x| x.to_string())
+            .collect()
+    };
+    let args = ro_args(&[
+        "io", "read", "--offset", "4k", "--length", "4k", "--output", "-",
+    ]);
+    let read_back = dasmesh(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(read_back.status.success());
+    assert_eq!(
+        read_back.stdout,
+        &data[..4096],
+        "a read to stdout is the bytes alone"
+    );
+    let args = ro_args(&["io", "write", "--offset", "0", "--input", s(&input)]);
+    let err = fails(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(err.contains("ReadOnly"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
 }
 
 #[test]

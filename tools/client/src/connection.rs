@@ -3,11 +3,13 @@
 //! Requests are written under a lock on the socket's write half (header and payload in one
 //! vectored write, no copy of the payload); one reader task reads replies and hands each to the
 //! request waiting on its tag, reading READ data straight into that request's buffer.
+//! Cancelling a call never breaks the stream: see [`Frame`] for how a half-sent frame is finished,
+//! and a request's queue slot is held until its reply has been read.
 
 use std::collections::HashMap;
 use std::io::IoSlice;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use dasmesh_wire::{
@@ -17,7 +19,8 @@ use dasmesh_wire::{
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
-use tokio::sync::{oneshot, Semaphore};
+use tokio::sync::{oneshot, OwnedMutexGuard, OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinHandle;
 
 use crate::{AlignedBuf, Error};
 
@@ -71,6 +74,9 @@ struct Waiter {
     op: Op,
     dest: Dest,
     tx: oneshot::Sender<Result<Done, Error>>,
+    /// The request's queue slot. It is given back when the reply has been read, not when the
+    /// caller stops waiting: a cancelled request is still in flight on the node.
+    _slot: OwnedSemaphorePermit,
 }
 
 #[derive(Default)]
@@ -81,19 +87,26 @@ struct Pending {
 
 struct Inner {
     info: HelloReply,
-    writer: tokio::sync::Mutex<OwnedWriteHalf>,
+    writer: Arc<tokio::sync::Mutex<OwnedWriteHalf>>,
     pending: Mutex<Pending>,
     next_tag: AtomicU64,
-    slots: Semaphore,
-    broken: AtomicBool,
-    reader: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    slots: Arc<Semaphore>,
+    /// Never holds permits; closed when the connection stops, which wakes every task waiting
+    /// for the write lock or for room in a full socket buffer (nothing may hang on a dead peer).
+    stopped: Semaphore,
+    reader: Mutex<Option<JoinHandle<()>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding these locks leaves the map consistent (single inserts and removes).
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Inner {
-    /// Fails every waiter and refuses new requests.
+    /// Fails every waiter, refuses new requests and wakes blocked writers.
     fn fail_all(&self, why: impl Fn() -> Error) {
         let waiters = {
-            let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+            let mut p = lock(&self.pending);
             p.closed = true;
             std::mem::take(&mut p.waiters)
         };
@@ -101,12 +114,19 @@ impl Inner {
             let _ = w.tx.send(Err(why()));
         }
         self.slots.close();
+        self.stopped.close();
+    }
+
+    /// Sends the FIN once no writer is mid-frame (they all give up once `stopped` is closed).
+    async fn shutdown_socket(&self) {
+        let mut w = self.writer.lock().await;
+        let _ = w.shutdown().await;
     }
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        if let Some(h) = self.reader.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        if let Some(h) = lock(&self.reader).take() {
             h.abort();
         }
     }
@@ -126,21 +146,6 @@ impl std::fmt::Debug for Connection {
     }
 }
 
-/// Marks the connection broken if a request is cancelled halfway through writing its frame.
-struct WriteGuard<'a> {
-    inner: &'a Inner,
-    armed: bool,
-}
-
-impl Drop for WriteGuard<'_> {
-    fn drop(&mut self) {
-        if self.armed {
-            self.inner.broken.store(true, Ordering::Release);
-            self.inner.fail_all(|| Error::Closed);
-        }
-    }
-}
-
 impl Connection {
     /// Connects, sends the hello with `token`, and checks the node's answer.
     pub async fn connect(
@@ -157,11 +162,11 @@ impl Connection {
         let depth = opts.queue_depth.clamp(1, info.max_inflight.max(1) as usize);
         let inner = Arc::new(Inner {
             info,
-            writer: tokio::sync::Mutex::new(wr),
+            writer: Arc::new(tokio::sync::Mutex::new(wr)),
             pending: Mutex::new(Pending::default()),
             next_tag: AtomicU64::new(1),
-            slots: Semaphore::new(depth),
-            broken: AtomicBool::new(false),
+            slots: Arc::new(Semaphore::new(depth)),
+            stopped: Semaphore::new(0),
             reader: Mutex::new(None),
         });
         let weak = Arc::downgrade(&inner);
@@ -178,9 +183,11 @@ impl Connection {
                         Error::Closed
                     }
                 });
+                // A node that broke the protocol gets its connection closed, not left idle.
+                inner.shutdown_socket().await;
             }
         });
-        *inner.reader.lock().unwrap_or_else(|e| e.into_inner()) = Some(handle);
+        *lock(&inner.reader) = Some(handle);
         Ok(Connection { inner })
     }
 
@@ -225,32 +232,44 @@ impl Connection {
         payload: &[u8],
         dest: Dest,
     ) -> Result<Done, Error> {
-        let inner = &*self.inner;
-        let _permit = inner.slots.acquire().await.map_err(|_| Error::Closed)?;
+        let inner = &self.inner;
+        let slot = Arc::clone(&inner.slots)
+            .acquire_owned()
+            .await
+            .map_err(|_| Error::Closed)?;
         let tag = inner.next_tag.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         {
-            let mut p = inner.pending.lock().unwrap_or_else(|e| e.into_inner());
+            let mut p = lock(&inner.pending);
             if p.closed {
                 return Err(Error::Closed);
             }
-            p.waiters.insert(tag, Waiter { op, dest, tx });
+            p.waiters.insert(
+                tag,
+                Waiter {
+                    op,
+                    dest,
+                    tx,
+                    _slot: slot,
+                },
+            );
         }
         let header = RequestHeader::new(op, flags, Tag(tag), offset, length).encode();
-        {
-            let mut w = inner.writer.lock().await;
-            if inner.broken.load(Ordering::Acquire) {
-                return Err(Error::Closed);
-            }
-            let mut guard = WriteGuard { inner, armed: true };
-            let r = write_all_vectored(&mut w, &header, payload).await;
-            guard.armed = false;
-            if let Err(e) = r {
-                drop(w);
-                inner.fail_all(|| Error::Closed);
-                return Err(Error::Io(e));
-            }
+        let mut frame = Frame {
+            inner: Arc::clone(inner),
+            tag,
+            head: &header,
+            body: payload,
+            writer: None,
+            state: FrameState::Queued,
+        };
+        match frame.send().await {
+            // Stopped while queued or sending: the waiter already holds the reason (a protocol
+            // error, a close), which the reply channel below hands back.
+            Ok(()) | Err(Error::Closed) => {}
+            Err(e) => return Err(e),
         }
+        drop(frame);
         let done = rx.await.map_err(|_| Error::Closed)??;
         match done.header.status_enum() {
             Status::Ok => Ok(done),
@@ -349,31 +368,112 @@ impl Connection {
 
     /// Closes the connection; every request in flight fails with `Closed`.
     pub async fn close(&self) {
-        let mut w = self.inner.writer.lock().await;
-        let _ = w.shutdown().await;
-        self.inner.broken.store(true, Ordering::Release);
         self.inner.fail_all(|| Error::Closed);
+        if let Some(h) = lock(&self.inner.reader).take() {
+            h.abort();
+        }
+        self.inner.shutdown_socket().await;
     }
 }
 
-async fn write_all_vectored(
-    w: &mut OwnedWriteHalf,
-    head: &[u8],
-    body: &[u8],
-) -> std::io::Result<()> {
-    let (mut h, mut b) = (head, body);
-    while !h.is_empty() || !b.is_empty() {
-        let n = w
-            .write_vectored(&[IoSlice::new(h), IoSlice::new(b)])
-            .await?;
-        if n == 0 {
-            return Err(std::io::ErrorKind::WriteZero.into());
+/// How far a request's frame got onto the socket.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum FrameState {
+    /// Nothing written yet: a cancelled request can simply be forgotten.
+    Queued,
+    /// Part of the frame is on the wire: it must be finished, whatever happens to the caller.
+    Partial,
+    /// All written (or the connection failed): nothing left to do.
+    Done,
+}
+
+/// One request's frame (header + payload, borrowed: never copied on the normal path) on its way
+/// onto the socket. Dropping it mid-way (the caller's future was cancelled) keeps the stream
+/// intact: a queued request is forgotten, a half-written one is finished by a background task.
+struct Frame<'a> {
+    inner: Arc<Inner>,
+    tag: u64,
+    head: &'a [u8],
+    body: &'a [u8],
+    writer: Option<OwnedMutexGuard<OwnedWriteHalf>>,
+    state: FrameState,
+}
+
+impl Frame<'_> {
+    /// Takes the write lock and writes the whole frame with vectored writes.
+    async fn send(&mut self) -> Result<(), Error> {
+        let stopped = &self.inner.stopped;
+        let w = tokio::select! {
+            biased;
+            _ = stopped.acquire() => return Err(Error::Closed),
+            w = Arc::clone(&self.inner.writer).lock_owned() => w,
+        };
+        let w = self.writer.insert(w);
+        while !self.head.is_empty() || !self.body.is_empty() {
+            let bufs = [IoSlice::new(self.head), IoSlice::new(self.body)];
+            let r = tokio::select! {
+                biased;
+                // The connection failed and our waiter already got its error.
+                _ = stopped.acquire() => {
+                    self.state = FrameState::Done;
+                    return Err(Error::Closed);
+                }
+                r = w.write_vectored(&bufs) => r,
+            };
+            let n = match r {
+                Ok(0) => Err(std::io::ErrorKind::WriteZero.into()),
+                r => r,
+            };
+            let n = match n {
+                Ok(n) => n,
+                Err(e) => {
+                    self.state = FrameState::Done;
+                    self.inner.fail_all(|| Error::Closed);
+                    return Err(Error::Io(e));
+                }
+            };
+            self.state = FrameState::Partial;
+            let from_head = n.min(self.head.len());
+            self.head = &self.head[from_head..];
+            self.body = &self.body[n - from_head..];
         }
-        let from_h = n.min(h.len());
-        h = &h[from_h..];
-        b = &b[n - from_h..];
+        self.state = FrameState::Done;
+        self.writer = None;
+        Ok(())
     }
-    Ok(())
+}
+
+impl Drop for Frame<'_> {
+    fn drop(&mut self) {
+        match self.state {
+            FrameState::Done => {}
+            FrameState::Queued => {
+                // Never sent, so no reply will come: drop the waiter (and its queue slot).
+                lock(&self.inner.pending).waiters.remove(&self.tag);
+            }
+            FrameState::Partial => {
+                // The only copy of a payload: the caller's borrow ends here, the frame must not.
+                let rest = [self.head, self.body].concat();
+                let inner = Arc::clone(&self.inner);
+                match (self.writer.take(), tokio::runtime::Handle::try_current()) {
+                    (Some(mut w), Ok(rt)) => {
+                        rt.spawn(async move {
+                            let r = tokio::select! {
+                                biased;
+                                _ = inner.stopped.acquire() => return,
+                                r = w.write_all(&rest) => r,
+                            };
+                            if let Err(e) = r {
+                                tracing::debug!("finishing a cancelled request's frame: {e}");
+                                inner.fail_all(|| Error::Closed);
+                            }
+                        });
+                    }
+                    _ => inner.fail_all(|| Error::Closed),
+                }
+            }
+        }
+    }
 }
 
 /// Reads replies until the socket closes or the node breaks the protocol; returns why it stopped.
@@ -387,15 +487,12 @@ async fn read_replies(mut rd: OwnedReadHalf, inner: &std::sync::Weak<Inner>) -> 
             Ok(h) => h,
             Err(_) => return Error::Protocol("bad reply magic".into()),
         };
-        let Some(inner) = inner.upgrade() else {
+        // Only a weak reference between replies, so dropping every Connection ends this task.
+        let Some(strong) = inner.upgrade() else {
             return Error::Closed;
         };
-        let waiter = inner
-            .pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .waiters
-            .remove(&header.tag.0);
+        let waiter = lock(&strong.pending).waiters.remove(&header.tag.0);
+        drop(strong);
         let Some(mut w) = waiter else {
             return Error::Protocol(format!("reply for unknown tag {}", header.tag));
         };

@@ -56,11 +56,25 @@ impl NodeSession {
     }
 
     /// Flushes on every connection: writes acknowledged on any of them become durable.
+    /// The flushes run at once, so a session costs one flush latency, not one per connection.
     pub async fn flush(&self) -> Result<(), Error> {
+        let mut set = tokio::task::JoinSet::new();
         for c in &self.conns {
-            c.flush().await?;
+            let c = c.clone();
+            set.spawn(async move { c.flush().await });
         }
-        Ok(())
+        let mut first_err = None;
+        while let Some(r) = set.join_next().await {
+            let r = match r {
+                Ok(r) => r,
+                Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                Err(_) => Err(Error::Closed),
+            };
+            if let Err(e) = r {
+                first_err.get_or_insert(e);
+            }
+        }
+        first_err.map_or(Ok(()), Err)
     }
 
     /// See [`Connection::discard`].
