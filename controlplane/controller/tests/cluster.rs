@@ -30,6 +30,47 @@ async fn channel(addr: &str) -> tonic::transport::Channel {
         .unwrap()
 }
 
+/// Mounts `volume` for `host` and opens every extent with its token, checking that the node
+/// lends exactly that extent. Returns the lease id and each extent with its connection.
+async fn mount_and_open(
+    ch: &tonic::transport::Channel,
+    volume: &str,
+    host: &str,
+    access: v1::Access,
+) -> (u64, Vec<(v1::Extent, Connection)>) {
+    let mut leases = v1::leases_client::LeasesClient::new(ch.clone());
+    let m = leases
+        .mount(v1::MountRequest {
+            volume: volume.into(),
+            host_id: host.into(),
+            access: access as i32,
+            ttl_ms: 60_000,
+        })
+        .await
+        .unwrap_or_else(|e| panic!("mount {volume}: {e}"))
+        .into_inner();
+    let mut out = Vec::new();
+    for me in m.extents {
+        let x = me.extent.expect("extent");
+        let token = Token::from_text(&me.token).unwrap();
+        let c = Connection::connect(
+            &x.node_address,
+            DeviceId(x.device_id),
+            &token,
+            &ConnectOptions::default(),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("volume {volume}: {e}"));
+        assert_eq!(
+            (c.info().lent_offset, c.info().lent_length),
+            (x.offset, x.length),
+            "{volume}"
+        );
+        out.push((x, c));
+    }
+    (m.lease.expect("lease").lease_id, out)
+}
+
 #[test]
 fn nodes_register_volumes_lease_and_state_survives_sigkill() {
     let dir = tempfile::tempdir().unwrap();
@@ -100,31 +141,8 @@ fn nodes_register_volumes_lease_and_state_survives_sigkill() {
 
         // Mount: one token per extent opens it at its node.
         let mut leases = v1::leases_client::LeasesClient::new(ch.clone());
-        let mount = leases
-            .mount(v1::MountRequest {
-                volume: "m".into(),
-                host_id: "host-a".into(),
-                access: v1::Access::ReadWrite as i32,
-                ttl_ms: 60_000,
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        for me in &mount.extents {
-            let x = me.extent.as_ref().unwrap();
-            let token = Token::from_text(&me.token).unwrap();
-            let c = Connection::connect(
-                &x.node_address,
-                DeviceId(x.device_id),
-                &token,
-                &ConnectOptions::default(),
-            )
-            .await
-            .unwrap();
-            assert_eq!(
-                (c.info().lent_offset, c.info().lent_length),
-                (x.offset, x.length)
-            );
+        let (_, opened) = mount_and_open(&ch, "m", "host-a", v1::Access::ReadWrite).await;
+        for (x, c) in &opened {
             c.write(x.offset, &[0x5A; 4096], true).await.unwrap();
             assert_eq!(c.read(x.offset, 4096).await.unwrap(), vec![0x5A; 4096]);
             let e = c.read(x.offset + x.length, 4096).await.unwrap_err();
@@ -286,42 +304,16 @@ fn three_nodes_every_layout_missed_beats_bad_input_and_reflection() {
                 .unwrap()
                 .into_inner();
             assert_eq!(v.extents.len(), extents, "{name}");
-            // Every extent's token opens exactly that extent at its node.
-            let mut leases = v1::leases_client::LeasesClient::new(ch.clone());
-            let m = leases
-                .mount(v1::MountRequest {
-                    volume: name.into(),
-                    host_id: "reader".into(),
-                    access: v1::Access::ReadOnly as i32,
-                    ttl_ms: 0,
-                })
-                .await
-                .unwrap()
-                .into_inner();
-            for me in &m.extents {
-                let x = me.extent.as_ref().unwrap();
-                let t = Token::from_text(&me.token).unwrap();
-                let c = Connection::connect(
-                    &x.node_address,
-                    DeviceId(x.device_id),
-                    &t,
-                    &ConnectOptions::default(),
-                )
-                .await
-                .unwrap();
-                assert_eq!(
-                    (c.info().lent_offset, c.info().lent_length),
-                    (x.offset, x.length),
-                    "{name}"
-                );
+            // Every extent's token opens exactly that extent at its node, read-only.
+            let (lease, opened) = mount_and_open(&ch, name, "reader", v1::Access::ReadOnly).await;
+            for (x, c) in &opened {
                 c.read(x.offset + x.length - 4096, 4096).await.unwrap();
                 let e = c.write(x.offset, &[0u8; 4096], false).await.unwrap_err();
                 assert_eq!(e.status(), Some(dasmesh_wire::Status::ReadOnly), "{name}");
             }
+            let mut leases = v1::leases_client::LeasesClient::new(ch.clone());
             leases
-                .unmount(v1::UnmountRequest {
-                    lease_id: m.lease.unwrap().lease_id,
-                })
+                .unmount(v1::UnmountRequest { lease_id: lease })
                 .await
                 .unwrap();
         }
@@ -529,27 +521,10 @@ fn a_range_reused_by_a_new_volume_is_not_fenced_off() {
             .await
             .unwrap();
             for _ in 0..cycles {
-                let m = leases
-                    .mount(v1::MountRequest {
-                        volume: name.into(),
-                        host_id: "h".into(),
-                        access: v1::Access::ReadWrite as i32,
-                        ttl_ms: 0,
-                    })
-                    .await
-                    .unwrap()
-                    .into_inner();
-                let me = &m.extents[0];
-                let x = me.extent.as_ref().unwrap();
+                let (lease, mut opened) =
+                    mount_and_open(&ch, name, "h", v1::Access::ReadWrite).await;
+                let (x, c) = opened.remove(0);
                 offsets.push(x.offset);
-                let c = Connection::connect(
-                    &x.node_address,
-                    DeviceId(x.device_id),
-                    &Token::from_text(&me.token).unwrap(),
-                    &ConnectOptions::default(),
-                )
-                .await
-                .unwrap_or_else(|e| panic!("volume {name}: {e}"));
                 if name == "b" {
                     // "a" wrote here, then was deleted: its extent was discarded before reuse.
                     assert_eq!(
@@ -560,9 +535,7 @@ fn a_range_reused_by_a_new_volume_is_not_fenced_off() {
                 }
                 c.write(x.offset, &[1u8; 4096], false).await.unwrap();
                 leases
-                    .unmount(v1::UnmountRequest {
-                        lease_id: m.lease.unwrap().lease_id,
-                    })
+                    .unmount(v1::UnmountRequest { lease_id: lease })
                     .await
                     .unwrap();
             }
