@@ -2,25 +2,12 @@
 //! are carved, a mount lease's tokens open the extents at the nodes, a leased volume is locked,
 //! and everything acknowledged survives a SIGKILL of the controller.
 
-use std::path::Path;
 use std::time::Duration;
 
 use dasmesh_api::v1;
 use dasmesh_client::{ConnectOptions, Connection};
 use dasmesh_testkit::Process;
 use dasmesh_wire::{DeviceId, Token};
-
-fn controller(dir: &Path, listen: &str) -> Process {
-    Process::controller(dir, listen)
-}
-
-fn node(dir: &Path, ctl: &str, name: &str) -> Process {
-    Process::node(dir, ctl, name)
-}
-
-fn signal(p: &mut Process, sig: &str) {
-    p.signal(sig);
-}
 
 async fn channel(addr: &str) -> tonic::transport::Channel {
     tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
@@ -74,9 +61,9 @@ async fn mount_and_open(
 #[test]
 fn nodes_register_volumes_lease_and_state_survives_sigkill() {
     let dir = tempfile::tempdir().unwrap();
-    let mut ctl = controller(&dir.path().join("ctl"), "127.0.0.1:0");
-    let n1 = node(dir.path(), &ctl.addr, "n1");
-    let mut n2 = node(dir.path(), &ctl.addr, "n2");
+    let mut ctl = Process::controller(&dir.path().join("ctl"), "127.0.0.1:0");
+    let n1 = Process::node(dir.path(), &ctl.addr, "n1");
+    let mut n2 = Process::node(dir.path(), &ctl.addr, "n2");
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -197,8 +184,8 @@ fn nodes_register_volumes_lease_and_state_survives_sigkill() {
 
     // SIGKILL the controller: everything acknowledged is still there after a restart (on the
     // same address, where the nodes keep heartbeating).
-    signal(&mut ctl, "KILL");
-    let ctl2 = controller(&dir.path().join("ctl"), &ctl.addr);
+    ctl.signal("KILL");
+    let ctl2 = Process::controller(&dir.path().join("ctl"), &ctl.addr);
     rt.block_on(async {
         let ch = channel(&ctl2.addr).await;
         let mut vols = v1::volumes_client::VolumesClient::new(ch.clone());
@@ -243,7 +230,7 @@ fn nodes_register_volumes_lease_and_state_survives_sigkill() {
     });
 
     // A node that shuts down cleanly deregisters: its state is GONE and its volumes stay.
-    signal(&mut n2, "TERM");
+    n2.signal("TERM");
     rt.block_on(async {
         let ch = channel(&ctl2.addr).await;
         let mut pool = v1::pool_client::PoolClient::new(ch.clone());
@@ -269,10 +256,10 @@ fn nodes_register_volumes_lease_and_state_survives_sigkill() {
 #[test]
 fn three_nodes_every_layout_missed_beats_bad_input_and_reflection() {
     let dir = tempfile::tempdir().unwrap();
-    let ctl = controller(&dir.path().join("ctl"), "127.0.0.1:0");
-    let _n1 = node(dir.path(), &ctl.addr, "n1");
-    let _n2 = node(dir.path(), &ctl.addr, "n2");
-    let mut n3 = node(dir.path(), &ctl.addr, "n3");
+    let ctl = Process::controller(&dir.path().join("ctl"), "127.0.0.1:0");
+    let _n1 = Process::node(dir.path(), &ctl.addr, "n1");
+    let _n2 = Process::node(dir.path(), &ctl.addr, "n2");
+    let mut n3 = Process::node(dir.path(), &ctl.addr, "n3");
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -448,7 +435,7 @@ fn three_nodes_every_layout_missed_beats_bad_input_and_reflection() {
     });
 
     // A node killed outright is marked down after three missed heartbeats (200 ms each here).
-    signal(&mut n3, "KILL");
+    n3.signal("KILL");
     rt.block_on(async {
         let mut pool = v1::pool_client::PoolClient::new(channel(&ctl.addr).await);
         for _ in 0..100 {
@@ -493,8 +480,8 @@ fn three_nodes_every_layout_missed_beats_bad_input_and_reflection() {
 #[test]
 fn a_range_reused_by_a_new_volume_is_not_fenced_off() {
     let dir = tempfile::tempdir().unwrap();
-    let ctl = controller(&dir.path().join("ctl"), "127.0.0.1:0");
-    let _n = node(dir.path(), &ctl.addr, "n1");
+    let ctl = Process::controller(&dir.path().join("ctl"), "127.0.0.1:0");
+    let _n = Process::node(dir.path(), &ctl.addr, "n1");
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
