@@ -314,7 +314,8 @@ pub fn key_to_text(bytes: &[u8; 32]) -> String {
 /// Parses a key file's text (64 hex digits; surrounding whitespace ignored).
 pub fn key_from_text(text: &str) -> Result<[u8; 32], TokenError> {
     let t = text.trim();
-    if t.len() != 64 || !t.is_ascii() {
+    // Checked here because `from_str_radix` alone would also take a sign ("+f").
+    if t.len() != 64 || !t.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(TokenError::BadKey);
     }
     let mut out = [0u8; 32];

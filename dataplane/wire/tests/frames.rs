@@ -1,258 +1,475 @@
-//! Property tests: every frame round-trips; every decoder and check survives arbitrary bytes and
-//! rejects malformed input with the right status; the SEARCH matcher agrees with a naive scan.
+//! Frames: every header and body round-trips; decoding is canonical (what decodes re-encodes to
+//! the same bytes); every decoder agrees with the rules of docs/protocol.md on arbitrary and on
+//! slightly damaged input, and never panics.
 
 use dasmesh_wire::*;
+use proptest::collection::vec;
 use proptest::prelude::*;
 
 fn any_op_code() -> impl Strategy<Value = u8> {
     prop_oneof![1u8..=6, any::<u8>()]
 }
 
+/// `valid` with up to four bytes overwritten and its length changed a little: near-valid input,
+/// which reaches the checks behind the magic far more often than uniformly random bytes do.
+fn damaged(valid: Vec<u8>) -> impl Strategy<Value = Vec<u8>> {
+    let n = valid.len();
+    (
+        vec((0..n, any::<u8>()), 0..4),
+        prop_oneof![4 => Just(n), 1 => 0..n, 1 => n..n + 8],
+    )
+        .prop_map(move |(edits, len)| {
+            let mut b = valid.clone();
+            for (at, v) in edits {
+                b[at] = v;
+            }
+            b.resize(len, 0xa5);
+            b
+        })
+}
+
+fn request() -> impl Strategy<Value = RequestHeader> {
+    (
+        any_op_code(),
+        any::<u8>(),
+        any::<u64>(),
+        any::<u64>(),
+        any::<u64>(),
+    )
+        .prop_map(|(op, flags, tag, offset, length)| RequestHeader {
+            op,
+            flags,
+            tag: Tag(tag),
+            offset,
+            length,
+        })
+}
+
+fn reply() -> impl Strategy<Value = ReplyHeader> {
+    (any::<u16>(), any::<u16>(), any::<u64>(), any::<u32>()).prop_map(
+        |(status, flags, tag, payload_len)| ReplyHeader {
+            status,
+            flags,
+            tag: Tag(tag),
+            payload_len,
+        },
+    )
+}
+
+fn hello() -> impl Strategy<Value = Hello> {
+    (
+        any::<u16>(),
+        any::<u16>(),
+        any::<u32>(),
+        1..=MAX_TOKEN_LEN as u16,
+    )
+        .prop_map(|(min_version, max_version, dev, token_len)| Hello {
+            min_version,
+            max_version,
+            device_id: DeviceId(dev),
+            token_len,
+        })
+}
+
+fn hello_reply() -> impl Strategy<Value = HelloReply> {
+    (
+        (any::<u16>(), any::<u16>(), any::<u32>(), any::<u32>()),
+        (any::<u32>(), any::<u32>(), any::<u32>(), any::<u64>()),
+        (any::<u64>(), any::<u64>(), any::<u32>(), any::<u32>()),
+    )
+        .prop_map(
+            |((v, st, dev, bs), (pbs, mio, mif, size), (lo, ll, caps, msh))| HelloReply {
+                version: v,
+                status: st,
+                device_id: DeviceId(dev),
+                block_size: bs,
+                physical_block_size: pbs,
+                max_io_size: mio,
+                max_inflight: mif,
+                device_size: size,
+                lent_offset: lo,
+                lent_length: ll,
+                capabilities: Capabilities(caps),
+                max_search_hits: msh,
+            },
+        )
+}
+
+fn search_body() -> impl Strategy<Value = SearchBody> {
+    (1u32.., vec(any::<u8>(), 1..=SEARCH_PATTERN_MAX))
+        .prop_map(|(max_hits, pattern)| SearchBody { max_hits, pattern })
+}
+
+fn le16(b: &[u8], at: usize) -> u16 {
+    u16::from_le_bytes([b[at], b[at + 1]])
+}
+
+fn le32(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(b[at..at + 4].try_into().unwrap())
+}
+
 proptest! {
     #[test]
-    fn request_round_trips(op in any_op_code(), flags in any::<u8>(), tag in any::<u64>(), offset in any::<u64>(), length in any::<u64>()) {
-        let h = RequestHeader { op, flags, tag: Tag(tag), offset, length };
-        prop_assert_eq!(RequestHeader::decode(&h.encode()), Ok(h));
+    fn request_round_trips(h in request(), extra in vec(any::<u8>(), 0..16)) {
+        let b = h.encode();
+        prop_assert_eq!(RequestHeader::decode(&b), Ok(h));
+        // Bytes after the header (a payload, the next request) do not matter.
+        prop_assert_eq!(RequestHeader::decode(&[&b[..], &extra].concat()), Ok(h));
+        prop_assert_eq!(h.known_op(), Op::from_code(h.op));
     }
 
     #[test]
-    fn reply_round_trips(status in any::<u16>(), flags in any::<u16>(), tag in any::<u64>(), payload_len in any::<u32>()) {
-        let h = ReplyHeader { status, flags, tag: Tag(tag), payload_len };
-        prop_assert_eq!(ReplyHeader::decode(&h.encode()), Ok(h));
+    fn payload_len_follows_the_op(h in request()) {
+        let want = match h.op {
+            2 => h.length,
+            6 => SEARCH_BODY_LEN as u64,
+            _ => 0,
+        };
+        prop_assert_eq!(h.payload_len(), want);
     }
 
     #[test]
-    fn hello_round_trips(min in any::<u16>(), max in any::<u16>(), dev in any::<u32>(), len in 1u16..=1024) {
-        let h = Hello { min_version: min, max_version: max, device_id: DeviceId(dev), token_len: len };
-        prop_assert_eq!(Hello::decode(&h.encode()), Ok(h));
+    fn reply_round_trips(h in reply(), extra in vec(any::<u8>(), 0..16)) {
+        let b = h.encode();
+        prop_assert_eq!(ReplyHeader::decode(&b), Ok(h));
+        prop_assert_eq!(ReplyHeader::decode(&[&b[..], &extra].concat()), Ok(h));
+        let want = Status::from_code(h.status).unwrap_or(Status::Internal);
+        prop_assert_eq!(h.status_enum(), want);
     }
 
     #[test]
-    fn hello_reply_round_trips(v in any::<u16>(), st in any::<u16>(), dev in any::<u32>(), bs in any::<u32>(),
-                               pbs in any::<u32>(), mio in any::<u32>(), mif in any::<u32>(), size in any::<u64>(),
-                               lo in any::<u64>(), ll in any::<u64>(), caps in any::<u32>(), msh in any::<u32>()) {
-        let r = HelloReply { version: v, status: st, device_id: DeviceId(dev), block_size: bs, physical_block_size: pbs,
-            max_io_size: mio, max_inflight: mif, device_size: size, lent_offset: lo, lent_length: ll,
-            capabilities: Capabilities(caps), max_search_hits: msh };
+    fn hello_round_trips(h in hello(), token in vec(any::<u8>(), 0..16)) {
+        let b = h.encode();
+        prop_assert_eq!(Hello::decode(&b), Ok(h));
+        // The token follows the fixed part and is not the decoder's business.
+        prop_assert_eq!(Hello::decode(&[&b[..], &token].concat()), Ok(h));
+    }
+
+    #[test]
+    fn hello_reply_round_trips(r in hello_reply()) {
         prop_assert_eq!(HelloReply::decode(&r.encode()), Ok(r));
+        let want = Status::from_code(r.status).unwrap_or(Status::Internal);
+        prop_assert_eq!(r.status_enum(), want);
     }
 
     #[test]
-    fn search_body_round_trips(max_hits in 1u32.., pattern in proptest::collection::vec(any::<u8>(), 1..=64)) {
-        let b = SearchBody { max_hits, pattern };
-        prop_assert_eq!(SearchBody::decode(&b.encode().unwrap()), Ok(b));
+    fn refusals_round_trip(v in any::<u16>(), i in 0..Status::ALL.len()) {
+        let s = Status::ALL[i];
+        let r = HelloReply::refuse(v, s);
+        let back = HelloReply::decode(&r.encode()).unwrap();
+        prop_assert_eq!(back.status_enum(), s);
+        prop_assert_eq!(back.version, v);
+        prop_assert_eq!(back, HelloReply { version: v, status: s.code(), ..HelloReply::default() });
+        let e = ReplyHeader::status(Tag(9), s);
+        prop_assert_eq!(ReplyHeader::decode(&e.encode()).unwrap().status_enum(), s);
+        prop_assert_eq!(e.payload_len, 0);
     }
 
     #[test]
-    fn claim_and_token_round_trip(node in any::<u64>(), vol in any::<u64>(), dev in any::<u32>(), off in any::<u64>(),
-                                  len in any::<u64>(), rw in any::<bool>(), epoch in any::<u64>(), iat in any::<u64>(),
-                                  exp in any::<u64>(), nonce in any::<u64>(), seed in any::<[u8; 32]>()) {
-        let c = Claim { node_id: NodeId(node), volume_id: VolumeId(vol), device_id: DeviceId(dev), range_offset: off,
-            range_length: len, rights: if rw { Rights::ReadWrite } else { Rights::ReadOnly }, epoch: Epoch(epoch),
-            issued_at_ms: iat, expires_at_ms: exp, nonce };
-        prop_assert_eq!(Claim::decode(&c.encode()), Ok(c));
-        let key = SigningKey::from_bytes(&seed);
-        let t = c.sign(&key);
-        prop_assert_eq!(Token::from_text(&t.to_text()), Ok(t));
-        prop_assert_eq!(Token::from_bytes(t.as_bytes()), Ok(t));
-        if exp > 0 {
-            let got = t.verify(&key.verifying_key(), exp - 1, NodeId(node), DeviceId(dev));
-            prop_assert_eq!(got, Ok(c));
-        }
-        // now == expiry is already expired.
-        let expired = t.verify(&key.verifying_key(), exp, NodeId(node), DeviceId(dev));
-        let is_expired = matches!(expired, Err(TokenError::Expired { .. }));
-        prop_assert!(is_expired, "not expired at its expiry");
+    fn search_body_round_trips(b in search_body()) {
+        let bytes = b.encode().unwrap();
+        prop_assert_eq!(SearchBody::decode(&bytes), Ok(b.clone()));
+        prop_assert_eq!(le16(&bytes, 4) as usize, b.pattern.len());
+        prop_assert!(bytes[8 + b.pattern.len()..].iter().all(|x| *x == 0));
     }
 
     #[test]
-    fn decoders_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
-        let _ = RequestHeader::decode(&bytes);
-        let _ = ReplyHeader::decode(&bytes);
-        let _ = Hello::decode(&bytes);
-        let _ = HelloReply::decode(&bytes);
-        let _ = SearchBody::decode(&bytes);
-        let _ = Claim::decode(&bytes);
-        let _ = Token::from_bytes(&bytes);
-        let _ = Token::from_text(&String::from_utf8_lossy(&bytes));
-        if let Ok(t) = Token::from_bytes(&bytes) {
-            let key = SigningKey::from_bytes(&[3; 32]).verifying_key();
-            prop_assert!(t.verify(&key, 0, NodeId(0), DeviceId(0)).is_err());
-        }
+    fn version_negotiation(min in 0u16..4, max in 0u16..4) {
+        let want = (min <= PROTOCOL_VERSION && PROTOCOL_VERSION <= max).then_some(PROTOCOL_VERSION);
+        prop_assert_eq!(negotiate_version(min, max), want);
     }
 
+    // ---- every decoder against the documented rules, on damaged input ----
+
     #[test]
-    fn check_request_never_panics_and_accepts_only_valid(op in any_op_code(), flags in any::<u8>(), offset in any::<u64>(),
-            length in any::<u64>(), bs_shift in 9u32..=16, max_io in any::<u32>(), ro in any::<u64>(), rl in any::<u64>(),
-            writable in any::<bool>()) {
-        let h = RequestHeader { op, flags, tag: Tag(1), offset, length };
-        let l = RequestLimits { block_size: 1 << bs_shift, max_io_size: max_io, range_offset: ro, range_length: rl, writable };
-        if let Ok(op) = check_request(&h, &l) {
-            prop_assert_eq!(flags & !op.allowed_flags(), 0);
-            prop_assert!(writable || !op.is_write());
-            if op != Op::Flush {
-                let bs = 1u64 << bs_shift;
-                prop_assert!(length > 0 && offset % bs == 0 && length % bs == 0);
-                prop_assert!(offset >= ro && offset + length <= ro.saturating_add(rl));
+    fn request_decode_follows_the_rules(b in request().prop_flat_map(|h| damaged(h.encode().to_vec()))) {
+        let ok = b.len() >= REQUEST_HEADER_LEN && b[..4] == REQUEST_MAGIC && b[6..8] == [0, 0];
+        match RequestHeader::decode(&b) {
+            Ok(h) => {
+                prop_assert!(ok);
+                prop_assert_eq!(&h.encode()[..], &b[..REQUEST_HEADER_LEN]);
+            }
+            Err(s) => {
+                prop_assert!(!ok);
+                prop_assert_eq!(s, Status::BadFrame);
             }
         }
     }
 
     #[test]
-    fn searcher_matches_naive_with_any_chunking(data in proptest::collection::vec(0u8..3, 0..600),
-            pattern in proptest::collection::vec(0u8..3, 1..5), cuts in proptest::collection::vec(1usize..50, 1..20),
-            max_hits in 1usize..50) {
-        let naive: Vec<u64> = if data.len() >= pattern.len() {
-            (0..=data.len() - pattern.len()).filter(|i| data[*i..*i + pattern.len()] == pattern[..]).map(|i| i as u64 + 7).collect()
-        } else { vec![] };
-        let mut s = Searcher::new(&pattern, max_hits);
-        let (mut at, mut k) = (0usize, 0usize);
-        while at < data.len() {
-            let n = cuts[k % cuts.len()].min(data.len() - at);
-            s.feed(7 + at as u64, &data[at..at + n]);
-            at += n;
-            k += 1;
+    fn reply_decode_follows_the_rules(b in reply().prop_flat_map(|h| damaged(h.encode().to_vec()))) {
+        let ok = b.len() >= REPLY_HEADER_LEN && b[..4] == REPLY_MAGIC && b[20..24] == [0; 4];
+        match ReplyHeader::decode(&b) {
+            Ok(h) => {
+                prop_assert!(ok);
+                prop_assert_eq!(&h.encode()[..], &b[..REPLY_HEADER_LEN]);
+            }
+            Err(s) => {
+                prop_assert!(!ok);
+                prop_assert_eq!(s, Status::BadFrame);
+            }
         }
-        let (hits, truncated) = s.finish();
-        let want: Vec<u64> = naive.iter().copied().take(max_hits).collect();
-        prop_assert_eq!(hits, want);
-        prop_assert_eq!(truncated, naive.len() > max_hits);
+    }
+
+    #[test]
+    fn hello_decode_follows_the_rules(b in hello().prop_flat_map(|h| damaged(h.encode().to_vec()))) {
+        let frame_ok = b.len() >= HELLO_LEN && b[..8] == HELLO_MAGIC && b[18..32].iter().all(|x| *x == 0);
+        match Hello::decode(&b) {
+            Ok(h) => {
+                prop_assert!(frame_ok);
+                prop_assert!((1..=MAX_TOKEN_LEN).contains(&usize::from(h.token_len)));
+                prop_assert_eq!(&h.encode()[..], &b[..HELLO_LEN]);
+            }
+            Err(Status::BadFrame) => prop_assert!(!frame_ok),
+            Err(Status::BadToken) => {
+                prop_assert!(frame_ok);
+                let len = usize::from(le16(&b, 16));
+                prop_assert!(len == 0 || len > MAX_TOKEN_LEN, "token_len {}", len);
+            }
+            Err(s) => prop_assert!(false, "unexpected {:?}", s),
+        }
+    }
+
+    #[test]
+    fn hello_reply_decode_follows_the_rules(b in hello_reply().prop_flat_map(|r| damaged(r.encode().to_vec()))) {
+        let ok = b.len() >= HELLO_REPLY_LEN && b[..8] == HELLO_MAGIC;
+        match HelloReply::decode(&b) {
+            Ok(r) => {
+                prop_assert!(ok);
+                prop_assert_eq!(&r.encode()[..], &b[..HELLO_REPLY_LEN]);
+            }
+            Err(s) => {
+                prop_assert!(!ok);
+                prop_assert_eq!(s, Status::BadFrame);
+            }
+        }
+    }
+
+    #[test]
+    fn search_body_decode_follows_the_rules(b in search_body().prop_flat_map(|s| damaged(s.encode().unwrap().to_vec()))) {
+        let frame_ok = b.len() >= SEARCH_BODY_LEN && b[6..8] == [0, 0];
+        match SearchBody::decode(&b) {
+            Ok(s) => {
+                prop_assert!(frame_ok);
+                prop_assert_eq!(&s.encode().unwrap()[..], &b[..SEARCH_BODY_LEN]);
+            }
+            Err(Status::BadFrame) => prop_assert!(!frame_ok),
+            Err(Status::BadPattern) => {
+                prop_assert!(frame_ok);
+                let len = usize::from(le16(&b, 4));
+                let bad = len == 0
+                    || len > SEARCH_PATTERN_MAX
+                    || le32(&b, 0) == 0
+                    || b[8 + len..SEARCH_BODY_LEN].iter().any(|x| *x != 0);
+                prop_assert!(bad);
+            }
+            Err(s) => prop_assert!(false, "unexpected {:?}", s),
+        }
+    }
+
+    #[test]
+    fn decoders_never_panic_on_random_bytes(bytes in vec(any::<u8>(), 0..200)) {
+        prop_assert!(RequestHeader::decode(&bytes).is_ok() == (bytes.len() >= 32 && bytes[..4] == REQUEST_MAGIC && bytes[6..8] == [0, 0]));
+        let _ = ReplyHeader::decode(&bytes);
+        let _ = Hello::decode(&bytes);
+        let _ = HelloReply::decode(&bytes);
+        let _ = SearchBody::decode(&bytes);
+        let _ = Claim::decode(&bytes);
+        let text = String::from_utf8_lossy(&bytes);
+        let _ = Token::from_text(&text);
+        let _ = key_from_text(&text);
+        let _ = verifying_key_from_text(&text);
+        let _ = signing_key_from_text(&text);
+        match Token::from_bytes(&bytes) {
+            Ok(t) => {
+                prop_assert_eq!(bytes.len(), TOKEN_LEN);
+                let _ = t.claim_unverified();
+                let key = SigningKey::from_bytes(&[3; 32]).verifying_key();
+                prop_assert!(t.verify(&key, 0, NodeId(0), DeviceId(0)).is_err());
+            }
+            Err(e) => prop_assert_eq!(e, TokenError::BadLength(bytes.len())),
+        }
     }
 }
 
-fn limits() -> RequestLimits {
-    RequestLimits {
-        block_size: 4096,
-        max_io_size: 1 << 20,
-        range_offset: 1 << 20,
-        range_length: 1 << 20,
-        writable: true,
-    }
-}
-
-fn check(op: u8, flags: u8, offset: u64, length: u64, l: &RequestLimits) -> Result<Op, Status> {
-    check_request(
-        &RequestHeader {
-            op,
-            flags,
-            tag: Tag(0),
-            offset,
-            length,
-        },
-        l,
-    )
-}
+// ---- malformed frames, case by case ----
 
 #[test]
-fn malformed_requests_get_the_right_status() {
-    let l = limits();
-    let m = 1u64 << 20;
-    assert_eq!(check(1, 0, m, 4096, &l), Ok(Op::Read));
-    assert_eq!(check(0, 0, m, 4096, &l), Err(Status::UnknownOp));
-    assert_eq!(check(7, 0, m, 4096, &l), Err(Status::UnknownOp));
-    assert_eq!(check(1, FLAG_FUA, m, 4096, &l), Err(Status::BadFlags));
-    assert_eq!(check(2, 2, m, 4096, &l), Err(Status::BadFlags));
-    assert_eq!(check(2, FLAG_FUA, m, 4096, &l), Ok(Op::Write));
-    assert_eq!(check(5, FLAG_FUA, m, 4096, &l), Ok(Op::WriteZeroes));
-    assert_eq!(check(4, FLAG_FUA, m, 4096, &l), Err(Status::BadFlags));
-    assert_eq!(check(1, 0, m, 0, &l), Err(Status::InvalidLength));
-    assert_eq!(check(6, 0, m, 0, &l), Err(Status::InvalidLength));
-    assert_eq!(check(3, 0, 0, 0, &l), Ok(Op::Flush));
-    assert_eq!(check(3, 0, 0, 4096, &l), Err(Status::InvalidLength));
-    assert_eq!(check(1, 0, m, 2 * m, &l), Err(Status::TooLarge));
-    // DISCARD, WRITE_ZEROES and SEARCH are not bounded by max_io (only by the range).
-    let wide = RequestLimits {
-        range_length: 8 * m,
-        ..l
-    };
-    assert_eq!(check(4, 0, m, 4 * m, &wide), Ok(Op::Discard));
-    assert_eq!(check(6, 0, m, 4 * m, &wide), Ok(Op::Search));
-    assert_eq!(check(1, 0, m + 512, 4096, &l), Err(Status::Misaligned));
-    assert_eq!(check(1, 0, m, 4000, &l), Err(Status::Misaligned));
-    assert_eq!(check(1, 0, 0, 4096, &l), Err(Status::OutOfRange));
-    assert_eq!(check(1, 0, 2 * m - 4096, 8192, &l), Err(Status::OutOfRange));
-    assert_eq!(check(1, 0, 2 * m - 4096, 4096, &l), Ok(Op::Read));
-    assert_eq!(
-        check(1, 0, u64::MAX - 4095, 4096, &l),
-        Err(Status::OutOfRange)
-    );
-    let ro = RequestLimits {
-        writable: false,
-        ..l
-    };
-    for op in [2u8, 4, 5] {
-        assert_eq!(check(op, 0, m, 4096, &ro), Err(Status::ReadOnly), "op {op}");
-    }
-    for op in [1u8, 6] {
-        assert!(check(op, 0, m, 4096, &ro).is_ok(), "op {op}");
-    }
-    assert_eq!(check(3, 0, 0, 0, &ro), Ok(Op::Flush));
-}
-
-#[test]
-fn malformed_frames_are_bad_frames() {
-    let good = RequestHeader::new(Op::Read, 0, Tag(1), 0, 4096).encode();
-    assert!(RequestHeader::decode(&good).is_ok());
-    assert_eq!(RequestHeader::decode(&good[..31]), Err(Status::BadFrame));
-    assert_eq!(RequestHeader::decode(&[]), Err(Status::BadFrame));
-    for (at, v) in [(0usize, b'X'), (3, 0), (6, 1), (7, 0x80)] {
-        let mut b = good;
-        b[at] = v;
-        assert_eq!(
-            RequestHeader::decode(&b),
-            Err(Status::BadFrame),
-            "byte {at}"
-        );
-    }
-    let reply = ReplyHeader::status(Tag(1), Status::Ok).encode();
-    assert_eq!(ReplyHeader::decode(&reply[..23]), Err(Status::BadFrame));
-    let mut r = reply;
-    r[20] = 1;
-    assert_eq!(ReplyHeader::decode(&r), Err(Status::BadFrame));
-    r = reply;
-    r[0] = 0;
-    assert_eq!(ReplyHeader::decode(&r), Err(Status::BadFrame));
-
+fn every_short_buffer_is_a_bad_frame() {
+    let req = RequestHeader::new(Op::Read, 0, Tag(1), 0, 4096).encode();
+    let rep = ReplyHeader::status(Tag(1), Status::Ok).encode();
     let hello = Hello {
         min_version: 1,
         max_version: 1,
         device_id: DeviceId(0),
-        token_len: 152,
+        token_len: TOKEN_LEN as u16,
     }
     .encode();
-    assert_eq!(Hello::decode(&hello[..31]), Err(Status::BadFrame));
-    for at in [0usize, 18, 19, 20, 31] {
-        let mut b = hello;
-        b[at] ^= 0xff;
+    let hr = HelloReply::refuse(1, Status::Ok).encode();
+    let body = SearchBody {
+        max_hits: 1,
+        pattern: b"x".to_vec(),
+    }
+    .encode()
+    .unwrap();
+    for n in 0..REQUEST_HEADER_LEN {
+        assert_eq!(
+            RequestHeader::decode(&req[..n]),
+            Err(Status::BadFrame),
+            "{n}"
+        );
+    }
+    for n in 0..REPLY_HEADER_LEN {
+        assert_eq!(ReplyHeader::decode(&rep[..n]), Err(Status::BadFrame), "{n}");
+    }
+    for n in 0..HELLO_LEN {
+        assert_eq!(Hello::decode(&hello[..n]), Err(Status::BadFrame), "{n}");
+    }
+    for n in 0..HELLO_REPLY_LEN {
+        assert_eq!(HelloReply::decode(&hr[..n]), Err(Status::BadFrame), "{n}");
+    }
+    for n in 0..SEARCH_BODY_LEN {
+        assert_eq!(SearchBody::decode(&body[..n]), Err(Status::BadFrame), "{n}");
+    }
+}
+
+#[test]
+fn request_magic_and_reserved_bytes() {
+    let good = RequestHeader::new(Op::Read, 0, Tag(1), 0, 4096).encode();
+    assert!(RequestHeader::decode(&good).is_ok());
+    // Any bit of the magic or of the reserved bytes: the stream cannot be trusted any more.
+    for at in [0usize, 1, 2, 3, 6, 7] {
+        for bit in 0..8 {
+            let mut b = good;
+            b[at] ^= 1 << bit;
+            assert_eq!(
+                RequestHeader::decode(&b),
+                Err(Status::BadFrame),
+                "byte {at} bit {bit}"
+            );
+        }
+    }
+    // A reply where a request is expected (and vice versa) is a bad frame.
+    let reply = ReplyHeader::status(Tag(1), Status::Ok).encode();
+    assert_eq!(
+        RequestHeader::decode(&[&reply[..], &[0; 8]].concat()),
+        Err(Status::BadFrame)
+    );
+    assert_eq!(ReplyHeader::decode(&good), Err(Status::BadFrame));
+    // Unknown ops and flags are not frame errors: they are answered by tag.
+    let odd = RequestHeader {
+        op: 0xee,
+        flags: 0xff,
+        tag: Tag(77),
+        offset: 1,
+        length: 2,
+    };
+    assert_eq!(RequestHeader::decode(&odd.encode()), Ok(odd));
+    assert_eq!(odd.known_op(), None);
+    assert_eq!(odd.payload_len(), 0);
+}
+
+#[test]
+fn reply_magic_and_reserved_bytes() {
+    let good = ReplyHeader {
+        status: 0,
+        flags: REPLY_FLAG_TRUNCATED,
+        tag: Tag(5),
+        payload_len: 16,
+    }
+    .encode();
+    for at in [0usize, 1, 2, 3, 20, 21, 22, 23] {
+        for bit in 0..8 {
+            let mut b = good;
+            b[at] ^= 1 << bit;
+            assert_eq!(
+                ReplyHeader::decode(&b),
+                Err(Status::BadFrame),
+                "byte {at} bit {bit}"
+            );
+        }
+    }
+    // Unknown status codes (a newer node) decode, and read as a failure.
+    let mut b = good;
+    b[4..6].copy_from_slice(&999u16.to_le_bytes());
+    let h = ReplyHeader::decode(&b).unwrap();
+    assert_eq!(h.status, 999);
+    assert_eq!(h.status_enum(), Status::Internal);
+}
+
+#[test]
+fn hello_magic_flags_reserved_and_token_len() {
+    let hello = |token_len| Hello {
+        min_version: 1,
+        max_version: 1,
+        device_id: DeviceId(0),
+        token_len,
+    };
+    let good = hello(TOKEN_LEN as u16).encode();
+    assert!(Hello::decode(&good).is_ok());
+    for at in (0..8).chain(18..32) {
+        let mut b = good;
+        b[at] ^= 0x40;
         assert_eq!(Hello::decode(&b), Err(Status::BadFrame), "hello byte {at}");
     }
-    for len in [0u16, 1025, u16::MAX] {
-        let b = Hello {
-            min_version: 1,
-            max_version: 1,
-            device_id: DeviceId(0),
-            token_len: len,
-        }
-        .encode();
-        assert_eq!(Hello::decode(&b), Err(Status::BadToken), "token_len {len}");
+    for len in [0u16, MAX_TOKEN_LEN as u16 + 1, u16::MAX] {
+        assert_eq!(
+            Hello::decode(&hello(len).encode()),
+            Err(Status::BadToken),
+            "token_len {len}"
+        );
     }
-    assert_eq!(HelloReply::decode(&[0u8; 63]), Err(Status::BadFrame));
+    for len in [1u16, TOKEN_LEN as u16, MAX_TOKEN_LEN as u16] {
+        assert_eq!(Hello::decode(&hello(len).encode()), Ok(hello(len)));
+    }
+    // A bad magic wins over a bad token length.
+    let mut b = hello(0).encode();
+    b[0] = b'd';
+    assert_eq!(Hello::decode(&b), Err(Status::BadFrame));
+}
+
+#[test]
+fn hello_reply_magic() {
+    let good = HelloReply::refuse(1, Status::Expired).encode();
+    assert!(HelloReply::decode(&good).is_ok());
     assert_eq!(HelloReply::decode(&[0u8; 64]), Err(Status::BadFrame));
+    for at in 0..8 {
+        let mut b = good;
+        b[at] ^= 0x01;
+        assert_eq!(HelloReply::decode(&b), Err(Status::BadFrame), "byte {at}");
+    }
+    // Every other byte is data: any value decodes.
+    let mut b = [0xffu8; HELLO_REPLY_LEN];
+    b[..8].copy_from_slice(&HELLO_MAGIC);
+    let r = HelloReply::decode(&b).unwrap();
+    assert_eq!(
+        (r.version, r.status, r.device_size, r.max_search_hits),
+        (u16::MAX, u16::MAX, u64::MAX, u32::MAX)
+    );
+    assert_eq!(r.status_enum(), Status::Internal);
 }
 
 #[test]
 fn malformed_search_bodies() {
-    let good = SearchBody {
-        max_hits: 5,
-        pattern: b"ab".to_vec(),
+    let body = |pattern: &[u8]| {
+        SearchBody {
+            max_hits: 5,
+            pattern: pattern.to_vec(),
+        }
+        .encode()
+        .unwrap()
+    };
+    let good = body(b"ab");
+    for at in [6usize, 7] {
+        let mut b = good;
+        b[at] = 1;
+        assert_eq!(
+            SearchBody::decode(&b),
+            Err(Status::BadFrame),
+            "reserved {at}"
+        );
     }
-    .encode()
-    .unwrap();
-    assert_eq!(SearchBody::decode(&good[..71]), Err(Status::BadFrame));
-    let mut b = good;
-    b[6] = 1;
-    assert_eq!(SearchBody::decode(&b), Err(Status::BadFrame), "reserved");
-    for len in [0u16, 65, 1000] {
+    for len in [0u16, 65, 1000, u16::MAX] {
         let mut b = good;
         b[4..6].copy_from_slice(&len.to_le_bytes());
         assert_eq!(
@@ -268,108 +485,78 @@ fn malformed_search_bodies() {
         Err(Status::BadPattern),
         "max_hits 0"
     );
+    // Padding after the pattern must be zero, for every pattern length and padding byte.
+    for len in 1..SEARCH_PATTERN_MAX {
+        let good = body(&vec![b'p'; len]);
+        assert!(SearchBody::decode(&good).is_ok());
+        for at in 8 + len..SEARCH_BODY_LEN {
+            let mut b = good;
+            b[at] = 0x80;
+            assert_eq!(
+                SearchBody::decode(&b),
+                Err(Status::BadPattern),
+                "len {len} padding byte {at}"
+            );
+        }
+    }
+    // A reserved byte is a frame error even when the pattern is also bad.
     let mut b = good;
-    b[8 + 10] = 1;
-    assert_eq!(
-        SearchBody::decode(&b),
-        Err(Status::BadPattern),
-        "non-zero padding"
-    );
-    assert_eq!(
-        SearchBody {
+    b[7] = 1;
+    b[4..6].copy_from_slice(&0u16.to_le_bytes());
+    assert_eq!(SearchBody::decode(&b), Err(Status::BadFrame));
+    // The encoder refuses what the decoder would.
+    for pattern in [vec![], vec![0; SEARCH_PATTERN_MAX + 1]] {
+        let s = SearchBody {
             max_hits: 1,
-            pattern: vec![]
-        }
-        .encode(),
-        Err(Status::BadPattern)
-    );
-    assert_eq!(
-        SearchBody {
-            max_hits: 1,
-            pattern: vec![0; 65]
-        }
-        .encode(),
-        Err(Status::BadPattern)
-    );
-    assert!(SearchBody {
-        max_hits: 1,
-        pattern: vec![0; 64]
+            pattern,
+        };
+        assert_eq!(s.encode(), Err(Status::BadPattern));
     }
-    .encode()
-    .is_ok());
-}
-
-#[test]
-fn malformed_tokens() {
-    let key = SigningKey::from_bytes(&[5u8; 32]);
-    let claim = Claim {
-        node_id: NodeId(2),
-        volume_id: VolumeId(1),
-        device_id: DeviceId(0),
-        range_offset: 0,
-        range_length: 4096,
-        rights: Rights::ReadOnly,
-        epoch: Epoch(1),
-        issued_at_ms: 0,
-        expires_at_ms: 10_000,
-        nonce: 1,
+    let full = SearchBody {
+        max_hits: u32::MAX,
+        pattern: vec![0; SEARCH_PATTERN_MAX],
     };
-    let t = claim.sign(&key);
-    let vk = key.verifying_key();
-    assert!(t.verify(&vk, 5, NodeId(2), DeviceId(0)).is_ok());
-    assert_eq!(
-        Token::from_bytes(&t.as_bytes()[..151]),
-        Err(TokenError::BadLength(151))
-    );
-    assert_eq!(
-        Token::from_bytes(&[t.as_bytes().as_slice(), &[0]].concat()),
-        Err(TokenError::BadLength(153))
-    );
-    let text = t.to_text();
-    assert_eq!(
-        Token::from_text(&text[..text.len() - 4])
-            .unwrap_err()
-            .status(),
-        Status::BadToken
-    );
-    assert_eq!(
-        Token::from_text(&text.replace("dmt1.", "dmt2.")),
-        Err(TokenError::BadEncoding)
-    );
-    assert_eq!(Token::from_text(&format!("  {text}\n")), Ok(t));
-    // A claim with bad rights, format or reserved bytes, even correctly signed, is refused.
-    for (at, v) in [(0usize, b'X'), (4, 2), (5, 3), (6, 1), (28, 1), (80, 1)] {
-        let mut c = claim.encode();
-        c[at] = v;
-        let mut msg = b"dasmesh-token-v1".to_vec();
-        msg.extend_from_slice(&c);
-        use ed25519_dalek::Signer as _;
-        let sig = key.sign(&msg).to_bytes();
-        let forged = Token::from_bytes(&[c.as_slice(), &sig].concat()).unwrap();
-        let e = forged.verify(&vk, 5, NodeId(2), DeviceId(0)).unwrap_err();
-        assert!(matches!(e, TokenError::BadClaim(_)), "byte {at}: {e:?}");
-        assert_eq!(e.status(), Status::BadToken);
-    }
-    assert!(matches!(
-        t.verify(&vk, 5, NodeId(3), DeviceId(0)),
-        Err(TokenError::WrongNode { .. })
-    ));
-    assert!(matches!(
-        t.verify(&vk, 5, NodeId(2), DeviceId(1)),
-        Err(TokenError::WrongDevice { .. })
-    ));
-    let wrong_key = SigningKey::from_bytes(&[6u8; 32]).verifying_key();
-    assert_eq!(
-        t.verify(&wrong_key, 5, NodeId(2), DeviceId(0)),
-        Err(TokenError::BadSignature)
-    );
+    assert_eq!(SearchBody::decode(&full.encode().unwrap()), Ok(full));
 }
 
 #[test]
-fn version_negotiation() {
-    assert_eq!(negotiate_version(1, 1), Some(1));
-    assert_eq!(negotiate_version(1, 9), Some(1));
-    assert_eq!(negotiate_version(2, 9), None);
-    assert_eq!(negotiate_version(0, 0), None);
-    assert_eq!(negotiate_version(5, 1), None);
+fn status_codes_are_stable() {
+    // Codes are part of the wire contract: a renumbering would break every deployed peer.
+    let names: Vec<(u16, &str)> = Status::ALL.iter().map(|s| (s.code(), s.name())).collect();
+    let want = [
+        "Ok",
+        "BadFrame",
+        "UnknownOp",
+        "BadFlags",
+        "Misaligned",
+        "OutOfRange",
+        "TooLarge",
+        "ReadOnly",
+        "Expired",
+        "BadToken",
+        "WrongNode",
+        "WrongDevice",
+        "StaleEpoch",
+        "VersionMismatch",
+        "IoError",
+        "NoSpace",
+        "ShuttingDown",
+        "BadPattern",
+        "InvalidLength",
+        "NoTrustKey",
+        "Internal",
+    ];
+    let want: Vec<(u16, &str)> = want
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (i as u16, *n))
+        .collect();
+    assert_eq!(names, want);
+    for code in Status::ALL.len() as u16..=u16::MAX {
+        assert_eq!(Status::from_code(code), None);
+    }
+    for code in 0..=u8::MAX {
+        let op = Op::from_code(code);
+        assert_eq!(op.map(|o| o as u8), (1..=6).contains(&code).then_some(code));
+    }
 }
