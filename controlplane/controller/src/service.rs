@@ -42,9 +42,12 @@ impl From<CtlError> for Status {
                 Error::UnknownNode(_) | Error::UnknownVolume(_) | Error::UnknownLease(_),
             ) => Status::not_found(msg),
             CtlError::Refused(Error::VolumeExists(_)) => Status::already_exists(msg),
-            CtlError::Refused(Error::Leased { .. } | Error::ReadWriteHeld { .. }) => {
-                Status::failed_precondition(msg)
-            }
+            CtlError::Refused(
+                Error::Leased { .. }
+                | Error::ReadWriteHeld { .. }
+                | Error::NotCurrentWriter { .. }
+                | Error::LastHealthyCopy { .. },
+            ) => Status::failed_precondition(msg),
             CtlError::Refused(Error::Insufficient(_)) => Status::resource_exhausted(msg),
             CtlError::Refused(Error::Invalid(_)) => Status::invalid_argument(msg),
             CtlError::Store(_) => Status::unavailable(msg),
@@ -640,6 +643,32 @@ impl v1::leases_server::Leases for Svc {
         Ok(Response::new(v1::RevokeResponse { new_epoch: v.epoch }))
     }
 
+    async fn report_failure(
+        &self,
+        r: Request<v1::ReportFailureRequest>,
+    ) -> Result<Response<v1::ReportFailureResponse>, Status> {
+        let r = r.into_inner();
+        let out = self.0.execute(Command::FailCopies {
+            lease_id: r.lease_id,
+            copies: r.copies.clone(),
+            reason: r.reason.clone(),
+            now_ms: now_ms(),
+        });
+        let v = match out {
+            Ok(Outcome::Volume(v)) => v,
+            Ok(_) => return Err(Status::internal("unexpected outcome")),
+            Err(e) => {
+                tracing::warn!(lease = r.lease_id, copies = ?r.copies, reason = %r.reason, "failure report refused: {e}");
+                return Err(e.into());
+            }
+        };
+        tracing::warn!(volume = %v.name, lease = r.lease_id, copies = ?r.copies, reason = %r.reason,
+            "mirror copies marked stale: no reads from them until rebuilt");
+        Ok(Response::new(self.0.read(|s| v1::ReportFailureResponse {
+            extents: v.extents.iter().map(|e| extent_msg(s, &v, e)).collect(),
+        })))
+    }
+
     async fn list(
         &self,
         r: Request<v1::ListLeasesRequest>,
@@ -702,3 +731,6 @@ impl v1::usage_server::Usage for Svc {
         }))
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -6,6 +6,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::alloc::{self, Candidate, DeviceKey, Layout, Piece};
 
+mod failure;
+mod resize;
+
+use failure::fail_copies;
+use resize::{grow, shrink};
+
 /// Heartbeats missed before a node is marked down.
 pub const MISSED_BEATS: u64 = 3;
 
@@ -241,6 +247,14 @@ pub enum Command {
     Unmount { lease_id: u64, now_ms: u64 },
     /// End a lease and fence its tokens.
     Revoke { lease_id: u64, now_ms: u64 },
+    /// The read-write holder of a mirror reports copies that failed a write: every extent of
+    /// them turns stale. The reason is kept in the store's command log.
+    FailCopies {
+        lease_id: u64,
+        copies: Vec<u32>,
+        reason: String,
+        now_ms: u64,
+    },
 }
 
 /// What a command produced.
@@ -292,6 +306,46 @@ pub enum Error {
     /// A bad argument.
     #[error("invalid request: {0}")]
     Invalid(String),
+    /// Only the volume's current read-write lease may mark mirror copies stale.
+    #[error("lease {lease} is not the current read-write lease of volume {volume:?} ({why}); it cannot mark copies stale")]
+    NotCurrentWriter {
+        lease: u64,
+        volume: String,
+        why: NotWriter,
+    },
+    /// Marking these copies stale would leave the mirror without a healthy copy.
+    #[error("volume {volume:?}: marking copies {copies:?} stale would leave no healthy copy")]
+    LastHealthyCopy { volume: String, copies: Vec<u32> },
+}
+
+/// Why a lease is not its volume's current read-write lease.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NotWriter {
+    /// It was unmounted, revoked or expired and reaped.
+    Ended,
+    /// Its expiry has passed (not reaped yet).
+    Expired { expires_at_ms: u64 },
+    /// It is read-only.
+    ReadOnly,
+    /// A newer epoch fenced its tokens.
+    Fenced { lease_epoch: u64, volume_epoch: u64 },
+}
+
+impl std::fmt::Display for NotWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NotWriter::Ended => write!(f, "it has ended"),
+            NotWriter::Expired { expires_at_ms } => write!(f, "it expired at {expires_at_ms} ms"),
+            NotWriter::ReadOnly => write!(f, "it is read-only"),
+            NotWriter::Fenced {
+                lease_epoch,
+                volume_epoch,
+            } => write!(
+                f,
+                "its epoch {lease_epoch} is fenced by the volume's epoch {volume_epoch}"
+            ),
+        }
+    }
 }
 
 /// Applies one command. On error nothing has changed.
@@ -692,107 +746,13 @@ fn apply_inner(s: &mut State, cmd: Command) -> Result<Outcome, Error> {
             vol.epoch = epoch;
             Ok(Outcome::Volume(vol.clone()))
         }
+        Command::FailCopies {
+            lease_id,
+            copies,
+            reason: _,
+            now_ms,
+        } => fail_copies(s, lease_id, &copies, now_ms).map(Outcome::Volume),
     }
-}
-
-/// Cuts every copy's extents back to `size` bytes (the tail is freed); stripes cannot shrink.
-fn shrink(v: &VolumeRec, size: u64) -> Result<VolumeRec, Error> {
-    if let Layout::Stripe { width, .. } = v.layout {
-        // Keep the stripe sets that start below the new size; the last may be partly used.
-        let mut out = v.clone();
-        out.size = size;
-        let mut extents = v.extents.clone();
-        extents.sort_by_key(|e| e.piece.index);
-        out.extents.clear();
-        let mut start = 0u64;
-        for set in extents.chunks(width as usize) {
-            if start >= size {
-                break;
-            }
-            start += set.iter().map(|e| e.piece.length).sum::<u64>();
-            out.extents.extend_from_slice(set);
-        }
-        return Ok(out);
-    }
-    let mut out = v.clone();
-    out.size = size;
-    let copies = match v.layout {
-        Layout::Mirror { copies } => copies,
-        _ => 1,
-    };
-    out.extents.clear();
-    for copy in 0..copies {
-        let mut mine: Vec<ExtentRec> = v
-            .extents
-            .iter()
-            .filter(|e| e.piece.copy == copy)
-            .copied()
-            .collect();
-        mine.sort_by_key(|e| e.piece.index);
-        let mut left = size;
-        for mut e in mine {
-            if left == 0 {
-                break;
-            }
-            e.piece.length = e.piece.length.min(left);
-            left -= e.piece.length;
-            out.extents.push(e);
-        }
-    }
-    Ok(out)
-}
-
-/// Appends extents to reach `size` (single and concat become concat; mirror grows every copy).
-fn grow(s: &State, v: &VolumeRec, size: u64) -> Result<VolumeRec, Error> {
-    let extra = size - v.size;
-    let mut out = v.clone();
-    out.size = size;
-    match v.layout {
-        Layout::Single | Layout::Concat => {
-            let pieces = alloc::allocate(&candidates(s), Layout::Concat, extra, false)
-                .map_err(Error::Insufficient)?;
-            let base = v.extents.len() as u32;
-            for (i, mut p) in pieces.into_iter().enumerate() {
-                p.index = base + i as u32;
-                out.extents.push(ExtentRec {
-                    piece: p,
-                    stale: false,
-                });
-            }
-            out.layout = Layout::Concat;
-        }
-        Layout::Mirror { copies } => {
-            let pieces = alloc::allocate(
-                &candidates(s),
-                Layout::Mirror { copies },
-                extra,
-                v.req.spread_failure_domains,
-            )
-            .map_err(Error::Insufficient)?;
-            for mut p in pieces {
-                p.index = v.extents.iter().filter(|e| e.piece.copy == p.copy).count() as u32;
-                out.extents.push(ExtentRec {
-                    piece: p,
-                    stale: false,
-                });
-            }
-        }
-        Layout::Stripe { .. } => {
-            // A new stripe set of `width` extents follows the existing sets (extent index
-            // = set * width + stripe).
-            let pieces = alloc::allocate(&candidates(s), v.layout, extra, false)
-                .map_err(Error::Insufficient)?;
-            let base = v.extents.len() as u32;
-            for mut p in pieces {
-                p.index += base;
-                out.extents.push(ExtentRec {
-                    piece: p,
-                    stale: false,
-                });
-            }
-        }
-    }
-    Ok(out)
 }
 
 #[cfg(test)]

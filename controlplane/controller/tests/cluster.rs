@@ -1,6 +1,7 @@
 //! The real controller and nodes on 127.0.0.1: nodes register and report their devices, volumes
 //! are carved, a mount lease's tokens open the extents at the nodes, a leased volume is locked,
-//! and everything acknowledged survives a SIGKILL of the controller.
+//! everything acknowledged survives a SIGKILL of the controller, and a mirror's writer can have a
+//! failed copy marked stale but never the last healthy one.
 
 use std::time::Duration;
 
@@ -534,5 +535,81 @@ fn a_range_reused_by_a_new_volume_is_not_fenced_off() {
             offsets[0], offsets[2],
             "the second volume reuses the first one's range"
         );
+    });
+}
+
+#[test]
+fn a_failed_mirror_copy_turns_stale_but_never_the_last_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let ctl = Process::controller(&dir.path().join("ctl"), "127.0.0.1:0");
+    let _n1 = Process::node(dir.path(), &ctl.addr, "n1");
+    let _n2 = Process::node(dir.path(), &ctl.addr, "n2");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let ch = channel(&ctl.addr).await;
+        let mut vols = v1::volumes_client::VolumesClient::new(ch.clone());
+        vols.create(v1::CreateVolumeRequest {
+            name: "m".into(),
+            size_bytes: 16 << 20,
+            layout: Some(v1::Layout {
+                kind: v1::LayoutKind::Mirror as i32,
+                width: 2,
+                stripe_unit_bytes: 0,
+            }),
+            requirements: None,
+        })
+        .await
+        .unwrap();
+        let (lease, opened) = mount_and_open(&ch, "m", "host-a", v1::Access::ReadWrite).await;
+        assert_eq!(opened.len(), 2);
+        let mut leases = v1::leases_client::LeasesClient::new(ch.clone());
+        let r = leases
+            .report_failure(v1::ReportFailureRequest {
+                lease_id: lease,
+                copies: vec![1],
+                reason: "write to copy 1 timed out".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(
+            r.extents.iter().all(|e| e.stale == (e.copy == 1)),
+            "{:?}",
+            r.extents
+        );
+        let v = vols
+            .get(v1::GetVolumeRequest { name: "m".into() })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(v.state, v1::VolumeState::Degraded as i32);
+        assert_eq!(v.extents.len(), 2);
+        for e in &v.extents {
+            assert_eq!(e.stale, e.copy == 1, "{e:?}");
+        }
+        // Copy 0 is the last healthy one.
+        let e = leases
+            .report_failure(v1::ReportFailureRequest {
+                lease_id: lease,
+                copies: vec![0],
+                reason: "write to copy 0 failed".into(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::FailedPrecondition);
+        assert!(e.message().contains("no healthy copy"), "{}", e.message());
+        let after = vols
+            .get(v1::GetVolumeRequest { name: "m".into() })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(after, v, "a refused report changes nothing");
+        // The healthy copy still serves I/O under the lease.
+        let (x, c) = opened.iter().find(|(x, _)| x.copy == 0).unwrap();
+        c.write(x.offset, &[7u8; 4096], true).await.unwrap();
+        assert_eq!(c.read(x.offset, 4096).await.unwrap(), vec![7u8; 4096]);
     });
 }

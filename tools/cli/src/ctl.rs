@@ -225,7 +225,7 @@ fn mount_json(m: &v1::MountResponse) -> serde_json::Value {
         "epoch": l.epoch, "expires_at_ms": l.expires_at_ms, "size_bytes": m.size_bytes, "layout": layout_text(&m.layout),
         "extents": m.extents.iter().map(|me| { let e = me.extent.clone().unwrap_or_default();
             json!({"node_id": e.node_id, "node_address": e.node_address, "device_id": e.device_id, "offset": e.offset,
-                   "length": e.length, "copy": e.copy, "index": e.index, "token": me.token}) }).collect::<Vec<_>>(),
+                   "length": e.length, "copy": e.copy, "index": e.index, "stale": e.stale, "token": me.token}) }).collect::<Vec<_>>(),
     })
 }
 
@@ -254,14 +254,16 @@ fn print_mount(m: &v1::MountResponse, json_out: bool) {
     );
     for me in &m.extents {
         let e = me.extent.clone().unwrap_or_default();
+        // A stale mirror copy missed writes: no reads from it until it is rebuilt.
         println!(
-            "{:<6} {:<6} {:<22} {:<7} {:>12} {:>10}",
+            "{:<6} {:<6} {:<22} {:<7} {:>12} {:>10}{}",
             e.copy,
             e.index,
             e.node_address,
             e.device_id,
             e.offset,
-            format_size(e.length)
+            format_size(e.length),
+            if e.stale { " STALE" } else { "" }
         );
     }
     println!("(tokens with --json)");

@@ -1,5 +1,7 @@
 use super::*;
 
+mod failures;
+
 const G: u64 = 1 << 30;
 
 fn dev(id: u32, size: u64) -> DeviceRec {
@@ -382,16 +384,21 @@ mod sequences {
         Mount(u8, bool),
         Unmount(u8),
         Down(u8),
+        /// From volume v's read-write lease (taken first if it has none and can), else from the
+        /// last lease taken (perhaps ended or read-only); copies as a bit mask over 0..3 (a
+        /// mirror here has 2).
+        Fail(u8, u8),
     }
 
     fn op() -> impl Strategy<Value = Op> {
         prop_oneof![
-            (0u8..6, 1u64..40, 0u8..4).prop_map(|(v, s, l)| Op::Create(v, s, l)),
-            (0u8..6, 1u64..60).prop_map(|(v, s)| Op::Resize(v, s)),
-            (0u8..6).prop_map(Op::Delete),
-            (0u8..6, any::<bool>()).prop_map(|(v, rw)| Op::Mount(v, rw)),
-            (0u8..8).prop_map(Op::Unmount),
-            (0u8..3).prop_map(Op::Down),
+            1 => (0u8..6, 1u64..40, 0u8..4).prop_map(|(v, s, l)| Op::Create(v, s, l)),
+            1 => (0u8..6, 1u64..60).prop_map(|(v, s)| Op::Resize(v, s)),
+            1 => (0u8..6).prop_map(Op::Delete),
+            1 => (0u8..6, any::<bool>()).prop_map(|(v, rw)| Op::Mount(v, rw)),
+            1 => (0u8..8).prop_map(Op::Unmount),
+            1 => (0u8..3).prop_map(Op::Down),
+            2 => (0u8..6, 0u8..8).prop_map(|(v, m)| Op::Fail(v, m)),
         ]
     }
 
@@ -467,6 +474,21 @@ mod sequences {
                 Layout::Mirror { copies } => copies,
                 _ => 1,
             };
+            // Only mirrors have stale extents, and always keep one whole healthy copy.
+            let healthy = (0..copies).any(|c| {
+                v.extents
+                    .iter()
+                    .filter(|e| e.piece.copy == c)
+                    .all(|e| !e.stale)
+            });
+            prop_assert!(healthy, "no healthy copy of {}: {:?}", v.name, v.extents);
+            if !matches!(v.layout, Layout::Mirror { .. }) {
+                prop_assert!(
+                    v.extents.iter().all(|e| !e.stale),
+                    "stale extent in {}",
+                    v.name
+                );
+            }
             for copy in 0..copies {
                 let sum: u64 = v
                     .extents
@@ -492,6 +514,15 @@ mod sequences {
             let mut s = reserved_pool();
             let mut leases: Vec<u64> = Vec::new();
             for (t, op) in ops.into_iter().enumerate() {
+                // Failures are reported by a volume's writer: take one first if it has none.
+                if let Op::Fail(v, _) = op {
+                    let name = format!("v{v}");
+                    if !s.leases.values().any(|l| l.rw && l.volume == name) {
+                        if let Ok(Outcome::Lease(l, _)) = apply(&mut s, Command::Mount { volume: name, host: "w".into(), rw: true, ttl_ms: 1_000_000, now_ms: t as u64 }) {
+                            leases.push(l.id);
+                        }
+                    }
+                }
                 let before = s.clone();
                 let r = match op {
                     Op::Create(v, size, l) => {
@@ -511,6 +542,17 @@ mod sequences {
                         None => continue,
                     },
                     Op::Down(n) => apply(&mut s, Command::Tick { now_ms: 10_000 + u64::from(n), heartbeat_ms: 1 }),
+                    Op::Fail(v, mask) => {
+                        let name = format!("v{v}");
+                        let writer = s.leases.values().find(|l| l.rw && l.volume == name).map(|l| l.id);
+                        match writer.or(leases.last().copied()) {
+                            Some(id) => {
+                                let copies = (0..3u32).filter(|c| mask & (1 << c) != 0).collect();
+                                apply(&mut s, Command::FailCopies { lease_id: id, copies, reason: String::new(), now_ms: t as u64 })
+                            }
+                            None => continue,
+                        }
+                    }
                 };
                 if r.is_err() {
                     prop_assert_eq!(&s, &before, "a refused command changed the state");

@@ -1,0 +1,84 @@
+//! Failure reports from a mirror's writer: copies that missed a write turn stale.
+
+use super::{volume, Error, Layout, NotWriter, State, VolumeRec};
+
+/// Marks every extent of `copies` stale, for the volume's current read-write lease only, and
+/// never the last healthy copy.
+pub(super) fn fail_copies(
+    s: &mut State,
+    lease_id: u64,
+    copies: &[u32],
+    now_ms: u64,
+) -> Result<VolumeRec, Error> {
+    let not_writer = |volume: &str, why| Error::NotCurrentWriter {
+        lease: lease_id,
+        volume: volume.into(),
+        why,
+    };
+    let Some(l) = s.leases.get(&lease_id) else {
+        // An ended lease keeps its usage record: say that it ended rather than "unknown".
+        return Err(match s.usage.get(&lease_id) {
+            Some(u) => not_writer(&u.volume, NotWriter::Ended),
+            None => Error::UnknownLease(lease_id),
+        });
+    };
+    let v = volume(s, &l.volume)?;
+    if !l.rw {
+        return Err(not_writer(&v.name, NotWriter::ReadOnly));
+    }
+    if l.expires_at_ms <= now_ms {
+        return Err(not_writer(
+            &v.name,
+            NotWriter::Expired {
+                expires_at_ms: l.expires_at_ms,
+            },
+        ));
+    }
+    if l.epoch != v.epoch {
+        return Err(not_writer(
+            &v.name,
+            NotWriter::Fenced {
+                lease_epoch: l.epoch,
+                volume_epoch: v.epoch,
+            },
+        ));
+    }
+    let Layout::Mirror { copies: n } = v.layout else {
+        return Err(Error::Invalid(format!(
+            "volume {:?} is not a mirror: it has no copies to mark stale",
+            v.name
+        )));
+    };
+    if copies.is_empty() {
+        return Err(Error::Invalid(format!(
+            "volume {:?}: a failure report must name at least one copy",
+            v.name
+        )));
+    }
+    if let Some(c) = copies.iter().find(|&&c| c >= n) {
+        return Err(Error::Invalid(format!(
+            "volume {:?} has copies 0..{n}, there is no copy {c}",
+            v.name
+        )));
+    }
+    let mut out = v.clone();
+    for e in out.extents.iter_mut() {
+        if copies.contains(&e.piece.copy) {
+            e.stale = true;
+        }
+    }
+    let healthy = (0..n).any(|c| {
+        out.extents
+            .iter()
+            .filter(|e| e.piece.copy == c)
+            .all(|e| !e.stale)
+    });
+    if !healthy {
+        return Err(Error::LastHealthyCopy {
+            volume: out.name,
+            copies: copies.to_vec(),
+        });
+    }
+    s.volumes.insert(out.name.clone(), out.clone());
+    Ok(out)
+}
