@@ -31,6 +31,12 @@ pub enum Error {
     /// Connecting took too long.
     #[error("timed out connecting")]
     Timeout,
+    /// The control plane refused or could not be reached.
+    #[error("control plane: {0}")]
+    Control(String),
+    /// No copy of the data can serve the request.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
     /// A caller argument the node would refuse anyway (checked before sending).
     #[error("invalid argument: {0}")]
     Invalid(String),

@@ -77,6 +77,12 @@ impl NodeSession {
         first_err.map_or(Ok(()), Err)
     }
 
+    /// One FLUSH on one connection: it covers writes acknowledged on every connection to the
+    /// node (a FLUSH is node-wide, see docs/protocol.md).
+    pub async fn flush_one(&self) -> Result<(), Error> {
+        self.pick().flush().await
+    }
+
     /// See [`Connection::discard`].
     pub async fn discard(&self, offset: u64, len: u64) -> Result<(), Error> {
         self.pick().discard(offset, len).await

@@ -227,6 +227,15 @@ pub struct Process {
     pub child: Child,
     /// The address it printed.
     pub addr: String,
+    name: String,
+    args: Vec<String>,
+}
+
+/// A free port on 127.0.0.1 (`127.0.0.1:PORT`), for a process that must come back on the same
+/// address after a restart.
+pub fn free_addr() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    l.local_addr().expect("local addr").to_string()
 }
 
 impl Process {
@@ -250,7 +259,21 @@ impl Process {
             .strip_prefix("listening ")
             .unwrap_or_else(|| panic!("{name}: unexpected first line {line:?}"))
             .to_string();
-        Process { child, addr }
+        Process {
+            child,
+            addr,
+            name: name.to_string(),
+            args: args.to_vec(),
+        }
+    }
+
+    /// Starts the same binary with the same arguments again (after it exited or was killed).
+    pub fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let again = Process::spawn(&self.name, &self.args);
+        // The old child was reaped above: dropping it signals nothing.
+        drop(std::mem::replace(self, again));
     }
 
     /// A controller with its state in `dir`, heartbeats every 200 ms.
@@ -269,9 +292,14 @@ impl Process {
     /// A node registering with the controller at `ctl`, a 256 MiB file backend and a 1 MiB
     /// owner reservation, its state in `dir/name`.
     pub fn node(dir: &Path, ctl: &str, name: &str) -> Process {
+        Process::node_at(dir, ctl, name, "127.0.0.1:0")
+    }
+
+    /// [`Process::node`] listening on `listen` (e.g. from [`free_addr`], to restart on it).
+    pub fn node_at(dir: &Path, ctl: &str, name: &str, listen: &str) -> Process {
         let args = [
             "--listen".to_string(),
-            "127.0.0.1:0".into(),
+            listen.into(),
             "--no-pin".into(),
             "--controller".into(),
             format!("http://{ctl}"),

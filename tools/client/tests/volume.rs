@@ -1,0 +1,566 @@
+//! Volumes end to end, the way a host uses them: the real controller and three real nodes on
+//! 127.0.0.1, a lease from the controller, I/O straight at the nodes through `Volume`.
+
+use std::time::{Duration, Instant};
+
+use dasmesh_api::v1;
+use dasmesh_client::{Access, Error, MountOptions, Volume};
+use dasmesh_testkit::{free_addr, Process};
+use dasmesh_wire::Status;
+use rand::{Rng, SeedableRng};
+
+struct Cluster {
+    dir: tempfile::TempDir,
+    ctl: Process,
+    nodes: Vec<Process>,
+}
+
+impl Cluster {
+    /// A controller and `n` nodes, each on a fixed address so it can be restarted on it.
+    fn start(n: usize) -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        let ctl = Process::controller(&dir.path().join("ctl"), &free_addr());
+        let nodes = (0..n)
+            .map(|i| Process::node_at(dir.path(), &ctl.addr, &format!("n{i}"), &free_addr()))
+            .collect();
+        Cluster { dir, ctl, nodes }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.ctl.addr)
+    }
+
+    async fn channel(&self) -> tonic::transport::Channel {
+        tonic::transport::Endpoint::from_shared(self.url())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap()
+    }
+
+    async fn create(&self, name: &str, layout: &str, size: u64) -> v1::Volume {
+        let (kind, width, unit) = match layout.split(':').collect::<Vec<_>>()[..] {
+            ["single"] => (v1::LayoutKind::Single, 0, 0),
+            ["concat"] => (v1::LayoutKind::Concat, 0, 0),
+            ["stripe", w, u] => (
+                v1::LayoutKind::Stripe,
+                w.parse().unwrap(),
+                u.parse().unwrap(),
+            ),
+            ["mirror", w] => (v1::LayoutKind::Mirror, w.parse().unwrap(), 0),
+            _ => panic!("layout {layout}"),
+        };
+        v1::volumes_client::VolumesClient::new(self.channel().await)
+            .create(v1::CreateVolumeRequest {
+                name: name.into(),
+                size_bytes: size,
+                layout: Some(v1::Layout {
+                    kind: kind as i32,
+                    width,
+                    stripe_unit_bytes: unit,
+                }),
+                requirements: Some(v1::Requirements {
+                    price_per_gib_hour: 2.0,
+                    ..Default::default()
+                }),
+            })
+            .await
+            .unwrap_or_else(|e| panic!("create {name}: {e}"))
+            .into_inner()
+    }
+
+    async fn resize(&self, name: &str, size: u64) -> v1::Volume {
+        v1::volumes_client::VolumesClient::new(self.channel().await)
+            .resize(v1::ResizeVolumeRequest {
+                name: name.into(),
+                size_bytes: size,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
+    async fn get(&self, name: &str) -> v1::Volume {
+        v1::volumes_client::VolumesClient::new(self.channel().await)
+            .get(v1::GetVolumeRequest { name: name.into() })
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
+    async fn mount(&self, name: &str, host: &str, ttl: Duration) -> Volume {
+        let opts = MountOptions {
+            host: host.into(),
+            ttl,
+            ..Default::default()
+        };
+        Volume::mount(&self.url(), name, opts)
+            .await
+            .unwrap_or_else(|e| panic!("mount {name}: {e}"))
+    }
+
+    /// The node process serving `addr`.
+    fn node_index(&self, addr: &str) -> usize {
+        self.nodes.iter().position(|n| n.addr == addr).unwrap()
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn seeded() -> (rand::rngs::StdRng, u64) {
+    let seed = std::env::var("DASMESH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random);
+    eprintln!("seed {seed} (set DASMESH_SEED to replay)");
+    (rand::rngs::StdRng::seed_from_u64(seed), seed)
+}
+
+/// Offsets where a layout changes device: extent ends and, for stripes, every unit.
+fn seams(v: &Volume) -> Vec<u64> {
+    let size = v.size();
+    match v.layout() {
+        dasmesh_client::layout::Layout::Stripe { unit, .. } => {
+            (1..size / unit).map(|i| i * unit).collect()
+        }
+        _ => {
+            let mut ext = v.extents();
+            ext.retain(|e| e.copy == 0);
+            ext.sort_by_key(|e| e.index);
+            ext.iter()
+                .scan(0, |at, e| {
+                    *at += e.length;
+                    Some(*at)
+                })
+                .filter(|&s| s < size)
+                .collect()
+        }
+    }
+}
+
+fn status(e: &Error) -> Option<Status> {
+    e.status()
+}
+
+/// Random writes, zeroings and reads of random sizes (up to 1.2 MiB, so requests are also cut at
+/// the node's 1 MiB limit), half of them across a seam, against an in-memory model; then the whole
+/// volume, and a search for a pattern planted across seams.
+async fn model_check(v: &Volume, rng: &mut impl Rng, ops: usize) {
+    let size = v.size();
+    let bs = 4096u64;
+    let mut model = vec![0u8; size as usize];
+    v.write_zeroes(0, size, false).await.unwrap();
+    let mut seams = seams(v);
+    if v.layout() == dasmesh_client::layout::Layout::Single {
+        assert!(seams.is_empty());
+        seams.push(size / 2);
+    }
+    assert!(!seams.is_empty(), "{}: the test needs seams", v.name());
+    for i in 0..ops {
+        let blocks = rng.gen_range(1..=300u64).min(size / bs);
+        let len = blocks * bs;
+        let offset = if rng.gen_bool(0.5) {
+            let s = seams[rng.gen_range(0..seams.len())];
+            s.saturating_sub(rng.gen_range(1..=blocks) * bs)
+        } else {
+            rng.gen_range(0..=(size - len) / bs) * bs
+        }
+        .min(size - len);
+        let range = offset as usize..(offset + len) as usize;
+        match rng.gen_range(0..10) {
+            0..=5 => {
+                let mut data = vec![0u8; len as usize];
+                rng.fill(&mut data[..]);
+                v.write(offset, &data, rng.gen_bool(0.1))
+                    .await
+                    .unwrap_or_else(|e| panic!("op {i}: write {offset}+{len}: {e}"));
+                model[range].copy_from_slice(&data);
+            }
+            6 => {
+                v.write_zeroes(offset, len, false).await.unwrap();
+                model[range].fill(0);
+            }
+            _ => {
+                let got = v.read(offset, len as usize).await.unwrap();
+                assert!(
+                    got == model[range],
+                    "{}: op {i}: read {offset}+{len} differs from the model",
+                    v.name()
+                );
+            }
+        }
+    }
+    v.flush().await.unwrap();
+    let all = v.read(0, size as usize).await.unwrap();
+    assert!(all == model, "{}: the whole volume differs", v.name());
+
+    let pattern = b"dasmesh:seam-pattern!";
+    let mut planted = Vec::new();
+    let spots = seams
+        .iter()
+        .take(5)
+        .map(|s| s - 7)
+        .chain([12_345, size - 100]);
+    for at in spots {
+        let block = at / bs * bs;
+        let end = (at + pattern.len() as u64).div_ceil(bs) * bs;
+        model[at as usize..at as usize + pattern.len()].copy_from_slice(pattern);
+        v.write(block, &model[block as usize..end as usize], false)
+            .await
+            .unwrap();
+        planted.push(at);
+    }
+    let expect: Vec<u64> = memchr::memmem::find_iter(&model, pattern)
+        .map(|x| x as u64)
+        .collect();
+    assert!(planted.iter().all(|p| expect.contains(p)));
+    let found = v.search(0, size, pattern, 100).await.unwrap();
+    assert_eq!(found.hits, expect, "{}: search across seams", v.name());
+    assert!(!found.truncated);
+    let two = v.search(0, size, pattern, 2).await.unwrap();
+    assert_eq!(two.hits, expect[..2], "{}: a limited search", v.name());
+    assert!(two.truncated);
+}
+
+#[test]
+fn every_layout_matches_an_in_memory_model() {
+    let c = Cluster::start(3);
+    let (mut rng, _) = seeded();
+    runtime().block_on(async {
+        c.create("single", "single", 8 << 20).await;
+        // Grown twice: three extents end to end.
+        c.create("concat", "single", 4 << 20).await;
+        c.resize("concat", 8 << 20).await;
+        let concat = c.resize("concat", 12 << 20).await;
+        assert_eq!(concat.extents.len(), 3);
+        // Two stripe sets of three 64 KiB-interleaved stripes.
+        c.create("stripe", "stripe:3:65536", 6 << 20).await;
+        let stripe = c.resize("stripe", 12 << 20).await;
+        assert_eq!(stripe.extents.len(), 6);
+        // A mirror whose copies are each two extents.
+        c.create("mirror", "mirror:2", 4 << 20).await;
+        let mirror = c.resize("mirror", 8 << 20).await;
+        assert_eq!(mirror.extents.len(), 4);
+
+        for name in ["single", "concat", "stripe", "mirror"] {
+            let v = c.mount(name, "host-model", Duration::from_secs(30)).await;
+            let t = Instant::now();
+            model_check(&v, &mut rng, 120).await;
+            eprintln!("{name}: {:?}", t.elapsed());
+            v.unmount().await.unwrap();
+        }
+        let leases = v1::leases_client::LeasesClient::new(c.channel().await)
+            .list(v1::ListLeasesRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .leases;
+        assert!(leases.is_empty(), "unmount ended every lease: {leases:?}");
+
+        // The nodes counted the traffic per lease and sent it with their heartbeats.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let r = v1::usage_client::UsageClient::new(c.channel().await)
+                .report(v1::UsageRequest {
+                    host_id: "host-model".into(),
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            let stripe: Vec<_> = r.records.iter().filter(|r| r.volume == "stripe").collect();
+            if stripe.len() == 1
+                && stripe[0].write_bytes >= 12 << 20
+                && stripe[0].read_bytes >= 12 << 20
+            {
+                assert!(stripe[0].charge > 0.0 && r.total_charge >= stripe[0].charge);
+                assert!(stripe[0].write_ops > 0 && stripe[0].read_ops > 0);
+                break;
+            }
+            assert!(Instant::now() < deadline, "usage never arrived: {r:?}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+}
+
+/// A block's contents for a (block, generation): checkable without keeping the data.
+fn block_data(block: u64, gen: u64) -> Vec<u8> {
+    let mut v = vec![0u8; 4096];
+    for (i, c) in v.chunks_exact_mut(16).enumerate() {
+        c[..8].copy_from_slice(&block.to_le_bytes());
+        c[8..].copy_from_slice(&(gen * 1000 + i as u64).to_le_bytes());
+    }
+    v
+}
+
+#[test]
+fn mirror_carries_on_when_a_replica_node_is_killed_mid_write() {
+    let mut c = Cluster::start(3);
+    runtime().block_on(async {
+        let vol = c.create("m", "mirror:2", 16 << 20).await;
+        let v = c.mount("m", "host-m", Duration::from_secs(30)).await;
+        let victim_addr = vol
+            .extents
+            .iter()
+            .find(|e| e.copy == 1)
+            .unwrap()
+            .node_address
+            .clone();
+        let victim = c.node_index(&victim_addr);
+
+        // 8 writers, each owning every 8th block, rewriting their blocks with rising generations.
+        let blocks = (16 << 20) / 4096u64;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let written = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let mut tasks = Vec::new();
+        for w in 0..8u64 {
+            let (v, stop, written) = (v.clone(), stop.clone(), written.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut last = std::collections::HashMap::new();
+                let mut gen = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    gen += 1;
+                    for b in (w..blocks).step_by(8).take(64) {
+                        v.write(b * 4096, &block_data(b, gen), false)
+                            .await
+                            .unwrap_or_else(|e| panic!("write block {b} gen {gen}: {e}"));
+                        last.insert(b, gen);
+                        written.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
+                last
+            }));
+        }
+        while written.load(std::sync::atomic::Ordering::Relaxed) < 2000 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        c.nodes[victim].child.kill().unwrap();
+        let at_kill = written.load(std::sync::atomic::Ordering::Relaxed);
+        while written.load(std::sync::atomic::Ordering::Relaxed) < at_kill + 2000 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut last = std::collections::HashMap::new();
+        for t in tasks {
+            last.extend(t.await.expect("no writer failed"));
+        }
+        v.flush().await.unwrap();
+        for (b, gen) in &last {
+            let got = v.read(b * 4096, 4096).await.unwrap();
+            assert!(
+                got == block_data(*b, *gen),
+                "block {b}: not generation {gen}"
+            );
+        }
+        assert!(v.extents().iter().filter(|e| e.copy == 1).all(|e| e.stale));
+
+        let after = c.get("m").await;
+        assert_eq!(after.state, v1::VolumeState::Degraded as i32);
+        for e in &after.extents {
+            assert_eq!(
+                e.stale,
+                e.copy == 1,
+                "only the dead replica is stale: {e:?}"
+            );
+        }
+        // A new mount reads from the healthy copy only, though the dead node is still listed.
+        v.unmount().await.unwrap();
+        let v2 = c.mount("m", "host-m2", Duration::from_secs(30)).await;
+        for (b, gen) in last.iter().take(200) {
+            assert!(v2.read(b * 4096, 4096).await.unwrap() == block_data(*b, *gen));
+        }
+        v2.unmount().await.unwrap();
+    });
+}
+
+#[test]
+fn revoked_holder_is_fenced_also_across_node_restarts() {
+    let mut c = Cluster::start(1);
+    let rt = runtime();
+    rt.block_on(async {
+        // Without restarts: A's next request after B's mount is refused.
+        c.create("f1", "single", 4 << 20).await;
+        let a = c.mount("f1", "host-a", Duration::from_secs(30)).await;
+        a.write(0, &[b'A'; 4096], false).await.unwrap();
+        let mut leases = v1::leases_client::LeasesClient::new(c.channel().await);
+        leases
+            .revoke(v1::RevokeRequest {
+                lease_id: a.lease_id(),
+            })
+            .await
+            .unwrap();
+        let b = c.mount("f1", "host-b", Duration::from_secs(30)).await;
+        b.write(0, &[b'B'; 4096], true).await.unwrap();
+        let r = a.write(0, &[b'A'; 4096], false).await;
+        assert!(
+            matches!(&r, Err(e) if status(e) == Some(Status::StaleEpoch)),
+            "A after B mounted: {r:?}"
+        );
+        assert_eq!(b.read(0, 4096).await.unwrap(), vec![b'B'; 4096]);
+        b.unmount().await.unwrap();
+        drop(a);
+
+        // With the node restarted between A and B, and again before A tries.
+        c.create("f2", "single", 4 << 20).await;
+        let a = c.mount("f2", "host-a", Duration::from_secs(30)).await;
+        a.write(0, &[b'A'; 4096], true).await.unwrap();
+        c.nodes[0].restart();
+        leases
+            .revoke(v1::RevokeRequest {
+                lease_id: a.lease_id(),
+            })
+            .await
+            .unwrap();
+        let b = c.mount("f2", "host-b", Duration::from_secs(30)).await;
+        b.write(0, &[b'B'; 4096], true).await.unwrap();
+        c.nodes[0].restart();
+        let r = a.write(0, &[b'A'; 4096], false).await;
+        assert!(
+            matches!(&r, Err(e) if status(e) == Some(Status::StaleEpoch)),
+            "A after the restarts: {r:?}"
+        );
+        assert!(matches!(a.read(0, 4096).await, Err(e) if status(&e) == Some(Status::StaleEpoch)));
+        assert_eq!(b.read(0, 4096).await.unwrap(), vec![b'B'; 4096]);
+        b.unmount().await.unwrap();
+    });
+}
+
+#[test]
+fn a_host_that_stops_renewing_is_refused_after_expiry() {
+    let c = Cluster::start(1);
+    runtime().block_on(async {
+        c.create("e", "single", 4 << 20).await;
+        let opts = MountOptions {
+            host: "host-e".into(),
+            ttl: Duration::from_millis(1500),
+            renew: false,
+            ..Default::default()
+        };
+        let v = Volume::mount(&c.url(), "e", opts).await.unwrap();
+        let expires = v.lease().expires_at_ms;
+        v.write(0, &[1; 4096], false).await.unwrap();
+        while dasmesh_testkit::now_ms() < expires + 100 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let r = v.write(0, &[2; 4096], false).await;
+        assert!(
+            matches!(&r, Err(e) if status(e) == Some(Status::Expired)),
+            "{r:?}"
+        );
+        // The controller ended the lease too: another host may take the volume.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let w = c.mount("e", "host-f", Duration::from_secs(30)).await;
+        assert_eq!(w.read(0, 4096).await.unwrap(), vec![1; 4096]);
+        w.unmount().await.unwrap();
+    });
+}
+
+#[test]
+fn with_the_controller_down_io_goes_on_until_expiry_and_renewal_resumes() {
+    let mut c = Cluster::start(2);
+    runtime().block_on(async {
+        c.create("short", "single", 4 << 20).await;
+        c.create("long", "mirror:2", 4 << 20).await;
+        let short = c.mount("short", "host-s", Duration::from_secs(3)).await;
+        let long = c.mount("long", "host-l", Duration::from_secs(8)).await;
+        let short_expiry = short.lease().expires_at_ms;
+        let long_expiry = long.lease().expires_at_ms;
+        c.ctl.child.kill().unwrap();
+        let _ = c.ctl.child.wait();
+
+        let mut n = 0u8;
+        while dasmesh_testkit::now_ms() + 300 < short_expiry {
+            n = n.wrapping_add(1);
+            short.write(0, &[n; 4096], false).await.unwrap();
+            assert_eq!(short.read(0, 4096).await.unwrap(), vec![n; 4096]);
+            long.write(4096, &[n; 4096], false).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        while dasmesh_testkit::now_ms() < short_expiry + 100 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let r = short.write(0, &[0; 4096], false).await;
+        assert!(
+            matches!(&r, Err(e) if status(e) == Some(Status::Expired)),
+            "{r:?}"
+        );
+        // The longer lease still works with the controller gone.
+        long.write(0, &[7; 4096], false).await.unwrap();
+
+        c.ctl.restart();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while long.lease().expires_at_ms == long_expiry {
+            assert!(
+                Instant::now() < deadline,
+                "the lease was not renewed once the controller was back"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        while dasmesh_testkit::now_ms() < long_expiry + 500 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        long.write(0, &[8; 4096], false).await.unwrap();
+        assert_eq!(long.read(0, 4096).await.unwrap(), vec![8; 4096]);
+        long.renew().await.unwrap();
+        long.unmount().await.unwrap();
+    });
+    drop(c.dir);
+}
+
+#[test]
+fn refusals_are_clear_and_change_nothing() {
+    let c = Cluster::start(1);
+    runtime().block_on(async {
+        c.create("r", "single", 4 << 20).await;
+        let e = Volume::mount(&c.url(), "nope", MountOptions::default())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(e, Error::Control(ref m) if m.contains("nope")),
+            "{e}"
+        );
+        let v = c.mount("r", "host-r", Duration::from_secs(30)).await;
+        v.write(0, &[3; 8192], false).await.unwrap();
+        for (off, len) in [
+            (4 << 20, 4096usize),
+            ((4 << 20) - 4096, 8192),
+            (100, 4096),
+            (0, 100),
+        ] {
+            let e = v.write(off, &vec![9; len], false).await.unwrap_err();
+            assert!(matches!(e, Error::Invalid(_)), "{off}+{len}: {e}");
+            assert!(v.read(off, len).await.is_err());
+        }
+        assert!(matches!(
+            v.search(0, 4096, &[], 1).await,
+            Err(Error::Invalid(_))
+        ));
+        // A second read-write mount is refused while this one holds the volume.
+        let e = Volume::mount(&c.url(), "r", MountOptions::default())
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("read-write"), "{e}");
+        let ro = Volume::mount(
+            &c.url(),
+            "r",
+            MountOptions {
+                access: Access::ReadOnly,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(ro.read(0, 8192).await.unwrap(), vec![3; 8192]);
+        let e = ro.write(0, &[4; 4096], false).await.unwrap_err();
+        assert_eq!(status(&e), Some(Status::ReadOnly));
+        assert_eq!(v.read(0, 8192).await.unwrap(), vec![3; 8192]);
+        ro.unmount().await.unwrap();
+        v.unmount().await.unwrap();
+    });
+}
