@@ -9,6 +9,7 @@ use dasmesh_wire::{
 };
 
 use crate::arena::BufId;
+use crate::barrier::{Barrier, WriteSeq};
 use crate::fence::Range;
 
 /// Size of a connection's receive staging buffer (headers, and small writes' leading bytes).
@@ -140,6 +141,9 @@ pub struct Conn {
     pub stalled: bool,
     /// Queued for `pump`.
     pub dirty: bool,
+    /// A session opened but not served yet: its hello reply waits until the writes admitted
+    /// before it have completed (`barrier.rs`); nothing is parsed meanwhile.
+    pub held: Option<Box<(Barrier, Reply)>>,
 }
 
 impl Conn {
@@ -163,6 +167,7 @@ impl Conn {
             close_after_send: false,
             stalled: false,
             dirty: false,
+            held: None,
         }
     }
 
@@ -203,6 +208,8 @@ pub struct Req {
     pub stage: Stage,
     /// SEARCH state.
     pub search: Option<Box<Searcher>>,
+    /// A modifying op's number in the reactor's write lane, from admission to completion.
+    pub write_seq: Option<WriteSeq>,
 }
 
 impl Req {

@@ -4,7 +4,11 @@
 //! epoch bumps a generation counter, which every connection compares on each request (one
 //! atomic load); on a change it re-checks its own epoch and, if overtaken, fails with StaleEpoch.
 //! With a state directory the table is written (temp file, fsync, rename, fsync of the directory)
-//! before a handshake under a new epoch is answered, so a restart never forgets a fence.
+//! before a handshake under a new epoch is answered, so a restart never forgets a fence; without
+//! one the table lives in memory only.
+//!
+//! The generation is bumped and loaded `SeqCst`: the write barrier (`barrier.rs`) relies on a
+//! single total order of the bump, the barrier's snapshot, and each write's number and check.
 
 use std::collections::HashMap;
 use std::io::Write as _;
@@ -116,7 +120,9 @@ impl FenceTable {
             return Err(Status::StaleEpoch);
         }
         if newest.is_some_and(|n| n < epoch) {
-            self.generation.fetch_add(1, Ordering::Release);
+            // Before the caller takes its write barrier, and under the lock, so that a
+            // request which sees the new generation finds the new entry in `is_current`.
+            self.generation.fetch_add(1, Ordering::SeqCst);
         }
         if entries.contains(&(range, epoch)) {
             return Ok(());
@@ -147,7 +153,7 @@ impl FenceTable {
 
     /// Changes whenever a newer epoch is admitted over an older one.
     pub fn generation(&self) -> u64 {
-        self.generation.load(Ordering::Acquire)
+        self.generation.load(Ordering::SeqCst)
     }
 }
 

@@ -8,6 +8,7 @@
 pub mod agent;
 pub mod arena;
 pub mod backend;
+pub mod barrier;
 pub mod config;
 mod conn;
 pub mod fence;
@@ -23,6 +24,7 @@ use std::time::Duration;
 use dasmesh_wire::{DeviceId, NodeId, VerifyingKey};
 
 use crate::backend::Backend;
+use crate::barrier::WriteLanes;
 use crate::config::{Config, PollMode};
 use crate::fence::FenceTable;
 
@@ -32,6 +34,8 @@ pub struct Shared {
     pub backends: Vec<Backend>,
     /// Highest epochs seen.
     pub fence: FenceTable,
+    /// Modifying ops in flight per reactor, which a new session waits for (`barrier.rs`).
+    pub writes: WriteLanes,
     /// The key tokens must be signed with (from --trust-key, or learned at registration).
     pub trust_key: std::sync::RwLock<Option<VerifyingKey>>,
     /// This node's id (from --node-id, or assigned at registration).
@@ -94,6 +98,7 @@ pub fn open_shared(cfg: &Config) -> anyhow::Result<Shared> {
                 .map_err(|e| anyhow::anyhow!("--state-dir {}: {e}", dir.display()))?,
             None => FenceTable::default(),
         },
+        writes: WriteLanes::new(cfg.cores),
         trust_key: std::sync::RwLock::new(trust_key),
         node_id: std::sync::atomic::AtomicU64::new(cfg.node().0),
         shutdown: AtomicBool::new(false),

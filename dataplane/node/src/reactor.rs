@@ -22,6 +22,7 @@ use slab::Slab;
 
 use crate::arena::{Arena, ZERO_LEN};
 use crate::backend::Store;
+use crate::barrier::{LaneWriter, WriteSeq};
 use crate::config::PollMode;
 use crate::conn::{Conn, Payload, Phase, Reply, Req, SendState, Session, Stage, RBUF_LEN};
 use crate::fence::Range;
@@ -106,6 +107,10 @@ pub struct Reactor {
     cqes: Vec<(u64, i32)>,
     now_ms: u64,
     stopping: Option<Instant>,
+    /// Numbers this reactor's modifying ops in its shared write lane.
+    writes: LaneWriter,
+    /// Connections whose handshake reply waits for the write barrier.
+    held: Vec<usize>,
 }
 
 impl Reactor {
@@ -153,6 +158,7 @@ impl Reactor {
             fixed_files,
             "reactor ready"
         );
+        let writes = shared.writes.writer(id);
         Ok(Self {
             ring,
             id,
@@ -169,6 +175,8 @@ impl Reactor {
             cqes: Vec::with_capacity(1024),
             now_ms: sys::now_ms(),
             stopping: None,
+            writes,
+            held: Vec::new(),
         })
     }
 
@@ -201,14 +209,20 @@ impl Reactor {
                     return Ok(());
                 }
             }
-            let spin = match self.shared.poll {
-                PollMode::Busy => true,
-                PollMode::Interrupt => false,
-                PollMode::Adaptive => last_work.elapsed() < self.shared.spin,
-            };
+            // A held handshake waits on other reactors' completions, which do not wake this
+            // ring: poll rather than sleep until it is released.
+            let spin = !self.held.is_empty()
+                || match self.shared.poll {
+                    PollMode::Busy => true,
+                    PollMode::Interrupt => false,
+                    PollMode::Adaptive => last_work.elapsed() < self.shared.spin,
+                };
             self.enter(spin)?;
             if self.reap() > 0 {
                 last_work = Instant::now();
+            }
+            if !self.held.is_empty() {
+                self.release_held();
             }
             self.pump_dirty();
         }
@@ -304,6 +318,27 @@ impl Reactor {
         }
     }
 
+    /// Answers the held handshakes whose write barrier has passed.
+    fn release_held(&mut self) {
+        let mut held = std::mem::take(&mut self.held);
+        held.retain(|&ci| {
+            let Some(c) = self.conns.get_mut(ci) else {
+                return false;
+            };
+            let Some(h) = c.held.take_if(|h| self.shared.writes.passed(&h.0)) else {
+                // Still waiting, or already released (a reused slot).
+                return c.held.is_some();
+            };
+            c.sendq.push(h.1);
+            if !c.dirty {
+                c.dirty = true;
+                self.dirty.push(ci);
+            }
+            false
+        });
+        self.held = held;
+    }
+
     fn pump_dirty(&mut self) {
         while let Some(ci) = self.dirty.pop() {
             if let Some(c) = self.conns.get_mut(ci) {
@@ -394,7 +429,7 @@ impl Reactor {
                 let ptr = unsafe { self.arena.ptr(buf).add(r.done as usize) };
                 let len = (r.hdr.length - r.done) as u32;
                 self.arm_recv(ci, ptr, len);
-            } else if !stopping && !c.stalled && c.inflight < max_inflight {
+            } else if !stopping && !c.stalled && c.inflight < max_inflight && c.held.is_none() {
                 if c.rstart > 0 {
                     c.rbuf.copy_within(c.rstart..c.rend, 0);
                     c.rend -= c.rstart;
@@ -673,6 +708,7 @@ impl Reactor {
             if c.payload_req.is_some()
                 || c.close_after_send
                 || c.stalled
+                || c.held.is_some()
                 || c.phase == Phase::Closing
             {
                 return;
@@ -716,10 +752,20 @@ impl Reactor {
                     epoch = session.claim.epoch.0,
                     "session opened"
                 );
+                // Taken after the fence table admitted the epoch (and bumped its generation if
+                // it was newer): the old holder's writes are either counted here or refused.
+                let barrier = self.shared.writes.barrier();
                 let c = &mut self.conns[ci];
                 c.session = Some(session);
                 c.phase = Phase::Serving;
-                c.sendq.push(Reply::hello(&reply));
+                match barrier {
+                    None => c.sendq.push(Reply::hello(&reply)),
+                    Some(b) => {
+                        tracing::debug!(conn = ci, "session held for earlier writes");
+                        c.held = Some(Box::new((b, Reply::hello(&reply))));
+                        self.held.push(ci);
+                    }
+                }
                 true
             }
             Err(s) => {
@@ -793,14 +839,19 @@ impl Reactor {
         Ok((session, reply))
     }
 
-    /// The checks every request passes before it touches the device.
-    fn admit(&mut self, ci: usize, h: &RequestHeader) -> Result<Op, Status> {
+    /// The checks every request passes before it touches the device. A modifying op that
+    /// passes holds a number in the write lane, to be ended when it completes.
+    fn admit(&mut self, ci: usize, h: &RequestHeader) -> Result<(Op, Option<WriteSeq>), Status> {
         let stopping = self.stopping.is_some();
         let s = self.conns[ci].session.as_mut().ok_or(Status::Internal)?;
         let op = check_request(h, &s.limits)?;
         if self.now_ms >= s.claim.expires_at_ms {
             return Err(Status::Expired);
         }
+        // Numbered *before* the generation is loaded, so that a barrier taken after a raise
+        // either counts this op or this op sees the raise (barrier.rs).
+        let seq = matches!(op, Op::Write | Op::Discard | Op::WriteZeroes)
+            .then(|| self.writes.begin(&self.shared.writes));
         let generation = self.shared.fence.generation();
         if !s.fenced && generation != s.fence_gen {
             if self
@@ -813,13 +864,22 @@ impl Reactor {
                 s.fenced = true;
             }
         }
-        if s.fenced {
-            return Err(Status::StaleEpoch);
+        let refused = if s.fenced {
+            Some(Status::StaleEpoch)
+        } else if stopping {
+            Some(Status::ShuttingDown)
+        } else {
+            None
+        };
+        match refused {
+            None => Ok((op, seq)),
+            Some(status) => {
+                if let Some(seq) = seq {
+                    self.writes.end(&self.shared.writes, seq);
+                }
+                Err(status)
+            }
         }
-        if stopping {
-            return Err(Status::ShuttingDown);
-        }
-        Ok(op)
     }
 
     /// Parses one request if enough bytes are there; false when it must wait.
@@ -851,7 +911,8 @@ impl Reactor {
                 let verdict = self.admit(ci, &h);
                 let memory = self.is_memory(ci);
                 let buf = match verdict {
-                    Ok(Op::Read) if !memory => match self.arena.alloc(h.length as usize) {
+                    // Not modifying: a stall (parsed again later) leaves no lane number behind.
+                    Ok((Op::Read, _)) if !memory => match self.arena.alloc(h.length as usize) {
                         Some(b) => Some(b),
                         None => {
                             self.stall(ci);
@@ -866,8 +927,9 @@ impl Reactor {
                 c.recv_exact = false;
                 match verdict {
                     Err(s) => self.reply(ci, ReplyHeader::status(h.tag, s), Payload::None),
-                    Ok(op) => {
+                    Ok((op, seq)) => {
                         let ri = self.new_req(ci, h, op, buf, Stage::Data);
+                        self.reqs[ri].write_seq = seq;
                         self.dispatch(ri);
                     }
                 }
@@ -939,7 +1001,7 @@ impl Reactor {
             );
             return false;
         }
-        let verdict = self.admit(ci, &h).and_then(|op| {
+        let verdict = self.admit(ci, &h).and_then(|(op, _)| {
             let body = body?;
             if body.max_hits > self.shared.max_search_hits {
                 return Err(Status::TooLarge);
@@ -998,12 +1060,16 @@ impl Reactor {
             done: 0,
             stage,
             search: None,
+            write_seq: None,
         })
     }
 
     /// Drops a request whose connection went away before it was dispatched.
     fn drop_req(&mut self, ri: usize) {
         let r = self.reqs.remove(ri);
+        if let Some(seq) = r.write_seq {
+            self.writes.end(&self.shared.writes, seq);
+        }
         if let Some(b) = r.buf {
             self.arena.free(b);
             self.wake_stalled();
@@ -1031,7 +1097,10 @@ impl Reactor {
         // `done` counted payload bytes received; from here on it counts bytes written.
         self.reqs[ri].done = 0;
         match self.admit(ci, &h) {
-            Ok(_) => self.dispatch(ri),
+            Ok((_, seq)) => {
+                self.reqs[ri].write_seq = seq;
+                self.dispatch(ri);
+            }
             Err(s) => self.finish(ri, s, Payload::None, 0),
         }
     }
@@ -1249,6 +1318,10 @@ impl Reactor {
     /// Ends a request: frees its slot (unless the payload carries it) and queues the reply.
     fn finish(&mut self, ri: usize, status: Status, payload: Payload, flags: u16) {
         let r = self.reqs.remove(ri);
+        if let Some(seq) = r.write_seq {
+            // Its device work is over (or never started): held handshakes may go on.
+            self.writes.end(&self.shared.writes, seq);
+        }
         if let Some(b) = r.buf {
             self.arena.free(b);
             self.wake_stalled();
