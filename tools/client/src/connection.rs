@@ -1,8 +1,11 @@
 //! One pipelined connection to one device of a node.
 //!
-//! Requests are written under a lock on the socket's write half (header and payload in one
-//! vectored write, no copy of the payload); one reader task reads replies and hands each to the
-//! request waiting on its tag, reading READ data straight into that request's buffer.
+//! Small requests (header and payload up to [`SMALL_FRAME`] bytes) are appended to an outbox
+//! that one writer task sends in batches: at queue depth N a burst of requests costs one
+//! `writev`, not N. Larger ones are written by their caller under the lock on the socket's write
+//! half (header and payload in one vectored write, no copy of the payload). One reader task reads
+//! replies through a buffer (many reply headers per receive) and hands each to the request
+//! waiting on its tag, reading READ data straight into that request's buffer.
 //! Cancelling a call never breaks the stream: see [`Frame`] for how a half-sent frame is finished,
 //! and a request's queue slot is held until its reply has been read.
 
@@ -85,7 +88,58 @@ struct Pending {
     closed: bool,
 }
 
+/// Frames up to this size (header included) go through the outbox (one copy, batched sends).
+pub const SMALL_FRAME: usize = 32 << 10;
+
+/// Small frames waiting for the writer task.
+#[derive(Default)]
+struct Outbox {
+    queue: Mutex<Queued>,
+    kick: tokio::sync::Notify,
+}
+
+/// The frames of the next batch, back to back, and where each one is (by tag).
+#[derive(Default)]
+struct Queued {
+    bytes: Vec<u8>,
+    frames: Vec<(u64, usize, usize)>,
+}
+
+impl Queued {
+    /// Takes out a frame that was not sent yet; false if the writer already has it.
+    fn remove(&mut self, tag: u64) -> bool {
+        let Some(i) = self.frames.iter().position(|f| f.0 == tag) else {
+            return false;
+        };
+        let (_, start, end) = self.frames.remove(i);
+        self.bytes.drain(start..end);
+        for f in &mut self.frames[i..] {
+            f.1 -= end - start;
+            f.2 -= end - start;
+        }
+        true
+    }
+}
+
+/// Takes a small request's frame back out of the outbox if its call is dropped before the
+/// writer task took it (so a cancelled request that never left is never sent).
+struct Unsent<'a> {
+    inner: &'a Inner,
+    tag: u64,
+    armed: bool,
+}
+
+impl Drop for Unsent<'_> {
+    fn drop(&mut self) {
+        if self.armed && lock(&self.inner.outbox.queue).remove(self.tag) {
+            lock(&self.inner.pending).waiters.remove(&self.tag);
+        }
+    }
+}
+
 struct Inner {
+    outbox: Arc<Outbox>,
+    writer_task: Mutex<Option<JoinHandle<()>>>,
     info: HelloReply,
     writer: Arc<tokio::sync::Mutex<OwnedWriteHalf>>,
     pending: Mutex<Pending>,
@@ -129,6 +183,53 @@ impl Drop for Inner {
         if let Some(h) = lock(&self.reader).take() {
             h.abort();
         }
+        if let Some(h) = lock(&self.writer_task).take() {
+            h.abort();
+        }
+    }
+}
+
+/// Sends what the outbox holds, batch after batch, until the connection stops.
+async fn write_batches(
+    outbox: Arc<Outbox>,
+    writer: Arc<tokio::sync::Mutex<OwnedWriteHalf>>,
+    inner: std::sync::Weak<Inner>,
+) {
+    let mut batch = Queued::default();
+    loop {
+        outbox.kick.notified().await;
+        loop {
+            let Some(strong) = inner.upgrade() else {
+                return;
+            };
+            // The lock first, then the frames: until the batch is taken, a cancelled call can
+            // still take its frame back.
+            let mut w = tokio::select! {
+                biased;
+                _ = strong.stopped.acquire() => return,
+                w = writer.lock() => w,
+            };
+            {
+                let mut q = lock(&outbox.queue);
+                if q.bytes.is_empty() {
+                    break;
+                }
+                std::mem::swap(&mut *q, &mut batch);
+            }
+            let r = tokio::select! {
+                biased;
+                _ = strong.stopped.acquire() => return,
+                r = w.write_all(&batch.bytes) => r,
+            };
+            drop(w);
+            batch.bytes.clear();
+            batch.frames.clear();
+            if let Err(e) = r {
+                tracing::debug!("sending requests: {e}");
+                strong.fail_all(|| Error::Closed);
+                return;
+            }
+        }
     }
 }
 
@@ -160,9 +261,13 @@ impl Connection {
             .map_err(|_| Error::Timeout)??;
         let (rd, wr) = stream.into_split();
         let depth = opts.queue_depth.clamp(1, info.max_inflight.max(1) as usize);
+        let writer = Arc::new(tokio::sync::Mutex::new(wr));
+        let outbox = Arc::new(Outbox::default());
         let inner = Arc::new(Inner {
+            outbox: Arc::clone(&outbox),
+            writer_task: Mutex::new(None),
             info,
-            writer: Arc::new(tokio::sync::Mutex::new(wr)),
+            writer: Arc::clone(&writer),
             pending: Mutex::new(Pending::default()),
             next_tag: AtomicU64::new(1),
             slots: Arc::new(Semaphore::new(depth)),
@@ -170,6 +275,11 @@ impl Connection {
             reader: Mutex::new(None),
         });
         let weak = Arc::downgrade(&inner);
+        *lock(&inner.writer_task) = Some(tokio::spawn(write_batches(
+            outbox,
+            writer,
+            weak.clone(),
+        )));
         let handle = tokio::spawn(async move {
             let why = read_replies(rd, &weak).await;
             if let Some(inner) = weak.upgrade() {
@@ -255,6 +365,31 @@ impl Connection {
             );
         }
         let header = RequestHeader::new(op, flags, Tag(tag), offset, length).encode();
+        if header.len() + payload.len() <= SMALL_FRAME {
+            // Once the writer task has it the frame is sent whole, whatever becomes of this
+            // call; before that, dropping the call takes it back out.
+            {
+                let mut q = lock(&inner.outbox.queue);
+                let start = q.bytes.len();
+                q.bytes.extend_from_slice(&header);
+                q.bytes.extend_from_slice(payload);
+                let end = q.bytes.len();
+                q.frames.push((tag, start, end));
+            }
+            let mut unsent = Unsent {
+                inner,
+                tag,
+                armed: true,
+            };
+            inner.outbox.kick.notify_one();
+            let done = rx.await;
+            unsent.armed = false;
+            let done = done.map_err(|_| Error::Closed)??;
+            return match done.header.status_enum() {
+                Status::Ok => Ok(done),
+                status => Err(Error::Request { op, status }),
+            };
+        }
         let mut frame = Frame {
             inner: Arc::clone(inner),
             tag,
@@ -477,7 +612,8 @@ impl Drop for Frame<'_> {
 }
 
 /// Reads replies until the socket closes or the node breaks the protocol; returns why it stopped.
-async fn read_replies(mut rd: OwnedReadHalf, inner: &std::sync::Weak<Inner>) -> Error {
+async fn read_replies(rd: OwnedReadHalf, inner: &std::sync::Weak<Inner>) -> Error {
+    let mut rd = tokio::io::BufReader::with_capacity(64 << 10, rd);
     let mut hb = [0u8; REPLY_HEADER_LEN];
     loop {
         if let Err(e) = rd.read_exact(&mut hb).await {
