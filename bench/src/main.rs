@@ -9,6 +9,7 @@ mod node;
 mod report;
 mod sys;
 mod verify;
+mod volume;
 mod workload;
 
 use std::path::PathBuf;
@@ -35,18 +36,28 @@ fn size_arg(s: &str) -> Result<u64, String> {
 /// row shows its IOPS ratio to it. Targets:
 ///   local:PATH   io_uring + O_DIRECT straight on a file or block device (the baseline)
 ///   node:ADDR    a dasmesh node's device, with the token from --token
+///   volume:NAME  a dasmesh volume of any layout, mounted from --controller (read-write
+///                for workloads that write, so the volume must not be leased read-write)
 ///
 /// Example: dasmesh-bench --target local:/var/tmp/disk.img --target node:127.0.0.1:7700
 ///   --token tok --rw randread --bs 4k --iodepth 32 --runtime 10s --json out.json --plot out.svg
 #[derive(Parser, Debug)]
 #[command(name = "dasmesh-bench", version, verbatim_doc_comment, after_long_help = AFTER_HELP)]
 struct Args {
-    /// A target (repeat for several): local:PATH or node:ADDR. The first is the baseline.
+    /// A target (repeat for several): local:PATH, node:ADDR or volume:NAME. The first is the
+    /// baseline.
     #[arg(long = "target", required = true)]
     targets: Vec<String>,
     /// Token file for node: targets (from `dasmesh token mint`; names the device).
     #[arg(long)]
     token: Option<PathBuf>,
+    /// Controller for volume: targets.
+    #[arg(
+        long,
+        env = "DASMESH_CONTROLLER",
+        default_value = "http://127.0.0.1:7600"
+    )]
+    controller: String,
     /// Access pattern.
     #[arg(long, value_enum, default_value = "randread")]
     rw: Rw,
@@ -115,6 +126,7 @@ or setup (the message says which). More: bench/README.md.";
 enum Target {
     Local(PathBuf),
     Node(String, Token),
+    Volume(String),
 }
 
 fn parse_target(t: &str, token: Option<&PathBuf>) -> anyhow::Result<Target> {
@@ -129,10 +141,11 @@ fn parse_target(t: &str, token: Option<&PathBuf>) -> anyhow::Result<Target> {
             Token::from_text(&text).with_context(|| format!("token in {}", path.display()))?;
         return Ok(Target::Node(addr.to_string(), tok));
     }
-    if t.starts_with("volume:") {
-        bail!("{t}: volume targets need the control plane, which this build does not have yet");
+    if let Some(name) = t.strip_prefix("volume:") {
+        anyhow::ensure!(!name.is_empty(), "{t}: expected volume:NAME");
+        return Ok(Target::Volume(name.to_string()));
     }
-    bail!("unknown target {t:?}: expected local:PATH or node:ADDR")
+    bail!("unknown target {t:?}: expected local:PATH, node:ADDR or volume:NAME")
 }
 
 fn main() {
@@ -203,7 +216,7 @@ fn run(a: Args) -> anyhow::Result<bool> {
                 bail!("{name}: a {:?} workload overwrites the block device; add --destroy-data if that is what you want", w.rw);
             }
         }
-        let (w, engines, region) = open_target(t, w, a.size, spin)?;
+        let (w, engines, region) = open_target(t, w, a.size, spin, &a.controller)?;
         let r = run_target(name, &w, engines, region, !a.no_progress)?;
         let base = results
             .first()
@@ -254,6 +267,7 @@ fn open_target(
     mut w: Workload,
     size: Option<u64>,
     spin: Duration,
+    controller: &str,
 ) -> anyhow::Result<Opened> {
     let mut engines: Vec<Box<dyn Engine>> = Vec::new();
     let (start, avail) = match t {
@@ -290,6 +304,23 @@ fn open_target(
                 lent.1
             );
             (lent.0 + w.offset, lent.1 - w.offset)
+        }
+        Target::Volume(name) => {
+            let m = volume::Mounted::mount(controller, name, w.rw.writes(), w.iodepth * w.numjobs)?;
+            let total = m.volume().size();
+            for _ in 0..w.numjobs {
+                engines.push(Box::new(volume::VolumeEngine::new(
+                    Arc::clone(&m),
+                    w.iodepth,
+                    w.bs as usize,
+                )?));
+            }
+            anyhow::ensure!(
+                w.offset < total,
+                "--offset {} is beyond volume {name:?} ({total} bytes)",
+                w.offset
+            );
+            (w.offset, total - w.offset)
         }
     };
     let len = size.unwrap_or(avail).min(avail) / w.bs * w.bs;

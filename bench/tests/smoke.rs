@@ -217,3 +217,93 @@ fn bad_arguments_are_refused_with_a_reason() {
     let (ok, _, err) = bench(&["--target", "volume:v1"]);
     assert!(!ok && err.contains("control plane"), "{err}");
 }
+
+/// `volume:NAME` targets: a single and a mirror volume of a real controller and two nodes,
+/// mounted through the control plane, verified randrw with two jobs each, and the lease given
+/// back afterwards.
+#[test]
+fn volume_targets_of_any_layout_run_verified() {
+    use dasmesh_api::v1;
+    use dasmesh_testkit::Process;
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let ctl = Process::controller(&dir.path().join("ctl"), "127.0.0.1:0");
+    let _n: Vec<Process> = (0..2)
+        .map(|i| Process::node(dir.path(), &ctl.addr, &format!("n{i}")))
+        .collect();
+    let url = format!("http://{}", ctl.addr);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let ch = rt.block_on(async {
+        tonic::transport::Endpoint::from_shared(url.clone())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap()
+    });
+    for (name, kind, width) in [
+        ("one", v1::LayoutKind::Single, 0),
+        ("two", v1::LayoutKind::Mirror, 2),
+    ] {
+        rt.block_on(v1::volumes_client::VolumesClient::new(ch.clone()).create(
+            v1::CreateVolumeRequest {
+                name: name.into(),
+                size_bytes: 8 << 20,
+                layout: Some(v1::Layout {
+                    kind: kind as i32,
+                    width,
+                    stripe_unit_bytes: 0,
+                }),
+                requirements: None,
+            },
+        ))
+        .unwrap();
+    }
+    let j = dir.path().join("v.json");
+    let (ok, out, err) = bench(&[
+        "--quick",
+        "--no-progress",
+        "--controller",
+        &url,
+        "--target",
+        "volume:one",
+        "--target",
+        "volume:two",
+        "--rw",
+        "randrw",
+        "--verify",
+        "--iodepth",
+        "8",
+        "--numjobs",
+        "2",
+        "--runtime",
+        "1s",
+        "--json",
+        j.to_str().unwrap(),
+    ]);
+    assert!(ok, "{out}\n{err}");
+    let v = json(&j);
+    let results = v["results"].as_array().unwrap();
+    assert_eq!(results.len(), 2);
+    for r in results {
+        assert!(r["iops"].as_f64().unwrap() > 0.0, "{r}");
+        assert_eq!(r["errors"], 0, "{r}");
+        assert_eq!(r["verify"]["mismatches"], 0, "{r}");
+        assert!(r["verify"]["verified"].as_u64().unwrap() > 0, "{r}");
+    }
+    let leases = rt
+        .block_on(
+            v1::leases_client::LeasesClient::new(ch.clone()).list(v1::ListLeasesRequest::default()),
+        )
+        .unwrap()
+        .into_inner()
+        .leases;
+    assert!(
+        leases.is_empty(),
+        "the runner gave its leases back: {leases:?}"
+    );
+
+    let (ok, _, err) = bench(&["--quick", "--controller", &url, "--target", "volume:nope"]);
+    assert!(!ok && err.contains("nope"), "{err}");
+}
