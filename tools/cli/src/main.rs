@@ -4,6 +4,7 @@
 mod ctl;
 mod io;
 mod keys;
+mod nbd;
 
 use clap::{Parser, Subcommand};
 
@@ -49,6 +50,9 @@ enum Cmd {
     Lease(ctl::LeaseCmd),
     /// Usage and charges per host and volume.
     Usage(ctl::UsageArgs),
+    /// Serve a volume over NBD (qemu, nbd-client, fio, nbdcopy).
+    #[command(subcommand)]
+    Nbd(nbd::NbdCmd),
 }
 
 fn main() {
@@ -68,6 +72,7 @@ fn main() {
         Cmd::Volume(c) => ctl::run(&cli.controller, cli.json, ctl::Ctl::Volume(c)),
         Cmd::Lease(c) => ctl::run(&cli.controller, cli.json, ctl::Ctl::Lease(c)),
         Cmd::Usage(a) => ctl::run(&cli.controller, cli.json, ctl::Ctl::Usage(a)),
+        Cmd::Nbd(c) => nbd::run(c, &cli.controller),
     };
     if let Err(e) = r {
         eprintln!("dasmesh: {e:#}");

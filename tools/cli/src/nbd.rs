@@ -1,0 +1,84 @@
+//! `dasmesh nbd serve`: a volume as an NBD export (the work is in the `dasmesh-nbd` crate).
+
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use dasmesh_client::{default_host, MountOptions};
+use dasmesh_nbd::{GatewayOptions, ListenAddr};
+
+/// NBD gateway commands.
+#[derive(Subcommand)]
+pub enum NbdCmd {
+    /// Mount VOLUME and serve it as an NBD export until SIGTERM or SIGINT (then finish requests
+    /// in flight, flush and unmount). Prints `listening ADDR` on stdout once clients can connect.
+    Serve(ServeArgs),
+}
+
+/// `dasmesh nbd serve`.
+#[derive(Args)]
+pub struct ServeArgs {
+    /// The volume.
+    volume: String,
+    /// `HOST:PORT` (port 0 picks a free one) or `unix:PATH`.
+    #[arg(long, default_value = "127.0.0.1:10809")]
+    listen: ListenAddr,
+    /// Mount read-only and refuse writes (EPERM).
+    #[arg(long)]
+    read_only: bool,
+    /// Host name recorded in the lease and usage.
+    #[arg(long, default_value_t = default_host())]
+    host: String,
+    /// Lease length (renewed in the background); 0: the controller's default.
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    ttl: Duration,
+    /// Connections per extent to its node.
+    #[arg(long, default_value_t = 2)]
+    connections: usize,
+    /// Requests in flight per node connection.
+    #[arg(long, default_value_t = 64)]
+    queue_depth: usize,
+    /// Runtime worker threads (0: one, on the main thread).
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+}
+
+/// Runs a subcommand.
+pub fn run(cmd: NbdCmd, controller: &str) -> anyhow::Result<()> {
+    let NbdCmd::Serve(a) = cmd;
+    let rt = if a.threads == 0 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(a.threads)
+            .enable_all()
+            .build()
+    }
+    .context("start the runtime")?;
+    let opts = GatewayOptions {
+        listen: a.listen,
+        read_only: a.read_only,
+        mount: MountOptions {
+            host: a.host,
+            ttl: a.ttl,
+            connections: a.connections,
+            queue_depth: a.queue_depth,
+            ..Default::default()
+        },
+    };
+    rt.block_on(dasmesh_nbd::serve_volume(
+        controller,
+        &a.volume,
+        opts,
+        |addr| {
+            use std::io::Write;
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "listening {addr}");
+            let _ = out.flush();
+        },
+        dasmesh_nbd::shutdown_signal(),
+    ))?;
+    Ok(())
+}

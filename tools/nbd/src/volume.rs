@@ -1,0 +1,206 @@
+//! The gateway proper: a mounted dasmesh [`Volume`] as the backend, its errors mapped to NBD
+//! errors, and [`serve_volume`], which mounts, serves until told to stop, then flushes and
+//! unmounts (the lease ends).
+
+use std::future::Future;
+use std::sync::Arc;
+
+use dasmesh_client::{Access, Error, MountOptions, Volume};
+use dasmesh_wire::Status;
+
+use crate::export::{Backend, Export, Failure};
+use crate::proto::Errno;
+use crate::server::{serve, ListenAddr, Listener};
+
+/// The NBD error for a failed volume call.
+pub fn errno(e: &Error) -> Errno {
+    match e.status() {
+        Some(Status::NoSpace) => Errno::NoSpc,
+        Some(Status::ReadOnly) => Errno::Perm,
+        Some(
+            Status::Misaligned
+            | Status::OutOfRange
+            | Status::TooLarge
+            | Status::InvalidLength
+            | Status::BadFlags,
+        ) => Errno::Inval,
+        Some(_) => Errno::Io,
+        None => match e {
+            Error::Invalid(_) => Errno::Inval,
+            _ => Errno::Io,
+        },
+    }
+}
+
+fn fail(e: Error) -> Failure {
+    Failure {
+        code: errno(&e),
+        why: e.to_string(),
+    }
+}
+
+impl Backend for Volume {
+    async fn read(&self, offset: u64, len: usize) -> Result<Vec<u8>, Failure> {
+        Volume::read(self, offset, len).await.map_err(fail)
+    }
+
+    async fn write(&self, offset: u64, data: &[u8], fua: bool) -> Result<(), Failure> {
+        Volume::write(self, offset, data, fua).await.map_err(fail)
+    }
+
+    async fn flush(&self) -> Result<(), Failure> {
+        Volume::flush(self).await.map_err(fail)
+    }
+
+    async fn discard(&self, offset: u64, len: u64) -> Result<(), Failure> {
+        Volume::discard(self, offset, len).await.map_err(fail)
+    }
+
+    async fn write_zeroes(&self, offset: u64, len: u64, fua: bool) -> Result<(), Failure> {
+        Volume::write_zeroes(self, offset, len, fua)
+            .await
+            .map_err(fail)
+    }
+}
+
+/// How to serve a volume.
+#[derive(Clone, Debug)]
+pub struct GatewayOptions {
+    /// Where to listen.
+    pub listen: ListenAddr,
+    /// Mount read-only and export read-only.
+    pub read_only: bool,
+    /// How to mount (`access` is set from `read_only`).
+    pub mount: MountOptions,
+}
+
+/// Why the gateway stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    /// The volume could not be mounted.
+    #[error("mount {volume}: {source}")]
+    Mount {
+        /// The volume.
+        volume: String,
+        /// Why.
+        source: Error,
+    },
+    /// The listen address could not be bound.
+    #[error("listen on {addr:?}: {source}")]
+    Bind {
+        /// The address.
+        addr: ListenAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The final flush or the unmount failed.
+    #[error("unmount {volume}: {source}")]
+    Unmount {
+        /// The volume.
+        volume: String,
+        /// Why.
+        source: Error,
+    },
+}
+
+/// Mounts `volume` through the controller at `controller`, serves it as an NBD export, calls
+/// `listening` with the address once clients can connect, and runs until `shutdown` resolves.
+/// Then: no new connections, requests in flight are finished, the volume is flushed and
+/// unmounted (the lease ends).
+pub async fn serve_volume(
+    controller: &str,
+    volume: &str,
+    mut opts: GatewayOptions,
+    listening: impl FnOnce(&str),
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), GatewayError> {
+    opts.mount.access = if opts.read_only {
+        Access::ReadOnly
+    } else {
+        Access::ReadWrite
+    };
+    let vol = Volume::mount(controller, volume, opts.mount.clone())
+        .await
+        .map_err(|source| GatewayError::Mount {
+            volume: volume.to_string(),
+            source,
+        })?;
+    let export = Arc::new(Export {
+        name: volume.to_string(),
+        description: format!("dasmesh volume {volume} ({:?})", vol.layout()),
+        size: vol.size(),
+        min_block: vol.block_size(),
+        read_only: opts.read_only,
+    });
+    let listener = match Listener::bind(&opts.listen).await {
+        Ok(l) => l,
+        Err(source) => {
+            let _ = vol.unmount().await;
+            return Err(GatewayError::Bind {
+                addr: opts.listen,
+                source,
+            });
+        }
+    };
+    tracing::info!(
+        volume,
+        size = export.size,
+        block = export.min_block,
+        lease = vol.lease_id(),
+        read_only = export.read_only,
+        addr = %listener.local_addr(),
+        "serving"
+    );
+    listening(&listener.local_addr());
+    let backend = Arc::new(vol);
+    serve(listener, export, Arc::clone(&backend), shutdown).await;
+    // Every connection task has ended, so this is the last reference.
+    let vol = Arc::try_unwrap(backend).unwrap_or_else(|a| (*a).clone());
+    let lease = vol.lease_id();
+    vol.unmount()
+        .await
+        .map_err(|source| GatewayError::Unmount {
+            volume: volume.to_string(),
+            source,
+        })?;
+    tracing::info!(volume, lease, "flushed and unmounted");
+    Ok(())
+}
+
+/// Resolves on the first SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        // Cannot happen on a Unix process with a runtime; never stop rather than stop at once.
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM"),
+        _ = int.recv() => tracing::info!("SIGINT"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dasmesh_wire::Op;
+
+    #[test]
+    fn error_mapping() {
+        let req = |status| Error::Request {
+            op: Op::Write,
+            status,
+        };
+        assert_eq!(errno(&req(Status::NoSpace)), Errno::NoSpc);
+        assert_eq!(errno(&req(Status::IoError)), Errno::Io);
+        assert_eq!(errno(&req(Status::ReadOnly)), Errno::Perm);
+        assert_eq!(errno(&req(Status::Misaligned)), Errno::Inval);
+        assert_eq!(errno(&req(Status::StaleEpoch)), Errno::Io);
+        assert_eq!(errno(&Error::Invalid("x".into())), Errno::Inval);
+        assert_eq!(errno(&Error::Closed), Errno::Io);
+        assert_eq!(errno(&Error::Unavailable("x".into())), Errno::Io);
+    }
+}
