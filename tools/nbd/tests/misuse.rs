@@ -1,0 +1,335 @@
+//! Protocol misuse from a raw NBD client, against the real gateway on a real cluster: each
+//! mistake is answered as the NBD spec says, the stream stays in sync after a refused WRITE, and
+//! the gateway keeps serving other connections (also after one is dropped for a bad magic).
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use common::Cluster;
+use dasmesh_nbd::proto::{self, Cmd, InfoRequest, Rep, Request};
+
+const SIZE: u64 = 16 << 20;
+const EPERM: u32 = 1;
+const EINVAL: u32 = 22;
+const ENOSPC: u32 = 28;
+
+struct Client {
+    s: TcpStream,
+    next: u64,
+}
+
+impl Client {
+    /// Connects and sends the client flags (fixed newstyle, no zeroes).
+    fn connect(addr: &str) -> Client {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut g = [0u8; 18];
+        s.read_exact(&mut g).unwrap();
+        assert_eq!(g, proto::greeting());
+        s.write_all(&3u32.to_be_bytes()).unwrap();
+        Client { s, next: 1 }
+    }
+
+    fn option(&mut self, option: u32, data: &[u8]) {
+        let h = proto::OptionHeader {
+            magic: proto::IHAVEOPT,
+            option,
+            length: data.len() as u32,
+        };
+        self.s.write_all(&h.encode()).unwrap();
+        self.s.write_all(data).unwrap();
+    }
+
+    fn option_reply(&mut self) -> proto::OptionReply {
+        let mut h = [0u8; 20];
+        self.s.read_exact(&mut h).unwrap();
+        let len = u32::from_be_bytes(h[16..20].try_into().unwrap()) as usize;
+        let mut all = h.to_vec();
+        all.resize(20 + len, 0);
+        self.s.read_exact(&mut all[20..]).unwrap();
+        proto::decode_option_reply(&all).expect("an option reply").0
+    }
+
+    /// NBD_OPT_GO for the default export: (size, flags, block sizes).
+    fn go(&mut self) -> (u64, u16, [u32; 3]) {
+        let d = proto::encode_info_request(&InfoRequest {
+            name: String::new(),
+            requests: vec![proto::info::BLOCK_SIZE],
+        });
+        self.option(7, &d);
+        let (mut size, mut flags, mut bs) = (0, 0, [0; 3]);
+        loop {
+            let r = self.option_reply();
+            assert_eq!(r.option, 7);
+            if r.rep == Rep::Ack as u32 {
+                return (size, flags, bs);
+            }
+            assert_eq!(r.rep, Rep::Info as u32, "GO refused: {r:?}");
+            let be32 = |i: usize| u32::from_be_bytes(r.data[i..i + 4].try_into().unwrap());
+            match u16::from_be_bytes([r.data[0], r.data[1]]) {
+                0 => {
+                    size = u64::from_be_bytes(r.data[2..10].try_into().unwrap());
+                    flags = u16::from_be_bytes([r.data[10], r.data[11]]);
+                }
+                3 => bs = [be32(2), be32(6), be32(10)],
+                _ => {}
+            }
+        }
+    }
+
+    fn send(&mut self, kind: u16, flags: u16, offset: u64, length: u32, payload: &[u8]) -> u64 {
+        let handle = self.next;
+        self.next += 1;
+        let r = Request {
+            magic: proto::REQUEST_MAGIC,
+            flags,
+            kind,
+            handle,
+            offset,
+            length,
+        };
+        self.s.write_all(&r.encode()).unwrap();
+        self.s.write_all(payload).unwrap();
+        handle
+    }
+
+    /// One reply header: (error, handle).
+    fn reply(&mut self) -> (u32, u64) {
+        let mut h = [0u8; proto::SIMPLE_REPLY_LEN];
+        self.s.read_exact(&mut h).unwrap();
+        proto::decode_simple_reply(&h).expect("simple reply magic")
+    }
+
+    fn expect(&mut self, handle: u64, error: u32) {
+        assert_eq!(self.reply(), (error, handle));
+    }
+
+    fn read(&mut self, offset: u64, len: u32) -> Result<Vec<u8>, u32> {
+        let h = self.send(Cmd::Read as u16, 0, offset, len, &[]);
+        let (err, got) = self.reply();
+        assert_eq!(got, h);
+        if err != 0 {
+            return Err(err);
+        }
+        let mut d = vec![0u8; len as usize];
+        self.s.read_exact(&mut d).unwrap();
+        Ok(d)
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) -> u32 {
+        let h = self.send(Cmd::Write as u16, 0, offset, data.len() as u32, data);
+        let (err, got) = self.reply();
+        assert_eq!(got, h);
+        err
+    }
+
+    /// Whether the server closed the connection.
+    fn closed(&mut self) -> bool {
+        let mut b = [0u8; 1];
+        matches!(self.s.read(&mut b), Ok(0) | Err(_))
+    }
+}
+
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31) ^ seed)
+        .collect()
+}
+
+#[test]
+fn misuse_is_answered_as_the_spec_says() {
+    let c = Cluster::start(1);
+    c.create("vol", "single", SIZE);
+    let mut gw = c.gateway("vol", &[]);
+
+    // Handshake: unknown options, STARTTLS, structured replies, LIST with data, an unknown
+    // export: each answered with an error, and the negotiation goes on.
+    let mut a = Client::connect(&gw.addr);
+    for (opt, data, rep) in [
+        (99u32, &b"xyz"[..], Rep::ErrUnsup),
+        (5, b"", Rep::ErrUnsup),
+        (8, b"", Rep::ErrUnsup),
+        (3, b"x", Rep::ErrInvalid),
+    ] {
+        a.option(opt, data);
+        let r = a.option_reply();
+        assert_eq!((r.option, r.rep), (opt, rep as u32), "option {opt}");
+    }
+    a.option(3, b"");
+    let r = a.option_reply();
+    assert_eq!(r.rep, Rep::Server as u32);
+    assert_eq!(&r.data[4..7], b"vol");
+    assert_eq!(a.option_reply().rep, Rep::Ack as u32);
+    let d = proto::encode_info_request(&InfoRequest {
+        name: "other".into(),
+        requests: vec![],
+    });
+    a.option(6, &d);
+    assert_eq!(a.option_reply().rep, Rep::ErrUnknown as u32);
+    let (size, flags, bs) = a.go();
+    assert_eq!(size, SIZE);
+    assert_eq!(flags, 1 | 4 | 8 | 32 | 64 | 256);
+    assert_eq!(bs, [4096, 4096, 32 << 20]);
+
+    // A second client, in transmission before anything goes wrong on the first.
+    let mut b = Client::connect(&gw.addr);
+    b.go();
+
+    // Plain I/O works.
+    let data = pattern(8192, 7);
+    assert_eq!(a.write(4096, &data), 0);
+    assert_eq!(a.read(4096, 8192).unwrap(), data);
+
+    // Past the end: reads EINVAL (no payload), writes ENOSPC (payload drained).
+    assert_eq!(a.read(SIZE, 4096), Err(EINVAL));
+    assert_eq!(a.read(SIZE - 4096, 8192), Err(EINVAL));
+    assert_eq!(a.write(SIZE - 4096, &pattern(8192, 1)), ENOSPC);
+    // Misaligned to the 4096-byte minimum block size.
+    assert_eq!(a.read(512, 4096), Err(EINVAL));
+    assert_eq!(a.write(0, &pattern(512, 2)), EINVAL);
+    // Larger than the 32 MiB maximum block size (the export is smaller, so also past the end:
+    // EINVAL for the read, ENOSPC for the write; either way the payload is drained).
+    assert_eq!(a.read(0, 64 << 20), Err(EINVAL));
+    assert_eq!(a.write(0, &vec![0xaa; (32 << 20) + 4096]), ENOSPC);
+    // Unknown command, unknown flag, a flag not for this command.
+    let h = a.send(5, 0, 0, 4096, &[]);
+    a.expect(h, EINVAL);
+    let h = a.send(Cmd::Read as u16, 1 << 7, 0, 4096, &[]);
+    a.expect(h, EINVAL);
+    let h = a.send(
+        Cmd::Write as u16,
+        proto::CMD_FLAG_NO_HOLE,
+        0,
+        4096,
+        &[9; 4096],
+    );
+    a.expect(h, EINVAL);
+    // Nothing refused changed the volume, and the stream is still in sync.
+    assert_eq!(a.read(4096, 8192).unwrap(), data);
+    assert_eq!(a.read(0, 4096).unwrap(), vec![0; 4096]);
+
+    // Pipelined: 48 requests at once, answered in any order, each with its own data.
+    let mut want = std::collections::HashMap::new();
+    for i in 0..16u64 {
+        let d = pattern(4096, i as u8);
+        let h = a.send(Cmd::Write as u16, 0, (64 + i) * 4096, 4096, &d);
+        want.insert(h, None);
+    }
+    for h in want.keys().copied().collect::<Vec<_>>() {
+        assert_eq!(a.reply().0, 0, "write {h}");
+    }
+    want.clear();
+    for i in 0..32u64 {
+        let h = a.send(Cmd::Read as u16, 0, (64 + i % 16) * 4096, 4096, &[]);
+        want.insert(h, Some(pattern(4096, (i % 16) as u8)));
+    }
+    for _ in 0..32 {
+        let (err, h) = a.reply();
+        assert_eq!(err, 0);
+        let mut d = vec![0u8; 4096];
+        a.s.read_exact(&mut d).unwrap();
+        assert_eq!(Some(&Some(d)), want.get(&h), "read {h}");
+        want.remove(&h);
+    }
+    // FLUSH, TRIM, WRITE_ZEROES (with NO_HOLE and FUA).
+    let h = a.send(Cmd::Flush as u16, 0, 0, 0, &[]);
+    a.expect(h, 0);
+    let h = a.send(Cmd::WriteZeroes as u16, 3, 4096, 4096, &[]);
+    a.expect(h, 0);
+    assert_eq!(a.read(4096, 4096).unwrap(), vec![0; 4096]);
+    let h = a.send(Cmd::Trim as u16, 0, 1 << 20, 1 << 20, &[]);
+    a.expect(h, 0);
+
+    // A bad request magic: that connection is dropped...
+    a.s.write_all(&[0x12; proto::REQUEST_LEN]).unwrap();
+    assert!(a.closed(), "bad magic must disconnect");
+    // ...and the others keep being served, old and new.
+    assert_eq!(b.read(4096 * 2, 4096).unwrap(), data[4096..]);
+    let mut n = Client::connect(&gw.addr);
+    n.go();
+    assert_eq!(n.read(4096 * 2, 4096).unwrap(), data[4096..]);
+    // A bad option magic during the handshake: dropped too.
+    let mut h = Client::connect(&gw.addr);
+    h.s.write_all(&[0u8; 16]).unwrap();
+    assert!(h.closed());
+    // NBD_OPT_ABORT: acknowledged, then closed.
+    let mut ab = Client::connect(&gw.addr);
+    ab.option(2, b"");
+    assert_eq!(ab.option_reply().rep, Rep::Ack as u32);
+    assert!(ab.closed());
+    // NBD_CMD_DISC: no reply, the connection closes.
+    n.send(Cmd::Disc as u16, 0, 0, 0, &[]);
+    assert!(n.closed());
+    assert_eq!(b.read(4096 * 2, 4096).unwrap(), data[4096..]);
+
+    // SIGTERM with a client still connected: exit 0, lease ended.
+    let status = gw.signal("TERM");
+    assert!(status.success(), "gateway exited with {status}");
+    assert!(b.closed());
+    c.mount("vol").expect("the gateway's lease has ended");
+
+    // Read-only: writes, trims and zeroes refused with EPERM; reads served.
+    let gw = c.gateway("vol", &["--read-only"]);
+    let mut r = Client::connect(&gw.addr);
+    let (_, flags, _) = r.go();
+    assert_eq!(flags & proto::FLAG_READ_ONLY, proto::FLAG_READ_ONLY);
+    assert_eq!(r.write(0, &pattern(4096, 3)), EPERM);
+    let h = r.send(Cmd::Trim as u16, 0, 0, 4096, &[]);
+    r.expect(h, EPERM);
+    let h = r.send(Cmd::WriteZeroes as u16, 0, 0, 4096, &[]);
+    r.expect(h, EPERM);
+    assert_eq!(r.read(4096 * 2, 4096).unwrap(), data[4096..]);
+}
+
+#[test]
+fn old_style_export_name_and_unix_socket() {
+    let c = Cluster::start(1);
+    c.create("u", "single", SIZE);
+    let sock = c.dir.path().join("nbd.sock");
+    let gw = c.gateway("u", &["--listen", &format!("unix:{}", sock.display())]);
+    assert_eq!(gw.addr, format!("unix:{}", sock.display()));
+    let mut s = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut g = [0u8; 18];
+    s.read_exact(&mut g).unwrap();
+    // Fixed newstyle without NO_ZEROES: EXPORT_NAME is answered with 124 zero bytes.
+    s.write_all(&1u32.to_be_bytes()).unwrap();
+    let h = proto::OptionHeader {
+        magic: proto::IHAVEOPT,
+        option: 1,
+        length: 1,
+    };
+    s.write_all(&h.encode()).unwrap();
+    s.write_all(b"u").unwrap();
+    let mut ans = [0u8; 134];
+    s.read_exact(&mut ans).unwrap();
+    assert_eq!(u64::from_be_bytes(ans[..8].try_into().unwrap()), SIZE);
+    assert!(ans[10..].iter().all(|&b| b == 0));
+    let r = Request {
+        magic: proto::REQUEST_MAGIC,
+        flags: 0,
+        kind: Cmd::Read as u16,
+        handle: 77,
+        offset: 0,
+        length: 4096,
+    };
+    s.write_all(&r.encode()).unwrap();
+    let mut rep = [0u8; 16];
+    s.read_exact(&mut rep).unwrap();
+    assert_eq!(proto::decode_simple_reply(&rep), Some((0, 77)));
+    let mut d = vec![1u8; 4096];
+    s.read_exact(&mut d).unwrap();
+    assert_eq!(d, vec![0; 4096]);
+    // An unknown export name cannot be refused politely: the connection is closed.
+    let mut s2 = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+    s2.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    s2.read_exact(&mut g).unwrap();
+    s2.write_all(&3u32.to_be_bytes()).unwrap();
+    s2.write_all(&h.encode()).unwrap();
+    s2.write_all(b"x").unwrap();
+    let mut b = [0u8; 1];
+    assert!(matches!(s2.read(&mut b), Ok(0) | Err(_)));
+}
