@@ -67,6 +67,9 @@ pub enum VolumeCmd {
         /// Its name.
         name: String,
     },
+    /// Host commands that mount the volume: cp, search, zero.
+    #[command(flatten)]
+    Host(crate::vol::HostCmd),
 }
 
 /// `dasmesh lease ...`.
@@ -116,7 +119,7 @@ pub enum LeaseCmd {
 }
 
 /// `dasmesh usage`.
-#[derive(Args)]
+#[derive(Args, Default)]
 pub struct UsageArgs {
     /// Only this host.
     #[arg(long)]
@@ -196,7 +199,7 @@ fn state_name<T: std::fmt::Debug>(v: Result<T, prost::UnknownEnumValue>) -> Stri
 }
 
 /// A refusal as one line: the gRPC code and the controller's reason.
-fn status(e: tonic::Status) -> anyhow::Error {
+pub fn status(e: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!("controller refused ({:?}): {}", e.code(), e.message())
 }
 
@@ -274,16 +277,31 @@ pub fn run(url: &str, json_out: bool, cmd: Ctl) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    rt.block_on(async move {
-        let ch = Channel::from_shared(url.to_string())
-            .with_context(|| format!("--controller {url}"))?
-            .connect_timeout(Duration::from_secs(5))
-            .connect()
-            .await
-            .with_context(|| format!("cannot reach the controller at {url}"))?;
+    rt.block_on(exec(url, json_out, cmd))
+}
+
+/// A channel to the controller at `url`, or a one-line reason.
+pub async fn connect(url: &str) -> anyhow::Result<Channel> {
+    Channel::from_shared(url.to_string())
+        .with_context(|| format!("--controller {url}"))?
+        .connect_timeout(Duration::from_secs(5))
+        .connect()
+        .await
+        .with_context(|| format!("cannot reach the controller at {url}"))
+}
+
+/// [`run`] on the caller's runtime (the demo prints exactly what the commands print).
+pub async fn exec(url: &str, json_out: bool, cmd: Ctl) -> anyhow::Result<()> {
+    {
+        let ch = connect(url).await?;
         match cmd {
             Ctl::Node(NodeCmd::List) => {
-                let nodes = v1::pool_client::PoolClient::new(ch).list_nodes(v1::ListNodesRequest {}).await.map_err(status)?.into_inner().nodes;
+                let nodes = v1::pool_client::PoolClient::new(ch)
+                    .list_nodes(v1::ListNodesRequest {})
+                    .await
+                    .map_err(status)?
+                    .into_inner()
+                    .nodes;
                 if json_out {
                     let v: Vec<_> = nodes.iter().map(|n| json!({"node_id": n.node_id, "address": n.address, "state": state_name(v1::NodeState::try_from(n.state)),
                         "version": n.version, "failure_domain": n.failure_domain, "last_heartbeat_ms": n.last_heartbeat_ms,
@@ -292,27 +310,59 @@ pub fn run(url: &str, json_out: bool, cmd: Ctl) -> anyhow::Result<()> {
                             "free_bytes": d.free_bytes})).collect::<Vec<_>>()})).collect();
                     println!("{}", serde_json::Value::from(v));
                 } else {
-                    println!("{:<6} {:<22} {:<6} {:>7} {:>10} {:>10} {:<10}", "id", "address", "state", "devices", "lendable", "free", "domain");
+                    println!(
+                        "{:<6} {:<22} {:<6} {:>7} {:>10} {:>10} {:<10}",
+                        "id", "address", "state", "devices", "lendable", "free", "domain"
+                    );
                     for n in &nodes {
                         let lend: u64 = n.devices.iter().map(|d| d.lendable_length).sum();
                         let free: u64 = n.devices.iter().map(|d| d.free_bytes).sum();
-                        println!("{:<6} {:<22} {:<6} {:>7} {:>10} {:>10} {:<10}", n.node_id, n.address, state_name(v1::NodeState::try_from(n.state)),
-                            n.devices.len(), format_size(lend), format_size(free), n.failure_domain);
+                        println!(
+                            "{:<6} {:<22} {:<6} {:>7} {:>10} {:>10} {:<10}",
+                            n.node_id,
+                            n.address,
+                            state_name(v1::NodeState::try_from(n.state)),
+                            n.devices.len(),
+                            format_size(lend),
+                            format_size(free),
+                            n.failure_domain
+                        );
                     }
                 }
             }
             Ctl::Pool => {
-                let p = v1::pool_client::PoolClient::new(ch).list_devices(v1::ListDevicesRequest {}).await.map_err(status)?.into_inner();
+                let p = v1::pool_client::PoolClient::new(ch)
+                    .list_devices(v1::ListDevicesRequest {})
+                    .await
+                    .map_err(status)?
+                    .into_inner();
                 if json_out {
-                    println!("{}", json!({"total_bytes": p.total_bytes, "free_bytes": p.free_bytes,
+                    println!(
+                        "{}",
+                        json!({"total_bytes": p.total_bytes, "free_bytes": p.free_bytes,
                         "devices": p.devices.iter().map(|d| json!({"node_id": d.node_id, "device_id": d.device_id, "path": d.path,
-                            "lendable_length": d.lendable_length, "free_bytes": d.free_bytes})).collect::<Vec<_>>()}));
+                            "lendable_length": d.lendable_length, "free_bytes": d.free_bytes})).collect::<Vec<_>>()})
+                    );
                 } else {
-                    println!("{:<6} {:<7} {:<36} {:>10} {:>10}", "node", "device", "path", "lendable", "free");
+                    println!(
+                        "{:<6} {:<7} {:<36} {:>10} {:>10}",
+                        "node", "device", "path", "lendable", "free"
+                    );
                     for d in &p.devices {
-                        println!("{:<6} {:<7} {:<36} {:>10} {:>10}", d.node_id, d.device_id, d.path, format_size(d.lendable_length), format_size(d.free_bytes));
+                        println!(
+                            "{:<6} {:<7} {:<36} {:>10} {:>10}",
+                            d.node_id,
+                            d.device_id,
+                            d.path,
+                            format_size(d.lendable_length),
+                            format_size(d.free_bytes)
+                        );
                     }
-                    println!("pool: {} lendable, {} free", format_size(p.total_bytes), format_size(p.free_bytes));
+                    println!(
+                        "pool: {} lendable, {} free",
+                        format_size(p.total_bytes),
+                        format_size(p.free_bytes)
+                    );
                 }
             }
             Ctl::Volume(c) => {
@@ -321,100 +371,263 @@ pub fn run(url: &str, json_out: bool, cmd: Ctl) -> anyhow::Result<()> {
                     if json_out {
                         println!("{}", volume_json(v));
                     } else {
-                        println!("{} ({}): {} {}, {}, epoch {}, {} lease(s)", v.name, v.volume_id, format_size(v.size_bytes), layout_text(&v.layout),
-                            state_name(v1::VolumeState::try_from(v.state)), v.epoch, v.active_leases);
+                        println!(
+                            "{} ({}): {} {}, {}, epoch {}, {} lease(s)",
+                            v.name,
+                            v.volume_id,
+                            format_size(v.size_bytes),
+                            layout_text(&v.layout),
+                            state_name(v1::VolumeState::try_from(v.state)),
+                            v.epoch,
+                            v.active_leases
+                        );
                         for e in &v.extents {
-                            println!("  copy {} index {}: node {} ({}) device {} bytes {}..{}{}", e.copy, e.index, e.node_id, e.node_address,
-                                e.device_id, e.offset, e.offset + e.length, if e.stale { " STALE" } else { "" });
+                            println!(
+                                "  copy {} index {}: node {} ({}) device {} bytes {}..{}{}",
+                                e.copy,
+                                e.index,
+                                e.node_id,
+                                e.node_address,
+                                e.device_id,
+                                e.offset,
+                                e.offset + e.length,
+                                if e.stale { " STALE" } else { "" }
+                            );
                         }
                     }
                 };
                 match c {
-                    VolumeCmd::Create { name, size, layout, min_iops, min_mib_s, price, spread_domains } => {
-                        let req = v1::CreateVolumeRequest { name, size_bytes: size, layout: Some(parse_layout(&layout)?),
-                            requirements: Some(v1::Requirements { min_iops, min_mib_s, price_per_gib_hour: price, spread_failure_domains: spread_domains }) };
+                    VolumeCmd::Create {
+                        name,
+                        size,
+                        layout,
+                        min_iops,
+                        min_mib_s,
+                        price,
+                        spread_domains,
+                    } => {
+                        let req = v1::CreateVolumeRequest {
+                            name,
+                            size_bytes: size,
+                            layout: Some(parse_layout(&layout)?),
+                            requirements: Some(v1::Requirements {
+                                min_iops,
+                                min_mib_s,
+                                price_per_gib_hour: price,
+                                spread_failure_domains: spread_domains,
+                            }),
+                        };
                         show(&vols.create(req).await.map_err(status)?.into_inner());
                     }
                     VolumeCmd::List => {
-                        let vs = vols.list(v1::ListVolumesRequest {}).await.map_err(status)?.into_inner().volumes;
+                        let vs = vols
+                            .list(v1::ListVolumesRequest {})
+                            .await
+                            .map_err(status)?
+                            .into_inner()
+                            .volumes;
                         if json_out {
-                            println!("{}", serde_json::Value::from(vs.iter().map(volume_json).collect::<Vec<_>>()));
+                            println!(
+                                "{}",
+                                serde_json::Value::from(
+                                    vs.iter().map(volume_json).collect::<Vec<_>>()
+                                )
+                            );
                         } else {
-                            println!("{:<6} {:<20} {:>10} {:<14} {:<12} {:>6} {:>7}", "id", "name", "size", "layout", "state", "epoch", "leases");
+                            println!(
+                                "{:<6} {:<20} {:>10} {:<14} {:<12} {:>6} {:>7}",
+                                "id", "name", "size", "layout", "state", "epoch", "leases"
+                            );
                             for v in &vs {
-                                println!("{:<6} {:<20} {:>10} {:<14} {:<12} {:>6} {:>7}", v.volume_id, v.name, format_size(v.size_bytes), layout_text(&v.layout),
-                                    state_name(v1::VolumeState::try_from(v.state)), v.epoch, v.active_leases);
+                                println!(
+                                    "{:<6} {:<20} {:>10} {:<14} {:<12} {:>6} {:>7}",
+                                    v.volume_id,
+                                    v.name,
+                                    format_size(v.size_bytes),
+                                    layout_text(&v.layout),
+                                    state_name(v1::VolumeState::try_from(v.state)),
+                                    v.epoch,
+                                    v.active_leases
+                                );
                             }
                         }
                     }
-                    VolumeCmd::Show { name } => show(&vols.get(v1::GetVolumeRequest { name }).await.map_err(status)?.into_inner()),
-                    VolumeCmd::Resize { name, size } => show(&vols.resize(v1::ResizeVolumeRequest { name, size_bytes: size }).await.map_err(status)?.into_inner()),
+                    VolumeCmd::Show { name } => show(
+                        &vols
+                            .get(v1::GetVolumeRequest { name })
+                            .await
+                            .map_err(status)?
+                            .into_inner(),
+                    ),
+                    VolumeCmd::Resize { name, size } => show(
+                        &vols
+                            .resize(v1::ResizeVolumeRequest {
+                                name,
+                                size_bytes: size,
+                            })
+                            .await
+                            .map_err(status)?
+                            .into_inner(),
+                    ),
                     VolumeCmd::Delete { name } => {
-                        vols.delete(v1::DeleteVolumeRequest { name: name.clone() }).await.map_err(status)?;
-                        if json_out { println!("{}", json!({"deleted": name})) } else { println!("deleted {name}") }
+                        vols.delete(v1::DeleteVolumeRequest { name: name.clone() })
+                            .await
+                            .map_err(status)?;
+                        if json_out {
+                            println!("{}", json!({"deleted": name}))
+                        } else {
+                            println!("deleted {name}")
+                        }
                     }
+                    // They mount the volume and do I/O; `main` sends them to `vol`.
+                    VolumeCmd::Host(h) => crate::vol::exec(url, json_out, h).await?,
                 }
             }
             Ctl::Lease(c) => {
                 let mut leases = v1::leases_client::LeasesClient::new(ch);
                 match c {
-                    LeaseCmd::Mount { name, host, rw: _, ro, ttl } => {
-                        let access = if ro { v1::Access::ReadOnly } else { v1::Access::ReadWrite } as i32;
-                        let m = leases.mount(v1::MountRequest { volume: name, host_id: host, access, ttl_ms: ttl.as_millis() as u64 }).await.map_err(status)?;
+                    LeaseCmd::Mount {
+                        name,
+                        host,
+                        rw: _,
+                        ro,
+                        ttl,
+                    } => {
+                        let access = if ro {
+                            v1::Access::ReadOnly
+                        } else {
+                            v1::Access::ReadWrite
+                        } as i32;
+                        let m = leases
+                            .mount(v1::MountRequest {
+                                volume: name,
+                                host_id: host,
+                                access,
+                                ttl_ms: ttl.as_millis() as u64,
+                            })
+                            .await
+                            .map_err(status)?;
                         print_mount(m.get_ref(), json_out);
                     }
                     LeaseCmd::Renew { id, ttl } => {
-                        let m = leases.renew(v1::RenewRequest { lease_id: id, ttl_ms: ttl.as_millis() as u64 }).await.map_err(status)?;
+                        let m = leases
+                            .renew(v1::RenewRequest {
+                                lease_id: id,
+                                ttl_ms: ttl.as_millis() as u64,
+                            })
+                            .await
+                            .map_err(status)?;
                         print_mount(m.get_ref(), json_out);
                     }
                     LeaseCmd::Unmount { id } => {
-                        leases.unmount(v1::UnmountRequest { lease_id: id }).await.map_err(status)?;
-                        if json_out { println!("{}", json!({"unmounted": id})) } else { println!("lease {id} ended") }
+                        leases
+                            .unmount(v1::UnmountRequest { lease_id: id })
+                            .await
+                            .map_err(status)?;
+                        if json_out {
+                            println!("{}", json!({"unmounted": id}))
+                        } else {
+                            println!("lease {id} ended")
+                        }
                     }
                     LeaseCmd::Revoke { id } => {
-                        let r = leases.revoke(v1::RevokeRequest { lease_id: id }).await.map_err(status)?.into_inner();
-                        if json_out { println!("{}", json!({"revoked": id, "new_epoch": r.new_epoch})) } else { println!("lease {id} revoked; the volume's epoch is now {}", r.new_epoch) }
+                        let r = leases
+                            .revoke(v1::RevokeRequest { lease_id: id })
+                            .await
+                            .map_err(status)?
+                            .into_inner();
+                        if json_out {
+                            println!("{}", json!({"revoked": id, "new_epoch": r.new_epoch}))
+                        } else {
+                            println!(
+                                "lease {id} revoked; the volume's epoch is now {}",
+                                r.new_epoch
+                            )
+                        }
                     }
                     LeaseCmd::List { volume } => {
-                        let ls = leases.list(v1::ListLeasesRequest { volume: volume.unwrap_or_default() }).await.map_err(status)?.into_inner().leases;
+                        let ls = leases
+                            .list(v1::ListLeasesRequest {
+                                volume: volume.unwrap_or_default(),
+                            })
+                            .await
+                            .map_err(status)?
+                            .into_inner()
+                            .leases;
                         if json_out {
                             println!("{}", serde_json::Value::from(ls.iter().map(|l| json!({"lease_id": l.lease_id, "volume": l.volume_name, "host": l.host_id,
                                 "access": if l.access == v1::Access::ReadWrite as i32 { "rw" } else { "ro" }, "epoch": l.epoch,
                                 "started_ms": l.started_ms, "expires_at_ms": l.expires_at_ms})).collect::<Vec<_>>()));
                         } else {
-                            println!("{:<6} {:<20} {:<16} {:<6} {:>6} {:>10}", "id", "volume", "host", "access", "epoch", "expires in");
+                            println!(
+                                "{:<6} {:<20} {:<16} {:<6} {:>6} {:>10}",
+                                "id", "volume", "host", "access", "epoch", "expires in"
+                            );
                             for l in &ls {
-                                println!("{:<6} {:<20} {:<16} {:<6} {:>6} {:>9}s", l.lease_id, l.volume_name, l.host_id,
-                                    if l.access == v1::Access::ReadWrite as i32 { "rw" } else { "ro" }, l.epoch, l.expires_at_ms.saturating_sub(now_ms()) / 1000);
+                                println!(
+                                    "{:<6} {:<20} {:<16} {:<6} {:>6} {:>9}s",
+                                    l.lease_id,
+                                    l.volume_name,
+                                    l.host_id,
+                                    if l.access == v1::Access::ReadWrite as i32 {
+                                        "rw"
+                                    } else {
+                                        "ro"
+                                    },
+                                    l.epoch,
+                                    l.expires_at_ms.saturating_sub(now_ms()) / 1000
+                                );
                             }
                         }
                     }
                 }
             }
             Ctl::Usage(a) => {
-                let start_ms = a.since.map(|d| now_ms().saturating_sub(d.as_millis() as u64)).unwrap_or(0);
+                let start_ms = a
+                    .since
+                    .map(|d| now_ms().saturating_sub(d.as_millis() as u64))
+                    .unwrap_or(0);
                 let r = v1::usage_client::UsageClient::new(ch)
-                    .report(v1::UsageRequest { host_id: a.host.unwrap_or_default(), volume: a.volume.unwrap_or_default(), start_ms, end_ms: 0 })
+                    .report(v1::UsageRequest {
+                        host_id: a.host.unwrap_or_default(),
+                        volume: a.volume.unwrap_or_default(),
+                        start_ms,
+                        end_ms: 0,
+                    })
                     .await
                     .map_err(status)?
                     .into_inner();
                 if json_out {
-                    println!("{}", json!({"total_charge": r.total_charge, "records": r.records.iter().map(|u| json!({"host": u.host_id, "volume": u.volume,
+                    println!(
+                        "{}",
+                        json!({"total_charge": r.total_charge, "records": r.records.iter().map(|u| json!({"host": u.host_id, "volume": u.volume,
                         "lease_id": u.lease_id, "started_ms": u.started_ms, "ended_ms": u.ended_ms, "read_bytes": u.read_bytes,
                         "write_bytes": u.write_bytes, "read_ops": u.read_ops, "write_ops": u.write_ops, "gib_hours": u.gib_hours,
-                        "charge": u.charge})).collect::<Vec<_>>()}));
+                        "charge": u.charge})).collect::<Vec<_>>()})
+                    );
                 } else {
-                    println!("{:<16} {:<20} {:>6} {:>10} {:>10} {:>10} {:>10}", "host", "volume", "lease", "read", "written", "GiB-h", "charge");
+                    println!(
+                        "{:<16} {:<20} {:>6} {:>10} {:>10} {:>10} {:>10}",
+                        "host", "volume", "lease", "read", "written", "GiB-h", "charge"
+                    );
                     for u in &r.records {
-                        println!("{:<16} {:<20} {:>6} {:>10} {:>10} {:>10.4} {:>10.4}", u.host_id, u.volume, u.lease_id, format_size(u.read_bytes),
-                            format_size(u.write_bytes), u.gib_hours, u.charge);
+                        println!(
+                            "{:<16} {:<20} {:>6} {:>10} {:>10} {:>10.4} {:>10.4}",
+                            u.host_id,
+                            u.volume,
+                            u.lease_id,
+                            format_size(u.read_bytes),
+                            format_size(u.write_bytes),
+                            u.gib_hours,
+                            u.charge
+                        );
                     }
                     println!("total charge {:.4}", r.total_charge);
                 }
             }
         }
         Ok(())
-    })
+    }
 }
 
 #[cfg(test)]

@@ -215,7 +215,7 @@ const PIPELINE: usize = 16;
 
 /// A byte-count progress bar on stderr; indicatif draws nothing when stderr is not a terminal,
 /// and `--json` runs stay silent.
-fn progress(total: u64, json: bool) -> indicatif::ProgressBar {
+pub(crate) fn progress(total: u64, json: bool) -> indicatif::ProgressBar {
     if json {
         return indicatif::ProgressBar::hidden();
     }

@@ -5,6 +5,7 @@ mod ctl;
 mod io;
 mod keys;
 mod nbd;
+mod vol;
 
 use clap::{Parser, Subcommand};
 
@@ -56,13 +57,13 @@ enum Cmd {
 }
 
 fn main() {
+    let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
     let r = match cli.cmd {
         Cmd::Keygen(a) => keys::keygen(&a),
         Cmd::Token(t) => keys::token(t, cli.json),

@@ -1,0 +1,296 @@
+//! `dasmesh volume cp|search|zero` as a user runs them: the real controller and nodes (started by
+//! dasmesh-testkit from the workspace build), the `dasmesh` binary, files in a temp dir.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use dasmesh_testkit::Process;
+
+struct Cluster {
+    dir: tempfile::TempDir,
+    url: String,
+    _ctl: Process,
+    _nodes: Vec<Process>,
+}
+
+impl Cluster {
+    fn start(nodes: usize) -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        let ctl = Process::controller(&dir.path().join("ctl"), "127.0.0.1:0");
+        let nodes = (0..nodes)
+            .map(|i| Process::node(dir.path(), &ctl.addr, &format!("n{i}")))
+            .collect();
+        let url = format!("http://{}", ctl.addr);
+        let c = Cluster {
+            dir,
+            url,
+            _ctl: ctl,
+            _nodes: nodes,
+        };
+        c.wait_for_nodes(c._nodes.len());
+        c
+    }
+
+    /// Nodes register a moment after they print their address.
+    fn wait_for_nodes(&self, n: usize) {
+        for _ in 0..200 {
+            let out = self.run(&["--json", "node", "list"]);
+            if out.status.success() {
+                let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+                let up = v
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .filter(|n| n["state"] == "up")
+                    .count();
+                if up >= n {
+                    return;
+                }
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        panic!("{n} nodes did not come up");
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_dasmesh"))
+            .args(["--controller", &self.url])
+            .args(args)
+            .current_dir(self.dir.path())
+            .output()
+            .expect("run dasmesh")
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let o = self.run(args);
+        assert!(
+            o.status.success(),
+            "dasmesh {args:?} failed: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8(o.stdout).unwrap()
+    }
+
+    /// Fails with exactly one line on stderr, which is returned.
+    fn fails(&self, args: &[&str]) -> String {
+        let o = self.run(args);
+        let err = String::from_utf8(o.stderr).unwrap();
+        assert!(!o.status.success(), "dasmesh {args:?} should fail");
+        assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+        err
+    }
+
+    fn path(&self, name: &str) -> String {
+        self.dir.path().join(name).display().to_string()
+    }
+
+    /// No lease is left on `volume`.
+    fn no_leases(&self, volume: &str) {
+        let ls: serde_json::Value =
+            serde_json::from_str(&self.ok(&["--json", "lease", "list", "--volume", volume]))
+                .unwrap();
+        assert_eq!(ls.as_array().unwrap().len(), 0, "leases left: {ls}");
+    }
+}
+
+fn data(len: usize, seed: u32) -> Vec<u8> {
+    (0..len as u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761).wrapping_add(seed) >> 13) as u8)
+        .collect()
+}
+
+fn read(p: &str) -> Vec<u8> {
+    std::fs::read(Path::new(p)).unwrap()
+}
+
+#[test]
+fn cp_round_trips_pads_the_tail_and_refuses_a_file_too_large() {
+    let c = Cluster::start(2);
+    c.ok(&[
+        "volume", "create", "v", "--size", "8M", "--layout", "mirror:2",
+    ]);
+    // First fill 4 MiB with 0xff, so the zero padding of the next upload is visible.
+    std::fs::write(c.path("ones.bin"), vec![0xffu8; 4 << 20]).unwrap();
+    c.ok(&["volume", "cp", &c.path("ones.bin"), "v"]);
+
+    // 3 MiB and 1000 bytes: not a multiple of the block size. A relative path: the file exists
+    // here, so it is uploaded.
+    let len = (3 << 20) + 1000;
+    let input = data(len, 1);
+    std::fs::write(c.path("in.bin"), &input).unwrap();
+    let out: serde_json::Value =
+        serde_json::from_str(&c.ok(&["--json", "volume", "cp", "in.bin", "v"])).unwrap();
+    assert_eq!(out["bytes"], len as u64, "{out}");
+    assert_eq!(out["to"], "volume v", "{out}");
+    assert!(out["mib_s"].as_f64().unwrap() > 0.0, "{out}");
+
+    // Out again, the same number of bytes.
+    let human = c.ok(&[
+        "volume",
+        "cp",
+        "v",
+        &c.path("out.bin"),
+        "--length",
+        &len.to_string(),
+    ]);
+    assert!(
+        human.starts_with("copied 3.0 MiB (3146728 bytes) from volume v to"),
+        "{human}"
+    );
+    assert!(read(&c.path("out.bin")) == input, "round trip differs");
+
+    // The whole volume: the file, zeroes to the end of its last block, the older 0xff after.
+    c.ok(&["volume", "cp", "v", &c.path("all.bin")]);
+    let all = read(&c.path("all.bin"));
+    assert_eq!(all.len(), 8 << 20);
+    let padded = len.next_multiple_of(4096);
+    assert!(all[..len] == input[..]);
+    assert!(all[len..padded].iter().all(|&b| b == 0), "tail padding");
+    assert!(all[padded..4 << 20].iter().all(|&b| b == 0xff));
+    assert!(all[4 << 20..].iter().all(|&b| b == 0));
+
+    // A file one block larger than the volume: refused before anything is written.
+    std::fs::write(c.path("big.bin"), vec![7u8; (8 << 20) + 4096]).unwrap();
+    let err = c.fails(&["volume", "cp", &c.path("big.bin"), "v"]);
+    assert!(
+        err.contains("larger than volume v") && err.contains("8392704 bytes"),
+        "{err}"
+    );
+    c.ok(&["volume", "cp", "v", &c.path("again.bin"), "--length", "4M"]);
+    assert!(read(&c.path("again.bin"))[..len] == input[..]);
+
+    // More than the volume holds, and a --length on an upload.
+    let err = c.fails(&["volume", "cp", "v", &c.path("x.bin"), "--length", "9M"]);
+    assert!(err.contains("more than volume v holds"), "{err}");
+    let err = c.fails(&["volume", "cp", "in.bin", "v", "--length", "1M"]);
+    assert!(err.contains("--length only applies to a download"), "{err}");
+
+    // Both arguments local files: which way is not guessed; ./ settles it.
+    std::fs::write(c.path("v"), b"a file named like the volume").unwrap();
+    let err = c.fails(&["volume", "cp", "v", "out.bin"]);
+    assert!(err.contains("ambiguous") && err.contains("./"), "{err}");
+    c.ok(&["volume", "cp", "v", "./out.bin", "--length", "4k"]);
+    assert_eq!(read(&c.path("out.bin")), input[..4096]);
+
+    c.no_leases("v");
+}
+
+#[test]
+fn search_finds_planted_patterns_and_zero_clears_the_volume() {
+    let c = Cluster::start(2);
+    c.ok(&[
+        "volume",
+        "create",
+        "s",
+        "--size",
+        "8M",
+        "--layout",
+        "stripe:2:64k",
+    ]);
+    let mut input = data(4 << 20, 2);
+    // One inside a stripe unit, one straddling two units (two nodes), one near the end.
+    let at = [1000usize, 3 * 65536 - 5, (4 << 20) - 100];
+    for a in at {
+        input[a..a + 11].copy_from_slice(b"NEEDLE\x00\x01\x02\xfe!");
+    }
+    std::fs::write(c.path("in.bin"), &input).unwrap();
+    c.ok(&["volume", "cp", "in.bin", "s"]);
+
+    let hits = c.ok(&["volume", "search", "s", "NEEDLE"]);
+    let want: Vec<String> = at.iter().map(|a| a.to_string()).collect();
+    assert_eq!(hits.lines().collect::<Vec<_>>(), want, "{hits}");
+
+    let v: serde_json::Value = serde_json::from_str(&c.ok(&[
+        "--json",
+        "volume",
+        "search",
+        "s",
+        "4e 45 45 44 4c 45 00 01 02 fe 21",
+        "--hex",
+    ]))
+    .unwrap();
+    assert_eq!(v["hits"], serde_json::json!(at), "{v}");
+    assert_eq!(v["truncated"], false);
+
+    // A range that need not be aligned: only matches wholly inside it count.
+    let inside = c.ok(&[
+        "volume",
+        "search",
+        "s",
+        "NEEDLE",
+        "--offset",
+        "1001",
+        "--length",
+        &((4 << 20) - 1001 - 95).to_string(),
+    ]);
+    assert_eq!(inside.trim(), (3 * 65536 - 5).to_string(), "{inside}");
+    let v: serde_json::Value = serde_json::from_str(&c.ok(&[
+        "--json",
+        "volume",
+        "search",
+        "s",
+        "NEEDLE",
+        "--max-hits",
+        "2",
+    ]))
+    .unwrap();
+    assert_eq!(v["hits"], serde_json::json!(at[..2]), "{v}");
+    assert_eq!(v["truncated"], true);
+    let err = c.fails(&["volume", "search", "s", "abc", "--hex"]);
+    assert!(err.contains("odd number of hex digits"), "{err}");
+
+    let z = c.ok(&["volume", "zero", "s"]);
+    assert!(z.starts_with("zeroed volume s (8M"), "{z}");
+    c.ok(&["volume", "cp", "s", "back.bin"]);
+    let back = read(&c.path("back.bin"));
+    assert_eq!(back.len(), 8 << 20);
+    assert!(back.iter().all(|&b| b == 0), "zeroed volume reads zero");
+    assert_eq!(c.ok(&["volume", "search", "s", "NEEDLE"]).trim(), "");
+    c.no_leases("s");
+}
+
+#[test]
+fn errors_name_the_cause_in_one_line() {
+    let c = Cluster::start(1);
+    let err = c.fails(&["volume", "cp", "nope", "out.bin"]);
+    assert!(
+        err.contains("nope: no such local file, and no volume of that name"),
+        "{err}"
+    );
+    std::fs::write(c.path("in.bin"), [1u8; 4096]).unwrap();
+    let err = c.fails(&["volume", "cp", "in.bin", "nope"]);
+    assert!(err.contains("unknown volume \"nope\""), "{err}");
+    let err = c.fails(&["volume", "search", "nope", "x"]);
+    assert!(err.contains("unknown volume \"nope\""), "{err}");
+    let err = c.fails(&["volume", "zero", "nope"]);
+    assert!(err.contains("unknown volume \"nope\""), "{err}");
+
+    // Leased read-write by another host: the holder is named; a read-only search still works.
+    c.ok(&["volume", "create", "held", "--size", "4M"]);
+    c.ok(&["lease", "mount", "held", "--host", "other-host", "--rw"]);
+    for args in [
+        &["volume", "zero", "held"][..],
+        &["volume", "cp", "in.bin", "held"][..],
+    ] {
+        let err = c.fails(args);
+        assert!(
+            err.contains("cannot mount volume held read-write")
+                && err.contains("already has a read-write lease")
+                && err.contains("other-host"),
+            "{err}"
+        );
+    }
+    assert_eq!(c.ok(&["volume", "search", "held", "x"]).trim(), "");
+
+    let o = Command::new(env!("CARGO_BIN_EXE_dasmesh"))
+        .args(["--controller", "http://127.0.0.1:1", "volume", "zero", "v"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8(o.stderr).unwrap();
+    assert!(!o.status.success());
+    assert!(
+        err.contains("cannot reach the controller at http://127.0.0.1:1"),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+}
