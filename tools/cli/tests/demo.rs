@@ -1,0 +1,85 @@
+//! `dasmesh demo` end to end: it starts the workspace's controller, nodes and benchmark runner
+//! itself (next to the `dasmesh` binary: `cargo build --workspace --bins` first). One test in a
+//! file of its own, so it never runs alongside the other cluster tests (cargo runs test binaries
+//! one after another); it takes about 20 s.
+
+use std::process::Command;
+
+#[test]
+fn demo_runs_every_step_and_leaves_nothing_behind() {
+    let parent = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_dasmesh"))
+        .args(["demo", "--dir"])
+        .arg(parent.path())
+        .output()
+        .expect("run dasmesh demo");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "demo failed ({}):\n{stdout}\n{stderr}",
+        out.status
+    );
+    for want in [
+        "== 1. a controller and three storage nodes",
+        "== 2. the pool",
+        "== 3. three volumes",
+        "== 4. copy ",
+        "== 5. search every volume",
+        "== 6. benchmark",
+        "== 7. usage and charges",
+        "== 8. SIGKILL the node holding the mirror's second copy",
+        "== 9. stop",
+        "demo-mirror: verified, all 8389385 bytes identical",
+        "demo-stripe: verified, all 8389385 bytes identical",
+        "demo-concat: verified, all 8389385 bytes identical",
+        "demo-stripe: hits at [327671]",
+        "volume:demo-mirror",
+        "total charge",
+        "demo-mirror is DEGRADED",
+        "controller exited 0",
+        "demo complete",
+    ] {
+        assert!(stdout.contains(want), "{want:?} missing from:\n{stdout}");
+    }
+    // Exactly the nine headings, in order.
+    let headings: Vec<&str> = stdout.lines().filter(|l| l.starts_with("== ")).collect();
+    assert_eq!(headings.len(), 9, "{headings:#?}");
+    for (i, h) in headings.iter().enumerate() {
+        assert!(h.starts_with(&format!("== {}. ", i + 1)), "{h}");
+    }
+    // Every process it started is gone, and so is its directory.
+    for line in stdout.lines().filter(|l| l.contains("(pid ")) {
+        let pid = line.rsplit("(pid ").next().unwrap().trim_end_matches(')');
+        assert!(
+            !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+            "still running: {line}"
+        );
+    }
+    let left: Vec<_> = std::fs::read_dir(parent.path()).unwrap().collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
+
+#[test]
+fn demo_help_shows_its_options_and_missing_binaries_are_named() {
+    // --help is enough to see the options; a full second run would double the time.
+    let out = Command::new(env!("CARGO_BIN_EXE_dasmesh"))
+        .args(["demo", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(help.contains("--keep") && help.contains("--dir"), "{help}");
+
+    // A copy of dasmesh alone in a directory: the demo says what is missing and how to build it.
+    let dir = tempfile::tempdir().unwrap();
+    let lone = dir.path().join("dasmesh");
+    std::fs::copy(env!("CARGO_BIN_EXE_dasmesh"), &lone).unwrap();
+    let out = Command::new(&lone).arg("demo").output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("not found in") && err.contains("cargo build --release --workspace --bins"),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+}
