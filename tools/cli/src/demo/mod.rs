@@ -211,6 +211,23 @@ async fn steps(cl: &mut Cluster) -> anyhow::Result<()> {
     // The last I/O's counters arrive with the next heartbeats.
     tokio::time::sleep(Duration::from_millis(1200)).await;
     exec(&url, false, Ctl::Usage(UsageArgs::default())).await?;
+    let usage = v1::usage_client::UsageClient::new(crate::ctl::connect(&url).await?)
+        .report(v1::UsageRequest::default())
+        .await
+        .map_err(crate::ctl::status)?
+        .into_inner();
+    let written: u64 = usage.records.iter().map(|u| u.write_bytes).sum();
+    ensure!(
+        usage.total_charge > 0.0 && written >= 3 * DATA_LEN as u64,
+        "usage should show the copies' writes and a charge: {} bytes written, charge {}",
+        written,
+        usage.total_charge
+    );
+    println!(
+        "{} leases, {} written in all; a charge is GiB-hours (size x lease time) x the volume's price",
+        usage.records.len(),
+        dasmesh_wire::units::format_size(written)
+    );
 
     heading(
         8,
