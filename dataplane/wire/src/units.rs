@@ -63,9 +63,43 @@ pub fn format_size(bytes: u64) -> String {
     bytes.to_string()
 }
 
+/// A byte count for people: `512 B`, `8.0 MiB`, `1.46 GiB` (three significant digits).
+pub fn format_amount(bytes: u64) -> String {
+    if bytes < 1024 {
+        return format!("{bytes} B");
+    }
+    let mut v = bytes as f64;
+    let mut unit = "B";
+    for u in ["KiB", "MiB", "GiB", "TiB", "PiB"] {
+        if v < 1024.0 {
+            break;
+        }
+        v /= 1024.0;
+        unit = u;
+    }
+    let digits = if v >= 100.0 {
+        0
+    } else if v >= 10.0 {
+        1
+    } else {
+        2
+    };
+    format!("{v:.digits$} {unit}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn amounts() {
+        assert_eq!(format_amount(0), "0 B");
+        assert_eq!(format_amount(1023), "1023 B");
+        assert_eq!(format_amount(8196 * 1024), "8.00 MiB");
+        assert_eq!(format_amount(16392 * 1024), "16.0 MiB");
+        assert_eq!(format_amount(847_744 * 1024), "828 MiB");
+        assert_eq!(format_amount(3 << 40), "3.00 TiB");
+    }
 
     #[test]
     fn sizes() {

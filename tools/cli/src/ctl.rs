@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::{bail, Context as _};
 use clap::{Args, Subcommand};
 use dasmesh_api::v1;
-use dasmesh_wire::units::{format_size, parse_size};
+use dasmesh_wire::units::{format_amount, format_size, parse_size};
 use serde_json::json;
 use tonic::transport::Channel;
 
@@ -612,12 +612,12 @@ pub async fn exec(url: &str, json_out: bool, cmd: Ctl) -> anyhow::Result<()> {
                     );
                     for u in &r.records {
                         println!(
-                            "{:<16} {:<20} {:>6} {:>10} {:>10} {:>10.4} {:>10.4}",
+                            "{:<16} {:<20} {:>6} {:>10} {:>10} {:>10.6} {:>10.4}",
                             u.host_id,
                             u.volume,
                             u.lease_id,
-                            format_size(u.read_bytes),
-                            format_size(u.write_bytes),
+                            format_amount(u.read_bytes),
+                            format_amount(u.write_bytes),
                             u.gib_hours,
                             u.charge
                         );

@@ -275,11 +275,7 @@ impl Connection {
             reader: Mutex::new(None),
         });
         let weak = Arc::downgrade(&inner);
-        *lock(&inner.writer_task) = Some(tokio::spawn(write_batches(
-            outbox,
-            writer,
-            weak.clone(),
-        )));
+        *lock(&inner.writer_task) = Some(tokio::spawn(write_batches(outbox, writer, weak.clone())));
         let handle = tokio::spawn(async move {
             let why = read_replies(rd, &weak).await;
             if let Some(inner) = weak.upgrade() {

@@ -226,7 +226,7 @@ async fn steps(cl: &mut Cluster) -> anyhow::Result<()> {
     println!(
         "{} leases, {} written in all; a charge is GiB-hours (size x lease time) x the volume's price",
         usage.records.len(),
-        dasmesh_wire::units::format_size(written)
+        dasmesh_wire::units::format_amount(written)
     );
 
     heading(
