@@ -1,0 +1,104 @@
+#!/usr/bin/env bash
+# nbd-compare.sh: the NBD gateway against qemu-nbd, in one run, driven the same way as
+# ../shared/bench/anchors.sh drives qemu-nbd (fio's nbd engine over loopback TCP).
+#   qemu-nbd : a prefilled 1 GiB file, qemu-nbd -f raw --cache=none --aio=io_uring
+#   gateway  : a controller, one node serving the same kind of prefilled file (its file backend:
+#              io_uring, O_DIRECT), a 1 GiB single volume on it, served by `dasmesh nbd serve`
+# Workloads: 4k randread QD32, 4k randwrite QD32, 128k read QD16. Target: gateway >= 1.3x qemu-nbd.
+# Usage: bench/nbd-compare.sh [--runtime SECONDS] [--runs N] [--json FILE] [-- gateway flags...]
+#   NODE_FLAGS="..." adds flags to the node (default: none, the node's defaults).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RUNTIME=5; RUNS=1; JSON_OUT=""; GW_FLAGS=()
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --runtime) RUNTIME="$2"; shift 2;;
+    --runs) RUNS="$2"; shift 2;;
+    --json) JSON_OUT="$2"; shift 2;;
+    --) shift; GW_FLAGS=("$@"); break;;
+    *) echo "usage: $0 [--runtime SECONDS] [--runs N] [--json FILE] [-- gateway flags...]" >&2; exit 2;;
+  esac
+done
+for t in fio qemu-nbd python3; do
+  command -v "$t" >/dev/null || { echo "nbd-compare: $t missing (scripts/setup.sh installs it)" >&2; exit 1; }
+done
+cargo build --release -q -p dasmesh-cli -p dasmesh-node -p dasmesh-controller
+B=$PWD/target/release
+DIR=$(mktemp -d "${TMPDIR:-/var/tmp}/nbd-compare.XXXXXX")
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$DIR"; }
+trap cleanup EXIT
+addr_of() { # file: waits for its `listening ADDR` line
+  for _ in $(seq 200); do [[ -s "$1" ]] && { sed -n 's/^listening //p' "$1" | head -n1; return; }; sleep 0.05; done
+  echo "nbd-compare: no listening line in $1" >&2; exit 1
+}
+
+# qemu-nbd on a prefilled file.
+fio --name=fill --filename="$DIR/qemu.img" --ioengine=io_uring --direct=1 --rw=write --bs=1M --iodepth=8 --size=1G >/dev/null
+qemu-nbd -f raw --cache=none --aio=io_uring -b 127.0.0.1 -p 10881 -x '' -t "$DIR/qemu.img" & PIDS+=($!)
+
+# The gateway: controller, one node on a file, a single volume, prefilled through the gateway.
+"$B/dasmesh-controller" --listen 127.0.0.1:0 --data-dir "$DIR/ctl" >"$DIR/ctl.out" 2>"$DIR/ctl.log" & PIDS+=($!)
+CTL=http://$(addr_of "$DIR/ctl.out")
+"$B/dasmesh-node" --listen 127.0.0.1:0 --controller "$CTL" --state-dir "$DIR/node" --reserve 1M \
+  --backend "file:$DIR/node.img:1100M" ${NODE_FLAGS:-} >"$DIR/node.out" 2>"$DIR/node.log" & PIDS+=($!)
+addr_of "$DIR/node.out" >/dev/null
+"$B/dasmesh" --controller "$CTL" volume create bench --size 1G --layout single >/dev/null
+"$B/dasmesh" --controller "$CTL" nbd serve bench --listen 127.0.0.1:0 "${GW_FLAGS[@]}" >"$DIR/gw.out" 2>"$DIR/gw.log" & PIDS+=($!)
+GW=$(addr_of "$DIR/gw.out")
+fio --name=fill --ioengine=nbd --uri="nbd://$GW/" --rw=write --bs=1M --iodepth=8 --size=1G >/dev/null 2>&1
+sleep 1
+
+RESULTS=$DIR/results.jsonl
+run() { # run target workload fio-args...
+  local n=$1 target=$2 wl=$3; shift 3
+  fio --output-format=json --runtime="$RUNTIME" --time_based --size=1G --name="$wl" "$@" >"$DIR/out.json" 2>/dev/null \
+    || { echo "{\"run\":$n,\"target\":\"$target\",\"workload\":\"$wl\",\"error\":true}" >>"$RESULTS"; return; }
+  python3 - "$n" "$target" "$wl" "$DIR/out.json" >>"$RESULTS" <<'PY'
+import json, sys
+n, t, wl, path = sys.argv[1:5]
+text = open(path).read()
+j = json.loads(text[text.index("{"):])["jobs"][0]  # the nbd engine prints a line before the JSON
+side = j["read"] if j["read"]["io_bytes"] > 0 else j["write"]
+pct = side["clat_ns"].get("percentile", {})
+print(json.dumps({"run": int(n), "target": t, "workload": wl, "iops": round(side["iops"]),
+  "mib_s": round(side["bw_bytes"] / 2**20, 1), "errors": j.get("error", 0),
+  "p50_us": round(pct.get("50.000000", 0) / 1000, 1), "p99_us": round(pct.get("99.000000", 0) / 1000, 1)}))
+PY
+}
+for n in $(seq "$RUNS"); do
+  # Interleaved per workload, so both targets see the same moment of a shared machine.
+  for wl in "randread-4k-qd32 --rw=randread --bs=4k --iodepth=32" \
+            "randwrite-4k-qd32 --rw=randwrite --bs=4k --iodepth=32" \
+            "read-128k-qd16 --rw=read --bs=128k --iodepth=16"; do
+    set -- $wl
+    name=$1; shift
+    run "$n" qemu-nbd "$name" --ioengine=nbd --uri=nbd://127.0.0.1:10881/ "$@"
+    run "$n" gateway "$name" --ioengine=nbd --uri="nbd://$GW/" "$@"
+  done
+done
+
+python3 - "$RESULTS" "$(git rev-parse --short HEAD)" "$(nproc)" <<'PY'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1])]
+commit, cpus = sys.argv[2], sys.argv[3]
+print(f"commit {commit}, {cpus} CPUs")
+print(f"{'run':>3} {'workload':<18} {'qemu-nbd':>16} {'gateway':>16} {'ratio':>6} {'>=1.3x':>6}  p50 us (q/g)")
+for r in rows:
+    if r["target"] != "qemu-nbd": continue
+    g = next((x for x in rows if x["target"] == "gateway" and x["run"] == r["run"] and x["workload"] == r["workload"]), None)
+    if r.get("error") or not g or g.get("error"):
+        print(f"{r['run']:>3} {r['workload']:<18} error"); continue
+    unit = "MiB/s" if "128k" in r["workload"] else "IOPS"
+    q, v = (r["mib_s"], g["mib_s"]) if unit == "MiB/s" else (r["iops"], g["iops"])
+    ratio = v / q if q else 0
+    print(f"{r['run']:>3} {r['workload']:<18} {q:>10,} {unit:<5} {v:>10,} {unit:<5} {ratio:>5.2f}x {'yes' if ratio >= 1.3 else 'no':>6}  {r['p50_us']}/{g['p50_us']}")
+PY
+if [[ -n "$JSON_OUT" ]]; then
+  python3 - "$RESULTS" "$(git rev-parse HEAD)" "$JSON_OUT" <<'PY'
+import json, sys, platform, os
+rows = [json.loads(l) for l in open(sys.argv[1])]
+json.dump({"commit": sys.argv[2], "machine": {"host": platform.node(), "cpus": os.cpu_count(),
+  "kernel": platform.release()}, "rows": rows}, open(sys.argv[3], "w"), indent=1)
+PY
+fi
