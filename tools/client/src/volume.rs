@@ -656,9 +656,27 @@ impl Volume {
         Ok(())
     }
 
+    /// The one piece a request maps to when it needs no split and no choice of copy (the fast
+    /// path of single, concat and stripe volumes).
+    fn direct(&self, offset: u64, len: u64) -> Option<Piece> {
+        let map = self.map();
+        if map.copies() != 1 {
+            return None;
+        }
+        let mut ps = map.pieces(0, offset, len);
+        let p = ps.pop()?;
+        let max = self.inner.links[p.extent].max_io.load(Ordering::Relaxed);
+        (ps.is_empty() && p.len <= max).then_some(p)
+    }
+
     /// Reads `len` bytes at `offset`.
     pub async fn read(&self, offset: u64, len: usize) -> Result<Vec<u8>, Error> {
         self.check(offset, len as u64)?;
+        if let Some(p) = self.direct(offset, len as u64) {
+            if let Out::Data(d) = self.on_extent(p, offset, &Io::Read).await? {
+                return Ok(d);
+            }
+        }
         let mut parts = self.on_readable_copy(offset, len as u64, &Io::Read).await?;
         if parts.len() == 1 {
             if let (_, Out::Data(d)) = parts.pop().expect("one") {
@@ -679,6 +697,20 @@ impl Volume {
     pub async fn read_into(&self, offset: u64, mut buf: AlignedBuf) -> Result<AlignedBuf, Error> {
         let len = buf.len() as u64;
         self.check(offset, len)?;
+        if let Some(p) = self.direct(offset, len) {
+            // Straight into the caller's buffer; a transport failure is retried once.
+            let link = &self.inner.links[p.extent];
+            let s = link.session().await?;
+            return match s.read_into(p.device_offset, buf).await {
+                Err(e) if is_transport(&e) => {
+                    link.invalidate(&s);
+                    let s = link.session().await?;
+                    s.read_into(p.device_offset, AlignedBuf::new(len as usize))
+                        .await
+                }
+                r => r,
+            };
+        }
         for (p, o) in self.on_readable_copy(offset, len, &Io::Read).await? {
             if let Out::Data(d) = o {
                 let at = (p.volume_offset - offset) as usize;
@@ -691,8 +723,13 @@ impl Volume {
     /// Writes `data` at `offset` (to every healthy copy); with `fua` it is durable on return.
     pub async fn write(&self, offset: u64, data: &[u8], fua: bool) -> Result<(), Error> {
         self.check(offset, data.len() as u64)?;
-        self.on_every_copy(offset, data.len() as u64, &Io::Write { data, fua })
-            .await
+        let io = Io::Write { data, fua };
+        if self.inner.opts.access == Access::ReadWrite {
+            if let Some(p) = self.direct(offset, data.len() as u64) {
+                return self.on_extent(p, offset, &io).await.map(|_| ());
+            }
+        }
+        self.on_every_copy(offset, data.len() as u64, &io).await
     }
 
     /// Deallocates a range (it may or may not read back as zeroes; see `write_zeroes`).
