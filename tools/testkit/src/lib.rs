@@ -290,7 +290,8 @@ impl Process {
     }
 
     /// A node registering with the controller at `ctl`, a 256 MiB file backend and a 1 MiB
-    /// owner reservation, its state in `dir/name`.
+    /// owner reservation, its state in `dir/name`, unpinned and polling by interrupt (it shares
+    /// the cores with other nodes and clients).
     pub fn node(dir: &Path, ctl: &str, name: &str) -> Process {
         Process::node_at(dir, ctl, name, "127.0.0.1:0")
     }
@@ -301,6 +302,9 @@ impl Process {
             "--listen".to_string(),
             listen.into(),
             "--no-pin".into(),
+            // Cluster tests run several nodes and clients on a few cores: no spinning.
+            "--poll".into(),
+            "interrupt".into(),
             "--controller".into(),
             format!("http://{ctl}"),
             "--state-dir".into(),

@@ -214,7 +214,11 @@ impl Cluster {
                 &args(&[
                     "--listen",
                     "127.0.0.1:0",
+                    // Three nodes and the client share this machine's cores: a spinning reactor
+                    // would take the CPU from the others (docs/node.md, Polling).
                     "--no-pin",
+                    "--poll",
+                    "interrupt",
                     "--controller",
                     &cl.url(),
                     "--state-dir",
