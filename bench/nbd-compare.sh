@@ -6,7 +6,8 @@
 #              io_uring, O_DIRECT), a 1 GiB single volume on it, served by `dasmesh nbd serve`
 # Workloads: 4k randread QD32, 4k randwrite QD32, 128k read QD16. Target: gateway >= 1.3x qemu-nbd.
 # Usage: bench/nbd-compare.sh [--runtime SECONDS] [--runs N] [--json FILE] [-- gateway flags...]
-#   NODE_FLAGS="..." adds flags to the node (default: none, the node's defaults).
+#   NODE_FLAGS="..." replaces the node's extra flags (default: --no-pin --poll interrupt: the node shares
+#   this machine's cores with the gateway and fio, where a spinning reactor starves them; docs/node.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNTIME=5; RUNS=1; JSON_OUT=""; GW_FLAGS=()
@@ -41,7 +42,7 @@ qemu-nbd -f raw --cache=none --aio=io_uring -b 127.0.0.1 -p 10881 -x '' -t "$DIR
 "$B/dasmesh-controller" --listen 127.0.0.1:0 --data-dir "$DIR/ctl" >"$DIR/ctl.out" 2>"$DIR/ctl.log" & PIDS+=($!)
 CTL=http://$(addr_of "$DIR/ctl.out")
 "$B/dasmesh-node" --listen 127.0.0.1:0 --controller "$CTL" --state-dir "$DIR/node" --reserve 1M \
-  --backend "file:$DIR/node.img:1100M" ${NODE_FLAGS:-} >"$DIR/node.out" 2>"$DIR/node.log" & PIDS+=($!)
+  --backend "file:$DIR/node.img:1100M" ${NODE_FLAGS---no-pin --poll interrupt} >"$DIR/node.out" 2>"$DIR/node.log" & PIDS+=($!)
 addr_of "$DIR/node.out" >/dev/null
 "$B/dasmesh" --controller "$CTL" volume create bench --size 1G --layout single >/dev/null
 "$B/dasmesh" --controller "$CTL" nbd serve bench --listen 127.0.0.1:0 "${GW_FLAGS[@]}" >"$DIR/gw.out" 2>"$DIR/gw.log" & PIDS+=($!)
