@@ -7,7 +7,7 @@ use dasmesh_wire::{Op, Status, TokenError};
 pub enum Error {
     /// The socket failed.
     #[error("I/O error: {0}")]
-    Io(#[from] std::io::Error),
+    Io(std::io::Error),
     /// The node refused the handshake.
     #[error("node refused the connection: {name} ({status})", name = .0.name(), status = .0)]
     Handshake(Status),
@@ -27,7 +27,7 @@ pub enum Error {
     Closed,
     /// A token could not be used.
     #[error("token: {0}")]
-    Token(#[from] TokenError),
+    Token(TokenError),
     /// Connecting took too long.
     #[error("timed out connecting")]
     Timeout,
@@ -40,6 +40,20 @@ pub enum Error {
     /// A caller argument the node would refuse anyway (checked before sending).
     #[error("invalid argument: {0}")]
     Invalid(String),
+}
+
+// Not `#[from]`: that would also make the inner error the source, and error reports that print
+// the chain (anyhow's `{:#}`) would show its message twice.
+impl From<std::io::Error> for Error {
+    fn from(e: std::io::Error) -> Self {
+        Error::Io(e)
+    }
+}
+
+impl From<TokenError> for Error {
+    fn from(e: TokenError) -> Self {
+        Error::Token(e)
+    }
 }
 
 impl Error {
