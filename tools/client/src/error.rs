@@ -28,8 +28,8 @@ pub enum Error {
     /// A token could not be used.
     #[error("token: {0}")]
     Token(TokenError),
-    /// Connecting took too long.
-    #[error("timed out connecting")]
+    /// Connecting, or a node's reply, took too long.
+    #[error("timed out (connecting, or waiting for the node's reply)")]
     Timeout,
     /// The control plane refused or could not be reached.
     #[error("control plane: {0}")]

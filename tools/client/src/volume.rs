@@ -47,6 +47,11 @@ pub struct MountOptions {
     pub renew: bool,
     /// Give up connecting (controller or node) after this long.
     pub connect_timeout: Duration,
+    /// Give up waiting for a node's reply to a read, write, flush, discard or write-zeroes
+    /// after this long (searches are not timed: they scan as much as they are asked to). The
+    /// request is retried once on a fresh connection; on a mirror, a copy that still does not
+    /// answer is reported stale like one that failed.
+    pub request_timeout: Duration,
 }
 
 impl Default for MountOptions {
@@ -59,6 +64,7 @@ impl Default for MountOptions {
             queue_depth: 64,
             renew: true,
             connect_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -492,24 +498,31 @@ impl Volume {
         let mut retried = false;
         loop {
             let s = link.session().await?;
-            let r = match io {
-                Io::Read => s.read(p.device_offset, p.len as usize).await.map(Out::Data),
-                Io::Write { data, fua } => {
-                    let at = (p.volume_offset - base) as usize;
-                    s.write(p.device_offset, &data[at..at + p.len as usize], *fua)
-                        .await
-                        .map(|()| Out::None)
-                }
-                Io::Discard => s.discard(p.device_offset, p.len).await.map(|()| Out::None),
-                Io::Zeroes { fua } => s
-                    .write_zeroes(p.device_offset, p.len, *fua)
-                    .await
-                    .map(|()| Out::None),
-                Io::Search { pattern, max_hits } => s
-                    .search(p.device_offset, p.len, pattern, *max_hits)
-                    .await
-                    .map(Out::Hits),
+            let limit = match io {
+                Io::Search { .. } => None,
+                _ => Some(self.inner.opts.request_timeout),
             };
+            let r = timed(limit, async {
+                match io {
+                    Io::Read => s.read(p.device_offset, p.len as usize).await.map(Out::Data),
+                    Io::Write { data, fua } => {
+                        let at = (p.volume_offset - base) as usize;
+                        s.write(p.device_offset, &data[at..at + p.len as usize], *fua)
+                            .await
+                            .map(|()| Out::None)
+                    }
+                    Io::Discard => s.discard(p.device_offset, p.len).await.map(|()| Out::None),
+                    Io::Zeroes { fua } => s
+                        .write_zeroes(p.device_offset, p.len, *fua)
+                        .await
+                        .map(|()| Out::None),
+                    Io::Search { pattern, max_hits } => s
+                        .search(p.device_offset, p.len, pattern, *max_hits)
+                        .await
+                        .map(Out::Hits),
+                }
+            })
+            .await;
             match r {
                 Err(e) if is_transport(&e) && !retried => {
                     link.invalidate(&s);
@@ -700,13 +713,14 @@ impl Volume {
         if let Some(p) = self.direct(offset, len) {
             // Straight into the caller's buffer; a transport failure is retried once.
             let link = &self.inner.links[p.extent];
+            let limit = Some(self.inner.opts.request_timeout);
             let s = link.session().await?;
-            return match s.read_into(p.device_offset, buf).await {
+            return match timed(limit, s.read_into(p.device_offset, buf)).await {
                 Err(e) if is_transport(&e) => {
                     link.invalidate(&s);
                     let s = link.session().await?;
-                    s.read_into(p.device_offset, AlignedBuf::new(len as usize))
-                        .await
+                    let buf = AlignedBuf::new(len as usize);
+                    timed(limit, s.read_into(p.device_offset, buf)).await
                 }
                 r => r,
             };
@@ -758,8 +772,9 @@ impl Volume {
         let map = &map;
         let results = join_all(targets.iter().map(|&i| async move {
             let link = &self.inner.links[i];
+            let limit = Some(self.inner.opts.request_timeout);
             let r = match link.session().await {
-                Ok(s) => s.flush_one().await,
+                Ok(s) => timed(limit, s.flush_one()).await,
                 Err(e) => Err(e),
             };
             (map.extents()[i].copy as usize, r)
@@ -885,6 +900,19 @@ impl Volume {
             .map(|_| ())
             .map_err(|s| control("unmount", s));
         flushed.and(ended)
+    }
+}
+
+/// `fut`, failed with [`Error::Timeout`] if it takes longer than `limit`.
+async fn timed<T>(
+    limit: Option<Duration>,
+    fut: impl std::future::Future<Output = Result<T, Error>>,
+) -> Result<T, Error> {
+    match limit {
+        Some(d) => tokio::time::timeout(d, fut)
+            .await
+            .unwrap_or(Err(Error::Timeout)),
+        None => fut.await,
     }
 }
 
