@@ -669,6 +669,26 @@ impl v1::leases_server::Leases for Svc {
         })))
     }
 
+    async fn report_rebuilt(
+        &self,
+        r: Request<v1::ReportRebuiltRequest>,
+    ) -> Result<Response<v1::ReportFailureResponse>, Status> {
+        let r = r.into_inner();
+        let v = match self.0.execute(Command::RebuiltCopies {
+            lease_id: r.lease_id,
+            copies: r.copies.clone(),
+            now_ms: now_ms(),
+        })? {
+            Outcome::Volume(v) => v,
+            _ => return Err(Status::internal("unexpected outcome")),
+        };
+        tracing::info!(volume = %v.name, lease = r.lease_id, copies = ?r.copies,
+            "mirror copies rebuilt: they serve reads again");
+        Ok(Response::new(self.0.read(|s| v1::ReportFailureResponse {
+            extents: v.extents.iter().map(|e| extent_msg(s, &v, e)).collect(),
+        })))
+    }
+
     async fn list(
         &self,
         r: Request<v1::ListLeasesRequest>,

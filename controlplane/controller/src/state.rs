@@ -9,7 +9,7 @@ use crate::alloc::{self, Candidate, DeviceKey, Layout, Piece};
 mod failure;
 mod resize;
 
-use failure::fail_copies;
+use failure::mark_copies;
 use resize::{grow, shrink};
 
 /// Heartbeats missed before a node is marked down.
@@ -255,6 +255,13 @@ pub enum Command {
         reason: String,
         now_ms: u64,
     },
+    /// The read-write holder of a mirror copied the data back onto stale copies: they are
+    /// healthy again.
+    RebuiltCopies {
+        lease_id: u64,
+        copies: Vec<u32>,
+        now_ms: u64,
+    },
 }
 
 /// What a command produced.
@@ -306,8 +313,8 @@ pub enum Error {
     /// A bad argument.
     #[error("invalid request: {0}")]
     Invalid(String),
-    /// Only the volume's current read-write lease may mark mirror copies stale.
-    #[error("lease {lease} is not the current read-write lease of volume {volume:?} ({why}); it cannot mark copies stale")]
+    /// Only the volume's current read-write lease may mark mirror copies stale or rebuilt.
+    #[error("lease {lease} is not the current read-write lease of volume {volume:?} ({why}); it cannot mark copies stale or rebuilt")]
     NotCurrentWriter {
         lease: u64,
         volume: String,
@@ -751,7 +758,12 @@ fn apply_inner(s: &mut State, cmd: Command) -> Result<Outcome, Error> {
             copies,
             reason: _,
             now_ms,
-        } => fail_copies(s, lease_id, &copies, now_ms).map(Outcome::Volume),
+        } => mark_copies(s, lease_id, &copies, true, now_ms).map(Outcome::Volume),
+        Command::RebuiltCopies {
+            lease_id,
+            copies,
+            now_ms,
+        } => mark_copies(s, lease_id, &copies, false, now_ms).map(Outcome::Volume),
     }
 }
 

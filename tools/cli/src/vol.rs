@@ -68,6 +68,10 @@ pub enum HostCmd {
     Search(SearchArgs),
     /// Make a whole volume read back as zeroes (WRITE_ZEROES on every extent), then flush.
     Zero(ZeroArgs),
+    /// Copy a mirror's data from a healthy copy onto its stale copies (their nodes must be up
+    /// again), flush them, and mark them healthy: the volume is no longer degraded. Mounts
+    /// read-write, so nobody else may hold the volume read-write meanwhile.
+    Rebuild(ZeroArgs),
 }
 
 /// `dasmesh volume cp`.
@@ -154,6 +158,34 @@ pub async fn exec(url: &str, json_out: bool, cmd: HostCmd) -> anyhow::Result<()>
                 if r.truncated {
                     eprintln!("(stopped at {} hits; more matches follow)", a.max_hits);
                 }
+            }
+        }
+        HostCmd::Rebuild(a) => {
+            let t0 = Instant::now();
+            let progress = !json_out;
+            let copies = with_volume(url, &a.name, Access::ReadWrite, &a.mount, |v| async move {
+                let bar = bar(v.size(), progress);
+                let r = v
+                    .rebuild(|done, _| bar.set_position(done))
+                    .await
+                    .map_err(|e| anyhow!("rebuilding volume {}: {e}", v.name()));
+                bar.finish_and_clear();
+                r
+            })
+            .await?;
+            let secs = t0.elapsed().as_secs_f64();
+            if json_out {
+                println!(
+                    "{}",
+                    json!({"rebuilt": a.name, "copies": copies, "seconds": secs})
+                );
+            } else if copies.is_empty() {
+                println!("volume {}: no stale copy, nothing to rebuild", a.name);
+            } else {
+                println!(
+                    "rebuilt copies {copies:?} of volume {} in {secs:.2} s: they serve reads again",
+                    a.name
+                );
             }
         }
         HostCmd::Zero(a) => {

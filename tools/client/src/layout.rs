@@ -278,8 +278,13 @@ impl Map {
 
     /// Marks every extent of `copy` stale.
     pub fn mark_stale(&mut self, copy: usize) {
+        self.set_stale(copy, true);
+    }
+
+    /// Marks every extent of `copy` stale or fresh.
+    pub fn set_stale(&mut self, copy: usize, stale: bool) {
         for e in self.extents.iter_mut().filter(|e| e.copy as usize == copy) {
-            e.stale = true;
+            e.stale = stale;
         }
     }
 }

@@ -625,3 +625,52 @@ fn a_hung_node_is_timed_out_and_a_hung_replica_marked_stale() {
         v.unmount().await.unwrap();
     });
 }
+
+#[test]
+fn a_stale_copy_is_rebuilt_and_serves_reads_again() {
+    let mut c = Cluster::start(3);
+    runtime().block_on(async {
+        let vol = c.create("rb", "mirror:2", 8 << 20).await;
+        let node_of = |copy: u32| {
+            vol.extents
+                .iter()
+                .find(|e| e.copy == copy)
+                .unwrap()
+                .node_address
+                .clone()
+        };
+        let (n0, n1) = (c.node_index(&node_of(0)), c.node_index(&node_of(1)));
+        let (mut rng, _) = seeded();
+        let mut model = vec![0u8; 8 << 20];
+        rng.fill(&mut model[..]);
+        let v = c.mount("rb", "host-rb", Duration::from_secs(30)).await;
+        v.write(0, &model[..4 << 20], false).await.unwrap();
+        // Copy 1's node dies; the second half is written to copy 0 only.
+        c.nodes[n1].child.kill().unwrap();
+        v.write(4 << 20, &model[4 << 20..], false).await.unwrap();
+        assert_eq!(c.get("rb").await.state, v1::VolumeState::Degraded as i32);
+        v.unmount().await.unwrap();
+
+        // It comes back (same address, same data as when it died), and a writer rebuilds it.
+        c.nodes[n1].restart();
+        let w = c.mount("rb", "host-rb", Duration::from_secs(30)).await;
+        let mut seen = 0;
+        assert_eq!(w.rebuild(|done, _| seen = done).await.unwrap(), vec![1]);
+        assert_eq!(seen, 8 << 20);
+        assert!(w.extents().iter().all(|e| !e.stale));
+        let after = c.get("rb").await;
+        assert_eq!(after.state, v1::VolumeState::Ok as i32);
+        assert!(after.extents.iter().all(|e| !e.stale));
+        assert_eq!(
+            w.rebuild(|_, _| {}).await.unwrap(),
+            Vec::<u32>::new(),
+            "nothing left"
+        );
+
+        // Copy 0's node dies: every byte is read from the rebuilt copy.
+        c.nodes[n0].child.kill().unwrap();
+        let got = w.read(0, 8 << 20).await.unwrap();
+        assert!(got == model, "the rebuilt copy differs");
+        drop(w);
+    });
+}

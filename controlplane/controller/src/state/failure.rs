@@ -1,13 +1,15 @@
-//! Failure reports from a mirror's writer: copies that missed a write turn stale.
+//! Failure and rebuild reports from a mirror's writer: copies that missed a write turn stale,
+//! copies the writer copied the data back onto turn healthy.
 
 use super::{volume, Error, Layout, NotWriter, State, VolumeRec};
 
-/// Marks every extent of `copies` stale, for the volume's current read-write lease only, and
-/// never the last healthy copy.
-pub(super) fn fail_copies(
+/// Marks every extent of `copies` stale (or healthy again), for the volume's current read-write
+/// lease only, and never the last healthy copy stale.
+pub(super) fn mark_copies(
     s: &mut State,
     lease_id: u64,
     copies: &[u32],
+    stale: bool,
     now_ms: u64,
 ) -> Result<VolumeRec, Error> {
     let not_writer = |volume: &str, why| Error::NotCurrentWriter {
@@ -45,13 +47,13 @@ pub(super) fn fail_copies(
     }
     let Layout::Mirror { copies: n } = v.layout else {
         return Err(Error::Invalid(format!(
-            "volume {:?} is not a mirror: it has no copies to mark stale",
+            "volume {:?} is not a mirror: it has no copies to mark",
             v.name
         )));
     };
     if copies.is_empty() {
         return Err(Error::Invalid(format!(
-            "volume {:?}: a failure report must name at least one copy",
+            "volume {:?}: a report must name at least one copy",
             v.name
         )));
     }
@@ -64,7 +66,7 @@ pub(super) fn fail_copies(
     let mut out = v.clone();
     for e in out.extents.iter_mut() {
         if copies.contains(&e.piece.copy) {
-            e.stale = true;
+            e.stale = stale;
         }
     }
     let healthy = (0..n).any(|c| {

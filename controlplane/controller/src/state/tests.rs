@@ -398,7 +398,7 @@ mod sequences {
             1 => (0u8..6, any::<bool>()).prop_map(|(v, rw)| Op::Mount(v, rw)),
             1 => (0u8..8).prop_map(Op::Unmount),
             1 => (0u8..3).prop_map(Op::Down),
-            2 => (0u8..6, 0u8..8).prop_map(|(v, m)| Op::Fail(v, m)),
+            2 => (0u8..6, prop_oneof![0u8..8, 0x80u8..0x88]).prop_map(|(v, m)| Op::Fail(v, m)),
         ]
     }
 
@@ -548,7 +548,12 @@ mod sequences {
                         match writer.or(leases.last().copied()) {
                             Some(id) => {
                                 let copies = (0..3u32).filter(|c| mask & (1 << c) != 0).collect();
-                                apply(&mut s, Command::FailCopies { lease_id: id, copies, reason: String::new(), now_ms: t as u64 })
+                                // High bit: the copies were rebuilt rather than failed.
+                                if mask & 0x80 != 0 {
+                                    apply(&mut s, Command::RebuiltCopies { lease_id: id, copies, now_ms: t as u64 })
+                                } else {
+                                    apply(&mut s, Command::FailCopies { lease_id: id, copies, reason: String::new(), now_ms: t as u64 })
+                                }
                             }
                             None => continue,
                         }

@@ -301,3 +301,54 @@ mod model {
         }
     }
 }
+
+fn rebuilt(s: &mut State, lease_id: u64, copies: &[u32], now_ms: u64) -> Result<VolumeRec, Error> {
+    match apply(
+        s,
+        Command::RebuiltCopies {
+            lease_id,
+            copies: copies.to_vec(),
+            now_ms,
+        },
+    )? {
+        Outcome::Volume(v) => Ok(v),
+        o => panic!("{o:?}"),
+    }
+}
+
+#[test]
+fn a_rebuilt_copy_is_healthy_again_but_only_the_current_writer_says_so() {
+    let mut s = pool(3);
+    let w = grown_mirror(&mut s);
+    fail(&mut s, w.id, &[1], 2000).unwrap();
+    // Revoked: the old writer cannot declare the copy rebuilt.
+    apply(
+        &mut s,
+        Command::Revoke {
+            lease_id: w.id,
+            now_ms: 2500,
+        },
+    )
+    .unwrap();
+    let before = s.clone();
+    assert_eq!(
+        rebuilt(&mut s, w.id, &[1], 3000).unwrap_err(),
+        Error::NotCurrentWriter {
+            lease: w.id,
+            volume: "m".into(),
+            why: NotWriter::Ended
+        }
+    );
+    assert_eq!(s, before);
+    let r = mount(&mut s, "m", "host-r", false).unwrap();
+    assert!(rebuilt(&mut s, r.id, &[1], 3000).is_err(), "a reader cannot");
+    let w2 = mount(&mut s, "m", "host-b", true).unwrap();
+    assert!(rebuilt(&mut s, w2.id, &[2], 3000).is_err(), "no copy 2");
+    let v = rebuilt(&mut s, w2.id, &[1], 3000).unwrap();
+    assert_eq!(
+        stale_copies(&v),
+        vec![(0, 0, false), (0, 1, false), (1, 0, false), (1, 1, false)]
+    );
+    // And it can fail again later.
+    fail(&mut s, w2.id, &[0], 4000).unwrap();
+}
