@@ -341,7 +341,10 @@ fn a_rebuilt_copy_is_healthy_again_but_only_the_current_writer_says_so() {
     );
     assert_eq!(s, before);
     let r = mount(&mut s, "m", "host-r", false).unwrap();
-    assert!(rebuilt(&mut s, r.id, &[1], 3000).is_err(), "a reader cannot");
+    assert!(
+        rebuilt(&mut s, r.id, &[1], 3000).is_err(),
+        "a reader cannot"
+    );
     let w2 = mount(&mut s, "m", "host-b", true).unwrap();
     assert!(rebuilt(&mut s, w2.id, &[2], 3000).is_err(), "no copy 2");
     let v = rebuilt(&mut s, w2.id, &[1], 3000).unwrap();
