@@ -5,104 +5,19 @@ use std::time::{Duration, Instant};
 
 use dasmesh_api::v1;
 use dasmesh_client::{Access, Error, MountOptions, Volume};
-use dasmesh_testkit::{free_addr, Process};
+use dasmesh_testkit::{Cluster, Process};
 use dasmesh_wire::Status;
 use rand::{Rng, SeedableRng};
 
-struct Cluster {
-    dir: tempfile::TempDir,
-    ctl: Process,
-    nodes: Vec<Process>,
-}
-
-impl Cluster {
-    /// A controller and `n` nodes, each on a fixed address so it can be restarted on it.
-    fn start(n: usize) -> Cluster {
-        let dir = tempfile::tempdir().unwrap();
-        let ctl = Process::controller(&dir.path().join("ctl"), &free_addr());
-        let nodes = (0..n)
-            .map(|i| Process::node_at(dir.path(), &ctl.addr, &format!("n{i}"), &free_addr()))
-            .collect();
-        Cluster { dir, ctl, nodes }
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}", self.ctl.addr)
-    }
-
-    async fn channel(&self) -> tonic::transport::Channel {
-        tonic::transport::Endpoint::from_shared(self.url())
-            .unwrap()
-            .connect()
-            .await
-            .unwrap()
-    }
-
-    async fn create(&self, name: &str, layout: &str, size: u64) -> v1::Volume {
-        let (kind, width, unit) = match layout.split(':').collect::<Vec<_>>()[..] {
-            ["single"] => (v1::LayoutKind::Single, 0, 0),
-            ["concat"] => (v1::LayoutKind::Concat, 0, 0),
-            ["stripe", w, u] => (
-                v1::LayoutKind::Stripe,
-                w.parse().unwrap(),
-                u.parse().unwrap(),
-            ),
-            ["mirror", w] => (v1::LayoutKind::Mirror, w.parse().unwrap(), 0),
-            _ => panic!("layout {layout}"),
-        };
-        v1::volumes_client::VolumesClient::new(self.channel().await)
-            .create(v1::CreateVolumeRequest {
-                name: name.into(),
-                size_bytes: size,
-                layout: Some(v1::Layout {
-                    kind: kind as i32,
-                    width,
-                    stripe_unit_bytes: unit,
-                }),
-                requirements: Some(v1::Requirements {
-                    price_per_gib_hour: 2.0,
-                    ..Default::default()
-                }),
-            })
-            .await
-            .unwrap_or_else(|e| panic!("create {name}: {e}"))
-            .into_inner()
-    }
-
-    async fn resize(&self, name: &str, size: u64) -> v1::Volume {
-        v1::volumes_client::VolumesClient::new(self.channel().await)
-            .resize(v1::ResizeVolumeRequest {
-                name: name.into(),
-                size_bytes: size,
-            })
-            .await
-            .unwrap()
-            .into_inner()
-    }
-
-    async fn get(&self, name: &str) -> v1::Volume {
-        v1::volumes_client::VolumesClient::new(self.channel().await)
-            .get(v1::GetVolumeRequest { name: name.into() })
-            .await
-            .unwrap()
-            .into_inner()
-    }
-
-    async fn mount(&self, name: &str, host: &str, ttl: Duration) -> Volume {
-        let opts = MountOptions {
-            host: host.into(),
-            ttl,
-            ..Default::default()
-        };
-        Volume::mount(&self.url(), name, opts)
-            .await
-            .unwrap_or_else(|e| panic!("mount {name}: {e}"))
-    }
-
-    /// The node process serving `addr`.
-    fn node_index(&self, addr: &str) -> usize {
-        self.nodes.iter().position(|n| n.addr == addr).unwrap()
-    }
+async fn mount(c: &Cluster, name: &str, host: &str, ttl: Duration) -> Volume {
+    let opts = MountOptions {
+        host: host.into(),
+        ttl,
+        ..Default::default()
+    };
+    Volume::mount(&c.url(), name, opts)
+        .await
+        .unwrap_or_else(|e| panic!("mount {name}: {e}"))
 }
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -249,7 +164,7 @@ fn every_layout_matches_an_in_memory_model() {
         assert_eq!(mirror.extents.len(), 4);
 
         for name in ["single", "concat", "stripe", "mirror"] {
-            let v = c.mount(name, "host-model", Duration::from_secs(30)).await;
+            let v = mount(&c, name, "host-model", Duration::from_secs(30)).await;
             let t = Instant::now();
             model_check(&v, &mut rng, 120).await;
             eprintln!("{name}: {:?}", t.elapsed());
@@ -304,7 +219,7 @@ fn mirror_carries_on_when_a_replica_node_is_killed_mid_write() {
     let mut c = Cluster::start(3);
     runtime().block_on(async {
         let vol = c.create("m", "mirror:2", 16 << 20).await;
-        let v = c.mount("m", "host-m", Duration::from_secs(30)).await;
+        let v = mount(&c, "m", "host-m", Duration::from_secs(30)).await;
         let victim_addr = vol
             .extents
             .iter()
@@ -371,7 +286,7 @@ fn mirror_carries_on_when_a_replica_node_is_killed_mid_write() {
         }
         // A new mount reads from the healthy copy only, though the dead node is still listed.
         v.unmount().await.unwrap();
-        let v2 = c.mount("m", "host-m2", Duration::from_secs(30)).await;
+        let v2 = mount(&c, "m", "host-m2", Duration::from_secs(30)).await;
         for (b, gen) in last.iter().take(200) {
             assert!(v2.read(b * 4096, 4096).await.unwrap() == block_data(*b, *gen));
         }
@@ -386,7 +301,7 @@ fn revoked_holder_is_fenced_also_across_node_restarts() {
     rt.block_on(async {
         // Without restarts: A's next request after B's mount is refused.
         c.create("f1", "single", 4 << 20).await;
-        let a = c.mount("f1", "host-a", Duration::from_secs(30)).await;
+        let a = mount(&c, "f1", "host-a", Duration::from_secs(30)).await;
         a.write(0, &[b'A'; 4096], false).await.unwrap();
         let mut leases = v1::leases_client::LeasesClient::new(c.channel().await);
         leases
@@ -395,7 +310,7 @@ fn revoked_holder_is_fenced_also_across_node_restarts() {
             })
             .await
             .unwrap();
-        let b = c.mount("f1", "host-b", Duration::from_secs(30)).await;
+        let b = mount(&c, "f1", "host-b", Duration::from_secs(30)).await;
         b.write(0, &[b'B'; 4096], true).await.unwrap();
         let r = a.write(0, &[b'A'; 4096], false).await;
         assert!(
@@ -408,7 +323,7 @@ fn revoked_holder_is_fenced_also_across_node_restarts() {
 
         // With the node restarted between A and B, and again before A tries.
         c.create("f2", "single", 4 << 20).await;
-        let a = c.mount("f2", "host-a", Duration::from_secs(30)).await;
+        let a = mount(&c, "f2", "host-a", Duration::from_secs(30)).await;
         a.write(0, &[b'A'; 4096], true).await.unwrap();
         c.nodes[0].restart();
         leases
@@ -417,7 +332,7 @@ fn revoked_holder_is_fenced_also_across_node_restarts() {
             })
             .await
             .unwrap();
-        let b = c.mount("f2", "host-b", Duration::from_secs(30)).await;
+        let b = mount(&c, "f2", "host-b", Duration::from_secs(30)).await;
         b.write(0, &[b'B'; 4096], true).await.unwrap();
         c.nodes[0].restart();
         let r = a.write(0, &[b'A'; 4096], false).await;
@@ -455,7 +370,7 @@ fn a_host_that_stops_renewing_is_refused_after_expiry() {
         );
         // The controller ended the lease too: another host may take the volume.
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let w = c.mount("e", "host-f", Duration::from_secs(30)).await;
+        let w = mount(&c, "e", "host-f", Duration::from_secs(30)).await;
         assert_eq!(w.read(0, 4096).await.unwrap(), vec![1; 4096]);
         w.unmount().await.unwrap();
     });
@@ -467,8 +382,8 @@ fn with_the_controller_down_io_goes_on_until_expiry_and_renewal_resumes() {
     runtime().block_on(async {
         c.create("short", "single", 4 << 20).await;
         c.create("long", "mirror:2", 4 << 20).await;
-        let short = c.mount("short", "host-s", Duration::from_secs(3)).await;
-        let long = c.mount("long", "host-l", Duration::from_secs(8)).await;
+        let short = mount(&c, "short", "host-s", Duration::from_secs(3)).await;
+        let long = mount(&c, "long", "host-l", Duration::from_secs(8)).await;
         let short_expiry = short.lease().expires_at_ms;
         let long_expiry = long.lease().expires_at_ms;
         c.ctl.child.kill().unwrap();
@@ -525,7 +440,7 @@ fn refusals_are_clear_and_change_nothing() {
             matches!(e, Error::Control(ref m) if m.contains("nope")),
             "{e}"
         );
-        let v = c.mount("r", "host-r", Duration::from_secs(30)).await;
+        let v = mount(&c, "r", "host-r", Duration::from_secs(30)).await;
         v.write(0, &[3; 8192], false).await.unwrap();
         for (off, len) in [
             (4 << 20, 4096usize),
@@ -643,7 +558,7 @@ fn a_stale_copy_is_rebuilt_and_serves_reads_again() {
         let (mut rng, _) = seeded();
         let mut model = vec![0u8; 8 << 20];
         rng.fill(&mut model[..]);
-        let v = c.mount("rb", "host-rb", Duration::from_secs(30)).await;
+        let v = mount(&c, "rb", "host-rb", Duration::from_secs(30)).await;
         v.write(0, &model[..4 << 20], false).await.unwrap();
         // Copy 1's node dies; the second half is written to copy 0 only.
         c.nodes[n1].child.kill().unwrap();
@@ -653,7 +568,7 @@ fn a_stale_copy_is_rebuilt_and_serves_reads_again() {
 
         // It comes back (same address, same data as when it died), and a writer rebuilds it.
         c.nodes[n1].restart();
-        let w = c.mount("rb", "host-rb", Duration::from_secs(30)).await;
+        let w = mount(&c, "rb", "host-rb", Duration::from_secs(30)).await;
         let mut seen = 0;
         assert_eq!(w.rebuild(|done, _| seen = done).await.unwrap(), vec![1]);
         assert_eq!(seen, 8 << 20);

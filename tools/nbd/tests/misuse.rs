@@ -8,7 +8,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use common::Cluster;
+use common::{Cluster, GatewayCluster as _};
 use dasmesh_nbd::proto::{self, Cmd, InfoRequest, Rep, Request};
 
 const SIZE: u64 = 16 << 20;
@@ -142,7 +142,7 @@ fn pattern(len: usize, seed: u8) -> Vec<u8> {
 #[test]
 fn misuse_is_answered_as_the_spec_says() {
     let c = Cluster::start(1);
-    c.create("vol", "single", SIZE);
+    c.create_now("vol", "single", SIZE);
     let mut gw = c.gateway("vol", &[]);
 
     // Handshake: unknown options, STARTTLS, structured replies, LIST with data, an unknown
@@ -287,7 +287,7 @@ fn misuse_is_answered_as_the_spec_says() {
 #[test]
 fn old_style_export_name_and_unix_socket() {
     let c = Cluster::start(1);
-    c.create("u", "single", SIZE);
+    c.create_now("u", "single", SIZE);
     let sock = c.dir.path().join("nbd.sock");
     let gw = c.gateway("u", &["--listen", &format!("unix:{}", sock.display())]);
     assert_eq!(gw.addr, format!("unix:{}", sock.display()));

@@ -6,7 +6,7 @@ mod common;
 
 use std::process::Command;
 
-use common::{have, random_file, run, Cluster};
+use common::{have, random_file, run, Cluster, GatewayCluster as _};
 
 const SIZE: u64 = 32 << 20;
 
@@ -18,7 +18,7 @@ fn real_nbd_tools_on_every_layout() {
         ("mirror", "mirror:2"),
         ("stripe", "stripe:2:65536"),
     ] {
-        c.create(name, layout, SIZE);
+        c.create_now(name, layout, SIZE);
         let mut gw = c.gateway(name, &[]);
         let uri = format!("nbd://{}/", gw.addr);
         let dir = c.dir.path();

@@ -9,6 +9,10 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+mod cluster;
+
+pub use cluster::{layout, Cluster};
+
 use dasmesh_wire::{Claim, DeviceId, Epoch, NodeId, Rights, SigningKey, Token, VolumeId};
 
 /// Path of a workspace binary next to the running test (`cargo build --workspace --bins` first).

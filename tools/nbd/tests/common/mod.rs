@@ -5,70 +5,27 @@
 use std::path::Path;
 use std::process::Command;
 
-use dasmesh_api::v1;
 use dasmesh_testkit::Process;
 
-/// A controller and `n` nodes (256 MiB file backend each).
-pub struct Cluster {
-    pub dir: tempfile::TempDir,
-    pub ctl: Process,
-    pub nodes: Vec<Process>,
+pub use dasmesh_testkit::Cluster;
+
+/// What the gateway tests do with a cluster, outside an async runtime.
+pub trait GatewayCluster {
+    /// Creates `name` with `layout` (`single`, `mirror:N`, `stripe:N:UNIT`) of `size` bytes.
+    fn create_now(&self, name: &str, layout: &str, size: u64);
+    /// Starts `dasmesh nbd serve VOLUME --listen 127.0.0.1:0` with `extra` flags.
+    fn gateway(&self, volume: &str, extra: &[&str]) -> Process;
+    /// Mounts `volume` read-write through the library and unmounts it (to see that the
+    /// gateway's lease has ended).
+    fn mount(&self, volume: &str) -> Result<(), dasmesh_client::Error>;
 }
 
-impl Cluster {
-    pub fn start(n: usize) -> Cluster {
-        let dir = tempfile::tempdir().unwrap();
-        let ctl = Process::controller(&dir.path().join("ctl"), "127.0.0.1:0");
-        let nodes = (0..n)
-            .map(|i| Process::node(dir.path(), &ctl.addr, &format!("n{i}")))
-            .collect();
-        Cluster { dir, ctl, nodes }
+impl GatewayCluster for Cluster {
+    fn create_now(&self, name: &str, layout: &str, size: u64) {
+        runtime().block_on(self.create(name, layout, size));
     }
 
-    pub fn url(&self) -> String {
-        format!("http://{}", self.ctl.addr)
-    }
-
-    /// Creates `name` with `layout` (`single`, `mirror:N`, `stripe:N:UNIT`) of `size` bytes.
-    pub fn create(&self, name: &str, layout: &str, size: u64) {
-        let (kind, width, unit) = match layout.split(':').collect::<Vec<_>>()[..] {
-            ["single"] => (v1::LayoutKind::Single, 0, 0),
-            ["stripe", w, u] => (
-                v1::LayoutKind::Stripe,
-                w.parse().unwrap(),
-                u.parse().unwrap(),
-            ),
-            ["mirror", w] => (v1::LayoutKind::Mirror, w.parse().unwrap(), 0),
-            _ => panic!("layout {layout}"),
-        };
-        let url = self.url();
-        runtime().block_on(async move {
-            let ch = tonic::transport::Endpoint::from_shared(url)
-                .unwrap()
-                .connect()
-                .await
-                .unwrap();
-            v1::volumes_client::VolumesClient::new(ch)
-                .create(v1::CreateVolumeRequest {
-                    name: name.into(),
-                    size_bytes: size,
-                    layout: Some(v1::Layout {
-                        kind: kind as i32,
-                        width,
-                        stripe_unit_bytes: unit,
-                    }),
-                    requirements: Some(v1::Requirements {
-                        price_per_gib_hour: 1.0,
-                        ..Default::default()
-                    }),
-                })
-                .await
-                .unwrap_or_else(|e| panic!("create {name}: {e}"));
-        });
-    }
-
-    /// Starts `dasmesh nbd serve VOLUME --listen 127.0.0.1:0` with `extra` flags.
-    pub fn gateway(&self, volume: &str, extra: &[&str]) -> Process {
+    fn gateway(&self, volume: &str, extra: &[&str]) -> Process {
         let mut args: Vec<String> = ["--controller", &self.url(), "nbd", "serve", volume]
             .iter()
             .map(|s| s.to_string())
@@ -80,9 +37,7 @@ impl Cluster {
         Process::spawn("dasmesh", &args)
     }
 
-    /// Mounts `volume` read-write through the library (to read back what the gateway wrote, or
-    /// to see that the gateway's lease has ended).
-    pub fn mount(&self, volume: &str) -> Result<(), dasmesh_client::Error> {
+    fn mount(&self, volume: &str) -> Result<(), dasmesh_client::Error> {
         let url = self.url();
         runtime().block_on(async move {
             let v = dasmesh_client::Volume::mount(

@@ -1,0 +1,106 @@
+//! A controller and storage nodes on 127.0.0.1, and volumes created through the control plane's
+//! gRPC API: what every end-to-end test of the host path starts from.
+
+use dasmesh_api::v1;
+
+use crate::{free_addr, Process};
+
+/// A controller and nodes (256 MiB file backends), each on a fixed address so it can be
+/// restarted on it; all killed on drop.
+pub struct Cluster {
+    /// Their state and files.
+    pub dir: tempfile::TempDir,
+    /// The controller.
+    pub ctl: Process,
+    /// The nodes, `n0`, `n1`, ...
+    pub nodes: Vec<Process>,
+}
+
+/// A layout from its command-line spelling: `single`, `concat`, `stripe:N:UNIT`, `mirror:N`.
+pub fn layout(spec: &str) -> v1::Layout {
+    let (kind, width, unit) = match spec.split(':').collect::<Vec<_>>()[..] {
+        ["single"] => (v1::LayoutKind::Single, 0, 0),
+        ["concat"] => (v1::LayoutKind::Concat, 0, 0),
+        ["stripe", w, u] => (v1::LayoutKind::Stripe, w.parse().unwrap(), u.parse().unwrap()),
+        ["mirror", w] => (v1::LayoutKind::Mirror, w.parse().unwrap(), 0),
+        _ => panic!("layout {spec}"),
+    };
+    v1::Layout {
+        kind: kind as i32,
+        width,
+        stripe_unit_bytes: unit,
+    }
+}
+
+impl Cluster {
+    /// A controller and `n` nodes.
+    pub fn start(n: usize) -> Cluster {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let ctl = Process::controller(&dir.path().join("ctl"), &free_addr());
+        let nodes = (0..n)
+            .map(|i| Process::node_at(dir.path(), &ctl.addr, &format!("n{i}"), &free_addr()))
+            .collect();
+        Cluster { dir, ctl, nodes }
+    }
+
+    /// The controller's URL.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.ctl.addr)
+    }
+
+    /// A gRPC channel to the controller.
+    pub async fn channel(&self) -> tonic::transport::Channel {
+        tonic::transport::Endpoint::from_shared(self.url())
+            .expect("url")
+            .connect()
+            .await
+            .expect("connect to the controller")
+    }
+
+    /// Creates volume `name` of `size` bytes with `layout` (see [`layout`]), at a price of 2 per
+    /// GiB-hour.
+    pub async fn create(&self, name: &str, layout: &str, size: u64) -> v1::Volume {
+        v1::volumes_client::VolumesClient::new(self.channel().await)
+            .create(v1::CreateVolumeRequest {
+                name: name.into(),
+                size_bytes: size,
+                layout: Some(self::layout(layout)),
+                requirements: Some(v1::Requirements {
+                    price_per_gib_hour: 2.0,
+                    ..Default::default()
+                }),
+            })
+            .await
+            .unwrap_or_else(|e| panic!("create {name}: {e}"))
+            .into_inner()
+    }
+
+    /// Resizes volume `name`.
+    pub async fn resize(&self, name: &str, size: u64) -> v1::Volume {
+        v1::volumes_client::VolumesClient::new(self.channel().await)
+            .resize(v1::ResizeVolumeRequest {
+                name: name.into(),
+                size_bytes: size,
+            })
+            .await
+            .unwrap_or_else(|e| panic!("resize {name}: {e}"))
+            .into_inner()
+    }
+
+    /// Volume `name` as the controller records it.
+    pub async fn get(&self, name: &str) -> v1::Volume {
+        v1::volumes_client::VolumesClient::new(self.channel().await)
+            .get(v1::GetVolumeRequest { name: name.into() })
+            .await
+            .unwrap_or_else(|e| panic!("get {name}: {e}"))
+            .into_inner()
+    }
+
+    /// Which of [`Cluster::nodes`] serves `addr`.
+    pub fn node_index(&self, addr: &str) -> usize {
+        self.nodes
+            .iter()
+            .position(|n| n.addr == addr)
+            .unwrap_or_else(|| panic!("no node at {addr}"))
+    }
+}
