@@ -21,7 +21,11 @@ pub fn layout(spec: &str) -> v1::Layout {
     let (kind, width, unit) = match spec.split(':').collect::<Vec<_>>()[..] {
         ["single"] => (v1::LayoutKind::Single, 0, 0),
         ["concat"] => (v1::LayoutKind::Concat, 0, 0),
-        ["stripe", w, u] => (v1::LayoutKind::Stripe, w.parse().unwrap(), u.parse().unwrap()),
+        ["stripe", w, u] => (
+            v1::LayoutKind::Stripe,
+            w.parse().unwrap(),
+            u.parse().unwrap(),
+        ),
         ["mirror", w] => (v1::LayoutKind::Mirror, w.parse().unwrap(), 0),
         _ => panic!("layout {spec}"),
     };
