@@ -7,7 +7,7 @@ mod common;
 use std::io::Write as _;
 use std::sync::mpsc;
 
-use common::{Node, Raw};
+use common::{pattern, req, Node, Raw};
 use dasmesh_wire::{Hello, Op, RequestHeader, Rights, Status, Tag, FLAG_FUA, PROTOCOL_VERSION};
 
 const MIB: u64 = 1 << 20;
@@ -19,22 +19,6 @@ const OLD_WRITES: u64 = 64;
 const CHUNK: u64 = 8;
 /// Races per node.
 const ROUNDS: u64 = 20;
-
-fn req(op: Op, tag: u64, offset: u64, length: u64) -> RequestHeader {
-    RequestHeader::new(op, 0, Tag(tag), offset, length)
-}
-
-fn pattern(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
 
 /// Reads `offset..offset+BLOCK` on `c`.
 fn read_block(c: &mut Raw, tag: u64, offset: u64) -> Vec<u8> {

@@ -5,26 +5,10 @@ mod common;
 use std::io::Write as _;
 use std::time::Duration;
 
-use common::{Node, Raw};
+use common::{pattern, req, Node, Raw};
 use dasmesh_wire::{Op, RequestHeader, Rights, SearchBody, Status, Tag, FLAG_FUA};
 
 const MIB: u64 = 1 << 20;
-
-fn req(op: Op, tag: u64, offset: u64, length: u64) -> RequestHeader {
-    RequestHeader::new(op, 0, Tag(tag), offset, length)
-}
-
-fn block(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
 
 #[test]
 fn flushed_and_fua_writes_survive_sigkill() {
@@ -33,7 +17,7 @@ fn flushed_and_fua_writes_survive_sigkill() {
     let mut c = Raw::open(&node.addr, 0, &t);
     let mut expect = Vec::new();
     for i in 0..16u64 {
-        let data = block(64 << 10, i);
+        let data = pattern(64 << 10, i);
         c.send(&req(Op::Write, i, i * MIB, data.len() as u64), &data);
         expect.push((i * MIB, data));
     }
@@ -44,7 +28,7 @@ fn flushed_and_fua_writes_survive_sigkill() {
     let (h, _) = c.recv();
     assert_eq!((h.status_enum(), h.tag), (Status::Ok, Tag(100)));
     // A FUA write is durable when acknowledged, without a FLUSH.
-    let fua = block(4096, 77);
+    let fua = pattern(4096, 77);
     c.send(
         &RequestHeader::new(Op::Write, FLAG_FUA, Tag(101), 15 * MIB + 512 * 1024, 4096),
         &fua,
@@ -73,7 +57,7 @@ fn clean_shutdown_under_load_answers_or_closes_and_exits_zero() {
         c.s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
         writers.push(std::thread::spawn(move || {
             // Keep 32 requests in flight until the node stops answering; count outcomes.
-            let data = block(16 << 10, k);
+            let data = pattern(16 << 10, k);
             let (mut sent, mut ok, mut refused) = (0u64, 0u64, 0u64);
             let send = |c: &mut Raw, n: u64| {
                 let op = if n.is_multiple_of(2) {

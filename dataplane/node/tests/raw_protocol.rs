@@ -3,16 +3,12 @@
 
 mod common;
 
-use common::{Node, Raw};
+use common::{req, Node, Raw};
 use dasmesh_wire::{
     Op, RequestHeader, Rights, SearchBody, SigningKey, Status, Tag, FLAG_FUA, REPLY_FLAG_TRUNCATED,
 };
 
 const MIB: u64 = 1 << 20;
-
-fn req(op: Op, tag: u64, offset: u64, length: u64) -> RequestHeader {
-    RequestHeader::new(op, 0, Tag(tag), offset, length)
-}
 
 fn pattern(len: usize, seed: u8) -> Vec<u8> {
     (0..len)

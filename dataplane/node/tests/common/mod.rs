@@ -7,7 +7,7 @@ use std::net::TcpStream;
 use std::time::Duration;
 
 use dasmesh_wire::{
-    DeviceId, Hello, HelloReply, ReplyHeader, RequestHeader, Token, HELLO_REPLY_LEN,
+    DeviceId, Hello, HelloReply, Op, ReplyHeader, RequestHeader, Tag, Token, HELLO_REPLY_LEN,
     PROTOCOL_VERSION, REPLY_HEADER_LEN,
 };
 
@@ -84,4 +84,22 @@ impl Raw {
         let mut b = [0u8; 1];
         matches!(self.s.read(&mut b), Ok(0) | Err(_))
     }
+}
+
+/// A request header without flags.
+pub fn req(op: Op, tag: u64, offset: u64, length: u64) -> RequestHeader {
+    RequestHeader::new(op, 0, Tag(tag), offset, length)
+}
+
+/// `len` pseudo-random bytes from `seed` (xorshift), different for every seed.
+pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
 }
