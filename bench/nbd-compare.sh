@@ -4,7 +4,9 @@
 #   qemu-nbd : a prefilled 1 GiB file, qemu-nbd -f raw --cache=none --aio=io_uring
 #   gateway  : a controller, one node serving the same kind of prefilled file (its file backend:
 #              io_uring, O_DIRECT), a 1 GiB single volume on it, served by `dasmesh nbd serve`
-# Workloads: 4k randread QD32, 4k randwrite QD32, 128k read QD16. Target: gateway >= 1.3x qemu-nbd.
+#   local    : fio io_uring O_DIRECT on qemu-nbd's file, the disk's own limit at that moment (reference)
+# Workloads: 4k randread QD32, 4k randwrite QD32, 128k read QD16 (target: gateway >= 1.3x qemu-nbd),
+# and 128k read QD1 (a shallow sequential reader such as dd or cp: shows the gateway's readahead).
 # Usage: bench/nbd-compare.sh [--runtime SECONDS] [--runs N] [--json FILE] [-- gateway flags...]
 #   NODE_FLAGS="..." replaces the node's extra flags (default: --no-pin --poll interrupt: the node shares
 #   this machine's cores with the gateway and fio, where a spinning reactor starves them; docs/node.md).
@@ -71,9 +73,11 @@ for n in $(seq "$RUNS"); do
   # Interleaved per workload, so both targets see the same moment of a shared machine.
   for wl in "randread-4k-qd32 --rw=randread --bs=4k --iodepth=32" \
             "randwrite-4k-qd32 --rw=randwrite --bs=4k --iodepth=32" \
-            "read-128k-qd16 --rw=read --bs=128k --iodepth=16"; do
+            "read-128k-qd16 --rw=read --bs=128k --iodepth=16" \
+            "read-128k-qd1 --rw=read --bs=128k --iodepth=1"; do
     set -- $wl
     name=$1; shift
+    run "$n" local "$name" --ioengine=io_uring --direct=1 --filename="$DIR/qemu.img" "$@"
     run "$n" qemu-nbd "$name" --ioengine=nbd --uri=nbd://127.0.0.1:10881/ "$@"
     run "$n" gateway "$name" --ioengine=nbd --uri="nbd://$GW/" "$@"
   done
@@ -84,16 +88,21 @@ import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
 commit, cpus = sys.argv[2], sys.argv[3]
 print(f"commit {commit}, {cpus} CPUs")
-print(f"{'run':>3} {'workload':<18} {'qemu-nbd':>16} {'gateway':>16} {'ratio':>6} {'>=1.3x':>6}  p50 us (q/g)")
+print(f"{'run':>3} {'workload':<18} {'local (disk)':>16} {'qemu-nbd':>16} {'gateway':>16} {'ratio':>6} {'>=1.3x':>6}  p50 us (q/g)")
+def pick(r, t):
+    return next((x for x in rows if x["target"] == t and x["run"] == r["run"] and x["workload"] == r["workload"]), None)
 for r in rows:
     if r["target"] != "qemu-nbd": continue
-    g = next((x for x in rows if x["target"] == "gateway" and x["run"] == r["run"] and x["workload"] == r["workload"]), None)
+    g, l = pick(r, "gateway"), pick(r, "local")
     if r.get("error") or not g or g.get("error"):
         print(f"{r['run']:>3} {r['workload']:<18} error"); continue
     unit = "MiB/s" if "128k" in r["workload"] else "IOPS"
-    q, v = (r["mib_s"], g["mib_s"]) if unit == "MiB/s" else (r["iops"], g["iops"])
+    key = "mib_s" if unit == "MiB/s" else "iops"
+    q, v = r[key], g[key]
+    lv = l[key] if l and not l.get("error") else 0
     ratio = v / q if q else 0
-    print(f"{r['run']:>3} {r['workload']:<18} {q:>10,} {unit:<5} {v:>10,} {unit:<5} {ratio:>5.2f}x {'yes' if ratio >= 1.3 else 'no':>6}  {r['p50_us']}/{g['p50_us']}")
+    target = "(n/a)" if r["workload"].endswith("qd1") else ("yes" if ratio >= 1.3 else "no")
+    print(f"{r['run']:>3} {r['workload']:<18} {lv:>10,} {unit:<5} {q:>10,} {unit:<5} {v:>10,} {unit:<5} {ratio:>5.2f}x {target:>6}  {r['p50_us']}/{g['p50_us']}")
 PY
 if [[ -n "$JSON_OUT" ]]; then
   python3 - "$RESULTS" "$(git rev-parse HEAD)" "$JSON_OUT" <<'PY'

@@ -10,7 +10,8 @@ use dasmesh_wire::units::{format_amount, format_size, parse_size};
 use serde_json::json;
 use tonic::transport::Channel;
 
-fn size_arg(s: &str) -> Result<u64, String> {
+/// Parses a size with units (`4k`, `10G`) for clap.
+pub(crate) fn size_arg(s: &str) -> Result<u64, String> {
     parse_size(s).map_err(|e| e.to_string())
 }
 

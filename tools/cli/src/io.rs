@@ -8,16 +8,12 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _};
 use clap::{Args, Subcommand, ValueEnum};
 use dasmesh_client::{ConnectOptions, Connection, Error as ClientError, NodeSession};
-use dasmesh_wire::units::parse_size;
 use dasmesh_wire::DeviceId;
 use rand::{Rng as _, SeedableRng as _};
 use tokio::task::JoinSet;
 
+use crate::ctl::size_arg;
 use crate::keys::read_token;
-
-fn size_arg(s: &str) -> Result<u64, String> {
-    parse_size(s).map_err(|e| e.to_string())
-}
 
 /// Where to connect, shared by every `io` command.
 #[derive(Args, Clone)]

@@ -5,7 +5,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use dasmesh_client::{default_host, MountOptions};
-use dasmesh_nbd::{GatewayOptions, ListenAddr};
+use dasmesh_nbd::{GatewayOptions, ListenAddr, ReadaheadConfig};
 
 /// NBD gateway commands.
 #[derive(Subcommand)]
@@ -38,6 +38,10 @@ pub struct ServeArgs {
     /// Requests in flight per node connection.
     #[arg(long, default_value_t = 64)]
     queue_depth: usize,
+    /// Sequential readahead: bytes fetched ahead of a stream of reads (0: off). Read-write
+    /// exports only (a read-only export's volume may be written by another host).
+    #[arg(long, default_value = "16M", value_parser = crate::ctl::size_arg)]
+    readahead: u64,
     /// Runtime worker threads (0: one, on the main thread).
     #[arg(long, default_value_t = 0)]
     threads: usize,
@@ -65,6 +69,10 @@ pub fn run(cmd: NbdCmd, controller: &str) -> anyhow::Result<()> {
             ttl: a.ttl,
             connections: a.connections,
             queue_depth: a.queue_depth,
+            ..Default::default()
+        },
+        readahead: ReadaheadConfig {
+            window: a.readahead,
             ..Default::default()
         },
     };

@@ -65,14 +65,30 @@ pub struct Failure {
     pub why: String,
 }
 
+/// The bytes of a READ reply: owned, or a range of a buffer shared with others (a readahead
+/// chunk), sent without a copy.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Data {
+    /// A buffer of its own.
+    Owned(Vec<u8>),
+    /// `range` of a shared buffer.
+    Shared(std::sync::Arc<Vec<u8>>, std::ops::Range<usize>),
+}
+
+impl Data {
+    /// The bytes.
+    pub fn as_slice(&self) -> &[u8] {
+        match self {
+            Data::Owned(v) => v,
+            Data::Shared(b, r) => &b[r.clone()],
+        }
+    }
+}
+
 /// What the transmission phase reads from and writes to. Calls run concurrently.
 pub trait Backend: Send + Sync + 'static {
     /// Reads `len` bytes at `offset`.
-    fn read(
-        &self,
-        offset: u64,
-        len: usize,
-    ) -> impl Future<Output = Result<Vec<u8>, Failure>> + Send;
+    fn read(&self, offset: u64, len: usize) -> impl Future<Output = Result<Data, Failure>> + Send;
     /// Writes `data` at `offset`; with `fua`, durable when it returns.
     fn write(
         &self,
@@ -129,9 +145,9 @@ impl MemoryBackend {
 }
 
 impl Backend for MemoryBackend {
-    async fn read(&self, offset: u64, len: usize) -> Result<Vec<u8>, Failure> {
+    async fn read(&self, offset: u64, len: usize) -> Result<Data, Failure> {
         let r = self.range(offset, len as u64)?;
-        Ok(self.lock()[r].to_vec())
+        Ok(Data::Owned(self.lock()[r].to_vec()))
     }
 
     async fn write(&self, offset: u64, data: &[u8], _fua: bool) -> Result<(), Failure> {

@@ -5,6 +5,7 @@
 //! - [`negotiate`]: the fixed-newstyle handshake (a pure decision step and a thin loop).
 //! - [`transmit`]: the transmission phase: requests checked by a pure [`transmit::check`],
 //!   run concurrently, replies batched by one writer.
+//! - [`readahead`]: sequential readahead in front of the volume, coherent with the writes.
 //! - [`server`]: TCP or Unix listener, many clients at once, graceful stop.
 //! - [`serve_volume`]: mount a volume, serve it, flush and unmount on stop.
 //!
@@ -15,10 +16,12 @@
 pub mod export;
 pub mod negotiate;
 pub mod proto;
+pub mod readahead;
 pub mod server;
 pub mod transmit;
 mod volume;
 
-pub use export::{Backend, Export, Failure, MemoryBackend, MAX_BLOCK};
+pub use export::{Backend, Data, Export, Failure, MemoryBackend, MAX_BLOCK};
+pub use readahead::{Readahead, ReadaheadConfig};
 pub use server::{serve, ListenAddr, Listener};
 pub use volume::{errno, serve_volume, shutdown_signal, GatewayError, GatewayOptions};

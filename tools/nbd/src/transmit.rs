@@ -14,7 +14,7 @@ use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 
-use crate::export::{Backend, Export, MAX_BLOCK};
+use crate::export::{Backend, Data, Export, MAX_BLOCK};
 use crate::negotiate::drain;
 use crate::proto::{self, Cmd, Errno, Request};
 
@@ -153,7 +153,7 @@ pub fn check(r: &Request, e: &Export) -> Verdict {
 struct Reply {
     handle: u64,
     error: u32,
-    data: Option<Vec<u8>>,
+    data: Option<Data>,
     /// The request's budget, given back once the reply is written.
     _permits: Permits,
 }
@@ -312,7 +312,7 @@ async fn run<B: Backend>(
     b: &B,
     action: Action,
     data: Vec<u8>,
-) -> Result<Option<Vec<u8>>, crate::export::Failure> {
+) -> Result<Option<Data>, crate::export::Failure> {
     match action {
         Action::Read { offset, len } => b.read(offset, len as usize).await.map(Some),
         Action::Write { offset, fua } => b.write(offset, &data, fua).await.map(|()| None),
@@ -341,8 +341,8 @@ async fn write_replies<W: AsyncWrite + Unpin>(
         let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(2 * batch.len());
         for (r, h) in batch.iter().zip(&headers) {
             slices.push(IoSlice::new(h));
-            if let Some(d) = r.data.as_deref().filter(|_| r.error == 0) {
-                slices.push(IoSlice::new(d));
+            if let Some(d) = r.data.as_ref().filter(|_| r.error == 0) {
+                slices.push(IoSlice::new(d.as_slice()));
             }
         }
         let r = write_all_vectored(&mut wr, &mut slices).await;

@@ -8,8 +8,9 @@ use std::sync::Arc;
 use dasmesh_client::{Access, Error, MountOptions, Volume};
 use dasmesh_wire::Status;
 
-use crate::export::{Backend, Export, Failure};
+use crate::export::{Backend, Data, Export, Failure};
 use crate::proto::Errno;
+use crate::readahead::{Readahead, ReadaheadConfig};
 use crate::server::{serve, ListenAddr, Listener};
 
 /// The NBD error for a failed volume call.
@@ -40,8 +41,11 @@ fn fail(e: Error) -> Failure {
 }
 
 impl Backend for Volume {
-    async fn read(&self, offset: u64, len: usize) -> Result<Vec<u8>, Failure> {
-        Volume::read(self, offset, len).await.map_err(fail)
+    async fn read(&self, offset: u64, len: usize) -> Result<Data, Failure> {
+        Volume::read(self, offset, len)
+            .await
+            .map(Data::Owned)
+            .map_err(fail)
     }
 
     async fn write(&self, offset: u64, data: &[u8], fua: bool) -> Result<(), Failure> {
@@ -72,6 +76,8 @@ pub struct GatewayOptions {
     pub read_only: bool,
     /// How to mount (`access` is set from `read_only`).
     pub mount: MountOptions,
+    /// Sequential readahead (read-write exports only: see [`crate::readahead`]).
+    pub readahead: ReadaheadConfig,
 }
 
 /// Why the gateway stopped with an error.
@@ -152,10 +158,23 @@ pub async fn serve_volume(
         "serving"
     );
     listening(&listener.local_addr());
-    let backend = Arc::new(vol);
+    let mut ra = opts.readahead;
+    if opts.read_only {
+        // Another host may be writing the volume: fetched chunks could be stale.
+        ra.window = 0;
+    }
+    let backend = Arc::new(Readahead::new(Arc::new(vol.clone()), export.size, ra));
     serve(listener, export, Arc::clone(&backend), shutdown).await;
-    // Every connection task has ended, so this is the last reference.
-    let vol = Arc::try_unwrap(backend).unwrap_or_else(|a| (*a).clone());
+    // Every connection task has ended; fetches still running finish before the unmount.
+    backend.quiesce().await;
+    let (hits, misses) = backend.stats();
+    tracing::info!(
+        volume,
+        hits,
+        misses,
+        "readahead: reads answered from fetched chunks"
+    );
+    drop(backend);
     let lease = vol.lease_id();
     vol.unmount()
         .await

@@ -333,3 +333,74 @@ fn old_style_export_name_and_unix_socket() {
     let mut b = [0u8; 1];
     assert!(matches!(s2.read(&mut b), Ok(0) | Err(_)));
 }
+
+#[test]
+fn readahead_stays_coherent_with_writes_from_any_connection() {
+    // A reads a stream (the gateway fetches ahead of it); B writes and zeroes inside
+    // what was fetched; every read A makes after B's acknowledgement sees B's bytes.
+    let c = Cluster::start(2);
+    c.create_now("ra", "mirror:2", SIZE);
+    let gw = c.gateway("ra", &["--readahead", "8M"]);
+    let mut a = Client::connect(&gw.addr);
+    a.go();
+    let mut b = Client::connect(&gw.addr);
+    b.go();
+    let base = pattern(SIZE as usize, 3);
+    for off in (0..SIZE).step_by(1 << 20) {
+        assert_eq!(b.write(off, &base[off as usize..][..1 << 20]), 0);
+    }
+    let mut model = base.clone();
+    for round in 0..3u8 {
+        // A streams through the first 2 MiB; the window then covers up to ~10 MiB.
+        for off in (0..2u64 << 20).step_by(128 << 10) {
+            let got = a.read(off, 128 << 10).unwrap();
+            same(&got, &model[off as usize..][..128 << 10], round, off);
+        }
+        // B changes bytes ahead of A: a write and a WRITE_ZEROES.
+        let w_at = (3u64 << 20) + 4096 * u64::from(round);
+        let data = pattern(64 << 10, 100 + round);
+        assert_eq!(b.write(w_at, &data), 0);
+        model[w_at as usize..][..data.len()].copy_from_slice(&data);
+        let z_at = (5u64 << 20) + 8192;
+        let h = b.send(Cmd::WriteZeroes as u16, 0, z_at, 16 << 10, &[]);
+        b.expect(h, 0);
+        model[z_at as usize..][..16 << 10].fill(0);
+        // A goes on with its stream over the changed ranges.
+        for off in ((2u64 << 20)..(6 << 20)).step_by(128 << 10) {
+            let got = a.read(off, 128 << 10).unwrap();
+            same(&got, &model[off as usize..][..128 << 10], round, off);
+        }
+        // And A's own write lands in what it fetched.
+        let mine = pattern(4096, 200 + round);
+        assert_eq!(a.write(7 << 20, &mine), 0);
+        model[7 << 20..][..4096].copy_from_slice(&mine);
+        for off in ((6u64 << 20)..(8 << 20)).step_by(128 << 10) {
+            let got = a.read(off, 128 << 10).unwrap();
+            same(&got, &model[off as usize..][..128 << 10], round, off);
+        }
+    }
+    // The same bytes through a fresh connection (no readahead state of its own).
+    let mut d = Client::connect(&gw.addr);
+    d.go();
+    for off in (0..8u64 << 20).step_by(1 << 20) {
+        same(
+            &d.read(off, 1 << 20).unwrap(),
+            &model[off as usize..][..1 << 20],
+            9,
+            off,
+        );
+    }
+}
+
+/// Equal bytes, or a failure naming the first byte that differs (not a dump of both).
+fn same(got: &[u8], want: &[u8], round: u8, at: u64) {
+    if let Some(i) = (0..want.len()).find(|&i| got.get(i) != want.get(i)) {
+        panic!(
+            "round {round}: read at {at} differs at byte {} (got {:?}, want {})",
+            at + i as u64,
+            got.get(i),
+            want[i]
+        );
+    }
+    assert_eq!(got.len(), want.len());
+}
