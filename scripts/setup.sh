@@ -3,7 +3,7 @@
 # Idempotent and quiet unless it installs something. Needs root (or sudo) only when installing.
 set -euo pipefail
 
-packages=(build-essential pkg-config protobuf-compiler fio python3 procps libnbd-bin qemu-utils)
+packages=(build-essential pkg-config protobuf-compiler fio python3 procps libnbd-bin qemu-utils nbd-client)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
