@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
 # nbd-compare.sh: the NBD gateway against qemu-nbd, in one run, driven the same way as
 # ../shared/bench/anchors.sh drives qemu-nbd (fio's nbd engine over loopback TCP).
-#   qemu-nbd : a prefilled 1 GiB file, qemu-nbd -f raw --cache=none --aio=io_uring
-#   gateway  : a controller, one node serving the same kind of prefilled file (its file backend:
-#              io_uring, O_DIRECT), a 1 GiB single volume on it, served by `dasmesh nbd serve`
-#   local    : fio io_uring O_DIRECT on qemu-nbd's file, the disk's own limit at that moment (reference)
+#   qemu-nbd : a prefilled file, qemu-nbd -f raw --cache=none --aio=io_uring
+#   gateway  : a controller, one node serving the same file (its file backend: io_uring, O_DIRECT),
+#              a 1 GiB single volume on it, served by `dasmesh nbd serve`
+#   local    : fio io_uring O_DIRECT on that file, the disk's own limit at that moment (reference)
+# All three use the one file: this VM's disk serves different files (regions) at very different
+# speeds (seen: 67k vs 13k IOPS of 4k random reads on two files minutes apart), so separate files
+# would compare the disk's regions, not the servers. The targets run one after another, never at
+# once, so sharing the file is safe.
 # Workloads: 4k randread QD32, 4k randwrite QD32, 128k read QD16 (target: gateway >= 1.3x qemu-nbd),
 # and 128k read QD1 (a shallow sequential reader such as dd or cp: shows the gateway's readahead).
 # Usage: bench/nbd-compare.sh [--runtime SECONDS] [--runs N] [--json FILE] [-- gateway flags...]
@@ -36,15 +40,16 @@ addr_of() { # file: waits for its `listening ADDR` line
   echo "nbd-compare: no listening line in $1" >&2; exit 1
 }
 
-# qemu-nbd on a prefilled file.
-fio --name=fill --filename="$DIR/qemu.img" --ioengine=io_uring --direct=1 --rw=write --bs=1M --iodepth=8 --size=1G >/dev/null
-qemu-nbd -f raw --cache=none --aio=io_uring -b 127.0.0.1 -p 10881 -x '' -t "$DIR/qemu.img" & PIDS+=($!)
+# One prefilled file for every target (the node's volume covers bytes 1M..1025M of it).
+IMG=$DIR/disk.img
+fio --name=fill --filename="$IMG" --ioengine=io_uring --direct=1 --rw=write --bs=1M --iodepth=8 --size=1100M >/dev/null
+qemu-nbd -f raw --cache=none --aio=io_uring -b 127.0.0.1 -p 10881 -x '' -t "$IMG" & PIDS+=($!)
 
-# The gateway: controller, one node on a file, a single volume, prefilled through the gateway.
+# The gateway: controller, one node on the same file, a single volume, prefilled through the gateway.
 "$B/dasmesh-controller" --listen 127.0.0.1:0 --data-dir "$DIR/ctl" >"$DIR/ctl.out" 2>"$DIR/ctl.log" & PIDS+=($!)
 CTL=http://$(addr_of "$DIR/ctl.out")
 "$B/dasmesh-node" --listen 127.0.0.1:0 --controller "$CTL" --state-dir "$DIR/node" --reserve 1M \
-  --backend "file:$DIR/node.img:1100M" ${NODE_FLAGS---no-pin --poll interrupt} >"$DIR/node.out" 2>"$DIR/node.log" & PIDS+=($!)
+  --backend "file:$IMG" ${NODE_FLAGS---no-pin --poll interrupt} >"$DIR/node.out" 2>"$DIR/node.log" & PIDS+=($!)
 addr_of "$DIR/node.out" >/dev/null
 "$B/dasmesh" --controller "$CTL" volume create bench --size 1G --layout single >/dev/null
 "$B/dasmesh" --controller "$CTL" nbd serve bench --listen 127.0.0.1:0 "${GW_FLAGS[@]}" >"$DIR/gw.out" 2>"$DIR/gw.log" & PIDS+=($!)
@@ -77,7 +82,7 @@ for n in $(seq "$RUNS"); do
             "read-128k-qd1 --rw=read --bs=128k --iodepth=1"; do
     set -- $wl
     name=$1; shift
-    run "$n" local "$name" --ioengine=io_uring --direct=1 --filename="$DIR/qemu.img" "$@"
+    run "$n" local "$name" --ioengine=io_uring --direct=1 --filename="$IMG" "$@"
     run "$n" qemu-nbd "$name" --ioengine=nbd --uri=nbd://127.0.0.1:10881/ "$@"
     run "$n" gateway "$name" --ioengine=nbd --uri="nbd://$GW/" "$@"
   done
