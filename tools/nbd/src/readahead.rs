@@ -35,7 +35,8 @@ pub struct ReadaheadConfig {
     pub window: u64,
     /// The size of one fetch (a multiple of the block size; reads larger than this bypass).
     pub chunk: u64,
-    /// Streams followed at once (least recently used is replaced).
+    /// Streams followed at once (least recently used is replaced; random reads mixed in do not
+    /// displace them).
     pub streams: usize,
 }
 
@@ -61,8 +62,6 @@ struct Slot {
 struct Stream {
     /// Where the next read of this stream starts.
     next: u64,
-    /// Reads in a row that continued it.
-    run: u32,
     /// Chunks are fetched (or were dropped as consumed) up to here.
     ahead: u64,
     /// For least-recently-used replacement.
@@ -71,7 +70,10 @@ struct Stream {
 
 #[derive(Default)]
 struct State {
+    /// Established streams (two reads in a row or more), least recently used replaced.
     streams: Vec<Stream>,
+    /// Where recent reads of no stream ended.
+    recent: std::collections::VecDeque<u64>,
     chunks: BTreeMap<u64, Arc<Slot>>,
     tick: u64,
 }
@@ -89,6 +91,9 @@ pub struct Readahead<B> {
     hits: AtomicU64,
     misses: AtomicU64,
 }
+
+/// Ends of recent one-off reads remembered to spot the start of a stream.
+const RECENT: usize = 64;
 
 /// Fetches in flight at most, whatever the window.
 const MAX_FETCHES: u32 = 64;
@@ -158,33 +163,6 @@ impl<B: Backend> Readahead<B> {
         let mut st = self.lock();
         st.tick += 1;
         let tick = st.tick;
-        let si = match st.streams.iter().position(|s| s.next == range.start) {
-            Some(i) => {
-                st.streams[i].run = st.streams[i].run.saturating_add(1);
-                i
-            }
-            None => {
-                let fresh = Stream {
-                    next: range.end,
-                    run: 1,
-                    ahead: 0,
-                    used: tick,
-                };
-                if st.streams.len() < self.cfg.streams {
-                    st.streams.push(fresh);
-                    st.streams.len() - 1
-                } else {
-                    let i = (0..st.streams.len())
-                        .min_by_key(|&i| st.streams[i].used)
-                        .expect("at least one stream");
-                    let old = std::mem::replace(&mut st.streams[i], fresh);
-                    // What the replaced stream fetched ahead will not be read.
-                    let lo = self.chunk_of(old.next);
-                    drop_range(&mut st.chunks, lo..old.ahead.max(lo));
-                    i
-                }
-            }
-        };
         let first = self.chunk_of(range.start);
         let last = self.chunk_of(range.end - 1);
         let held: Vec<Arc<Slot>> = [first, last][..if first == last { 1 } else { 2 }]
@@ -192,36 +170,65 @@ impl<B: Backend> Readahead<B> {
             .filter_map(|c| st.chunks.get(c).cloned())
             .collect();
         let covered = held.len() == if first == last { 1 } else { 2 };
-        // Chunks wholly behind this read are consumed (reads of a stream arrive in order, and
-        // the ones before this took their slots already).
-        let behind = first.saturating_sub(self.cfg.window + 2 * chunk);
-        drop_range(&mut st.chunks, behind..first);
-        let mut fetches = Vec::new();
-        let s = st.streams[si];
-        if s.run >= 2 || covered {
-            let cap = self.cfg.streams as u64 * (self.cfg.window.div_ceil(chunk) + 2);
-            let mut c = s.ahead.max(range.end.next_multiple_of(chunk));
-            let until = range.end.saturating_add(self.cfg.window).min(self.size);
-            while c < until && (st.chunks.len() as u64) < cap {
-                if let Entry::Vacant(e) = st.chunks.entry(c) {
-                    let (tx, rx) = watch::channel(None);
-                    e.insert(Arc::new(Slot {
-                        rx,
-                        valid: AtomicBool::new(true),
-                    }));
-                    fetches.push(Fetch {
-                        at: c,
-                        len: chunk.min(self.size - c),
-                        tx,
-                    });
-                }
-                c += chunk;
+        let si = if let Some(i) = st.streams.iter().position(|s| s.next == range.start) {
+            // Chunks wholly behind this read of the stream are consumed (its reads arrive in
+            // order, and the ones before this took their slots already).
+            let behind = first.saturating_sub(self.cfg.window + 2 * chunk);
+            drop_range(&mut st.chunks, behind..first);
+            i
+        } else if let Some(r) = st.recent.iter().position(|&end| end == range.start) {
+            // The second read in a row of a new stream.
+            st.recent.remove(r);
+            let fresh = Stream {
+                next: range.end,
+                ahead: 0,
+                used: tick,
+            };
+            if st.streams.len() < self.cfg.streams {
+                st.streams.push(fresh);
+                st.streams.len() - 1
+            } else {
+                let i = (0..st.streams.len())
+                    .min_by_key(|&i| st.streams[i].used)
+                    .expect("at least one stream");
+                let old = std::mem::replace(&mut st.streams[i], fresh);
+                // What the replaced stream fetched ahead will not be read.
+                let lo = self.chunk_of(old.next);
+                drop_range(&mut st.chunks, lo..old.ahead.max(lo));
+                i
             }
-            st.streams[si].ahead = st.streams[si].ahead.max(c);
+        } else {
+            // A read of no stream (yet): remembered, so that the next read where it ended
+            // starts one. Random reads only ever touch this short list, never the streams.
+            if st.recent.len() >= RECENT {
+                st.recent.pop_front();
+            }
+            st.recent.push_back(range.end);
+            return (covered.then_some(held), Vec::new());
+        };
+        let mut fetches = Vec::new();
+        let cap = self.cfg.streams as u64 * (self.cfg.window.div_ceil(chunk) + 2);
+        let mut c = st.streams[si].ahead.max(range.end.next_multiple_of(chunk));
+        let until = range.end.saturating_add(self.cfg.window).min(self.size);
+        while c < until && (st.chunks.len() as u64) < cap {
+            if let Entry::Vacant(e) = st.chunks.entry(c) {
+                let (tx, rx) = watch::channel(None);
+                e.insert(Arc::new(Slot {
+                    rx,
+                    valid: AtomicBool::new(true),
+                }));
+                fetches.push(Fetch {
+                    at: c,
+                    len: chunk.min(self.size - c),
+                    tx,
+                });
+            }
+            c += chunk;
         }
-        let st_s = &mut st.streams[si];
-        st_s.next = range.end;
-        st_s.used = tick;
+        let s = &mut st.streams[si];
+        s.ahead = s.ahead.max(c);
+        s.next = range.end;
+        s.used = tick;
         (covered.then_some(held), fetches)
     }
 
@@ -468,6 +475,30 @@ mod tests {
             "chunks behind the stream are dropped: {}",
             ra.chunks_held()
         );
+    }
+
+    #[tokio::test]
+    async fn a_stream_survives_random_reads_mixed_in() {
+        let p = Probe::new(8 << 20, 0, 0).await;
+        let ra = Readahead::new(Arc::clone(&p), 8 << 20, cfg(1 << 20));
+        let want = p.mem.contents();
+        let mut r = 1u64;
+        for i in 0..48u64 {
+            let off = i * (64 << 10);
+            assert_eq!(
+                read(&ra, off, 64 << 10).await,
+                want[off as usize..][..64 << 10]
+            );
+            for _ in 0..5 {
+                r = r
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                let at = (r >> 33) % 2048 * 4096;
+                assert_eq!(read(&ra, at, 4096).await, want[at as usize..][..4096]);
+            }
+        }
+        let (hits, _) = ra.stats();
+        assert!(hits >= 40, "the stream kept its chunks: {hits} hits of 48");
     }
 
     #[tokio::test]
