@@ -10,13 +10,14 @@
 //! completed and before it is acknowledged, whether they were fetched before it or while it was
 //! in flight; a chunk fetched after that was asked of the node after the write had completed
 //! there. So a read that arrives after a write's acknowledgement never sees older data (reads
-//! concurrent with the write may see either, as the NBD spec allows). That holds because the gateway is the volume's only writer (it holds the
-//! read-write lease); a read-only export, whose volume another host may be writing, gets no
-//! readahead (see [`Readahead::new`]).
+//! concurrent with the write may see either, as the NBD spec allows). That holds because the
+//! gateway is the volume's only writer (it holds the read-write lease); a read-only export,
+//! whose volume another host may be writing, gets no readahead (see [`Readahead::new`]).
 //!
-//! Memory is bounded: at most `streams` streams, each with at most `window / chunk + 1` chunks;
-//! chunks behind a stream's newest read are dropped as the stream moves on, and a stream that is
-//! replaced by a new one drops what it had fetched.
+//! Memory is bounded: at most `streams * (window / chunk + 2)` chunks are held; chunks behind a
+//! stream's newest read are dropped as the stream moves on, and a stream that is replaced by a
+//! new one drops what it had fetched. Random reads are remembered only by where they ended (a
+//! short list), to spot the second read of a new stream; they never displace a stream.
 
 use std::collections::btree_map::Entry;
 use std::collections::BTreeMap;
