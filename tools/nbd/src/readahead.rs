@@ -124,11 +124,6 @@ impl<B: Backend> Readahead<B> {
         }
     }
 
-    /// The backend underneath.
-    pub fn inner(&self) -> &Arc<B> {
-        &self.inner
-    }
-
     /// Waits until no fetch is in flight, and starts no more (before the backend is closed).
     pub async fn quiesce(&self) {
         let _all = self.fetches.acquire_many(self.max_fetches).await;
@@ -166,11 +161,16 @@ impl<B: Backend> Readahead<B> {
         let tick = st.tick;
         let first = self.chunk_of(range.start);
         let last = self.chunk_of(range.end - 1);
-        let held: Vec<Arc<Slot>> = [first, last][..if first == last { 1 } else { 2 }]
+        let wanted: &[u64] = if first == last {
+            &[first]
+        } else {
+            &[first, last]
+        };
+        let held: Vec<Arc<Slot>> = wanted
             .iter()
             .filter_map(|c| st.chunks.get(c).cloned())
             .collect();
-        let covered = held.len() == if first == last { 1 } else { 2 };
+        let covered = held.len() == wanted.len();
         let si = if let Some(i) = st.streams.iter().position(|s| s.next == range.start) {
             // Chunks wholly behind this read of the stream are consumed (its reads arrive in
             // order, and the ones before this took their slots already).
