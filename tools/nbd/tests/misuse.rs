@@ -351,7 +351,7 @@ fn readahead_stays_coherent_with_writes_from_any_connection() {
     }
     let mut model = base.clone();
     for round in 0..3u8 {
-        // A streams through the first 2 MiB; the window then covers up to ~10 MiB.
+        // A streams through the first 2 MiB; the window then covers up to 6 MiB.
         for off in (0..2u64 << 20).step_by(128 << 10) {
             let got = a.read(off, 128 << 10).unwrap();
             same(&got, &model[off as usize..][..128 << 10], round, off);
