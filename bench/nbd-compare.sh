@@ -11,6 +11,8 @@
 # once, so sharing the file is safe.
 # Workloads: 4k randread QD32, 4k randwrite QD32, 128k read QD16 (target: gateway >= 1.3x qemu-nbd),
 # and 128k read QD1 (a shallow sequential reader such as dd or cp: shows the gateway's readahead).
+# The last column is the bytes the file's block device moved per byte fio moved, for qemu-nbd and
+# the gateway: 1.00 is no amplification (the readahead once fetched 3.4x on 4k random reads).
 # Usage: bench/nbd-compare.sh [--runtime SECONDS] [--runs N] [--json FILE] [-- gateway flags...]
 #   NODE_FLAGS="..." replaces the node's extra flags (default: --no-pin --poll interrupt: the node shares
 #   this machine's cores with the gateway and fio, where a spinning reactor starves them; docs/node.md).
@@ -58,20 +60,30 @@ fio --name=fill --ioengine=nbd --uri="nbd://$GW/" --rw=write --bs=1M --iodepth=8
 sleep 1
 
 RESULTS=$DIR/results.jsonl
+# The block device under the file: its sectors moved per byte fio moved show read or write
+# amplification (readahead fetching what no one reads, say); empty if it cannot be found.
+DEV=$(basename "$(df --output=source "$IMG" | tail -n1)")
+STAT=/sys/class/block/$DEV/stat
+[[ -r $STAT ]] || STAT=""
+sectors() { [[ -n $STAT ]] && awk '{printf "%.0f\n", $3 + $7}' "$STAT" || echo 0; }
 run() { # run target workload fio-args...
   local n=$1 target=$2 wl=$3; shift 3
+  local s0; s0=$(sectors)
   fio --output-format=json --runtime="$RUNTIME" --time_based --size=1G --name="$wl" "$@" >"$DIR/out.json" 2>/dev/null \
     || { echo "{\"run\":$n,\"target\":\"$target\",\"workload\":\"$wl\",\"error\":true}" >>"$RESULTS"; return; }
-  python3 - "$n" "$target" "$wl" "$DIR/out.json" >>"$RESULTS" <<'PY'
+  python3 - "$n" "$target" "$wl" "$DIR/out.json" "$s0" "$(sectors)" >>"$RESULTS" <<'PY'
 import json, sys
 n, t, wl, path = sys.argv[1:5]
+s0, s1 = int(sys.argv[5]), int(sys.argv[6])
 text = open(path).read()
 j = json.loads(text[text.index("{"):])["jobs"][0]  # the nbd engine prints a line before the JSON
 side = j["read"] if j["read"]["io_bytes"] > 0 else j["write"]
 pct = side["clat_ns"].get("percentile", {})
+io = j["read"]["io_bytes"] + j["write"]["io_bytes"]
 print(json.dumps({"run": int(n), "target": t, "workload": wl, "iops": round(side["iops"]),
   "mib_s": round(side["bw_bytes"] / 2**20, 1), "errors": j.get("error", 0),
-  "p50_us": round(pct.get("50.000000", 0) / 1000, 1), "p99_us": round(pct.get("99.000000", 0) / 1000, 1)}))
+  "p50_us": round(pct.get("50.000000", 0) / 1000, 1), "p99_us": round(pct.get("99.000000", 0) / 1000, 1),
+  "disk_per_io": round((s1 - s0) * 512 / io, 2) if io and s1 > s0 else None}))
 PY
 }
 for n in $(seq "$RUNS"); do
@@ -93,7 +105,7 @@ import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
 commit, cpus = sys.argv[2], sys.argv[3]
 print(f"commit {commit}, {cpus} CPUs")
-print(f"{'run':>3} {'workload':<18} {'local (disk)':>16} {'qemu-nbd':>16} {'gateway':>16} {'ratio':>6} {'>=1.3x':>6}  p50 us (q/g)")
+print(f"{'run':>3} {'workload':<18} {'local (disk)':>16} {'qemu-nbd':>16} {'gateway':>16} {'ratio':>6} {'>=1.3x':>6}  p50 us (q/g)  disk bytes per byte (q/g)")
 def pick(r, t):
     return next((x for x in rows if x["target"] == t and x["run"] == r["run"] and x["workload"] == r["workload"]), None)
 for r in rows:
@@ -107,7 +119,8 @@ for r in rows:
     lv = l[key] if l and not l.get("error") else 0
     ratio = v / q if q else 0
     target = "(n/a)" if r["workload"].endswith("qd1") else ("yes" if ratio >= 1.3 else "no")
-    print(f"{r['run']:>3} {r['workload']:<18} {lv:>10,} {unit:<5} {q:>10,} {unit:<5} {v:>10,} {unit:<5} {ratio:>5.2f}x {target:>6}  {r['p50_us']}/{g['p50_us']}")
+    amp = "/".join("-" if x.get("disk_per_io") is None else f"{x['disk_per_io']:.2f}" for x in (r, g))
+    print(f"{r['run']:>3} {r['workload']:<18} {lv:>10,} {unit:<5} {q:>10,} {unit:<5} {v:>10,} {unit:<5} {ratio:>5.2f}x {target:>6}  {r['p50_us']}/{g['p50_us']}  {amp}")
 PY
 if [[ -n "$JSON_OUT" ]]; then
   python3 - "$RESULTS" "$(git rev-parse HEAD)" "$JSON_OUT" <<'PY'
