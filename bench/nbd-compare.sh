@@ -12,7 +12,7 @@
 # Workloads: 4k randread QD32, 4k randwrite QD32, 128k read QD16 (target: gateway >= 1.3x qemu-nbd),
 # and 128k read QD1 (a shallow sequential reader such as dd or cp: shows the gateway's readahead).
 # The last column is the bytes the file's block device moved per byte fio moved, for qemu-nbd and
-# the gateway: 1.00 is no amplification (the readahead once fetched 3.4x on 4k random reads).
+# the gateway: 1.00 is no amplification (with the readahead's old start rule it read 3.26 for the gateway on 4k random reads).
 # Usage: bench/nbd-compare.sh [--runtime SECONDS] [--runs N] [--json FILE] [-- gateway flags...]
 #   NODE_FLAGS="..." replaces the node's extra flags (default: --no-pin --poll interrupt: the node shares
 #   this machine's cores with the gateway and fio, where a spinning reactor starves them; docs/node.md).
