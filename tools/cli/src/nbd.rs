@@ -5,7 +5,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use dasmesh_client::{default_host, MountOptions};
-use dasmesh_nbd::{GatewayOptions, ListenAddr, ReadaheadConfig};
+use dasmesh_nbd::{GatewayOptions, ListenAddr, PollMode, ReadaheadConfig};
 
 /// NBD gateway commands.
 #[derive(Subcommand)]
@@ -42,6 +42,11 @@ pub struct ServeArgs {
     /// exports only (a read-only export's volume may be written by another host).
     #[arg(long, default_value = "16M", value_parser = crate::ctl::size_arg)]
     readahead: u64,
+    /// How to wait while requests are in flight: `adaptive` keeps polling (yielding the CPU to
+    /// any other runnable thread) while any request is in flight and sleeps when none is;
+    /// `interrupt` always sleeps in the kernel.
+    #[arg(long, value_enum, default_value_t = Poll::Adaptive)]
+    poll: Poll,
     /// Runtime worker threads (0: one, on the main thread).
     #[arg(long, default_value_t = 0)]
     threads: usize,
@@ -75,6 +80,10 @@ pub fn run(cmd: NbdCmd, controller: &str) -> anyhow::Result<()> {
             window: a.readahead,
             ..Default::default()
         },
+        poll: match a.poll {
+            Poll::Adaptive => PollMode::Adaptive,
+            Poll::Interrupt => PollMode::Interrupt,
+        },
     };
     rt.block_on(dasmesh_nbd::serve_volume(
         controller,
@@ -89,4 +98,13 @@ pub fn run(cmd: NbdCmd, controller: &str) -> anyhow::Result<()> {
         dasmesh_nbd::shutdown_signal(),
     ))?;
     Ok(())
+}
+
+/// `--poll` values.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum Poll {
+    /// Poll while requests are in flight, sleep when idle (default).
+    Adaptive,
+    /// Always sleep in the kernel.
+    Interrupt,
 }

@@ -15,6 +15,7 @@
 
 pub mod export;
 pub mod negotiate;
+pub mod poll;
 pub mod proto;
 pub mod readahead;
 pub mod server;
@@ -22,6 +23,7 @@ pub mod transmit;
 mod volume;
 
 pub use export::{Backend, Data, Export, Failure, MemoryBackend, MAX_BLOCK};
+pub use poll::PollMode;
 pub use readahead::{Readahead, ReadaheadConfig};
 pub use server::{serve, ListenAddr, Listener};
 pub use volume::{errno, serve_volume, shutdown_signal, GatewayError, GatewayOptions};

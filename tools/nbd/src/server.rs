@@ -15,6 +15,7 @@ use tokio::task::JoinSet;
 
 use crate::export::{Backend, Export};
 use crate::negotiate::handshake;
+use crate::poll::{Activity, PollMode};
 use crate::transmit::transmit;
 
 /// Where to listen: `unix:PATH` or `HOST:PORT`.
@@ -89,14 +90,21 @@ impl Drop for Listener {
 }
 
 /// Serves `export` from `backend` on `listener` until `shutdown` resolves; then stops accepting,
-/// lets every connection finish and answer the requests it has in flight, and returns.
+/// lets every connection finish and answer the requests it has in flight, and returns. `poll`
+/// says how to wait while requests are in flight (see [`crate::poll`]).
 pub async fn serve<B: Backend>(
     listener: Listener,
     export: Arc<Export>,
     backend: Arc<B>,
     shutdown: impl Future<Output = ()>,
+    poll: PollMode,
 ) {
     let (stop_tx, stop) = watch::channel(false);
+    let activity = Arc::new(Activity::default());
+    let awake = (poll == PollMode::Adaptive).then(|| {
+        let polls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        tokio::spawn(Arc::clone(&activity).keep_awake(polls))
+    });
     let mut conns = JoinSet::new();
     let ids = AtomicU64::new(0);
     tokio::pin!(shutdown);
@@ -117,16 +125,17 @@ pub async fn serve<B: Backend>(
         };
         let id = ids.fetch_add(1, Ordering::Relaxed);
         let (export, backend, stop) = (Arc::clone(&export), Arc::clone(&backend), stop.clone());
+        let activity = Arc::clone(&activity);
         conns.spawn(async move {
             match conn {
                 Conn::Tcp(s, peer) => {
                     tracing::info!(id, %peer, "client connected");
                     let _ = s.set_nodelay(true);
-                    connection(id, s, |s| s.into_split(), export, backend, stop).await;
+                    connection(id, s, |s| s.into_split(), export, backend, stop, activity).await;
                 }
                 Conn::Unix(s) => {
                     tracing::info!(id, "client connected (unix socket)");
-                    connection(id, s, |s| s.into_split(), export, backend, stop).await;
+                    connection(id, s, |s| s.into_split(), export, backend, stop, activity).await;
                 }
             }
         });
@@ -138,6 +147,9 @@ pub async fn serve<B: Backend>(
     );
     let _ = stop_tx.send(true);
     while conns.join_next().await.is_some() {}
+    if let Some(t) = awake {
+        t.abort();
+    }
 }
 
 enum Conn {
@@ -159,6 +171,7 @@ async fn connection<S, R, W, B>(
     export: Arc<Export>,
     backend: Arc<B>,
     mut stop: watch::Receiver<bool>,
+    activity: Arc<Activity>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
     R: AsyncRead + Unpin,
@@ -178,7 +191,7 @@ async fn connection<S, R, W, B>(
     }
     tracing::debug!(id, "transmission phase");
     let (r, w) = split(s);
-    match transmit(r, w, export, backend, stop).await {
+    match transmit(r, w, export, backend, stop, activity).await {
         Ok(()) => tracing::info!(id, "client disconnected"),
         Err(e) => tracing::warn!(id, "connection ended: {e}"),
     }

@@ -16,6 +16,7 @@ use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 
 use crate::export::{Backend, Data, Export, MAX_BLOCK};
 use crate::negotiate::drain;
+use crate::poll::Activity;
 use crate::proto::{self, Cmd, Errno, Request};
 
 /// Requests in flight per connection at most.
@@ -176,13 +177,15 @@ pub enum TransmitError {
 
 /// Serves requests from `rd`, answering on `wr`, until the client disconnects (Ok), the stream
 /// breaks, or `stop` turns true (then: no new requests; what is in flight is finished and
-/// answered). Returns when every reply has been written.
+/// answered). Returns when every reply has been written. Each request is counted in `activity`
+/// while it runs (see [`crate::poll`]).
 pub async fn transmit<R, W, B>(
     rd: R,
     wr: W,
     export: Arc<Export>,
     backend: Arc<B>,
     mut stop: watch::Receiver<bool>,
+    activity: Arc<Activity>,
 ) -> Result<(), TransmitError>
 where
     R: AsyncRead + Unpin,
@@ -266,6 +269,7 @@ where
         };
         let tx = tx.clone();
         let backend = Arc::clone(&backend);
+        let busy = activity.begin();
         tokio::spawn(async move {
             let (error, data) = match run(&*backend, action, data).await {
                 Ok(d) => (0, d),
@@ -274,6 +278,7 @@ where
                     (f.code.code(), None)
                 }
             };
+            drop(busy);
             let _ = tx.send(Reply {
                 handle: req.handle,
                 error,

@@ -9,6 +9,7 @@ use dasmesh_client::{Access, Error, MountOptions, Volume};
 use dasmesh_wire::Status;
 
 use crate::export::{Backend, Data, Export, Failure};
+use crate::poll::PollMode;
 use crate::proto::Errno;
 use crate::readahead::{Readahead, ReadaheadConfig};
 use crate::server::{serve, ListenAddr, Listener};
@@ -78,6 +79,8 @@ pub struct GatewayOptions {
     pub mount: MountOptions,
     /// Sequential readahead (read-write exports only: see [`crate::readahead`]).
     pub readahead: ReadaheadConfig,
+    /// How to wait while requests are in flight (see [`crate::poll`]).
+    pub poll: PollMode,
 }
 
 /// Why the gateway stopped with an error.
@@ -164,7 +167,7 @@ pub async fn serve_volume(
         ra.window = 0;
     }
     let backend = Arc::new(Readahead::new(Arc::new(vol.clone()), export.size, ra));
-    serve(listener, export, Arc::clone(&backend), shutdown).await;
+    serve(listener, export, Arc::clone(&backend), shutdown, opts.poll).await;
     // Every connection task has ended; fetches still running finish before the unmount.
     backend.quiesce().await;
     let (hits, misses) = backend.stats();

@@ -404,3 +404,51 @@ fn same(got: &[u8], want: &[u8], round: u8, at: u64) {
     }
     assert_eq!(got.len(), want.len());
 }
+
+/// CPU time (user + system, in clock ticks) the process has used so far.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+}
+
+#[test]
+fn an_adaptive_gateway_polls_only_while_requests_are_in_flight() {
+    // The default `--poll adaptive`: busy while requests are in flight, asleep when none is,
+    // also after refused requests and a client that goes away with requests pending.
+    let c = Cluster::start(1);
+    c.create_now("idle", "single", SIZE);
+    let gw = c.gateway("idle", &[]);
+    let mut a = Client::connect(&gw.addr);
+    a.go();
+    let data = pattern(1 << 20, 7);
+    assert_eq!(a.write(0, &data), 0);
+    for off in (0..1u64 << 20).step_by(64 << 10) {
+        same(
+            &a.read(off, 64 << 10).unwrap(),
+            &data[off as usize..][..64 << 10],
+            0,
+            off,
+        );
+    }
+    let h = a.send(Cmd::Read as u16, 0, SIZE, 4096, &[]); // past the end
+    a.expect(h, EINVAL);
+    // A second client sends requests and leaves without reading the replies.
+    let mut b = Client::connect(&gw.addr);
+    b.go();
+    for i in 0..16u64 {
+        b.send(Cmd::Read as u16, 0, i * 4096, 4096, &[]);
+    }
+    drop(b);
+    std::thread::sleep(Duration::from_millis(500));
+    let pid = gw.child.id();
+    let before = cpu_ticks(pid);
+    std::thread::sleep(Duration::from_secs(2));
+    let used = cpu_ticks(pid) - before;
+    // A gateway still polling would use about 200 ticks (two seconds of a core).
+    assert!(used <= 20, "idle gateway used {used} ticks in 2 s");
+    // It still serves.
+    same(&a.read(0, 4096).unwrap(), &data[..4096], 1, 0);
+}
