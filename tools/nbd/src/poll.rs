@@ -29,6 +29,8 @@ pub enum PollMode {
 pub struct Activity {
     inflight: AtomicUsize,
     kick: Notify,
+    /// Polls made while busy (for tests).
+    polls: AtomicUsize,
 }
 
 /// One request in flight; dropping it ends it.
@@ -55,16 +57,21 @@ impl Activity {
         self.inflight.load(Ordering::Acquire)
     }
 
+    /// Polls made so far while requests were in flight.
+    pub fn polls(&self) -> usize {
+        self.polls.load(Ordering::Relaxed)
+    }
+
     /// Runs until dropped (abort its task): polls while requests are in flight, sleeps when none
-    /// is. `polls` counts the polls made while busy (for tests).
-    pub async fn keep_awake(self: Arc<Self>, polls: Arc<AtomicUsize>) {
+    /// is.
+    pub async fn keep_awake(self: Arc<Self>) {
         loop {
             if self.inflight() == 0 {
                 // A request that began since the check left a permit: this returns at once.
                 self.kick.notified().await;
                 continue;
             }
-            polls.fetch_add(1, Ordering::Relaxed);
+            self.polls.fetch_add(1, Ordering::Relaxed);
             std::thread::yield_now();
             // Deferred until the runtime has polled its I/O driver (without blocking, as this
             // task is ready again), so replies that arrived meanwhile are picked up.
@@ -81,30 +88,25 @@ mod tests {
     #[tokio::test]
     async fn polls_only_while_a_request_is_in_flight() {
         let a = Arc::new(Activity::default());
-        let polls = Arc::new(AtomicUsize::new(0));
-        let spinner = tokio::spawn(Arc::clone(&a).keep_awake(Arc::clone(&polls)));
+        let spinner = tokio::spawn(Arc::clone(&a).keep_awake());
         tokio::time::sleep(Duration::from_millis(20)).await;
-        assert_eq!(polls.load(Ordering::Relaxed), 0, "idle: no polling");
+        assert_eq!(a.polls(), 0, "idle: no polling");
         let busy = [a.begin(), a.begin()];
         assert_eq!(a.inflight(), 2);
         tokio::time::sleep(Duration::from_millis(20)).await;
-        let during = polls.load(Ordering::Relaxed);
+        let during = a.polls();
         assert!(during > 10, "busy: it polls ({during})");
         drop(busy);
         assert_eq!(a.inflight(), 0);
         // One last poll may be under way when the count drops.
         tokio::time::sleep(Duration::from_millis(5)).await;
-        let after = polls.load(Ordering::Relaxed);
+        let after = a.polls();
         tokio::time::sleep(Duration::from_millis(30)).await;
-        assert_eq!(
-            polls.load(Ordering::Relaxed),
-            after,
-            "idle again: no polling"
-        );
+        assert_eq!(a.polls(), after, "idle again: no polling");
         // And it wakes for the next request.
         let again = a.begin();
         tokio::time::sleep(Duration::from_millis(20)).await;
-        assert!(polls.load(Ordering::Relaxed) > after);
+        assert!(a.polls() > after);
         drop(again);
         spinner.abort();
     }

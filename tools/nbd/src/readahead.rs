@@ -1,7 +1,7 @@
 //! Sequential readahead in front of a [`Backend`]: a client reading a stream (fio's sequential
 //! jobs, `qemu-img convert`, `nbdcopy`, `dd`) asks for one request's worth at a time, a few
 //! requests deep, and each request crosses two network hops (client to gateway, gateway to node)
-//! before the disk sees it. Readahead keeps the disk busy ahead of the client instead: once two
+//! before the disk sees it. Readahead keeps the disk busy ahead of the client instead: once
 //! [`CONFIRM`] reads in a row continue the same stream, the window past the newest read is
 //! fetched in `chunk`-sized reads in parallel, and reads that fall inside a fetched chunk are
 //! answered from it without a copy ([`Data::Shared`]). A new stream's window starts at two chunks
@@ -88,7 +88,7 @@ struct Run {
 
 #[derive(Default)]
 struct State {
-    /// Established streams (two reads in a row or more), least recently used replaced.
+    /// Established streams ([`CONFIRM`] reads in a row or more), least recently used replaced.
     streams: Vec<Stream>,
     /// Where recent runs of reads of no stream ended.
     recent: std::collections::VecDeque<Run>,
@@ -486,12 +486,17 @@ mod tests {
         ra.read(offset, len).await.unwrap().as_slice().to_vec()
     }
 
-    /// Reads [`CONFIRM`] 16 KiB blocks in a row from 0, which starts a stream; returns its end.
-    async fn stream_on(ra: &Readahead<Probe>) -> u64 {
-        for i in 0..u64::from(CONFIRM) {
+    /// Reads `n` 16 KiB blocks in a row from 0; returns where they end.
+    async fn run_of(ra: &Readahead<Probe>, n: u32) -> u64 {
+        for i in 0..u64::from(n) {
             read(ra, i * (16 << 10), 16 << 10).await;
         }
-        u64::from(CONFIRM) * (16 << 10)
+        u64::from(n) * (16 << 10)
+    }
+
+    /// [`CONFIRM`] reads in a row from 0, which starts a stream; returns its end.
+    async fn stream_on(ra: &Readahead<Probe>) -> u64 {
+        run_of(ra, CONFIRM).await
     }
 
     async fn settle() {
@@ -599,10 +604,8 @@ mod tests {
         let p = Probe::new(8 << 20, 0, 0).await;
         let ra = Readahead::new(Arc::clone(&p), 8 << 20, cfg(2 << 20));
         let want = p.mem.contents();
-        for i in 0..u64::from(CONFIRM) - 1 {
-            read(&ra, i * (16 << 10), 16 << 10).await;
-            settle().await;
-        }
+        run_of(&ra, CONFIRM - 1).await;
+        settle().await;
         assert_eq!(chunk_reads(&p), 0, "not a stream yet");
         let mut off = stream_on(&ra).await;
         settle().await;
@@ -648,9 +651,7 @@ mod tests {
         // (old bytes), the write completes: a read after its acknowledgement must see it.
         let p = Probe::new(8 << 20, 0, 0).await;
         let ra = Arc::new(Readahead::new(Arc::clone(&p), 8 << 20, cfg(CHUNK)));
-        for i in 0..u64::from(CONFIRM) - 1 {
-            read(&ra, i * (16 << 10), 16 << 10).await;
-        }
+        let end = run_of(&ra, CONFIRM - 1).await;
         p.hold_writes.store(true, Ordering::SeqCst);
         let new = vec![0x5au8; 4096];
         let w = tokio::spawn({
@@ -661,7 +662,7 @@ mod tests {
             tokio::task::yield_now().await;
         }
         // The stream is on: chunk 1 is fetched, old bytes.
-        read(&ra, (u64::from(CONFIRM) - 1) * (16 << 10), 16 << 10).await;
+        read(&ra, end, 16 << 10).await;
         settle().await;
         assert!(p.sizes().contains(&(CHUNK as usize)), "chunk 1 was fetched");
         p.wgate.notify_waiters();

@@ -101,10 +101,8 @@ pub async fn serve<B: Backend>(
 ) {
     let (stop_tx, stop) = watch::channel(false);
     let activity = Arc::new(Activity::default());
-    let awake = (poll == PollMode::Adaptive).then(|| {
-        let polls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        tokio::spawn(Arc::clone(&activity).keep_awake(polls))
-    });
+    let awake =
+        (poll == PollMode::Adaptive).then(|| tokio::spawn(Arc::clone(&activity).keep_awake()));
     let mut conns = JoinSet::new();
     let ids = AtomicU64::new(0);
     tokio::pin!(shutdown);
