@@ -148,6 +148,10 @@ pub struct Config {
     /// The data-plane address hosts should use (default: the bound --listen address).
     #[arg(long)]
     pub advertise: Option<String>,
+    /// Do not listen for same-host clients on the abstract Unix socket named after the
+    /// advertised address (`@dasmesh-node/ADDR`); they then use TCP like everyone else.
+    #[arg(long)]
+    pub no_local_socket: bool,
     /// Where the node keeps its state across restarts: its id (node-id, with --controller) and
     /// the highest fencing epoch seen per device range (fences).
     #[arg(long)]

@@ -1,7 +1,7 @@
 //! Per-connection state: the receive staging buffer, the session a token opened, and the queue
 //! of replies waiting to be sent (with the in-flight `sendmsg` that owns its iovecs).
 
-use std::net::TcpStream;
+use socket2::Socket;
 
 use dasmesh_wire::{
     Claim, HelloReply, Op, ReplyHeader, RequestHeader, RequestLimits, Searcher, Tag,
@@ -106,8 +106,8 @@ pub enum Phase {
 
 /// A client connection.
 pub struct Conn {
-    /// The socket.
-    pub sock: TcpStream,
+    /// The socket (TCP, or the same-host Unix socket).
+    pub sock: Socket,
     /// Life phase.
     pub phase: Phase,
     /// Set after a successful handshake.
@@ -148,7 +148,7 @@ pub struct Conn {
 
 impl Conn {
     /// A fresh connection awaiting its hello.
-    pub fn new(sock: TcpStream) -> Self {
+    pub fn new(sock: Socket) -> Self {
         Self {
             sock,
             phase: Phase::Handshake,

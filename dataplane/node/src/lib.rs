@@ -3,6 +3,8 @@
 //! One reactor thread per core (`--cores`), each pinned, each with its own io_uring ring,
 //! registered buffer arena, fixed-file table and connections (see `docs/node.md`). The
 //! listening socket is shared with SO_REUSEPORT so the kernel spreads connections over them.
+//! Clients on the same machine reach the node over an abstract Unix socket named after its
+//! address ([`bind_local`]), which every reactor accepts on too.
 //! `unsafe` lives only in the ring (`reactor`), buffer (`arena`) and syscall (`sys`) modules.
 
 pub mod agent;
@@ -17,6 +19,7 @@ pub mod sys;
 pub mod usage;
 
 use std::net::{SocketAddr, TcpListener};
+use std::os::unix::net::UnixListener;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
@@ -136,7 +139,47 @@ pub fn bind_listeners(addr: &str, n: usize) -> anyhow::Result<(SocketAddr, Vec<T
     Ok((target, out))
 }
 
+/// Binds the same-host listener for the node reachable at `advertised` (the address hosts are
+/// given): the abstract Unix socket [`dasmesh_wire::local_socket_name`] names. `Ok(None)` when the
+/// address is too long for a socket name.
+pub fn bind_local(advertised: &str) -> anyhow::Result<Option<UnixListener>> {
+    use std::os::linux::net::SocketAddrExt;
+    let Some(name) = dasmesh_wire::local_socket_name(advertised) else {
+        return Ok(None);
+    };
+    let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())?;
+    // A node that has just exited may hold the name a little longer: the kernel releases its
+    // ring, and with it the listener an accept was armed on, after the process is gone.
+    let deadline = std::time::Instant::now() + LOCAL_BIND_PATIENCE;
+    loop {
+        match UnixListener::bind_addr(&addr) {
+            Ok(l) => return Ok(Some(l)),
+            Err(e)
+                if e.kind() == std::io::ErrorKind::AddrInUse
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => anyhow::bail!(
+                "same-host socket @{name}: {e} (another node with this address in this network \
+                 namespace? --no-local-socket goes without it)"
+            ),
+        }
+    }
+}
+
+/// How long [`bind_local`] waits for a name still held by a node that has just exited.
+pub const LOCAL_BIND_PATIENCE: Duration = Duration::from_secs(3);
+
+/// What one reactor accepts connections on.
+pub struct Listeners {
+    /// Its TCP listener (one per reactor, SO_REUSEPORT).
+    pub tcp: TcpListener,
+    /// The same-host listener (one socket, shared by every reactor), if enabled.
+    pub local: Option<UnixListener>,
+}
+
 /// Runs reactor `id` on the current thread until shutdown.
-pub fn run_reactor(id: usize, shared: Arc<Shared>, listener: TcpListener) -> std::io::Result<()> {
-    reactor::Reactor::new(id, shared, listener)?.run()
+pub fn run_reactor(id: usize, shared: Arc<Shared>, listeners: Listeners) -> std::io::Result<()> {
+    reactor::Reactor::new(id, shared, listeners)?.run()
 }

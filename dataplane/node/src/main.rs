@@ -40,10 +40,26 @@ fn run() -> anyhow::Result<()> {
         tracing::warn!("no --trust-key: every handshake will be refused with NoTrustKey");
     }
     let (addr, listeners) = dasmesh_node::bind_listeners(&cfg.listen, cfg.cores)?;
+    let advertise = cfg.advertise.clone().unwrap_or_else(|| addr.to_string());
+    let local = if cfg.no_local_socket {
+        None
+    } else {
+        let l = dasmesh_node::bind_local(&advertise)?;
+        match &l {
+            Some(_) => tracing::info!("same-host clients: @dasmesh-node/{advertise}"),
+            None => tracing::warn!("address {advertise} too long for a same-host socket name"),
+        }
+        l
+    };
     let cores = core_affinity::get_core_ids().unwrap_or_default();
     let (tx, rx) = mpsc::channel();
     let mut handles = Vec::new();
-    for (i, listener) in listeners.into_iter().enumerate() {
+    for (i, tcp) in listeners.into_iter().enumerate() {
+        let local = match &local {
+            Some(l) => Some(l.try_clone().context("sharing the same-host socket")?),
+            None => None,
+        };
+        let listener = dasmesh_node::Listeners { tcp, local };
         let shared = Arc::clone(&shared);
         let tx = tx.clone();
         let core = (!cfg.no_pin && !cores.is_empty()).then(|| cores[i % cores.len()]);
@@ -59,6 +75,8 @@ fn run() -> anyhow::Result<()> {
                 })?,
         );
     }
+    // Each reactor holds its own copy: the socket closes when the last reactor stops.
+    drop(local);
     {
         let tx = tx.clone();
         std::thread::Builder::new()
@@ -75,7 +93,7 @@ fn run() -> anyhow::Result<()> {
             let (stop_tx, stop_rx) = mpsc::channel();
             let c = dasmesh_node::agent::AgentConfig {
                 controller: url.clone(),
-                advertise: cfg.advertise.clone().unwrap_or_else(|| addr.to_string()),
+                advertise: advertise.clone(),
                 state_dir: cfg.state_dir.clone(),
                 reserve: cfg.reserve,
                 failure_domain: cfg.failure_domain.clone(),

@@ -6,7 +6,7 @@
 //! WRITE_FIXED) and the backends are fixed files. Every SQE's memory (arena slot, receive
 //! buffer, sendmsg state) is owned by a request or connection that outlives the SQE.
 
-use std::net::{Shutdown, TcpListener, TcpStream};
+use std::net::Shutdown;
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -19,6 +19,7 @@ use dasmesh_wire::{
 };
 use io_uring::{opcode, squeue, types, IoUring};
 use slab::Slab;
+use socket2::Socket;
 
 use crate::arena::{Arena, ZERO_LEN};
 use crate::backend::Store;
@@ -26,7 +27,7 @@ use crate::barrier::{LaneWriter, WriteSeq};
 use crate::config::PollMode;
 use crate::conn::{Conn, Payload, Phase, Reply, Req, SendState, Session, Stage, RBUF_LEN};
 use crate::fence::Range;
-use crate::{sys, Shared};
+use crate::{sys, Listeners, Shared};
 
 const UD_ACCEPT: u64 = 1 << 56;
 const UD_RECV: u64 = 2 << 56;
@@ -89,6 +90,13 @@ fn build_ring(entries: u32) -> std::io::Result<(IoUring, &'static str)> {
     Ok((IoUring::new(entries)?, "plain"))
 }
 
+/// A listening socket and whether an accept is armed on it.
+struct Listener {
+    sock: Socket,
+    tcp: bool,
+    armed: bool,
+}
+
 /// One reactor's state.
 pub struct Reactor {
     // Declared first so it is dropped first: the kernel lets go of the arena before it is unmapped.
@@ -98,8 +106,8 @@ pub struct Reactor {
     arena: Arena,
     fixed_bufs: bool,
     files: Vec<Option<FileRef>>,
-    listener: TcpListener,
-    accept_armed: bool,
+    /// The TCP listener first, then the same-host one if any.
+    listeners: Vec<Listener>,
     conns: Slab<Conn>,
     reqs: Slab<Req>,
     dirty: Vec<usize>,
@@ -115,7 +123,7 @@ pub struct Reactor {
 
 impl Reactor {
     /// Sets up the ring, registers the arena and the backend files.
-    pub fn new(id: usize, shared: Arc<Shared>, listener: TcpListener) -> std::io::Result<Self> {
+    pub fn new(id: usize, shared: Arc<Shared>, listeners: Listeners) -> std::io::Result<Self> {
         let (ring, setup) = build_ring(1024)?;
         let mut arena = Arena::new()?;
         let iovecs = arena.iovecs();
@@ -166,8 +174,17 @@ impl Reactor {
             arena,
             fixed_bufs,
             files,
-            listener,
-            accept_armed: false,
+            listeners: std::iter::once(Listener {
+                sock: listeners.tcp.into(),
+                tcp: true,
+                armed: false,
+            })
+            .chain(listeners.local.map(|l| Listener {
+                sock: l.into(),
+                tcp: false,
+                armed: false,
+            }))
+            .collect(),
             conns: Slab::new(),
             reqs: Slab::new(),
             dirty: Vec::new(),
@@ -182,7 +199,9 @@ impl Reactor {
 
     /// Runs until shutdown completes (or the grace period runs out).
     pub fn run(mut self) -> std::io::Result<()> {
-        self.arm_accept();
+        for i in 0..self.listeners.len() {
+            self.arm_accept(i);
+        }
         let mut last_work = Instant::now();
         let mut last_usage_flush = self.now_ms;
         loop {
@@ -195,7 +214,7 @@ impl Reactor {
                 self.begin_shutdown();
             }
             if let Some(deadline) = self.stopping {
-                if self.conns.is_empty() && !self.accept_armed {
+                if self.conns.is_empty() && !self.listeners.iter().any(|l| l.armed) {
                     break;
                 }
                 if Instant::now() > deadline {
@@ -265,7 +284,7 @@ impl Reactor {
         for (ud, res) in cqes.drain(..) {
             let idx = (ud & !UD_KIND) as usize;
             match ud & UD_KIND {
-                UD_ACCEPT => self.on_accept(res),
+                UD_ACCEPT => self.on_accept(idx, res),
                 UD_RECV => self.on_recv(idx, res),
                 UD_SEND => self.on_send(idx, res),
                 UD_IO => self.on_io(idx, res),
@@ -350,36 +369,38 @@ impl Reactor {
 
     // ---- accept and shutdown ----
 
-    fn arm_accept(&mut self) {
+    fn arm_accept(&mut self, li: usize) {
         let e = opcode::Accept::new(
-            types::Fd(self.listener.as_raw_fd()),
+            types::Fd(self.listeners[li].sock.as_raw_fd()),
             std::ptr::null_mut(),
             std::ptr::null_mut(),
         )
         .flags(libc::SOCK_CLOEXEC)
         .build()
-        .user_data(UD_ACCEPT);
+        .user_data(UD_ACCEPT | li as u64);
         // SAFETY: the entry points at no memory; the listener lives as long as the reactor.
         unsafe { self.push(e) };
-        self.accept_armed = true;
+        self.listeners[li].armed = true;
     }
 
-    fn on_accept(&mut self, res: i32) {
-        self.accept_armed = false;
+    fn on_accept(&mut self, li: usize, res: i32) {
+        self.listeners[li].armed = false;
         if res >= 0 {
             // SAFETY: a successful accept returns a new descriptor that nothing else owns.
-            let sock = unsafe { TcpStream::from_raw_fd(res) };
+            let sock = unsafe { Socket::from_raw_fd(res) };
             if self.stopping.is_some() {
                 return;
             }
-            let _ = sock.set_nodelay(true);
+            if self.listeners[li].tcp {
+                let _ = sock.set_tcp_nodelay(true);
+            }
             let ci = self.conns.insert(Conn::new(sock));
             self.mark_dirty(ci);
         } else if res != -libc::ECANCELED {
             tracing::warn!("accept failed: {}", std::io::Error::from_raw_os_error(-res));
         }
         if self.stopping.is_none() {
-            self.arm_accept();
+            self.arm_accept(li);
         }
     }
 
@@ -387,8 +408,10 @@ impl Reactor {
         tracing::info!(reactor = self.id, conns = self.conns.len(), "shutting down");
         self.stopping = Some(Instant::now() + self.shared.shutdown_grace);
         let mut cancels = Vec::new();
-        if self.accept_armed {
-            cancels.push(UD_ACCEPT);
+        for (li, l) in self.listeners.iter().enumerate() {
+            if l.armed {
+                cancels.push(UD_ACCEPT | li as u64);
+            }
         }
         for (ci, c) in self.conns.iter() {
             if c.recv_armed && c.payload_req.is_none() {

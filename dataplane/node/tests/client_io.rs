@@ -5,7 +5,7 @@ mod common;
 
 use std::sync::Arc;
 
-use common::Node;
+use common::{pattern, Node};
 use dasmesh_client::{AlignedBuf, ConnectOptions, Connection, NodeSession};
 use dasmesh_wire::{DeviceId, Rights, Status};
 use rand::{Rng, SeedableRng};
@@ -211,4 +211,81 @@ fn client_reports_refusals_with_their_status() {
             .expect_err("token for device 1 used on device 0");
         assert_eq!(e.status(), Some(Status::WrongDevice));
     });
+}
+
+#[test]
+fn a_client_on_the_nodes_machine_uses_its_local_socket_and_falls_back_to_tcp() {
+    let node = Node::start(&backends(), &[]);
+    let plain = Node::start(&backends(), &["--no-local-socket"]);
+    rt().block_on(async {
+        let t = node.token(0, 0, SIZE, Rights::ReadWrite, 1);
+        let local = Connection::connect(&node.addr, DeviceId(0), &t, &ConnectOptions::default())
+            .await
+            .unwrap();
+        assert!(local.is_local(), "same machine: the local socket");
+        let tcp_opts = ConnectOptions {
+            local_socket: false,
+            ..Default::default()
+        };
+        let tcp = Connection::connect(&node.addr, DeviceId(0), &t, &tcp_opts)
+            .await
+            .unwrap();
+        assert!(!tcp.is_local(), "asked for TCP");
+        // One device behind both: what one writes, the other reads.
+        let a = pattern(256 << 10, 1);
+        local.write(MIB, &a, true).await.unwrap();
+        assert!(tcp.read(MIB, a.len()).await.unwrap() == a);
+        let b = pattern(4096, 2);
+        tcp.write(3 * MIB, &b, true).await.unwrap();
+        assert!(local.read(3 * MIB, b.len()).await.unwrap() == b);
+
+        // A node without the socket: the client finds nothing under its name and uses TCP.
+        let t = plain.token(1, 0, SIZE, Rights::ReadWrite, 1);
+        let c = Connection::connect(&plain.addr, DeviceId(1), &t, &ConnectOptions::default())
+            .await
+            .unwrap();
+        assert!(!c.is_local());
+        c.write(0, &b, false).await.unwrap();
+        assert!(c.read(0, b.len()).await.unwrap() == b);
+    });
+}
+
+#[test]
+fn a_second_node_advertising_the_same_address_says_why_it_cannot_start() {
+    let node = Node::start(&["memory:16M"], &[]);
+    let args = [
+        "--listen",
+        "127.0.0.1:0",
+        "--no-pin",
+        "--backend",
+        "memory:16M",
+    ];
+    let out = std::process::Command::new(dasmesh_testkit::bin("dasmesh-node"))
+        .args(args)
+        .args(["--advertise", &node.addr])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "it started");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("@dasmesh-node/{}", node.addr)) && err.contains("--no-local-socket"),
+        "{err}"
+    );
+    // With the flag it starts (and the first node is untouched).
+    let mut other = std::process::Command::new(dasmesh_testkit::bin("dasmesh-node"))
+        .args(args)
+        .args(["--advertise", &node.addr, "--no-local-socket"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(other.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let _ = other.kill();
+    let _ = other.wait();
+    assert!(line.starts_with("listening "), "{line:?}");
 }

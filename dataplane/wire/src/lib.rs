@@ -9,6 +9,7 @@
 mod frame;
 mod handshake;
 mod ids;
+mod local;
 mod search;
 mod status;
 mod token;
@@ -24,6 +25,7 @@ pub use handshake::{
     MAX_TOKEN_LEN, PROTOCOL_VERSION,
 };
 pub use ids::{DeviceId, Epoch, NodeId, Tag, VolumeId};
+pub use local::{local_socket_name, LOCAL_SOCKET_PREFIX};
 pub use search::Searcher;
 pub use status::Status;
 pub use token::{

@@ -47,6 +47,9 @@ pub struct ServeArgs {
     /// `interrupt` always sleeps in the kernel.
     #[arg(long, value_enum, default_value_t = Poll::Adaptive)]
     poll: Poll,
+    /// Reach nodes on this machine over loopback TCP instead of their same-host Unix socket.
+    #[arg(long)]
+    no_local_socket: bool,
     /// Runtime worker threads (0: one, on the main thread).
     #[arg(long, default_value_t = 0)]
     threads: usize,
@@ -74,6 +77,7 @@ pub fn run(cmd: NbdCmd, controller: &str) -> anyhow::Result<()> {
             ttl: a.ttl,
             connections: a.connections,
             queue_depth: a.queue_depth,
+            local_socket: !a.no_local_socket,
             ..Default::default()
         },
         readahead: ReadaheadConfig {

@@ -20,11 +20,10 @@ use dasmesh_wire::{
     FLAG_FUA, HELLO_REPLY_LEN, PROTOCOL_VERSION, REPLY_FLAG_TRUNCATED, REPLY_HEADER_LEN,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::TcpStream;
 use tokio::sync::{oneshot, OwnedMutexGuard, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 
+use crate::stream::{ReadHalf, Stream, WriteHalf};
 use crate::{AlignedBuf, Error};
 
 /// How to connect.
@@ -34,6 +33,8 @@ pub struct ConnectOptions {
     pub queue_depth: usize,
     /// Give up connecting and handshaking after this long.
     pub connect_timeout: Duration,
+    /// Use the node's same-host Unix socket when it runs on this machine (`stream.rs`).
+    pub local_socket: bool,
 }
 
 impl Default for ConnectOptions {
@@ -41,6 +42,7 @@ impl Default for ConnectOptions {
         Self {
             queue_depth: 64,
             connect_timeout: Duration::from_secs(5),
+            local_socket: true,
         }
     }
 }
@@ -141,7 +143,8 @@ struct Inner {
     outbox: Arc<Outbox>,
     writer_task: Mutex<Option<JoinHandle<()>>>,
     info: HelloReply,
-    writer: Arc<tokio::sync::Mutex<OwnedWriteHalf>>,
+    local: bool,
+    writer: Arc<tokio::sync::Mutex<WriteHalf>>,
     pending: Mutex<Pending>,
     next_tag: AtomicU64,
     slots: Arc<Semaphore>,
@@ -192,7 +195,7 @@ impl Drop for Inner {
 /// Sends what the outbox holds, batch after batch, until the connection stops.
 async fn write_batches(
     outbox: Arc<Outbox>,
-    writer: Arc<tokio::sync::Mutex<OwnedWriteHalf>>,
+    writer: Arc<tokio::sync::Mutex<WriteHalf>>,
     inner: std::sync::Weak<Inner>,
 ) {
     let mut batch = Queued::default();
@@ -255,10 +258,11 @@ impl Connection {
         token: &Token,
         opts: &ConnectOptions,
     ) -> Result<Connection, Error> {
-        let fut = Self::handshake(addr, device, token);
+        let fut = Self::handshake(addr, device, token, opts.local_socket);
         let (stream, info) = tokio::time::timeout(opts.connect_timeout, fut)
             .await
             .map_err(|_| Error::Timeout)??;
+        let local = stream.is_local();
         let (rd, wr) = stream.into_split();
         let depth = opts.queue_depth.clamp(1, info.max_inflight.max(1) as usize);
         let writer = Arc::new(tokio::sync::Mutex::new(wr));
@@ -267,6 +271,7 @@ impl Connection {
             outbox: Arc::clone(&outbox),
             writer_task: Mutex::new(None),
             info,
+            local,
             writer: Arc::clone(&writer),
             pending: Mutex::new(Pending::default()),
             next_tag: AtomicU64::new(1),
@@ -301,9 +306,9 @@ impl Connection {
         addr: &str,
         device: DeviceId,
         token: &Token,
-    ) -> Result<(TcpStream, HelloReply), Error> {
-        let mut s = TcpStream::connect(addr).await?;
-        s.set_nodelay(true)?;
+        local: bool,
+    ) -> Result<(Stream, HelloReply), Error> {
+        let mut s = Stream::connect(addr, local).await?;
         let bytes = token.as_bytes();
         let hello = Hello {
             min_version: 1,
@@ -327,6 +332,11 @@ impl Connection {
     /// What the node answered at the handshake (block size, limits, lent range, capabilities).
     pub fn info(&self) -> &HelloReply {
         &self.inner.info
+    }
+
+    /// Whether this connection uses the node's same-host socket rather than TCP.
+    pub fn is_local(&self) -> bool {
+        self.inner.local
     }
 
     async fn call(
@@ -526,7 +536,7 @@ struct Frame<'a> {
     tag: u64,
     head: &'a [u8],
     body: &'a [u8],
-    writer: Option<OwnedMutexGuard<OwnedWriteHalf>>,
+    writer: Option<OwnedMutexGuard<WriteHalf>>,
     state: FrameState,
 }
 
@@ -608,7 +618,7 @@ impl Drop for Frame<'_> {
 }
 
 /// Reads replies until the socket closes or the node breaks the protocol; returns why it stopped.
-async fn read_replies(rd: OwnedReadHalf, inner: &std::sync::Weak<Inner>) -> Error {
+async fn read_replies(rd: ReadHalf, inner: &std::sync::Weak<Inner>) -> Error {
     let mut rd = tokio::io::BufReader::with_capacity(64 << 10, rd);
     let mut hb = [0u8; REPLY_HEADER_LEN];
     loop {

@@ -11,6 +11,7 @@ mod connection;
 mod error;
 pub mod layout;
 mod session;
+mod stream;
 mod volume;
 
 pub use buf::AlignedBuf;

@@ -52,6 +52,8 @@ pub struct MountOptions {
     /// request is retried once on a fresh connection; on a mirror, a copy that still does not
     /// answer is reported stale like one that failed.
     pub request_timeout: Duration,
+    /// Reach nodes on this machine over their same-host Unix socket rather than loopback TCP.
+    pub local_socket: bool,
 }
 
 impl Default for MountOptions {
@@ -65,6 +67,7 @@ impl Default for MountOptions {
             renew: true,
             connect_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(30),
+            local_socket: true,
         }
     }
 }
@@ -331,6 +334,7 @@ impl Volume {
         let copts = ConnectOptions {
             queue_depth: opts.queue_depth,
             connect_timeout: opts.connect_timeout,
+            local_socket: opts.local_socket,
         };
         for me in &m.extents {
             let x = me
