@@ -13,19 +13,23 @@
 # and 128k read QD1 (a shallow sequential reader such as dd or cp: shows the gateway's readahead).
 # The last column is the bytes the file's block device moved per byte fio moved, for qemu-nbd and
 # the gateway: 1.00 is no amplification (with the readahead's old start rule it read 3.26 for the gateway on 4k random reads).
-# Usage: bench/nbd-compare.sh [--runtime SECONDS] [--runs N] [--json FILE] [-- gateway flags...]
+# Usage: bench/nbd-compare.sh [--runtime SECONDS] [--runs N] [--dir DIR] [--json FILE] [-- gateway flags...]
+#   --dir DIR: where the file (and the controller's and node's state) lives, default $TMPDIR or
+#   /var/tmp. A tmpfs such as /dev/shm takes the disk out of the comparison: then the servers' own
+#   cost is what is compared (the 6.18 kernel here takes O_DIRECT on tmpfs; older ones refuse it).
 #   NODE_FLAGS="..." replaces the node's extra flags (default: --no-pin --poll interrupt: the node shares
 #   this machine's cores with the gateway and fio, where a spinning reactor starves them; docs/node.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-RUNTIME=5; RUNS=1; JSON_OUT=""; GW_FLAGS=()
+RUNTIME=5; RUNS=1; JSON_OUT=""; GW_FLAGS=(); BASE=${TMPDIR:-/var/tmp}
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --runtime) RUNTIME="$2"; shift 2;;
     --runs) RUNS="$2"; shift 2;;
     --json) JSON_OUT="$2"; shift 2;;
+    --dir) BASE="$2"; shift 2;;
     --) shift; GW_FLAGS=("$@"); break;;
-    *) echo "usage: $0 [--runtime SECONDS] [--runs N] [--json FILE] [-- gateway flags...]" >&2; exit 2;;
+    *) echo "usage: $0 [--runtime SECONDS] [--runs N] [--dir DIR] [--json FILE] [-- gateway flags...]" >&2; exit 2;;
   esac
 done
 for t in fio qemu-nbd python3; do
@@ -33,7 +37,7 @@ for t in fio qemu-nbd python3; do
 done
 cargo build --release -q -p dasmesh-cli -p dasmesh-node -p dasmesh-controller
 B=$PWD/target/release
-DIR=$(mktemp -d "${TMPDIR:-/var/tmp}/nbd-compare.XXXXXX")
+DIR=$(mktemp -d "$BASE/nbd-compare.XXXXXX")
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$DIR"; }
 trap cleanup EXIT
@@ -100,12 +104,12 @@ for n in $(seq "$RUNS"); do
   done
 done
 
-python3 - "$RESULTS" "$(git rev-parse --short HEAD)" "$(nproc)" <<'PY'
+python3 - "$RESULTS" "$(git rev-parse --short HEAD)" "$(nproc)" "$BASE ($(df --output=fstype "$IMG" | tail -n1))" <<'PY'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
-commit, cpus = sys.argv[2], sys.argv[3]
-print(f"commit {commit}, {cpus} CPUs")
-print(f"{'run':>3} {'workload':<18} {'local (disk)':>16} {'qemu-nbd':>16} {'gateway':>16} {'ratio':>6} {'>=1.3x':>6}  p50 us (q/g)  disk bytes per byte (q/g)")
+commit, cpus, where = sys.argv[2], sys.argv[3], sys.argv[4]
+print(f"commit {commit}, {cpus} CPUs, the file in {where}")
+print(f"{'run':>3} {'workload':<18} {'local (file)':>16} {'qemu-nbd':>16} {'gateway':>16} {'ratio':>6} {'>=1.3x':>6}  p50 us (q/g)  disk bytes per byte (q/g)")
 def pick(r, t):
     return next((x for x in rows if x["target"] == t and x["run"] == r["run"] and x["workload"] == r["workload"]), None)
 for r in rows:
