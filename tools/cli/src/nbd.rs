@@ -42,10 +42,11 @@ pub struct ServeArgs {
     /// exports only (a read-only export's volume may be written by another host).
     #[arg(long, default_value = "16M", value_parser = crate::ctl::size_arg)]
     readahead: u64,
-    /// How to wait while requests are in flight: `adaptive` keeps polling (yielding the CPU to
-    /// any other runnable thread) while any request is in flight and sleeps when none is;
-    /// `interrupt` always sleeps in the kernel.
-    #[arg(long, value_enum, default_value_t = Poll::Adaptive)]
+    /// How to wait while requests are in flight: `interrupt` always sleeps in the kernel;
+    /// `adaptive` keeps polling (yielding the CPU to any other runnable thread) while any
+    /// request is in flight and sleeps when none is: faster when the disk's latency is the limit
+    /// and cores are spare, slower when the CPU is the limit (tools/nbd/README.md).
+    #[arg(long, value_enum, default_value_t = Poll::Interrupt)]
     poll: Poll,
     /// Reach nodes on this machine over loopback TCP instead of their same-host Unix socket.
     #[arg(long)]
@@ -107,8 +108,8 @@ pub fn run(cmd: NbdCmd, controller: &str) -> anyhow::Result<()> {
 /// `--poll` values.
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
 enum Poll {
-    /// Poll while requests are in flight, sleep when idle (default).
+    /// Poll while requests are in flight, sleep when idle.
     Adaptive,
-    /// Always sleep in the kernel.
+    /// Always sleep in the kernel (default).
     Interrupt,
 }

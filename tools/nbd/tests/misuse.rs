@@ -416,11 +416,11 @@ fn cpu_ticks(pid: u32) -> u64 {
 
 #[test]
 fn an_adaptive_gateway_polls_only_while_requests_are_in_flight() {
-    // The default `--poll adaptive`: busy while requests are in flight, asleep when none is,
+    // `--poll adaptive`: busy while requests are in flight, asleep when none is,
     // also after refused requests and a client that goes away with requests pending.
     let c = Cluster::start(1);
     c.create_now("idle", "single", SIZE);
-    let gw = c.gateway("idle", &[]);
+    let gw = c.gateway("idle", &["--poll", "adaptive"]);
     let mut a = Client::connect(&gw.addr);
     a.go();
     let data = pattern(1 << 20, 7);
