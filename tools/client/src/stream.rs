@@ -81,31 +81,26 @@ pub(crate) enum WriteHalf {
     Unix(unix::OwnedWriteHalf),
 }
 
-impl AsyncRead for Stream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
-            Stream::Unix(s) => Pin::new(s).poll_read(cx, buf),
+/// Forwards `AsyncRead` to the variant inside.
+macro_rules! forward_read {
+    ($ty:ident) => {
+        impl AsyncRead for $ty {
+            fn poll_read(
+                self: Pin<&mut Self>,
+                cx: &mut Context<'_>,
+                buf: &mut ReadBuf<'_>,
+            ) -> Poll<io::Result<()>> {
+                match self.get_mut() {
+                    $ty::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+                    $ty::Unix(s) => Pin::new(s).poll_read(cx, buf),
+                }
+            }
         }
-    }
+    };
 }
 
-impl AsyncRead for ReadHalf {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            ReadHalf::Tcp(s) => Pin::new(s).poll_read(cx, buf),
-            ReadHalf::Unix(s) => Pin::new(s).poll_read(cx, buf),
-        }
-    }
-}
+forward_read!(Stream);
+forward_read!(ReadHalf);
 
 /// Forwards every `AsyncWrite` method to the variant inside.
 macro_rules! forward_write {
