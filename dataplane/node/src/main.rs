@@ -46,7 +46,10 @@ fn run() -> anyhow::Result<()> {
     } else {
         let l = dasmesh_node::bind_local(&advertise)?;
         match &l {
-            Some(_) => tracing::info!("same-host clients: @dasmesh-node/{advertise}"),
+            Some(_) => tracing::info!(
+                "same-host clients: @{}{advertise}",
+                dasmesh_wire::LOCAL_SOCKET_PREFIX
+            ),
             None => tracing::warn!("address {advertise} too long for a same-host socket name"),
         }
         l
