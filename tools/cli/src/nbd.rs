@@ -54,11 +54,21 @@ pub struct ServeArgs {
     /// Runtime worker threads (0: one, on the main thread).
     #[arg(long, default_value_t = 0)]
     threads: usize,
+    /// Run the gateway (every thread of it) on this CPU only. On a host that also runs the node,
+    /// give the CPU of the node's reactor (reactor N is pinned to CPU N) when that node polls in
+    /// `interrupt` mode: each request then passes between the two without waking another core
+    /// (tools/nbd/README.md, "Placement"). Default: wherever the scheduler puts it.
+    #[arg(long, value_name = "CPU")]
+    cpu: Option<usize>,
 }
 
 /// Runs a subcommand.
 pub fn run(cmd: NbdCmd, controller: &str) -> anyhow::Result<()> {
     let NbdCmd::Serve(a) = cmd;
+    if let Some(cpu) = a.cpu {
+        // Before the runtime exists: its threads inherit the main thread's CPU.
+        pin(cpu)?;
+    }
     let rt = if a.threads == 0 {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -102,6 +112,23 @@ pub fn run(cmd: NbdCmd, controller: &str) -> anyhow::Result<()> {
         },
         dasmesh_nbd::shutdown_signal(),
     ))?;
+    Ok(())
+}
+
+/// Pins the calling thread, and so every thread it starts later, to `cpu`.
+fn pin(cpu: usize) -> anyhow::Result<()> {
+    let ids = core_affinity::get_core_ids().unwrap_or_default();
+    let Some(&core) = ids.iter().find(|c| c.id == cpu) else {
+        let list: Vec<String> = ids.iter().map(|c| c.id.to_string()).collect();
+        anyhow::bail!(
+            "--cpu {cpu}: not a CPU this process may run on (those are: {})",
+            list.join(", ")
+        );
+    };
+    anyhow::ensure!(
+        core_affinity::set_for_current(core),
+        "--cpu {cpu}: the kernel refused to pin the gateway to it"
+    );
     Ok(())
 }
 

@@ -184,6 +184,12 @@ fn bad_arguments_get_clear_errors() {
     assert!(err.contains("--ttl"), "{err}");
     let err = run(with(&["--rights", "ro"]));
     assert!(err.contains("--range"), "a missing flag is named: {err}");
+    // Checked before the controller is asked for anything.
+    let err = fails(&["nbd", "serve", "v", "--cpu", "100000"]);
+    assert!(
+        err.contains("--cpu 100000") && err.contains("not a CPU this process may run on"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -452,3 +452,38 @@ fn an_adaptive_gateway_polls_only_while_requests_are_in_flight() {
     // It still serves.
     same(&a.read(0, 4096).unwrap(), &data[..4096], 1, 0);
 }
+
+/// The CPUs each thread of `pid` may run on, as the kernel lists them (`0`, `0-1`, ...).
+fn cpus_allowed(pid: u32) -> Vec<String> {
+    let mut out = Vec::new();
+    for t in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let status = std::fs::read_to_string(t.unwrap().path().join("status")).unwrap();
+        let line = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+            .expect("Cpus_allowed_list in status");
+        out.push(line.trim().to_string());
+    }
+    out
+}
+
+#[test]
+fn a_gateway_given_a_cpu_runs_every_thread_there() {
+    let c = Cluster::start(1);
+    c.create_now("pinned", "single", SIZE);
+    // The first CPU this test may use (CPU 0 need not be one of them).
+    let mine = cpus_allowed(std::process::id()).remove(0);
+    let cpu = mine.split([',', '-']).next().unwrap().to_string();
+    let gw = c.gateway("pinned", &["--cpu", &cpu]);
+    let mut a = Client::connect(&gw.addr);
+    a.go();
+    let data = pattern(256 << 10, 3);
+    assert_eq!(a.write(0, &data), 0);
+    same(&a.read(0, 256 << 10).unwrap(), &data, 0, 0);
+    let threads = cpus_allowed(gw.child.id());
+    assert!(!threads.is_empty());
+    assert!(
+        threads.iter().all(|c| *c == cpu),
+        "every thread on CPU {cpu}: {threads:?}"
+    );
+}
