@@ -17,11 +17,15 @@
 #   --dir DIR: where the file (and the controller's and node's state) lives, default $TMPDIR or
 #   /var/tmp. A tmpfs such as /dev/shm takes the disk out of the comparison: then the servers' own
 #   cost is what is compared (the 6.18 kernel here takes O_DIRECT on tmpfs; older ones refuse it).
-#   NODE_FLAGS="..." replaces the node's extra flags (default: --no-pin --poll interrupt: the node shares
-#   this machine's cores with the gateway and fio, where a spinning reactor starves them; docs/node.md).
+#   Placement (tools/nbd/README.md, "Placement"): by default the node polls in `interrupt` mode with
+#   its reactor pinned to CPU 0 (its default pinning), and the gateway runs on that CPU too
+#   (`--cpu 0`): a request then passes between them without waking the other core, which is left
+#   to fio. NODE_FLAGS="..." replaces the node's extra flags; gateway flags after `--` replace
+#   `--cpu 0` (e.g. NODE_FLAGS="--no-pin --poll interrupt" bench/nbd-compare.sh -- --poll interrupt
+#   lets the scheduler place both).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-RUNTIME=5; RUNS=1; JSON_OUT=""; GW_FLAGS=(); BASE=${TMPDIR:-/var/tmp}
+RUNTIME=5; RUNS=1; JSON_OUT=""; GW_FLAGS=(--cpu 0); BASE=${TMPDIR:-/var/tmp}
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --runtime) RUNTIME="$2"; shift 2;;
@@ -55,7 +59,7 @@ qemu-nbd -f raw --cache=none --aio=io_uring -b 127.0.0.1 -p 10881 -x '' -t "$IMG
 "$B/dasmesh-controller" --listen 127.0.0.1:0 --data-dir "$DIR/ctl" >"$DIR/ctl.out" 2>"$DIR/ctl.log" & PIDS+=($!)
 CTL=http://$(addr_of "$DIR/ctl.out")
 "$B/dasmesh-node" --listen 127.0.0.1:0 --controller "$CTL" --state-dir "$DIR/node" --reserve 1M \
-  --backend "file:$IMG" ${NODE_FLAGS---no-pin --poll interrupt} >"$DIR/node.out" 2>"$DIR/node.log" & PIDS+=($!)
+  --backend "file:$IMG" ${NODE_FLAGS---poll interrupt} >"$DIR/node.out" 2>"$DIR/node.log" & PIDS+=($!)
 addr_of "$DIR/node.out" >/dev/null
 "$B/dasmesh" --controller "$CTL" volume create bench --size 1G --layout single >/dev/null
 "$B/dasmesh" --controller "$CTL" nbd serve bench --listen 127.0.0.1:0 "${GW_FLAGS[@]}" >"$DIR/gw.out" 2>"$DIR/gw.log" & PIDS+=($!)
@@ -104,11 +108,12 @@ for n in $(seq "$RUNS"); do
   done
 done
 
-python3 - "$RESULTS" "$(git rev-parse --short HEAD)" "$(nproc)" "$BASE ($(df --output=fstype "$IMG" | tail -n1))" <<'PY'
+python3 - "$RESULTS" "$(git rev-parse --short HEAD)" "$(nproc)" "$BASE ($(df --output=fstype "$IMG" | tail -n1))" \
+  "${NODE_FLAGS---poll interrupt}" "${GW_FLAGS[*]}" <<'PY'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
 commit, cpus, where = sys.argv[2], sys.argv[3], sys.argv[4]
-print(f"commit {commit}, {cpus} CPUs, the file in {where}")
+print(f"commit {commit}, {cpus} CPUs, the file in {where}; node flags: {sys.argv[5] or '(none)'}; gateway flags: {sys.argv[6] or '(none)'}")
 print(f"{'run':>3} {'workload':<18} {'local (file)':>16} {'qemu-nbd':>16} {'gateway':>16} {'ratio':>6} {'>=1.3x':>6}  p50 us (q/g)  disk bytes per byte (q/g)")
 def pick(r, t):
     return next((x for x in rows if x["target"] == t and x["run"] == r["run"] and x["workload"] == r["workload"]), None)
@@ -127,10 +132,11 @@ for r in rows:
     print(f"{r['run']:>3} {r['workload']:<18} {lv:>10,} {unit:<5} {q:>10,} {unit:<5} {v:>10,} {unit:<5} {ratio:>5.2f}x {target:>6}  {r['p50_us']}/{g['p50_us']}  {amp}")
 PY
 if [[ -n "$JSON_OUT" ]]; then
-  python3 - "$RESULTS" "$(git rev-parse HEAD)" "$JSON_OUT" <<'PY'
+  python3 - "$RESULTS" "$(git rev-parse HEAD)" "$JSON_OUT" "${NODE_FLAGS---poll interrupt}" "${GW_FLAGS[*]}" <<'PY'
 import json, sys, platform, os
 rows = [json.loads(l) for l in open(sys.argv[1])]
 json.dump({"commit": sys.argv[2], "machine": {"host": platform.node(), "cpus": os.cpu_count(),
-  "kernel": platform.release()}, "rows": rows}, open(sys.argv[3], "w"), indent=1)
+  "kernel": platform.release()}, "node_flags": sys.argv[4], "gateway_flags": sys.argv[5],
+  "rows": rows}, open(sys.argv[3], "w"), indent=1)
 PY
 fi
