@@ -18,14 +18,16 @@
 #   /var/tmp. A tmpfs such as /dev/shm takes the disk out of the comparison: then the servers' own
 #   cost is what is compared (the 6.18 kernel here takes O_DIRECT on tmpfs; older ones refuse it).
 #   Placement (tools/nbd/README.md, "Placement"): by default the node polls in `interrupt` mode with
-#   its reactor pinned to CPU 0 (its default pinning), and the gateway runs on that CPU too
-#   (`--cpu 0`): a request then passes between them without waking the other core, which is left
-#   to fio. NODE_FLAGS="..." replaces the node's extra flags; gateway flags after `--` replace
-#   `--cpu 0` (e.g. NODE_FLAGS="--no-pin --poll interrupt" bench/nbd-compare.sh -- --poll interrupt
-#   lets the scheduler place both).
+#   its reactor pinned to CPU 0 (its default pinning: the first CPU it may use), and the gateway
+#   runs on that CPU too (`--cpu 0`): a request then passes between them without waking the other
+#   core, which is left to fio. NODE_FLAGS="..." replaces the node's extra flags; gateway flags
+#   after `--` replace `--cpu 0`: NODE_FLAGS="--no-pin --poll interrupt" bench/nbd-compare.sh --
+#   --poll interrupt lets the scheduler place both.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-RUNTIME=5; RUNS=1; JSON_OUT=""; GW_FLAGS=(--cpu 0); BASE=${TMPDIR:-/var/tmp}
+# The node pins reactor 0 to the first CPU this process may use (CPU 0 unless restricted).
+CPU0=$(awk '/^Cpus_allowed_list:/ {split($2, a, /[,-]/); print a[1]}' /proc/self/status)
+RUNTIME=5; RUNS=1; JSON_OUT=""; GW_FLAGS=(--cpu "$CPU0"); BASE=${TMPDIR:-/var/tmp}
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --runtime) RUNTIME="$2"; shift 2;;
