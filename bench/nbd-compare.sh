@@ -28,6 +28,7 @@ cd "$(dirname "$0")/.."
 # The node pins reactor 0 to the first CPU this process may use (CPU 0 unless restricted).
 CPU0=$(awk '/^Cpus_allowed_list:/ {split($2, a, /[,-]/); print a[1]}' /proc/self/status)
 RUNTIME=5; RUNS=1; JSON_OUT=""; GW_FLAGS=(--cpu "$CPU0"); BASE=${TMPDIR:-/var/tmp}
+NODE_ARGS=${NODE_FLAGS---poll interrupt}
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --runtime) RUNTIME="$2"; shift 2;;
@@ -61,7 +62,7 @@ qemu-nbd -f raw --cache=none --aio=io_uring -b 127.0.0.1 -p 10881 -x '' -t "$IMG
 "$B/dasmesh-controller" --listen 127.0.0.1:0 --data-dir "$DIR/ctl" >"$DIR/ctl.out" 2>"$DIR/ctl.log" & PIDS+=($!)
 CTL=http://$(addr_of "$DIR/ctl.out")
 "$B/dasmesh-node" --listen 127.0.0.1:0 --controller "$CTL" --state-dir "$DIR/node" --reserve 1M \
-  --backend "file:$IMG" ${NODE_FLAGS---poll interrupt} >"$DIR/node.out" 2>"$DIR/node.log" & PIDS+=($!)
+  --backend "file:$IMG" $NODE_ARGS >"$DIR/node.out" 2>"$DIR/node.log" & PIDS+=($!)
 addr_of "$DIR/node.out" >/dev/null
 "$B/dasmesh" --controller "$CTL" volume create bench --size 1G --layout single >/dev/null
 "$B/dasmesh" --controller "$CTL" nbd serve bench --listen 127.0.0.1:0 "${GW_FLAGS[@]}" >"$DIR/gw.out" 2>"$DIR/gw.log" & PIDS+=($!)
@@ -111,7 +112,7 @@ for n in $(seq "$RUNS"); do
 done
 
 python3 - "$RESULTS" "$(git rev-parse --short HEAD)" "$(nproc)" "$BASE ($(df --output=fstype "$IMG" | tail -n1))" \
-  "${NODE_FLAGS---poll interrupt}" "${GW_FLAGS[*]}" <<'PY'
+  "$NODE_ARGS" "${GW_FLAGS[*]}" <<'PY'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
 commit, cpus, where = sys.argv[2], sys.argv[3], sys.argv[4]
@@ -134,7 +135,7 @@ for r in rows:
     print(f"{r['run']:>3} {r['workload']:<18} {lv:>10,} {unit:<5} {q:>10,} {unit:<5} {v:>10,} {unit:<5} {ratio:>5.2f}x {target:>6}  {r['p50_us']}/{g['p50_us']}  {amp}")
 PY
 if [[ -n "$JSON_OUT" ]]; then
-  python3 - "$RESULTS" "$(git rev-parse HEAD)" "$JSON_OUT" "${NODE_FLAGS---poll interrupt}" "${GW_FLAGS[*]}" <<'PY'
+  python3 - "$RESULTS" "$(git rev-parse HEAD)" "$JSON_OUT" "$NODE_ARGS" "${GW_FLAGS[*]}" <<'PY'
 import json, sys, platform, os
 rows = [json.loads(l) for l in open(sys.argv[1])]
 json.dump({"commit": sys.argv[2], "machine": {"host": platform.node(), "cpus": os.cpu_count(),

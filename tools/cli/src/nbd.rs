@@ -55,8 +55,8 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 0)]
     threads: usize,
     /// Run the gateway (every thread of it) on this CPU only. On a host that also runs the node,
-    /// give the CPU of the node's reactor (reactor N is pinned to CPU N) when that node polls in
-    /// `interrupt` mode: each request then passes between the two without waking another core
+    /// give the CPU of the node's reactor (a node pins reactor N to the Nth CPU it may use) when
+    /// that node polls in `interrupt` mode: each request then passes between the two without waking another core
     /// (tools/nbd/README.md, "Placement"). Default: wherever the scheduler puts it.
     #[arg(long, value_name = "CPU")]
     cpu: Option<usize>,
