@@ -440,9 +440,15 @@ impl v1::node_registry_server::NodeRegistry for Svc {
             usage,
             now_ms: now_ms(),
         }) {
-            Ok(_) => Ok(Response::new(v1::HeartbeatResponse { known: true })),
+            Ok(_) => Ok(Response::new(v1::HeartbeatResponse {
+                known: true,
+                revoked: Vec::new(),
+            })),
             Err(CtlError::Refused(Error::UnknownNode(_))) => {
-                Ok(Response::new(v1::HeartbeatResponse { known: false }))
+                Ok(Response::new(v1::HeartbeatResponse {
+                    known: false,
+                    revoked: Vec::new(),
+                }))
             }
             Err(e) => Err(e.into()),
         }

@@ -65,6 +65,7 @@ async fn register(c: &AgentConfig, shared: &Shared) -> anyhow::Result<(Client, u
         .iter()
         .map(|b| {
             let (lendable_start, lendable_length) = c.reserve.lendable(b.size);
+            let (reserved_start, reserved_length) = c.reserve.reserved(b.size);
             v1::DeviceReport {
                 device_id: b.id.0,
                 path: b.name.clone(),
@@ -72,6 +73,8 @@ async fn register(c: &AgentConfig, shared: &Shared) -> anyhow::Result<(Client, u
                 size_bytes: b.size,
                 lendable_start,
                 lendable_length,
+                reserved_start,
+                reserved_length,
             }
         })
         .collect();

@@ -39,6 +39,16 @@ impl Reserve {
             Reserve::Tail(from) => (0, (from.min(size) / 4096) * 4096),
         }
     }
+
+    /// The owner's reserved `(start, length)` of a device of `size` bytes: everything
+    /// [`Reserve::lendable`] leaves out.
+    pub fn reserved(self, size: u64) -> (u64, u64) {
+        let (start, len) = self.lendable(size);
+        match self {
+            Reserve::Head(_) => (0, start),
+            Reserve::Tail(_) => (start + len, size - (start + len)),
+        }
+    }
 }
 
 impl FromStr for Reserve {
@@ -248,6 +258,12 @@ mod tests {
             "rounded up to a block"
         );
         assert_eq!("2G".parse::<Reserve>().unwrap().lendable(g), (g, 0));
+        assert_eq!("1M".parse::<Reserve>().unwrap().reserved(g), (0, 1 << 20));
+        assert_eq!(
+            "512M..".parse::<Reserve>().unwrap().reserved(g),
+            (512 << 20, 512 << 20)
+        );
+        assert_eq!(Reserve::Head(0).reserved(g), (0, 0));
         assert!("1M..2M"
             .parse::<Reserve>()
             .unwrap_err()
