@@ -130,6 +130,19 @@ impl Pool {
         (c.key, start)
     }
 
+    /// Nodes with a free range of at least `len` on a device `ok` accepts, with their domains.
+    fn able(
+        &self,
+        len: u64,
+        ok: impl Fn(&Candidate) -> bool,
+    ) -> std::collections::BTreeMap<u64, String> {
+        self.cands
+            .iter()
+            .filter(|c| ok(c) && c.free.iter().any(|r| r.1 >= len))
+            .map(|c| (c.key.node, c.failure_domain.clone()))
+            .collect()
+    }
+
     fn largest(&self) -> Option<(usize, usize, u64)> {
         self.cands
             .iter()
@@ -235,39 +248,219 @@ pub fn allocate(
             if copies < 2 {
                 return Err(format!("mirror needs at least 2 copies, got {copies}"));
             }
-            let mut out: Vec<Piece> = Vec::new();
-            let mut domains: BTreeSet<String> = BTreeSet::new();
-            for copy in 0..copies {
-                let used_node: BTreeSet<u64> = out.iter().map(|p| p.key.node).collect();
-                let found = pool.best_fit(size, |c| {
-                    !(used_node.contains(&c.key.node)
-                        || (spread_domains && domains.contains(&c.failure_domain)))
-                });
-                let Some((ci, ri)) = found else {
-                    let able: BTreeSet<u64> = pool
-                        .cands
-                        .iter()
-                        .filter(|c| c.free.iter().any(|r| r.1 >= size))
-                        .map(|c| c.key.node)
-                        .collect();
-                    let have = able.len() + used_node.len();
-                    let what = if spread_domains {
-                        "nodes in different failure domains"
-                    } else {
-                        "nodes"
-                    };
-                    return Err(format!(
-                        "need {copies} {what} with {} free for mirror:{copies}, have {}",
-                        gib(size),
-                        have.min(copies as usize - 1)
-                    ));
+            let placed = vec![CopyPlace::default(); copies as usize];
+            let Some(picks) = place_copies(&pool, &placed, size, spread_domains) else {
+                // With nothing placed yet, a placement exists exactly when enough nodes (or
+                // failure domains) have the size in one piece: say how many do.
+                let able = pool.able(size, |_| true);
+                let have = if spread_domains {
+                    able.values().collect::<BTreeSet<_>>().len()
+                } else {
+                    able.len()
                 };
-                domains.insert(pool.cands[ci].failure_domain.clone());
-                out.push(piece(pool.take(ci, ri, size), size, copy, 0));
-            }
-            Ok(out)
+                let what = if spread_domains {
+                    "nodes in different failure domains"
+                } else {
+                    "nodes"
+                };
+                return Err(format!(
+                    "need {copies} {what} with {} free for mirror:{copies}, have {}",
+                    gib(size),
+                    have.min(copies as usize - 1)
+                ));
+            };
+            Ok(take_copies(&mut pool, &picks, size))
         }
     }
+}
+
+/// Where one copy of a mirror already is. New space for a copy goes on no node (and, when
+/// failure domains are spread, in no domain) that another copy of the same volume uses, so that
+/// losing one node (or domain) never takes more than one copy of any byte.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CopyPlace {
+    /// Nodes holding extents of this copy.
+    pub nodes: BTreeSet<u64>,
+    /// Their failure domains.
+    pub domains: BTreeSet<String>,
+}
+
+/// Finds `size` more bytes (rounded up to [`ALIGN`]) for every copy of a mirror whose copies are
+/// now where `placed` says (one entry per copy, in copy order): one piece per copy, each on a
+/// node that no other copy uses (old or new), or says which copy is short of what.
+pub fn allocate_mirror_growth(
+    cands: &[Candidate],
+    placed: &[CopyPlace],
+    size: u64,
+    spread_domains: bool,
+) -> Result<Vec<Piece>, String> {
+    if size == 0 {
+        return Err("size must be greater than 0".into());
+    }
+    let size = align_up(size);
+    let mut pool = Pool {
+        cands: cands.to_vec(),
+    };
+    let n = placed.len();
+    match place_copies(&pool, &placed, size, spread_domains) {
+        Some(picks) => Ok(take_copies(&mut pool, &picks, size)),
+        None => {
+            let what = if spread_domains {
+                "node outside the nodes and failure domains"
+            } else {
+                "node outside the nodes"
+            };
+            for (c, _) in placed.iter().enumerate() {
+                let (nodes, domains) = others(placed, c);
+                if pool
+                    .able(size, |x| allowed(x, &nodes, &domains, spread_domains))
+                    .is_empty()
+                {
+                    return Err(format!(
+                        "copy {c} of mirror:{n} cannot grow by {}: no {what} of the other copies ({}) has {} free in one piece",
+                        gib(size),
+                        list(&nodes),
+                        gib(size)
+                    ));
+                }
+            }
+            let able = pool.able(size, |_| true);
+            Err(format!(
+                "cannot grow mirror:{n} by {}: no choice among the nodes with {} free in one piece ({}) puts each copy on nodes no other copy uses",
+                gib(size),
+                gib(size),
+                list(&able.keys().copied().collect())
+            ))
+        }
+    }
+}
+
+fn list(nodes: &BTreeSet<u64>) -> String {
+    let v: Vec<String> = nodes.iter().map(u64::to_string).collect();
+    if v.is_empty() {
+        "none".into()
+    } else {
+        format!("nodes {}", v.join(", "))
+    }
+}
+
+/// The nodes and domains every copy but `c` uses.
+fn others(placed: &[CopyPlace], c: usize) -> (BTreeSet<u64>, BTreeSet<String>) {
+    let mut nodes = BTreeSet::new();
+    let mut domains = BTreeSet::new();
+    for (_, p) in placed.iter().enumerate().filter(|(o, _)| *o != c) {
+        nodes.extend(p.nodes.iter().copied());
+        domains.extend(p.domains.iter().cloned());
+    }
+    (nodes, domains)
+}
+
+fn allowed(c: &Candidate, nodes: &BTreeSet<u64>, domains: &BTreeSet<String>, spread: bool) -> bool {
+    !nodes.contains(&c.key.node) && !(spread && domains.contains(&c.failure_domain))
+}
+
+/// Upper bound on the placements tried before giving up (only reached by pools built to defeat
+/// the preference order; an honest refusal is better than an unbounded search).
+const PLACEMENT_STEPS: usize = 100_000;
+
+/// Chooses a free range for every copy: distinct nodes, none used by another copy, and with
+/// `spread` distinct failure domains, none used by another copy. Each copy tries its options in
+/// best-fit order and the search backtracks, so the first answer is what greedy best fit gives
+/// whenever greedy succeeds. Pieces of different copies are on different nodes, so taking one
+/// never changes another's options.
+fn place_copies(
+    pool: &Pool,
+    placed: &[CopyPlace],
+    size: u64,
+    spread: bool,
+) -> Option<Vec<(usize, usize)>> {
+    // Per copy: the best-fit range of each allowed node, best first.
+    let options: Vec<Vec<(usize, usize)>> = (0..placed.len())
+        .map(|c| {
+            let (nodes, domains) = others(placed, c);
+            let mut best: std::collections::BTreeMap<
+                u64,
+                (u64, std::cmp::Reverse<u64>, usize, usize),
+            > = std::collections::BTreeMap::new();
+            for (ci, cand) in pool.cands.iter().enumerate() {
+                if !allowed(cand, &nodes, &domains, spread) {
+                    continue;
+                }
+                for (ri, r) in cand.free.iter().enumerate().filter(|(_, r)| r.1 >= size) {
+                    let key = (
+                        r.1,
+                        std::cmp::Reverse(pool.node_free(cand.key.node)),
+                        ci,
+                        ri,
+                    );
+                    let slot = best.entry(cand.key.node).or_insert(key);
+                    if (key.0, key.1, key.2, key.3) < (slot.0, slot.1, slot.2, slot.3) {
+                        *slot = key;
+                    }
+                }
+            }
+            let mut v: Vec<_> = best.into_values().collect();
+            v.sort();
+            v.into_iter().map(|k| (k.2, k.3)).collect()
+        })
+        .collect();
+    let mut picks = Vec::with_capacity(placed.len());
+    let mut steps = 0;
+    search(pool, &options, spread, &mut picks, &mut steps).then_some(picks)
+}
+
+fn search(
+    pool: &Pool,
+    options: &[Vec<(usize, usize)>],
+    spread: bool,
+    picks: &mut Vec<(usize, usize)>,
+    steps: &mut usize,
+) -> bool {
+    let c = picks.len();
+    if c == options.len() {
+        return true;
+    }
+    for &(ci, ri) in &options[c] {
+        *steps += 1;
+        if *steps > PLACEMENT_STEPS {
+            return false;
+        }
+        let cand = &pool.cands[ci];
+        // Not on a node, or in a domain, an earlier copy's new piece took (every copy's old
+        // nodes and domains are out of the other copies' `options` already).
+        let clash = picks.iter().any(|&(oci, _)| {
+            let other = &pool.cands[oci];
+            other.key.node == cand.key.node
+                || (spread && other.failure_domain == cand.failure_domain)
+        });
+        if clash {
+            continue;
+        }
+        picks.push((ci, ri));
+        if search(pool, options, spread, picks, steps) {
+            return true;
+        }
+        picks.pop();
+    }
+    false
+}
+
+/// Takes `size` bytes for each copy from the chosen ranges (one per copy, on distinct nodes).
+fn take_copies(pool: &mut Pool, picks: &[(usize, usize)], size: u64) -> Vec<Piece> {
+    picks
+        .iter()
+        .enumerate()
+        .map(|(copy, &(ci, ri))| {
+            let (key, offset) = pool.take(ci, ri, size);
+            Piece {
+                key,
+                offset,
+                length: size,
+                copy: copy as u32,
+                index: 0,
+            }
+        })
+        .collect()
 }
 
 /// Free ranges of `[start, start+len)` once `used` ranges are taken out (all aligned).

@@ -4,7 +4,7 @@
 use std::sync::{Arc, Mutex};
 
 use dasmesh_api::v1;
-use dasmesh_wire::{Claim, DeviceId, Epoch, NodeId, Rights, SigningKey, VolumeId};
+use dasmesh_wire::{Capabilities, Claim, DeviceId, Epoch, NodeId, Rights, SigningKey, VolumeId};
 use tonic::{Request, Response, Status};
 
 use crate::alloc::{Layout, DEFAULT_STRIPE_UNIT};
@@ -98,26 +98,55 @@ impl Controller {
         self.key.verifying_key().to_bytes()
     }
 
-    /// Discards the extents of every DELETING volume on their nodes and frees the volumes whose
-    /// extents were all discarded. A volume with an unreachable node stays DELETING until a later
-    /// call succeeds, so its range is never handed out with the old data on it.
+    /// Discards the ranges shrinks gave back and the extents of every DELETING volume on their
+    /// nodes, then makes them allocatable again: a freed range once it was discarded, a volume
+    /// once all its extents were. Whatever sits on an unreachable node waits for a later call,
+    /// so a range is never handed out with the old data on it.
     pub async fn reap_deleting(&self) {
-        let (volumes, addrs) = self.read(|s| {
+        let (freed, volumes, addrs) = self.read(|s| {
             let v: Vec<VolumeRec> = s.volumes.values().filter(|v| v.deleting).cloned().collect();
             let a: std::collections::BTreeMap<u64, String> = s
                 .nodes
                 .values()
                 .map(|n| (n.id, n.address.clone()))
                 .collect();
-            (v, a)
+            (s.freed.clone(), v, a)
         });
+        let addr = |node: u64| addrs.get(&node).cloned().unwrap_or_default();
+        for f in freed {
+            let node = addr(f.key.node);
+            let at = Range {
+                key: f.key,
+                offset: f.offset,
+                length: f.length,
+            };
+            if let Err(err) = self.discard(f.volume_id, at, f.epoch, &node).await {
+                tracing::warn!(node = %node, offset = f.offset, length = f.length, "discard of a freed range failed, will retry: {err}");
+                continue;
+            }
+            if let Err(err) = self.execute(Command::Discarded {
+                key: f.key,
+                offset: f.offset,
+                length: f.length,
+            }) {
+                // Another reaper got there first, or the store failed (then: again later).
+                tracing::warn!(node = %node, offset = f.offset, "freed range: {err}");
+            }
+        }
         for v in volumes {
             let mut all = true;
             for e in &v.extents {
                 let p = e.piece;
-                let addr = addrs.get(&p.key.node).cloned().unwrap_or_default();
-                if let Err(err) = self.discard(&v, &p, &addr).await {
-                    tracing::warn!(volume = %v.name, node = %addr, "discard failed, will retry: {err}");
+                let node = addr(p.key.node);
+                let at = Range {
+                    key: p.key,
+                    offset: p.offset,
+                    length: p.length,
+                };
+                // Newer than any token of the volume's leases and of the range's past owners.
+                let epoch = e.token_epoch(v.epoch);
+                if let Err(err) = self.discard(v.id, at, epoch, &node).await {
+                    tracing::warn!(volume = %v.name, node = %node, "discard failed, will retry: {err}");
                     all = false;
                 }
             }
@@ -134,22 +163,24 @@ impl Controller {
         }
     }
 
-    /// Discards one extent of `v` at its node with a token the controller signs for itself.
+    /// Makes a range read back as zeroes at its node, with a token the controller signs for
+    /// itself: a discard where the device promises that discarded blocks read as zeroes, else
+    /// WRITE_ZEROES (a block device may return old data from discarded blocks).
     async fn discard(
         &self,
-        v: &VolumeRec,
-        p: &crate::alloc::Piece,
+        volume_id: u64,
+        at: Range,
+        epoch: u64,
         addr: &str,
     ) -> Result<(), dasmesh_client::Error> {
         let claim = Claim {
-            node_id: NodeId(p.key.node),
-            volume_id: VolumeId(v.id),
-            device_id: DeviceId(p.key.device),
-            range_offset: p.offset,
-            range_length: p.length,
+            node_id: NodeId(at.key.node),
+            volume_id: VolumeId(volume_id),
+            device_id: DeviceId(at.key.device),
+            range_offset: at.offset,
+            range_length: at.length,
             rights: Rights::ReadWrite,
-            // The volume's epoch is the newest any token for this range carried.
-            epoch: Epoch(v.epoch),
+            epoch: Epoch(epoch),
             issued_at_ms: now_ms(),
             expires_at_ms: now_ms() + 60_000,
             nonce: 0,
@@ -160,12 +191,16 @@ impl Controller {
         };
         let c = dasmesh_client::Connection::connect(
             addr,
-            DeviceId(p.key.device),
+            DeviceId(at.key.device),
             &claim.sign(&self.key),
             &opts,
         )
         .await?;
-        c.discard(p.offset, p.length).await?;
+        if c.info().capabilities.has(Capabilities::DISCARD_ZEROES) {
+            c.discard(at.offset, at.length).await?;
+        } else {
+            c.write_zeroes(at.offset, at.length, false).await?;
+        }
         c.flush().await
     }
 
@@ -186,7 +221,7 @@ impl Controller {
                         } else {
                             Rights::ReadOnly
                         },
-                        epoch: Epoch(l.epoch),
+                        epoch: Epoch(e.token_epoch(l.epoch)),
                         issued_at_ms: now_ms(),
                         expires_at_ms: l.expires_at_ms,
                         // The lease id, so nodes can count usage per lease.
@@ -206,6 +241,14 @@ impl Controller {
             extents,
         }
     }
+}
+
+/// A byte range of one device, to discard.
+#[derive(Clone, Copy, Debug)]
+struct Range {
+    key: crate::alloc::DeviceKey,
+    offset: u64,
+    length: u64,
 }
 
 fn extent_msg(s: &State, v: &VolumeRec, e: &state::ExtentRec) -> v1::Extent {
@@ -559,6 +602,9 @@ impl v1::volumes_server::Volumes for Svc {
         else {
             return Err(Status::internal("unexpected outcome"));
         };
+        // A shrink's freed tail: discard it now when the nodes answer; otherwise the ticker
+        // retries.
+        self.0.reap_deleting().await;
         Ok(Response::new(self.0.read(|s| volume_msg(s, &v))))
     }
 

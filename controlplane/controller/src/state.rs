@@ -7,10 +7,11 @@ use serde::{Deserialize, Serialize};
 use crate::alloc::{self, Candidate, DeviceKey, Layout, Piece};
 
 mod failure;
+mod freed;
 mod resize;
 
 use failure::mark_copies;
-use resize::{grow, shrink};
+pub use freed::FreedRange;
 
 /// Heartbeats missed before a node is marked down.
 pub const MISSED_BEATS: u64 = 3;
@@ -69,6 +70,19 @@ pub struct ExtentRec {
     pub piece: Piece,
     /// A mirror copy that missed writes.
     pub stale: bool,
+    /// The epoch current when the extent was allocated, newer than any epoch a token for any
+    /// part of its range carried before (0: allocated before extents had epochs).
+    #[serde(default)]
+    pub epoch: u64,
+}
+
+impl ExtentRec {
+    /// The epoch a token for this extent carries under a lease of `lease_epoch`: never older
+    /// than the extent, so that a range a newer (since deleted) volume used is not fenced off
+    /// for its new owner, while a newer read-write lease still fences every older holder.
+    pub fn token_epoch(&self, lease_epoch: u64) -> u64 {
+        lease_epoch.max(self.epoch)
+    }
 }
 
 /// Lending conditions.
@@ -172,6 +186,10 @@ pub struct State {
     pub leases: BTreeMap<u64, LeaseRec>,
     /// Usage by lease id (active and ended).
     pub usage: BTreeMap<u64, UsageRec>,
+    /// Ranges freed by shrinking a volume, not discarded on their nodes yet: nothing is
+    /// allocated on them until they are.
+    #[serde(default)]
+    pub freed: Vec<FreedRange>,
 }
 
 /// Per-lease counters reported with a heartbeat.
@@ -229,6 +247,12 @@ pub enum Command {
     DeleteVolume { name: String },
     /// Free a DELETING volume's extents (after they were discarded on the nodes).
     PurgeVolume { name: String },
+    /// A freed range was discarded on its node: it can be allocated again.
+    Discarded {
+        key: DeviceKey,
+        offset: u64,
+        length: u64,
+    },
     /// Take a lease.
     Mount {
         volume: String,
@@ -418,6 +442,9 @@ pub fn candidates(s: &State) -> Vec<Candidate> {
                 .or_default()
                 .push((e.piece.offset, e.piece.length));
         }
+    }
+    for f in &s.freed {
+        used.entry(f.key).or_default().push((f.offset, f.length));
     }
     s.nodes
         .values()
@@ -609,6 +636,7 @@ fn apply_inner(s: &mut State, cmd: Command) -> Result<Outcome, Error> {
             }
             let pieces = alloc::allocate(&candidates(s), layout, size, req.spread_failure_domains)
                 .map_err(Error::Insufficient)?;
+            let epoch = new_epoch(s);
             let v = VolumeRec {
                 id: new_id(s),
                 name: name.clone(),
@@ -619,38 +647,18 @@ fn apply_inner(s: &mut State, cmd: Command) -> Result<Outcome, Error> {
                     .map(|piece| ExtentRec {
                         piece,
                         stale: false,
+                        epoch,
                     })
                     .collect(),
                 req,
                 created_ms: now_ms,
-                epoch: new_epoch(s),
+                epoch,
                 deleting: false,
             };
             s.volumes.insert(name, v.clone());
             Ok(Outcome::Volume(v))
         }
-        Command::ResizeVolume { name, size } => {
-            let v = volume(s, &name)?.clone();
-            refuse_if_deleting(&v)?;
-            let size = alloc::align_up(size);
-            if size == v.size {
-                return Ok(Outcome::Volume(v));
-            }
-            if size < v.size {
-                refuse_if_leased(s, &name, "shrinking")?;
-                if size == 0 {
-                    return Err(Error::Invalid(format!(
-                        "volume {name:?}: size must be greater than 0"
-                    )));
-                }
-                let shrunk = shrink(&v, size)?;
-                s.volumes.insert(name, shrunk.clone());
-                return Ok(Outcome::Volume(shrunk));
-            }
-            let grown = grow(s, &v, size)?;
-            s.volumes.insert(name, grown.clone());
-            Ok(Outcome::Volume(grown))
-        }
+        Command::ResizeVolume { name, size } => resize::resize(s, &name, size).map(Outcome::Volume),
         Command::DeleteVolume { name } => {
             volume(s, &name)?;
             refuse_if_leased(s, &name, "deleting")?;
@@ -667,6 +675,11 @@ fn apply_inner(s: &mut State, cmd: Command) -> Result<Outcome, Error> {
             s.volumes.remove(&name);
             Ok(Outcome::Done)
         }
+        Command::Discarded {
+            key,
+            offset,
+            length,
+        } => freed::discarded(s, key, offset, length).map(|()| Outcome::Done),
         Command::Mount {
             volume: name,
             host,

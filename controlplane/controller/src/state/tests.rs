@@ -1,6 +1,7 @@
 use super::*;
 
 mod failures;
+mod safety;
 
 const G: u64 = 1 << 30;
 
@@ -459,7 +460,7 @@ mod sequences {
                 );
             }
         }
-        // Free space adds up: lendable = free + used, per device.
+        // Free space adds up: lendable = free + used + waiting for a discard, per device.
         for c in candidates(s) {
             let free: u64 = c.free.iter().map(|r| r.1).sum();
             let used: u64 = pieces
@@ -467,7 +468,13 @@ mod sequences {
                 .filter(|p| p.key == c.key)
                 .map(|p| p.length)
                 .sum();
-            prop_assert_eq!(free + used, 56 * M, "device {:?}", c.key);
+            let waiting: u64 = s
+                .freed
+                .iter()
+                .filter(|f| f.key == c.key)
+                .map(|f| f.length)
+                .sum();
+            prop_assert_eq!(free + used + waiting, 56 * M, "device {:?}", c.key);
         }
         for v in s.volumes.values() {
             let copies = match v.layout {
