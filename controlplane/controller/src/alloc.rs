@@ -542,6 +542,45 @@ mod tests {
         assert!(allocate(&c, Layout::Mirror { copies: 2 }, 10 * G, true).is_ok());
     }
 
+    fn place(nodes: &[u64], domains: &[&str]) -> CopyPlace {
+        CopyPlace {
+            nodes: nodes.iter().copied().collect(),
+            domains: domains.iter().map(|d| d.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn mirror_growth_stays_off_other_copies_and_searches_past_greedy() {
+        let c = [
+            cand(1, 0, 0, "a"),
+            cand(2, 0, 0, "b"),
+            cand(3, 0, 10 * G, "d"),
+            cand(4, 0, 50 * G, "d"),
+        ];
+        // Copy 0 is on nodes 1 and 4, copy 1 on node 2: node 3 is the best fit for copy 0, but
+        // copy 1 can go nowhere else, so copy 0 takes node 4 (its own).
+        let placed = [place(&[1, 4], &["a", "d"]), place(&[2], &["b"])];
+        let p = allocate_mirror_growth(&c, &placed, 8 * G, false).unwrap();
+        let nodes: Vec<(u32, u64)> = p.iter().map(|x| (x.copy, x.key.node)).collect();
+        assert_eq!(nodes, vec![(0, 4), (1, 3)]);
+        // Spread: the new pieces may not share a domain either.
+        let placed = [place(&[1], &["a"]), place(&[2], &["b"])];
+        assert!(allocate_mirror_growth(&c, &placed, 8 * G, false).is_ok());
+        let e = allocate_mirror_growth(&c, &placed, 8 * G, true).unwrap_err();
+        assert_eq!(
+            e,
+            "cannot grow mirror:2 by 8G: no choice among the nodes with 8G free in one piece \
+             (nodes 3, 4) puts each copy on nodes no other copy uses"
+        );
+        let placed = [place(&[1], &["a"]), place(&[3, 4], &["d"])];
+        let e = allocate_mirror_growth(&c, &placed, 8 * G, false).unwrap_err();
+        assert_eq!(
+            e,
+            "copy 0 of mirror:2 cannot grow by 8G: no node outside the nodes of the other \
+             copies (nodes 3, 4) has 8G free in one piece"
+        );
+    }
+
     #[test]
     fn stripe_prefers_distinct_nodes_and_rounds_to_the_unit() {
         let c = [

@@ -1,5 +1,6 @@
 use super::*;
 
+mod alloc_props;
 mod failures;
 mod safety;
 
