@@ -1,7 +1,8 @@
 //! The allocator: finds extents for a layout in the pool's free space. Pure: it is given each
 //! device's free ranges and returns pieces, or the reason it cannot.
 
-use std::collections::BTreeSet;
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -106,10 +107,10 @@ impl Pool {
     /// Best fit: the smallest free range that holds `len`, on a device `ok` accepts; ties go to
     /// the node with the most free space (spreading load).
     fn best_fit(&self, len: u64, ok: impl Fn(&Candidate) -> bool) -> Option<(usize, usize)> {
-        let mut best: Option<(u64, std::cmp::Reverse<u64>, usize, usize)> = None;
+        let mut best: Option<(u64, Reverse<u64>, usize, usize)> = None;
         for (ci, c) in self.cands.iter().enumerate().filter(|(_, c)| ok(c)) {
             for (ri, r) in c.free.iter().enumerate().filter(|(_, r)| r.1 >= len) {
-                let key = (r.1, std::cmp::Reverse(self.node_free(c.key.node)), ci, ri);
+                let key = (r.1, Reverse(self.node_free(c.key.node)), ci, ri);
                 if best.is_none_or(|b| (key.0, key.1) < (b.0, b.1)) {
                     best = Some(key);
                 }
@@ -131,11 +132,7 @@ impl Pool {
     }
 
     /// Nodes with a free range of at least `len` on a device `ok` accepts, with their domains.
-    fn able(
-        &self,
-        len: u64,
-        ok: impl Fn(&Candidate) -> bool,
-    ) -> std::collections::BTreeMap<u64, String> {
+    fn able(&self, len: u64, ok: impl Fn(&Candidate) -> bool) -> BTreeMap<u64, String> {
         self.cands
             .iter()
             .filter(|c| ok(c) && c.free.iter().any(|r| r.1 >= len))
@@ -248,8 +245,20 @@ pub fn allocate(
             if copies < 2 {
                 return Err(format!("mirror needs at least 2 copies, got {copies}"));
             }
-            let placed = vec![CopyPlace::default(); copies as usize];
-            let Some(picks) = place_copies(&pool, &placed, size, spread_domains) else {
+            // Every copy needs a node of its own: no bigger count is worth a placement (or a
+            // list of that many copies).
+            let nodes = pool
+                .cands
+                .iter()
+                .map(|c| c.key.node)
+                .collect::<BTreeSet<_>>();
+            let picks = (copies as usize <= nodes.len())
+                .then(|| {
+                    let placed = vec![CopyPlace::default(); copies as usize];
+                    place_copies(&pool, &placed, size, spread_domains)
+                })
+                .flatten();
+            let Some(picks) = picks else {
                 // With nothing placed yet, a placement exists exactly when enough nodes (or
                 // failure domains) have the size in one piece: say how many do.
                 let able = pool.able(size, |_| true);
@@ -302,7 +311,7 @@ pub fn allocate_mirror_growth(
         cands: cands.to_vec(),
     };
     let n = placed.len();
-    match place_copies(&pool, &placed, size, spread_domains) {
+    match place_copies(&pool, placed, size, spread_domains) {
         Some(picks) => Ok(take_copies(&mut pool, &picks, size)),
         None => {
             let what = if spread_domains {
@@ -348,7 +357,12 @@ fn list(nodes: &BTreeSet<u64>) -> String {
 fn others(placed: &[CopyPlace], c: usize) -> (BTreeSet<u64>, BTreeSet<String>) {
     let mut nodes = BTreeSet::new();
     let mut domains = BTreeSet::new();
-    for (_, p) in placed.iter().enumerate().filter(|(o, _)| *o != c) {
+    for p in placed
+        .iter()
+        .enumerate()
+        .filter(|(o, _)| *o != c)
+        .map(|(_, p)| p)
+    {
         nodes.extend(p.nodes.iter().copied());
         domains.extend(p.domains.iter().cloned());
     }
@@ -356,7 +370,7 @@ fn others(placed: &[CopyPlace], c: usize) -> (BTreeSet<u64>, BTreeSet<String>) {
 }
 
 fn allowed(c: &Candidate, nodes: &BTreeSet<u64>, domains: &BTreeSet<String>, spread: bool) -> bool {
-    !nodes.contains(&c.key.node) && !(spread && domains.contains(&c.failure_domain))
+    !(nodes.contains(&c.key.node) || (spread && domains.contains(&c.failure_domain)))
 }
 
 /// Upper bound on the placements tried before giving up (only reached by pools built to defeat
@@ -374,27 +388,25 @@ fn place_copies(
     size: u64,
     spread: bool,
 ) -> Option<Vec<(usize, usize)>> {
+    // Every copy needs a node of its own: refuse a count no pool can hold before any work
+    // that grows with it.
+    let nodes: BTreeSet<u64> = pool.cands.iter().map(|c| c.key.node).collect();
+    if placed.len() > nodes.len() {
+        return None;
+    }
     // Per copy: the best-fit range of each allowed node, best first.
     let options: Vec<Vec<(usize, usize)>> = (0..placed.len())
         .map(|c| {
             let (nodes, domains) = others(placed, c);
-            let mut best: std::collections::BTreeMap<
-                u64,
-                (u64, std::cmp::Reverse<u64>, usize, usize),
-            > = std::collections::BTreeMap::new();
+            let mut best: BTreeMap<u64, (u64, Reverse<u64>, usize, usize)> = BTreeMap::new();
             for (ci, cand) in pool.cands.iter().enumerate() {
                 if !allowed(cand, &nodes, &domains, spread) {
                     continue;
                 }
                 for (ri, r) in cand.free.iter().enumerate().filter(|(_, r)| r.1 >= size) {
-                    let key = (
-                        r.1,
-                        std::cmp::Reverse(pool.node_free(cand.key.node)),
-                        ci,
-                        ri,
-                    );
+                    let key = (r.1, Reverse(pool.node_free(cand.key.node)), ci, ri);
                     let slot = best.entry(cand.key.node).or_insert(key);
-                    if (key.0, key.1, key.2, key.3) < (slot.0, slot.1, slot.2, slot.3) {
+                    if key < *slot {
                         *slot = key;
                     }
                 }
@@ -537,6 +549,8 @@ mod tests {
         assert_eq!((p[0].copy, p[1].copy), (0, 1));
         let e = allocate(&c, Layout::Mirror { copies: 3 }, 40 * G, false).unwrap_err();
         assert_eq!(e, "need 3 nodes with 40G free for mirror:3, have 2");
+        let e = allocate(&c, Layout::Mirror { copies: u32::MAX }, G, false).unwrap_err();
+        assert!(e.starts_with("need 4294967295 nodes"), "{e}");
         let e = allocate(&c, Layout::Mirror { copies: 2 }, 40 * G, true).unwrap_err();
         assert!(e.contains("different failure domains"), "{e}");
         assert!(allocate(&c, Layout::Mirror { copies: 2 }, 10 * G, true).is_ok());
