@@ -11,6 +11,9 @@ use crate::alloc::{Layout, DEFAULT_STRIPE_UNIT};
 use crate::state::{self, apply, Command, Error, LeaseRec, NodeState, Outcome, State, VolumeRec};
 use crate::store::{Store, StoreError};
 
+/// The most one WRITE_ZEROES of the reaper covers.
+const ZERO_PIECE: u64 = 256 << 20;
+
 /// Default lease length when a mount asks for none.
 pub const DEFAULT_TTL_MS: u64 = 60_000;
 
@@ -103,36 +106,12 @@ impl Controller {
     /// once all its extents were. Whatever sits on an unreachable node waits for a later call,
     /// so a range is never handed out with the old data on it.
     pub async fn reap_deleting(&self) {
-        let (freed, volumes, addrs) = self.read(|s| {
+        self.reap_freed().await;
+        let (volumes, addrs) = self.read(|s| {
             let v: Vec<VolumeRec> = s.volumes.values().filter(|v| v.deleting).cloned().collect();
-            let a: std::collections::BTreeMap<u64, String> = s
-                .nodes
-                .values()
-                .map(|n| (n.id, n.address.clone()))
-                .collect();
-            (s.freed.clone(), v, a)
+            (v, addresses(s))
         });
         let addr = |node: u64| addrs.get(&node).cloned().unwrap_or_default();
-        for f in freed {
-            let node = addr(f.key.node);
-            let at = Range {
-                key: f.key,
-                offset: f.offset,
-                length: f.length,
-            };
-            if let Err(err) = self.discard(f.volume_id, at, f.epoch, &node).await {
-                tracing::warn!(node = %node, offset = f.offset, length = f.length, "discard of a freed range failed, will retry: {err}");
-                continue;
-            }
-            if let Err(err) = self.execute(Command::Discarded {
-                key: f.key,
-                offset: f.offset,
-                length: f.length,
-            }) {
-                // Another reaper got there first, or the store failed (then: again later).
-                tracing::warn!(node = %node, offset = f.offset, "freed range: {err}");
-            }
-        }
         for v in volumes {
             let mut all = true;
             for e in &v.extents {
@@ -159,6 +138,33 @@ impl Controller {
                     }
                     Err(err) => tracing::warn!(volume = %v.name, "purge: {err}"),
                 }
+            }
+        }
+    }
+
+    /// Discards the ranges shrinks gave back, each on its node, and makes each one that was
+    /// discarded allocatable again; the others wait for a later call.
+    pub async fn reap_freed(&self) {
+        let (freed, addrs) = self.read(|s| (s.freed.clone(), addresses(s)));
+        let addr = |node: u64| addrs.get(&node).cloned().unwrap_or_default();
+        for f in freed {
+            let node = addr(f.key.node);
+            let at = Range {
+                key: f.key,
+                offset: f.offset,
+                length: f.length,
+            };
+            if let Err(err) = self.discard(f.volume_id, at, f.epoch, &node).await {
+                tracing::warn!(node = %node, offset = f.offset, length = f.length, "discard of a freed range failed, will retry: {err}");
+                continue;
+            }
+            if let Err(err) = self.execute(Command::Discarded {
+                key: f.key,
+                offset: f.offset,
+                length: f.length,
+            }) {
+                // Another reaper got there first, or the store failed (then: again later).
+                tracing::warn!(node = %node, offset = f.offset, "freed range: {err}");
             }
         }
     }
@@ -199,7 +205,13 @@ impl Controller {
         if c.info().capabilities.has(Capabilities::DISCARD_ZEROES) {
             c.discard(at.offset, at.length).await?;
         } else {
-            c.write_zeroes(at.offset, at.length, false).await?;
+            // Zeroing writes every byte: in pieces that each finish well inside the request
+            // timeout, even on a slow disk.
+            let end = at.offset + at.length;
+            for off in (at.offset..end).step_by(ZERO_PIECE as usize) {
+                c.write_zeroes(off, ZERO_PIECE.min(end - off), false)
+                    .await?;
+            }
         }
         c.flush().await
     }
@@ -241,6 +253,13 @@ impl Controller {
             extents,
         }
     }
+}
+
+fn addresses(s: &State) -> std::collections::BTreeMap<u64, String> {
+    s.nodes
+        .values()
+        .map(|n| (n.id, n.address.clone()))
+        .collect()
 }
 
 /// A byte range of one device, to discard.
@@ -604,7 +623,7 @@ impl v1::volumes_server::Volumes for Svc {
         };
         // A shrink's freed tail: discard it now when the nodes answer; otherwise the ticker
         // retries.
-        self.0.reap_deleting().await;
+        self.0.reap_freed().await;
         Ok(Response::new(self.0.read(|s| volume_msg(s, &v))))
     }
 

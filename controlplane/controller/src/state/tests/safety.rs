@@ -290,3 +290,23 @@ fn a_range_a_newer_deleted_volume_fenced_serves_its_new_owner() {
         assert!(!node.current(old), "{old:?} is not fenced");
     }
 }
+
+#[test]
+fn a_state_stored_before_extent_epochs_and_freed_ranges_loads() {
+    let mut s = pool(2);
+    create(&mut s, "m", G, Layout::Mirror { copies: 2 }).unwrap();
+    let mut json = serde_json::to_value(&s).unwrap();
+    json.as_object_mut().unwrap().remove("freed");
+    for e in json["volumes"]["m"]["extents"].as_array_mut().unwrap() {
+        e.as_object_mut().unwrap().remove("epoch");
+    }
+    let old: State = serde_json::from_value(json).unwrap();
+    assert!(old.freed.is_empty());
+    let e = old.volumes["m"].extents[0];
+    assert_eq!(e.epoch, 0);
+    assert_eq!(
+        e.token_epoch(7),
+        7,
+        "tokens carry the lease's epoch, as before"
+    );
+}
