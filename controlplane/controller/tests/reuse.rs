@@ -149,6 +149,12 @@ fn a_shrunk_volumes_tail_reaches_the_next_volume_zeroed() {
         assert_eq!(b.extents[0].offset, at + 32 * M, "b reuses a's tail");
         let (_, opened) = mount_and_open(&ch, "b", "h2", v1::Access::ReadOnly).await;
         assert_zero(&opened, "b over a's old tail").await;
+        // The tail's discard fenced only the tail: what "a" kept still mounts and holds its data.
+        let (_, opened) = mount_and_open(&ch, "a", "h3", v1::Access::ReadOnly).await;
+        let (x, c) = &opened[0];
+        assert_eq!((x.offset, x.length), (at, 32 * M));
+        let last = c.read(at + 31 * M, M as usize).await.unwrap();
+        assert!(last.iter().all(|b| *b == 0x5A), "a lost its data");
     });
 }
 
