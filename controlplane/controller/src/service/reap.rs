@@ -1,0 +1,142 @@
+//! The reaper: zeroes the ranges that changed hands (a deleted volume's extents, a shrink's cut-off
+//! tails) on their nodes, then makes them allocatable again.
+
+use dasmesh_wire::{Capabilities, Claim, DeviceId, Epoch, NodeId, Rights, VolumeId};
+
+use super::{now_ms, Controller};
+use crate::state::{Command, State, VolumeRec};
+
+/// The most one WRITE_ZEROES of the reaper covers.
+const ZERO_PIECE: u64 = 256 << 20;
+
+impl Controller {
+    /// Discards the ranges shrinks gave back and the extents of every DELETING volume on their
+    /// nodes, then makes them allocatable again: a freed range once it was discarded, a volume
+    /// once all its extents were. Whatever sits on an unreachable node waits for a later call,
+    /// so a range is never handed out with the old data on it.
+    pub async fn reap_deleting(&self) {
+        self.reap_freed().await;
+        let (volumes, addrs) = self.read(|s| {
+            let v: Vec<VolumeRec> = s.volumes.values().filter(|v| v.deleting).cloned().collect();
+            (v, addresses(s))
+        });
+        let addr = |node: u64| addrs.get(&node).cloned().unwrap_or_default();
+        for v in volumes {
+            let mut all = true;
+            for e in &v.extents {
+                let p = e.piece;
+                let node = addr(p.key.node);
+                let at = Range {
+                    key: p.key,
+                    offset: p.offset,
+                    length: p.length,
+                };
+                // Newer than any token of the volume's leases and of the range's past owners.
+                let epoch = e.token_epoch(v.epoch);
+                if let Err(err) = self.discard(v.id, at, epoch, &node).await {
+                    tracing::warn!(volume = %v.name, node = %node, "discard failed, will retry: {err}");
+                    all = false;
+                }
+            }
+            if all {
+                match self.execute(Command::PurgeVolume {
+                    name: v.name.clone(),
+                }) {
+                    Ok(_) => {
+                        tracing::info!(volume = %v.name, "deleted: extents discarded and freed")
+                    }
+                    Err(err) => tracing::warn!(volume = %v.name, "purge: {err}"),
+                }
+            }
+        }
+    }
+
+    /// Discards the ranges shrinks gave back, each on its node, and makes each one that was
+    /// discarded allocatable again; the others wait for a later call.
+    pub async fn reap_freed(&self) {
+        let (freed, addrs) = self.read(|s| (s.freed.clone(), addresses(s)));
+        let addr = |node: u64| addrs.get(&node).cloned().unwrap_or_default();
+        for f in freed {
+            let node = addr(f.key.node);
+            let at = Range {
+                key: f.key,
+                offset: f.offset,
+                length: f.length,
+            };
+            if let Err(err) = self.discard(f.volume_id, at, f.epoch, &node).await {
+                tracing::warn!(node = %node, offset = f.offset, length = f.length, "discard of a freed range failed, will retry: {err}");
+                continue;
+            }
+            if let Err(err) = self.execute(Command::Discarded {
+                key: f.key,
+                offset: f.offset,
+                length: f.length,
+            }) {
+                // Another reaper got there first, or the store failed (then: again later).
+                tracing::warn!(node = %node, offset = f.offset, "freed range: {err}");
+            }
+        }
+    }
+
+    /// Makes a range read back as zeroes at its node, with a token the controller signs for
+    /// itself: a discard where the device promises that discarded blocks read as zeroes, else
+    /// WRITE_ZEROES (a block device may return old data from discarded blocks).
+    async fn discard(
+        &self,
+        volume_id: u64,
+        at: Range,
+        epoch: u64,
+        addr: &str,
+    ) -> Result<(), dasmesh_client::Error> {
+        let claim = Claim {
+            node_id: NodeId(at.key.node),
+            volume_id: VolumeId(volume_id),
+            device_id: DeviceId(at.key.device),
+            range_offset: at.offset,
+            range_length: at.length,
+            rights: Rights::ReadWrite,
+            epoch: Epoch(epoch),
+            issued_at_ms: now_ms(),
+            expires_at_ms: now_ms() + 60_000,
+            nonce: 0,
+        };
+        let opts = dasmesh_client::ConnectOptions {
+            connect_timeout: std::time::Duration::from_secs(3),
+            ..Default::default()
+        };
+        let c = dasmesh_client::Connection::connect(
+            addr,
+            DeviceId(at.key.device),
+            &claim.sign(&self.key),
+            &opts,
+        )
+        .await?;
+        if c.info().capabilities.has(Capabilities::DISCARD_ZEROES) {
+            c.discard(at.offset, at.length).await?;
+        } else {
+            // Zeroing writes every byte: in pieces that each finish well inside the request
+            // timeout, even on a slow disk.
+            let end = at.offset + at.length;
+            for off in (at.offset..end).step_by(ZERO_PIECE as usize) {
+                c.write_zeroes(off, ZERO_PIECE.min(end - off), false)
+                    .await?;
+            }
+        }
+        c.flush().await
+    }
+}
+
+fn addresses(s: &State) -> std::collections::BTreeMap<u64, String> {
+    s.nodes
+        .values()
+        .map(|n| (n.id, n.address.clone()))
+        .collect()
+}
+
+/// A byte range of one device, to discard.
+#[derive(Clone, Copy, Debug)]
+struct Range {
+    key: crate::alloc::DeviceKey,
+    offset: u64,
+    length: u64,
+}
