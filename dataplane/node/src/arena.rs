@@ -184,7 +184,7 @@ impl MemRegion {
     /// Maps `len` zeroed bytes (`len` a multiple of 8).
     pub fn new(len: u64) -> io::Result<Self> {
         let size = usize::try_from(len).map_err(|_| io::Error::other("memory size too large"))?;
-        if size % WORD != 0 {
+        if !size.is_multiple_of(WORD) {
             return Err(io::Error::other(format!(
                 "memory size {size} is not a multiple of {WORD}"
             )));
@@ -216,7 +216,7 @@ impl MemRegion {
     /// The words covering `[offset, offset + len)`, which must be whole words inside the region.
     fn span(&self, offset: u64, len: usize) -> &[AtomicU64] {
         assert!(
-            offset % WORD as u64 == 0 && len % WORD == 0,
+            offset.is_multiple_of(WORD as u64) && len.is_multiple_of(WORD),
             "memory backend access {offset}+{len} not in whole words"
         );
         let first = usize::try_from(offset / WORD as u64).unwrap_or(usize::MAX);

@@ -177,7 +177,9 @@ fn an_id_the_controller_never_assigned_is_replaced() {
     // `listening` is printed after the first registration and heartbeat.
     assert_eq!(f.state.lock().unwrap().registers, [42, 0]);
     assert_eq!(
-        std::fs::read_to_string(state.join("node-id")).unwrap().trim(),
+        std::fs::read_to_string(state.join("node-id"))
+            .unwrap()
+            .trim(),
         ASSIGNED.to_string()
     );
     // The node serves under its new id: a token for node 7 is accepted.
