@@ -1269,7 +1269,9 @@ impl Reactor {
         let s = r.search.as_mut().expect("searcher");
         s.feed(at, self.arena.bytes(buf, n));
         r.done += n as u64;
-        if s.is_done() || r.done == r.hdr.length {
+        // A closed connection drops the reply: no use scanning on.
+        let gone = self.conns[r.conn].phase == Phase::Closing;
+        if s.is_done() || r.done == r.hdr.length || gone {
             return self.finish_search(ri);
         }
         r.stage = Stage::MemoryChunk;

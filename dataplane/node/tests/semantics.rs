@@ -127,6 +127,24 @@ fn every_refusal_says_which_version_it_speaks() {
     let _ = Raw::open(&node.addr, 0, &good);
     let older = node.token(0, 0, MIB, Rights::ReadWrite, 4);
     refused(&node, 0, older.as_bytes(), Status::StaleEpoch, 1, "epoch");
+    // A node without a key to verify tokens with.
+    let keyless = dasmesh_testkit::Process::spawn(
+        "dasmesh-node",
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--no-pin",
+            "--backend",
+            "memory:1M",
+        ]
+        .map(String::from),
+    );
+    let (mut raw, reply) = Raw::hello(&keyless.addr, 0, good.as_bytes());
+    assert_eq!(
+        (reply.status_enum(), reply.version),
+        (Status::NoTrustKey, 1)
+    );
+    assert!(raw.is_closed());
     // Before a version is chosen: 0.
     let (mut raw, reply) = Raw::hello_versions(&node.addr, 0, good.as_bytes(), 2, 3);
     assert_eq!(
