@@ -218,13 +218,14 @@ impl Reactor {
                 self.begin_shutdown();
             }
             if let Some(deadline) = self.stopping {
-                // Accepting goes on while connections drain, so that newcomers are refused
-                // with ShuttingDown rather than left waiting; it stops once none is left.
-                if self.conns.is_empty() {
+                // Accepting goes on while sessions drain, so that newcomers are refused with
+                // ShuttingDown rather than left waiting; it stops once no session is left (not
+                // once no connection is: a stream of refused newcomers must not keep it going).
+                if self.conns.iter().all(|(_, c)| c.phase != Phase::Serving) {
                     self.stop_accepting();
-                    if !self.listeners.iter().any(|l| l.armed) {
-                        break;
-                    }
+                }
+                if self.conns.is_empty() && !self.listeners.iter().any(|l| l.armed) {
+                    break;
                 }
                 if Instant::now() > deadline {
                     tracing::warn!(
