@@ -109,6 +109,51 @@ mod tests {
         assert_eq!(lent_range(MIB, 4096, &all), Err(Status::OutOfRange));
     }
 
+    proptest::proptest! {
+        /// What is lent is the token's range clipped to the device, on block boundaries, and no
+        /// block of it is reserved; a refusal names a condition that really fails.
+        #[test]
+        fn lent_ranges_are_clipped_aligned_and_clear_of_the_reserve(
+            blocks in 1u64..64,
+            block_shift in 9u32..13,
+            r_start in 0u64..80,
+            r_len in 0u64..80,
+            offset_blocks in 0u64..80,
+            offset_skew in proptest::prop_oneof![proptest::strategy::Just(0u64), 1u64..512],
+            length_blocks in proptest::prop_oneof![0u64..80, proptest::strategy::Just(u64::MAX)],
+            length_skew in proptest::prop_oneof![proptest::strategy::Just(0u64), 1u64..512],
+        ) {
+            let bs = 1u64 << block_shift;
+            // Block multiples, some skewed off them (512 is the smallest block size tried).
+            let offset = offset_blocks * bs + offset_skew;
+            let length = length_blocks.saturating_mul(bs).saturating_add(length_skew);
+            let size = blocks * bs;
+            let rs = (r_start * bs).min(size);
+            let reserved = (rs, (r_len * bs).min(size - rs));
+            let d = Lendable { size, block_size: bs as u32, reserved };
+            let is_reserved = |byte: u64| reserved.0 <= byte && byte < reserved.0 + reserved.1;
+            let clipped_end = offset.saturating_add(length).min(size);
+            match lent_range(offset, length, &d) {
+                Ok(r) => {
+                    proptest::prop_assert_eq!((r.start, r.end), (offset, clipped_end));
+                    proptest::prop_assert!(r.start < r.end && r.end <= size);
+                    proptest::prop_assert!(r.start.is_multiple_of(bs) && r.end.is_multiple_of(bs));
+                    proptest::prop_assert!((r.start..r.end).step_by(bs as usize).all(|b| !is_reserved(b)));
+                }
+                Err(Status::Misaligned) => {
+                    proptest::prop_assert!(offset < clipped_end);
+                    proptest::prop_assert!(!offset.is_multiple_of(bs) || !clipped_end.is_multiple_of(bs));
+                }
+                Err(Status::OutOfRange) => {
+                    let empty = offset >= clipped_end;
+                    let touches = !empty && (offset..clipped_end).any(is_reserved);
+                    proptest::prop_assert!(empty || touches);
+                }
+                Err(s) => proptest::prop_assert!(false, "unexpected {s:?}"),
+            }
+        }
+    }
+
     #[test]
     fn ops_without_their_capability_are_unknown() {
         let none = Capabilities(0);
