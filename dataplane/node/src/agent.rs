@@ -1,7 +1,8 @@
 //! The registration agent: on its own thread with a small tokio runtime, it registers the node
 //! with the controller (keeping the assigned id in `--state-dir/node-id` so a restart is the same
-//! node), learns the token-signing key, reports every device and what it lends (after
-//! `--reserve`), heartbeats, and deregisters on a clean shutdown.
+//! node; an id the controller does not know is dropped for a fresh one), learns the token-signing
+//! key, reports every device and what it lends (after `--reserve`), heartbeats (handing the
+//! revoked leases of each answer to the reactors), and deregisters on a clean shutdown.
 
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -11,7 +12,7 @@ use std::time::Duration;
 use dasmesh_api::v1;
 use dasmesh_wire::VerifyingKey;
 
-use crate::Shared;
+use crate::{sys::now_ms, Shared};
 
 /// What the agent needs to know.
 pub struct AgentConfig {
@@ -39,15 +40,26 @@ async fn register(c: &AgentConfig, shared: &Shared) -> anyhow::Result<(Client, u
         .and_then(|p| std::fs::read_to_string(p).ok())
         .and_then(|t| t.trim().parse().ok())
         .unwrap_or(0);
-    let r = client
-        .register(v1::RegisterRequest {
-            node_id: saved,
-            address: c.advertise.clone(),
-            version: env!("CARGO_PKG_VERSION").into(),
-            failure_domain: c.failure_domain.clone(),
-        })
-        .await?
-        .into_inner();
+    let request = |node_id| v1::RegisterRequest {
+        node_id,
+        address: c.advertise.clone(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        failure_domain: c.failure_domain.clone(),
+    };
+    let r = match client.register(request(saved)).await {
+        // The controller never assigned this id (its state was reset, or the id file came from
+        // elsewhere): register as a new node, and the id file is rewritten below.
+        Err(e) if saved != 0 && e.code() == tonic::Code::NotFound => {
+            tracing::warn!(
+                node_id = saved,
+                "the controller does not know node id {saved} ({}); registering as a new node",
+                e.message()
+            );
+            client.register(request(0)).await?
+        }
+        r => r?,
+    }
+    .into_inner();
     let key: [u8; 32] = r.signing_public_key.as_slice().try_into().map_err(|_| {
         anyhow::anyhow!("controller sent a {}-byte key", r.signing_public_key.len())
     })?;
@@ -86,6 +98,21 @@ async fn register(c: &AgentConfig, shared: &Shared) -> anyhow::Result<(Client, u
         .await?;
     tracing::info!(node_id = r.node_id, controller = %c.controller, "registered");
     Ok((client, u64::from(r.heartbeat_interval_ms.max(100))))
+}
+
+/// Hands a heartbeat answer's revoked leases to the reactors (`Shared::revoked`).
+pub fn apply_revocations(shared: &Shared, revoked: &[v1::RevokedLease], now_ms: u64) {
+    let added = shared.revoked.apply(
+        revoked.iter().map(|l| (l.lease_id, l.expires_at_ms)),
+        now_ms,
+    );
+    if added > 0 {
+        tracing::info!(
+            added,
+            remembered = shared.revoked.len(),
+            "leases revoked by the controller"
+        );
+    }
 }
 
 /// The usage counted since the last heartbeat.
@@ -152,19 +179,9 @@ pub fn start(
                         }
                     };
                     let node_id = shared.node_id.load(Ordering::Acquire);
-                    if !told {
-                        let _ = tx.send(Ok(node_id));
-                        told = true;
-                    }
                     loop {
-                        for _ in 0..(beat_ms / 50).max(1) {
-                            if stopped() {
-                                let _ = client.deregister(v1::DeregisterRequest { node_id }).await;
-                                tracing::info!(node_id, "deregistered");
-                                return;
-                            }
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                        }
+                        // The first beat right after registering: a restarted node learns the
+                        // revoked leases before it reports itself ready.
                         match client
                             .heartbeat(v1::HeartbeatRequest {
                                 node_id,
@@ -172,9 +189,25 @@ pub fn start(
                             })
                             .await
                         {
-                            Ok(r) if !r.get_ref().known => continue 'outer,
-                            Ok(_) => {}
+                            Ok(r) if !r.get_ref().known => {
+                                // Not a tight loop should the controller keep forgetting us.
+                                tokio::time::sleep(Duration::from_millis(100)).await;
+                                continue 'outer;
+                            }
+                            Ok(r) => apply_revocations(&shared, &r.get_ref().revoked, now_ms()),
                             Err(e) => tracing::warn!("heartbeat failed: {e}"),
+                        }
+                        if !told {
+                            let _ = tx.send(Ok(node_id));
+                            told = true;
+                        }
+                        for _ in 0..(beat_ms / 50).max(1) {
+                            if stopped() {
+                                let _ = client.deregister(v1::DeregisterRequest { node_id }).await;
+                                tracing::info!(node_id, "deregistered");
+                                return;
+                            }
+                            tokio::time::sleep(Duration::from_millis(50)).await;
                         }
                     }
                 }

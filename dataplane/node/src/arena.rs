@@ -6,8 +6,9 @@
 //! `alloc` until `free`; the kernel only touches slots whose request has an SQE outstanding.
 
 use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
 
-use memmap2::{Advice, MmapMut, MmapOptions};
+use memmap2::{Advice, MmapMut, MmapOptions, MmapRaw};
 
 /// Slot sizes and counts per class. Sized so that a few connections at QD 64 of 4k..128k I/O,
 /// and a couple of 1 MiB ones, never wait for a buffer (about 54 MiB per reactor).
@@ -163,25 +164,32 @@ impl Arena {
     }
 }
 
-/// The memory backend: one anonymous mapping shared by every reactor. Reactors copy in and out
-/// of it with raw pointers; like a real device, overlapping concurrent writes may interleave.
+/// The memory backend: one anonymous mapping shared by every reactor.
+///
+/// Reactors on other threads may copy into and out of overlapping ranges at the same time, so
+/// the region is only ever touched as `AtomicU64` words (Relaxed: no order is promised between
+/// concurrent requests, docs/protocol.md) and by the kernel, which sends READ replies straight
+/// from it. Offsets and lengths are multiples of the 4 KiB block size, so every copy is whole
+/// words: two overlapping writes in flight together leave each 8-byte word holding one of them.
 pub struct MemRegion {
-    _map: MmapMut,
-    base: *mut u8,
-    len: u64,
+    // A raw mapping: it hands out pointers only, never a byte slice that atomics could race.
+    map: MmapRaw,
+    words: usize,
 }
 
-// SAFETY: the mapping lives as long as the region and is only accessed through raw-pointer copies
-// (never through Rust references), so sharing it between threads creates no aliasing references.
-unsafe impl Send for MemRegion {}
-// SAFETY: see `Send` above.
-unsafe impl Sync for MemRegion {}
+/// Bytes per word of the region.
+const WORD: usize = std::mem::size_of::<u64>();
 
 impl MemRegion {
-    /// Maps `len` zeroed bytes.
+    /// Maps `len` zeroed bytes (`len` a multiple of 8).
     pub fn new(len: u64) -> io::Result<Self> {
         let size = usize::try_from(len).map_err(|_| io::Error::other("memory size too large"))?;
-        let mut map = if size >= 2 << 20 {
+        if !size.is_multiple_of(WORD) {
+            return Err(io::Error::other(format!(
+                "memory size {size} is not a multiple of {WORD}"
+            )));
+        }
+        let map = if size >= 2 << 20 {
             MmapOptions::new()
                 .len(size)
                 .huge(None)
@@ -190,54 +198,71 @@ impl MemRegion {
         } else {
             MmapMut::map_anon(size)?
         };
-        let base = map.as_mut_ptr();
         Ok(Self {
-            _map: map,
-            base,
-            len,
+            map: MmapRaw::from(map),
+            words: size / WORD,
         })
     }
 
-    fn check(&self, offset: u64, len: usize) {
-        assert!(offset
-            .checked_add(len as u64)
-            .is_some_and(|e| e <= self.len));
+    /// The region as words.
+    fn words(&self) -> &[AtomicU64] {
+        // SAFETY: the mapping is page-aligned (so aligned for AtomicU64, which has u64's size and
+        // any bit pattern is valid), `words * 8` bytes long, and lives as long as `self`. It is
+        // only ever accessed through these atomics and the kernel's reads for sends (`MmapRaw`
+        // makes no byte slice of it), so no non-atomic Rust access races with them.
+        unsafe { std::slice::from_raw_parts(self.map.as_ptr().cast::<AtomicU64>(), self.words) }
     }
 
-    /// Pointer to `offset` for sending straight from the region.
+    /// The words covering `[offset, offset + len)`, which must be whole words inside the region.
+    fn span(&self, offset: u64, len: usize) -> &[AtomicU64] {
+        assert!(
+            offset.is_multiple_of(WORD as u64) && len.is_multiple_of(WORD),
+            "memory backend access {offset}+{len} not in whole words"
+        );
+        let first = usize::try_from(offset / WORD as u64).unwrap_or(usize::MAX);
+        let end = first.checked_add(len / WORD);
+        assert!(
+            end.is_some_and(|e| e <= self.words),
+            "memory backend access {offset}+{len} past the end"
+        );
+        &self.words()[first..first + len / WORD]
+    }
+
+    /// Pointer to `offset` for sending straight from the region (the kernel reads it).
     pub fn ptr(&self, offset: u64, len: usize) -> *const u8 {
-        self.check(offset, len);
-        // SAFETY: bounds checked above.
-        unsafe { self.base.add(offset as usize) }
+        self.span(offset, len).as_ptr().cast()
     }
 
     /// Copies `src` into the region at `offset`.
     pub fn write(&self, offset: u64, src: &[u8]) {
-        self.check(offset, src.len());
-        // SAFETY: bounds checked; `src` is a distinct allocation (an arena slot), so no overlap.
-        unsafe {
-            std::ptr::copy_nonoverlapping(src.as_ptr(), self.base.add(offset as usize), src.len())
+        for (w, b) in self
+            .span(offset, src.len())
+            .iter()
+            .zip(src.chunks_exact(WORD))
+        {
+            let v = u64::from_ne_bytes(b.try_into().expect("whole words"));
+            w.store(v, Ordering::Relaxed);
         }
     }
 
     /// Copies from the region at `offset` into `dst`.
     pub fn read(&self, offset: u64, dst: &mut [u8]) {
-        self.check(offset, dst.len());
-        // SAFETY: bounds checked; `dst` is a distinct allocation, so no overlap.
-        unsafe {
-            std::ptr::copy_nonoverlapping(
-                self.base.add(offset as usize),
-                dst.as_mut_ptr(),
-                dst.len(),
-            )
+        let len = dst.len();
+        for (w, b) in self
+            .span(offset, len)
+            .iter()
+            .zip(dst.chunks_exact_mut(WORD))
+        {
+            b.copy_from_slice(&w.load(Ordering::Relaxed).to_ne_bytes());
         }
     }
 
     /// Zeroes `len` bytes at `offset`.
     pub fn zero(&self, offset: u64, len: u64) {
-        self.check(offset, len as usize);
-        // SAFETY: bounds checked.
-        unsafe { std::ptr::write_bytes(self.base.add(offset as usize), 0, len as usize) }
+        let len = usize::try_from(len).unwrap_or(usize::MAX);
+        for w in self.span(offset, len) {
+            w.store(0, Ordering::Relaxed);
+        }
     }
 }
 
@@ -317,12 +342,52 @@ mod tests {
     #[test]
     fn mem_region_round_trip() {
         let m = MemRegion::new(1 << 20).unwrap();
-        m.write(4096, &[1, 2, 3]);
-        let mut out = [0u8; 3];
+        let data: Vec<u8> = (0..8192u32).map(|i| (i * 7) as u8).collect();
+        m.write(4096, &data);
+        let mut out = vec![0u8; 8192];
         m.read(4096, &mut out);
-        assert_eq!(out, [1, 2, 3]);
+        assert_eq!(out, data);
+        // SAFETY: nothing writes the region while this slice is read.
+        let sent = unsafe { std::slice::from_raw_parts(m.ptr(4096, 8192), 8192) };
+        assert_eq!(sent, &data[..]);
         m.zero(4096, 4096);
         m.read(4096, &mut out);
-        assert_eq!(out, [0, 0, 0]);
+        assert!(out[..4096].iter().all(|b| *b == 0));
+        assert_eq!(out[4096..], data[4096..]);
+        assert!(MemRegion::new(1001).is_err());
+    }
+
+    #[test]
+    #[should_panic(expected = "past the end")]
+    fn mem_region_refuses_access_past_its_end() {
+        MemRegion::new(1 << 20).unwrap().zero((1 << 20) - 8, 16);
+    }
+
+    /// Concurrent overlapping writers on many threads (the data race the region must not
+    /// have: run under Miri or TSan to see one) leave every word holding one writer's value.
+    #[test]
+    fn mem_region_overlapping_writers_leave_whole_words() {
+        let m = std::sync::Arc::new(MemRegion::new(64 << 10).unwrap());
+        let threads: Vec<_> = (1..=4u8)
+            .map(|t| {
+                let m = std::sync::Arc::clone(&m);
+                std::thread::spawn(move || {
+                    let data = vec![t; 64 << 10];
+                    let mut out = vec![0u8; 64 << 10];
+                    for _ in 0..50 {
+                        m.write(0, &data);
+                        m.read(0, &mut out);
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let mut out = vec![0u8; 64 << 10];
+        m.read(0, &mut out);
+        for w in out.chunks_exact(8) {
+            assert!(w.iter().all(|b| *b == w[0]) && (1..=4).contains(&w[0]));
+        }
     }
 }

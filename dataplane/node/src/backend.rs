@@ -169,7 +169,11 @@ impl Backend {
                 block_size: FILE_BLOCK_SIZE,
                 physical_block_size: FILE_BLOCK_SIZE,
                 size: *size,
-                capabilities: Capabilities(Capabilities::ALL),
+                // Nothing in memory survives the node: no FLUSH or FUA can make it durable, so
+                // none is announced (both are still answered, docs/protocol.md).
+                capabilities: Capabilities(
+                    Capabilities::ALL & !(Capabilities::FLUSH | Capabilities::FUA),
+                ),
             },
         };
         if b.size == 0 || b.block_size == 0 || b.size % u64::from(b.block_size) != 0 {

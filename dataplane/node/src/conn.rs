@@ -89,6 +89,8 @@ pub struct Session {
     pub fence_gen: u64,
     /// Overtaken by a newer epoch: every request fails with StaleEpoch.
     pub fenced: bool,
+    /// Whether the control plane revoked its lease (every request then fails with Revoked).
+    pub standing: crate::revoke::Standing,
     /// Usage not yet handed to the shared table.
     pub usage: crate::usage::Usage,
 }
@@ -137,6 +139,9 @@ pub struct Conn {
     pub sending: Option<Box<SendState>>,
     /// Close once the send queue drains (after a fatal error reply).
     pub close_after_send: bool,
+    /// The client shut its sending side down (a receive returned 0): what it sent is still
+    /// served and answered, then the connection is closed.
+    pub peer_closed: bool,
     /// Waiting for an arena slot.
     pub stalled: bool,
     /// Queued for `pump`.
@@ -165,6 +170,7 @@ impl Conn {
             sendq: Vec::new(),
             sending: None,
             close_after_send: false,
+            peer_closed: false,
             stalled: false,
             dirty: false,
             held: None,
@@ -190,6 +196,9 @@ pub enum Stage {
     ZeroWrite,
     /// fdatasync (FLUSH, or after a FUA zeroing).
     Sync,
+    /// A SEARCH of a memory backend between two chunks: a no-op SQE is in flight, whose
+    /// completion scans the next chunk, so that one SEARCH does not hold the reactor.
+    MemoryChunk,
 }
 
 /// A request being served.

@@ -15,6 +15,8 @@ pub mod config;
 mod conn;
 pub mod fence;
 mod reactor;
+pub mod revoke;
+pub mod session;
 pub mod sys;
 pub mod usage;
 
@@ -28,8 +30,9 @@ use dasmesh_wire::{DeviceId, NodeId, VerifyingKey};
 
 use crate::backend::Backend;
 use crate::barrier::WriteLanes;
-use crate::config::{Config, PollMode};
+use crate::config::{Config, PollMode, Reserve};
 use crate::fence::FenceTable;
+use crate::revoke::Revocations;
 
 /// What every reactor of a node shares (read-mostly).
 pub struct Shared {
@@ -37,6 +40,10 @@ pub struct Shared {
     pub backends: Vec<Backend>,
     /// Highest epochs seen.
     pub fence: FenceTable,
+    /// Leases revoked before their tokens expire (from the controller's heartbeat answers).
+    pub revoked: Revocations,
+    /// The owner's part of every device, which no token may touch.
+    pub reserve: Reserve,
     /// Modifying ops in flight per reactor, which a new session waits for (`barrier.rs`).
     pub writes: WriteLanes,
     /// The key tokens must be signed with (from --trust-key, or learned at registration).
@@ -101,6 +108,8 @@ pub fn open_shared(cfg: &Config) -> anyhow::Result<Shared> {
                 .map_err(|e| anyhow::anyhow!("--state-dir {}: {e}", dir.display()))?,
             None => FenceTable::default(),
         },
+        revoked: Revocations::default(),
+        reserve: cfg.reserve,
         writes: WriteLanes::new(cfg.cores),
         trust_key: std::sync::RwLock::new(trust_key),
         node_id: std::sync::atomic::AtomicU64::new(cfg.node().0),

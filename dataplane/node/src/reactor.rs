@@ -26,7 +26,7 @@ use crate::backend::Store;
 use crate::barrier::{LaneWriter, WriteSeq};
 use crate::config::PollMode;
 use crate::conn::{Conn, Payload, Phase, Reply, Req, SendState, Session, Stage, RBUF_LEN};
-use crate::fence::Range;
+use crate::session::{self, Lendable};
 use crate::{sys, Listeners, Shared};
 
 const UD_ACCEPT: u64 = 1 << 56;
@@ -95,6 +95,8 @@ struct Listener {
     sock: Socket,
     tcp: bool,
     armed: bool,
+    /// Its accept was cancelled for good: the reactor is about to exit.
+    cancelled: bool,
 }
 
 /// One reactor's state.
@@ -178,11 +180,13 @@ impl Reactor {
                 sock: listeners.tcp.into(),
                 tcp: true,
                 armed: false,
+                cancelled: false,
             })
             .chain(listeners.local.map(|l| Listener {
                 sock: l.into(),
                 tcp: false,
                 armed: false,
+                cancelled: false,
             }))
             .collect(),
             conns: Slab::new(),
@@ -214,6 +218,12 @@ impl Reactor {
                 self.begin_shutdown();
             }
             if let Some(deadline) = self.stopping {
+                // Accepting goes on while sessions drain, so that newcomers are refused with
+                // ShuttingDown rather than left waiting; it stops once no session is left (not
+                // once no connection is: a stream of refused newcomers must not keep it going).
+                if self.conns.iter().all(|(_, c)| c.phase != Phase::Serving) {
+                    self.stop_accepting();
+                }
                 if self.conns.is_empty() && !self.listeners.iter().any(|l| l.armed) {
                     break;
                 }
@@ -388,31 +398,40 @@ impl Reactor {
         if res >= 0 {
             // SAFETY: a successful accept returns a new descriptor that nothing else owns.
             let sock = unsafe { Socket::from_raw_fd(res) };
-            if self.stopping.is_some() {
-                return;
-            }
             if self.listeners[li].tcp {
                 let _ = sock.set_tcp_nodelay(true);
             }
+            // During shutdown too: `pump` refuses it with ShuttingDown at once.
             let ci = self.conns.insert(Conn::new(sock));
             self.mark_dirty(ci);
         } else if res != -libc::ECANCELED {
             tracing::warn!("accept failed: {}", std::io::Error::from_raw_os_error(-res));
         }
-        if self.stopping.is_none() {
+        if !self.listeners[li].cancelled {
             self.arm_accept(li);
+        }
+    }
+
+    /// Cancels the armed accepts for good (the reactor exits once they are reaped).
+    fn stop_accepting(&mut self) {
+        for li in 0..self.listeners.len() {
+            let l = &mut self.listeners[li];
+            if l.armed && !l.cancelled {
+                l.cancelled = true;
+                let e = opcode::AsyncCancel::new(UD_ACCEPT | li as u64)
+                    .build()
+                    .user_data(UD_CANCEL);
+                // SAFETY: a cancel points at no memory.
+                unsafe { self.push(e) };
+            }
         }
     }
 
     fn begin_shutdown(&mut self) {
         tracing::info!(reactor = self.id, conns = self.conns.len(), "shutting down");
         self.stopping = Some(Instant::now() + self.shared.shutdown_grace);
+        // Accepts stay armed (see `run`); idle receives are cancelled so those connections close.
         let mut cancels = Vec::new();
-        for (li, l) in self.listeners.iter().enumerate() {
-            if l.armed {
-                cancels.push(UD_ACCEPT | li as u64);
-            }
-        }
         for (ci, c) in self.conns.iter() {
             if c.recv_armed && c.payload_req.is_none() {
                 cancels.push(UD_RECV | ci as u64);
@@ -444,6 +463,15 @@ impl Reactor {
         if c.phase == Phase::Closing {
             return;
         }
+        if stopping && c.phase == Phase::Handshake && !c.close_after_send {
+            // No complete hello yet (accepted during shutdown, or caught mid-hello by it):
+            // refuse at once rather than wait for it. Version 0: no version was chosen.
+            self.fatal(
+                ci,
+                Reply::hello(&HelloReply::refuse(0, Status::ShuttingDown)),
+            );
+        }
+        let c = &mut self.conns[ci];
         if !c.recv_armed && !c.close_after_send {
             if let Some(ri) = c.payload_req {
                 let r = &self.reqs[ri];
@@ -452,7 +480,12 @@ impl Reactor {
                 let ptr = unsafe { self.arena.ptr(buf).add(r.done as usize) };
                 let len = (r.hdr.length - r.done) as u32;
                 self.arm_recv(ci, ptr, len);
-            } else if !stopping && !c.stalled && c.inflight < max_inflight && c.held.is_none() {
+            } else if !stopping
+                && !c.peer_closed
+                && !c.stalled
+                && c.inflight < max_inflight
+                && c.held.is_none()
+            {
                 if c.rstart > 0 {
                     c.rbuf.copy_within(c.rstart..c.rend, 0);
                     c.rend -= c.rstart;
@@ -475,7 +508,11 @@ impl Reactor {
         }
         let c = &self.conns[ci];
         let idle = c.sending.is_none() && c.sendq.is_empty() && c.payload_req.is_none();
-        if idle && (c.close_after_send || (stopping && c.inflight == 0 && !c.recv_armed)) {
+        // A half-closed client is done once everything it sent is answered: what is left in
+        // the receive buffer (after `parse` above) is an incomplete frame, never to be completed.
+        let drained = c.peer_closed && c.inflight == 0 && !c.stalled && c.held.is_none();
+        if idle && (c.close_after_send || drained || (stopping && c.inflight == 0 && !c.recv_armed))
+        {
             self.close(ci);
         }
     }
@@ -497,6 +534,13 @@ impl Reactor {
         c.recv_armed = false;
         if c.phase == Phase::Closing {
             self.try_reap(ci);
+            return;
+        }
+        if res == 0 && c.payload_req.is_none() {
+            // The client shut its sending side down: serve and answer what it sent, then close
+            // (`pump`). Mid-payload, the WRITE is never applied: close now.
+            c.peer_closed = true;
+            self.mark_dirty(ci);
             return;
         }
         if res <= 0 {
@@ -808,6 +852,9 @@ impl Reactor {
         if version == 0 {
             return Err(Status::VersionMismatch);
         }
+        if self.stopping.is_some() {
+            return Err(Status::ShuttingDown);
+        }
         let key = self.shared.trust_key().ok_or(Status::NoTrustKey)?;
         let device = hello.device_id.0 as usize;
         let backend = self
@@ -819,12 +866,22 @@ impl Reactor {
         let claim = token
             .verify(&key, self.now_ms, self.shared.node_id(), hello.device_id)
             .map_err(|e| e.status())?;
-        let start = claim.range_offset;
-        let end = start.saturating_add(claim.range_length).min(backend.size);
-        if start >= end {
-            return Err(Status::OutOfRange);
+        // Loaded before the lookup: a revocation applied in between moves it, and the session
+        // looks again on its first request.
+        let revoked_gen = self.shared.revoked.generation();
+        if self.shared.revoked.is_revoked(claim.nonce, self.now_ms) {
+            return Err(Status::Revoked);
         }
-        let range = Range { start, end };
+        let range = session::lent_range(
+            claim.range_offset,
+            claim.range_length,
+            &Lendable {
+                size: backend.size,
+                block_size: backend.block_size,
+                reserved: self.shared.reserve.reserved(backend.size),
+            },
+        )?;
+        let (start, end) = (range.start, range.end);
         let fence_gen = self.shared.fence.generation();
         self.shared
             .fence
@@ -857,6 +914,10 @@ impl Reactor {
             range,
             fence_gen,
             fenced: false,
+            standing: crate::revoke::Standing {
+                generation: revoked_gen,
+                revoked: false,
+            },
             usage: Default::default(),
         };
         Ok((session, reply))
@@ -868,6 +929,7 @@ impl Reactor {
         let stopping = self.stopping.is_some();
         let s = self.conns[ci].session.as_mut().ok_or(Status::Internal)?;
         let op = check_request(h, &s.limits)?;
+        session::supported(op, self.shared.backends[s.device].capabilities)?;
         if self.now_ms >= s.claim.expires_at_ms {
             return Err(Status::Expired);
         }
@@ -889,6 +951,11 @@ impl Reactor {
         }
         let refused = if s.fenced {
             Some(Status::StaleEpoch)
+        } else if s
+            .standing
+            .check(&self.shared.revoked, s.claim.nonce, self.now_ms)
+        {
+            Some(Status::Revoked)
         } else if stopping {
             Some(Status::ShuttingDown)
         } else {
@@ -1148,21 +1215,7 @@ impl Reactor {
                     }
                     Op::Discard | Op::WriteZeroes => m.zero(off, len),
                     Op::Flush => {}
-                    Op::Search => {
-                        let buf = r.buf.expect("search slot");
-                        let mut done = 0;
-                        while done < len {
-                            let n = (len - done).min(SEARCH_CHUNK) as usize;
-                            m.read(off + done, self.arena.bytes_mut(buf, n));
-                            let s = self.reqs[ri].search.as_mut().expect("searcher");
-                            s.feed(off + done, self.arena.bytes(buf, n));
-                            if s.is_done() {
-                                break;
-                            }
-                            done += n as u64;
-                        }
-                        return self.finish_search(ri);
-                    }
+                    Op::Search => return self.memory_search_step(ri),
                 }
                 self.finish(ri, Status::Ok, Payload::None, 0)
             }
@@ -1199,6 +1252,33 @@ impl Reactor {
                 }
             },
         }
+    }
+
+    /// Scans the next chunk of a SEARCH of a memory backend. Between chunks the request waits
+    /// for a no-op SQE, so the reactor serves everyone else in between, as it does while a file
+    /// SEARCH waits for its chunk reads.
+    fn memory_search_step(&mut self, ri: usize) {
+        let shared = Arc::clone(&self.shared);
+        let Store::Memory(m) = &shared.backends[self.device(ri)].store else {
+            unreachable!("a memory SEARCH on a file backend");
+        };
+        let r = &mut self.reqs[ri];
+        let at = r.hdr.offset + r.done;
+        let n = (r.hdr.length - r.done).min(SEARCH_CHUNK) as usize;
+        let buf = r.buf.expect("search slot");
+        m.read(at, self.arena.bytes_mut(buf, n));
+        let s = r.search.as_mut().expect("searcher");
+        s.feed(at, self.arena.bytes(buf, n));
+        r.done += n as u64;
+        // A closed connection drops the reply: no use scanning on.
+        let gone = self.conns[r.conn].phase == Phase::Closing;
+        if s.is_done() || r.done == r.hdr.length || gone {
+            return self.finish_search(ri);
+        }
+        r.stage = Stage::MemoryChunk;
+        let e = opcode::Nop::new().build().user_data(UD_IO | ri as u64);
+        // SAFETY: a no-op points at no memory.
+        unsafe { self.push(e) };
     }
 
     /// Submits the next data transfer of a READ, WRITE, SEARCH chunk or zero-write.
@@ -1270,6 +1350,7 @@ impl Reactor {
         let r = &mut self.reqs[ri];
         let fua = r.hdr.flags & dasmesh_wire::FLAG_FUA != 0;
         match r.stage {
+            Stage::MemoryChunk => self.memory_search_step(ri),
             Stage::Data | Stage::ZeroWrite => {
                 if res < 0 {
                     return self.finish(ri, errno_status(-res), Payload::None, 0);

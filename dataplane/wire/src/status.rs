@@ -8,6 +8,7 @@ pub enum Status {
     #[error("ok")]
     Ok = 0,
     /// The frame could not be parsed (bad magic, non-zero reserved field); the connection is closed.
+    /// (A flag bit the op does not allow is `BadFlags`, not this.)
     #[error("malformed frame")]
     BadFrame = 1,
     /// The op code is not one this protocol version knows.
@@ -67,11 +68,14 @@ pub enum Status {
     /// An unexpected failure inside the node.
     #[error("internal node error")]
     Internal = 20,
+    /// The control plane revoked the token's lease (its nonce) before the token expired.
+    #[error("the token's lease was revoked")]
+    Revoked = 21,
 }
 
 impl Status {
     /// Every status, in code order.
-    pub const ALL: [Status; 21] = [
+    pub const ALL: [Status; 22] = [
         Status::Ok,
         Status::BadFrame,
         Status::UnknownOp,
@@ -93,6 +97,7 @@ impl Status {
         Status::InvalidLength,
         Status::NoTrustKey,
         Status::Internal,
+        Status::Revoked,
     ];
 
     /// The wire code.
@@ -129,6 +134,7 @@ impl Status {
             Status::InvalidLength => "InvalidLength",
             Status::NoTrustKey => "NoTrustKey",
             Status::Internal => "Internal",
+            Status::Revoked => "Revoked",
         }
     }
 }

@@ -545,6 +545,7 @@ fn status_codes_are_stable() {
         "InvalidLength",
         "NoTrustKey",
         "Internal",
+        "Revoked",
     ];
     let want: Vec<(u16, &str)> = want
         .iter()

@@ -50,7 +50,9 @@ pub struct MintArgs {
     /// The device on that node.
     #[arg(long)]
     device: u32,
-    /// Byte range START..END with units, e.g. 0..2G (multiples of 512).
+    /// Byte range START..END with units, e.g. 0..2G (multiples of 512; the node refuses, with
+    /// Misaligned, a range off its device's block size, often 4096, and with OutOfRange one
+    /// touching its --reserve area).
     #[arg(long)]
     range: String,
     /// ro or rw.

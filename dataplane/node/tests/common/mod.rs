@@ -11,6 +11,7 @@ use dasmesh_wire::{
     PROTOCOL_VERSION, REPLY_HEADER_LEN,
 };
 
+#[allow(unused_imports)]
 pub use dasmesh_testkit::Node;
 
 /// A raw protocol connection over a blocking socket.
