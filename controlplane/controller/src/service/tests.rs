@@ -54,6 +54,8 @@ async fn a_reported_copy_turns_stale_and_the_mirror_degraded_durably() {
                     size: 1 << 30,
                     lendable_start: 0,
                     lendable_length: 1 << 30,
+                    reserved_start: 0,
+                    reserved_length: 0,
                 }],
             })
             .unwrap();
