@@ -293,7 +293,9 @@ pub enum Outcome {
 #[derive(Clone, Debug, PartialEq, thiserror::Error)]
 pub enum Error {
     /// No such node (ids are assigned by the controller, never chosen by a node).
-    #[error("unknown node {0}: a node the controller does not know registers with id 0 to get a new id")]
+    #[error(
+        "unknown node {0}: a node the controller does not know registers with id 0 to get a new id"
+    )]
     UnknownNode(u64),
     /// No such volume.
     #[error("unknown volume {0:?}")]

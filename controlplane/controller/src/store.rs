@@ -61,7 +61,8 @@ fn faithful<T>(v: &T, what: &str) -> Result<Vec<u8>, StoreError>
 where
     T: Serialize + DeserializeOwned + PartialEq,
 {
-    let bytes = serde_json::to_vec(v).map_err(|e| StoreError::Unfaithful(format!("{what}: {e}")))?;
+    let bytes =
+        serde_json::to_vec(v).map_err(|e| StoreError::Unfaithful(format!("{what}: {e}")))?;
     match serde_json::from_slice::<T>(&bytes) {
         Ok(back) if back == *v => Ok(bytes),
         Ok(_) => Err(StoreError::Unfaithful(format!(

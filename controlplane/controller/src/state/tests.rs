@@ -1,6 +1,8 @@
 use super::*;
 
+mod bounds;
 mod failures;
+mod lifecycle;
 
 const G: u64 = 1 << 30;
 
@@ -110,7 +112,16 @@ fn every_layout_allocates_and_volumes_share_devices_disjointly() {
     let a = create(&mut s, "a", 10 * G, Layout::Single).unwrap();
     let b = create(&mut s, "b", 10 * G, Layout::Single).unwrap();
     let m = create(&mut s, "m", 40 * G, Layout::Mirror { copies: 3 }).unwrap();
-    let st = create(&mut s, "st", 20 * G, Layout::Stripe { width: 2, unit: 64 << 10 }).unwrap();
+    let st = create(
+        &mut s,
+        "st",
+        20 * G,
+        Layout::Stripe {
+            width: 2,
+            unit: 64 << 10,
+        },
+    )
+    .unwrap();
     let c = create(&mut s, "c", 100 * G, Layout::Concat).unwrap();
     assert_eq!(m.extents.len(), 3);
     assert_eq!(st.extents.len(), 2);

@@ -240,10 +240,7 @@ pub fn devices(s: &State, node_id: u64, devices: &[DeviceRec]) -> Result<(), Err
     for d in devices {
         device(d)?;
         if !ids.insert(d.device_id) {
-            return Err(invalid(format!(
-                "device {} is reported twice",
-                d.device_id
-            )));
+            return Err(invalid(format!("device {} is reported twice", d.device_id)));
         }
     }
     let others: u64 = s
