@@ -1,4 +1,5 @@
-//! The handlers over a real store: failure reports, their statuses and the volume state.
+//! The handlers over a real store: failure reports and their statuses, the volume state, input
+//! bounds as gRPC statuses, claimed node ids, and the revoked leases in heartbeat answers.
 
 use super::*;
 use crate::store::RedbStore;

@@ -264,7 +264,10 @@ pub fn devices(s: &State, node_id: u64, devices: &[DeviceRec]) -> Result<(), Err
 fn device(d: &DeviceRec) -> Result<(), Error> {
     let id = d.device_id;
     let bad = |why: String| invalid(format!("device {id}: {why}"));
-    label("device path", &d.path, MAX_DEVICE_PATH, true).map_err(|e| bad(e.to_string()))?;
+    label("device path", &d.path, MAX_DEVICE_PATH, true).map_err(|e| match e {
+        Error::Invalid(why) => bad(why),
+        e => e,
+    })?;
     let bs = d.block_size;
     if !bs.is_power_of_two() || !(512..=4096).contains(&bs) {
         return Err(bad(format!(
