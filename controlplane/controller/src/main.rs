@@ -78,7 +78,13 @@ async fn run(a: Args) -> anyhow::Result<()> {
         .with_context(|| format!("creating {}", a.data_dir.display()))?;
     let key = load_or_make_key(&a.data_dir)?;
     let store = RedbStore::open(&a.data_dir)?;
-    let heartbeat_ms = a.heartbeat.as_millis().max(1) as u64;
+    // Nodes are told the interval as a u32 of ms; an hour is already far past any use.
+    anyhow::ensure!(
+        (Duration::from_millis(1)..=Duration::from_secs(3600)).contains(&a.heartbeat),
+        "--heartbeat {:?} must be 1ms..=1h",
+        a.heartbeat
+    );
+    let heartbeat_ms = a.heartbeat.as_millis() as u64;
     let ctl = Arc::new(Controller::new(Box::new(store), key, heartbeat_ms)?);
     let listener = tokio::net::TcpListener::bind(a.listen)
         .await
@@ -105,16 +111,21 @@ async fn run(a: Args) -> anyhow::Result<()> {
     health_reporter
         .set_serving::<v1::volumes_server::VolumesServer<Svc>>()
         .await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(dasmesh_api::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
+    // Both reflection versions: grpcurl before 1.9 and many other clients ask for v1alpha only.
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(dasmesh_api::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1alpha = reflection().build_v1alpha()?;
+    let reflection = reflection().build_v1()?;
     let svc = Svc(ctl);
     println!("listening {addr}");
     tracing::info!(%addr, data_dir = %a.data_dir.display(), "controller ready");
     tonic::transport::Server::builder()
         .add_service(health)
         .add_service(reflection)
+        .add_service(reflection_v1alpha)
         .add_service(v1::node_registry_server::NodeRegistryServer::new(
             svc.clone(),
         ))

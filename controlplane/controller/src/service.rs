@@ -34,9 +34,17 @@ pub enum CtlError {
     Store(#[from] StoreError),
 }
 
+/// Longest message a status carries: it travels in a header, which gRPC stacks cap at a few KiB
+/// (beyond that the client sees RESOURCE_EXHAUSTED instead of the refusal). Refusals quote only a
+/// short prefix of a bad value; this is the backstop for values stored before those limits.
+const MAX_STATUS_MESSAGE: usize = 1024;
+
 impl From<CtlError> for Status {
     fn from(e: CtlError) -> Status {
-        let msg = e.to_string();
+        let mut msg = e.to_string();
+        if msg.len() > MAX_STATUS_MESSAGE {
+            msg = format!("{}...", state::validate::truncate(&msg, MAX_STATUS_MESSAGE));
+        }
         match e {
             CtlError::Refused(
                 Error::UnknownNode(_) | Error::UnknownVolume(_) | Error::UnknownLease(_),
@@ -50,6 +58,8 @@ impl From<CtlError> for Status {
             ) => Status::failed_precondition(msg),
             CtlError::Refused(Error::Insufficient(_)) => Status::resource_exhausted(msg),
             CtlError::Refused(Error::Invalid(_)) => Status::invalid_argument(msg),
+            CtlError::Refused(Error::Exhausted(_)) => Status::resource_exhausted(msg),
+            CtlError::Store(StoreError::Unfaithful(_)) => Status::internal(msg),
             CtlError::Store(_) => Status::unavailable(msg),
         }
     }
@@ -334,6 +344,8 @@ impl v1::node_registry_server::NodeRegistry for Svc {
                 size: d.size_bytes,
                 lendable_start: d.lendable_start,
                 lendable_length: d.lendable_length,
+                reserved_start: d.reserved_start,
+                reserved_length: d.reserved_length,
             })
             .collect();
         let Outcome::Node(n) = self.0.execute(Command::ReportDevices {
@@ -364,23 +376,27 @@ impl v1::node_registry_server::NodeRegistry for Svc {
                 write_ops: u.write_ops,
             })
             .collect();
-        match self.0.execute(Command::Heartbeat {
+        let known = match self.0.execute(Command::Heartbeat {
             node_id: r.node_id,
             usage,
             now_ms: now_ms(),
         }) {
-            Ok(_) => Ok(Response::new(v1::HeartbeatResponse {
-                known: true,
-                revoked: Vec::new(),
-            })),
-            Err(CtlError::Refused(Error::UnknownNode(_))) => {
-                Ok(Response::new(v1::HeartbeatResponse {
-                    known: false,
-                    revoked: Vec::new(),
-                }))
-            }
-            Err(e) => Err(e.into()),
-        }
+            Ok(_) => true,
+            Err(CtlError::Refused(Error::UnknownNode(_))) => false,
+            Err(e) => return Err(e.into()),
+        };
+        // Every answer carries the whole list, so a node that missed beats (or restarted and
+        // forgot) still learns of a revocation before the lease's tokens expire.
+        let revoked = self.0.read(|s| {
+            s.revoked
+                .iter()
+                .map(|(&lease_id, &expires_at_ms)| v1::RevokedLease {
+                    lease_id,
+                    expires_at_ms,
+                })
+                .collect()
+        });
+        Ok(Response::new(v1::HeartbeatResponse { known, revoked }))
     }
 
     async fn deregister(
@@ -461,6 +477,7 @@ impl v1::volumes_server::Volumes for Svc {
 
     async fn get(&self, r: Request<v1::GetVolumeRequest>) -> Result<Response<v1::Volume>, Status> {
         let name = r.into_inner().name;
+        state::validate::volume_name(&name).map_err(CtlError::from)?;
         self.0
             .read(|s| s.volumes.get(&name).map(|v| volume_msg(s, v)))
             .map(Response::new)
@@ -585,7 +602,11 @@ impl v1::leases_server::Leases for Svc {
         &self,
         r: Request<v1::ReportFailureRequest>,
     ) -> Result<Response<v1::ReportFailureResponse>, Status> {
-        let r = r.into_inner();
+        let mut r = r.into_inner();
+        // The reason is for the operator: a long one is cut rather than the report refused, since
+        // the writer cannot acknowledge its write until the report is accepted.
+        r.reason = state::validate::truncate(&r.reason, state::validate::MAX_REASON).to_string();
+        state::validate::copies(&r.copies).map_err(CtlError::from)?;
         let out = self.0.execute(Command::FailCopies {
             lease_id: r.lease_id,
             copies: r.copies.clone(),
@@ -612,6 +633,7 @@ impl v1::leases_server::Leases for Svc {
         r: Request<v1::ReportRebuiltRequest>,
     ) -> Result<Response<v1::ReportFailureResponse>, Status> {
         let r = r.into_inner();
+        state::validate::copies(&r.copies).map_err(CtlError::from)?;
         let v = match self.0.execute(Command::RebuiltCopies {
             lease_id: r.lease_id,
             copies: r.copies.clone(),

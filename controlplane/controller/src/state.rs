@@ -9,6 +9,7 @@ use crate::alloc::{self, Candidate, DeviceKey, Layout, Piece};
 mod failure;
 mod freed;
 mod resize;
+pub mod validate;
 
 use failure::mark_copies;
 pub use freed::FreedRange;
@@ -42,6 +43,12 @@ pub struct DeviceRec {
     pub lendable_start: u64,
     /// Lendable length.
     pub lendable_length: u64,
+    /// First byte of the owner's reserved area (never lent).
+    #[serde(default)]
+    pub reserved_start: u64,
+    /// Length of the owner's reserved area.
+    #[serde(default)]
+    pub reserved_length: u64,
 }
 
 /// A registered node.
@@ -190,6 +197,11 @@ pub struct State {
     /// allocated on them until they are.
     #[serde(default)]
     pub freed: Vec<FreedRange>,
+    /// Revoked leases whose tokens have not expired yet: lease id -> the tokens' expiry, ms.
+    /// Every heartbeat answer carries them so nodes refuse those tokens; `Tick` forgets an entry
+    /// once its tokens expire on their own.
+    #[serde(default)]
+    pub revoked: BTreeMap<u64, u64>,
 }
 
 /// Per-lease counters reported with a heartbeat.
@@ -304,8 +316,10 @@ pub enum Outcome {
 /// Why a command was refused (the state is unchanged).
 #[derive(Clone, Debug, PartialEq, thiserror::Error)]
 pub enum Error {
-    /// No such node.
-    #[error("unknown node {0}")]
+    /// No such node (ids are assigned by the controller, never chosen by a node).
+    #[error(
+        "unknown node {0}: a node the controller does not know registers with id 0 to get a new id"
+    )]
     UnknownNode(u64),
     /// No such volume.
     #[error("unknown volume {0:?}")]
@@ -337,6 +351,9 @@ pub enum Error {
     /// A bad argument.
     #[error("invalid request: {0}")]
     Invalid(String),
+    /// A counter (ids, epochs) would wrap; ids are never reused.
+    #[error("the controller has handed out every {0}; none is reused")]
+    Exhausted(&'static str),
     /// Only the volume's current read-write lease may mark mirror copies stale or rebuilt.
     #[error("lease {lease} is not the current read-write lease of volume {volume:?} ({why}); it cannot mark copies stale or rebuilt")]
     NotCurrentWriter {
@@ -387,14 +404,17 @@ pub fn apply(s: &mut State, cmd: Command) -> Result<Outcome, Error> {
     Ok(out)
 }
 
-fn new_id(s: &mut State) -> u64 {
-    s.last_id += 1;
-    s.last_id
+fn new_id(s: &mut State) -> Result<u64, Error> {
+    s.last_id = s.last_id.checked_add(1).ok_or(Error::Exhausted("id"))?;
+    Ok(s.last_id)
 }
 
-fn new_epoch(s: &mut State) -> u64 {
-    s.last_epoch += 1;
-    s.last_epoch
+fn new_epoch(s: &mut State) -> Result<u64, Error> {
+    s.last_epoch = s
+        .last_epoch
+        .checked_add(1)
+        .ok_or(Error::Exhausted("epoch"))?;
+    Ok(s.last_epoch)
 }
 
 fn node_mut(s: &mut State, id: u64) -> Result<&mut NodeRec, Error> {
@@ -487,13 +507,14 @@ fn apply_inner(s: &mut State, cmd: Command) -> Result<Outcome, Error> {
             failure_domain,
             now_ms,
         } => {
-            if address.is_empty() {
-                return Err(Error::Invalid(
-                    "a node must give its data-plane address".into(),
-                ));
-            }
-            let id = if node_id == 0 { new_id(s) } else { node_id };
-            s.last_id = s.last_id.max(id);
+            validate::registration(&address, &version, &failure_domain)?;
+            // A non-zero id must be one this controller handed out: a claimed id would move the
+            // counter (or wrap it) and later ids would collide with real nodes and leases.
+            let id = match node_id {
+                0 => new_id(s)?,
+                id if s.nodes.contains_key(&id) => id,
+                id => return Err(Error::UnknownNode(id)),
+            };
             let n = s.nodes.entry(id).or_insert_with(|| NodeRec {
                 id,
                 address: address.clone(),
@@ -511,17 +532,8 @@ fn apply_inner(s: &mut State, cmd: Command) -> Result<Outcome, Error> {
             Ok(Outcome::Node(n.clone()))
         }
         Command::ReportDevices { node_id, devices } => {
-            for d in &devices {
-                if d.lendable_start.saturating_add(d.lendable_length) > d.size {
-                    return Err(Error::Invalid(format!(
-                        "device {} lends {}..{} beyond its size {}",
-                        d.device_id,
-                        d.lendable_start,
-                        d.lendable_start + d.lendable_length,
-                        d.size
-                    )));
-                }
-            }
+            node_mut(s, node_id)?;
+            validate::devices(s, node_id, &devices)?;
             // Extents already on a device must stay inside what it now lends.
             for v in s.volumes.values() {
                 for e in v.extents.iter().filter(|e| e.piece.key.node == node_id) {
@@ -548,17 +560,24 @@ fn apply_inner(s: &mut State, cmd: Command) -> Result<Outcome, Error> {
             usage,
             now_ms,
         } => {
+            if usage.len() > validate::MAX_USAGE_ENTRIES {
+                return Err(Error::Invalid(format!(
+                    "a heartbeat carries {} usage entries, at most {} are accepted",
+                    usage.len(),
+                    validate::MAX_USAGE_ENTRIES
+                )));
+            }
             let n = node_mut(s, node_id)?;
             n.last_heartbeat_ms = now_ms;
-            if n.state == NodeState::Down {
-                n.state = NodeState::Up;
-            }
+            // A node that beats is alive, whether it missed beats or deregistered before.
+            n.state = NodeState::Up;
             for c in usage {
                 if let Some(u) = s.usage.get_mut(&c.lease_id) {
-                    u.read_bytes += c.read_bytes;
-                    u.write_bytes += c.write_bytes;
-                    u.read_ops += c.read_ops;
-                    u.write_ops += c.write_ops;
+                    // Counters only meter: they stop at the top rather than wrap to nothing.
+                    u.read_bytes = u.read_bytes.saturating_add(c.read_bytes);
+                    u.write_bytes = u.write_bytes.saturating_add(c.write_bytes);
+                    u.read_ops = u.read_ops.saturating_add(c.read_ops);
+                    u.write_ops = u.write_ops.saturating_add(c.write_ops);
                 }
             }
             Ok(Outcome::Done)
@@ -569,7 +588,8 @@ fn apply_inner(s: &mut State, cmd: Command) -> Result<Outcome, Error> {
         } => {
             for n in s.nodes.values_mut() {
                 if n.state == NodeState::Up
-                    && now_ms.saturating_sub(n.last_heartbeat_ms) > MISSED_BEATS * heartbeat_ms
+                    && now_ms.saturating_sub(n.last_heartbeat_ms)
+                        > MISSED_BEATS.saturating_mul(heartbeat_ms)
                 {
                     n.state = NodeState::Down;
                 }
@@ -583,6 +603,7 @@ fn apply_inner(s: &mut State, cmd: Command) -> Result<Outcome, Error> {
             for id in expired {
                 end_lease(s, id, now_ms)?;
             }
+            s.revoked.retain(|_, expires_at_ms| *expires_at_ms > now_ms);
             Ok(Outcome::Done)
         }
         Command::Deregister { node_id } => {
@@ -597,48 +618,18 @@ fn apply_inner(s: &mut State, cmd: Command) -> Result<Outcome, Error> {
             req,
             now_ms,
         } => {
-            if name.is_empty()
-                || name.len() > 128
-                || !name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-            {
-                return Err(Error::Invalid(format!(
-                    "volume name {name:?}: 1-128 of [A-Za-z0-9._-]"
-                )));
-            }
+            validate::volume_name(&name)?;
             if s.volumes.contains_key(&name) {
                 return Err(Error::VolumeExists(name));
             }
-            if size == 0 {
-                return Err(Error::Invalid(format!(
-                    "volume {name:?}: size must be greater than 0"
-                )));
-            }
-            match layout {
-                Layout::Mirror { copies } if copies < 2 => {
-                    return Err(Error::Invalid(format!(
-                        "mirror needs at least 2 copies, got {copies}"
-                    )))
-                }
-                Layout::Stripe { width, .. } if width < 2 => {
-                    return Err(Error::Invalid(format!(
-                        "stripe needs a width of at least 2, got {width}"
-                    )))
-                }
-                Layout::Stripe { unit, .. } if unit % alloc::ALIGN != 0 => {
-                    return Err(Error::Invalid(format!(
-                        "stripe unit {unit} must be a multiple of {}",
-                        alloc::ALIGN
-                    )))
-                }
-                _ => {}
-            }
+            validate::volume_size(&name, size)?;
+            validate::layout(layout)?;
+            validate::requirements(&req)?;
             let pieces = alloc::allocate(&candidates(s), layout, size, req.spread_failure_domains)
                 .map_err(Error::Insufficient)?;
-            let epoch = new_epoch(s);
+            let epoch = new_epoch(s)?;
             let v = VolumeRec {
-                id: new_id(s),
+                id: new_id(s)?,
                 name: name.clone(),
                 size: alloc::align_up(size),
                 layout,
@@ -658,8 +649,13 @@ fn apply_inner(s: &mut State, cmd: Command) -> Result<Outcome, Error> {
             s.volumes.insert(name, v.clone());
             Ok(Outcome::Volume(v))
         }
-        Command::ResizeVolume { name, size } => resize::resize(s, &name, size).map(Outcome::Volume),
+        Command::ResizeVolume { name, size } => {
+            validate::volume_name(&name)?;
+            validate::volume_size(&name, size)?;
+            resize::resize(s, &name, size).map(Outcome::Volume)
+        }
         Command::DeleteVolume { name } => {
+            validate::volume_name(&name)?;
             volume(s, &name)?;
             refuse_if_leased(s, &name, "deleting")?;
             let v = s.volumes.get_mut(&name).expect("checked above");
@@ -667,6 +663,7 @@ fn apply_inner(s: &mut State, cmd: Command) -> Result<Outcome, Error> {
             Ok(Outcome::Volume(v.clone()))
         }
         Command::PurgeVolume { name } => {
+            validate::volume_name(&name)?;
             if !volume(s, &name)?.deleting {
                 return Err(Error::Invalid(format!(
                     "volume {name:?} is not being deleted"
@@ -687,12 +684,9 @@ fn apply_inner(s: &mut State, cmd: Command) -> Result<Outcome, Error> {
             ttl_ms,
             now_ms,
         } => {
-            if host.is_empty() {
-                return Err(Error::Invalid("a host id is needed to mount".into()));
-            }
-            if ttl_ms == 0 {
-                return Err(Error::Invalid("a lease needs a ttl above 0".into()));
-            }
+            validate::volume_name(&name)?;
+            validate::host_id(&host)?;
+            let expires_at_ms = validate::expiry(ttl_ms, now_ms)?;
             let v = volume(s, &name)?.clone();
             refuse_if_deleting(&v)?;
             if rw {
@@ -704,8 +698,8 @@ fn apply_inner(s: &mut State, cmd: Command) -> Result<Outcome, Error> {
                     });
                 }
             }
-            let epoch = if rw { new_epoch(s) } else { v.epoch };
-            let id = new_id(s);
+            let epoch = if rw { new_epoch(s)? } else { v.epoch };
+            let id = new_id(s)?;
             let l = LeaseRec {
                 id,
                 volume: name.clone(),
@@ -713,7 +707,7 @@ fn apply_inner(s: &mut State, cmd: Command) -> Result<Outcome, Error> {
                 rw,
                 epoch,
                 started_ms: now_ms,
-                expires_at_ms: now_ms + ttl_ms,
+                expires_at_ms,
             };
             let vol = s.volumes.get_mut(&name).expect("checked above");
             vol.epoch = epoch;
@@ -738,11 +732,12 @@ fn apply_inner(s: &mut State, cmd: Command) -> Result<Outcome, Error> {
             ttl_ms,
             now_ms,
         } => {
+            let expires_at_ms = validate::expiry(ttl_ms, now_ms)?;
             let l = s
                 .leases
                 .get_mut(&lease_id)
                 .ok_or(Error::UnknownLease(lease_id))?;
-            l.expires_at_ms = now_ms + ttl_ms.max(1);
+            l.expires_at_ms = expires_at_ms;
             // A renewal hands out tokens at the volume's current epoch.
             let vol = s
                 .volumes
@@ -758,25 +753,40 @@ fn apply_inner(s: &mut State, cmd: Command) -> Result<Outcome, Error> {
         }
         Command::Revoke { lease_id, now_ms } => {
             let l = end_lease(s, lease_id, now_ms)?;
-            let epoch = new_epoch(s);
-            let vol = s
-                .volumes
-                .get_mut(&l.volume)
-                .ok_or_else(|| Error::UnknownVolume(l.volume.clone()))?;
-            vol.epoch = epoch;
+            // Nodes refuse this lease's tokens (their nonce is the lease id) until they expire.
+            s.revoked.insert(l.id, l.expires_at_ms);
+            // Only a writer's revocation raises the epoch: that fences its in-flight writes on
+            // every node. A reader has nothing to fence, and raising the epoch would fence the
+            // volume's current writer instead (its failure reports would then be refused).
+            if l.rw {
+                let epoch = new_epoch(s)?;
+                let vol = s
+                    .volumes
+                    .get_mut(&l.volume)
+                    .ok_or_else(|| Error::UnknownVolume(l.volume.clone()))?;
+                vol.epoch = epoch;
+            }
+            let vol = volume(s, &l.volume)?;
             Ok(Outcome::Volume(vol.clone()))
         }
         Command::FailCopies {
             lease_id,
             copies,
-            reason: _,
+            reason,
             now_ms,
-        } => mark_copies(s, lease_id, &copies, true, now_ms).map(Outcome::Volume),
+        } => {
+            validate::copies(&copies)?;
+            validate::reason(&reason)?;
+            mark_copies(s, lease_id, &copies, true, now_ms).map(Outcome::Volume)
+        }
         Command::RebuiltCopies {
             lease_id,
             copies,
             now_ms,
-        } => mark_copies(s, lease_id, &copies, false, now_ms).map(Outcome::Volume),
+        } => {
+            validate::copies(&copies)?;
+            mark_copies(s, lease_id, &copies, false, now_ms).map(Outcome::Volume)
+        }
     }
 }
 

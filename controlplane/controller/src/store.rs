@@ -6,6 +6,7 @@
 use std::path::Path;
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{de::DeserializeOwned, Serialize};
 
 use crate::state::{Command, State};
 
@@ -18,6 +19,10 @@ pub enum StoreError {
     /// The stored state could not be decoded.
     #[error("store holds an unreadable state: {0}")]
     Corrupt(String),
+    /// The state or command would not read back as written (nothing was committed): storing it
+    /// would leave a controller that cannot start again.
+    #[error("store refuses to commit what it could not read back: {0}")]
+    Unfaithful(String),
 }
 
 /// Persistence of the controller's state (redb embedded; etcd for HA comes later).
@@ -49,6 +54,24 @@ impl RedbStore {
     }
 }
 
+/// `v` encoded, after checking that it decodes to itself: JSON has no NaN or infinity (serde
+/// writes `null` and cannot read it back), so one bad number committed would make every later
+/// `load` fail.
+fn faithful<T>(v: &T, what: &str) -> Result<Vec<u8>, StoreError>
+where
+    T: Serialize + DeserializeOwned + PartialEq,
+{
+    let bytes =
+        serde_json::to_vec(v).map_err(|e| StoreError::Unfaithful(format!("{what}: {e}")))?;
+    match serde_json::from_slice::<T>(&bytes) {
+        Ok(back) if back == *v => Ok(bytes),
+        Ok(_) => Err(StoreError::Unfaithful(format!(
+            "{what} decodes to a different value"
+        ))),
+        Err(e) => Err(StoreError::Unfaithful(format!("{what}: {e}"))),
+    }
+}
+
 impl Store for RedbStore {
     fn load(&self) -> Result<State, StoreError> {
         let tx = self.db.begin_read().map_err(db_err)?;
@@ -66,8 +89,8 @@ impl Store for RedbStore {
     }
 
     fn commit(&self, state: &State, cmd: &Command) -> Result<(), StoreError> {
-        let bytes = serde_json::to_vec(state).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let cmd = serde_json::to_vec(cmd).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let bytes = faithful(state, "state")?;
+        let cmd = faithful(cmd, "command")?;
         let tx = self.db.begin_write().map_err(db_err)?;
         {
             let mut t = tx.open_table(STATE).map_err(db_err)?;
@@ -111,5 +134,49 @@ mod tests {
         let s = st.load().unwrap();
         assert_eq!(s.nodes.len(), 1);
         assert_eq!(s.nodes.values().next().unwrap().address, "a:1");
+    }
+
+    /// A NaN price reached the store once and the controller could not start again.
+    #[test]
+    fn a_state_that_would_not_read_back_is_not_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let st = RedbStore::open(dir.path()).unwrap();
+        let cmd = Command::Register {
+            node_id: 0,
+            address: "a:1".into(),
+            version: "v".into(),
+            failure_domain: String::new(),
+            now_ms: 1,
+        };
+        let mut good = State::default();
+        apply(&mut good, cmd.clone()).unwrap();
+        st.commit(&good, &cmd).unwrap();
+        for price in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+            let mut bad = good.clone();
+            bad.usage.insert(
+                9,
+                crate::state::UsageRec {
+                    lease_id: 9,
+                    price_per_gib_hour: price,
+                    ..Default::default()
+                },
+            );
+            let e = st.commit(&bad, &cmd).unwrap_err();
+            assert!(matches!(e, StoreError::Unfaithful(_)), "{price}: {e}");
+        }
+        // An ordinary fraction reads back exactly (serde_json's float_roundtrip).
+        let mut priced = good.clone();
+        priced.usage.insert(
+            9,
+            crate::state::UsageRec {
+                lease_id: 9,
+                price_per_gib_hour: 0.1 + 0.2,
+                ..Default::default()
+            },
+        );
+        st.commit(&priced, &cmd).unwrap();
+        drop(st);
+        let st = RedbStore::open(dir.path()).unwrap();
+        assert_eq!(st.load().unwrap(), priced);
     }
 }

@@ -422,7 +422,41 @@ fn three_nodes_every_layout_missed_beats_bad_input_and_reflection() {
         let Some(MessageResponse::ListServicesResponse(list)) = resp.message_response else {
             panic!("{resp:?}")
         };
-        let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+        let mut names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+        // The older protocol too: grpcurl before 1.9 and many other clients ask only for it.
+        {
+            use tonic_reflection::pb::v1alpha::{
+                server_reflection_client::ServerReflectionClient,
+                server_reflection_request::MessageRequest,
+                server_reflection_response::MessageResponse, ServerReflectionRequest,
+            };
+            let req = ServerReflectionRequest {
+                host: String::new(),
+                message_request: Some(MessageRequest::ListServices(String::new())),
+            };
+            let resp = ServerReflectionClient::new(ch.clone())
+                .server_reflection_info(tokio_stream::iter(vec![req]))
+                .await
+                .expect("reflection v1alpha is served")
+                .into_inner()
+                .message()
+                .await
+                .unwrap()
+                .unwrap();
+            let Some(MessageResponse::ListServicesResponse(list)) = resp.message_response else {
+                panic!("{resp:?}")
+            };
+            let alpha: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+            // Each version lists its own reflection service; the others are the same.
+            let ours = |v: &[String]| -> Vec<String> {
+                v.iter()
+                    .filter(|n| !n.starts_with("grpc.reflection."))
+                    .cloned()
+                    .collect()
+            };
+            assert_eq!(ours(&alpha), ours(&names), "v1alpha lists what v1 lists");
+            names = alpha;
+        }
         for s in [
             "dasmesh.v1.Volumes",
             "dasmesh.v1.Leases",

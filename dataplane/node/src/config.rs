@@ -34,7 +34,9 @@ impl Reserve {
         match self {
             Reserve::Head(n) => {
                 let start = (n.div_ceil(4096) * 4096).min(size);
-                (start, size - start)
+                // Whole 4 KiB blocks only: the controller refuses a report that lends a
+                // partial block at the end of a device.
+                (start, (size - start) / 4096 * 4096)
             }
             Reserve::Tail(from) => (0, (from.min(size) / 4096) * 4096),
         }
@@ -264,6 +266,11 @@ mod tests {
             (512 << 20, 512 << 20)
         );
         assert_eq!(Reserve::Head(0).reserved(g), (0, 0));
+        assert_eq!(
+            Reserve::Head(4096).lendable(g + 1000),
+            (4096, g - 4096),
+            "a partial block at the end is not lent"
+        );
         assert!("1M..2M"
             .parse::<Reserve>()
             .unwrap_err()

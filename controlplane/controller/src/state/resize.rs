@@ -26,7 +26,7 @@ pub(super) fn resize(s: &mut State, name: &str, size: u64) -> Result<VolumeRec, 
         }
         let shrunk = shrink(&v, size)?;
         // A fresh epoch: newer than any token for the freed ranges carried.
-        let epoch = new_epoch(s);
+        let epoch = new_epoch(s)?;
         freed::record(s, &v, &shrunk, epoch);
         shrunk
     } else {
@@ -129,7 +129,7 @@ fn grow(s: &mut State, v: &VolumeRec, size: u64) -> Result<VolumeRec, Error> {
                 .collect()
         }
     };
-    let epoch = new_epoch(s);
+    let epoch = new_epoch(s)?;
     out.extents
         .extend(pieces.into_iter().map(|piece| ExtentRec {
             piece,

@@ -1,7 +1,9 @@
 use super::*;
 
 mod alloc_props;
+mod bounds;
 mod failures;
+mod lifecycle;
 mod safety;
 
 const G: u64 = 1 << 30;
@@ -14,6 +16,8 @@ fn dev(id: u32, size: u64) -> DeviceRec {
         size,
         lendable_start: 0,
         lendable_length: size,
+        reserved_start: 0,
+        reserved_length: 0,
     }
 }
 
@@ -110,7 +114,16 @@ fn every_layout_allocates_and_volumes_share_devices_disjointly() {
     let a = create(&mut s, "a", 10 * G, Layout::Single).unwrap();
     let b = create(&mut s, "b", 10 * G, Layout::Single).unwrap();
     let m = create(&mut s, "m", 40 * G, Layout::Mirror { copies: 3 }).unwrap();
-    let st = create(&mut s, "st", 20 * G, Layout::Stripe { width: 2, unit: 0 }).unwrap();
+    let st = create(
+        &mut s,
+        "st",
+        20 * G,
+        Layout::Stripe {
+            width: 2,
+            unit: 64 << 10,
+        },
+    )
+    .unwrap();
     let c = create(&mut s, "c", 100 * G, Layout::Concat).unwrap();
     assert_eq!(m.extents.len(), 3);
     assert_eq!(st.extents.len(), 2);
@@ -140,24 +153,27 @@ fn every_layout_allocates_and_volumes_share_devices_disjointly() {
 #[test]
 fn owner_reservations_are_never_lent() {
     let mut s = State::default();
-    apply(
+    let Outcome::Node(n) = apply(
         &mut s,
         Command::Register {
-            node_id: 7,
+            node_id: 0,
             address: "n:1".into(),
             version: String::new(),
             failure_domain: String::new(),
             now_ms: 0,
         },
     )
-    .unwrap();
+    .unwrap() else {
+        panic!()
+    };
     let mut d = dev(0, 10 * G);
     d.lendable_start = 4 * G;
     d.lendable_length = 6 * G;
+    d.reserved_length = 4 * G;
     apply(
         &mut s,
         Command::ReportDevices {
-            node_id: 7,
+            node_id: n.id,
             devices: vec![d],
         },
     )
@@ -173,7 +189,7 @@ fn owner_reservations_are_never_lent() {
     let e = apply(
         &mut s,
         Command::ReportDevices {
-            node_id: 7,
+            node_id: n.id,
             devices: vec![bad],
         },
     )
@@ -410,17 +426,19 @@ mod sequences {
     fn reserved_pool() -> State {
         let mut s = State::default();
         for i in 0..3u64 {
-            apply(
+            let Outcome::Node(n) = apply(
                 &mut s,
                 Command::Register {
-                    node_id: i + 1,
+                    node_id: 0,
                     address: format!("n{i}:1"),
                     version: String::new(),
                     failure_domain: String::new(),
                     now_ms: 0,
                 },
             )
-            .unwrap();
+            .unwrap() else {
+                panic!()
+            };
             let d = DeviceRec {
                 device_id: 0,
                 path: "d".into(),
@@ -428,11 +446,13 @@ mod sequences {
                 size: 64 * M,
                 lendable_start: 8 * M,
                 lendable_length: 56 * M,
+                reserved_start: 0,
+                reserved_length: 8 * M,
             };
             apply(
                 &mut s,
                 Command::ReportDevices {
-                    node_id: i + 1,
+                    node_id: n.id,
                     devices: vec![d],
                 },
             )

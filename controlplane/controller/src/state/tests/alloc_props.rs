@@ -52,10 +52,13 @@ fn layout(i: u8) -> (Layout, bool) {
 }
 
 fn register(s: &mut State, id: u64, now_ms: u64) {
-    apply(
+    // Ids are the controller's to assign: a node new to the state registers with 0 and, as the
+    // pool is built first, gets the next id, which is `id`.
+    let claim = if s.nodes.contains_key(&id) { id } else { 0 };
+    let out = apply(
         s,
         Command::Register {
-            node_id: id,
+            node_id: claim,
             address: format!("n{id}:1"),
             version: String::new(),
             failure_domain: format!("rack{}", id % 2),
@@ -63,6 +66,7 @@ fn register(s: &mut State, id: u64, now_ms: u64) {
         },
     )
     .unwrap();
+    assert!(matches!(out, Outcome::Node(n) if n.id == id));
 }
 
 /// Four nodes in two racks; nodes 1 and 2 have two devices, 3 and 4 one.
@@ -78,6 +82,8 @@ fn pool() -> State {
                 size: RESERVED + LENDABLE,
                 lendable_start: RESERVED,
                 lendable_length: LENDABLE,
+                reserved_start: 0,
+                reserved_length: RESERVED,
             })
             .collect();
         apply(
