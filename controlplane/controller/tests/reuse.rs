@@ -1,6 +1,7 @@
-//! Ranges changing hands, with the real controller and nodes on 127.0.0.1: a shrink's tail
-//! reaches the next volume only zeroed, a volume grown onto a range a newer (deleted) volume
-//! fenced still mounts read-only, and a grown mirror survives the loss of any one node.
+//! Ranges and leases changing hands, with the real controller and nodes on 127.0.0.1: a
+//! shrink's tail reaches the next volume only zeroed, a volume grown onto a range a newer
+//! (deleted) volume fenced still mounts read-only, a grown mirror survives the loss of any one
+//! node, and revoking a reader cuts off that reader alone.
 
 use std::time::Duration;
 
@@ -278,5 +279,69 @@ fn a_grown_mirror_survives_losing_any_one_node() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         panic!("the killed node was never marked down");
+    });
+}
+
+#[test]
+fn revoking_a_reader_cuts_off_the_reader_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let ctl = Process::controller(&dir.path().join("ctl"), "127.0.0.1:0");
+    let _n = Process::node(dir.path(), &ctl.addr, "n1");
+    runtime().block_on(async {
+        let ch = channel(&ctl.addr).await;
+        create(&ch, "v", 32 * M, "single").await;
+        let (_, writer) = mount_and_open(&ch, "v", "writer", v1::Access::ReadWrite).await;
+        let mut leases = v1::leases_client::LeasesClient::new(ch.clone());
+        let m = leases
+            .mount(v1::MountRequest {
+                volume: "v".into(),
+                host_id: "reader".into(),
+                access: v1::Access::ReadOnly as i32,
+                ttl_ms: 60_000,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let x = m.extents[0].extent.clone().unwrap();
+        let token = Token::from_text(&m.extents[0].token).unwrap();
+        let opts = ConnectOptions::default();
+        let open = || Connection::connect(&x.node_address, DeviceId(x.device_id), &token, &opts);
+        let reader = open().await.unwrap();
+        reader.read(x.offset, 4096).await.unwrap();
+        let epoch = m.lease.as_ref().unwrap().epoch;
+        let r = leases
+            .revoke(v1::RevokeRequest {
+                lease_id: m.lease.unwrap().lease_id,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        // The node learns of it with a heartbeat (200 ms here): the reader's session fails.
+        let mut refused = None;
+        for _ in 0..100 {
+            match reader.read(x.offset, 4096).await {
+                Ok(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                Err(e) => {
+                    refused = e.status();
+                    break;
+                }
+            }
+        }
+        assert_eq!(refused, Some(dasmesh_wire::Status::Revoked));
+        let e = open().await.unwrap_err();
+        assert_eq!(e.status(), Some(dasmesh_wire::Status::Revoked), "{e}");
+        // The writer was not fenced: same epoch, and its session still writes.
+        let (wx, wc) = &writer[0];
+        wc.write(wx.offset, &[7u8; 4096], true).await.unwrap();
+        let v = v1::volumes_client::VolumesClient::new(ch.clone())
+            .get(v1::GetVolumeRequest { name: "v".into() })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            (r.new_epoch, v.epoch),
+            (epoch, epoch),
+            "a reader's revocation keeps the epoch"
+        );
     });
 }
