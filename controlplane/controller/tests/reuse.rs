@@ -8,17 +8,13 @@ use std::time::Duration;
 use dasmesh_api::v1;
 use dasmesh_client::{ConnectOptions, Connection};
 use dasmesh_testkit::Process;
+
+mod common;
+
+use common::{channel, mount_and_open};
 use dasmesh_wire::{DeviceId, Token};
 
 const M: u64 = 1 << 20;
-
-async fn channel(addr: &str) -> tonic::transport::Channel {
-    tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap()
-}
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
@@ -49,41 +45,6 @@ async fn resize(ch: &tonic::transport::Channel, name: &str, size: u64) -> v1::Vo
         .await
         .unwrap_or_else(|e| panic!("resize {name}: {e}"))
         .into_inner()
-}
-
-/// Mounts `volume` and opens every extent with its token (panics if a node refuses one).
-/// Returns the lease id and each extent with its connection.
-async fn mount_and_open(
-    ch: &tonic::transport::Channel,
-    volume: &str,
-    host: &str,
-    access: v1::Access,
-) -> (u64, Vec<(v1::Extent, Connection)>) {
-    let m = v1::leases_client::LeasesClient::new(ch.clone())
-        .mount(v1::MountRequest {
-            volume: volume.into(),
-            host_id: host.into(),
-            access: access as i32,
-            ttl_ms: 60_000,
-        })
-        .await
-        .unwrap_or_else(|e| panic!("mount {volume}: {e}"))
-        .into_inner();
-    let mut out = Vec::new();
-    for me in m.extents {
-        let x = me.extent.expect("extent");
-        let token = Token::from_text(&me.token).unwrap();
-        let c = Connection::connect(
-            &x.node_address,
-            DeviceId(x.device_id),
-            &token,
-            &ConnectOptions::default(),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("volume {volume}, extent at {}: {e}", x.offset));
-        out.push((x, c));
-    }
-    (m.lease.expect("lease").lease_id, out)
 }
 
 async fn unmount(ch: &tonic::transport::Channel, lease_id: u64) {
