@@ -187,7 +187,7 @@ async fn read_requests<R: AsyncRead + Unpin>(
         match got {
             Ok(true) => {}
             Ok(false) => return Ok(()),
-            Err(e) => return Ok(went(gone, "reading requests", &e)),
+            Err(e) => return went(gone, "reading requests", &e),
         }
         let req = Request::decode(&h);
         let verdict = check(&req, export);
@@ -225,7 +225,7 @@ async fn read_requests<R: AsyncRead + Unpin>(
                     r = rd.read_exact(&mut data) => r,
                 };
                 if let Err(e) = r {
-                    return Ok(went(gone, "reading a WRITE payload", &e));
+                    return went(gone, "reading a WRITE payload", &e);
                 }
                 Job::Run {
                     handle: req.handle,
@@ -250,7 +250,7 @@ async fn read_requests<R: AsyncRead + Unpin>(
                         r = drain(&mut rd, payload as u64) => r,
                     };
                     if let Err(e) = r {
-                        return Ok(went(gone, "draining a refused WRITE", &e));
+                        return went(gone, "draining a refused WRITE", &e);
                     }
                 }
                 Job::Answer {
@@ -267,11 +267,12 @@ async fn read_requests<R: AsyncRead + Unpin>(
     }
 }
 
-/// Marks the client gone after a socket error or EOF (logged: a client that closes without
-/// DISC is not a fault of the gateway's).
-fn went(gone: &Gone, doing: &str, e: &std::io::Error) {
+/// Marks the client gone after a socket error or EOF. Not an error of the connection's: a
+/// client may close without DISC (a hard disconnect, in the spec's words).
+fn went(gone: &Gone, doing: &str, e: &std::io::Error) -> Result<(), TransmitError> {
     tracing::debug!("{doing}: {e}");
     gone.set();
+    Ok(())
 }
 
 /// The dispatcher: takes queued requests in order, waits for each READ's budget, and runs each
@@ -427,7 +428,7 @@ async fn write_replies<W: AsyncWrite + Unpin>(
         drop(slices);
         batch.clear();
         if let Err(e) = r {
-            went(&gone, "writing replies", &e);
+            let _ = went(&gone, "writing replies", &e);
             break;
         }
     }
