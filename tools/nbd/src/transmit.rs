@@ -27,6 +27,9 @@ pub use crate::request::{check, Action, Verdict};
 pub const MAX_INFLIGHT: usize = 512;
 /// Replies sent in one vectored write at most (two slices each; IOV_MAX is 1024).
 const MAX_BATCH: usize = 256;
+/// How long a stopping gateway waits for a connection's replies to be taken before it drops
+/// the connection: a client that reads no replies would otherwise hold the stop for ever.
+pub const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Whether the client has gone (its socket reached EOF without `NBD_CMD_DISC`, or broke): set
 /// once, by the reader or the writer; every part of the connection stops when it is.
@@ -109,7 +112,7 @@ struct Tally {
 
 /// Serves requests from `rd`, answering on `wr`, until the client sends `NBD_CMD_DISC`, goes
 /// away, or `stop` turns true. After DISC or `stop`: no new requests; those read are carried
-/// out and answered. When the client goes away (EOF or a socket error on either side), the
+/// out and answered (after `stop`, within [`STOP_GRACE`]: then the client counts as gone). When the client goes away (EOF or a socket error on either side), the
 /// requests it queued are dropped unstarted and its READs in flight abandoned: nobody is left
 /// to read their replies (writes in flight finish, so the volume never sees half a write
 /// cancelled mid-way). READ and WRITE data come out of `share` (see [`crate::budget`]). Returns
@@ -145,6 +148,18 @@ where
         gone.clone(),
         Arc::clone(&tally),
     ));
+    let grace = tokio::spawn({
+        let (gone, mut stop) = (gone.clone(), stop.clone());
+        async move {
+            if stop.wait_for(|s| *s).await.is_ok() {
+                tokio::time::sleep(STOP_GRACE).await;
+                tracing::warn!(
+                    "stopping: replies still not taken after {STOP_GRACE:?}; disconnecting"
+                );
+                gone.set();
+            }
+        }
+    });
     let result = read_requests(rd, &export, &share, jobs_tx, stop, &gone).await;
     for t in [dispatcher, writer] {
         if let Err(e) = t.await {
@@ -153,6 +168,7 @@ where
             }
         }
     }
+    grace.abort();
     result?;
     Ok(Ending {
         gone: gone.is_set(),

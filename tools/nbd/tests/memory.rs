@@ -180,3 +180,37 @@ fn the_reads_of_clients_that_went_away_are_not_carried_out() {
     // The gateway still serves.
     assert_eq!(stay.read(4096, 4096), Ok(vec![1; 4096]));
 }
+
+#[test]
+fn a_client_that_reads_no_replies_does_not_hold_a_stopping_gateway() {
+    let c = Cluster::start(1);
+    c.create_now("stop", "single", SIZE);
+    let mut gw = c.gateway("stop", &["--max-buffer", "64M", "--readahead", "0"]);
+    let _hog = hog(&gw.addr, 32);
+    // Its share fills with replies it does not read (the gateway's memory shows them).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while vm_rss(gw.child.id()) < u64::from(BIG) {
+        assert!(Instant::now() < deadline, "the hog's reads never ran");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let pid = gw.child.id().to_string();
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    // It waits STOP_GRACE (10 s) for the replies to be taken, then drops the connection.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(s) = gw.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the gateway did not exit within 60 s of SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(status.success(), "gateway exited with {status}");
+    c.mount("stop").expect("the gateway's lease has ended");
+}
