@@ -589,3 +589,22 @@ fn a_closed_pipe_on_stdout_ends_every_kind_of_command_quietly() {
         assert_eq!(status.code(), Some(0), "dasmesh {a:?}: {status}: {err}");
     }
 }
+
+#[test]
+fn an_nbd_budget_below_one_mib_is_refused_before_anything_starts() {
+    // No controller listens there: the budget is checked before the mount is tried.
+    let err = fails(&[
+        "--controller",
+        "http://127.0.0.1:9",
+        "nbd",
+        "serve",
+        "v",
+        "--max-buffer",
+        "100k",
+    ]);
+    assert!(
+        err.contains("--max-buffer") && err.contains("102400") && err.contains("1 MiB"),
+        "{err}"
+    );
+    assert_eq!(err.matches("102400").count(), 1, "said once: {err}");
+}

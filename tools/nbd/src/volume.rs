@@ -90,7 +90,7 @@ pub struct GatewayOptions {
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
     /// The memory budget is unusable.
-    #[error("--max-buffer: {0}")]
+    #[error("--max-buffer")]
     Budget(#[from] BudgetError),
     /// The volume could not be mounted.
     #[error("mount {volume}: {source}")]
