@@ -278,7 +278,7 @@ async fn read(t: &Target, offset: u64, length: u64, output: &PathBuf) -> anyhow:
     let c = connect(t).await?;
     let chunk = u64::from(c.info().max_io_size).max(u64::from(c.info().block_size));
     let mut out: Box<dyn std::io::Write> = if output.as_os_str() == "-" {
-        Box::new(std::io::stdout().lock())
+        Box::new(crate::out::Stdout)
     } else {
         Box::new(std::io::BufWriter::new(
             std::fs::File::create(output)

@@ -1,11 +1,30 @@
 //! `dasmesh`: the operator and host command line.
 #![forbid(unsafe_code)]
 
+// Every `println!` and `print!` in this crate: std's, except that a closed pipe on stdout ends
+// the process quietly instead of panicking (out.rs says why). Defined before the modules so
+// their textual scope covers all of them.
+macro_rules! println {
+    () => {
+        $crate::out::line(format_args!(""))
+    };
+    ($($arg:tt)*) => {
+        $crate::out::line(format_args!($($arg)*))
+    };
+}
+#[allow(unused_macros)]
+macro_rules! print {
+    ($($arg:tt)*) => {
+        $crate::out::text(format_args!($($arg)*))
+    };
+}
+
 mod ctl;
 mod demo;
 mod io;
 mod keys;
 mod nbd;
+mod out;
 mod vol;
 
 use clap::{Parser, Subcommand};

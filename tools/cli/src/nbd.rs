@@ -48,6 +48,13 @@ pub struct ServeArgs {
     /// and cores are spare, slower when the CPU is the limit (tools/nbd/README.md).
     #[arg(long, value_enum, default_value_t = Poll::Interrupt)]
     poll: Poll,
+    /// Memory for READ and WRITE data, all clients together (e.g. `256M`, at least `1M`). One
+    /// connection holds at most a quarter of it, and the largest request accepted (the
+    /// maximum block size advertised) is the largest power of two within that quarter, up to
+    /// 32 MiB. A client whose requests would exceed its part waits (its requests are not read)
+    /// until its replies drain (tools/nbd/README.md, "Memory").
+    #[arg(long, default_value = "256M", value_parser = crate::ctl::size_arg)]
+    max_buffer: u64,
     /// Reach nodes on this machine over loopback TCP instead of their same-host Unix socket.
     #[arg(long)]
     no_local_socket: bool,
@@ -99,6 +106,7 @@ pub fn run(cmd: NbdCmd, controller: &str) -> anyhow::Result<()> {
             Poll::Adaptive => PollMode::Adaptive,
             Poll::Interrupt => PollMode::Interrupt,
         },
+        max_buffer: a.max_buffer,
     };
     rt.block_on(dasmesh_nbd::serve_volume(
         controller,

@@ -474,3 +474,137 @@ fn control_plane_commands_against_a_real_controller() {
     let err = fails(&["--controller", "http://127.0.0.1:1", "node", "list"]);
     assert!(err.contains("cannot reach the controller"), "{err}");
 }
+
+/// Runs dasmesh with `args`, its stdout a pipe whose reading end is closed before it writes:
+/// (exit status, stderr).
+fn into_closed_pipe(args: &[&str]) -> (std::process::ExitStatus, String) {
+    use std::io::Read as _;
+    use std::process::Stdio;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_dasmesh"))
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run dasmesh");
+    drop(child.stdout.take());
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut err)
+        .unwrap();
+    (child.wait().unwrap(), err)
+}
+
+#[test]
+fn a_closed_pipe_on_stdout_ends_every_kind_of_command_quietly() {
+    use dasmesh_testkit::Process;
+    let dir = tempfile::tempdir().unwrap();
+    let ctl = Process::controller(&dir.path().join("ctl"), "127.0.0.1:0");
+    let _n = Process::node(dir.path(), &ctl.addr, "n1");
+    let url = format!("http://{}", ctl.addr);
+    let c = |a: &[&str]| -> Vec<String> {
+        ["--controller", url.as_str()]
+            .iter()
+            .chain(a)
+            .map(|x| x.to_string())
+            .collect()
+    };
+    ok(&c(&["volume", "create", "v", "--size", "4M"])
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>());
+    let keys = dir.path().join("keys");
+    ok(&["keygen", "--out", s(&keys)]);
+    let node = dasmesh_testkit::Node::start(&["file:{dir}/d.img:4M"], &[]);
+    let tok = dir.path().join("tok");
+    let minted = ok(&[
+        "token",
+        "mint",
+        "--key",
+        s(&node.key_dir()),
+        "--device",
+        "0",
+        "--range",
+        "0..4M",
+        "--rights",
+        "ro",
+    ]);
+    std::fs::write(&tok, minted).unwrap();
+    let mut runs: Vec<Vec<String>> = [
+        &["volume", "list"][..],
+        &["--json", "volume", "list"],
+        &["pool"],
+        &["node", "list"],
+        &["lease", "list"],
+        &["usage"],
+    ]
+    .iter()
+    .map(|a| c(a))
+    .collect();
+    runs.push(
+        [
+            "token",
+            "mint",
+            "--key",
+            s(&keys),
+            "--device",
+            "0",
+            "--range",
+            "0..1M",
+            "--rights",
+            "ro",
+        ]
+        .map(String::from)
+        .to_vec(),
+    );
+    runs.push(
+        [
+            "io",
+            "read",
+            "--node",
+            &node.addr,
+            "--token-file",
+            s(&tok),
+            "--device",
+            "0",
+            "--offset",
+            "0",
+            "--length",
+            "4M",
+            "--output",
+            "-",
+        ]
+        .map(String::from)
+        .to_vec(),
+    );
+    for args in runs {
+        let a: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (status, err) = into_closed_pipe(&a);
+        assert!(
+            !err.contains("panicked") && !err.contains("Broken pipe"),
+            "dasmesh {a:?} on a closed pipe: {err}"
+        );
+        assert_eq!(status.code(), Some(0), "dasmesh {a:?}: {status}: {err}");
+    }
+}
+
+#[test]
+fn an_nbd_budget_below_one_mib_is_refused_before_anything_starts() {
+    // No controller listens there: the budget is checked before the mount is tried.
+    let err = fails(&[
+        "--controller",
+        "http://127.0.0.1:9",
+        "nbd",
+        "serve",
+        "v",
+        "--max-buffer",
+        "100k",
+    ]);
+    assert!(
+        err.contains("--max-buffer") && err.contains("102400") && err.contains("1 MiB"),
+        "{err}"
+    );
+    assert_eq!(err.matches("102400").count(), 1, "said once: {err}");
+}

@@ -21,6 +21,9 @@ pub struct Export {
     pub size: u64,
     /// Minimum block size: offsets and lengths must be multiples (the volume's block size).
     pub min_block: u32,
+    /// Maximum block size: the largest READ or WRITE accepted (at most [`MAX_BLOCK`]; less
+    /// under a small memory budget, see [`crate::budget::Budget::max_request`]).
+    pub max_block: u32,
     /// Writes, trims and zeroes are refused with EPERM.
     pub read_only: bool,
 }
@@ -181,6 +184,7 @@ mod tests {
             description: String::new(),
             size: 1 << 20,
             min_block: 512,
+            max_block: MAX_BLOCK,
             read_only,
         }
     }

@@ -3,8 +3,10 @@
 //!
 //! - [`proto`]: the NBD wire format (pure codecs).
 //! - [`negotiate`]: the fixed-newstyle handshake (a pure decision step and a thin loop).
-//! - [`transmit`]: the transmission phase: requests checked by a pure [`transmit::check`],
-//!   run concurrently, replies batched by one writer.
+//! - [`request`]: what a request header asks for, decided by a pure [`request::check`].
+//! - [`transmit`]: the transmission phase: requests run concurrently within the memory budget,
+//!   replies batched by one writer; a client that goes away has its requests dropped.
+//! - [`budget`]: the memory budget for request and reply data, shared by all connections.
 //! - [`readahead`]: sequential readahead in front of the volume, coherent with the writes.
 //! - [`server`]: TCP or Unix listener, many clients at once, graceful stop.
 //! - [`serve_volume`]: mount a volume, serve it, flush and unmount on stop.
@@ -13,15 +15,18 @@
 //! replies only (structured replies are declined), no TLS. See README.md in this crate.
 #![forbid(unsafe_code)]
 
+pub mod budget;
 pub mod export;
 pub mod negotiate;
 pub mod poll;
 pub mod proto;
 pub mod readahead;
+pub mod request;
 pub mod server;
 pub mod transmit;
 mod volume;
 
+pub use budget::{Budget, BudgetError, DEFAULT_BUDGET};
 pub use export::{Backend, Data, Export, Failure, MemoryBackend, MAX_BLOCK};
 pub use poll::PollMode;
 pub use readahead::{Readahead, ReadaheadConfig};

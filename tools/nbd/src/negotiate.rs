@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use crate::export::{Export, MAX_BLOCK};
+use crate::export::Export;
 use crate::proto::{self, info, Opt, OptionHeader, Rep};
 
 /// Option data longer than this is drained and refused (`NBD_REP_ERR_TOO_BIG`): the longest
@@ -135,7 +135,7 @@ impl<'a> Negotiation<'a> {
                 proto::put_option_reply(out, option, Rep::Info, &inf);
                 // Sent whether asked or not: clients ignore what they do not ask for, and
                 // commands that break the constraints are refused cleanly with EINVAL.
-                let bs = proto::info_block_size(e.min_block, e.preferred_block(), MAX_BLOCK);
+                let bs = proto::info_block_size(e.min_block, e.preferred_block(), e.max_block);
                 proto::put_option_reply(out, option, Rep::Info, &bs);
                 if req.requests.contains(&info::NAME) {
                     let d = proto::info_string(info::NAME, &e.name);
@@ -226,6 +226,7 @@ pub(crate) async fn drain<R: AsyncRead + Unpin>(r: &mut R, mut n: u64) -> std::i
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::export::MAX_BLOCK;
     use crate::proto::{decode_option_reply, OptionReply};
 
     fn export() -> Export {
@@ -234,6 +235,7 @@ mod tests {
             description: "a volume".into(),
             size: 8 << 20,
             min_block: 4096,
+            max_block: MAX_BLOCK,
             read_only: false,
         }
     }

@@ -13,6 +13,7 @@ use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+use crate::budget::{Budget, Share};
 use crate::export::{Backend, Export};
 use crate::negotiate::handshake;
 use crate::poll::{Activity, PollMode};
@@ -90,12 +91,14 @@ impl Drop for Listener {
 }
 
 /// Serves `export` from `backend` on `listener` until `shutdown` resolves; then stops accepting,
-/// lets every connection finish and answer the requests it has in flight, and returns. `poll`
-/// says how to wait while requests are in flight (see [`crate::poll`]).
+/// lets every connection finish and answer the requests it has in flight, and returns. Every
+/// connection draws its READ and WRITE data from `budget`. `poll` says how to wait while
+/// requests are in flight (see [`crate::poll`]).
 pub async fn serve<B: Backend>(
     listener: Listener,
     export: Arc<Export>,
     backend: Arc<B>,
+    budget: Budget,
     shutdown: impl Future<Output = ()>,
     poll: PollMode,
 ) {
@@ -123,17 +126,24 @@ pub async fn serve<B: Backend>(
         };
         let id = ids.fetch_add(1, Ordering::Relaxed);
         let (export, backend, stop) = (Arc::clone(&export), Arc::clone(&backend), stop.clone());
-        let activity = Arc::clone(&activity);
+        let c = Ctx {
+            id,
+            export,
+            backend,
+            share: budget.connection(),
+            stop,
+            activity: Arc::clone(&activity),
+        };
         conns.spawn(async move {
             match conn {
                 Conn::Tcp(s, peer) => {
                     tracing::info!(id, %peer, "client connected");
                     let _ = s.set_nodelay(true);
-                    connection(id, s, |s| s.into_split(), export, backend, stop, activity).await;
+                    connection(s, |s| s.into_split(), c).await;
                 }
                 Conn::Unix(s) => {
                     tracing::info!(id, "client connected (unix socket)");
-                    connection(id, s, |s| s.into_split(), export, backend, stop, activity).await;
+                    connection(s, |s| s.into_split(), c).await;
                 }
             }
         });
@@ -162,20 +172,31 @@ async fn accept(l: &Listener) -> std::io::Result<Conn> {
     }
 }
 
-async fn connection<S, R, W, B>(
+/// What one connection is served with.
+struct Ctx<B> {
     id: u64,
-    mut s: S,
-    split: impl FnOnce(S) -> (R, W),
     export: Arc<Export>,
     backend: Arc<B>,
-    mut stop: watch::Receiver<bool>,
+    share: Share,
+    stop: watch::Receiver<bool>,
     activity: Arc<Activity>,
-) where
+}
+
+async fn connection<S, R, W, B>(mut s: S, split: impl FnOnce(S) -> (R, W), c: Ctx<B>)
+where
     S: AsyncRead + AsyncWrite + Unpin,
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin + Send + 'static,
     B: Backend,
 {
+    let Ctx {
+        id,
+        export,
+        backend,
+        share,
+        mut stop,
+        activity,
+    } = c;
     let hs = tokio::select! {
         r = handshake(&mut s, &export) => r,
         _ = stop.wait_for(|s| *s) => {
@@ -189,8 +210,14 @@ async fn connection<S, R, W, B>(
     }
     tracing::debug!(id, "transmission phase");
     let (r, w) = split(s);
-    match transmit(r, w, export, backend, stop, activity).await {
-        Ok(()) => tracing::info!(id, "client disconnected"),
+    match transmit(r, w, export, backend, share, stop, activity).await {
+        Ok(e) if e.gone => tracing::info!(
+            id,
+            dropped = e.dropped,
+            abandoned = e.abandoned,
+            "client gone: its queued requests dropped, its reads in flight abandoned"
+        ),
+        Ok(_) => tracing::info!(id, "client disconnected"),
         Err(e) => tracing::warn!(id, "connection ended: {e}"),
     }
 }

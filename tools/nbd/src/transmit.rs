@@ -1,153 +1,78 @@
 //! The transmission phase: [`check`] decides what a request header asks for (pure), and
-//! [`transmit`] runs one connection: a reader that parses requests and spawns each into its own
-//! task, and one writer that sends the replies, batching every reply that is ready into one
-//! vectored write.
+//! [`transmit`] runs one connection: a reader that parses requests and queues them, a
+//! dispatcher that runs each in its own task once the memory budget has room for it, and one
+//! writer that sends the replies, batching every reply that is ready into one vectored write.
 //!
 //! A WRITE's payload is always read off the socket, also when the request is refused, so the
-//! stream stays in sync. Memory is bounded per connection: a request takes a slot and its bytes
-//! from two budgets before its payload is read, and gives them back once its reply is written;
-//! when a budget is spent the reader waits.
+//! stream stays in sync. Memory is bounded across connections by [`crate::budget`], and per
+//! connection by a count of requests read but not yet answered. A client that goes away without
+//! `NBD_CMD_DISC` has its queued requests dropped and its READs in flight abandoned.
 
 use std::io::IoSlice;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 
-use crate::export::{Backend, Data, Export, MAX_BLOCK};
+use crate::budget::{Grant, Share};
+use crate::export::{Backend, Data, Export};
 use crate::negotiate::drain;
 use crate::poll::Activity;
-use crate::proto::{self, Cmd, Errno, Request};
+use crate::proto::{self, Cmd, Request};
+pub use crate::request::{check, Action, Verdict};
 
-/// Requests in flight per connection at most.
+/// Requests of one connection read but not yet answered, at most (their headers are small:
+/// their data is bounded by the budget).
 pub const MAX_INFLIGHT: usize = 512;
-/// Bytes of READ and WRITE data in flight per connection at most.
-pub const MAX_INFLIGHT_BYTES: usize = 256 << 20;
-/// The unit the byte budget is counted in.
-const BUDGET_UNIT: usize = 4096;
 /// Replies sent in one vectored write at most (two slices each; IOV_MAX is 1024).
 const MAX_BATCH: usize = 256;
+/// How long a stopping gateway waits for a connection's replies to be taken before it drops
+/// the connection: a client that reads no replies would otherwise hold the stop for ever.
+pub const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// What a request asks for, once checked.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Action {
-    /// Read `len` bytes at `offset`.
-    Read {
-        /// Byte offset.
-        offset: u64,
-        /// Byte length.
-        len: u32,
-    },
-    /// Write the payload at `offset`.
-    Write {
-        /// Byte offset.
-        offset: u64,
-        /// With FUA.
-        fua: bool,
-    },
-    /// Flush.
-    Flush,
-    /// Discard.
-    Trim {
-        /// Byte offset.
-        offset: u64,
-        /// Byte length.
-        len: u64,
-    },
-    /// Write zeroes.
-    Zeroes {
-        /// Byte offset.
-        offset: u64,
-        /// Byte length.
-        len: u64,
-        /// With FUA.
-        fua: bool,
-    },
+/// Whether the client has gone (its socket reached EOF without `NBD_CMD_DISC`, or broke): set
+/// once, by the reader or the writer; every part of the connection stops when it is.
+#[derive(Clone)]
+struct Gone(Arc<watch::Sender<bool>>);
+
+impl Gone {
+    fn new() -> Gone {
+        Gone(Arc::new(watch::channel(false).0))
+    }
+
+    fn set(&self) {
+        self.0.send_replace(true);
+    }
+
+    fn is_set(&self) -> bool {
+        *self.0.borrow()
+    }
+
+    async fn wait(&self) {
+        let mut rx = self.0.subscribe();
+        // The sender lives as long as `self`: this returns only once it is set.
+        let _ = rx.wait_for(|g| *g).await;
+    }
 }
 
-/// The decision on one request header.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Verdict {
-    /// Carry it out.
-    Do(Action),
-    /// Answer at once with this error (0: success with nothing to do, e.g. a zero length).
-    Answer(u32),
-    /// `NBD_CMD_DISC`: answer nothing, finish what is in flight, close.
-    Disconnect,
-    /// The header is not a request (bad magic): hard disconnect, as the spec allows; the
-    /// stream cannot be trusted any more.
-    Abandon,
-}
-
-/// Decides what to do with a request header. The payload of a WRITE follows whatever the verdict
-/// (except [`Verdict::Abandon`]); the caller reads it off the socket.
-pub fn check(r: &Request, e: &Export) -> Verdict {
-    use Verdict::Answer;
-    if r.magic != proto::REQUEST_MAGIC {
-        return Verdict::Abandon;
-    }
-    let Some(cmd) = Cmd::from_code(r.kind) else {
-        return Answer(Errno::Inval.code());
-    };
-    let allowed = match cmd {
-        Cmd::WriteZeroes => proto::CMD_FLAG_FUA | proto::CMD_FLAG_NO_HOLE,
-        // FUA is accepted on every command once SEND_FUA is advertised (the spec says so).
-        _ => proto::CMD_FLAG_FUA,
-    };
-    if r.flags & !allowed != 0 {
-        return Answer(Errno::Inval.code());
-    }
-    let fua = r.flags & proto::CMD_FLAG_FUA != 0;
-    let writes = matches!(cmd, Cmd::Write | Cmd::Trim | Cmd::WriteZeroes);
-    match cmd {
-        Cmd::Disc => return Verdict::Disconnect,
-        // Offset and length are reserved for FLUSH; they are ignored.
-        Cmd::Flush => return Verdict::Do(Action::Flush),
-        _ if writes && e.read_only => return Answer(Errno::Perm.code()),
-        _ => {}
-    }
-    let len = u64::from(r.length);
-    let past_end = match r.offset.checked_add(len) {
-        Some(end) => end > e.size,
-        None => true,
-    };
-    if past_end {
-        // Writes past the end are ENOSPC, reads and trims EINVAL (the spec's error values).
-        return Answer(match cmd {
-            Cmd::Write | Cmd::WriteZeroes => Errno::NoSpc.code(),
-            _ => Errno::Inval.code(),
-        });
-    }
-    let bs = u64::from(e.min_block.max(1));
-    if !r.offset.is_multiple_of(bs) || !len.is_multiple_of(bs) {
-        return Answer(Errno::Inval.code());
-    }
-    if matches!(cmd, Cmd::Read | Cmd::Write) && r.length > MAX_BLOCK {
-        return Answer(Errno::Inval.code());
-    }
-    if len == 0 {
-        return Answer(0);
-    }
-    Verdict::Do(match cmd {
-        Cmd::Read => Action::Read {
-            offset: r.offset,
-            len: r.length,
-        },
-        Cmd::Write => Action::Write {
-            offset: r.offset,
-            fua,
-        },
-        Cmd::Trim => Action::Trim {
-            offset: r.offset,
-            len,
-        },
-        Cmd::WriteZeroes => Action::Zeroes {
-            offset: r.offset,
-            len,
-            fua,
-        },
-        Cmd::Flush | Cmd::Disc => unreachable!("handled above"),
-    })
+/// A request read off the socket, waiting for the dispatcher.
+enum Job {
+    /// Answer at once (a refusal, or success with nothing to do).
+    Answer {
+        handle: u64,
+        error: u32,
+        slot: OwnedSemaphorePermit,
+    },
+    /// Carry out `action`. A WRITE comes with its payload and the budget it was read into; a
+    /// READ takes its budget when the dispatcher gets to it.
+    Run {
+        handle: u64,
+        action: Action,
+        data: Vec<u8>,
+        grant: Option<Grant>,
+        slot: OwnedSemaphorePermit,
+    },
 }
 
 /// One reply on its way to the writer.
@@ -155,162 +80,314 @@ struct Reply {
     handle: u64,
     error: u32,
     data: Option<Data>,
-    /// The request's budget, given back once the reply is written.
-    _permits: Permits,
-}
-
-struct Permits {
+    /// The request's slot and budget, given back once the reply is written (or dropped).
     _slot: OwnedSemaphorePermit,
-    _bytes: Option<OwnedSemaphorePermit>,
+    _grant: Grant,
 }
 
 /// How a connection's transmission phase ended.
 #[derive(Debug, thiserror::Error)]
 pub enum TransmitError {
-    /// The socket failed.
-    #[error("transmission I/O: {0}")]
-    Io(#[from] std::io::Error),
     /// A request header had a bad magic: the connection was dropped.
     #[error("request magic {0:#010x} is not NBD_REQUEST_MAGIC; disconnected")]
     BadMagic(u32),
 }
 
-/// Serves requests from `rd`, answering on `wr`, until the client disconnects (Ok), the stream
-/// breaks, or `stop` turns true (then: no new requests; what is in flight is finished and
-/// answered). Returns when every reply has been written. Each request is counted in `activity`
+/// What became of a connection's requests when it ended.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Ending {
+    /// The client went away (EOF without `NBD_CMD_DISC`, or a broken socket).
+    pub gone: bool,
+    /// Requests read off the socket but never started, dropped because the client went away.
+    pub dropped: u64,
+    /// READs in flight abandoned because the client went away (the volume read stops there).
+    pub abandoned: u64,
+}
+
+#[derive(Default)]
+struct Tally {
+    dropped: AtomicU64,
+    abandoned: AtomicU64,
+}
+
+/// Serves requests from `rd`, answering on `wr`, until the client sends `NBD_CMD_DISC`, goes
+/// away, or `stop` turns true. After DISC or `stop`: no new requests; those read are carried
+/// out and answered (after `stop`, within [`STOP_GRACE`]: then the client counts as gone). When the client goes away (EOF or a socket error on either side), the
+/// requests it queued are dropped unstarted and its READs in flight abandoned: nobody is left
+/// to read their replies (writes in flight finish, so the volume never sees half a write
+/// cancelled mid-way). READ and WRITE data come out of `share` (see [`crate::budget`]). Returns
+/// once every request task of the connection has ended. Each request is counted in `activity`
 /// while it runs (see [`crate::poll`]).
 pub async fn transmit<R, W, B>(
     rd: R,
     wr: W,
     export: Arc<Export>,
     backend: Arc<B>,
-    mut stop: watch::Receiver<bool>,
+    share: Share,
+    stop: watch::Receiver<bool>,
     activity: Arc<Activity>,
-) -> Result<(), TransmitError>
+) -> Result<Ending, TransmitError>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin + Send + 'static,
     B: Backend,
 {
+    let gone = Gone::new();
+    let tally = Arc::new(Tally::default());
+    let share = Arc::new(share);
     let (tx, rx) = mpsc::unbounded_channel::<Reply>();
-    let writer = tokio::spawn(write_replies(wr, rx));
+    let writer = tokio::spawn(write_replies(wr, rx, gone.clone()));
+    // Unbounded: the reader takes one of MAX_INFLIGHT slots before it queues a request.
+    let (jobs_tx, jobs_rx) = mpsc::unbounded_channel::<Job>();
+    let dispatcher = tokio::spawn(dispatch(
+        jobs_rx,
+        tx,
+        backend,
+        Arc::clone(&share),
+        activity,
+        gone.clone(),
+        Arc::clone(&tally),
+    ));
+    let grace = tokio::spawn({
+        let (gone, mut stop) = (gone.clone(), stop.clone());
+        async move {
+            if stop.wait_for(|s| *s).await.is_ok() {
+                tokio::time::sleep(STOP_GRACE).await;
+                tracing::warn!(
+                    "stopping: replies still not taken after {STOP_GRACE:?}; disconnecting"
+                );
+                gone.set();
+            }
+        }
+    });
+    let result = read_requests(rd, &export, &share, jobs_tx, stop, &gone).await;
+    for t in [dispatcher, writer] {
+        if let Err(e) = t.await {
+            if e.is_panic() {
+                std::panic::resume_unwind(e.into_panic())
+            }
+        }
+    }
+    grace.abort();
+    result?;
+    Ok(Ending {
+        gone: gone.is_set(),
+        dropped: tally.dropped.load(Ordering::Relaxed),
+        abandoned: tally.abandoned.load(Ordering::Relaxed),
+    })
+}
+
+/// The reader: parses requests and queues them for the dispatcher, so it sees the client's EOF
+/// even while the requests before it wait for budget. Returns on DISC, `stop`, a bad magic
+/// (an error), or the client gone.
+async fn read_requests<R: AsyncRead + Unpin>(
+    rd: R,
+    export: &Export,
+    share: &Share,
+    jobs: mpsc::UnboundedSender<Job>,
+    mut stop: watch::Receiver<bool>,
+    gone: &Gone,
+) -> Result<(), TransmitError> {
     let slots = Arc::new(Semaphore::new(MAX_INFLIGHT));
-    let bytes = Arc::new(Semaphore::new(MAX_INFLIGHT_BYTES / BUDGET_UNIT));
     let mut rd = BufReader::with_capacity(256 << 10, rd);
-    let mut result = Ok(());
     loop {
         let mut h = [0u8; proto::REQUEST_LEN];
-        let got = if rd.buffer().len() >= proto::REQUEST_LEN {
-            rd.read_exact(&mut h).await.map(|_| true)
-        } else {
-            tokio::select! {
-                biased;
-                r = rd.read_exact(&mut h) => r.map(|_| true),
-                _ = stop.wait_for(|s| *s) => Ok(false),
-            }
+        // A stop ends the reading only between requests (a header half read is left unread).
+        let whole = rd.buffer().len() >= proto::REQUEST_LEN;
+        let got = tokio::select! {
+            biased;
+            _ = gone.wait() => return Ok(()),
+            r = rd.read_exact(&mut h) => r.map(|_| true),
+            _ = stop.wait_for(|s| *s), if !whole => Ok(false),
         };
         match got {
             Ok(true) => {}
-            Ok(false) => break,
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
-            Err(e) => {
-                result = Err(e.into());
-                break;
-            }
+            Ok(false) => return Ok(()),
+            Err(e) => return went(gone, "reading requests", &e),
         }
         let req = Request::decode(&h);
-        let verdict = check(&req, &export);
+        let verdict = check(&req, export);
         let payload = if req.kind == Cmd::Write as u16 {
             req.length as usize
         } else {
             0
         };
-        let budget = match verdict {
-            Verdict::Do(Action::Read { len, .. }) => len as usize,
-            Verdict::Do(Action::Write { .. }) => payload,
-            _ => 0,
+        let (answer, action) = match verdict {
+            Verdict::Abandon => return Err(TransmitError::BadMagic(req.magic)),
+            Verdict::Disconnect => return Ok(()),
+            Verdict::Answer(error) => (Some(error), None),
+            Verdict::Do(a) => (None, Some(a)),
         };
-        let permits = match acquire(&slots, &bytes, budget).await {
-            Some(p) => p,
-            None => break,
+        let slot = tokio::select! {
+            biased;
+            _ = gone.wait() => return Ok(()),
+            s = Arc::clone(&slots).acquire_owned() => match s {
+                Ok(s) => s,
+                Err(_) => return Ok(()),
+            },
         };
-        let action = match verdict {
-            Verdict::Abandon => {
-                result = Err(TransmitError::BadMagic(req.magic));
-                break;
+        let job = match (answer, action) {
+            (_, Some(action @ Action::Write { .. })) => {
+                // Back-pressure: the payload is read only once the budget has room for it.
+                let grant = tokio::select! {
+                    biased;
+                    _ = gone.wait() => return Ok(()),
+                    g = share.acquire(payload) => g,
+                };
+                let mut data = vec![0u8; payload];
+                let r = tokio::select! {
+                    biased;
+                    _ = gone.wait() => return Ok(()),
+                    r = rd.read_exact(&mut data) => r,
+                };
+                if let Err(e) = r {
+                    return went(gone, "reading a WRITE payload", &e);
+                }
+                Job::Run {
+                    handle: req.handle,
+                    action,
+                    data,
+                    grant: Some(grant),
+                    slot,
+                }
             }
-            Verdict::Disconnect => break,
-            Verdict::Answer(error) => {
+            (_, Some(action)) => Job::Run {
+                handle: req.handle,
+                action,
+                data: Vec::new(),
+                grant: None,
+                slot,
+            },
+            (error, None) => {
                 if payload > 0 {
-                    if let Err(e) = drain(&mut rd, payload as u64).await {
-                        result = Err(e.into());
-                        break;
+                    let r = tokio::select! {
+                        biased;
+                        _ = gone.wait() => return Ok(()),
+                        r = drain(&mut rd, payload as u64) => r,
+                    };
+                    if let Err(e) = r {
+                        return went(gone, "draining a refused WRITE", &e);
                     }
                 }
-                let _ = tx.send(Reply {
+                Job::Answer {
                     handle: req.handle,
+                    error: error.unwrap_or(0),
+                    slot,
+                }
+            }
+        };
+        if jobs.send(job).is_err() {
+            // The dispatcher stopped: the client is gone.
+            return Ok(());
+        }
+    }
+}
+
+/// Marks the client gone after a socket error or EOF. Not an error of the connection's: a
+/// client may close without DISC (a hard disconnect, in the spec's words).
+fn went(gone: &Gone, doing: &str, e: &std::io::Error) -> Result<(), TransmitError> {
+    tracing::debug!("{doing}: {e}");
+    gone.set();
+    Ok(())
+}
+
+/// The dispatcher: takes queued requests in order, waits for each READ's budget, and runs each
+/// request in a task of its own. When the client is gone it stops, and drops what is queued.
+async fn dispatch<B: Backend>(
+    mut jobs: mpsc::UnboundedReceiver<Job>,
+    replies: mpsc::UnboundedSender<Reply>,
+    backend: Arc<B>,
+    share: Arc<Share>,
+    activity: Arc<Activity>,
+    gone: Gone,
+    tally: Arc<Tally>,
+) {
+    loop {
+        let job = tokio::select! {
+            biased;
+            _ = gone.wait() => break,
+            j = jobs.recv() => match j {
+                Some(j) => j,
+                None => return,
+            },
+        };
+        let (handle, action, data, grant, slot) = match job {
+            Job::Answer {
+                handle,
+                error,
+                slot,
+            } => {
+                let _ = replies.send(Reply {
+                    handle,
                     error,
                     data: None,
-                    _permits: permits,
+                    _slot: slot,
+                    _grant: Grant::default(),
                 });
                 continue;
             }
-            Verdict::Do(a) => a,
+            Job::Run {
+                handle,
+                action,
+                data,
+                grant,
+                slot,
+            } => (handle, action, data, grant, slot),
         };
-        let data = if let Action::Write { .. } = action {
-            let mut d = vec![0u8; payload];
-            if let Err(e) = rd.read_exact(&mut d).await {
-                result = Err(e.into());
-                break;
-            }
-            d
-        } else {
-            Vec::new()
+        let grant = match (grant, action) {
+            (Some(g), _) => g,
+            (None, Action::Read { len, .. }) => tokio::select! {
+                biased;
+                _ = gone.wait() => {
+                    tally.dropped.fetch_add(1, Ordering::Relaxed);
+                    break;
+                }
+                g = share.acquire(len as usize) => g,
+            },
+            (None, _) => Grant::default(),
         };
-        let tx = tx.clone();
+        let replies = replies.clone();
         let backend = Arc::clone(&backend);
         let busy = activity.begin();
+        let gone = gone.clone();
+        let tally = Arc::clone(&tally);
         tokio::spawn(async move {
-            let (error, data) = match run(&*backend, action, data).await {
+            let work = run(&*backend, action, data);
+            let r = if let Action::Read { .. } = action {
+                // Nobody will read this reply: stop reading the volume for it.
+                tokio::select! {
+                    biased;
+                    _ = gone.wait() => {
+                        tally.abandoned.fetch_add(1, Ordering::Relaxed);
+                        return;
+                    }
+                    r = work => r,
+                }
+            } else {
+                work.await
+            };
+            let (error, data) = match r {
                 Ok(d) => (0, d),
                 Err(f) => {
-                    tracing::debug!(handle = req.handle, "request failed: {f}");
+                    tracing::debug!(handle, "request failed: {f}");
                     (f.code.code(), None)
                 }
             };
             drop(busy);
-            let _ = tx.send(Reply {
-                handle: req.handle,
+            let _ = replies.send(Reply {
+                handle,
                 error,
                 data,
-                _permits: permits,
+                _slot: slot,
+                _grant: grant,
             });
         });
     }
-    // Requests in flight hold their own senders: the writer ends after the last reply.
-    drop(tx);
-    let written = writer.await.unwrap_or_else(|e| {
-        if e.is_panic() {
-            std::panic::resume_unwind(e.into_panic())
-        }
-        Ok(())
-    });
-    result?;
-    written.map_err(Into::into)
-}
-
-async fn acquire(slots: &Arc<Semaphore>, bytes: &Arc<Semaphore>, len: usize) -> Option<Permits> {
-    let slot = Arc::clone(slots).acquire_owned().await.ok()?;
-    let units = len.div_ceil(BUDGET_UNIT) as u32;
-    let b = if units > 0 {
-        Some(Arc::clone(bytes).acquire_many_owned(units).await.ok()?)
-    } else {
-        None
-    };
-    Some(Permits {
-        _slot: slot,
-        _bytes: b,
-    })
+    // The client is gone: what it queued is never started.
+    jobs.close();
+    while jobs.try_recv().is_ok() {
+        tally.dropped.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 async fn run<B: Backend>(
@@ -330,16 +407,25 @@ async fn run<B: Backend>(
 }
 
 /// The one writer of a connection: takes every reply that is ready and sends them in one
-/// vectored write (headers and READ data, no copy of the data).
+/// vectored write (headers and READ data, no copy of the data). Once the client is gone it
+/// writes nothing more, and drops the replies still coming until every request task has ended.
 async fn write_replies<W: AsyncWrite + Unpin>(
     mut wr: W,
     mut rx: mpsc::UnboundedReceiver<Reply>,
-) -> std::io::Result<()> {
+    gone: Gone,
+) {
     let mut batch: Vec<Reply> = Vec::with_capacity(MAX_BATCH);
     let mut headers: Vec<[u8; proto::SIMPLE_REPLY_LEN]> = Vec::with_capacity(MAX_BATCH);
     loop {
-        if rx.recv_many(&mut batch, MAX_BATCH).await == 0 {
-            break;
+        let n = tokio::select! {
+            biased;
+            _ = gone.wait() => break,
+            n = rx.recv_many(&mut batch, MAX_BATCH) => n,
+        };
+        if n == 0 {
+            // Every sender is gone: the last reply is written.
+            let _ = wr.shutdown().await;
+            return;
         }
         headers.clear();
         headers.extend(batch.iter().map(|r| proto::simple_reply(r.handle, r.error)));
@@ -350,18 +436,21 @@ async fn write_replies<W: AsyncWrite + Unpin>(
                 slices.push(IoSlice::new(d.as_slice()));
             }
         }
-        let r = write_all_vectored(&mut wr, &mut slices).await;
+        let r = tokio::select! {
+            biased;
+            _ = gone.wait() => Ok(()),
+            r = write_all_vectored(&mut wr, &mut slices) => r,
+        };
         drop(slices);
         batch.clear();
         if let Err(e) = r {
-            // The client is gone; the reader finds out on its side.
-            tracing::debug!("writing replies: {e}");
-            rx.close();
-            return Err(e);
+            let _ = went(&gone, "writing replies", &e);
+            break;
         }
     }
-    let _ = wr.shutdown().await;
-    Ok(())
+    drop(wr);
+    drop(batch);
+    while rx.recv().await.is_some() {}
 }
 
 async fn write_all_vectored<W: AsyncWrite + Unpin>(
@@ -381,116 +470,167 @@ async fn write_all_vectored<W: AsyncWrite + Unpin>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::budget::Budget;
+    use crate::export::{Failure, MemoryBackend, MAX_BLOCK};
+    use std::sync::atomic::AtomicUsize;
+    use std::time::Duration;
+    use tokio::io::{duplex, DuplexStream};
 
-    fn export(read_only: bool) -> Export {
-        Export {
+    const SIZE: usize = 8 << 20;
+
+    /// Memory that counts the reads it starts; with `hold`, a read never finishes.
+    struct Counted {
+        mem: MemoryBackend,
+        reads: AtomicUsize,
+        hold: bool,
+    }
+
+    impl Backend for Counted {
+        async fn read(&self, offset: u64, len: usize) -> Result<Data, Failure> {
+            self.reads.fetch_add(1, Ordering::Relaxed);
+            if self.hold {
+                std::future::pending::<()>().await;
+            }
+            self.mem.read(offset, len).await
+        }
+        async fn write(&self, offset: u64, data: &[u8], fua: bool) -> Result<(), Failure> {
+            self.mem.write(offset, data, fua).await
+        }
+        async fn flush(&self) -> Result<(), Failure> {
+            Ok(())
+        }
+        async fn discard(&self, offset: u64, len: u64) -> Result<(), Failure> {
+            self.mem.discard(offset, len).await
+        }
+        async fn write_zeroes(&self, offset: u64, len: u64, fua: bool) -> Result<(), Failure> {
+            self.mem.write_zeroes(offset, len, fua).await
+        }
+    }
+
+    fn export() -> Arc<Export> {
+        Arc::new(Export {
             name: "v".into(),
             description: String::new(),
-            size: 1 << 20,
+            size: SIZE as u64,
             min_block: 4096,
-            read_only,
-        }
+            max_block: MAX_BLOCK,
+            read_only: false,
+        })
     }
 
-    fn req(kind: Cmd, flags: u16, offset: u64, length: u32) -> Request {
+    type Conn = (
+        DuplexStream,
+        tokio::task::JoinHandle<Result<Ending, TransmitError>>,
+        watch::Sender<bool>,
+    );
+
+    /// Starts a connection over an in-memory pipe of `pipe` bytes: the client's end, the
+    /// connection's task, and its stop switch.
+    fn start(backend: &Arc<Counted>, budget: &Budget, pipe: usize) -> Conn {
+        let (client, server) = duplex(pipe);
+        let (r, w) = tokio::io::split(server);
+        let (stop_tx, stop) = watch::channel(false);
+        let t = tokio::spawn(transmit(
+            r,
+            w,
+            export(),
+            Arc::clone(backend),
+            budget.connection(),
+            stop,
+            Arc::new(Activity::default()),
+        ));
+        (client, t, stop_tx)
+    }
+
+    fn read_req(handle: u64, offset: u64, len: u32) -> [u8; proto::REQUEST_LEN] {
         Request {
             magic: proto::REQUEST_MAGIC,
-            flags,
-            kind: kind as u16,
-            handle: 1,
+            flags: 0,
+            kind: Cmd::Read as u16,
+            handle,
             offset,
-            length,
+            length: len,
         }
+        .encode()
     }
 
-    const EINVAL: Verdict = Verdict::Answer(22);
-
-    #[test]
-    fn valid_requests() {
-        let e = export(false);
-        assert_eq!(
-            check(&req(Cmd::Read, 0, 4096, 8192), &e),
-            Verdict::Do(Action::Read {
-                offset: 4096,
-                len: 8192
-            })
+    #[tokio::test]
+    async fn a_client_that_goes_away_has_its_queued_reads_dropped_and_the_running_abandoned() {
+        let backend = Arc::new(Counted {
+            mem: MemoryBackend::new(SIZE),
+            reads: AtomicUsize::new(0),
+            hold: true,
+        });
+        // A 4 MiB budget: a 1 MiB share, four 256 KiB reads at once.
+        let budget = Budget::new(4 << 20).unwrap();
+        let (mut client, t, _stop) = start(&backend, &budget, 64 << 10);
+        for h in 0..32u64 {
+            client.write_all(&read_req(h, 0, 256 << 10)).await.unwrap();
+        }
+        drop(client);
+        let ending = tokio::time::timeout(Duration::from_secs(20), t)
+            .await
+            .expect("the connection ends once its client is gone")
+            .unwrap()
+            .unwrap();
+        let started = backend.reads.load(Ordering::Relaxed) as u64;
+        assert!(
+            started <= 4,
+            "{started} reads started, a 1 MiB share allows 4"
         );
         assert_eq!(
-            check(&req(Cmd::Write, 1, 0, 4096), &e),
-            Verdict::Do(Action::Write {
-                offset: 0,
-                fua: true
-            })
+            ending,
+            Ending {
+                gone: true,
+                dropped: 32 - ending.abandoned,
+                abandoned: started,
+            }
         );
-        assert_eq!(
-            check(&req(Cmd::WriteZeroes, 3, 0, 1 << 20), &e),
-            Verdict::Do(Action::Zeroes {
-                offset: 0,
-                len: 1 << 20,
-                fua: true
-            })
-        );
-        assert_eq!(
-            check(&req(Cmd::Flush, 1, 7, 9), &e),
-            Verdict::Do(Action::Flush)
-        );
-        assert_eq!(check(&req(Cmd::Disc, 0, 0, 0), &e), Verdict::Disconnect);
-        assert_eq!(check(&req(Cmd::Read, 0, 4096, 0), &e), Verdict::Answer(0));
+        // Everything the connection held is back in the pool.
+        assert_eq!(budget.available(), budget.bytes());
     }
 
-    #[test]
-    fn refusals_follow_the_spec() {
-        let e = export(false);
-        let mut bad = req(Cmd::Read, 0, 0, 4096);
-        bad.magic = 0x1256_0953;
-        assert_eq!(check(&bad, &e), Verdict::Abandon);
-        let mut unknown = req(Cmd::Read, 0, 0, 4096);
-        unknown.kind = 5;
-        assert_eq!(check(&unknown, &e), EINVAL);
-        // NO_HOLE only with WRITE_ZEROES; DF never (no structured replies); unknown bits.
-        assert_eq!(check(&req(Cmd::Write, 2, 0, 4096), &e), EINVAL);
-        assert_eq!(check(&req(Cmd::Read, 4, 0, 4096), &e), EINVAL);
-        assert_eq!(check(&req(Cmd::Read, 0x100, 0, 4096), &e), EINVAL);
-        // Past the end: reads and trims EINVAL, writes and zeroes ENOSPC.
-        assert_eq!(check(&req(Cmd::Read, 0, 1 << 20, 4096), &e), EINVAL);
-        assert_eq!(check(&req(Cmd::Trim, 0, 1 << 20, 4096), &e), EINVAL);
-        assert_eq!(
-            check(&req(Cmd::Write, 0, (1 << 20) - 4096, 8192), &e),
-            Verdict::Answer(28)
-        );
-        assert_eq!(
-            check(&req(Cmd::WriteZeroes, 0, u64::MAX - 10, 4096), &e),
-            Verdict::Answer(28)
-        );
-        // Misaligned.
-        assert_eq!(check(&req(Cmd::Read, 0, 512, 4096), &e), EINVAL);
-        assert_eq!(check(&req(Cmd::Write, 0, 0, 512), &e), EINVAL);
-        // Larger than the maximum block size.
-        let big = Export {
-            size: 1 << 40,
-            ..export(false)
+    #[tokio::test]
+    async fn a_client_that_reads_no_replies_holds_its_share_at_most_until_it_does() {
+        let backend = Arc::new(Counted {
+            mem: MemoryBackend::new(SIZE),
+            reads: AtomicUsize::new(0),
+            hold: false,
+        });
+        backend
+            .mem
+            .write(0, &[7u8; 256 << 10], false)
+            .await
+            .unwrap();
+        let budget = Budget::new(4 << 20).unwrap();
+        let (mut client, t, _stop) = start(&backend, &budget, 64 << 10);
+        for h in 0..16u64 {
+            client.write_all(&read_req(h, 0, 256 << 10)).await.unwrap();
+        }
+        // Given time to run ahead, it has not: its share is spent on replies nobody reads.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(backend.reads.load(Ordering::Relaxed), 4);
+        assert_eq!(budget.available(), budget.bytes() - budget.share());
+        // Reading the replies lets the rest through, each whole and right.
+        for _ in 0..16 {
+            let mut h = [0u8; proto::SIMPLE_REPLY_LEN];
+            client.read_exact(&mut h).await.unwrap();
+            assert_eq!(proto::decode_simple_reply(&h).map(|r| r.0), Some(0));
+            let mut d = vec![0u8; 256 << 10];
+            client.read_exact(&mut d).await.unwrap();
+            assert!(d.iter().all(|&b| b == 7));
+        }
+        let disc = Request {
+            magic: proto::REQUEST_MAGIC,
+            flags: 0,
+            kind: Cmd::Disc as u16,
+            handle: 99,
+            offset: 0,
+            length: 0,
         };
-        assert_eq!(check(&req(Cmd::Read, 0, 0, MAX_BLOCK + 4096), &big), EINVAL);
-        assert_eq!(check(&req(Cmd::Write, 0, 0, u32::MAX - 4095), &big), EINVAL);
-        assert!(matches!(
-            check(&req(Cmd::Trim, 0, 0, u32::MAX - 4095), &big),
-            Verdict::Do(_)
-        ));
-    }
-
-    #[test]
-    fn read_only_refuses_writes_with_eperm() {
-        let e = export(true);
-        for c in [Cmd::Write, Cmd::Trim, Cmd::WriteZeroes] {
-            assert_eq!(check(&req(c, 0, 0, 4096), &e), Verdict::Answer(1));
-        }
-        assert!(matches!(
-            check(&req(Cmd::Read, 0, 0, 4096), &e),
-            Verdict::Do(_)
-        ));
-        assert_eq!(
-            check(&req(Cmd::Flush, 0, 0, 0), &e),
-            Verdict::Do(Action::Flush)
-        );
+        client.write_all(&disc.encode()).await.unwrap();
+        let ending = t.await.unwrap().unwrap();
+        assert_eq!(ending, Ending::default());
+        assert_eq!(budget.available(), budget.bytes());
     }
 }

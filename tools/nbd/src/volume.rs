@@ -8,6 +8,7 @@ use std::sync::Arc;
 use dasmesh_client::{Access, Error, MountOptions, Volume};
 use dasmesh_wire::Status;
 
+use crate::budget::{Budget, BudgetError};
 use crate::export::{Backend, Data, Export, Failure};
 use crate::poll::PollMode;
 use crate::proto::Errno;
@@ -81,11 +82,16 @@ pub struct GatewayOptions {
     pub readahead: ReadaheadConfig,
     /// How to wait while requests are in flight (see [`crate::poll`]).
     pub poll: PollMode,
+    /// Bytes of READ and WRITE data all connections together may hold (see [`crate::budget`]).
+    pub max_buffer: u64,
 }
 
 /// Why the gateway stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
+    /// The memory budget is unusable.
+    #[error("--max-buffer")]
+    Budget(#[from] BudgetError),
     /// The volume could not be mounted.
     #[error("mount {volume}: {source}")]
     Mount {
@@ -128,6 +134,7 @@ pub async fn serve_volume(
     } else {
         Access::ReadWrite
     };
+    let budget = Budget::new(opts.max_buffer)?;
     let vol = Volume::mount(controller, volume, opts.mount.clone())
         .await
         .map_err(|source| GatewayError::Mount {
@@ -139,6 +146,7 @@ pub async fn serve_volume(
         description: format!("dasmesh volume {volume} ({:?})", vol.layout()),
         size: vol.size(),
         min_block: vol.block_size(),
+        max_block: budget.max_request().max(vol.block_size()),
         read_only: opts.read_only,
     });
     let listener = match Listener::bind(&opts.listen).await {
@@ -157,6 +165,8 @@ pub async fn serve_volume(
         block = export.min_block,
         lease = vol.lease_id(),
         read_only = export.read_only,
+        max_buffer = budget.bytes(),
+        max_block = export.max_block,
         addr = %listener.local_addr(),
         "serving"
     );
@@ -167,7 +177,15 @@ pub async fn serve_volume(
         ra.window = 0;
     }
     let backend = Arc::new(Readahead::new(Arc::new(vol.clone()), export.size, ra));
-    serve(listener, export, Arc::clone(&backend), shutdown, opts.poll).await;
+    serve(
+        listener,
+        export,
+        Arc::clone(&backend),
+        budget,
+        shutdown,
+        opts.poll,
+    )
+    .await;
     // Every connection task has ended; fetches still running finish before the unmount.
     backend.quiesce().await;
     let (hits, misses) = backend.stats();

@@ -2,6 +2,8 @@
 //! gRPC API, and the gateway (`dasmesh nbd serve`) as a child process, killed on drop.
 #![allow(dead_code)]
 
+pub mod client;
+
 use std::path::Path;
 use std::process::Command;
 
