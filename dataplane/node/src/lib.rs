@@ -11,9 +11,11 @@ pub mod agent;
 pub mod arena;
 pub mod backend;
 pub mod barrier;
+pub mod budget;
 pub mod config;
 mod conn;
 pub mod fence;
+mod offload;
 mod reactor;
 pub mod sys;
 pub mod usage;
@@ -63,6 +65,8 @@ pub struct Shared {
     pub usage: usage::UsageTable,
     /// Whether to collect usage at all.
     pub collect_usage: bool,
+    /// Timeouts and per-connection budgets (`budget.rs`).
+    pub bounds: budget::Bounds,
 }
 
 impl Shared {
@@ -114,6 +118,13 @@ pub fn open_shared(cfg: &Config) -> anyhow::Result<Shared> {
         eager_submit: !cfg.batch_submit,
         usage: usage::UsageTable::default(),
         collect_usage: cfg.controller.is_some(),
+        bounds: budget::Bounds {
+            handshake_timeout_ms: cfg.handshake_timeout.as_millis() as u64,
+            payload_timeout_ms: cfg.payload_timeout.as_millis() as u64,
+            slot_budget: cfg.conn_slot_budget,
+            send_budget: cfg.conn_send_budget,
+            slow_device_ops: cfg.fault_slow_device_ops,
+        },
     })
 }
 
