@@ -43,8 +43,12 @@ impl std::fmt::Display for Overdue {
     }
 }
 
-/// Whether `c` has overstayed a timeout at `now_ms`.
-pub fn overdue(c: &Conn, b: &Bounds, now_ms: u64) -> Option<Overdue> {
+/// How long a connection may hold a slot with its WRITE payload stalled while other requests
+/// wait for slots (`pressure`), when the payload timeout is longer.
+pub const PRESSURE_GRACE_MS: u64 = 2000;
+
+/// Whether `c` has overstayed a timeout at `now_ms`; `pressure`: requests are waiting for slots.
+pub fn overdue(c: &Conn, b: &Bounds, now_ms: u64, pressure: bool) -> Option<Overdue> {
     if c.phase == Phase::Closing || c.close_after_send {
         return None;
     }
@@ -55,8 +59,14 @@ pub fn overdue(c: &Conn, b: &Bounds, now_ms: u64) -> Option<Overdue> {
         }
         return None;
     }
+    // A stalled payload holds a slot others are waiting for: it gets less patience.
+    let limit = if pressure && c.payload_req.is_some() {
+        b.payload_timeout_ms.min(PRESSURE_GRACE_MS)
+    } else {
+        b.payload_timeout_ms
+    };
     match c.partial_since_ms {
-        Some(t) if now_ms.saturating_sub(t) >= b.payload_timeout_ms => Some(Overdue::Payload),
+        Some(t) if now_ms.saturating_sub(t) >= limit => Some(Overdue::Payload),
         _ => None,
     }
 }

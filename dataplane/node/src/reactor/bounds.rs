@@ -62,10 +62,13 @@ impl Reactor {
     /// Closes the connections past the handshake or payload timeout.
     pub(super) fn sweep_timeouts(&mut self) {
         let bounds = self.shared.bounds;
+        let pressure = !self.stalled.is_empty();
         let due: Vec<(usize, budget::Overdue)> = self
             .conns
             .iter()
-            .filter_map(|(ci, c)| budget::overdue(c, &bounds, self.now_ms).map(|w| (ci, w)))
+            .filter_map(|(ci, c)| {
+                budget::overdue(c, &bounds, self.now_ms, pressure).map(|w| (ci, w))
+            })
             .collect();
         for (ci, why) in due {
             tracing::debug!(
