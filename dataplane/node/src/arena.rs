@@ -181,6 +181,11 @@ impl Arena {
         c.receiving = c.receiving.saturating_sub(1);
     }
 
+    /// The smallest size class whose slots hold `len` bytes.
+    pub fn class_for(&self, len: usize) -> Option<usize> {
+        self.classes.iter().position(|c| c.size >= len)
+    }
+
     /// The size class of a slot (an index below [`NUM_CLASSES`]).
     pub fn class_of(&self, id: BufId) -> usize {
         usize::from(id.class)

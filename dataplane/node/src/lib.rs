@@ -192,5 +192,6 @@ pub struct Listeners {
 
 /// Runs reactor `id` on the current thread until shutdown.
 pub fn run_reactor(id: usize, shared: Arc<Shared>, listeners: Listeners) -> std::io::Result<()> {
+    sys::tune_allocator();
     reactor::Reactor::new(id, shared, listeners)?.run()
 }

@@ -21,7 +21,7 @@ use io_uring::{opcode, squeue, types, IoUring};
 use slab::Slab;
 use socket2::Socket;
 
-use crate::arena::{Arena, ZERO_LEN};
+use crate::arena::{Arena, NUM_CLASSES, ZERO_LEN};
 use crate::backend::Store;
 use crate::barrier::{LaneWriter, WriteSeq};
 use crate::budget::{self, SWEEP_EVERY_MS};
@@ -119,7 +119,8 @@ pub struct Reactor {
     conns: Slab<Conn>,
     reqs: Slab<Req>,
     dirty: Vec<usize>,
-    stalled: Vec<usize>,
+    /// Connections waiting for a slot, by the smallest size class their request fits.
+    stalled: [Vec<usize>; NUM_CLASSES],
     cqes: Vec<(u64, i32)>,
     now_ms: u64,
     stopping: Option<Instant>,
@@ -203,7 +204,7 @@ impl Reactor {
             conns: Slab::new(),
             reqs: Slab::new(),
             dirty: Vec::new(),
-            stalled: Vec::new(),
+            stalled: Default::default(),
             cqes: Vec::with_capacity(1024),
             now_ms: sys::now_ms(),
             stopping: None,
@@ -617,20 +618,27 @@ impl Reactor {
         }
     }
 
-    fn wake_stalled(&mut self) {
-        for ci in std::mem::take(&mut self.stalled) {
-            if let Some(c) = self.conns.get_mut(ci) {
-                c.stalled = false;
-                self.mark_dirty(ci);
+    /// A slot of class `class` may be had: wakes the connections whose request it fits (only
+    /// those: with hundreds stalled for large slots, waking all on every small one freed cost
+    /// a QD1 reader 20 us of node CPU per I/O).
+    fn wake_stalled(&mut self, class: usize) {
+        for k in 0..=class.min(NUM_CLASSES - 1) {
+            for ci in std::mem::take(&mut self.stalled[k]) {
+                if let Some(c) = self.conns.get_mut(ci) {
+                    c.stalled = false;
+                    self.mark_dirty(ci);
+                }
             }
         }
     }
 
-    fn stall(&mut self, ci: usize) {
+    /// Connection `ci` waits for a slot of `len` bytes.
+    fn stall(&mut self, ci: usize, len: usize) {
         let c = &mut self.conns[ci];
         if !c.stalled {
             c.stalled = true;
-            self.stalled.push(ci);
+            let k = self.arena.class_for(len).unwrap_or(NUM_CLASSES - 1);
+            self.stalled[k].push(ci);
         }
     }
 

@@ -75,6 +75,20 @@ pub fn eventfd() -> io::Result<File> {
     Ok(unsafe { <File as std::os::fd::FromRawFd>::from_raw_fd(fd) })
 }
 
+/// Serves every allocation of 16 KiB or more with its own mapping, returned at free: a
+/// connection's larger buffers (its reply queue and send state hold up to 256 replies) then
+/// never stay resident in the allocator's heaps after it closes. Measured with 900 connections
+/// that each had 256 replies queued, beside other tests: 19-46 MiB stayed resident after they
+/// closed in 5 of 7 runs with glibc's default (128 KiB, raised as large blocks are freed) and
+/// `malloc_trim`; 2-5 MiB in each of 3 runs with this. A no-op off glibc.
+pub fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt takes plain integers and only changes the allocator's settings.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 16 << 10);
+    }
+}
+
 /// Hands the allocator's free memory back to the system (glibc keeps what a burst of
 /// connections freed inside its heaps otherwise); a no-op elsewhere.
 pub fn trim_heap() {

@@ -91,7 +91,7 @@ fn largest_mappings(pid: u32) -> String {
             head = line.to_string();
         }
     }
-    maps.sort_by(|a, b| b.0.cmp(&a.0));
+    maps.sort_by_key(|m| std::cmp::Reverse(m.0));
     maps.iter()
         .take(5)
         .map(|(k, h)| format!("  {k} KiB  {h}"))

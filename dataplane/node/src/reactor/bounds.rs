@@ -30,7 +30,7 @@ impl Reactor {
                 None
             }
             Err(_) => {
-                self.stall(ci);
+                self.stall(ci, len);
                 None
             }
         }
@@ -48,21 +48,21 @@ impl Reactor {
                 self.mark_dirty(ci);
             }
         }
-        self.wake_stalled();
+        self.wake_stalled(class);
     }
 
     /// A WRITE's payload is all in its slot: the slot no longer waits on the client.
     pub(super) fn payload_arrived(&mut self, ri: usize) {
         if let Some(b) = self.reqs[ri].buf {
             self.arena.end_receiving(b);
-            self.wake_stalled();
+            self.wake_stalled(self.arena.class_of(b));
         }
     }
 
     /// Closes the connections past the handshake or payload timeout.
     pub(super) fn sweep_timeouts(&mut self) {
         let bounds = self.shared.bounds;
-        let pressure = !self.stalled.is_empty();
+        let pressure = self.stalled.iter().any(|s| !s.is_empty());
         let due: Vec<(usize, budget::Overdue)> = self
             .conns
             .iter()
