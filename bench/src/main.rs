@@ -2,6 +2,7 @@
 //! baseline), with HDR latency histograms, a JSON report and an SVG of the latency curves.
 #![deny(unsafe_code)]
 
+mod hostile;
 mod job;
 #[allow(unsafe_code)]
 mod local;
@@ -110,6 +111,15 @@ struct Args {
     /// No progress bar.
     #[arg(long)]
     no_progress: bool,
+    /// node: targets: run each a second time with this many misbehaving connections open to
+    /// the node (stalled handshakes, WRITEs without their payload, unread READ replies; see
+    /// bench/README.md), reported as a row of its own.
+    #[arg(long, default_value_t = 0)]
+    hostile: usize,
+    /// Report the CPU time of this process (e.g. the node's) per I/O for each target, over its
+    /// ramp and measured window.
+    #[arg(long)]
+    cpu_pid: Option<u32>,
 }
 
 const AFTER_HELP: &str = "\
@@ -216,21 +226,62 @@ fn run(a: Args) -> anyhow::Result<bool> {
                 bail!("{name}: a {:?} workload overwrites the block device; add --destroy-data if that is what you want", w.rw);
             }
         }
-        let (w, engines, region) = open_target(t, w, a.size, spin, &a.controller)?;
-        let r = run_target(name, &w, engines, region, !a.no_progress)?;
-        let base = results
-            .first()
-            .map(|b: &TargetResult| b.iops)
-            .unwrap_or(r.iops);
-        results.push(TargetResult {
-            ratio_to_baseline: if base > 0.0 {
-                (r.iops / base * 100.0).round() / 100.0
-            } else {
-                0.0
-            },
-            ..r
-        });
-        workloads.push(w);
+        let rounds = match t {
+            Target::Node(..) if a.hostile > 0 => 2,
+            _ => 1,
+        };
+        for round in 0..rounds {
+            let hostile = match t {
+                Target::Node(addr, token) if round == 1 => {
+                    let h = hostile::Hostile::open(addr, token, a.hostile)
+                        .with_context(|| format!("opening {} hostile connections", a.hostile))?;
+                    // Let the node take what they make it take before measuring.
+                    std::thread::sleep(Duration::from_secs(1));
+                    Some(h)
+                }
+                _ => None,
+            };
+            let label = match &hostile {
+                Some(_) => format!("{name} +{} hostile", a.hostile),
+                None => name.clone(),
+            };
+            let (w, engines, region) = open_target(t, w.clone(), a.size, spin, &a.controller)?;
+            let cpu0 = a.cpu_pid.map(sys::cpu_ticks).transpose()?;
+            let mut r = run_target(&label, &w, engines, region, !a.no_progress)?;
+            if let (Some(pid), Some(t0)) = (a.cpu_pid, cpu0) {
+                let ticks = sys::cpu_ticks(pid)? - t0;
+                r.cpu_us_per_io = (r.completed > 0).then(|| {
+                    (ticks as f64 * sys::us_per_tick() / r.completed as f64 * 10.0).round() / 10.0
+                });
+            }
+            if let Some(h) = hostile {
+                eprintln!(
+                    "{label}: the node closed {} of them during the run (reopened)",
+                    h.reopened()
+                );
+                if let Some(plain) = results.last() {
+                    eprintln!(
+                        "{label}: p50 x{:.2}, p99 x{:.2}, IOPS x{:.2} of {name} alone",
+                        r.lat_us.p50 / plain.lat_us.p50,
+                        r.lat_us.p99 / plain.lat_us.p99,
+                        r.iops / plain.iops
+                    );
+                }
+            }
+            let base = results
+                .first()
+                .map(|b: &TargetResult| b.iops)
+                .unwrap_or(r.iops);
+            results.push(TargetResult {
+                ratio_to_baseline: if base > 0.0 {
+                    (r.iops / base * 100.0).round() / 100.0
+                } else {
+                    0.0
+                },
+                ..r
+            });
+            workloads.push(w);
+        }
     }
     print!("{}", report::table(&results));
     if let Some(path) = &a.json {
@@ -379,6 +430,7 @@ fn run_target(
         let _ = h.join();
     }
     let stats = stats?;
+    let completed = shared.done.load(Ordering::Relaxed);
     let mut hist = job::new_hist();
     let (mut ops, mut bytes, mut errors) = (0u64, 0u64, 0u64);
     let mut timeline = vec![0u64; stats.first().map(|s| s.timeline.len()).unwrap_or(0)];
@@ -424,6 +476,8 @@ fn run_target(
         first_error,
         verify: w.verify.then_some(v),
         curve: report::curve(&hist),
+        cpu_us_per_io: None,
+        completed,
     })
 }
 

@@ -83,6 +83,11 @@ pub struct TargetResult {
     /// Cumulative latency distribution for the plot: (percentile, microseconds).
     #[serde(skip)]
     pub curve: Vec<(f64, f64)>,
+    /// CPU time of `--cpu-pid` per completed I/O (ramp included), in microseconds.
+    pub cpu_us_per_io: Option<f64>,
+    /// I/Os completed over the ramp and the measured window.
+    #[serde(skip)]
+    pub completed: u64,
 }
 
 /// The terminal table.
@@ -107,6 +112,9 @@ pub fn table(results: &[TargetResult]) -> String {
             r.lat_us.max,
             r.ratio_to_baseline
         );
+        if let Some(cpu) = r.cpu_us_per_io {
+            let _ = writeln!(s, "  CPU of --cpu-pid: {cpu:.1} us per I/O");
+        }
         if r.errors > 0 {
             let _ = writeln!(
                 s,

@@ -1,4 +1,5 @@
-//! The one system call std lacks for the node engine: waiting for a socket to become ready.
+//! What std lacks for the node engine and the reports: waiting for a socket to become ready, and
+//! a process's CPU time.
 #![allow(unsafe_code)]
 
 use std::os::fd::RawFd;
@@ -21,4 +22,30 @@ pub fn wait_ready(fd: RawFd, write: bool) -> std::io::Result<()> {
             return Err(e);
         }
     }
+}
+
+/// User plus system CPU time of process `pid` so far, in clock ticks (/proc/PID/stat).
+pub fn cpu_ticks(pid: u32) -> anyhow::Result<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map_err(|e| anyhow::anyhow!("--cpu-pid {pid}: {e}"))?;
+    // Fields after the command name (which may hold spaces) start at the state, field 3;
+    // utime and stime are fields 14 and 15.
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .ok_or_else(|| anyhow::anyhow!("--cpu-pid {pid}: unreadable /proc/{pid}/stat"))?;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let field = |i: usize| -> anyhow::Result<u64> {
+        f.get(i - 3)
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| anyhow::anyhow!("--cpu-pid {pid}: no field {i} in /proc/{pid}/stat"))
+    };
+    Ok(field(14)? + field(15)?)
+}
+
+/// Microseconds per clock tick.
+pub fn us_per_tick() -> f64 {
+    // SAFETY: sysconf takes a plain integer.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    1e6 / if hz > 0 { hz as f64 } else { 100.0 }
 }

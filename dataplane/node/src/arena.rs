@@ -61,6 +61,21 @@ struct Class {
     map: MmapMut,
     base: *mut u8,
     free: Vec<u32>,
+    count: u32,
+    /// Slots holding a WRITE payload still arriving (their return depends on the client).
+    receiving: u32,
+}
+
+/// Number of size classes.
+pub const NUM_CLASSES: usize = CLASSES.len();
+
+/// Why [`Arena::alloc_fair`] gave no slot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NoSlot {
+    /// The connection already holds its share: it waits for its own slots to come back.
+    OverShare,
+    /// Nothing free that this request may take: it waits for anyone's slot to come back.
+    Exhausted,
 }
 
 /// Fixed-size-class buffer pool, registered with the ring (buffer index = class index; the
@@ -82,6 +97,8 @@ impl Arena {
                 map,
                 base,
                 free: (0..count as u32).rev().collect(),
+                count: count as u32,
+                receiving: 0,
             });
         }
         Ok(Self {
@@ -119,6 +136,60 @@ impl Arena {
                     slot,
                 })
             })
+    }
+
+    /// A slot of at least `len` bytes for a connection that holds `held[c]` slots of each class,
+    /// under the fair-admission rules (docs/node.md, "Budgets and timeouts"): a connection takes
+    /// a slot of a class only while it holds fewer of that class than are free, so no single
+    /// connection can drain a class, and each one holding slots leaves at least as many to the
+    /// others; a slot that will hold a WRITE payload still arriving (`receiving`) is taken only
+    /// while under half of its class is held that way, so clients that stall mid-payload can
+    /// never take the slots READs need. The smallest class that allows it is used.
+    pub fn alloc_fair(
+        &mut self,
+        len: usize,
+        held: &[u32; NUM_CLASSES],
+        receiving: bool,
+    ) -> Result<BufId, NoSlot> {
+        let mut why = NoSlot::Exhausted;
+        for (i, c) in self.classes.iter_mut().enumerate() {
+            if c.size < len || c.free.is_empty() {
+                continue;
+            }
+            if receiving && c.receiving >= c.count / 2 {
+                continue;
+            }
+            if held[i] > 0 && held[i] as usize >= c.free.len() {
+                why = NoSlot::OverShare;
+                continue;
+            }
+            let slot = c.free.pop().expect("checked non-empty");
+            if receiving {
+                c.receiving += 1;
+            }
+            return Ok(BufId {
+                class: i as u8,
+                slot,
+            });
+        }
+        Err(why)
+    }
+
+    /// The payload a slot was taken for (`receiving`) has all arrived, or its request was
+    /// dropped.
+    pub fn end_receiving(&mut self, id: BufId) {
+        let c = &mut self.classes[usize::from(id.class)];
+        c.receiving = c.receiving.saturating_sub(1);
+    }
+
+    /// The smallest size class whose slots hold `len` bytes.
+    pub fn class_for(&self, len: usize) -> Option<usize> {
+        self.classes.iter().position(|c| c.size >= len)
+    }
+
+    /// The size class of a slot (an index below [`NUM_CLASSES`]).
+    pub fn class_of(&self, id: BufId) -> usize {
+        usize::from(id.class)
     }
 
     /// Returns a slot. The caller guarantees the kernel no longer uses it.
@@ -309,6 +380,35 @@ mod tests {
             }
         }
         None
+    }
+
+    #[test]
+    fn fair_allocation_leaves_slots_to_others() {
+        let mut a = Arena::new().unwrap();
+        // One greedy connection takes at most half of the 1 MiB class.
+        let mut held = [0u32; NUM_CLASSES];
+        let mut greedy = Vec::new();
+        while let Ok(b) = a.alloc_fair(1 << 20, &held, false) {
+            held[a.class_of(b)] += 1;
+            greedy.push(b);
+        }
+        assert_eq!(greedy.len(), 16);
+        assert_eq!(a.alloc_fair(1 << 20, &held, false), Err(NoSlot::OverShare));
+        // A second one a half of the rest, and so on; a newcomer always finds one.
+        let mut held2 = [0u32; NUM_CLASSES];
+        while let Ok(b) = a.alloc_fair(1 << 20, &held2, false) {
+            held2[a.class_of(b)] += 1;
+        }
+        assert_eq!(held2[3], 8);
+        assert!(a.alloc_fair(1 << 20, &[0; NUM_CLASSES], false).is_ok());
+        // Payload slots: at most half of a class.
+        let mut b = Arena::new().unwrap();
+        let recv: Vec<_> =
+            std::iter::from_fn(|| b.alloc_fair(1 << 20, &[0; NUM_CLASSES], true).ok()).collect();
+        assert_eq!(recv.len(), 16);
+        assert!(b.alloc_fair(1 << 20, &[0; NUM_CLASSES], false).is_ok());
+        b.end_receiving(recv[0]);
+        assert!(b.alloc_fair(1 << 20, &[0; NUM_CLASSES], true).is_ok());
     }
 
     #[test]

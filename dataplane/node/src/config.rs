@@ -206,6 +206,26 @@ pub struct Config {
     /// How long a clean shutdown waits for in-flight work before closing connections anyway.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
+    /// A connection that has not completed its handshake this long after it was accepted is
+    /// closed.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub handshake_timeout: Duration,
+    /// A connection that has sent part of a frame (a request header, a WRITE payload) and then
+    /// nothing more for this long is closed.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub payload_timeout: Duration,
+    /// Arena buffer bytes one connection may hold at once (its requests' slots, including READ
+    /// replies not yet sent); past it the connection is not read until its slots come back.
+    #[arg(long, default_value = "16M", value_parser = size_arg)]
+    pub conn_slot_budget: u64,
+    /// Reply payload bytes one connection may have queued and not yet sent; past it the
+    /// connection is not read until its replies drain.
+    #[arg(long, default_value = "8M", value_parser = size_arg)]
+    pub conn_send_budget: u64,
+    /// Test only: every FLUSH, DISCARD and WRITE_ZEROES (and the sync after a FUA zeroing) takes
+    /// this much longer in the backend, as a slow device would.
+    #[arg(long, hide = true, value_parser = humantime::parse_duration)]
+    pub fault_slow_device_ops: Option<Duration>,
 }
 
 impl Config {
@@ -229,6 +249,15 @@ impl Config {
             return Err(format!(
                 "--max-inflight {} must be in 1..=4096",
                 self.max_inflight
+            ));
+        }
+        if self.handshake_timeout.is_zero() || self.payload_timeout.is_zero() {
+            return Err("--handshake-timeout and --payload-timeout must be above zero".into());
+        }
+        if self.conn_slot_budget < 4096 || self.conn_send_budget < 4096 {
+            return Err(format!(
+                "--conn-slot-budget {} and --conn-send-budget {} must be at least 4k",
+                self.conn_slot_budget, self.conn_send_budget
             ));
         }
         if self.max_search_hits == 0 {

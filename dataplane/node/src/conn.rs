@@ -1,6 +1,7 @@
 //! Per-connection state: the receive staging buffer, the session a token opened, and the queue
 //! of replies waiting to be sent (with the in-flight `sendmsg` that owns its iovecs).
 
+use memmap2::MmapMut;
 use socket2::Socket;
 
 use dasmesh_wire::{
@@ -8,7 +9,7 @@ use dasmesh_wire::{
     HELLO_REPLY_LEN, REPLY_HEADER_LEN,
 };
 
-use crate::arena::BufId;
+use crate::arena::{BufId, NUM_CLASSES};
 use crate::barrier::{Barrier, WriteSeq};
 use crate::fence::Range;
 
@@ -114,8 +115,10 @@ pub struct Conn {
     pub phase: Phase,
     /// Set after a successful handshake.
     pub session: Option<Session>,
-    /// Receive staging buffer.
-    pub rbuf: Box<[u8]>,
+    /// Receive staging buffer: its own mapping, so that its pages go back to the system when
+    /// the connection closes (from the heap, a thousand closed connections' buffers stayed
+    /// resident).
+    pub rbuf: MmapMut,
     /// Start of unparsed bytes in `rbuf`.
     pub rstart: usize,
     /// End of received bytes in `rbuf`.
@@ -144,6 +147,18 @@ pub struct Conn {
     pub peer_closed: bool,
     /// Waiting for an arena slot.
     pub stalled: bool,
+    /// Over its own budget: not read until what it holds comes back (`budget.rs`).
+    pub parked: bool,
+    /// Arena slots held by its requests and unsent replies, per size class.
+    pub slots: [u32; NUM_CLASSES],
+    /// Their bytes.
+    pub slot_bytes: u64,
+    /// Reply payload bytes queued or being sent.
+    pub unsent: u64,
+    /// When it was accepted (ms since the epoch), for the handshake timeout.
+    pub accepted_ms: u64,
+    /// Since when it has waited on its client for the rest of a frame, for the payload timeout.
+    pub partial_since_ms: Option<u64>,
     /// Queued for `pump`.
     pub dirty: bool,
     /// A session opened but not served yet: its hello reply waits until the writes admitted
@@ -152,13 +167,13 @@ pub struct Conn {
 }
 
 impl Conn {
-    /// A fresh connection awaiting its hello.
-    pub fn new(sock: Socket) -> Self {
-        Self {
+    /// A fresh connection awaiting its hello, accepted at `now_ms`.
+    pub fn new(sock: Socket, now_ms: u64) -> std::io::Result<Self> {
+        Ok(Self {
             sock,
             phase: Phase::Handshake,
             session: None,
-            rbuf: vec![0u8; RBUF_LEN].into_boxed_slice(),
+            rbuf: MmapMut::map_anon(RBUF_LEN)?,
             rstart: 0,
             rend: 0,
             need: 0,
@@ -172,9 +187,15 @@ impl Conn {
             close_after_send: false,
             peer_closed: false,
             stalled: false,
+            parked: false,
+            slots: [0; NUM_CLASSES],
+            slot_bytes: 0,
+            unsent: 0,
+            accepted_ms: now_ms,
+            partial_since_ms: None,
             dirty: false,
             held: None,
-        }
+        })
     }
 
     /// Unparsed received bytes.
@@ -192,6 +213,8 @@ pub enum Stage {
     Data,
     /// Deallocating or zeroing a range with fallocate.
     Fallocate,
+    /// A blocking device call on the reactor's helper thread (`offload.rs`); its result is final.
+    Offloaded,
     /// Writing zeroes from the zero buffer (when fallocate cannot).
     ZeroWrite,
     /// fdatasync (FLUSH, or after a FUA zeroing).

@@ -11,9 +11,11 @@ pub mod agent;
 pub mod arena;
 pub mod backend;
 pub mod barrier;
+pub mod budget;
 pub mod config;
 mod conn;
 pub mod fence;
+mod offload;
 mod reactor;
 pub mod revoke;
 pub mod session;
@@ -70,6 +72,8 @@ pub struct Shared {
     pub usage: usage::UsageTable,
     /// Whether to collect usage at all.
     pub collect_usage: bool,
+    /// Timeouts and per-connection budgets (`budget.rs`).
+    pub bounds: budget::Bounds,
 }
 
 impl Shared {
@@ -123,6 +127,13 @@ pub fn open_shared(cfg: &Config) -> anyhow::Result<Shared> {
         eager_submit: !cfg.batch_submit,
         usage: usage::UsageTable::default(),
         collect_usage: cfg.controller.is_some(),
+        bounds: budget::Bounds {
+            handshake_timeout_ms: cfg.handshake_timeout.as_millis() as u64,
+            payload_timeout_ms: cfg.payload_timeout.as_millis() as u64,
+            slot_budget: cfg.conn_slot_budget,
+            send_budget: cfg.conn_send_budget,
+            slow_device_ops: cfg.fault_slow_device_ops,
+        },
     })
 }
 
@@ -190,5 +201,6 @@ pub struct Listeners {
 
 /// Runs reactor `id` on the current thread until shutdown.
 pub fn run_reactor(id: usize, shared: Arc<Shared>, listeners: Listeners) -> std::io::Result<()> {
+    sys::tune_allocator();
     reactor::Reactor::new(id, shared, listeners)?.run()
 }

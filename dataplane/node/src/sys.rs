@@ -1,5 +1,5 @@
-//! Thin wrappers over the Linux calls std does not offer: block-device ioctls, signal masks,
-//! and the current time in milliseconds.
+//! Thin wrappers over the Linux calls std does not offer: block-device ioctls, fallocate,
+//! eventfd, signal masks, and the current time in milliseconds.
 
 use std::fs::File;
 use std::io;
@@ -56,6 +56,47 @@ pub fn zero_out(f: &File, offset: u64, len: u64) -> io::Result<()> {
     let range = [offset, len];
     // SAFETY: BLKZEROOUT reads two u64s (offset, length) from the pointer, a live local array.
     check(unsafe { libc::ioctl(f.as_raw_fd(), BLKZEROOUT, &range) })
+}
+
+/// Deallocates or zeroes a byte range of a regular file (`mode`: FALLOC_FL_* flags).
+pub fn fallocate(f: &File, mode: libc::c_int, offset: u64, len: u64) -> io::Result<()> {
+    // SAFETY: fallocate takes plain integers; the descriptor is owned by `f`, which is live.
+    check(unsafe { libc::fallocate(f.as_raw_fd(), mode, offset as i64, len as i64) })
+}
+
+/// A new close-on-exec eventfd (blocking: io_uring then waits for it rather than failing with EAGAIN), as a `File` (reads and writes of 8 bytes).
+pub fn eventfd() -> io::Result<File> {
+    // SAFETY: eventfd takes plain integers and returns a new descriptor or -1.
+    let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just created and nothing else owns it.
+    Ok(unsafe { <File as std::os::fd::FromRawFd>::from_raw_fd(fd) })
+}
+
+/// Serves every allocation of 16 KiB or more with its own mapping, returned at free: a
+/// connection's larger buffers (its reply queue and send state hold up to 256 replies) then
+/// never stay resident in the allocator's heaps after it closes. Measured with 900 connections
+/// that each had 256 replies queued, beside other tests: 19-46 MiB stayed resident after they
+/// closed in 5 of 7 runs with glibc's default (128 KiB, raised as large blocks are freed) and
+/// `malloc_trim`; 2-5 MiB in each of 3 runs with this. A no-op off glibc.
+pub fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt takes plain integers and only changes the allocator's settings.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 16 << 10);
+    }
+}
+
+/// Hands the allocator's free memory back to the system (glibc keeps what a burst of
+/// connections freed inside its heaps otherwise); a no-op elsewhere.
+pub fn trim_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim takes a plain integer and only touches the allocator's own state.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 /// Blocks SIGINT and SIGTERM in the calling thread (and the threads it spawns later), so that

@@ -266,9 +266,10 @@ fn undefined_flag_bits_are_answered_bad_flags_and_the_connection_continues() {
 fn a_client_connecting_during_shutdown_is_refused_at_once() {
     let mut node = Node::start(&["memory:4M"], &["--shutdown-grace", "60s"]);
     let t = node.token(0, 0, 4 * MIB, Rights::ReadWrite, 1);
-    // A WRITE whose payload is half sent keeps the node in its shutdown grace.
+    // A WRITE whose payload is partly sent keeps the node in its shutdown grace (one above
+    // 16 KiB: a smaller WRITE is admitted only once its whole payload is in).
     let mut busy = Raw::open(&node.addr, 0, &t);
-    let mut frame = req(Op::Write, 1, 0, 8192).encode().to_vec();
+    let mut frame = req(Op::Write, 1, 0, 64 << 10).encode().to_vec();
     frame.extend_from_slice(&[0xEE; 4096]);
     busy.s.write_all(&frame).unwrap();
     // An idle session, closed by the node when its shutdown begins: the signal to go on.
@@ -289,7 +290,7 @@ fn a_client_connecting_during_shutdown_is_refused_at_once() {
         assert!(raw.is_closed());
     }
     // The half-sent WRITE completes its payload and is refused; then the node exits cleanly.
-    busy.s.write_all(&[0xEE; 4096]).unwrap();
+    busy.s.write_all(&[0xEE; (64 << 10) - 4096]).unwrap();
     let (h, _) = busy.recv();
     assert_eq!((h.status_enum(), h.tag), (Status::ShuttingDown, Tag(1)));
     let status = node.wait(std::time::Duration::from_secs(30));
