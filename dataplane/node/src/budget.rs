@@ -14,6 +14,9 @@ pub struct Bounds {
     pub handshake_timeout_ms: u64,
     /// A connection that sent part of a frame and nothing since for this long is closed.
     pub payload_timeout_ms: u64,
+    /// A connection whose send has not moved for this long (its client reads no replies) is
+    /// closed.
+    pub send_timeout_ms: u64,
     /// Arena bytes one connection may hold.
     pub slot_budget: u64,
     /// Reply payload bytes one connection may have queued and unsent.
@@ -32,6 +35,8 @@ pub enum Overdue {
     Handshake,
     /// A frame started and not continued in time.
     Payload,
+    /// Replies waiting and none of them taken by the client in time.
+    Send,
 }
 
 impl std::fmt::Display for Overdue {
@@ -39,17 +44,35 @@ impl std::fmt::Display for Overdue {
         f.write_str(match self {
             Overdue::Handshake => "no handshake within --handshake-timeout",
             Overdue::Payload => "part of a frame and nothing more within --payload-timeout",
+            Overdue::Send => "replies waiting and none taken within --send-timeout",
         })
     }
 }
 
-/// How long a connection may hold a slot with its WRITE payload stalled while other requests
-/// wait for slots (`pressure`), when the payload timeout is longer.
+/// How long a connection may hold a slot with its WRITE payload stalled, or hold replies its
+/// client does not take, while other requests wait for slots (`pressure`), when the payload or
+/// send timeout is longer.
 pub const PRESSURE_GRACE_MS: u64 = 2000;
 
 /// Whether `c` has overstayed a timeout at `now_ms`; `pressure`: requests are waiting for slots.
 pub fn overdue(c: &Conn, b: &Bounds, now_ms: u64, pressure: bool) -> Option<Overdue> {
-    if c.phase == Phase::Closing || c.close_after_send {
+    if c.phase == Phase::Closing {
+        return None;
+    }
+    // Replies the client does not take hold their slots (a READ's reply is sent from its slot):
+    // with enough such clients no slot would be left to anyone else. This holds for a
+    // connection that is to close once its replies are out, too.
+    if c.sending.is_some() {
+        let limit = if pressure {
+            b.send_timeout_ms.min(PRESSURE_GRACE_MS)
+        } else {
+            b.send_timeout_ms
+        };
+        if now_ms.saturating_sub(c.send_moved_ms) >= limit {
+            return Some(Overdue::Send);
+        }
+    }
+    if c.close_after_send {
         return None;
     }
     // A session held for the write barrier waits on the node, not on its client.
@@ -101,6 +124,7 @@ mod tests {
         let b = Bounds {
             handshake_timeout_ms: 1,
             payload_timeout_ms: 1,
+            send_timeout_ms: 1,
             slot_budget: 1 << 20,
             send_budget: 1 << 20,
             slow_device_ops: None,

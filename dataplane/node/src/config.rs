@@ -214,6 +214,11 @@ pub struct Config {
     /// nothing more for this long is closed.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub payload_timeout: Duration,
+    /// A connection whose replies the client has taken none of for this long (its socket's
+    /// send buffer full) is closed, giving back the buffers they hold; 2 s while other
+    /// requests wait for buffers.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub send_timeout: Duration,
     /// Arena buffer bytes one connection may hold at once (its requests' slots, including READ
     /// replies not yet sent); past it the connection is not read until its slots come back.
     #[arg(long, default_value = "16M", value_parser = size_arg)]
@@ -251,8 +256,14 @@ impl Config {
                 self.max_inflight
             ));
         }
-        if self.handshake_timeout.is_zero() || self.payload_timeout.is_zero() {
-            return Err("--handshake-timeout and --payload-timeout must be above zero".into());
+        if self.handshake_timeout.is_zero()
+            || self.payload_timeout.is_zero()
+            || self.send_timeout.is_zero()
+        {
+            return Err(
+                "--handshake-timeout, --payload-timeout and --send-timeout must be above zero"
+                    .into(),
+            );
         }
         if self.conn_slot_budget < 4096 || self.conn_send_budget < 4096 {
             return Err(format!(

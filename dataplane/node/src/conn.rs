@@ -159,6 +159,9 @@ pub struct Conn {
     pub accepted_ms: u64,
     /// Since when it has waited on its client for the rest of a frame, for the payload timeout.
     pub partial_since_ms: Option<u64>,
+    /// When its send in flight last moved (started, or the client took some bytes), for the
+    /// send timeout.
+    pub send_moved_ms: u64,
     /// Queued for `pump`.
     pub dirty: bool,
     /// A session opened but not served yet: its hello reply waits until the writes admitted
@@ -193,6 +196,7 @@ impl Conn {
             unsent: 0,
             accepted_ms: now_ms,
             partial_since_ms: None,
+            send_moved_ms: now_ms,
             dirty: false,
             held: None,
         })

@@ -130,6 +130,7 @@ pub fn open_shared(cfg: &Config) -> anyhow::Result<Shared> {
         bounds: budget::Bounds {
             handshake_timeout_ms: cfg.handshake_timeout.as_millis() as u64,
             payload_timeout_ms: cfg.payload_timeout.as_millis() as u64,
+            send_timeout_ms: cfg.send_timeout.as_millis() as u64,
             slot_budget: cfg.conn_slot_budget,
             send_budget: cfg.conn_send_budget,
             slow_device_ops: cfg.fault_slow_device_ops,

@@ -718,6 +718,7 @@ impl Reactor {
         let msg_ptr: *const libc::msghdr = &st.msg;
         let fd = c.sock.as_raw_fd();
         c.sending = Some(st);
+        c.send_moved_ms = self.now_ms;
         self.push_send(ci, fd, msg_ptr);
     }
 
@@ -736,6 +737,7 @@ impl Reactor {
         let c = &mut self.conns[ci];
         let st = c.sending.as_mut().expect("send completion without a send");
         if res > 0 && c.phase != Phase::Closing {
+            c.send_moved_ms = self.now_ms;
             let mut n = res as usize;
             while n > 0 && st.pos < st.iovs.len() {
                 let iov = &mut st.iovs[st.pos];

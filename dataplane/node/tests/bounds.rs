@@ -1,6 +1,7 @@
 //! Resource bounds of the node against misbehaving clients: connections that stall mid-frame or
 //! never read their replies cannot starve others, silent ones are closed after the timeouts,
-//! their memory comes back when they close, and a slow FLUSH/DISCARD does not stop the reactor.
+//! clients that take no replies are closed after the send timeout, their memory comes back
+//! when they close, and a slow FLUSH/DISCARD does not stop the reactor.
 //! Every wait is bounded so that a regression fails instead of hanging.
 
 mod common;
@@ -244,6 +245,55 @@ fn stalled_frames_are_closed_after_the_payload_timeout() {
 }
 
 #[test]
+fn a_client_that_takes_no_replies_is_closed_after_the_send_timeout() {
+    let node = Node::start(&["memory:64M"], &["--send-timeout", "300ms"]);
+    let ro = node.token(0, 0, 64 * MIB, Rights::ReadOnly, 1);
+    // More reply bytes than the socket buffers hold, none of them read.
+    let mut deaf = open(&node, &ro);
+    let mut frames = Vec::new();
+    for t in 0..64u64 {
+        frames.extend_from_slice(&req(Op::Read, t, t * MIB, MIB).encode());
+    }
+    deaf.s.write_all(&frames).unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    // Reading now drains what the kernel holds; a connection the node still served would then
+    // send the rest and stay open.
+    assert!(closed_within(&mut deaf.s, PATIENCE), "kept open");
+    // A client that reads its replies is not closed, however many it asks for.
+    let mut reader = open(&node, &ro);
+    reader.s.write_all(&frames).unwrap();
+    for _ in 0..64 {
+        assert_eq!(reader.recv().0.status_enum(), Status::Ok);
+    }
+}
+
+#[test]
+fn clients_that_take_no_replies_cannot_starve_large_reads() {
+    // Each 1 MiB READ's reply is sent from its slot, and the arena has 32 such slots: 64
+    // connections asking for 16 each and reading none hold them all, well past what the
+    // kernel's socket buffers absorb. Default timeouts: the slots must come back (the send
+    // timeout, shortened while others wait for slots) and a well-behaved client be served.
+    let node = Node::start(&["file:{dir}/d.img:64M"], &[]);
+    let ro = node.token(0, 0, 64 * MIB, Rights::ReadOnly, 1);
+    let rw = node.token(0, 0, 64 * MIB, Rights::ReadWrite, 1);
+    let mut hostile = Vec::new();
+    for i in 0..64u64 {
+        let mut c = open(&node, &ro);
+        let mut frames = Vec::new();
+        for t in 0..16u64 {
+            frames.extend_from_slice(&req(Op::Read, t, ((i + t) % 64) * MIB, MIB).encode());
+        }
+        c.s.write_all(&frames).unwrap();
+        hostile.push(c);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let mut good = open(&node, &rw);
+    write_read(&mut good, 1, 0, &pattern(MIB as usize, 5));
+    write_read(&mut good, 3, 4 * MIB, &pattern(MIB as usize, 6));
+    drop(hostile);
+}
+
+#[test]
 fn memory_is_returned_after_hostile_connections_close() {
     let node = Node::start(&["memory:16M"], &[]);
     let ro = node.token(0, 0, 16 * MIB, Rights::ReadOnly, 1);
@@ -271,24 +321,27 @@ fn memory_is_returned_after_hostile_connections_close() {
     std::thread::sleep(Duration::from_millis(500));
     let during = vm_rss_kib(node.pid());
     drop(hostile);
-    // The node closes them as it sees the FINs; give it a bounded while.
+    // The node closes them as it sees the FINs; give it a bounded while. The bound leaves
+    // room for allocator fragmentation (16-19 MiB was seen kept with other tests running
+    // beside; the code before the fix kept about 100 MiB).
+    let bound = 32 * 1024;
     let deadline = Instant::now() + PATIENCE;
     let mut after = vm_rss_kib(node.pid());
-    while after > before + 16 * 1024 && Instant::now() < deadline {
+    while after > before + bound && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(100));
         after = vm_rss_kib(node.pid());
     }
     eprintln!(
         "VmRSS before {before} KiB, with 900 hostile connections {during} KiB, after {after} KiB"
     );
-    if after > before + 16 * 1024 {
+    if after > before + bound {
         eprintln!(
             "largest resident mappings:\n{}",
             largest_mappings(node.pid())
         );
     }
     assert!(
-        after <= before + 16 * 1024,
+        after <= before + bound,
         "the node kept {} KiB after the connections closed (before {before}, during {during})",
         after - before
     );
