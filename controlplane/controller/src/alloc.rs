@@ -93,6 +93,20 @@ struct Pool {
 }
 
 impl Pool {
+    /// A working copy of `cands` for a request of `size` bytes, and the size rounded up to
+    /// [`ALIGN`]; an empty request is refused.
+    fn for_request(cands: &[Candidate], size: u64) -> Result<(u64, Pool), String> {
+        if size == 0 {
+            return Err("size must be greater than 0".into());
+        }
+        Ok((
+            align_up(size),
+            Pool {
+                cands: cands.to_vec(),
+            },
+        ))
+    }
+
     fn device_free(&self, i: usize) -> u64 {
         self.cands[i].free.iter().map(|r| r.1).sum()
     }
@@ -158,13 +172,7 @@ pub fn allocate(
     size: u64,
     spread_domains: bool,
 ) -> Result<Vec<Piece>, String> {
-    if size == 0 {
-        return Err("size must be greater than 0".into());
-    }
-    let size = align_up(size);
-    let mut pool = Pool {
-        cands: cands.to_vec(),
-    };
+    let (size, mut pool) = Pool::for_request(cands, size)?;
     let total: u64 = (0..pool.cands.len()).map(|i| pool.device_free(i)).sum();
     let piece = |(key, offset): (DeviceKey, u64), length, copy, index| Piece {
         key,
@@ -303,13 +311,7 @@ pub fn allocate_mirror_growth(
     size: u64,
     spread_domains: bool,
 ) -> Result<Vec<Piece>, String> {
-    if size == 0 {
-        return Err("size must be greater than 0".into());
-    }
-    let size = align_up(size);
-    let mut pool = Pool {
-        cands: cands.to_vec(),
-    };
+    let (size, mut pool) = Pool::for_request(cands, size)?;
     let n = placed.len();
     match place_copies(&pool, placed, size, spread_domains) {
         Some(picks) => Ok(take_copies(&mut pool, &picks, size)),

@@ -400,6 +400,15 @@ fn io_commands_round_trip_through_a_node() {
     assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
 }
 
+/// `args` with `--controller URL` in front.
+fn against(url: &str, args: &[&str]) -> Vec<String> {
+    ["--controller", url]
+        .iter()
+        .chain(args)
+        .map(|x| x.to_string())
+        .collect()
+}
+
 #[test]
 fn control_plane_commands_against_a_real_controller() {
     use dasmesh_testkit::Process;
@@ -408,13 +417,7 @@ fn control_plane_commands_against_a_real_controller() {
     let _n1 = Process::node(dir.path(), &ctl.addr, "n1");
     let _n2 = Process::node(dir.path(), &ctl.addr, "n2");
     let url = format!("http://{}", ctl.addr);
-    let c = |args: &[&str]| -> Vec<String> {
-        ["--controller", url.as_str()]
-            .iter()
-            .chain(args)
-            .map(|x| x.to_string())
-            .collect()
-    };
+    let c = |args: &[&str]| against(&url, args);
     let run_ok = |args: Vec<String>| ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
     let run_fail = |args: Vec<String>| fails(&args.iter().map(String::as_str).collect::<Vec<_>>());
 
@@ -504,13 +507,7 @@ fn a_closed_pipe_on_stdout_ends_every_kind_of_command_quietly() {
     let ctl = Process::controller(&dir.path().join("ctl"), "127.0.0.1:0");
     let _n = Process::node(dir.path(), &ctl.addr, "n1");
     let url = format!("http://{}", ctl.addr);
-    let c = |a: &[&str]| -> Vec<String> {
-        ["--controller", url.as_str()]
-            .iter()
-            .chain(a)
-            .map(|x| x.to_string())
-            .collect()
-    };
+    let c = |args: &[&str]| against(&url, args);
     ok(&c(&["volume", "create", "v", "--size", "4M"])
         .iter()
         .map(String::as_str)
