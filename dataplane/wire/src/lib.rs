@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 mod frame;
+mod framer;
 mod handshake;
 mod ids;
 mod local;
@@ -19,6 +20,10 @@ pub use frame::{
     check_request, Op, ReplyHeader, RequestHeader, RequestLimits, SearchBody, FLAG_FUA,
     REPLY_FLAG_TRUNCATED, REPLY_HEADER_LEN, REPLY_MAGIC, REQUEST_HEADER_LEN, REQUEST_MAGIC,
     SEARCH_BODY_LEN, SEARCH_PATTERN_MAX,
+};
+pub use framer::{
+    check_reply, expected_reply_payload, request_frame_len, Event, ExpectedPayload, FrameHeader,
+    Framer,
 };
 pub use handshake::{
     negotiate_version, Capabilities, Hello, HelloReply, HELLO_LEN, HELLO_MAGIC, HELLO_REPLY_LEN,
