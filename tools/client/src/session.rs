@@ -1,4 +1,6 @@
-//! Several connections to one device of a node, used round-robin.
+//! Several connections to one device of a node. Each calling thread keeps to one of them (its
+//! requests batch together on one socket, and threads do not contend for one connection's
+//! reader and writer); a connection much busier than the others is skipped for the least busy.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -6,10 +8,41 @@ use dasmesh_wire::{DeviceId, HelloReply, Token};
 
 use crate::{AlignedBuf, ConnectOptions, Connection, Error, SearchResult};
 
-/// A pool of connections to the same node device; requests are spread round-robin.
+/// Below this many requests in flight a thread's own connection is always used.
+const BUSY: usize = 8;
+/// How many more requests than the least busy connection a thread's own must hold before the
+/// thread's request goes to that one instead.
+const IMBALANCE: usize = 32;
+
+/// The connection for a request from the thread whose own connection is `lane`, given each
+/// connection's requests in flight: its own, unless another has `IMBALANCE` fewer.
+pub(crate) fn choose(lane: usize, loads: &[usize]) -> usize {
+    let mine = loads[lane];
+    if mine < BUSY {
+        return lane;
+    }
+    let (least, &low) = loads
+        .iter()
+        .enumerate()
+        .min_by_key(|(_, l)| **l)
+        .expect("at least one connection");
+    if low + IMBALANCE <= mine {
+        least
+    } else {
+        lane
+    }
+}
+
+/// A pool of connections to the same node device; requests are spread over them by thread.
 pub struct NodeSession {
     conns: Vec<Connection>,
-    next: AtomicUsize,
+}
+
+/// Numbers the threads that use any session, in the order they first do.
+static THREADS: AtomicUsize = AtomicUsize::new(0);
+
+thread_local! {
+    static LANE: usize = THREADS.fetch_add(1, Ordering::Relaxed);
 }
 
 impl NodeSession {
@@ -25,14 +58,18 @@ impl NodeSession {
         for _ in 0..connections.max(1) {
             conns.push(Connection::connect(addr, device, token, opts).await?);
         }
-        Ok(Self {
-            conns,
-            next: AtomicUsize::new(0),
-        })
+        Ok(Self { conns })
     }
 
+    /// This thread's connection, unless it is much busier than another (see [`choose`]).
     fn pick(&self) -> &Connection {
-        &self.conns[self.next.fetch_add(1, Ordering::Relaxed) % self.conns.len()]
+        let n = self.conns.len();
+        let lane = LANE.with(|l| *l) % n;
+        if n == 1 || self.conns[lane].in_flight() < BUSY {
+            return &self.conns[lane];
+        }
+        let loads: Vec<usize> = self.conns.iter().map(Connection::in_flight).collect();
+        &self.conns[choose(lane, &loads)]
     }
 
     /// What the node answered on the first connection.
@@ -109,5 +146,28 @@ impl NodeSession {
         for c in &self.conns {
             c.close().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::choose;
+
+    #[test]
+    fn a_thread_keeps_to_its_connection_unless_it_is_far_busier() {
+        assert_eq!(choose(1, &[0, 0, 0]), 1);
+        assert_eq!(choose(1, &[0, 7, 0]), 1, "below BUSY: always its own");
+        assert_eq!(
+            choose(1, &[20, 40, 30]),
+            1,
+            "within IMBALANCE of the least busy"
+        );
+        assert_eq!(
+            choose(1, &[20, 52, 30]),
+            0,
+            "far busier: the least busy one"
+        );
+        assert_eq!(choose(2, &[64, 64, 64]), 2, "all equally busy: its own");
+        assert_eq!(choose(0, &[33, 5, 1]), 2);
     }
 }

@@ -1,20 +1,25 @@
-//! The byte stream under a [`Connection`](crate::Connection): TCP, or the same-host Unix socket.
+//! The socket under a [`Connection`](crate::Connection): TCP, or the same-host Unix socket.
 //!
 //! A node also listens on an abstract Unix socket named after its address
 //! ([`dasmesh_wire::local_socket_name`]). A client tries that name first: when the node runs on
 //! this machine, in this network namespace, the connection skips the loopback TCP stack on both
 //! sides; when it does not, nothing listens under the name and the client connects over TCP.
 //! The protocol is the same on both.
+//!
+//! After the handshake, reads and writes are plain system calls made by whichever caller is
+//! driving the connection at that moment, and the runtime is asked only to wait when the socket
+//! would block (see `connection.rs`).
 
-use std::io;
+use std::io::{self, IoSlice, Read, Write};
+use std::os::fd::AsFd;
 use std::os::unix::fs::MetadataExt;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{tcp, unix, TcpStream, UnixStream};
+use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
+use tokio::net::{TcpStream, UnixStream};
 
-/// A connected stream of either kind.
+/// A connected stream of either kind (during the handshake).
 pub(crate) enum Stream {
     Tcp(TcpStream),
     Unix(UnixStream),
@@ -39,18 +44,18 @@ impl Stream {
         matches!(self, Stream::Unix(_))
     }
 
-    /// Splits into halves that can be used from different tasks.
-    pub(crate) fn into_split(self) -> (ReadHalf, WriteHalf) {
-        match self {
-            Stream::Tcp(s) => {
-                let (r, w) = s.into_split();
-                (ReadHalf::Tcp(r), WriteHalf::Tcp(w))
+    /// The socket for the data path (see [`Sock`]).
+    pub(crate) fn into_sock(self) -> io::Result<Sock> {
+        Ok(match self {
+            Stream::Tcp(io) => {
+                let raw = io.as_fd().try_clone_to_owned()?.into();
+                Sock::Tcp { io, raw }
             }
-            Stream::Unix(s) => {
-                let (r, w) = s.into_split();
-                (ReadHalf::Unix(r), WriteHalf::Unix(w))
+            Stream::Unix(io) => {
+                let raw = io.as_fd().try_clone_to_owned()?.into();
+                Sock::Unix { io, raw }
             }
-        }
+        })
     }
 }
 
@@ -69,88 +74,116 @@ async fn connect_local(addr: &str) -> Option<UnixStream> {
     }
 }
 
-/// The read half of a [`Stream`].
-pub(crate) enum ReadHalf {
-    Tcp(tcp::OwnedReadHalf),
-    Unix(unix::OwnedReadHalf),
+/// A connected socket: tokio's handle tells when it is ready; reads and writes are single
+/// system calls on a duplicate of its descriptor (the same socket), made whenever a caller wants,
+/// without asking the runtime first.
+pub(crate) enum Sock {
+    Tcp {
+        io: TcpStream,
+        raw: std::net::TcpStream,
+    },
+    Unix {
+        io: UnixStream,
+        raw: std::os::unix::net::UnixStream,
+    },
 }
 
-/// The write half of a [`Stream`].
-pub(crate) enum WriteHalf {
-    Tcp(tcp::OwnedWriteHalf),
-    Unix(unix::OwnedWriteHalf),
+fn would_block<T>() -> io::Result<T> {
+    Err(io::ErrorKind::WouldBlock.into())
 }
 
-/// Forwards `AsyncRead` to the variant inside.
-macro_rules! forward_read {
-    ($ty:ident) => {
-        impl AsyncRead for $ty {
-            fn poll_read(
-                self: Pin<&mut Self>,
-                cx: &mut Context<'_>,
-                buf: &mut ReadBuf<'_>,
-            ) -> Poll<io::Result<()>> {
-                match self.get_mut() {
-                    $ty::Tcp(s) => Pin::new(s).poll_read(cx, buf),
-                    $ty::Unix(s) => Pin::new(s).poll_read(cx, buf),
-                }
+impl Sock {
+    pub(crate) fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Sock::Tcp { raw, .. } => (&*raw).read(buf),
+            Sock::Unix { raw, .. } => (&*raw).read(buf),
+        }
+    }
+
+    pub(crate) fn write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        match self {
+            Sock::Tcp { raw, .. } => (&*raw).write_vectored(bufs),
+            Sock::Unix { raw, .. } => (&*raw).write_vectored(bufs),
+        }
+    }
+
+    /// Registers the task for readability (only one task at a time may wait here: the
+    /// connection's reader). Ready can be stale: see [`Sock::clear_read`].
+    pub(crate) fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self {
+            Sock::Tcp { io, .. } => io.poll_read_ready(cx),
+            Sock::Unix { io, .. } => io.poll_read_ready(cx),
+        }
+    }
+
+    /// Forgets a readiness that a read found stale. A read must follow (an event that came
+    /// in between is cleared too).
+    pub(crate) fn clear_read(&self) {
+        let _ = match self {
+            Sock::Tcp { io, .. } => io.try_io(Interest::READABLE, would_block::<()>),
+            Sock::Unix { io, .. } => io.try_io(Interest::READABLE, would_block::<()>),
+        };
+    }
+
+    /// Waits until the socket may have room; a write must follow.
+    pub(crate) async fn writable(&self) -> io::Result<()> {
+        match self {
+            Sock::Tcp { io, .. } => {
+                io.writable().await?;
+                let _ = io.try_io(Interest::WRITABLE, would_block::<()>);
+            }
+            Sock::Unix { io, .. } => {
+                io.writable().await?;
+                let _ = io.try_io(Interest::WRITABLE, would_block::<()>);
             }
         }
-    };
+        Ok(())
+    }
+
+    pub(crate) fn shutdown(&self) {
+        let _ = match self {
+            Sock::Tcp { raw, .. } => raw.shutdown(std::net::Shutdown::Both),
+            Sock::Unix { raw, .. } => raw.shutdown(std::net::Shutdown::Both),
+        };
+    }
 }
 
-forward_read!(Stream);
-forward_read!(ReadHalf);
-
-/// Forwards every `AsyncWrite` method to the variant inside.
-macro_rules! forward_write {
-    ($ty:ident) => {
-        impl AsyncWrite for $ty {
-            fn poll_write(
-                self: Pin<&mut Self>,
-                cx: &mut Context<'_>,
-                buf: &[u8],
-            ) -> Poll<io::Result<usize>> {
-                match self.get_mut() {
-                    $ty::Tcp(s) => Pin::new(s).poll_write(cx, buf),
-                    $ty::Unix(s) => Pin::new(s).poll_write(cx, buf),
-                }
-            }
-
-            fn poll_write_vectored(
-                self: Pin<&mut Self>,
-                cx: &mut Context<'_>,
-                bufs: &[io::IoSlice<'_>],
-            ) -> Poll<io::Result<usize>> {
-                match self.get_mut() {
-                    $ty::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-                    $ty::Unix(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-                }
-            }
-
-            fn is_write_vectored(&self) -> bool {
-                match self {
-                    $ty::Tcp(s) => s.is_write_vectored(),
-                    $ty::Unix(s) => s.is_write_vectored(),
-                }
-            }
-
-            fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-                match self.get_mut() {
-                    $ty::Tcp(s) => Pin::new(s).poll_flush(cx),
-                    $ty::Unix(s) => Pin::new(s).poll_flush(cx),
-                }
-            }
-
-            fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-                match self.get_mut() {
-                    $ty::Tcp(s) => Pin::new(s).poll_shutdown(cx),
-                    $ty::Unix(s) => Pin::new(s).poll_shutdown(cx),
-                }
-            }
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Unix(s) => Pin::new(s).poll_read(cx, buf),
         }
-    };
+    }
 }
 
-forward_write!(Stream);
-forward_write!(WriteHalf);
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Unix(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_flush(cx),
+            Stream::Unix(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Unix(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}

@@ -54,6 +54,9 @@ pub struct MountOptions {
     pub request_timeout: Duration,
     /// Reach nodes on this machine over their same-host Unix socket rather than loopback TCP.
     pub local_socket: bool,
+    /// How long a caller waiting for a node's reply polls the socket before it sleeps (see
+    /// [`ConnectOptions::spin`]); zero by default.
+    pub spin: Duration,
 }
 
 impl Default for MountOptions {
@@ -68,6 +71,7 @@ impl Default for MountOptions {
             connect_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(30),
             local_socket: true,
+            spin: Duration::ZERO,
         }
     }
 }
@@ -335,6 +339,7 @@ impl Volume {
             queue_depth: opts.queue_depth,
             connect_timeout: opts.connect_timeout,
             local_socket: opts.local_socket,
+            spin: opts.spin,
         };
         for me in &m.extents {
             let x = me

@@ -611,14 +611,27 @@ async fn a_session_spreads_requests_and_flushes_every_connection() {
         .await
         .unwrap();
     assert_eq!(s.info().max_io_size, 1 << 20);
-    for i in 0..3u64 {
-        s.write(i * 4096, &[1u8; 4096], false).await.unwrap();
-    }
-    assert_eq!(writes.load(Ordering::SeqCst), 3);
+    // Each thread keeps to one connection; threads are spread over them in the order they first
+    // use a session. Twelve threads starting together take twelve consecutive places (unless
+    // other tests' threads take places in between), so every connection gets writes.
+    let s = Arc::new(s);
+    let rt = tokio::runtime::Handle::current();
+    let (s2, rt2) = (Arc::clone(&s), rt.clone());
+    tokio::task::spawn_blocking(move || {
+        std::thread::scope(|sc| {
+            for i in 0..12u64 {
+                let (s, rt) = (&s2, &rt2);
+                sc.spawn(move || rt.block_on(s.write(i * 4096, &[1u8; 4096], false)).unwrap());
+            }
+        })
+    })
+    .await
+    .unwrap();
+    assert_eq!(writes.load(Ordering::SeqCst), 12);
     assert_eq!(
         conns_with_writes.load(Ordering::SeqCst),
         3,
-        "round-robin over the connections"
+        "threads spread over the connections"
     );
     s.flush().await.unwrap();
     assert_eq!(
