@@ -65,7 +65,7 @@ async fn a_reported_copy_turns_stale_and_the_mirror_degraded_durably() {
         .create(Request::new(v1::CreateVolumeRequest {
             name: "m".into(),
             size_bytes: 64 << 20,
-            layout: Some(layout_msg(Layout::Mirror { copies: 2 })),
+            layout: Some(Layout::Mirror { copies: 2 }.into()),
             requirements: None,
         }))
         .await
@@ -204,7 +204,7 @@ async fn megabyte_strings_get_invalid_argument_with_a_short_message() {
         Request::new(v1::CreateVolumeRequest {
             name,
             size_bytes: 64 << 20,
-            layout: Some(layout_msg(Layout::Single)),
+            layout: Some(Layout::Single.into()),
             requirements: None,
         })
     };
@@ -292,7 +292,7 @@ async fn heartbeat_answers_carry_the_revoked_leases() {
     svc.create(Request::new(v1::CreateVolumeRequest {
         name: "m".into(),
         size_bytes: 64 << 20,
-        layout: Some(layout_msg(Layout::Mirror { copies: 2 })),
+        layout: Some(Layout::Mirror { copies: 2 }.into()),
         requirements: None,
     }))
     .await

@@ -18,16 +18,7 @@ use crate::{ConnectOptions, Error};
 
 fn to_layout(l: Option<&v1::Layout>) -> Result<Layout, Error> {
     let l = l.ok_or_else(|| Error::Invalid("mount information without a layout".into()))?;
-    Ok(match v1::LayoutKind::try_from(l.kind) {
-        Ok(v1::LayoutKind::Single) => Layout::Single,
-        Ok(v1::LayoutKind::Concat) => Layout::Concat,
-        Ok(v1::LayoutKind::Stripe) => Layout::Stripe {
-            width: l.width,
-            unit: l.stripe_unit_bytes,
-        },
-        Ok(v1::LayoutKind::Mirror) => Layout::Mirror { copies: l.width },
-        _ => return Err(Error::Invalid(format!("unknown layout kind {}", l.kind))),
-    })
+    Layout::try_from(l).map_err(|e| Error::Invalid(format!("mount information: {e}")))
 }
 
 pub(super) fn to_extent(x: &v1::Extent) -> Extent {
