@@ -8,12 +8,12 @@
 //! which marks it stale, and only then is the write acknowledged from the others. Refusals that
 //! are the host's own (stale epoch, expired token, read-only) are returned as they are: they
 //! never mark a copy.
-
 //!
 //! Where things are: this file holds the [`Volume`] type and its I/O calls; `lease` mounts,
 //! renews and unmounts; `link` keeps the connections to one extent; `route` splits a request
-//! over extents and copies and runs the pieces; `mirror` writes to every copy and decides what
-//! a copy's failure means; `rebuild` copies a healthy copy onto stale ones.
+//! over extents and copies and runs the pieces; `mirror` writes to every copy and decides
+//! (`verdict`, a pure function) what the copies' failures mean; `rebuild` copies a healthy copy
+//! onto stale ones.
 
 mod lease;
 mod link;
