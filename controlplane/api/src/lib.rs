@@ -1,5 +1,10 @@
 //! dasmesh-api: the control plane's gRPC API (package `dasmesh.v1`), generated from the .proto
-//! files in `proto/` by tonic. Every message and field is documented there.
+//! files in `proto/` by tonic. Every message and field is documented there. Also the types
+//! every side of the API shares: [`Layout`].
+
+mod layout;
+
+pub use layout::{Layout, LayoutError, DEFAULT_STRIPE_UNIT};
 
 /// The `dasmesh.v1` package: messages, clients (`*_client`) and servers (`*_server`).
 pub mod v1 {

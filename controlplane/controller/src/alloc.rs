@@ -4,12 +4,11 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet};
 
+pub use dasmesh_api::{Layout, DEFAULT_STRIPE_UNIT};
 use serde::{Deserialize, Serialize};
 
 /// Every extent starts and ends on this alignment (the largest block size we accept).
 pub const ALIGN: u64 = 4096;
-/// Stripe unit when none is given.
-pub const DEFAULT_STRIPE_UNIT: u64 = 64 << 10;
 
 /// A device of the pool.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -29,38 +28,6 @@ pub struct Candidate {
     pub failure_domain: String,
     /// Free ranges `(start, length)`, aligned.
     pub free: Vec<(u64, u64)>,
-}
-
-/// The layouts.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Layout {
-    /// One extent.
-    Single,
-    /// Extents end to end.
-    Concat,
-    /// `width` extents interleaved by `unit` bytes.
-    Stripe {
-        /// Number of stripes.
-        width: u32,
-        /// Stripe unit in bytes.
-        unit: u64,
-    },
-    /// `copies` full-size extents on different nodes.
-    Mirror {
-        /// Number of copies.
-        copies: u32,
-    },
-}
-
-impl std::fmt::Display for Layout {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Layout::Single => write!(f, "single"),
-            Layout::Concat => write!(f, "concat"),
-            Layout::Stripe { width, unit } => write!(f, "stripe:{width}:{unit}"),
-            Layout::Mirror { copies } => write!(f, "mirror:{copies}"),
-        }
-    }
 }
 
 /// One extent to create.

@@ -7,7 +7,7 @@ use dasmesh_api::v1;
 use dasmesh_wire::{Claim, DeviceId, Epoch, NodeId, Rights, SigningKey, VolumeId};
 use tonic::{Request, Response, Status};
 
-use crate::alloc::{Layout, DEFAULT_STRIPE_UNIT};
+use crate::alloc::Layout;
 use crate::state::{self, apply, Command, Error, LeaseRec, NodeState, Outcome, State, VolumeRec};
 use crate::store::{Store, StoreError};
 
@@ -141,7 +141,7 @@ impl Controller {
         v1::MountResponse {
             lease: Some(lease_msg(l, v)),
             size_bytes: v.size,
-            layout: Some(layout_msg(v.layout)),
+            layout: Some(v.layout.into()),
             extents,
         }
     }
@@ -165,39 +165,9 @@ fn extent_msg(s: &State, v: &VolumeRec, e: &state::ExtentRec) -> v1::Extent {
     }
 }
 
-fn layout_msg(l: Layout) -> v1::Layout {
-    let (kind, width, unit) = match l {
-        Layout::Single => (v1::LayoutKind::Single, 0, 0),
-        Layout::Concat => (v1::LayoutKind::Concat, 0, 0),
-        Layout::Stripe { width, unit } => (v1::LayoutKind::Stripe, width, unit),
-        Layout::Mirror { copies } => (v1::LayoutKind::Mirror, copies, 0),
-    };
-    v1::Layout {
-        kind: kind as i32,
-        width,
-        stripe_unit_bytes: unit,
-    }
-}
-
 fn layout_from(l: Option<v1::Layout>) -> Result<Layout, Status> {
     let l = l.ok_or_else(|| Status::invalid_argument("layout is required"))?;
-    match v1::LayoutKind::try_from(l.kind) {
-        Ok(v1::LayoutKind::Single) => Ok(Layout::Single),
-        Ok(v1::LayoutKind::Concat) => Ok(Layout::Concat),
-        Ok(v1::LayoutKind::Stripe) => Ok(Layout::Stripe {
-            width: l.width,
-            unit: if l.stripe_unit_bytes == 0 {
-                DEFAULT_STRIPE_UNIT
-            } else {
-                l.stripe_unit_bytes
-            },
-        }),
-        Ok(v1::LayoutKind::Mirror) => Ok(Layout::Mirror { copies: l.width }),
-        _ => Err(Status::invalid_argument(format!(
-            "unknown layout kind {}",
-            l.kind
-        ))),
-    }
+    Layout::try_from(&l).map_err(|e| Status::invalid_argument(e.to_string()))
 }
 
 fn lease_msg(l: &LeaseRec, v: &VolumeRec) -> v1::Lease {
@@ -245,7 +215,7 @@ fn volume_msg(s: &State, v: &VolumeRec) -> v1::Volume {
         volume_id: v.id,
         name: v.name.clone(),
         size_bytes: v.size,
-        layout: Some(layout_msg(v.layout)),
+        layout: Some(v.layout.into()),
         extents: v.extents.iter().map(|e| extent_msg(s, v, e)).collect(),
         requirements: Some(v1::Requirements {
             min_iops: v.req.min_iops,

@@ -3,9 +3,9 @@
 
 use std::time::Duration;
 
-use anyhow::{bail, Context as _};
+use anyhow::Context as _;
 use clap::{Args, Subcommand};
-use dasmesh_api::v1;
+use dasmesh_api::{v1, Layout};
 use dasmesh_wire::units::{format_amount, format_size, parse_size};
 use serde_json::json;
 use tonic::transport::Channel;
@@ -147,51 +147,15 @@ pub enum Ctl {
     Usage(UsageArgs),
 }
 
-/// Parses `single`, `concat`, `stripe:N[:UNIT]`, `mirror:N`.
+/// Parses `single`, `concat`, `stripe:N[:UNIT]`, `mirror:N` (the forms of [`Layout`]).
 pub fn parse_layout(s: &str) -> anyhow::Result<v1::Layout> {
-    let parts: Vec<&str> = s.split(':').collect();
-    let num = |i: usize| -> anyhow::Result<u32> {
-        parts
-            .get(i)
-            .ok_or_else(|| anyhow::anyhow!("layout {s:?}: missing the count"))?
-            .parse()
-            .with_context(|| format!("layout {s:?}: bad count"))
-    };
-    let (kind, width, unit) = match parts[0] {
-        "single" if parts.len() == 1 => (v1::LayoutKind::Single, 0, 0),
-        "concat" if parts.len() == 1 => (v1::LayoutKind::Concat, 0, 0),
-        "stripe" if (2..=3).contains(&parts.len()) => (
-            v1::LayoutKind::Stripe,
-            num(1)?,
-            parts
-                .get(2)
-                .map(|u| parse_size(u))
-                .transpose()?
-                .unwrap_or(0),
-        ),
-        "mirror" if parts.len() == 2 => (v1::LayoutKind::Mirror, num(1)?, 0),
-        _ => bail!("bad layout {s:?}: expected single, concat, stripe:N[:UNIT] or mirror:N"),
-    };
-    Ok(v1::Layout {
-        kind: kind as i32,
-        width,
-        stripe_unit_bytes: unit,
-    })
+    Ok(s.parse::<Layout>()?.into())
 }
 
 fn layout_text(l: &Option<v1::Layout>) -> String {
-    match l {
-        Some(l) => match v1::LayoutKind::try_from(l.kind) {
-            Ok(v1::LayoutKind::Single) => "single".into(),
-            Ok(v1::LayoutKind::Concat) => "concat".into(),
-            Ok(v1::LayoutKind::Stripe) => {
-                format!("stripe:{}:{}", l.width, format_size(l.stripe_unit_bytes))
-            }
-            Ok(v1::LayoutKind::Mirror) => format!("mirror:{}", l.width),
-            _ => "?".into(),
-        },
-        None => "?".into(),
-    }
+    l.as_ref()
+        .and_then(|l| Layout::try_from(l).ok())
+        .map_or_else(|| "?".into(), |l| l.to_string())
 }
 
 fn state_name<T: std::fmt::Debug>(v: Result<T, prost::UnknownEnumValue>) -> String {

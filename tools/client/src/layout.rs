@@ -3,37 +3,7 @@
 
 use crate::Error;
 
-/// How the volume's address space is laid onto its extents.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Layout {
-    /// One extent.
-    Single,
-    /// Extents end to end.
-    Concat,
-    /// Sets of `width` extents interleaved by `unit` bytes; sets follow each other.
-    Stripe {
-        /// Stripes per set.
-        width: u32,
-        /// Stripe unit in bytes.
-        unit: u64,
-    },
-    /// `copies` copies of the whole address space, each a concatenation of its extents.
-    Mirror {
-        /// Number of copies.
-        copies: u32,
-    },
-}
-
-impl std::fmt::Display for Layout {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Layout::Single => write!(f, "single"),
-            Layout::Concat => write!(f, "concat"),
-            Layout::Stripe { width, unit } => write!(f, "stripe:{width}:{unit}"),
-            Layout::Mirror { copies } => write!(f, "mirror:{copies}"),
-        }
-    }
-}
+pub use dasmesh_api::Layout;
 
 /// One extent of a volume, as the mount information gives it.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -1,7 +1,7 @@
 //! A controller and storage nodes on 127.0.0.1, and volumes created through the control plane's
 //! gRPC API: what every end-to-end test of the host path starts from.
 
-use dasmesh_api::v1;
+use dasmesh_api::{v1, Layout};
 
 use crate::{free_addr, Process};
 
@@ -16,24 +16,12 @@ pub struct Cluster {
     pub nodes: Vec<Process>,
 }
 
-/// A layout from its command-line spelling: `single`, `concat`, `stripe:N:UNIT`, `mirror:N`.
+/// A layout from its command-line spelling: `single`, `concat`, `stripe:N[:UNIT]`, `mirror:N`
+/// (see [`Layout`]); panics on anything else.
 pub fn layout(spec: &str) -> v1::Layout {
-    let (kind, width, unit) = match spec.split(':').collect::<Vec<_>>()[..] {
-        ["single"] => (v1::LayoutKind::Single, 0, 0),
-        ["concat"] => (v1::LayoutKind::Concat, 0, 0),
-        ["stripe", w, u] => (
-            v1::LayoutKind::Stripe,
-            w.parse().unwrap(),
-            u.parse().unwrap(),
-        ),
-        ["mirror", w] => (v1::LayoutKind::Mirror, w.parse().unwrap(), 0),
-        _ => panic!("layout {spec}"),
-    };
-    v1::Layout {
-        kind: kind as i32,
-        width,
-        stripe_unit_bytes: unit,
-    }
+    spec.parse::<Layout>()
+        .unwrap_or_else(|e| panic!("layout {spec:?}: {e}"))
+        .into()
 }
 
 impl Cluster {

@@ -65,7 +65,7 @@ async fn a_reported_copy_turns_stale_and_the_mirror_degraded_durably() {
         .create(Request::new(v1::CreateVolumeRequest {
             name: "m".into(),
             size_bytes: 64 << 20,
-            layout: Some(layout_msg(Layout::Mirror { copies: 2 })),
+            layout: Some(Layout::Mirror { copies: 2 }.into()),
             requirements: None,
         }))
         .await
@@ -204,7 +204,7 @@ async fn megabyte_strings_get_invalid_argument_with_a_short_message() {
         Request::new(v1::CreateVolumeRequest {
             name,
             size_bytes: 64 << 20,
-            layout: Some(layout_msg(Layout::Single)),
+            layout: Some(Layout::Single.into()),
             requirements: None,
         })
     };
@@ -265,6 +265,69 @@ async fn megabyte_strings_get_invalid_argument_with_a_short_message() {
     assert_eq!(svc.0.read(|s| s.volumes.len()), 1);
 }
 
+/// Layouts come in through the shared `dasmesh_api::Layout`: its refusals (no layout, an
+/// unknown kind, a width of 0) and the controller's bounds both answer INVALID_ARGUMENT with
+/// the reason, and nothing is created.
+#[tokio::test]
+async fn bad_layouts_get_invalid_argument_and_create_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let svc = controller(dir.path());
+    two_nodes(&svc).await;
+    let msg = |kind: i32, width, unit| {
+        Some(v1::Layout {
+            kind,
+            width,
+            stripe_unit_bytes: unit,
+        })
+    };
+    let stripe = v1::LayoutKind::Stripe as i32;
+    let mirror = v1::LayoutKind::Mirror as i32;
+    for (layout, says) in [
+        (None, "layout is required"),
+        (msg(0, 0, 0), "unknown layout kind 0"),
+        (msg(99, 2, 0), "unknown layout kind 99"),
+        (
+            msg(stripe, 0, 4096),
+            "stripe layout needs a width of at least 1",
+        ),
+        (
+            msg(mirror, 0, 0),
+            "mirror layout needs a width of at least 1",
+        ),
+        (msg(mirror, 1, 0), "a mirror has 2..=8 copies, got 1"),
+        (
+            msg(stripe, 2, 1000),
+            "stripe unit 1000 must be a multiple of 4096",
+        ),
+    ] {
+        let r = svc
+            .create(Request::new(v1::CreateVolumeRequest {
+                name: "v".into(),
+                size_bytes: 64 << 20,
+                layout,
+                requirements: None,
+            }))
+            .await;
+        let e = r.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{layout:?}: {e}");
+        assert!(e.message().contains(says), "{layout:?}: {e}");
+    }
+    assert_eq!(svc.0.read(|s| s.volumes.len()), 0);
+    // A stripe unit of 0 is the default one.
+    let v = svc
+        .create(Request::new(v1::CreateVolumeRequest {
+            name: "v".into(),
+            size_bytes: 64 << 20,
+            layout: msg(stripe, 2, 0),
+            requirements: None,
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    let unit = v.layout.unwrap().stripe_unit_bytes;
+    assert_eq!(unit, dasmesh_api::DEFAULT_STRIPE_UNIT);
+}
+
 /// Issue 16 item 5: ids are the controller's; a node that claims another gets NOT_FOUND and
 /// registers with id 0.
 #[tokio::test]
@@ -292,7 +355,7 @@ async fn heartbeat_answers_carry_the_revoked_leases() {
     svc.create(Request::new(v1::CreateVolumeRequest {
         name: "m".into(),
         size_bytes: 64 << 20,
-        layout: Some(layout_msg(Layout::Mirror { copies: 2 })),
+        layout: Some(Layout::Mirror { copies: 2 }.into()),
         requirements: None,
     }))
     .await

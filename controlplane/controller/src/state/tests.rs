@@ -2,6 +2,7 @@ use super::*;
 
 mod alloc_props;
 mod bounds;
+mod compat;
 mod failures;
 mod lifecycle;
 mod safety;

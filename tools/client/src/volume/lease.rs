@@ -1,0 +1,314 @@
+//! The lease: mount (take it, connect every extent), renew it in the background (new tokens,
+//! fresh connections, the controller's stale flags), unmount (flush, close, give it back).
+
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::time::Duration;
+
+use dasmesh_api::v1;
+use dasmesh_wire::{DeviceId, Token};
+use futures_util::future::join_all;
+use tonic::transport::{Channel, Endpoint};
+
+use super::link::Link;
+use super::mirror::copy_failed;
+use super::{control, now_ms, Access, Inner, MountOptions, Volume};
+use crate::layout::{Extent, Layout, Map};
+use crate::{ConnectOptions, Error};
+
+fn to_layout(l: Option<&v1::Layout>) -> Result<Layout, Error> {
+    let l = l.ok_or_else(|| Error::Invalid("mount information without a layout".into()))?;
+    Layout::try_from(l).map_err(|e| Error::Invalid(format!("mount information: {e}")))
+}
+
+pub(super) fn to_extent(x: &v1::Extent) -> Extent {
+    Extent {
+        node_id: x.node_id,
+        address: x.node_address.clone(),
+        device: x.device_id,
+        offset: x.offset,
+        length: x.length,
+        copy: x.copy,
+        index: x.index,
+        stale: x.stale,
+    }
+}
+
+fn same_place(a: &Extent, b: &Extent) -> bool {
+    (a.node_id, a.device, a.offset, a.copy, a.index)
+        == (b.node_id, b.device, b.offset, b.copy, b.index)
+}
+
+impl Volume {
+    /// Takes a lease on `name` from the controller at `controller` (`http://host:port`) and
+    /// connects to every node that holds its extents.
+    pub async fn mount(controller: &str, name: &str, opts: MountOptions) -> Result<Volume, Error> {
+        let ctl = Endpoint::from_shared(controller.to_string())
+            .map_err(|e| Error::Invalid(format!("controller address {controller:?}: {e}")))?
+            .connect_timeout(opts.connect_timeout)
+            .timeout(Duration::from_secs(15))
+            .connect_lazy();
+        let m = v1::leases_client::LeasesClient::new(ctl.clone())
+            .mount(v1::MountRequest {
+                volume: name.to_string(),
+                host_id: opts.host.clone(),
+                access: match opts.access {
+                    Access::ReadOnly => v1::Access::ReadOnly,
+                    Access::ReadWrite => v1::Access::ReadWrite,
+                } as i32,
+                ttl_ms: opts.ttl.as_millis() as u64,
+            })
+            .await
+            .map_err(|s| control(&format!("mount {name}"), s))?
+            .into_inner();
+        let lease = m
+            .lease
+            .clone()
+            .ok_or_else(|| Error::Control("mount answer without a lease".into()))?;
+        let lease_id = lease.lease_id;
+        match Self::open(ctl.clone(), name, opts, lease, m).await {
+            Ok(v) => Ok(v),
+            Err(e) => {
+                // Give the lease back rather than leave the volume locked until expiry.
+                let _ = v1::leases_client::LeasesClient::new(ctl)
+                    .unmount(v1::UnmountRequest { lease_id })
+                    .await;
+                Err(e)
+            }
+        }
+    }
+
+    pub(super) async fn open(
+        ctl: Channel,
+        name: &str,
+        opts: MountOptions,
+        lease: v1::Lease,
+        m: v1::MountResponse,
+    ) -> Result<Volume, Error> {
+        let layout = to_layout(m.layout.as_ref())?;
+        let mut extents = Vec::new();
+        let mut links = Vec::new();
+        let copts = ConnectOptions {
+            queue_depth: opts.queue_depth,
+            connect_timeout: opts.connect_timeout,
+            local_socket: opts.local_socket,
+            spin: opts.spin,
+        };
+        for me in &m.extents {
+            let x = me
+                .extent
+                .as_ref()
+                .ok_or_else(|| Error::Invalid("mount information: an empty extent".into()))?;
+            links.push(Link {
+                addr: x.node_address.clone(),
+                device: DeviceId(x.device_id),
+                token: Mutex::new(Token::from_text(&me.token)?),
+                current: RwLock::new(None),
+                connecting: tokio::sync::Mutex::new(()),
+                max_io: AtomicU64::new(1 << 20),
+                block_size: AtomicU32::new(512),
+                connections: opts.connections.max(1),
+                opts: copts.clone(),
+            });
+            extents.push(to_extent(x));
+        }
+        let map = Map::new(m.size_bytes, layout, extents)?;
+        let copies = map.copies();
+        let inner = Arc::new(Inner {
+            name: name.to_string(),
+            ctl,
+            lease: Mutex::new(lease),
+            opts,
+            map: RwLock::new(map),
+            links,
+            next_copy: AtomicUsize::new(0),
+            avoid_until: (0..copies).map(|_| AtomicU64::new(0)).collect(),
+            reporting: tokio::sync::Mutex::new(()),
+            gate: tokio::sync::RwLock::new(()),
+            closed: AtomicBool::new(false),
+            renewer: Mutex::new(None),
+        });
+        let v = Volume { inner };
+        v.connect_all().await?;
+        if v.inner.opts.renew {
+            let weak = Arc::downgrade(&v.inner);
+            let h = tokio::spawn(renew_loop(weak));
+            *v.inner.renewer.lock().unwrap_or_else(|p| p.into_inner()) = Some(h);
+        }
+        Ok(v)
+    }
+
+    /// Connects every extent. A mirror copy that cannot be reached is left for the first write
+    /// to find (and report); any other extent must connect.
+    pub(super) async fn connect_all(&self) -> Result<(), Error> {
+        let map = self.map().clone();
+        let results = join_all(self.inner.links.iter().map(|l| l.session())).await;
+        let mut per_copy_ok = vec![true; map.copies()];
+        for (i, r) in results.into_iter().enumerate() {
+            let e = &map.extents()[i];
+            if let Err(err) = r {
+                if map.copies() == 1 || !copy_failed(&err) {
+                    return Err(err);
+                }
+                tracing::warn!(
+                    volume = %self.inner.name,
+                    copy = e.copy,
+                    node = %e.address,
+                    "mirror copy unreachable at mount: {err}"
+                );
+                per_copy_ok[e.copy as usize] = false;
+            }
+        }
+        if !per_copy_ok
+            .iter()
+            .enumerate()
+            .any(|(c, ok)| *ok && map.copy_is_healthy(c))
+        {
+            return Err(Error::Unavailable(format!(
+                "volume {:?}: no healthy copy could be reached",
+                self.inner.name
+            )));
+        }
+        Ok(())
+    }
+
+    /// Renews the lease now (the background task does this on its own).
+    pub async fn renew(&self) -> Result<(), Error> {
+        renew_once(&self.inner).await
+    }
+
+    /// Flushes, closes every connection and ends the lease.
+    pub async fn unmount(self) -> Result<(), Error> {
+        let flushed = if self.inner.opts.access == Access::ReadWrite {
+            self.flush().await
+        } else {
+            Ok(())
+        };
+        self.inner.closed.store(true, Ordering::Release);
+        if let Some(h) = self
+            .inner
+            .renewer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            h.abort();
+        }
+        for l in &self.inner.links {
+            if let Some(s) = l.current() {
+                s.close().await;
+            }
+            l.set(None);
+        }
+        let ended = v1::leases_client::LeasesClient::new(self.inner.ctl.clone())
+            .unmount(v1::UnmountRequest {
+                lease_id: self.lease_id(),
+            })
+            .await
+            .map(|_| ())
+            .map_err(|s| control("unmount", s));
+        flushed.and(ended)
+    }
+}
+
+/// Takes the controller's stale flags (a copy never becomes fresh again here: only a rebuild,
+/// which means a new mount, clears it).
+pub(super) fn merge_stale(map: &mut Map, from: impl Iterator<Item = Extent>) {
+    for x in from {
+        if x.stale {
+            let copy = map
+                .extents()
+                .iter()
+                .find(|e| same_place(e, &x))
+                .map(|e| e.copy as usize);
+            if let Some(c) = copy {
+                map.mark_stale(c);
+            }
+        }
+    }
+}
+
+async fn renew_once(inner: &Inner) -> Result<(), Error> {
+    let lease_id = inner
+        .lease
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .lease_id;
+    let m = v1::leases_client::LeasesClient::new(inner.ctl.clone())
+        .renew(v1::RenewRequest {
+            lease_id,
+            ttl_ms: inner.opts.ttl.as_millis() as u64,
+        })
+        .await
+        .map_err(|s| control("renew", s))?
+        .into_inner();
+    if let Some(l) = m.lease {
+        *inner.lease.lock().unwrap_or_else(|p| p.into_inner()) = l;
+    }
+    let fresh: Vec<(Extent, String)> = m
+        .extents
+        .iter()
+        .filter_map(|me| me.extent.as_ref().map(|x| (to_extent(x), me.token.clone())))
+        .collect();
+    {
+        let mut map = inner.map.write().unwrap_or_else(|p| p.into_inner());
+        merge_stale(&mut map, fresh.iter().map(|(x, _)| x.clone()));
+    }
+    let map = inner.map.read().unwrap_or_else(|p| p.into_inner()).clone();
+    let mut jobs = Vec::new();
+    for (i, e) in map.extents().iter().enumerate() {
+        let Some((_, t)) = fresh.iter().find(|(x, _)| same_place(x, e)) else {
+            continue;
+        };
+        let token = Token::from_text(t)?;
+        if map.copy_is_healthy(e.copy as usize) {
+            jobs.push((i, token));
+        } else {
+            // A stale copy takes no I/O until a rebuild: keep its token current, let its
+            // connections go.
+            *inner.links[i]
+                .token
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()) = token;
+            inner.links[i].set(None);
+        }
+    }
+    join_all(jobs.into_iter().map(|(i, t)| inner.links[i].renew(t))).await;
+    Ok(())
+}
+
+async fn renew_loop(weak: Weak<Inner>) {
+    let mut failures = 0u32;
+    loop {
+        let wait = {
+            let Some(inner) = weak.upgrade() else { return };
+            if inner.closed.load(Ordering::Acquire) {
+                return;
+            }
+            let l = inner
+                .lease
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+            let left = l.expires_at_ms.saturating_sub(now_ms());
+            if failures == 0 {
+                // After a third of what is left (the lease was just taken or extended).
+                Duration::from_millis((left / 3).max(100))
+            } else {
+                Duration::from_millis((left / 4).clamp(100, 1_000))
+            }
+        };
+        tokio::time::sleep(wait).await;
+        let Some(inner) = weak.upgrade() else { return };
+        if inner.closed.load(Ordering::Acquire) {
+            return;
+        }
+        match renew_once(&inner).await {
+            Ok(()) => failures = 0,
+            Err(e) => {
+                failures += 1;
+                tracing::warn!(volume = %inner.name, "lease renewal failed ({failures}): {e}");
+            }
+        }
+    }
+}

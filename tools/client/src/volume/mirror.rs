@@ -1,0 +1,342 @@
+//! Modifying a mirror: a write (discard, write-zeroes, flush) goes to every healthy copy; a copy
+//! whose node failed it is reported to the control plane, which marks it stale, before the
+//! operation is acknowledged from the others.
+
+use dasmesh_api::v1;
+use dasmesh_wire::{Op, Status};
+use futures_util::future::join_all;
+
+use super::lease::{merge_stale, to_extent};
+use super::route::{is_transport, timed, Io};
+use super::{control, Access, Volume};
+use crate::layout::Piece;
+use crate::Error;
+
+/// Errors that mean the copy, not the host, failed: the copy missed the write.
+pub(super) fn copy_failed(e: &Error) -> bool {
+    is_transport(e)
+        || matches!(
+            e.status(),
+            Some(Status::IoError | Status::ShuttingDown | Status::Internal | Status::NoSpace)
+        )
+}
+
+/// What a modifying operation on every healthy copy came to.
+#[derive(Debug)]
+pub(super) enum Verdict {
+    /// Every copy took it.
+    Ok,
+    /// Some copies missed it and others took it: these copies (in the order they first failed)
+    /// must be reported stale before the operation is acknowledged; `why` is the first failure.
+    ReportStale {
+        /// The copies that failed, each once.
+        copies: Vec<usize>,
+        /// The first copy failure, for the report and the log.
+        why: Error,
+    },
+    /// The operation failed: this error goes back to the caller, and no copy is marked.
+    Fail(Error),
+}
+
+/// Decides what per-copy results of a modifying operation (write, discard, write-zeroes,
+/// flush) mean. `healthy` is the number of copies it went to; `failures` holds every failed
+/// request with its copy, in any number per copy.
+///
+/// - A refusal that is the host's own (stale epoch, expired token, read-only, a bad argument)
+///   fails the operation and never marks a copy: another copy would refuse it too.
+/// - With no failure it succeeded.
+/// - Where there is nothing left to acknowledge from (one healthy copy, or every healthy copy
+///   failed), or on a read-only mount (which may not report), the first failure is returned.
+/// - Otherwise the failed copies are to be reported stale, and the others acknowledge it.
+pub(super) fn verdict(healthy: usize, failures: Vec<(usize, Error)>, access: Access) -> Verdict {
+    let mut copies = Vec::new();
+    let mut first = None;
+    for (copy, e) in failures {
+        if !copy_failed(&e) {
+            return Verdict::Fail(e);
+        }
+        if !copies.contains(&copy) {
+            copies.push(copy);
+        }
+        first.get_or_insert(e);
+    }
+    let Some(why) = first else {
+        return Verdict::Ok;
+    };
+    if healthy <= 1 || copies.len() >= healthy || access == Access::ReadOnly {
+        return Verdict::Fail(why);
+    }
+    Verdict::ReportStale { copies, why }
+}
+
+impl Volume {
+    /// Runs a modifying `io` on every healthy copy; a copy that fails it is reported stale.
+    pub(super) async fn on_every_copy(
+        &self,
+        offset: u64,
+        len: u64,
+        io: &Io<'_>,
+    ) -> Result<(), Error> {
+        if self.inner.opts.access == Access::ReadOnly {
+            let op = match io {
+                Io::Discard => Op::Discard,
+                Io::Zeroes { .. } => Op::WriteZeroes,
+                _ => Op::Write,
+            };
+            return Err(Error::Request {
+                op,
+                status: Status::ReadOnly,
+            });
+        }
+        let _gate = self.inner.gate.read().await;
+        let plan: Vec<(usize, Vec<Piece>)> = {
+            let map = self.map();
+            (0..map.copies())
+                .filter(|&c| map.copy_is_healthy(c))
+                .map(|c| {
+                    let ps = map.pieces(c, offset, len);
+                    (c, ps)
+                })
+                .collect()
+        };
+        if plan.is_empty() {
+            return Err(Error::Unavailable(format!(
+                "volume {:?}: no healthy copy",
+                self.inner.name
+            )));
+        }
+        let cut = matches!(io, Io::Write { .. });
+        let healthy = plan.len();
+        let results = join_all(plan.into_iter().map(|(copy, pieces)| async move {
+            let pieces = self.chunks(pieces, cut);
+            let rs = join_all(pieces.into_iter().map(|p| self.on_extent(p, offset, io))).await;
+            rs.into_iter()
+                .filter_map(|r| r.err().map(|e| (copy, e)))
+                .collect::<Vec<_>>()
+        }))
+        .await;
+        let failures = results.into_iter().flatten().collect();
+        self.settle(verdict(healthy, failures, self.inner.opts.access))
+            .await
+    }
+
+    /// Makes every write acknowledged so far durable, on every node holding the volume.
+    pub async fn flush(&self) -> Result<(), Error> {
+        let map = self.map().clone();
+        // A FLUSH covers every acknowledged write on its node device: one per device will do.
+        let mut seen = std::collections::HashSet::new();
+        let targets: Vec<usize> = (0..self.inner.links.len())
+            .filter(|&i| {
+                let e = &map.extents()[i];
+                map.copy_is_healthy(e.copy as usize) && seen.insert((e.address.clone(), e.device))
+            })
+            .collect();
+        let map = &map;
+        let results = join_all(targets.iter().map(|&i| async move {
+            let link = &self.inner.links[i];
+            let limit = Some(self.inner.opts.request_timeout);
+            let r = match link.session().await {
+                Ok(s) => timed(limit, s.flush_one()).await,
+                Err(e) => Err(e),
+            };
+            (map.extents()[i].copy as usize, r)
+        }))
+        .await;
+        let healthy = (0..map.copies())
+            .filter(|&c| map.copy_is_healthy(c))
+            .count();
+        let failures = results
+            .into_iter()
+            .filter_map(|(copy, r)| r.err().map(|e| (copy, e)))
+            .collect();
+        self.settle(verdict(healthy, failures, self.inner.opts.access))
+            .await
+    }
+
+    /// Carries out a verdict: reports the failed copies before the operation is acknowledged.
+    async fn settle(&self, v: Verdict) -> Result<(), Error> {
+        match v {
+            Verdict::Ok => Ok(()),
+            Verdict::ReportStale { copies, why } => self.report_failed(&copies, &why).await,
+            Verdict::Fail(e) => Err(e),
+        }
+    }
+
+    /// Has the control plane mark `copies` stale (before the write is acknowledged).
+    pub(super) async fn report_failed(&self, copies: &[usize], why: &Error) -> Result<(), Error> {
+        let _one = self.inner.reporting.lock().await;
+        let fresh: Vec<u32> = {
+            let map = self.map();
+            copies
+                .iter()
+                .filter(|&&c| map.copy_is_healthy(c))
+                .map(|&c| c as u32)
+                .collect()
+        };
+        if fresh.is_empty() {
+            return Ok(());
+        }
+        tracing::warn!(volume = %self.inner.name, copies = ?fresh, "mirror copies failed a write: {why}");
+        let r = v1::leases_client::LeasesClient::new(self.inner.ctl.clone())
+            .report_failure(v1::ReportFailureRequest {
+                lease_id: self.lease_id(),
+                copies: fresh.clone(),
+                reason: why.to_string(),
+            })
+            .await
+            .map_err(|s| control("report a failed mirror copy", s))?
+            .into_inner();
+        let mut map = self.inner.map.write().unwrap_or_else(|p| p.into_inner());
+        for c in fresh {
+            map.mark_stale(c as usize);
+        }
+        merge_stale(&mut map, r.extents.iter().map(to_extent));
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dasmesh_wire::Op;
+
+    fn node(status: Status) -> Error {
+        Error::Request {
+            op: Op::Write,
+            status,
+        }
+    }
+
+    /// Every error that means the copy (its node, its device, the path to it) failed.
+    fn copy_failures() -> Vec<Error> {
+        vec![
+            Error::Io(std::io::Error::other("reset")),
+            Error::Closed,
+            Error::Timeout,
+            Error::Protocol("bad reply".into()),
+            node(Status::IoError),
+            node(Status::ShuttingDown),
+            node(Status::Internal),
+            node(Status::NoSpace),
+        ]
+    }
+
+    /// Refusals that are the host's own: another copy would give the same answer.
+    fn host_refusals() -> Vec<Error> {
+        vec![
+            node(Status::StaleEpoch),
+            node(Status::Expired),
+            node(Status::BadToken),
+            node(Status::ReadOnly),
+            node(Status::OutOfRange),
+            Error::Invalid("range".into()),
+            Error::Control("lease gone".into()),
+        ]
+    }
+
+    #[test]
+    fn no_failure_is_ok() {
+        for healthy in 1..4 {
+            for access in [Access::ReadWrite, Access::ReadOnly] {
+                assert!(matches!(verdict(healthy, vec![], access), Verdict::Ok));
+            }
+        }
+    }
+
+    #[test]
+    fn a_failed_copy_of_two_is_reported_and_the_other_acknowledges() {
+        for e in copy_failures() {
+            let shown = e.to_string();
+            match verdict(2, vec![(1, e)], Access::ReadWrite) {
+                Verdict::ReportStale { copies, why } => {
+                    assert_eq!(copies, vec![1]);
+                    assert_eq!(why.to_string(), shown);
+                }
+                v => panic!("{shown}: {v:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn host_refusals_fail_and_never_mark_a_copy() {
+        for e in host_refusals() {
+            let shown = e.to_string();
+            // Alone, after a copy failure of another copy, and after one of the same copy.
+            for before in [None, Some(0), Some(1)] {
+                let mut failures: Vec<(usize, Error)> =
+                    before.map(|c| (c, Error::Closed)).into_iter().collect();
+                failures.push((1, again(&e)));
+                match verdict(3, failures, Access::ReadWrite) {
+                    Verdict::Fail(got) => assert_eq!(got.to_string(), shown),
+                    v => panic!("{shown} after {before:?}: {v:?}"),
+                }
+            }
+        }
+    }
+
+    /// A fresh error equal to `e` (errors are not `Clone`).
+    fn again(e: &Error) -> Error {
+        match e {
+            Error::Request { op, status } => Error::Request {
+                op: *op,
+                status: *status,
+            },
+            Error::Invalid(m) => Error::Invalid(m.clone()),
+            Error::Control(m) => Error::Control(m.clone()),
+            other => panic!("not a host refusal here: {other}"),
+        }
+    }
+
+    #[test]
+    fn every_healthy_copy_failing_returns_the_first_failure() {
+        let failures = vec![(1, node(Status::IoError)), (0, Error::Timeout)];
+        match verdict(2, failures, Access::ReadWrite) {
+            Verdict::Fail(e) => assert!(matches!(e.status(), Some(Status::IoError)), "{e}"),
+            v => panic!("{v:?}"),
+        }
+    }
+
+    #[test]
+    fn a_single_healthy_copy_that_fails_fails_the_operation() {
+        for e in copy_failures() {
+            assert!(matches!(
+                verdict(1, vec![(0, e)], Access::ReadWrite),
+                Verdict::Fail(_)
+            ));
+        }
+    }
+
+    #[test]
+    fn a_read_only_mount_never_reports() {
+        match verdict(2, vec![(0, Error::Closed)], Access::ReadOnly) {
+            Verdict::Fail(Error::Closed) => {}
+            v => panic!("{v:?}"),
+        }
+    }
+
+    #[test]
+    fn a_copy_failing_on_several_devices_counts_once() {
+        // A flush reaches each device of a copy: two failures of copy 0 are one failed copy,
+        // not "every copy failed".
+        let failures = vec![(0, Error::Closed), (0, node(Status::IoError))];
+        match verdict(2, failures, Access::ReadWrite) {
+            Verdict::ReportStale { copies, why } => {
+                assert_eq!(copies, vec![0]);
+                assert!(matches!(why, Error::Closed));
+            }
+            v => panic!("{v:?}"),
+        }
+    }
+
+    #[test]
+    fn several_failed_copies_are_reported_in_the_order_they_failed() {
+        let failures = vec![(2, Error::Timeout), (0, Error::Closed), (2, Error::Closed)];
+        match verdict(3, failures, Access::ReadWrite) {
+            Verdict::ReportStale { copies, why } => {
+                assert_eq!(copies, vec![2, 0]);
+                assert!(matches!(why, Error::Timeout));
+            }
+            v => panic!("{v:?}"),
+        }
+    }
+}
