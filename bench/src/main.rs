@@ -350,7 +350,13 @@ fn open_target(
             (lent.0 + w.offset, lent.1 - w.offset)
         }
         Target::Volume(name) => {
-            let m = volume::Mounted::mount(controller, name, w.rw.writes(), w.iodepth * w.numjobs)?;
+            let m = volume::Mounted::mount(
+                controller,
+                name,
+                w.rw.writes(),
+                w.iodepth * w.numjobs,
+                w.numjobs,
+            )?;
             let total = m.volume().size();
             for _ in 0..w.numjobs {
                 engines.push(Box::new(volume::VolumeEngine::new(
