@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use rand::Rng as _;
 
+use crate::sys;
 use crate::verify::{self, Check};
 use crate::workload::{Kind, Picker, Workload};
 
@@ -58,8 +59,10 @@ impl Shared {
 pub struct JobStats {
     /// Completion latency in nanoseconds (measured window only).
     pub hist: Histogram<u64>,
-    /// Ops completed in the measured window.
+    /// Ops issued and completed in the measured window (the IOPS and latency figures).
     pub ops: u64,
+    /// Ops completed in the measured window, whenever issued (the divisor of CPU per I/O).
+    pub window_done: u64,
     /// Bytes moved in the measured window.
     pub bytes: u64,
     /// Ops completed per second of the measured window.
@@ -97,10 +100,10 @@ pub fn run(
     region: (u64, u64),
     job: usize,
     shared: &Shared,
+    t0: Instant,
 ) -> anyhow::Result<JobStats> {
     let mut picker = Picker::new(w, region.0, region.1, job, 0x5eed);
     let mut rng = rand::thread_rng();
-    let t0 = Instant::now();
     let measure_from = t0 + w.ramp;
     let end = measure_from + w.runtime;
     let interval =
@@ -113,6 +116,7 @@ pub fn run(
     let mut s = JobStats {
         hist: new_hist(),
         ops: 0,
+        window_done: 0,
         bytes: 0,
         timeline: vec![0; w.runtime.as_secs().max(1) as usize + 1],
         errors: 0,
@@ -204,7 +208,9 @@ pub fn run(
                     }
                 }
             }
-            if f.start >= measure_from && now <= end {
+            let in_window = now >= measure_from && now <= end;
+            s.window_done += u64::from(in_window);
+            if f.start >= measure_from && in_window {
                 let ns = now.duration_since(f.start).as_nanos() as u64;
                 s.hist.record(ns.max(1)).expect("latency within bounds");
                 s.ops += 1;
@@ -233,13 +239,26 @@ fn pick(picker: &mut Picker, w: &Workload, region: (u64, u64), shared: &Shared) 
     }
 }
 
-/// Runs `numjobs` jobs on threads, one engine each, and gathers their stats.
+/// CPU time spent over the measured window, sampled at its edges by the thread that waits for
+/// the jobs (asleep in between, so it adds nothing of its own).
+pub struct WindowCpu {
+    /// This process: every thread (jobs, tokio runtimes, the progress bar), user + system.
+    pub own: Duration,
+    /// `--cpu-pid`'s, in clock ticks.
+    pub pid_ticks: Option<u64>,
+}
+
+/// Runs `numjobs` jobs on threads, one engine each, and gathers their stats and the CPU time
+/// spent over the measured window (None when the run stopped before the window ended).
 pub fn run_jobs(
     engines: Vec<Box<dyn Engine>>,
     w: &Workload,
     region: (u64, u64),
     shared: &Arc<Shared>,
-) -> anyhow::Result<Vec<JobStats>> {
+    cpu_pid: Option<u32>,
+) -> anyhow::Result<(Vec<JobStats>, Option<WindowCpu>)> {
+    // One clock for every job and for the CPU samples: the window is the same for all.
+    let t0 = Instant::now();
     let handles: Vec<_> = engines
         .into_iter()
         .enumerate()
@@ -248,7 +267,7 @@ pub fn run_jobs(
             std::thread::Builder::new()
                 .name(format!("job-{job}"))
                 .spawn(move || {
-                    let r = run(e.as_mut(), &w, region, job, &shared);
+                    let r = run(e.as_mut(), &w, region, job, &shared, t0);
                     if r.is_err() {
                         shared.abort.store(true, Ordering::Relaxed);
                     }
@@ -256,8 +275,45 @@ pub fn run_jobs(
                 })
         })
         .collect::<Result<_, _>>()?;
-    handles
+    let sample = || -> anyhow::Result<(Duration, Option<u64>)> {
+        Ok((sys::self_cpu(), cpu_pid.map(sys::cpu_ticks).transpose()?))
+    };
+    let measure_from = t0 + w.ramp;
+    let window = (|| -> anyhow::Result<Option<WindowCpu>> {
+        if !sleep_until(measure_from, shared) {
+            return Ok(None);
+        }
+        let a = sample()?;
+        if !sleep_until(measure_from + w.runtime, shared) {
+            return Ok(None);
+        }
+        let b = sample()?;
+        Ok(Some(WindowCpu {
+            own: b.0.saturating_sub(a.0),
+            pid_ticks: b.1.zip(a.1).map(|(b, a)| b.saturating_sub(a)),
+        }))
+    })();
+    if window.is_err() {
+        shared.abort.store(true, Ordering::Relaxed);
+    }
+    let stats = handles
         .into_iter()
         .map(|h| h.join().map_err(|_| anyhow::anyhow!("a job panicked"))?)
-        .collect()
+        .collect::<anyhow::Result<_>>()?;
+    Ok((stats, window?))
+}
+
+/// Sleeps until `at`; false if the run was aborted first.
+fn sleep_until(at: Instant, shared: &Shared) -> bool {
+    loop {
+        if shared.abort.load(Ordering::Relaxed) {
+            return false;
+        }
+        let now = Instant::now();
+        if now >= at {
+            return true;
+        }
+        // Short naps: an aborted run is noticed within 50 ms.
+        std::thread::sleep((at - now).min(Duration::from_millis(50)));
+    }
 }

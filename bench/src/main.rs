@@ -116,8 +116,8 @@ struct Args {
     /// bench/README.md), reported as a row of its own.
     #[arg(long, default_value_t = 0)]
     hostile: usize,
-    /// Report the CPU time of this process (e.g. the node's) per I/O for each target, over its
-    /// ramp and measured window.
+    /// Also report the CPU time of this process (e.g. the node's) per I/O for each target, over
+    /// the measured window (pid_cpu_us_per_io).
     #[arg(long)]
     cpu_pid: Option<u32>,
 }
@@ -246,14 +246,7 @@ fn run(a: Args) -> anyhow::Result<bool> {
                 None => name.clone(),
             };
             let (w, engines, region) = open_target(t, w.clone(), a.size, spin, &a.controller)?;
-            let cpu0 = a.cpu_pid.map(sys::cpu_ticks).transpose()?;
-            let mut r = run_target(&label, &w, engines, region, !a.no_progress)?;
-            if let (Some(pid), Some(t0)) = (a.cpu_pid, cpu0) {
-                let ticks = sys::cpu_ticks(pid)? - t0;
-                r.cpu_us_per_io = (r.completed > 0).then(|| {
-                    (ticks as f64 * sys::us_per_tick() / r.completed as f64 * 10.0).round() / 10.0
-                });
-            }
+            let r = run_target(&label, &w, engines, region, !a.no_progress, a.cpu_pid)?;
             if let Some(h) = hostile {
                 eprintln!(
                     "{label}: the node closed {} of them during the run (reopened)",
@@ -357,7 +350,13 @@ fn open_target(
             (lent.0 + w.offset, lent.1 - w.offset)
         }
         Target::Volume(name) => {
-            let m = volume::Mounted::mount(controller, name, w.rw.writes(), w.iodepth * w.numjobs)?;
+            let m = volume::Mounted::mount(
+                controller,
+                name,
+                w.rw.writes(),
+                w.iodepth * w.numjobs,
+                w.numjobs,
+            )?;
             let total = m.volume().size();
             for _ in 0..w.numjobs {
                 engines.push(Box::new(volume::VolumeEngine::new(
@@ -394,6 +393,7 @@ fn run_target(
     engines: Vec<Box<dyn Engine>>,
     region: (u64, u64),
     progress: bool,
+    cpu_pid: Option<u32>,
 ) -> anyhow::Result<TargetResult> {
     let shared = Arc::new(Shared::new(region.1 / w.bs, w.verify));
     let total = w.ramp + w.runtime;
@@ -422,15 +422,22 @@ fn run_target(
             }
         })
     });
-    let stats = job::run_jobs(engines, w, region, &shared);
+    let ran = job::run_jobs(engines, w, region, &shared, cpu_pid);
     if let Some(b) = &bar {
         b.finish_and_clear();
     }
     if let Some(h) = watcher {
         let _ = h.join();
     }
-    let stats = stats?;
-    let completed = shared.done.load(Ordering::Relaxed);
+    let (stats, window_cpu) = ran?;
+    let window_done: u64 = stats.iter().map(|s| s.window_done).sum();
+    let per_io = |us: f64| (window_done > 0).then(|| round1(us / window_done as f64));
+    let cpu_us_per_io = window_cpu
+        .as_ref()
+        .and_then(|c| per_io(c.own.as_secs_f64() * 1e6));
+    let pid_cpu_us_per_io = window_cpu
+        .and_then(|c| c.pid_ticks)
+        .and_then(|t| per_io(t as f64 * sys::us_per_tick()));
     let mut hist = job::new_hist();
     let (mut ops, mut bytes, mut errors) = (0u64, 0u64, 0u64);
     let mut timeline = vec![0u64; stats.first().map(|s| s.timeline.len()).unwrap_or(0)];
@@ -476,9 +483,13 @@ fn run_target(
         first_error,
         verify: w.verify.then_some(v),
         curve: report::curve(&hist),
-        cpu_us_per_io: None,
-        completed,
+        cpu_us_per_io,
+        pid_cpu_us_per_io,
     })
+}
+
+fn round1(x: f64) -> f64 {
+    (x * 10.0).round() / 10.0
 }
 
 fn git_commit() -> String {

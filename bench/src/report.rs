@@ -83,11 +83,12 @@ pub struct TargetResult {
     /// Cumulative latency distribution for the plot: (percentile, microseconds).
     #[serde(skip)]
     pub curve: Vec<(f64, f64)>,
-    /// CPU time of `--cpu-pid` per completed I/O (ramp included), in microseconds.
+    /// CPU time (user + system) of this process, every thread of it, over the measured window
+    /// per I/O completed in it, in microseconds: what the client side costs. None when the run
+    /// stopped early or completed nothing.
     pub cpu_us_per_io: Option<f64>,
-    /// I/Os completed over the ramp and the measured window.
-    #[serde(skip)]
-    pub completed: u64,
+    /// The same for the process of `--cpu-pid` (e.g. the node), in microseconds.
+    pub pid_cpu_us_per_io: Option<f64>,
 }
 
 /// The terminal table.
@@ -95,13 +96,22 @@ pub fn table(results: &[TargetResult]) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "{:<34} {:>10} {:>9} {:>8} {:>8} {:>8} {:>9} {:>9} {:>7}",
-        "target", "IOPS", "MiB/s", "p50 us", "p90 us", "p99 us", "p99.9 us", "max us", "ratio"
+        "{:<34} {:>10} {:>9} {:>8} {:>8} {:>8} {:>9} {:>9} {:>7} {:>9}",
+        "target",
+        "IOPS",
+        "MiB/s",
+        "p50 us",
+        "p90 us",
+        "p99 us",
+        "p99.9 us",
+        "max us",
+        "ratio",
+        "cpu us/io"
     );
     for r in results {
         let _ = writeln!(
             s,
-            "{:<34} {:>10.0} {:>9.1} {:>8.1} {:>8.1} {:>8.1} {:>9.1} {:>9.1} {:>7.2}",
+            "{:<34} {:>10.0} {:>9.1} {:>8.1} {:>8.1} {:>8.1} {:>9.1} {:>9.1} {:>7.2} {:>9}",
             truncate(&r.target, 34),
             r.iops,
             r.mib_s,
@@ -110,9 +120,12 @@ pub fn table(results: &[TargetResult]) -> String {
             r.lat_us.p99,
             r.lat_us.p999,
             r.lat_us.max,
-            r.ratio_to_baseline
+            r.ratio_to_baseline,
+            r.cpu_us_per_io
+                .map(|c| format!("{c:.1}"))
+                .unwrap_or_else(|| "-".into())
         );
-        if let Some(cpu) = r.cpu_us_per_io {
+        if let Some(cpu) = r.pid_cpu_us_per_io {
             let _ = writeln!(s, "  CPU of --cpu-pid: {cpu:.1} us per I/O");
         }
         if r.errors > 0 {

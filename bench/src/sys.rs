@@ -1,5 +1,5 @@
 //! What std lacks for the node engine and the reports: waiting for a socket to become ready, and
-//! a process's CPU time.
+//! the CPU time of this process or another.
 #![allow(unsafe_code)]
 
 use std::os::fd::RawFd;
@@ -41,6 +41,24 @@ pub fn cpu_ticks(pid: u32) -> anyhow::Result<u64> {
             .ok_or_else(|| anyhow::anyhow!("--cpu-pid {pid}: no field {i} in /proc/{pid}/stat"))
     };
     Ok(field(14)? + field(15)?)
+}
+
+/// User plus system CPU time of this process so far (all its threads, tokio runtimes included),
+/// from getrusage(RUSAGE_SELF).
+pub fn self_cpu() -> std::time::Duration {
+    // SAFETY: rusage is plain old data; zeroed is a valid value for getrusage to overwrite.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: RUSAGE_SELF with a pointer to a live local; getrusage only writes through it.
+    let rc = unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
+    if rc != 0 {
+        // Cannot fail with these arguments (EFAULT, EINVAL only); a zero shows as no CPU.
+        return std::time::Duration::ZERO;
+    }
+    let tv = |t: libc::timeval| {
+        std::time::Duration::from_secs(t.tv_sec as u64)
+            + std::time::Duration::from_micros(t.tv_usec as u64)
+    };
+    tv(u.ru_utime) + tv(u.ru_stime)
 }
 
 /// Microseconds per clock tick.

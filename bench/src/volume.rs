@@ -1,13 +1,18 @@
 //! The `volume:NAME` target: a volume of any layout mounted through the control plane with the
 //! client's `Volume` handle, exactly as a host uses it (lease, layout split, mirror writes to
-//! every copy). One mount per target; its requests run on a small tokio runtime and each job
-//! thread hands its requests over and collects the completions.
+//! every copy). One mount per target, with a connection per job to every extent; each job keeps
+//! its requests as futures and polls them on its own thread through the mount's one-worker tokio
+//! runtime (which drives the sockets), the way a tokio program with many requests in flight
+//! would, so the figures are the host library's and not a hand-over's.
 
-use std::sync::mpsc;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use anyhow::Context as _;
 use dasmesh_client::{AlignedBuf, MountOptions, Volume};
+use futures_util::stream::{FuturesUnordered, StreamExt as _};
+use futures_util::FutureExt as _;
 
 use crate::job::Engine;
 use crate::workload::Kind;
@@ -19,12 +24,15 @@ pub struct Mounted {
 }
 
 impl Mounted {
-    /// Mounts `name` (read-write if `writes`) from the controller at `controller`.
+    /// Mounts `name` (read-write if `writes`) from the controller at `controller`, with
+    /// `connections` connections to every extent (one per job) and up to `depth` requests in
+    /// flight on each.
     pub fn mount(
         controller: &str,
         name: &str,
         writes: bool,
         depth: usize,
+        connections: usize,
     ) -> anyhow::Result<Arc<Mounted>> {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
@@ -39,6 +47,7 @@ impl Mounted {
                 dasmesh_client::Access::ReadOnly
             },
             queue_depth: depth.max(1),
+            connections: connections.max(1),
             ..Default::default()
         };
         let vol = rt
@@ -64,16 +73,19 @@ impl Drop for Mounted {
     }
 }
 
-type Completion = (usize, AlignedBuf, Result<(), String>);
+/// What a request future ends with: its slot, the slot's buffer (a fresh one where a failed read
+/// kept it), and the outcome.
+type Done = (usize, AlignedBuf, Result<(), String>);
+/// One request in flight: it owns its buffer and a handle on the volume.
+type Request = Pin<Box<dyn Future<Output = Done> + Send>>;
 
-/// One job: slot buffers travel to the runtime with their request and come back with the
-/// completion.
+/// One job: its requests are futures it polls itself, on its own thread, as a tokio user with
+/// many requests in flight does (no task, channel or cross-thread hand-over per request).
 pub struct VolumeEngine {
     m: Arc<Mounted>,
     bufs: Vec<Option<AlignedBuf>>,
-    tx: mpsc::Sender<Completion>,
-    rx: mpsc::Receiver<Completion>,
-    in_flight: usize,
+    bs: usize,
+    in_flight: FuturesUnordered<Request>,
 }
 
 impl VolumeEngine {
@@ -84,13 +96,11 @@ impl VolumeEngine {
             bs.is_multiple_of(vbs),
             "--bs {bs} is not a multiple of the volume's block size {vbs}"
         );
-        let (tx, rx) = mpsc::channel();
         Ok(Self {
             m,
             bufs: (0..depth).map(|_| Some(AlignedBuf::new(bs))).collect(),
-            tx,
-            rx,
-            in_flight: 0,
+            bs,
+            in_flight: FuturesUnordered::new(),
         })
     }
 }
@@ -106,43 +116,55 @@ impl Engine for VolumeEngine {
     fn queue(&mut self, slot: usize, kind: Kind, offset: u64) -> anyhow::Result<()> {
         let buf = self.bufs[slot].take().expect("slot buffer is home");
         let vol = self.m.volume().clone();
-        let tx = self.tx.clone();
-        self.m.rt.spawn(async move {
-            let (buf, r) = match kind {
-                Kind::Read => {
-                    let len = buf.len();
-                    match vol.read_into(offset, buf).await {
-                        Ok(b) => (b, Ok(())),
-                        Err(e) => (AlignedBuf::new(len), Err(e.to_string())),
-                    }
-                }
+        let bs = self.bs;
+        // Not polled yet: the request goes out at the next `complete`, with the others queued
+        // since the last one.
+        self.in_flight.push(Box::pin(async move {
+            match kind {
+                Kind::Read => match vol.read_into(offset, buf).await {
+                    Ok(b) => (slot, b, Ok(())),
+                    Err(e) => (slot, AlignedBuf::new(bs), Err(e.to_string())),
+                },
                 Kind::Write => {
                     let r = vol.write(offset, buf.as_slice(), false).await;
-                    (buf, r.map_err(|e| e.to_string()))
+                    (slot, buf, r.map_err(|e| e.to_string()))
                 }
-            };
-            let _ = tx.send((slot, buf, r));
-        });
-        self.in_flight += 1;
+            }
+        }));
         Ok(())
     }
 
     fn complete(&mut self, out: &mut Vec<(usize, Result<(), String>)>) -> anyhow::Result<()> {
-        if self.in_flight == 0 {
+        if self.in_flight.is_empty() {
             return Ok(());
         }
-        let first = self.rx.recv().context("the volume's runtime stopped")?;
-        let mut take = |(slot, buf, r): Completion| {
-            self.bufs[slot] = Some(buf);
+        let Self {
+            m, bufs, in_flight, ..
+        } = self;
+        let mut take = |(slot, buf, r): Done| {
+            bufs[slot] = Some(buf);
             out.push((slot, r));
         };
-        take(first);
-        let mut n = 1;
-        while let Ok(c) = self.rx.try_recv() {
-            take(c);
-            n += 1;
-        }
-        self.in_flight -= n;
+        // block_on on the job thread: the requests run here; the runtime's worker drives the
+        // sockets' readiness and wakes this thread when one can make progress.
+        m.rt.block_on(async {
+            if let Some(d) = in_flight.next().await {
+                take(d);
+            }
+            // Whatever else is done already, without waiting for more.
+            while let Some(Some(d)) = in_flight.next().now_or_never() {
+                take(d);
+            }
+        });
         Ok(())
+    }
+}
+
+impl Drop for VolumeEngine {
+    fn drop(&mut self) {
+        // Requests left by a failed run are dropped inside the runtime, where their sockets and
+        // timers belong.
+        let _rt = self.m.rt.enter();
+        self.in_flight.clear();
     }
 }

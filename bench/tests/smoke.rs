@@ -1,5 +1,6 @@
 //! The runner's quick smoke run, as CI does it: a node on the memory backend and a local file;
-//! the JSON is complete, the plot is drawn, and verify mode catches one corrupted block.
+//! the JSON is complete (the bench's own CPU per I/O included), the plot is drawn, and verify
+//! mode catches one corrupted block.
 //! No timing is asserted.
 
 use std::path::Path;
@@ -64,9 +65,12 @@ fn quick_run_json_plot_and_verify_catch_a_corrupted_block() {
         &s(&j),
         "--plot",
         &s(&svg),
+        "--cpu-pid",
+        &node.pid().to_string(),
     ]);
     assert!(ok, "{out}\n{err}");
     assert!(out.contains("IOPS") && out.contains(&target), "{out}");
+    assert!(out.lines().next().unwrap().ends_with("cpu us/io"), "{out}");
     let v = json(&j);
     assert!(v["git_commit"].as_str().is_some_and(|c| !c.is_empty()));
     assert!(v["machine"]["cores"].as_u64().unwrap() >= 1);
@@ -74,7 +78,13 @@ fn quick_run_json_plot_and_verify_catch_a_corrupted_block() {
     assert_eq!(v["config"]["workload"]["iodepth"], 4);
     let results = v["results"].as_array().unwrap();
     assert_eq!(results.len(), 2);
-    for r in results {
+    let rows: Vec<&str> = out
+        .lines()
+        .filter(|l| !l.starts_with(' '))
+        .skip(1)
+        .collect();
+    assert_eq!(rows.len(), results.len(), "{out}");
+    for (r, row) in results.iter().zip(rows) {
         for k in [
             "target",
             "rw",
@@ -93,6 +103,22 @@ fn quick_run_json_plot_and_verify_catch_a_corrupted_block() {
         assert!(r["iops"].as_f64().unwrap() > 0.0);
         assert_eq!(r["errors"], 0);
         assert_eq!(r["numjobs"], 2);
+        // The bench's own CPU: every target costs it something per I/O, and a job can hardly
+        // spend a whole second of CPU on one 4k I/O.
+        let cpu = r["cpu_us_per_io"].as_f64().unwrap_or(f64::NAN);
+        assert!(
+            cpu.is_finite() && cpu > 0.0 && cpu < 1e6,
+            "cpu_us_per_io in {r}"
+        );
+        // The table shows the same figure in the last column.
+        assert_eq!(
+            row.split_whitespace().last(),
+            Some(format!("{cpu:.1}").as_str()),
+            "{out}"
+        );
+        // --cpu-pid's CPU (the node's, idle during the local: run) is counted in ticks.
+        let pid = r["pid_cpu_us_per_io"].as_f64().unwrap_or(f64::NAN);
+        assert!(pid.is_finite() && pid >= 0.0, "pid_cpu_us_per_io in {r}");
     }
     assert_eq!(results[0]["ratio_to_baseline"], 1.0);
     let plot = std::fs::read_to_string(&svg).unwrap();
@@ -291,6 +317,8 @@ fn volume_targets_of_any_layout_run_verified() {
         assert_eq!(r["errors"], 0, "{r}");
         assert_eq!(r["verify"]["mismatches"], 0, "{r}");
         assert!(r["verify"]["verified"].as_u64().unwrap() > 0, "{r}");
+        let cpu = r["cpu_us_per_io"].as_f64().unwrap_or(f64::NAN);
+        assert!(cpu.is_finite() && cpu > 0.0, "cpu_us_per_io in {r}");
     }
     let leases = rt
         .block_on(
