@@ -101,7 +101,7 @@ struct Args {
     /// Draw the latency percentile curves of all targets into this SVG.
     #[arg(long)]
     plot: Option<PathBuf>,
-    /// node: targets: how long a job spins on its socket before it sleeps in poll(2) waiting
+    /// node: and volume: targets: how long a job spins on its socket before it sleeps waiting
     /// for a reply [default: 200us when at most 4 requests are in flight in total, else 0].
     #[arg(long, value_parser = humantime::parse_duration)]
     client_spin: Option<Duration>,
@@ -356,6 +356,7 @@ fn open_target(
                 w.rw.writes(),
                 w.iodepth * w.numjobs,
                 w.numjobs,
+                spin,
             )?;
             let total = m.volume().size();
             for _ in 0..w.numjobs {

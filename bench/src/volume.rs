@@ -26,17 +26,20 @@ pub struct Mounted {
 impl Mounted {
     /// Mounts `name` (read-write if `writes`) from the controller at `controller`, with
     /// `connections` connections to every extent (one per job) and up to `depth` requests in
-    /// flight on each.
+    /// flight on each; a waiting request polls its socket for `spin` before it sleeps (the same
+    /// `--client-spin` as node: targets).
     pub fn mount(
         controller: &str,
         name: &str,
         writes: bool,
         depth: usize,
         connections: usize,
+        spin: std::time::Duration,
     ) -> anyhow::Result<Arc<Mounted>> {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name("bench-volume")
+        // No worker threads: the job threads' block_on calls drive the sockets themselves (one
+        // of them at a time waits in the I/O driver for all), so a reply does not wake a
+        // runtime thread that then wakes the job.
+        let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
         let opts = MountOptions {
@@ -48,6 +51,7 @@ impl Mounted {
             },
             queue_depth: depth.max(1),
             connections: connections.max(1),
+            spin,
             ..Default::default()
         };
         let vol = rt

@@ -181,6 +181,8 @@ struct Call<'a> {
     tag: u64,
     stage: Stage,
     leader: bool,
+    /// This call is to write the send queue (see `send.rs`).
+    flusher: bool,
 }
 
 impl Drop for Call<'_> {
@@ -196,6 +198,11 @@ impl Drop for Call<'_> {
             Stage::Queued => inner.send.take_back(self.tag),
             Stage::Sent => false,
         };
+        if self.flusher {
+            // Others' frames are queued behind this call's promise to write them.
+            self.flusher = false;
+            inner.flush_queued();
+        }
         let mut s = inner.slots.lock(self.idx);
         if never_sent || matches!(s.phase, Phase::Done) || inner.stopped() {
             s.phase = Phase::Free;
@@ -394,11 +401,17 @@ impl Connection {
             tag,
             stage: Stage::Claimed,
             leader: false,
+            flusher: false,
         };
         let header = RequestHeader::new(op, flags, Tag(tag), offset, length).encode();
         if header.len() + payload.len() <= SMALL_FRAME {
             call.stage = Stage::Queued;
-            inner.send_small(tag, &header, payload);
+            if inner.queue_small(tag, &header, payload) {
+                call.flusher = true;
+                tokio::task::yield_now().await;
+                call.flusher = false;
+                inner.flush_queued();
+            }
         } else {
             send_large(&mut call, &header, payload).await?;
         }

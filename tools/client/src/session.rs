@@ -72,6 +72,11 @@ impl NodeSession {
         &self.conns[choose(lane, &loads)]
     }
 
+    /// Requests in flight or queued on all its connections.
+    pub fn in_flight(&self) -> usize {
+        self.conns.iter().map(Connection::in_flight).sum()
+    }
+
     /// What the node answered on the first connection.
     pub fn info(&self) -> &HelloReply {
         self.conns[0].info()

@@ -1,10 +1,11 @@
 //! Sending: requests go out in batches, written by whoever is sending at that moment.
 //!
 //! A small request (header and payload up to [`SMALL_FRAME`] bytes) is appended to the queue.
-//! If nobody is writing to the socket, its caller becomes the writer: it takes the whole queue
-//! (every request appended meanwhile by other tasks) and writes it with one system call, again
-//! until the queue is empty, so at queue depth N a burst costs about one write, not N, and no
-//! task is woken to do it. Only when the socket is full does the connection's writer task take
+//! If nobody is writing to the socket or about to, its caller becomes the writer: it yields once
+//! (so that the other tasks, or the other futures of its own task, that are ready to run queue
+//! their requests too), then takes the whole queue and writes it with one system call, again
+//! until the queue is empty. At queue depth N a burst costs about one write, not N, and no task
+//! is woken to do it. Only when the socket is full does the connection's writer task take
 //! over (it waits for room); callers never wait for the socket themselves.
 //!
 //! A large request (a big WRITE) is written by its caller straight from its buffer, once it has
@@ -35,6 +36,8 @@ pub(crate) struct SendQueue {
     spare: Vec<u8>,
     /// Someone is writing to the socket (a caller or the writer task).
     busy: bool,
+    /// A caller will write the queue in a moment (it let other tasks queue theirs first).
+    flusher: bool,
     /// Large requests waiting for the socket.
     large_waiting: usize,
 }
@@ -87,16 +90,30 @@ impl Sender {
 }
 
 impl Inner {
-    /// Queues a small frame and, if the socket is free, writes the queue.
-    pub(super) fn send_small(&self, tag: u64, header: &[u8], payload: &[u8]) {
+    /// Queues a small frame. Returns true when this caller is to write the queue: nobody is
+    /// writing or about to. It first lets the other ready tasks queue theirs (see
+    /// [`Inner::flush_queued`]), so a burst of requests goes out in one system call.
+    pub(super) fn queue_small(&self, tag: u64, header: &[u8], payload: &[u8]) -> bool {
+        let mut q = lock(&self.send.queue);
+        let start = q.bytes.len();
+        q.bytes.extend_from_slice(header);
+        q.bytes.extend_from_slice(payload);
+        let end = q.bytes.len();
+        q.frames.push((tag, start, end));
+        if q.busy || q.flusher {
+            return false;
+        }
+        q.flusher = true;
+        true
+    }
+
+    /// The caller that [`Inner::queue_small`] chose writes what is queued, unless a writer
+    /// already took it.
+    pub(super) fn flush_queued(&self) {
         let batch = {
             let mut q = lock(&self.send.queue);
-            let start = q.bytes.len();
-            q.bytes.extend_from_slice(header);
-            q.bytes.extend_from_slice(payload);
-            let end = q.bytes.len();
-            q.frames.push((tag, start, end));
-            if q.busy {
+            q.flusher = false;
+            if q.busy || q.bytes.is_empty() {
                 return;
             }
             q.busy = true;

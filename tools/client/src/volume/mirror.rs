@@ -89,30 +89,27 @@ impl Volume {
             });
         }
         let _gate = self.inner.gate.read().await;
-        let plan: Vec<(usize, Vec<Piece>)> = {
+        // Every piece of every healthy copy, sent at once; one completion for all of them.
+        let cut = matches!(io, Io::Write { .. });
+        let (healthy, plan) = {
             let map = self.map();
-            (0..map.copies())
-                .filter(|&c| map.copy_is_healthy(c))
-                .map(|c| {
-                    let ps = map.pieces(c, offset, len);
-                    (c, ps)
-                })
-                .collect()
+            let mut healthy = 0;
+            let mut plan: Vec<(usize, Piece)> = Vec::with_capacity(map.copies());
+            for c in (0..map.copies()).filter(|&c| map.copy_is_healthy(c)) {
+                healthy += 1;
+                let ps = map.pieces(c, offset, len);
+                plan.extend(self.chunks(ps, cut).into_iter().map(|p| (c, p)));
+            }
+            (healthy, plan)
         };
-        if plan.is_empty() {
+        if healthy == 0 {
             return Err(Error::Unavailable(format!(
                 "volume {:?}: no healthy copy",
                 self.inner.name
             )));
         }
-        let cut = matches!(io, Io::Write { .. });
-        let healthy = plan.len();
-        let results = join_all(plan.into_iter().map(|(copy, pieces)| async move {
-            let pieces = self.chunks(pieces, cut);
-            let rs = join_all(pieces.into_iter().map(|p| self.on_extent(p, offset, io))).await;
-            rs.into_iter()
-                .filter_map(|r| r.err().map(|e| (copy, e)))
-                .collect::<Vec<_>>()
+        let results = join_all(plan.iter().map(|&(copy, p)| async move {
+            self.on_extent(p, offset, io).await.err().map(|e| (copy, e))
         }))
         .await;
         let failures = results.into_iter().flatten().collect();

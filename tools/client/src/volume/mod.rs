@@ -28,10 +28,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use dasmesh_api::v1;
 use tonic::transport::Channel;
 
-use crate::layout::{Extent, Layout, Map};
+use crate::layout::{Extent, Layout, Map, Piece};
 use crate::{AlignedBuf, Error, SearchResult};
 
 use link::Link;
+use mirror::copy_failed;
 use route::{is_transport, timed, Io, Out};
 
 /// Read-only or read-write.
@@ -184,6 +185,17 @@ impl Volume {
             .unwrap_or(512)
     }
 
+    /// Requests in flight to the nodes right now, over every open connection (including
+    /// those whose callers went away and whose replies are still due).
+    pub fn requests_in_flight(&self) -> usize {
+        self.inner
+            .links
+            .iter()
+            .filter_map(|l| l.current())
+            .map(|s| s.in_flight())
+            .sum()
+    }
+
     /// The lease id.
     pub fn lease_id(&self) -> u64 {
         self.inner
@@ -210,9 +222,11 @@ impl Volume {
     /// Reads `len` bytes at `offset`.
     pub async fn read(&self, offset: u64, len: usize) -> Result<Vec<u8>, Error> {
         self.check(offset, len as u64)?;
-        if let Some(p) = self.direct(offset, len as u64) {
-            if let Out::Data(d) = self.on_extent(p, offset, &Io::Read).await? {
-                return Ok(d);
+        if let Some((copy, p)) = self.read_piece(offset, len as u64) {
+            match self.on_extent(p, offset, &Io::Read).await {
+                Ok(Out::Data(d)) => return Ok(d),
+                Ok(_) => {}
+                Err(e) => self.read_failed(copy, e)?,
             }
         }
         let mut parts = self.on_readable_copy(offset, len as u64, &Io::Read).await?;
@@ -231,16 +245,33 @@ impl Volume {
         Ok(out)
     }
 
+    /// The copy and the one piece of it a read goes to, when it needs no split.
+    fn read_piece(&self, offset: u64, len: u64) -> Option<(usize, Piece)> {
+        let copy = self.pick_copy()?;
+        Some((copy, self.one_piece(copy, offset, len)?))
+    }
+
+    /// A read of one copy failed: on a mirror the copy is avoided for a while and the read
+    /// fails over (`Ok`); anything else is the caller's error.
+    fn read_failed(&self, copy: usize, e: Error) -> Result<(), Error> {
+        if self.map().copies() > 1 && copy_failed(&e) {
+            tracing::warn!(volume = %self.inner.name, copy, "read failed, trying another copy: {e}");
+            self.inner.avoid_until[copy].store(now_ms() + 5_000, Ordering::Relaxed);
+            return Ok(());
+        }
+        Err(e)
+    }
+
     /// Reads `buf.len()` bytes at `offset` into `buf`.
     pub async fn read_into(&self, offset: u64, mut buf: AlignedBuf) -> Result<AlignedBuf, Error> {
         let len = buf.len() as u64;
         self.check(offset, len)?;
-        if let Some(p) = self.direct(offset, len) {
+        if let Some((copy, p)) = self.read_piece(offset, len) {
             // Straight into the caller's buffer; a transport failure is retried once.
             let link = &self.inner.links[p.extent];
             let limit = Some(self.inner.opts.request_timeout);
             let s = link.session().await?;
-            return match timed(limit, s.read_into(p.device_offset, buf)).await {
+            let r = match timed(limit, s.read_into(p.device_offset, buf)).await {
                 Err(e) if is_transport(&e) => {
                     link.invalidate(&s);
                     let s = link.session().await?;
@@ -249,6 +280,11 @@ impl Volume {
                 }
                 r => r,
             };
+            match r {
+                Ok(b) => return Ok(b),
+                Err(e) => self.read_failed(copy, e)?,
+            }
+            buf = AlignedBuf::new(len as usize);
         }
         for (p, o) in self.on_readable_copy(offset, len, &Io::Read).await? {
             if let Out::Data(d) = o {
@@ -263,8 +299,8 @@ impl Volume {
     pub async fn write(&self, offset: u64, data: &[u8], fua: bool) -> Result<(), Error> {
         self.check(offset, data.len() as u64)?;
         let io = Io::Write { data, fua };
-        if self.inner.opts.access == Access::ReadWrite {
-            if let Some(p) = self.direct(offset, data.len() as u64) {
+        if self.inner.opts.access == Access::ReadWrite && self.map().copies() == 1 {
+            if let Some(p) = self.one_piece(0, offset, data.len() as u64) {
                 return self.on_extent(p, offset, &io).await.map(|_| ());
             }
         }

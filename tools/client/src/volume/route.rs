@@ -2,6 +2,7 @@
 //! extent's largest request), the one-piece fast path, one request on one extent with its retry,
 //! and reads served from one copy at a time, failing over to the next.
 
+use std::cell::Cell;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -11,6 +12,11 @@ use super::mirror::copy_failed;
 use super::{now_ms, Volume};
 use crate::layout::Piece;
 use crate::{Error, SearchResult};
+
+thread_local! {
+    /// Where this thread's next mirror read starts looking for a copy.
+    static NEXT_COPY: Cell<usize> = const { Cell::new(0) };
+}
 
 /// Errors of the transport (the request may be retried on a fresh connection).
 pub(super) fn is_transport(e: &Error) -> bool {
@@ -83,17 +89,38 @@ impl Volume {
         out
     }
 
-    /// The one piece a request maps to when it needs no split and no choice of copy (the fast
-    /// path of single, concat and stripe volumes).
-    pub(super) fn direct(&self, offset: u64, len: u64) -> Option<Piece> {
+    /// The one piece of `copy` a request maps to, when it needs no split (the fast path of
+    /// every layout: most requests fall inside one extent and one stripe unit).
+    pub(super) fn one_piece(&self, copy: usize, offset: u64, len: u64) -> Option<Piece> {
         let map = self.map();
-        if map.copies() != 1 {
-            return None;
-        }
-        let mut ps = map.pieces(0, offset, len);
+        let mut ps = map.pieces(copy, offset, len);
         let p = ps.pop()?;
         let max = self.inner.links[p.extent].max_io.load(Ordering::Relaxed);
         (ps.is_empty() && p.len <= max).then_some(p)
+    }
+
+    /// The copy this read goes to first: the healthy copies in turn (per thread, so threads do
+    /// not share a counter), skipping one that failed a read in the last few seconds. `None`
+    /// when no healthy copy is left to choose without failing over.
+    pub(super) fn pick_copy(&self) -> Option<usize> {
+        let map = self.map();
+        let n = map.copies();
+        if n == 1 {
+            return map.copy_is_healthy(0).then_some(0);
+        }
+        let start = NEXT_COPY.with(|c| {
+            let v = c.get();
+            c.set(v.wrapping_add(1));
+            v
+        });
+        let mut now = None;
+        (0..n).map(|i| (start + i) % n).find(|&c| {
+            if !map.copy_is_healthy(c) {
+                return false;
+            }
+            let until = self.inner.avoid_until[c].load(Ordering::Relaxed);
+            until == 0 || until <= *now.get_or_insert_with(now_ms)
+        })
     }
 
     /// One request on one extent; a transport failure is retried once on a fresh connection.
