@@ -8,7 +8,9 @@
 //! and no allocation: feed it whatever bytes arrived, in pieces of any size, and it hands back
 //! each header once complete, then the payload bytes as they come. A consumer that wants payload
 //! bytes somewhere else (a READ reply straight into the caller's buffer) reads them itself and
-//! tells the framer with [`Framer::skip_payload`].
+//! tells the framer with [`Framer::skip_payload`]. A reader that keeps its unparsed bytes
+//! contiguous and may put a frame off until later (the node, whose requests wait for buffer
+//! slots) takes headers with [`peek_header`] instead: the same decoding, nothing consumed.
 
 use crate::frame::{Op, ReplyHeader, RequestHeader, REPLY_HEADER_LEN, REQUEST_HEADER_LEN};
 use crate::status::Status;
