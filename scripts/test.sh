@@ -13,6 +13,6 @@ echo "== cargo test"
 cargo test --workspace
 echo "== fuzz targets: build on stable and a short smoke run of each"
 cargo build --manifest-path fuzz/Cargo.toml -q
-for t in request reply handshake token search claim; do
+for t in request reply framer handshake token search claim; do
   fuzz/target/debug/$t -runs=5000 2>&1 | tail -n 1
 done

@@ -1,8 +1,9 @@
 //! The `node:ADDR` target: the dasmesh protocol over one TCP connection per job, driven like a
-//! fio engine (one thread, requests batched into one vectored write, replies read back to back),
-//! so that the benchmark measures the node and the network, not an async runtime.
+//! fio engine (one thread, requests batched into one vectored write, replies read back to back
+//! through the wire crate's framer, READ data copied straight into its slot), so that the
+//! benchmark measures the node and the network, not an async runtime.
 
-use std::io::{BufReader, ErrorKind, IoSlice, Read, Write};
+use std::io::{ErrorKind, IoSlice, Read, Write};
 use std::net::TcpStream;
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
@@ -10,8 +11,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _};
 use dasmesh_client::AlignedBuf;
 use dasmesh_wire::{
-    Hello, HelloReply, Op, ReplyHeader, RequestHeader, Status, Tag, Token, HELLO_REPLY_LEN,
-    PROTOCOL_VERSION, REPLY_HEADER_LEN, REQUEST_HEADER_LEN,
+    check_reply, Event, Framer, Hello, HelloReply, Op, ReplyHeader, RequestHeader, Status, Tag,
+    Token, HELLO_REPLY_LEN, PROTOCOL_VERSION, REPLY_HEADER_LEN, REQUEST_HEADER_LEN,
 };
 
 use crate::job::Engine;
@@ -53,10 +54,18 @@ impl Read for SpinSocket {
     }
 }
 
+/// Size of a job's receive buffer: many replies' headers (and small READs' data) per read.
+const RBUF_LEN: usize = 256 << 10;
+
 /// One job's connection and slot buffers.
 pub struct NodeEngine {
     writer: SpinSocket,
-    reader: BufReader<SpinSocket>,
+    reader: SpinSocket,
+    /// Received bytes; `rbuf[rstart..rend]` not yet given to the framer.
+    rbuf: Box<[u8]>,
+    rstart: usize,
+    rend: usize,
+    framer: Framer<ReplyHeader>,
     bufs: Vec<AlignedBuf>,
     bs: usize,
     kinds: Vec<Kind>,
@@ -120,7 +129,11 @@ impl NodeEngine {
                     s: s.try_clone()?,
                     spin,
                 },
-                reader: BufReader::with_capacity(256 << 10, SpinSocket { s, spin }),
+                reader: SpinSocket { s, spin },
+                rbuf: vec![0u8; RBUF_LEN].into_boxed_slice(),
+                rstart: 0,
+                rend: 0,
+                framer: Framer::new(),
                 bufs: (0..depth).map(|_| AlignedBuf::new(bs)).collect(),
                 bs,
                 kinds: vec![Kind::Read; depth],
@@ -155,31 +168,71 @@ impl NodeEngine {
         Ok(())
     }
 
+    /// Receives more bytes once the framer has taken every byte there was (so nothing moves).
+    fn fill(&mut self) -> anyhow::Result<()> {
+        debug_assert_eq!(self.rstart, self.rend);
+        let n = self
+            .reader
+            .read(&mut self.rbuf)
+            .context("reading replies from the node")?;
+        if n == 0 {
+            bail!("node closed the connection");
+        }
+        (self.rstart, self.rend) = (0, n);
+        Ok(())
+    }
+
+    /// Reads one reply (waiting for it if need be) and its payload.
     fn read_reply(&mut self, out: &mut Vec<(usize, Result<(), String>)>) -> anyhow::Result<()> {
-        let mut hb = [0u8; REPLY_HEADER_LEN];
-        self.reader
-            .read_exact(&mut hb)
-            .context("node closed the connection")?;
-        let h = ReplyHeader::decode(&hb)
-            .map_err(|_| anyhow::anyhow!("malformed reply from the node"))?;
+        let h = loop {
+            let (used, ev) = self
+                .framer
+                .next(&self.rbuf[self.rstart..self.rend])
+                .map_err(|_| anyhow::anyhow!("malformed reply from the node"))?;
+            self.rstart += used;
+            match ev {
+                Some(Event::Header(h)) => break h,
+                // Each reply's payload is taken whole below, before the next header.
+                Some(Event::Payload(_)) => unreachable!("payload outside a reply"),
+                None => self.fill()?,
+            }
+        };
         let slot = h.tag.0 as usize;
         if slot >= self.bufs.len() {
             bail!("reply for unknown tag {}", h.tag);
         }
-        let len = h.payload_len as usize;
-        let st = h.status_enum();
-        if st == Status::Ok && self.kinds[slot] == Kind::Read {
-            if len != self.bs {
-                bail!("read reply of {len} bytes, expected {}", self.bs);
-            }
-            self.reader.read_exact(&mut self.bufs[slot])?;
-        } else if len > 0 {
-            std::io::copy(
-                &mut (&mut self.reader).take(len as u64),
-                &mut std::io::sink(),
-            )?;
+        let op = match self.kinds[slot] {
+            Kind::Read => Op::Read,
+            Kind::Write => Op::Write,
+        };
+        check_reply(op, self.bs as u64, 0, &h).map_err(anyhow::Error::msg)?;
+        // By the rule just checked, only an OK READ has a payload: its data, for its slot.
+        let mut at = 0;
+        while self.framer.payload_remaining() > 0 {
+            let due = self.framer.payload_remaining() as usize;
+            let have = self.rend - self.rstart;
+            let n = if have > 0 {
+                let n = have.min(due);
+                self.bufs[slot][at..at + n]
+                    .copy_from_slice(&self.rbuf[self.rstart..self.rstart + n]);
+                self.rstart += n;
+                n
+            } else if due >= RBUF_LEN / 2 {
+                // Large data goes straight into its slot rather than through the buffer.
+                let n = self.reader.read(&mut self.bufs[slot][at..])?;
+                if n == 0 {
+                    bail!("node closed the connection");
+                }
+                n
+            } else {
+                self.fill()?;
+                continue;
+            };
+            self.framer.skip_payload(n as u64);
+            at += n;
         }
         self.in_flight -= 1;
+        let st = h.status_enum();
         out.push((
             slot,
             if st == Status::Ok {
@@ -215,9 +268,159 @@ impl Engine for NodeEngine {
         }
         self.read_reply(out)?;
         // Take every reply whose header has already arrived, without blocking for more.
-        while self.in_flight > 0 && self.reader.buffer().len() >= REPLY_HEADER_LEN {
+        while self.in_flight > 0 && self.rend - self.rstart >= REPLY_HEADER_LEN {
             self.read_reply(out)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The engine against a scripted fake node on 127.0.0.1: replies dribbled in pieces of a few
+    //! bytes and out of order land in their slots; a reply that breaks the payload rule fails.
+
+    use std::net::TcpListener;
+
+    use dasmesh_wire::{
+        Capabilities, Claim, DeviceId, Epoch, NodeId, Rights, SigningKey, VolumeId, HELLO_LEN,
+    };
+
+    use super::*;
+
+    const BS: usize = 4096;
+
+    fn token() -> Token {
+        Claim {
+            node_id: NodeId(0),
+            volume_id: VolumeId(0),
+            device_id: DeviceId(0),
+            range_offset: 0,
+            range_length: 1 << 20,
+            rights: Rights::ReadWrite,
+            epoch: Epoch(1),
+            issued_at_ms: 0,
+            expires_at_ms: u64::MAX,
+            nonce: 0,
+        }
+        .sign(&SigningKey::from_bytes(&[1; 32]))
+    }
+
+    /// A node that takes the handshake and `n` requests, then sends back what `answer` makes of
+    /// them, in pieces of 1 to 7 bytes.
+    fn fake(
+        n: usize,
+        answer: impl FnOnce(Vec<RequestHeader>) -> Vec<u8> + Send + 'static,
+    ) -> (String, std::thread::JoinHandle<()>) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        let t = std::thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            s.set_nodelay(true).unwrap();
+            let mut hb = [0u8; HELLO_LEN];
+            s.read_exact(&mut hb).unwrap();
+            let hello = Hello::decode(&hb).unwrap();
+            let mut tok = vec![0u8; usize::from(hello.token_len)];
+            s.read_exact(&mut tok).unwrap();
+            let reply = HelloReply {
+                version: 1,
+                status: Status::Ok.code(),
+                device_id: hello.device_id,
+                block_size: 4096,
+                physical_block_size: 4096,
+                max_io_size: 1 << 20,
+                max_inflight: 64,
+                device_size: 1 << 20,
+                lent_offset: 0,
+                lent_length: 1 << 20,
+                capabilities: Capabilities(Capabilities::ALL),
+                max_search_hits: 100,
+            };
+            s.write_all(&reply.encode()).unwrap();
+            let mut reqs = Vec::new();
+            for _ in 0..n {
+                let mut b = [0u8; REQUEST_HEADER_LEN];
+                s.read_exact(&mut b).unwrap();
+                let h = RequestHeader::decode(&b).unwrap();
+                std::io::copy(&mut (&mut s).take(h.payload_len()), &mut std::io::sink()).unwrap();
+                reqs.push(h);
+            }
+            let out = answer(reqs);
+            for (i, piece) in out.chunks(7).enumerate() {
+                let (a, b) = piece.split_at(piece.len().min(1 + i % 7));
+                // A client that fails mid-stream closes the socket: later pieces may not land.
+                if s.write_all(a).is_err() || s.write_all(b).is_err() {
+                    return;
+                }
+            }
+        });
+        (addr, t)
+    }
+
+    fn reply(tag: Tag, status: Status, payload: &[u8]) -> Vec<u8> {
+        let h = ReplyHeader {
+            status: status.code(),
+            flags: 0,
+            tag,
+            payload_len: payload.len() as u32,
+        };
+        [&h.encode()[..], payload].concat()
+    }
+
+    #[test]
+    fn replies_in_small_pieces_and_out_of_order_reach_their_slots() {
+        let (addr, t) = fake(4, |reqs| {
+            reqs.iter()
+                .rev()
+                .flat_map(|h| match h.known_op() {
+                    Some(Op::Read) => {
+                        reply(h.tag, Status::Ok, &vec![(h.offset / 4096) as u8 + 1; BS])
+                    }
+                    _ => reply(h.tag, Status::Ok, &[]),
+                })
+                .collect()
+        });
+        let (mut e, _) = NodeEngine::open(&addr, &token(), 4, BS, Duration::ZERO).unwrap();
+        e.queue(0, Kind::Read, 0).unwrap();
+        e.buf(1).fill(9);
+        e.queue(1, Kind::Write, 4096).unwrap();
+        e.queue(2, Kind::Read, 8192).unwrap();
+        e.queue(3, Kind::Read, 3 * 4096).unwrap();
+        let mut out = Vec::new();
+        while out.len() < 4 {
+            e.complete(&mut out).unwrap();
+        }
+        out.sort_by_key(|(slot, _)| *slot);
+        let slots: Vec<usize> = out.iter().map(|(s, _)| *s).collect();
+        assert_eq!(slots, [0, 1, 2, 3]);
+        assert!(out.iter().all(|(_, r)| r.is_ok()), "{out:?}");
+        // Each READ's data names its block: slot 0 block 0, slot 2 block 2, slot 3 block 3.
+        for slot in [0, 2, 3] {
+            assert!(
+                e.buf(slot).iter().all(|b| *b == slot as u8 + 1),
+                "slot {slot}"
+            );
+        }
+        t.join().unwrap();
+    }
+
+    #[test]
+    fn a_reply_that_breaks_the_payload_rule_is_an_error() {
+        // An OK WRITE carries nothing; this one carries 8 bytes.
+        let (addr, t) = fake(1, |reqs| reply(reqs[0].tag, Status::Ok, &[0; 8]));
+        let (mut e, _) = NodeEngine::open(&addr, &token(), 1, BS, Duration::ZERO).unwrap();
+        e.queue(0, Kind::Write, 0).unwrap();
+        let mut out = Vec::new();
+        let err = e.complete(&mut out).unwrap_err().to_string();
+        assert!(err.contains("tag 0") && err.contains("8 bytes"), "{err}");
+        t.join().unwrap();
+        // A READ answered with less than it asked for.
+        let (addr, t) = fake(1, |reqs| reply(reqs[0].tag, Status::Ok, &[0; 512]));
+        let (mut e, _) = NodeEngine::open(&addr, &token(), 1, BS, Duration::ZERO).unwrap();
+        e.queue(0, Kind::Read, 0).unwrap();
+        let err = e.complete(&mut out).unwrap_err().to_string();
+        assert!(err.contains("512 bytes") && err.contains("4096"), "{err}");
+        t.join().unwrap();
+        assert!(out.is_empty());
     }
 }

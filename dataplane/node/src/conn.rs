@@ -5,8 +5,8 @@ use memmap2::MmapMut;
 use socket2::Socket;
 
 use dasmesh_wire::{
-    Claim, HelloReply, Op, ReplyHeader, RequestHeader, RequestLimits, Searcher, Tag,
-    HELLO_REPLY_LEN, REPLY_HEADER_LEN,
+    peek_header, Claim, HelloReply, Op, ReplyHeader, RequestHeader, RequestLimits, Searcher,
+    Status, Tag, HELLO_REPLY_LEN, REPLY_HEADER_LEN, REQUEST_HEADER_LEN,
 };
 
 use crate::arena::{BufId, NUM_CLASSES};
@@ -205,6 +205,17 @@ impl Conn {
     /// Unparsed received bytes.
     pub fn avail(&self) -> &[u8] {
         &self.rbuf[self.rstart..self.rend]
+    }
+
+    /// The request header at the start of the unparsed bytes, framed by the wire crate's rules
+    /// (`BadFrame` when they are not one), left in place: a request that waits for a slot is
+    /// parsed again later. While the header is incomplete, `None`, and `need` says so.
+    pub fn peek_request(&mut self) -> Result<Option<RequestHeader>, Status> {
+        let h = peek_header::<RequestHeader>(self.avail())?;
+        if h.is_none() {
+            self.need = REQUEST_HEADER_LEN;
+        }
+        Ok(h)
     }
 }
 

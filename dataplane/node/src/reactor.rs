@@ -13,9 +13,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dasmesh_wire::{
-    check_request, negotiate_version, Hello, HelloReply, Op, ReplyHeader, RequestHeader,
-    RequestLimits, SearchBody, Searcher, Status, Token, HELLO_LEN, REPLY_FLAG_TRUNCATED,
-    REQUEST_HEADER_LEN, SEARCH_BODY_LEN,
+    check_reply, check_request, negotiate_version, FrameHeader, Hello, HelloReply, Op, ReplyHeader,
+    RequestHeader, RequestLimits, SearchBody, Searcher, Status, Token, HELLO_LEN,
+    REPLY_FLAG_TRUNCATED, REQUEST_HEADER_LEN,
 };
 use io_uring::{opcode, squeue, types, IoUring};
 use slab::Slab;
@@ -1060,12 +1060,9 @@ impl Reactor {
         if c.inflight >= max_inflight {
             return false;
         }
-        if c.avail().len() < REQUEST_HEADER_LEN {
-            c.need = REQUEST_HEADER_LEN;
-            return false;
-        }
-        let h = match RequestHeader::decode(c.avail()) {
-            Ok(h) => h,
+        let h = match c.peek_request() {
+            Ok(Some(h)) => h,
+            Ok(None) => return false,
             Err(s) => {
                 tracing::info!(conn = ci, "unparsable frame; closing the connection");
                 self.fatal(
@@ -1128,7 +1125,7 @@ impl Reactor {
             );
             return true;
         }
-        let len = h.length as usize;
+        let len = h.payload_len() as usize;
         // No slot for a payload that has not started to arrive, and none for a small one until
         // it is all in the staging buffer: a client that stops mid-WRITE then holds no slot, or
         // (a large one) a slot of the half of a class payloads may take (Arena::alloc_fair),
@@ -1171,7 +1168,7 @@ impl Reactor {
 
     fn parse_search(&mut self, ci: usize, h: RequestHeader) -> bool {
         let c = &mut self.conns[ci];
-        let total = REQUEST_HEADER_LEN + SEARCH_BODY_LEN;
+        let total = h.frame_len() as usize;
         if c.avail().len() < total {
             c.need = total;
             return false;
@@ -1538,6 +1535,8 @@ impl Reactor {
             tag: r.tag(),
             payload_len: payload_len as u32,
         };
+        // The rule clients check replies by (the hit limit was checked when the SEARCH was parsed).
+        debug_assert_eq!(check_reply(r.op, r.hdr.length, u32::MAX, &h), Ok(()));
         if status != Status::Ok {
             tracing::debug!(conn = ci, op = ?r.op, offset = r.hdr.offset, length = r.hdr.length, "request failed: {status}");
         } else if let Some(sess) = self.conns[ci].session.as_mut() {

@@ -374,3 +374,100 @@ fn expiry_is_checked_on_every_request() {
     c.send(&req(Op::Read, 2, 0, 4096), &[]);
     assert_eq!(c.recv().0.status_enum(), Status::Expired);
 }
+
+/// A request stream with every kind of frame, sent in pieces that cut headers, WRITE payloads
+/// (copied and received straight into a slot) and a SEARCH body anywhere, with a pause after
+/// each piece so that the node receives them apart, is answered exactly as the stream sent whole.
+#[test]
+fn a_request_stream_cut_anywhere_is_answered_as_if_sent_whole() {
+    let node = Node::start(&["memory:4M"], &[]);
+    let t = node.token(0, 0, 4 * MIB, Rights::ReadWrite, 1);
+    let small = pattern(4096, 1);
+    // Above the node's copy limit (16 KiB): received straight into its arena slot.
+    let large = pattern(64 << 10, 2);
+    let needle = small[100..108].to_vec();
+    let body = SearchBody {
+        max_hits: 4,
+        pattern: needle,
+    }
+    .encode()
+    .unwrap();
+    let unknown = RequestHeader {
+        op: 99,
+        flags: 0,
+        tag: Tag(4),
+        offset: 0,
+        length: 4096,
+    };
+    let frames: Vec<(RequestHeader, Vec<u8>)> = vec![
+        (req(Op::Write, 1, 0, 4096), small.clone()),
+        (req(Op::Read, 2, 0, 4096), vec![]),
+        (req(Op::Search, 3, 0, MIB), body.to_vec()),
+        (unknown, vec![]),
+        (req(Op::Write, 5, MIB, large.len() as u64), large.clone()),
+        (req(Op::Flush, 6, 0, 0), vec![]),
+        (req(Op::Read, 7, MIB, large.len() as u64), vec![]),
+        (
+            RequestHeader::new(Op::Read, FLAG_FUA, Tag(8), 0, 4096),
+            vec![],
+        ),
+    ];
+    // The same bytes are already stored, so that the answers do not depend on whether a READ
+    // in the stream runs before or after the WRITE ahead of it.
+    let mut c = Raw::open(&node.addr, 0, &t);
+    for (h, p) in frames
+        .iter()
+        .filter(|(h, _)| h.known_op() == Some(Op::Write))
+    {
+        c.send(h, p);
+        assert_eq!(c.recv().0.status_enum(), Status::Ok);
+    }
+    let mut stream = Vec::new();
+    let mut cuts = std::collections::BTreeSet::new();
+    for (h, p) in &frames {
+        let at = stream.len();
+        for d in [1, 5, 31, 32, 33] {
+            cuts.insert(at + d);
+        }
+        if !p.is_empty() {
+            cuts.insert(at + 32 + p.len() / 2);
+            cuts.insert(at + 32 + p.len() - 1);
+        }
+        stream.extend_from_slice(&h.encode());
+        stream.extend_from_slice(p);
+    }
+    cuts.retain(|c| *c < stream.len());
+    let answers = |cuts: &[usize]| {
+        let mut c = Raw::open(&node.addr, 0, &t);
+        let mut at = 0;
+        for &end in cuts.iter().chain([&stream.len()]) {
+            std::io::Write::write_all(&mut c.s, &stream[at..end]).unwrap();
+            at = end;
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        let mut got = std::collections::BTreeMap::new();
+        for _ in 0..frames.len() {
+            let (h, p) = c.recv();
+            got.insert(h.tag.0, (h.status_enum(), h.flags, p));
+        }
+        got
+    };
+    let whole = answers(&[]);
+    let cut = answers(&cuts.into_iter().collect::<Vec<_>>());
+    assert_eq!(whole.len(), frames.len());
+    assert!(whole == cut, "answers differ: whole {whole:?}\ncut {cut:?}");
+    let status = |tag: u64| whole[&tag].0;
+    assert_eq!(whole[&2].2, small);
+    assert_eq!(whole[&7].2, large);
+    // The pattern repeats every 256 bytes: 16 matches, the first 4 reported, truncated.
+    let hits: Vec<u8> = [100u64, 356, 612, 868]
+        .iter()
+        .flat_map(|h| h.to_le_bytes())
+        .collect();
+    assert_eq!((&whole[&3].2, whole[&3].1), (&hits, REPLY_FLAG_TRUNCATED));
+    assert_eq!(status(4), Status::UnknownOp);
+    assert_eq!(status(8), Status::BadFlags);
+    for tag in [1, 5, 6] {
+        assert_eq!(status(tag), Status::Ok, "tag {tag}");
+    }
+}

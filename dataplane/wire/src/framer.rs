@@ -8,7 +8,9 @@
 //! and no allocation: feed it whatever bytes arrived, in pieces of any size, and it hands back
 //! each header once complete, then the payload bytes as they come. A consumer that wants payload
 //! bytes somewhere else (a READ reply straight into the caller's buffer) reads them itself and
-//! tells the framer with [`Framer::skip_payload`].
+//! tells the framer with [`Framer::skip_payload`]. A reader that keeps its unparsed bytes
+//! contiguous and may put a frame off until later (the node, whose requests wait for buffer
+//! slots) takes headers with [`peek_header`] instead: the same decoding, nothing consumed.
 
 use crate::frame::{Op, ReplyHeader, RequestHeader, REPLY_HEADER_LEN, REQUEST_HEADER_LEN};
 use crate::status::Status;
@@ -17,16 +19,28 @@ use crate::status::Status;
 pub trait FrameHeader: Copy {
     /// Its size on the wire.
     const LEN: usize;
+    /// Its encoded bytes (an array of [`Self::LEN`] bytes).
+    type Bytes: AsRef<[u8]>;
     /// Decodes the first [`Self::LEN`] bytes (`BadFrame` when they are not a header).
     fn decode_header(bytes: &[u8]) -> Result<Self, Status>;
+    /// Encodes it to its [`Self::LEN`] wire bytes.
+    fn encode_header(&self) -> Self::Bytes;
     /// Payload bytes that follow it.
     fn payload_len(&self) -> u64;
+    /// Bytes its whole frame occupies on the wire (header and payload).
+    fn frame_len(&self) -> u64 {
+        Self::LEN as u64 + self.payload_len()
+    }
 }
 
 impl FrameHeader for RequestHeader {
     const LEN: usize = REQUEST_HEADER_LEN;
+    type Bytes = [u8; REQUEST_HEADER_LEN];
     fn decode_header(bytes: &[u8]) -> Result<Self, Status> {
         RequestHeader::decode(bytes)
+    }
+    fn encode_header(&self) -> Self::Bytes {
+        self.encode()
     }
     fn payload_len(&self) -> u64 {
         RequestHeader::payload_len(self)
@@ -35,12 +49,29 @@ impl FrameHeader for RequestHeader {
 
 impl FrameHeader for ReplyHeader {
     const LEN: usize = REPLY_HEADER_LEN;
+    type Bytes = [u8; REPLY_HEADER_LEN];
     fn decode_header(bytes: &[u8]) -> Result<Self, Status> {
         ReplyHeader::decode(bytes)
+    }
+    fn encode_header(&self) -> Self::Bytes {
+        self.encode()
     }
     fn payload_len(&self) -> u64 {
         u64::from(self.payload_len)
     }
+}
+
+/// The header at the start of `buf`, without consuming anything: `None` while fewer than
+/// [`FrameHeader::LEN`] bytes are there. For a reader that keeps a stream's unparsed bytes
+/// contiguous in its own buffer and may put off taking a frame (the node's staging buffer, where
+/// a request waits for a free slot): it has no partial header to keep, so it needs no [`Framer`]
+/// state, only the same rules. [`Framer::next`] decodes with it too.
+#[inline]
+pub fn peek_header<H: FrameHeader>(buf: &[u8]) -> Result<Option<H>, Status> {
+    if buf.len() < H::LEN {
+        return Ok(None);
+    }
+    H::decode_header(buf).map(Some)
 }
 
 /// What the framer found in the bytes it was given.
@@ -103,11 +134,12 @@ impl<H: FrameHeader> Framer<H> {
             return Ok((n, Some(Event::Payload(&input[..n]))));
         }
         self.current = None;
-        if self.have == 0 && input.len() >= H::LEN {
+        if self.have == 0 {
             // The common case: the whole header is in this buffer.
-            let h = H::decode_header(input)?;
-            self.start(h);
-            return Ok((H::LEN, Some(Event::Header(h))));
+            if let Some(h) = peek_header(input)? {
+                self.start(h);
+                return Ok((H::LEN, Some(Event::Header(h))));
+            }
         }
         let n = (H::LEN - self.have).min(input.len());
         self.partial[self.have..self.have + n].copy_from_slice(&input[..n]);
@@ -213,7 +245,7 @@ pub fn check_reply(op: Op, length: u64, max_hits: u32, reply: &ReplyHeader) -> R
     }
 }
 
-/// Bytes a request frame occupies on the wire (header and payload).
+/// Bytes a request frame occupies on the wire (header and payload): [`FrameHeader::frame_len`].
 pub fn request_frame_len(h: &RequestHeader) -> u64 {
-    REQUEST_HEADER_LEN as u64 + h.payload_len()
+    h.frame_len()
 }

@@ -22,8 +22,8 @@ pub use frame::{
     SEARCH_BODY_LEN, SEARCH_PATTERN_MAX,
 };
 pub use framer::{
-    check_reply, expected_reply_payload, request_frame_len, Event, ExpectedPayload, FrameHeader,
-    Framer,
+    check_reply, expected_reply_payload, peek_header, request_frame_len, Event, ExpectedPayload,
+    FrameHeader, Framer,
 };
 pub use handshake::{
     negotiate_version, Capabilities, Hello, HelloReply, HELLO_LEN, HELLO_MAGIC, HELLO_REPLY_LEN,

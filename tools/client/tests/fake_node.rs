@@ -81,14 +81,32 @@ where
     fake_node(1, 64, status, script).await
 }
 
+/// Reads a request header through the wire crate's framer, reading no byte past it, and says
+/// how many payload bytes follow; `None` once the client has gone. A header that does not
+/// decode fails the test: the client sent a bad frame.
+async fn read_header(s: &mut TcpStream) -> Option<(RequestHeader, usize)> {
+    let mut f = Framer::<RequestHeader>::new();
+    let mut b = [0u8; REQUEST_HEADER_LEN];
+    s.read_exact(&mut b).await.ok()?;
+    match f.next(&b) {
+        Ok((_, Some(Event::Header(h)))) => Some((h, f.payload_remaining() as usize)),
+        other => panic!("the client sent {b:?}: {other:?}"),
+    }
+}
+
+/// Reads a request and its payload; `None` once the client has gone.
+async fn try_read_frame(s: &mut TcpStream) -> Option<(RequestHeader, Vec<u8>)> {
+    let (h, len) = read_header(s).await?;
+    let mut payload = vec![0u8; len];
+    s.read_exact(&mut payload).await.ok()?;
+    Some((h, payload))
+}
+
 /// Reads a request and its payload.
 async fn read_frame(s: &mut TcpStream) -> (RequestHeader, Vec<u8>) {
-    let mut b = [0u8; REQUEST_HEADER_LEN];
-    s.read_exact(&mut b).await.unwrap();
-    let h = RequestHeader::decode(&b).unwrap();
-    let mut payload = vec![0u8; h.payload_len() as usize];
-    s.read_exact(&mut payload).await.unwrap();
-    (h, payload)
+    try_read_frame(s)
+        .await
+        .expect("the client closed the connection")
 }
 
 /// Answers requests in order with `handler`'s (status, reply flags, payload) until the client
@@ -97,16 +115,7 @@ async fn serve<H>(mut s: TcpStream, mut handler: H)
 where
     H: FnMut(&RequestHeader, &[u8]) -> (Status, u16, Vec<u8>),
 {
-    loop {
-        let mut b = [0u8; REQUEST_HEADER_LEN];
-        if s.read_exact(&mut b).await.is_err() {
-            return;
-        }
-        let h = RequestHeader::decode(&b).unwrap();
-        let mut payload = vec![0u8; h.payload_len() as usize];
-        if s.read_exact(&mut payload).await.is_err() {
-            return;
-        }
+    while let Some((h, payload)) = try_read_frame(&mut s).await {
         let (status, flags, data) = handler(&h, &payload);
         let r = ReplyHeader {
             status: status.code(),
@@ -514,12 +523,10 @@ async fn a_request_cancelled_halfway_through_its_payload_is_finished_in_the_back
     // Far more than the loopback socket buffers hold, so the write is cut off mid-payload.
     const LEN: usize = 32 << 20;
     let addr = fake(Status::Ok, |mut s| async move {
-        let mut b = [0u8; REQUEST_HEADER_LEN];
-        s.read_exact(&mut b).await.unwrap();
-        let write = RequestHeader::decode(&b).unwrap();
+        let (write, len) = read_header(&mut s).await.unwrap();
         // Hold off so the client's write stalls and is cancelled, then take the whole payload.
         tokio::time::sleep(Duration::from_millis(300)).await;
-        let mut payload = vec![0u8; write.length as usize];
+        let mut payload = vec![0u8; len];
         s.read_exact(&mut payload).await.unwrap();
         let intact = payload.iter().all(|x| *x == 0xAB);
         reply(&mut s, write.tag, Status::Ok, &[]).await;

@@ -7,8 +7,8 @@ use std::net::TcpStream;
 use std::time::Duration;
 
 use dasmesh_wire::{
-    DeviceId, Hello, HelloReply, Op, ReplyHeader, RequestHeader, Tag, Token, HELLO_REPLY_LEN,
-    PROTOCOL_VERSION, REPLY_HEADER_LEN,
+    DeviceId, Event, Framer, Hello, HelloReply, Op, ReplyHeader, RequestHeader, Tag, Token,
+    HELLO_REPLY_LEN, PROTOCOL_VERSION, REPLY_HEADER_LEN,
 };
 
 #[allow(unused_imports)]
@@ -72,12 +72,26 @@ impl Raw {
 
     /// Reads one reply and its payload.
     pub fn recv(&mut self) -> (ReplyHeader, Vec<u8>) {
+        self.try_recv().unwrap()
+    }
+
+    /// Reads one reply and its payload through the wire crate's framer, reading no byte past
+    /// it (tests also read the socket directly); an undecodable header is `InvalidData`.
+    pub fn try_recv(&mut self) -> std::io::Result<(ReplyHeader, Vec<u8>)> {
+        let mut f = Framer::<ReplyHeader>::new();
         let mut b = [0u8; REPLY_HEADER_LEN];
-        self.s.read_exact(&mut b).unwrap();
-        let h = ReplyHeader::decode(&b).unwrap();
-        let mut p = vec![0u8; h.payload_len as usize];
-        self.s.read_exact(&mut p).unwrap();
-        (h, p)
+        self.s.read_exact(&mut b)?;
+        let h = match f.next(&b) {
+            Ok((_, Some(Event::Header(h)))) => h,
+            other => {
+                let e = format!("not a reply header: {other:?}");
+                return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, e));
+            }
+        };
+        let mut p = vec![0u8; f.payload_remaining() as usize];
+        self.s.read_exact(&mut p)?;
+        f.skip_payload(p.len() as u64);
+        Ok((h, p))
     }
 
     /// Whether the node has closed the connection (reads EOF or a reset).
