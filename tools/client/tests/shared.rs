@@ -105,11 +105,22 @@ fn version_of(block: u64, data: &[u8]) -> Option<u64> {
 }
 
 /// What the model knows about one block: writes are issued in increasing versions; `acked` is
-/// the newest one acknowledged, `issued` the newest one sent (maybe cut off or cancelled).
+/// the newest one acknowledged, `issued` the newest one sent. A write whose caller gave up, or
+/// that failed on a cut connection, may still reach the node and land at any later time (a
+/// dropped future does not call back what the node already has), even after a newer write was
+/// acknowledged: `loose` is the oldest such version.
 #[derive(Default, Clone, Copy)]
 struct Known {
     acked: u64,
     issued: u64,
+    loose: Option<u64>,
+}
+
+impl Known {
+    /// The oldest version a read may return.
+    fn floor(&self) -> u64 {
+        self.loose.map_or(self.acked, |l| l.min(self.acked))
+    }
 }
 
 struct Stats {
@@ -133,15 +144,15 @@ async fn worker(
     let first = task * BLOCKS_PER_TASK;
     while Instant::now() < until {
         // Up to 4 requests at once, on distinct blocks.
-        let mut picks: Vec<u64> = (0..rng.random_range(1..=4))
-            .map(|_| first + rng.random_range(0..BLOCKS_PER_TASK))
+        let mut picks: Vec<u64> = (0..rng.gen_range(1..=4))
+            .map(|_| first + rng.gen_range(0..BLOCKS_PER_TASK))
             .collect();
         picks.sort_unstable();
         picks.dedup();
         let ops = picks.into_iter().map(|block| {
-            let write = rng.random_bool(0.5);
-            let give_up = cancel && rng.random_bool(0.3);
-            let wait = Duration::from_micros(rng.random_range(0..300));
+            let write = rng.gen_bool(0.5);
+            let give_up = cancel && rng.gen_bool(0.3);
+            let wait = Duration::from_micros(rng.gen_range(0..300));
             let vol = vol.clone();
             let model = Arc::clone(&model);
             let stats = Arc::clone(&stats);
@@ -152,7 +163,9 @@ async fn worker(
                     if write {
                         let v = before.issued + 1;
                         model.lock().unwrap()[block as usize].issued = v;
-                        vol.write(at, &pattern(block, v), false).await.map(|()| Some(v))
+                        vol.write(at, &pattern(block, v), false)
+                            .await
+                            .map(|()| Some(v))
                     } else {
                         let b = vol.read_into(at, AlignedBuf::new(BLOCK)).await?;
                         let v = version_of(block, &b)
@@ -161,18 +174,30 @@ async fn worker(
                         // Written at some point, and not older than what was acknowledged
                         // before the read began.
                         assert!(
-                            v >= before.acked && v <= now.issued,
-                            "block {block}: read version {v}, acked {} issued {}",
+                            v >= before.floor().min(now.floor()) && v <= now.issued,
+                            "block {block}: read version {v}, acked {} issued {} loose {:?}",
                             before.acked,
-                            now.issued
+                            now.issued,
+                            now.loose
                         );
                         Ok(None)
+                    }
+                };
+                let loose = |model: &Mutex<Vec<Known>>| {
+                    if write {
+                        let mut m = model.lock().unwrap();
+                        let k = &mut m[block as usize];
+                        k.loose = Some(
+                            k.loose
+                                .map_or(before.issued + 1, |l| l.min(before.issued + 1)),
+                        );
                     }
                 };
                 let r = if give_up {
                     match tokio::time::timeout(wait, op).await {
                         Ok(r) => r,
                         Err(_) => {
+                            loose(&model);
                             stats.cancelled.fetch_add(1, Ordering::Relaxed);
                             return;
                         }
@@ -193,6 +218,7 @@ async fn worker(
                     // A cut connection can fail a request even after its retry: its block is
                     // then one of the versions issued, which the model allows.
                     Err(_) => {
+                        loose(&model);
                         stats.failed.fetch_add(1, Ordering::Relaxed);
                     }
                 }
@@ -293,7 +319,10 @@ async fn run(cancel: bool, cut_every: Option<Duration>, secs: u64) {
     assert!(ok > 500, "too little got through: {ok}");
     if cut_every.is_some() {
         assert!(cutter.cuts.load(Ordering::Relaxed) >= 5);
-        assert!(failed * 4 < ok, "most requests survive a cut by their retry: {failed} failed");
+        assert!(
+            failed * 4 < ok,
+            "most requests survive a cut by their retry: {failed} failed"
+        );
     } else {
         assert_eq!(failed, 0, "nothing fails without cuts");
     }
@@ -310,7 +339,8 @@ async fn run(cancel: bool, cut_every: Option<Duration>, secs: u64) {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    // Every block holds a version that was issued, and none older than the last acknowledged.
+    // Every block holds a version that was issued, none older than the last acknowledged unless
+    // a write given up on was older.
     let m = model.lock().unwrap().clone();
     for (block, k) in m.iter().enumerate() {
         let b = vol
@@ -319,10 +349,11 @@ async fn run(cancel: bool, cut_every: Option<Duration>, secs: u64) {
             .unwrap();
         let v = version_of(block as u64, &b).expect("a whole pattern");
         assert!(
-            v >= k.acked && v <= k.issued,
-            "block {block}: version {v}, acked {} issued {}",
+            v >= k.floor() && v <= k.issued,
+            "block {block}: version {v}, acked {} issued {} loose {:?}",
             k.acked,
-            k.issued
+            k.issued,
+            k.loose
         );
     }
     vol.unmount().await.unwrap();
