@@ -649,3 +649,68 @@ async fn a_session_spreads_requests_and_flushes_every_connection() {
     s.close().await;
     assert!(matches!(s.flush().await, Err(Error::Closed)));
 }
+
+#[tokio::test]
+async fn a_full_socket_hands_the_queue_to_the_writer_task_and_no_frame_goes_twice() {
+    // Writes of 60 KiB (just under the size that is written from the caller's buffer), 256 in
+    // flight, to a node that first reads nothing for a while: the socket fills (15 MiB is more
+    // than loopback buffers hold), the writer task takes over, and many batches later every
+    // frame must have arrived exactly once, whole, with its own payload.
+    const N: u64 = 500;
+    const LEN: usize = 60 << 10;
+    let (done_tx, mut done_rx) = tokio::sync::mpsc::channel::<Result<u64, String>>(1);
+    let addr = fake_node(1, 256, Status::Ok, move |mut s| {
+        let done_tx = done_tx.clone();
+        async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let mut seen = std::collections::HashSet::new();
+            let mut check = Ok(0);
+            for _ in 0..N {
+                let (h, payload) = read_frame(&mut s).await;
+                let want = (h.offset / LEN as u64 % 251) as u8 + 1;
+                if h.known_op() != Some(Op::Write) || payload.iter().any(|b| *b != want) {
+                    check = Err(format!("frame at {} is not its write", h.offset));
+                }
+                if !seen.insert(h.tag) {
+                    check = Err(format!("tag {} sent twice", h.tag));
+                }
+                reply(&mut s, h.tag, Status::Ok, &[]).await;
+            }
+            if !quiet(&s, 300).await {
+                check = Err("bytes after the last frame (a batch sent twice?)".into());
+            }
+            let _ = done_tx.send(check.map(|_| seen.len() as u64)).await;
+            let mut rest = Vec::new();
+            let _ = s.read_to_end(&mut rest).await;
+        }
+    })
+    .await;
+    let opts = ConnectOptions {
+        queue_depth: 256,
+        ..Default::default()
+    };
+    let c = Connection::connect(&addr, DeviceId(0), &token(), &opts)
+        .await
+        .unwrap();
+    // Two rounds: the second starts after the writer task gave the socket back.
+    for round in [0..400, 400..N] {
+        let writes = round.map(|i| {
+            let c = c.clone();
+            async move {
+                let data = vec![(i % 251) as u8 + 1; LEN];
+                c.write(i * LEN as u64, &data, false).await
+            }
+        });
+        let results = tokio::time::timeout(
+            Duration::from_secs(30),
+            futures_util::future::join_all(writes),
+        )
+        .await
+        .expect("no hang");
+        for r in results {
+            r.unwrap();
+        }
+    }
+    let seen = done_rx.recv().await.unwrap().unwrap();
+    assert_eq!(seen, N);
+}

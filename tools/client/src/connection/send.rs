@@ -54,6 +54,13 @@ fn lock(m: &Mutex<SendQueue>) -> MutexGuard<'_, SendQueue> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// The spare buffer, empty (it must never carry a sent batch back into the queue).
+fn take_spare(q: &mut SendQueue) -> Vec<u8> {
+    let mut spare = std::mem::take(&mut q.spare);
+    spare.clear();
+    spare
+}
+
 impl Sender {
     pub(crate) fn new() -> Self {
         Self {
@@ -118,7 +125,7 @@ impl Inner {
             }
             q.busy = true;
             q.frames.clear();
-            let spare = std::mem::take(&mut q.spare);
+            let spare = take_spare(&mut q);
             std::mem::replace(&mut q.bytes, spare)
         };
         self.write_inline(batch);
@@ -181,7 +188,7 @@ impl Inner {
                 if !q.busy {
                     q.busy = true;
                     q.frames.clear();
-                    let spare = std::mem::take(&mut q.spare);
+                    let spare = take_spare(&mut q);
                     return Ok(std::mem::replace(&mut q.bytes, spare));
                 }
                 q.large_waiting += 1;
@@ -211,7 +218,7 @@ impl Inner {
                 return;
             }
             q.frames.clear();
-            let spare = std::mem::take(&mut q.spare);
+            let spare = take_spare(&mut q);
             std::mem::replace(&mut q.bytes, spare)
         };
         self.write_inline(batch);
@@ -258,12 +265,12 @@ async fn drain_queue(inner: &Inner) -> std::io::Result<()> {
     loop {
         {
             let mut q = lock(&inner.send.queue);
+            batch.clear();
             if q.head.is_empty() && q.bytes.is_empty() {
                 q.spare = batch;
                 inner.send.set_idle(q);
                 return Ok(());
             }
-            batch.clear();
             batch.append(&mut q.head);
             batch.append(&mut q.bytes);
             q.frames.clear();
