@@ -116,8 +116,8 @@ struct Tally {
 /// requests it queued are dropped unstarted and its READs in flight abandoned: nobody is left
 /// to read their replies (writes in flight finish, so the volume never sees half a write
 /// cancelled mid-way). READ and WRITE data come out of `share` (see [`crate::budget`]). Returns
-/// once every request task of the connection has ended. Each request is counted in `activity`
-/// while it runs (see [`crate::poll`]).
+/// once every request task of the connection has ended. Each request is counted in `activity`,
+/// if given, while it runs (see [`crate::poll`]).
 pub async fn transmit<R, W, B>(
     rd: R,
     wr: W,
@@ -125,7 +125,7 @@ pub async fn transmit<R, W, B>(
     backend: Arc<B>,
     share: Share,
     stop: watch::Receiver<bool>,
-    activity: Arc<Activity>,
+    activity: Option<Arc<Activity>>,
 ) -> Result<Ending, TransmitError>
 where
     R: AsyncRead + Unpin,
@@ -298,7 +298,7 @@ async fn dispatch<B: Backend>(
     replies: mpsc::UnboundedSender<Reply>,
     backend: Arc<B>,
     share: Arc<Share>,
-    activity: Arc<Activity>,
+    activity: Option<Arc<Activity>>,
     gone: Gone,
     tally: Arc<Tally>,
 ) {
@@ -348,7 +348,7 @@ async fn dispatch<B: Backend>(
         };
         let replies = replies.clone();
         let backend = Arc::clone(&backend);
-        let busy = activity.begin();
+        let busy = activity.as_ref().map(Activity::begin);
         let gone = gone.clone();
         let tally = Arc::clone(&tally);
         tokio::spawn(async move {
@@ -537,7 +537,7 @@ mod tests {
             Arc::clone(backend),
             budget.connection(),
             stop,
-            Arc::new(Activity::default()),
+            None,
         ));
         (client, t, stop_tx)
     }
