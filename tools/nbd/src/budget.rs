@@ -124,6 +124,21 @@ impl Share {
             _pool: Some(pool),
         }
     }
+
+    /// [`Share::acquire`] if it need not wait: `None` when either the share or the pool lacks
+    /// the room now, or someone waits for it already.
+    pub fn try_acquire(&self, bytes: usize) -> Option<Grant> {
+        let units = (bytes as u64).div_ceil(UNIT).min(self.units);
+        if units == 0 {
+            return Some(Grant::default());
+        }
+        let own = self.own.try_now(units)?;
+        let pool = self.pool.try_now(units)?;
+        Some(Grant {
+            _own: Some(own),
+            _pool: Some(pool),
+        })
+    }
 }
 
 /// A count of free units shared by many tasks on many threads. Taking and giving back, while
@@ -206,6 +221,14 @@ impl Pool {
                 Err(now) => cur = now,
             }
         }
+    }
+
+    /// Takes `units` if nobody waits and they are free now.
+    fn try_now(self: &Arc<Self>, units: u64) -> Option<Taken> {
+        (self.queued.load(SeqCst) == 0 && self.try_take(units)).then(|| Taken {
+            pool: Arc::clone(self),
+            units,
+        })
     }
 
     async fn take(self: &Arc<Self>, units: u64) -> Taken {
