@@ -237,8 +237,8 @@ fn a_request_held_on_one_connection_stops_no_other_request() {
     // Another connection: its writes and reads complete while the READ is held...
     for i in 0..32u64 {
         let block = vec![i as u8 + 1; BLOCK as usize];
-        assert_eq!(b.write(2 << 20 | i * BLOCK, &block), 0);
-        assert_eq!(b.read(2 << 20 | i * BLOCK, BLOCK as u32).unwrap(), block);
+        assert_eq!(b.write((2 << 20) + i * BLOCK, &block), 0);
+        assert_eq!(b.read((2 << 20) + i * BLOCK, BLOCK as u32).unwrap(), block);
     }
     // ...and so do the held connection's own later requests: its replies overtake.
     let later = a.send(Cmd::Read as u16, 0, 2 << 20, BLOCK as u32, &[]);
