@@ -17,6 +17,7 @@
 #   gateway on 1; more: node and controller on 0, fio and the bench on 1..N/2-1, the gateway on
 #   N/2..N-1, so it sizes its runtime to those): NODE_CPUS, CTL_CPUS, CLIENT_CPUS, GW_CPUS.
 #   Gateway flags after `--` are added to `nbd serve` (e.g. `-- --threads 2`).
+#   PERF=1: `perf record -g` the gateway during each gateway run (OUT/gw-rN-jJ.perf).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=""; RUNTIME=5; RUNS=1; OUT=""; GW_FLAGS=()
@@ -74,11 +75,15 @@ ticks() { awk '{print $14 + $15}' "/proc/$GW_PID/stat"; }
 HZ=$(getconf CLK_TCK)
 RESULTS=$DIR/results.jsonl
 gateway() { # run jobs
-  local n=$1 jobs=$2 t0; t0=$(ticks)
+  local n=$1 jobs=$2 t0 perf=""; t0=$(ticks)
+  if [[ -n "${PERF:-}" ]]; then
+    perf record -q -g -p "$GW_PID" -o "$OUT/gw-r$n-j$jobs.perf" -- sleep "$RUNTIME" 2>/dev/null & perf=$!
+  fi
   taskset -c "$CLIENT_CPUS" fio --output-format=json --name="gw-j$jobs" --ioengine=nbd --uri="nbd://$GW/" \
     --rw=randread --bs=4k --iodepth=32 --numjobs="$jobs" --group_reporting --size=1G \
     --runtime="$RUNTIME" --time_based >"$OUT/gw-r$n-j$jobs.json" 2>/dev/null \
     || { echo "{\"run\":$n,\"path\":\"gateway\",\"jobs\":$jobs,\"error\":true}" >>"$RESULTS"; return; }
+  [[ -z "$perf" ]] || wait "$perf" || true
   python3 - "$n" "$jobs" "$OUT/gw-r$n-j$jobs.json" "$t0" "$(ticks)" "$HZ" >>"$RESULTS" <<'PY'
 import json, sys
 n, jobs, path = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
