@@ -5,7 +5,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use dasmesh_client::{default_host, MountOptions};
-use dasmesh_nbd::{GatewayOptions, ListenAddr, PollMode, ReadaheadConfig};
+use dasmesh_nbd::{GatewayOptions, ListenAddr, PollMode, ReadaheadConfig, Threads};
 
 /// NBD gateway commands.
 #[derive(Subcommand)]
@@ -58,10 +58,14 @@ pub struct ServeArgs {
     /// Reach nodes on this machine over loopback TCP instead of their same-host Unix socket.
     #[arg(long)]
     no_local_socket: bool,
-    /// Runtime worker threads (0: one, on the main thread).
+    /// Threads serving the connections. Default (or 0): one per CPU this process may use, so
+    /// the connections of a multi-conn client and the requests of each run on several cores at
+    /// once; with `--cpu` that is one. 1: a single thread, the main one (tools/nbd/README.md,
+    /// "Threads").
     #[arg(long, default_value_t = 0)]
     threads: usize,
-    /// Run the gateway (every thread of it) on this CPU only. On a host that also runs the node,
+    /// Run the gateway (every thread of it) on this CPU only (and so, unless `--threads` says
+    /// otherwise, on one thread). On a host that also runs the node,
     /// give the CPU of the node's reactor (a node pins reactor N to the Nth CPU it may use) when
     /// that node polls in `interrupt` mode: each request then passes between the two without waking another core
     /// (tools/nbd/README.md, "Placement"). Default: wherever the scheduler puts it.
@@ -76,17 +80,9 @@ pub fn run(cmd: NbdCmd, controller: &str) -> anyhow::Result<()> {
         // Before the runtime exists: its threads inherit the main thread's CPU.
         pin(cpu)?;
     }
-    let rt = if a.threads == 0 {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-    } else {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(a.threads)
-            .enable_all()
-            .build()
-    }
-    .context("start the runtime")?;
+    // After the pin: the default counts the CPUs the process may use, one once pinned.
+    let rt =
+        dasmesh_nbd::runtime::build(Threads::from_count(a.threads)).context("start the runtime")?;
     let opts = GatewayOptions {
         listen: a.listen,
         read_only: a.read_only,

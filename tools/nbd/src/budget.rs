@@ -7,9 +7,11 @@
 //! connection cannot get what its next request needs, it stops taking requests (its socket's
 //! receive window closes: back-pressure), and waits until replies drain.
 
-use std::sync::Arc;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::SeqCst};
+use std::sync::{Arc, Mutex, MutexGuard};
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Notify;
 
 use crate::export::MAX_BLOCK;
 
@@ -17,7 +19,7 @@ use crate::export::MAX_BLOCK;
 pub const DEFAULT_BUDGET: u64 = 256 << 20;
 /// The smallest budget accepted: 1 MiB (a 256 KiB share, the largest request then allowed).
 pub const MIN_BUDGET: u64 = 1 << 20;
-/// The largest budget accepted (its unit count must fit the semaphore's `u32` grants).
+/// The largest budget accepted.
 pub const MAX_BUDGET: u64 = 1 << 40;
 /// The unit the budget is counted in.
 const UNIT: u64 = 4096;
@@ -36,7 +38,7 @@ pub enum BudgetError {
 /// The pool every connection draws from.
 #[derive(Clone, Debug)]
 pub struct Budget {
-    pool: Arc<Semaphore>,
+    pool: Arc<Pool>,
     units: u64,
 }
 
@@ -48,7 +50,7 @@ impl Budget {
         }
         let units = bytes / UNIT;
         Ok(Budget {
-            pool: Arc::new(Semaphore::new(units as usize)),
+            pool: Arc::new(Pool::new(units)),
             units,
         })
     }
@@ -73,16 +75,16 @@ impl Budget {
 
     /// Bytes not held by any connection now (for tests and logs).
     pub fn available(&self) -> u64 {
-        self.pool.available_permits() as u64 * UNIT
+        self.pool.free.load(SeqCst) * UNIT
     }
 
     /// A new connection's share of the budget.
     pub fn connection(&self) -> Share {
         let units = self.units / SHARES;
         Share {
-            own: Arc::new(Semaphore::new(units as usize)),
+            own: Arc::new(Pool::new(units)),
             pool: Arc::clone(&self.pool),
-            units: u32::try_from(units).unwrap_or(u32::MAX),
+            units,
         }
     }
 }
@@ -90,17 +92,17 @@ impl Budget {
 /// One connection's claim on the budget.
 #[derive(Debug)]
 pub struct Share {
-    own: Arc<Semaphore>,
-    pool: Arc<Semaphore>,
+    own: Arc<Pool>,
+    pool: Arc<Pool>,
     /// The share's size in units.
-    units: u32,
+    units: u64,
 }
 
 /// Bytes held for one request until it is dropped (after its reply is written).
 #[derive(Debug, Default)]
 pub struct Grant {
-    _own: Option<OwnedSemaphorePermit>,
-    _pool: Option<OwnedSemaphorePermit>,
+    _own: Option<Taken>,
+    _pool: Option<Taken>,
 }
 
 impl Share {
@@ -111,17 +113,169 @@ impl Share {
     /// share (an export whose minimum block exceeds it) takes the whole share, rather than
     /// waiting for ever.
     pub async fn acquire(&self, bytes: usize) -> Grant {
-        let units = (bytes as u64).div_ceil(UNIT);
+        let units = (bytes as u64).div_ceil(UNIT).min(self.units);
         if units == 0 {
             return Grant::default();
         }
-        let units = u32::try_from(units).unwrap_or(u32::MAX).min(self.units);
-        // Neither semaphore is ever closed: acquiring fails only on a closed one.
-        let own = Arc::clone(&self.own).acquire_many_owned(units).await.ok();
-        let pool = Arc::clone(&self.pool).acquire_many_owned(units).await.ok();
+        let own = self.own.take(units).await;
+        let pool = self.pool.take(units).await;
         Grant {
-            _own: own,
-            _pool: pool,
+            _own: Some(own),
+            _pool: Some(pool),
+        }
+    }
+
+    /// [`Share::acquire`] if it need not wait: `None` when either the share or the pool lacks
+    /// the room now, or someone waits for it already.
+    pub fn try_acquire(&self, bytes: usize) -> Option<Grant> {
+        let units = (bytes as u64).div_ceil(UNIT).min(self.units);
+        if units == 0 {
+            return Some(Grant::default());
+        }
+        let own = self.own.try_now(units)?;
+        let pool = self.pool.try_now(units)?;
+        Some(Grant {
+            _own: Some(own),
+            _pool: Some(pool),
+        })
+    }
+}
+
+/// A count of free units shared by many tasks on many threads. Taking and giving back, while
+/// nobody waits, is one atomic update: the pool is shared by every connection, and a lock (such
+/// as the one inside tokio's semaphore, taken on every release) would be one lock every request
+/// of every connection passes through. When units run short, takers queue in order (first come,
+/// first served, as the semaphore did) and a new taker joins the queue rather than overtake it.
+#[derive(Debug)]
+struct Pool {
+    free: AtomicU64,
+    /// Takers in `queue`: while there are any, nobody takes past them.
+    queued: AtomicUsize,
+    queue: Mutex<VecDeque<Arc<Notify>>>,
+}
+
+/// Units taken from a pool, given back on drop.
+#[derive(Debug)]
+struct Taken {
+    pool: Arc<Pool>,
+    units: u64,
+}
+
+impl Drop for Taken {
+    fn drop(&mut self) {
+        self.pool.give(self.units);
+    }
+}
+
+/// A taker's place in the queue; leaves it on drop (also when the taker's future is dropped).
+struct Place<'a> {
+    pool: &'a Pool,
+    me: Arc<Notify>,
+    /// Cleared once it has taken its units (and left the queue).
+    waiting: bool,
+}
+
+impl Drop for Place<'_> {
+    fn drop(&mut self) {
+        if !self.waiting {
+            return;
+        }
+        let mut q = self.pool.lock();
+        if let Some(i) = q.iter().position(|w| Arc::ptr_eq(w, &self.me)) {
+            q.remove(i);
+            self.pool.queued.fetch_sub(1, SeqCst);
+            // The next in line may be able to take what is free now (the one leaving may
+            // have been woken for it).
+            if let Some(next) = q.front() {
+                next.notify_one();
+            }
+        }
+    }
+}
+
+impl Pool {
+    fn new(units: u64) -> Pool {
+        Pool {
+            free: AtomicU64::new(units),
+            queued: AtomicUsize::new(0),
+            queue: Mutex::new(VecDeque::new()),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, VecDeque<Arc<Notify>>> {
+        // The queue is consistent after every update: a poisoned lock is still usable.
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn try_take(&self, units: u64) -> bool {
+        let mut cur = self.free.load(SeqCst);
+        loop {
+            if cur < units {
+                return false;
+            }
+            match self
+                .free
+                .compare_exchange_weak(cur, cur - units, SeqCst, SeqCst)
+            {
+                Ok(_) => return true,
+                Err(now) => cur = now,
+            }
+        }
+    }
+
+    /// Takes `units` if nobody waits and they are free now.
+    fn try_now(self: &Arc<Self>, units: u64) -> Option<Taken> {
+        (self.queued.load(SeqCst) == 0 && self.try_take(units)).then(|| Taken {
+            pool: Arc::clone(self),
+            units,
+        })
+    }
+
+    async fn take(self: &Arc<Self>, units: u64) -> Taken {
+        let taken = || Taken {
+            pool: Arc::clone(self),
+            units,
+        };
+        if self.queued.load(SeqCst) == 0 && self.try_take(units) {
+            return taken();
+        }
+        let mut place = Place {
+            pool: self,
+            me: Arc::new(Notify::new()),
+            waiting: true,
+        };
+        {
+            let mut q = self.lock();
+            q.push_back(Arc::clone(&place.me));
+            // After this, a giver sees a queue and wakes its head; a give that came before it
+            // is seen by the head's first try below (both are SeqCst).
+            self.queued.fetch_add(1, SeqCst);
+        }
+        loop {
+            {
+                let mut q = self.lock();
+                let head = q.front().is_some_and(|w| Arc::ptr_eq(w, &place.me));
+                if head && self.try_take(units) {
+                    q.pop_front();
+                    self.queued.fetch_sub(1, SeqCst);
+                    if let Some(next) = q.front() {
+                        next.notify_one();
+                    }
+                    place.waiting = false;
+                    return taken();
+                }
+            }
+            // A wake-up that came since the try left a permit: this returns at once then.
+            place.me.notified().await;
+        }
+    }
+
+    fn give(&self, units: u64) {
+        self.free.fetch_add(units, SeqCst);
+        if self.queued.load(SeqCst) > 0 {
+            if let Some(head) = self.lock().front() {
+                head.notify_one();
+            }
         }
     }
 }
@@ -195,5 +349,72 @@ mod tests {
         assert_eq!(b.available(), 4 << 20);
         let _g = fifth.acquire(1 << 20).await;
         assert_eq!(b.available(), 3 << 20);
+    }
+
+    #[tokio::test]
+    async fn a_taker_that_gives_up_in_the_queue_lets_the_next_one_through() {
+        let b = Budget::new(4 << 20).unwrap();
+        let (c1, c2, c3) = (b.connection(), b.connection(), b.connection());
+        let held = [c1.acquire(1 << 20).await, c2.acquire(1 << 20).await];
+        let _third = c3.acquire(1 << 20).await;
+        let fourth = b.connection();
+        let g = fourth.acquire(1 << 20).await;
+        assert_eq!(b.available(), 0);
+        // Two wait in line: the first gives up (its future dropped), the second gets the room.
+        let first = b.connection();
+        let second = b.connection();
+        let mut queued_first = Box::pin(first.acquire(1 << 20));
+        assert!(futures_poll(&mut queued_first).is_none());
+        let waiting = tokio::spawn(async move { second.acquire(1 << 20).await });
+        tokio::task::yield_now().await;
+        drop(queued_first);
+        drop(g);
+        let got = tokio::time::timeout(Duration::from_secs(10), waiting).await;
+        let got = got.expect("the second in line gets the freed MiB").unwrap();
+        assert_eq!(b.available(), 0);
+        drop((got, held));
+        assert_eq!(b.available(), 3 << 20);
+    }
+
+    /// Polls a future once.
+    fn futures_poll<F: std::future::Future + Unpin>(f: &mut F) -> Option<F::Output> {
+        let waker = std::task::Waker::noop();
+        let mut cx = std::task::Context::from_waker(waker);
+        match std::pin::Pin::new(f).poll(&mut cx) {
+            std::task::Poll::Ready(v) => Some(v),
+            std::task::Poll::Pending => None,
+        }
+    }
+
+    #[test]
+    fn many_threads_taking_and_giving_leave_the_pool_whole() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(4)
+            .enable_all()
+            .build()
+            .unwrap();
+        // A pool of 256 units that 16 connections with shares of 64 units contend for.
+        let b = Budget::new(MIN_BUDGET).unwrap();
+        let tasks: Vec<_> = (0..16)
+            .map(|i| {
+                let share = b.connection();
+                rt.spawn(async move {
+                    for n in 0..500usize {
+                        let g = share.acquire(4096 * (1 + (n + i) % 8)).await;
+                        tokio::task::yield_now().await;
+                        drop(g);
+                    }
+                })
+            })
+            .collect();
+        rt.block_on(async {
+            for t in tasks {
+                tokio::time::timeout(Duration::from_secs(60), t)
+                    .await
+                    .expect("nobody is left waiting for ever")
+                    .unwrap();
+            }
+        });
+        assert_eq!(b.available(), b.bytes());
     }
 }

@@ -9,6 +9,7 @@
 //! - [`budget`]: the memory budget for request and reply data, shared by all connections.
 //! - [`readahead`]: sequential readahead in front of the volume, coherent with the writes.
 //! - [`server`]: TCP or Unix listener, many clients at once, graceful stop.
+//! - [`runtime`]: the threads that serve them (one per CPU by default).
 //! - [`serve_volume`]: mount a volume, serve it, flush and unmount on stop.
 //!
 //! Implemented from the NBD protocol document (NetworkBlockDevice/nbd, doc/proto.md). Simple
@@ -22,6 +23,7 @@ pub mod poll;
 pub mod proto;
 pub mod readahead;
 pub mod request;
+pub mod runtime;
 pub mod server;
 pub mod transmit;
 mod volume;
@@ -30,5 +32,6 @@ pub use budget::{Budget, BudgetError, DEFAULT_BUDGET};
 pub use export::{Backend, Data, Export, Failure, MemoryBackend, MAX_BLOCK};
 pub use poll::PollMode;
 pub use readahead::{Readahead, ReadaheadConfig};
+pub use runtime::Threads;
 pub use server::{serve, ListenAddr, Listener};
 pub use volume::{errno, serve_volume, shutdown_signal, GatewayError, GatewayOptions};

@@ -26,11 +26,18 @@
 //! new one drops what it had fetched. Reads of no stream are remembered only by where they ended
 //! and how many reads in a row led there (a short list), to spot a new stream; they never
 //! displace a stream.
+//!
+//! Threads: the gateway serves its connections on several threads, and every read passes
+//! through here. While no stream is followed and no chunk is held (random I/O), a read takes no
+//! lock shared by all of them: the list of recent runs is split in [`SHARDS`] by position, and a
+//! read locks only the shards of where it starts and where it ends. Reads that continue a
+//! stream, reads while chunks are held, and writes that may overlap held chunks take the one lock
+//! over the streams and chunks.
 
 use std::collections::btree_map::Entry;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::ops::Range;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::{watch, Semaphore};
@@ -90,10 +97,16 @@ struct Run {
 struct State {
     /// Established streams ([`CONFIRM`] reads in a row or more), least recently used replaced.
     streams: Vec<Stream>,
-    /// Where recent runs of reads of no stream ended.
-    recent: std::collections::VecDeque<Run>,
     chunks: BTreeMap<u64, Arc<Slot>>,
     tick: u64,
+}
+
+/// One shard of the recent runs: the runs whose end falls in it, and reads counted as misses
+/// while its lock was held anyway.
+#[derive(Default)]
+struct Recent {
+    runs: VecDeque<Run>,
+    misses: u64,
 }
 
 /// A [`Backend`] with sequential readahead (see the module documentation).
@@ -102,16 +115,32 @@ pub struct Readahead<B> {
     cfg: ReadaheadConfig,
     size: u64,
     state: Mutex<State>,
+    /// Where recent runs of reads of no stream ended, by [`shard`] of the position.
+    recent: Box<[Mutex<Recent>]>,
+    /// `state`'s chunk count and each stream's next offset (`u64::MAX`: none), written under
+    /// its lock, read without it: a read that continues no stream while no chunk is held
+    /// needs nothing else.
+    held: AtomicUsize,
+    nexts: Box<[AtomicU64]>,
     /// One permit per fetch in flight at most; all of them taken means none is in flight.
     fetches: Arc<Semaphore>,
     max_fetches: u32,
-    /// Reads answered from fetched chunks, and reads that went to the backend.
+    /// Reads answered from fetched chunks, and reads that went to the backend (besides those
+    /// counted in `recent`).
     hits: AtomicU64,
     misses: AtomicU64,
 }
 
 /// Ends of recent reads of no stream remembered to spot the start of a stream.
 const RECENT: usize = 64;
+/// Shards of that list (a power of two); each remembers `RECENT / SHARDS` ends.
+pub const SHARDS: usize = 16;
+
+/// The shard of the recent runs that remembers a run ending at `pos`.
+fn shard(pos: u64) -> usize {
+    // Positions are multiples of the block size: mix the bits above it.
+    ((pos >> 9).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - SHARDS.ilog2())) as usize
+}
 
 /// Reads in a row that make a stream. Two are not enough: random reads continue one another by
 /// chance (see the module documentation); three chance continuations in a row of one run are
@@ -139,6 +168,9 @@ impl<B: Backend> Readahead<B> {
             cfg,
             size,
             state: Mutex::new(State::default()),
+            recent: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            held: AtomicUsize::new(0),
+            nexts: (0..cfg.streams).map(|_| AtomicU64::new(u64::MAX)).collect(),
             fetches: Arc::new(Semaphore::new(max_fetches as usize)),
             max_fetches,
             hits: AtomicU64::new(0),
@@ -154,9 +186,10 @@ impl<B: Backend> Readahead<B> {
 
     /// Reads answered from fetched chunks, and reads that went to the backend, so far.
     pub fn stats(&self) -> (u64, u64) {
+        let sharded: u64 = self.recent.iter().map(|r| lock(r).misses).sum();
         (
             self.hits.load(Ordering::Relaxed),
-            self.misses.load(Ordering::Relaxed),
+            self.misses.load(Ordering::Relaxed) + sharded,
         )
     }
 
@@ -166,17 +199,54 @@ impl<B: Backend> Readahead<B> {
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        // Every update below leaves the maps consistent, so a poisoned lock is still usable.
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.state)
+    }
+
+    /// Publishes what reads check without the lock: the chunk count and the streams' next
+    /// offsets. Called under the lock after every change to them.
+    fn publish(&self, st: &State) {
+        self.held.store(st.chunks.len(), Ordering::SeqCst);
+        for (i, n) in self.nexts.iter().enumerate() {
+            n.store(
+                st.streams.get(i).map_or(u64::MAX, |s| s.next),
+                Ordering::SeqCst,
+            );
+        }
+    }
+
+    /// Notes a read of `range` that continues no stream in the recent runs: takes the run
+    /// ending where it starts, if any, and returns how many reads in a row it makes. Below
+    /// [`CONFIRM`] the run, now ending where this read ends, is remembered; at [`CONFIRM`] it
+    /// is not (it becomes a stream). With `miss`, the read is counted as a miss.
+    fn note_run(&self, range: &Range<u64>, miss: bool) -> u32 {
+        let reads = {
+            let mut from = lock(&self.recent[shard(range.start)]);
+            from.misses += u64::from(miss);
+            let at = from.runs.iter().position(|r| r.end == range.start);
+            at.and_then(|i| from.runs.remove(i))
+                .map_or(1, |r| r.reads + 1)
+        };
+        if reads < CONFIRM {
+            let mut to = lock(&self.recent[shard(range.end)]);
+            if to.runs.len() >= RECENT / SHARDS {
+                to.runs.pop_front();
+            }
+            to.runs.push_back(Run {
+                end: range.end,
+                reads,
+            });
+        }
+        reads
     }
 
     fn chunk_of(&self, offset: u64) -> u64 {
         offset - offset % self.cfg.chunk
     }
 
-    /// Notes a read of `range`; returns the chunks that hold all of it (if they do) and the fetches
-    /// to start.
-    fn plan(&self, range: &Range<u64>) -> (Option<Vec<Arc<Slot>>>, Vec<Fetch>) {
+    /// Notes a read of `range` under the lock; returns the chunks that hold all of it (if they
+    /// do) and the fetches to start. `run`: the reads in a row this one makes, if it was noted
+    /// in the recent runs already.
+    fn plan(&self, range: &Range<u64>, run: Option<u32>) -> (Option<Vec<Arc<Slot>>>, Vec<Fetch>) {
         let chunk = self.cfg.chunk;
         let mut st = self.lock();
         st.tick += 1;
@@ -193,7 +263,6 @@ impl<B: Backend> Readahead<B> {
             .filter_map(|c| st.chunks.get(c).cloned())
             .collect();
         let covered = held.len() == wanted.len();
-        let run = st.recent.iter().position(|r| r.end == range.start);
         let si = if let Some(i) = st.streams.iter().position(|s| s.next == range.start) {
             // Chunks wholly behind this read of the stream are consumed (its reads arrive in
             // order, and the ones before this took their slots already).
@@ -204,9 +273,8 @@ impl<B: Backend> Readahead<B> {
                 s.win = (2 * s.win).min(self.cfg.window);
             }
             i
-        } else if let Some(r) = run.filter(|&r| st.recent[r].reads + 1 >= CONFIRM) {
+        } else if run.unwrap_or_else(|| self.note_run(range, false)) >= CONFIRM {
             // The CONFIRM-th read in a row: a new stream.
-            st.recent.remove(r);
             let fresh = Stream {
                 next: range.end,
                 ahead: 0,
@@ -227,20 +295,9 @@ impl<B: Backend> Readahead<B> {
                 i
             }
         } else {
-            // A read of no stream (yet): remembered with the run it continues, if any, so that
-            // reads continuing it make a stream. Random reads only ever touch this short list,
-            // never the streams.
-            let reads = match run.and_then(|r| st.recent.remove(r)) {
-                Some(r) => r.reads + 1,
-                None => 1,
-            };
-            if st.recent.len() >= RECENT {
-                st.recent.pop_front();
-            }
-            st.recent.push_back(Run {
-                end: range.end,
-                reads,
-            });
+            // A read of no stream (yet), remembered (by `note_run`) with the run it continues,
+            // if any, so that reads continuing it make a stream. Random reads only ever touch
+            // that short list, never the streams.
             return (covered.then_some(held), Vec::new());
         };
         let mut fetches = Vec::new();
@@ -266,6 +323,7 @@ impl<B: Backend> Readahead<B> {
         s.ahead = s.ahead.max(c);
         s.next = range.end;
         s.used = tick;
+        self.publish(&st);
         (covered.then_some(held), fetches)
     }
 
@@ -319,13 +377,22 @@ impl<B: Backend> Readahead<B> {
 
     /// Drops every chunk that overlaps `[offset, offset+len)`.
     fn invalidate(&self, offset: u64, len: u64) {
-        if self.cfg.window == 0 || len == 0 {
+        // No chunk held now: one added later was asked of the node after the write had
+        // completed there (it is added before its fetch starts, and counted in `held` under
+        // the lock), so it holds the new bytes.
+        if self.cfg.window == 0 || len == 0 || self.held.load(Ordering::SeqCst) == 0 {
             return;
         }
         let end = offset.saturating_add(len);
         let mut st = self.lock();
         drop_range(&mut st.chunks, self.chunk_of(offset)..end);
+        self.publish(&st);
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every update leaves what a lock guards consistent, so a poisoned lock is still usable.
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// One chunk to fetch.
@@ -355,7 +422,23 @@ impl<B: Backend> Backend for Readahead<B> {
             return self.inner.read(offset, len).await;
         }
         let range = offset..offset + l;
-        let (slots, fetches) = self.plan(&range);
+        let continues = self
+            .nexts
+            .iter()
+            .any(|n| n.load(Ordering::SeqCst) == range.start);
+        if !continues && self.held.load(Ordering::SeqCst) == 0 {
+            // Continues no stream and no chunk could hold it (random reads): only the shards
+            // of the recent runs, unless this read makes a run a stream.
+            let reads = self.note_run(&range, true);
+            if reads >= CONFIRM {
+                let (_, fetches) = self.plan(&range, Some(reads));
+                for f in fetches {
+                    self.start(f);
+                }
+            }
+            return self.inner.read(offset, len).await;
+        }
+        let (slots, fetches) = self.plan(&range, None);
         for f in fetches {
             self.start(f);
         }
@@ -393,336 +476,4 @@ impl<B: Backend> Backend for Readahead<B> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::export::MemoryBackend;
-    use crate::proto::Errno;
-    use std::sync::atomic::AtomicUsize;
-    use tokio::sync::Notify;
-
-    const CHUNK: u64 = 256 << 10;
-
-    fn cfg(window: u64) -> ReadaheadConfig {
-        ReadaheadConfig {
-            window,
-            chunk: CHUNK,
-            streams: 2,
-        }
-    }
-
-    /// Memory with a pattern; records the size of every read; a read of `gate_len` bytes takes
-    /// its snapshot at once but returns only after `open` (a fetch in flight); reads of
-    /// `fail_len` bytes fail.
-    struct Probe {
-        mem: MemoryBackend,
-        reads: Mutex<Vec<(u64, usize)>>,
-        gate_len: usize,
-        gate: Notify,
-        gated: AtomicUsize,
-        fail_len: usize,
-        /// Writes wait for `wgate` before they land.
-        hold_writes: AtomicBool,
-        wgate: Notify,
-        held_writes: AtomicUsize,
-    }
-
-    impl Probe {
-        async fn new(size: usize, gate_len: usize, fail_len: usize) -> Arc<Self> {
-            let mem = MemoryBackend::new(size);
-            let pattern: Vec<u8> = (0..size).map(|i| (i / 4096 % 251) as u8).collect();
-            mem.write(0, &pattern, false).await.unwrap();
-            Arc::new(Self {
-                mem,
-                reads: Mutex::new(Vec::new()),
-                gate_len,
-                gate: Notify::new(),
-                gated: AtomicUsize::new(0),
-                fail_len,
-                hold_writes: AtomicBool::new(false),
-                wgate: Notify::new(),
-                held_writes: AtomicUsize::new(0),
-            })
-        }
-        fn sizes(&self) -> Vec<usize> {
-            self.reads.lock().unwrap().iter().map(|r| r.1).collect()
-        }
-    }
-
-    impl Backend for Probe {
-        async fn read(&self, offset: u64, len: usize) -> Result<Data, Failure> {
-            self.reads.lock().unwrap().push((offset, len));
-            if len == self.fail_len {
-                return Err(Failure {
-                    code: Errno::Io,
-                    why: "injected".into(),
-                });
-            }
-            let snapshot = self.mem.read(offset, len).await;
-            if len == self.gate_len {
-                self.gated.fetch_add(1, Ordering::SeqCst);
-                self.gate.notified().await;
-            }
-            snapshot
-        }
-        async fn write(&self, offset: u64, data: &[u8], fua: bool) -> Result<(), Failure> {
-            if self.hold_writes.load(Ordering::SeqCst) {
-                self.held_writes.fetch_add(1, Ordering::SeqCst);
-                self.wgate.notified().await;
-            }
-            self.mem.write(offset, data, fua).await
-        }
-        async fn flush(&self) -> Result<(), Failure> {
-            Ok(())
-        }
-        async fn discard(&self, offset: u64, len: u64) -> Result<(), Failure> {
-            self.mem.discard(offset, len).await
-        }
-        async fn write_zeroes(&self, offset: u64, len: u64, fua: bool) -> Result<(), Failure> {
-            self.mem.write_zeroes(offset, len, fua).await
-        }
-    }
-
-    async fn read(ra: &Readahead<Probe>, offset: u64, len: usize) -> Vec<u8> {
-        ra.read(offset, len).await.unwrap().as_slice().to_vec()
-    }
-
-    /// Reads `n` 16 KiB blocks in a row from 0; returns where they end.
-    async fn run_of(ra: &Readahead<Probe>, n: u32) -> u64 {
-        for i in 0..u64::from(n) {
-            read(ra, i * (16 << 10), 16 << 10).await;
-        }
-        u64::from(n) * (16 << 10)
-    }
-
-    /// [`CONFIRM`] reads in a row from 0, which starts a stream; returns its end.
-    async fn stream_on(ra: &Readahead<Probe>) -> u64 {
-        run_of(ra, CONFIRM).await
-    }
-
-    async fn settle() {
-        for _ in 0..10 {
-            tokio::task::yield_now().await;
-        }
-    }
-
-    fn chunk_reads(p: &Probe) -> usize {
-        p.sizes().iter().filter(|&&s| s == CHUNK as usize).count()
-    }
-
-    #[tokio::test]
-    async fn a_stream_is_served_from_fetched_chunks() {
-        let p = Probe::new(8 << 20, 0, 0).await;
-        let ra = Readahead::new(Arc::clone(&p), 8 << 20, cfg(1 << 20));
-        let want = p.mem.contents();
-        // 128 KiB reads straight through, and a tail that is not chunk-aligned.
-        let mut off = 0u64;
-        while off < (8 << 20) - 96 * 1024 {
-            let len = if off < 4 << 20 { 128 << 10 } else { 96 << 10 };
-            let got = read(&ra, off, len).await;
-            assert_eq!(got, want[off as usize..off as usize + len], "at {off}");
-            off += len as u64;
-        }
-        let (hits, misses) = ra.stats();
-        assert!(
-            misses <= 8,
-            "only the reads before the first chunk miss: {misses}"
-        );
-        assert!(hits > 50, "{hits}");
-        let direct = p.sizes().iter().filter(|&&s| s != CHUNK as usize).count() as u64;
-        assert_eq!(direct, misses, "every other backend read is one chunk");
-        assert!(
-            ra.chunks_held() <= 2 * (4 + 2),
-            "chunks behind the stream are dropped: {}",
-            ra.chunks_held()
-        );
-    }
-
-    #[tokio::test]
-    async fn a_stream_survives_random_reads_mixed_in() {
-        let p = Probe::new(8 << 20, 0, 0).await;
-        let ra = Readahead::new(Arc::clone(&p), 8 << 20, cfg(1 << 20));
-        let want = p.mem.contents();
-        let mut r = 1u64;
-        for i in 0..48u64 {
-            let off = i * (64 << 10);
-            assert_eq!(
-                read(&ra, off, 64 << 10).await,
-                want[off as usize..][..64 << 10]
-            );
-            for _ in 0..5 {
-                r = r
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                let at = (r >> 33) % 2048 * 4096;
-                assert_eq!(read(&ra, at, 4096).await, want[at as usize..][..4096]);
-            }
-        }
-        let (hits, _) = ra.stats();
-        assert!(hits >= 40, "the stream kept its chunks: {hits} hits of 48");
-    }
-
-    #[tokio::test]
-    async fn random_reads_fetch_nothing() {
-        let p = Probe::new(8 << 20, 0, 0).await;
-        let ra = Readahead::new(Arc::clone(&p), 8 << 20, cfg(1 << 20));
-        let want = p.mem.contents();
-        for i in 0..200u64 {
-            let off = (i * 7919 % 2000) * 4096;
-            assert_eq!(
-                read(&ra, off, 4096).await,
-                want[off as usize..off as usize + 4096]
-            );
-        }
-        assert!(p.sizes().iter().all(|&s| s == 4096));
-        assert_eq!(ra.stats(), (0, 200));
-    }
-
-    #[tokio::test]
-    async fn chance_runs_of_random_reads_start_no_stream() {
-        // Runs of two and three reads in a row, as random reads make by chance, among random
-        // reads: nothing is fetched.
-        let p = Probe::new(8 << 20, 0, 0).await;
-        let ra = Readahead::new(Arc::clone(&p), 8 << 20, cfg(1 << 20));
-        let want = p.mem.contents();
-        let mut n = 0;
-        for i in 0..300u64 {
-            let start = (i * 7919 % 1900) * 4096;
-            let run = 1 + i % 3;
-            for k in 0..run {
-                let off = start + k * 4096;
-                assert_eq!(read(&ra, off, 4096).await, want[off as usize..][..4096]);
-                n += 1;
-            }
-            settle().await;
-        }
-        assert!(p.sizes().iter().all(|&s| s == 4096), "a chunk was fetched");
-        assert_eq!(ra.stats(), (0, n));
-    }
-
-    #[tokio::test]
-    async fn a_new_stream_fetches_two_chunks_then_ramps_up() {
-        let p = Probe::new(8 << 20, 0, 0).await;
-        let ra = Readahead::new(Arc::clone(&p), 8 << 20, cfg(2 << 20));
-        let want = p.mem.contents();
-        run_of(&ra, CONFIRM - 1).await;
-        settle().await;
-        assert_eq!(chunk_reads(&p), 0, "not a stream yet");
-        let mut off = stream_on(&ra).await;
-        settle().await;
-        assert_eq!(chunk_reads(&p), 2, "a new stream's window is two chunks");
-        while off < 3 * CHUNK {
-            assert_eq!(
-                read(&ra, off, 16 << 10).await,
-                want[off as usize..][..16 << 10]
-            );
-            off += 16 << 10;
-        }
-        settle().await;
-        // Entering chunk 1 doubled the window to 1 MiB, entering chunk 2 to the configured
-        // 2 MiB: the newest read ends at 3 chunks, so chunks 1 to 10 are fetched.
-        assert_eq!(chunk_reads(&p), 10);
-        // Chunk 0 was behind the stream when it started: only reads from chunk 1 on are hits.
-        assert_eq!(ra.stats().0, 2 * CHUNK / (16 << 10));
-    }
-
-    #[tokio::test]
-    async fn writes_trims_and_zeroes_drop_what_they_overlap() {
-        let p = Probe::new(8 << 20, 0, 0).await;
-        let ra = Readahead::new(Arc::clone(&p), 8 << 20, cfg(2 << 20));
-        let mut off = stream_on(&ra).await; // chunks up to 512 KiB ahead, then more
-        settle().await;
-        let new = vec![0xabu8; 8192];
-        ra.write(CHUNK + 4096, &new, false).await.unwrap();
-        ra.write_zeroes(2 * CHUNK, 4096, false).await.unwrap();
-        ra.discard(3 * CHUNK + 8192, 4096).await.unwrap();
-        let mut want = p.mem.contents();
-        assert_eq!(&want[CHUNK as usize + 4096..][..8192], &new[..]);
-        while off < 4 * CHUNK {
-            let got = read(&ra, off, 64 << 10).await;
-            assert_eq!(got, want[off as usize..][..64 << 10], "at {off}");
-            off += 64 << 10;
-        }
-        want.clear();
-    }
-
-    #[tokio::test]
-    async fn a_chunk_fetched_while_a_write_is_in_flight_is_dropped_when_it_completes() {
-        // The write is sent, the stream then fetches the chunk the write is about to change
-        // (old bytes), the write completes: a read after its acknowledgement must see it.
-        let p = Probe::new(8 << 20, 0, 0).await;
-        let ra = Arc::new(Readahead::new(Arc::clone(&p), 8 << 20, cfg(CHUNK)));
-        let end = run_of(&ra, CONFIRM - 1).await;
-        p.hold_writes.store(true, Ordering::SeqCst);
-        let new = vec![0x5au8; 4096];
-        let w = tokio::spawn({
-            let (ra, new) = (Arc::clone(&ra), new.clone());
-            async move { ra.write(CHUNK, &new, false).await }
-        });
-        while p.held_writes.load(Ordering::SeqCst) == 0 {
-            tokio::task::yield_now().await;
-        }
-        // The stream is on: chunk 1 is fetched, old bytes.
-        read(&ra, end, 16 << 10).await;
-        settle().await;
-        assert!(p.sizes().contains(&(CHUNK as usize)), "chunk 1 was fetched");
-        p.wgate.notify_waiters();
-        w.await.unwrap().unwrap();
-        read(&ra, 64 << 10, 192 << 10).await;
-        assert_eq!(read(&ra, CHUNK, 4096).await, new);
-    }
-
-    #[tokio::test]
-    async fn a_failed_fetch_falls_back_to_the_backend() {
-        let p = Probe::new(4 << 20, 0, CHUNK as usize).await;
-        let ra = Readahead::new(Arc::clone(&p), 4 << 20, cfg(1 << 20));
-        let want = p.mem.contents();
-        let mut off = 0u64;
-        while off < 3 << 20 {
-            assert_eq!(
-                read(&ra, off, 64 << 10).await,
-                want[off as usize..][..64 << 10]
-            );
-            off += 64 << 10;
-        }
-        assert_eq!(ra.stats().0, 0, "no read is answered from a failed fetch");
-    }
-
-    #[tokio::test]
-    async fn off_means_straight_through() {
-        let p = Probe::new(4 << 20, 0, 0).await;
-        let ra = Readahead::new(Arc::clone(&p), 4 << 20, cfg(0));
-        for i in 0..16u64 {
-            read(&ra, i * (64 << 10), 64 << 10).await;
-        }
-        assert!(p.sizes().iter().all(|&s| s == 64 << 10));
-        assert_eq!(ra.chunks_held(), 0);
-    }
-
-    #[tokio::test]
-    async fn quiesce_waits_for_fetches_and_stops_new_ones() {
-        let p = Probe::new(8 << 20, CHUNK as usize, 0).await;
-        let ra = Arc::new(Readahead::new(Arc::clone(&p), 8 << 20, cfg(CHUNK)));
-        let end = stream_on(&ra).await;
-        while p.gated.load(Ordering::SeqCst) == 0 {
-            tokio::task::yield_now().await;
-        }
-        let q = tokio::spawn({
-            let ra = Arc::clone(&ra);
-            async move { ra.quiesce().await }
-        });
-        for _ in 0..10 {
-            tokio::task::yield_now().await;
-        }
-        assert!(!q.is_finished(), "a fetch is still in flight");
-        p.gate.notify_waiters();
-        q.await.unwrap();
-        let before = p.sizes().len();
-        // Reads still work, straight through; no new fetch runs.
-        read(&ra, end, 64 << 10).await;
-        read(&ra, end + (64 << 10), 64 << 10).await;
-        for _ in 0..10 {
-            tokio::task::yield_now().await;
-        }
-        assert!(p.sizes()[before..].iter().all(|&s| s != CHUNK as usize));
-    }
-}
+mod tests;

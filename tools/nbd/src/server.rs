@@ -103,9 +103,12 @@ pub async fn serve<B: Backend>(
     poll: PollMode,
 ) {
     let (stop_tx, stop) = watch::channel(false);
-    let activity = Arc::new(Activity::default());
-    let awake =
-        (poll == PollMode::Adaptive).then(|| tokio::spawn(Arc::clone(&activity).keep_awake()));
+    // Counted only where something polls on it: the count is one cache line every request of
+    // every connection would otherwise write to.
+    let activity = (poll == PollMode::Adaptive).then(|| Arc::new(Activity::default()));
+    let awake = activity
+        .as_ref()
+        .map(|a| tokio::spawn(Arc::clone(a).keep_awake()));
     let mut conns = JoinSet::new();
     let ids = AtomicU64::new(0);
     tokio::pin!(shutdown);
@@ -132,7 +135,7 @@ pub async fn serve<B: Backend>(
             backend,
             share: budget.connection(),
             stop,
-            activity: Arc::clone(&activity),
+            activity: activity.clone(),
         };
         conns.spawn(async move {
             match conn {
@@ -179,7 +182,7 @@ struct Ctx<B> {
     backend: Arc<B>,
     share: Share,
     stop: watch::Receiver<bool>,
-    activity: Arc<Activity>,
+    activity: Option<Arc<Activity>>,
 }
 
 async fn connection<S, R, W, B>(mut s: S, split: impl FnOnce(S) -> (R, W), c: Ctx<B>)
