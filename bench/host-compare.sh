@@ -8,7 +8,8 @@
 # `device` machine too.
 # Usage: bench/host-compare.sh [--bin DIR] [--runtime 5s] [--jobs "1 4 8"] [--out DIR] [--quick]
 #   NODE1_CPUS / NODE2_CPUS / CTL_CPUS / BENCH_CPUS: taskset CPU lists (default 0 / 0 / 0 / 1 on
-#   a 2-core machine; on more cores give each its own).
+#   a 2-core machine; on more cores give each its own). NODE_FLAGS: extra node flags (e.g.
+#   "--poll interrupt" when two nodes share a core and must not spin against each other).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=""; RUNTIME=5s; JOBS="1"; OUT=""; RAMP=1s
@@ -26,7 +27,7 @@ if [[ -z "$BIN" ]]; then
   cargo build --release -q -p dasmesh-cli -p dasmesh-node -p dasmesh-controller -p dasmesh-bench
   BIN=$PWD/target/release
 fi
-NODE1_CPUS=${NODE1_CPUS:-0}; NODE2_CPUS=${NODE2_CPUS:-0}; CTL_CPUS=${CTL_CPUS:-0}; BENCH_CPUS=${BENCH_CPUS:-1}
+NODE_FLAGS=${NODE_FLAGS:-}; NODE1_CPUS=${NODE1_CPUS:-0}; NODE2_CPUS=${NODE2_CPUS:-0}; CTL_CPUS=${CTL_CPUS:-0}; BENCH_CPUS=${BENCH_CPUS:-1}
 DIR=$(mktemp -d "${TMPDIR:-/tmp}/host-compare.XXXXXX")
 OUT=${OUT:-$DIR/out}; mkdir -p "$OUT"
 PIDS=()
@@ -40,10 +41,11 @@ addr_of() { # file: waits for its `listening ADDR` line
 taskset -c "$CTL_CPUS" "$BIN/dasmesh-controller" --listen 127.0.0.1:0 --data-dir "$DIR/ctl" >"$DIR/ctl.out" 2>"$DIR/ctl.log" & PIDS+=($!)
 CTL=http://$(addr_of "$DIR/ctl.out")
 taskset -c "$NODE1_CPUS" "$BIN/dasmesh-node" --listen 127.0.0.1:0 --controller "$CTL" --state-dir "$DIR/n1" \
-  --no-local-socket --backend memory:3G --node-id 1 >"$DIR/n1.out" 2>"$DIR/n1.log" & PIDS+=($!)
+  --no-local-socket --backend memory:3G --node-id 1 $NODE_FLAGS >"$DIR/n1.out" 2>"$DIR/n1.log" & PIDS+=($!)
+N1_PID=$!
 N1=$(addr_of "$DIR/n1.out")
 taskset -c "$NODE2_CPUS" "$BIN/dasmesh-node" --listen 127.0.0.1:0 --controller "$CTL" --state-dir "$DIR/n2" \
-  --no-local-socket --backend memory:3G --node-id 2 >"$DIR/n2.out" 2>"$DIR/n2.log" & PIDS+=($!)
+  --no-local-socket --backend memory:3G --node-id 2 $NODE_FLAGS >"$DIR/n2.out" 2>"$DIR/n2.log" & PIDS+=($!)
 addr_of "$DIR/n2.out" >/dev/null
 D="$BIN/dasmesh --controller $CTL"
 for _ in $(seq 100); do [[ $($D node list 2>/dev/null | grep -c .) -ge 3 ]] && break; sleep 0.1; done
@@ -52,7 +54,9 @@ $D volume create mirror --size 1G --layout mirror:2 >/dev/null
 # The raw engine's token: node 1's device, the 1G after the volumes, signed with the controller's key.
 $BIN/dasmesh token mint --key "$DIR/ctl" --node 1 --device 0 --range 2G..3G --rights rw >"$DIR/tok"
 # Fill what is read (memory backends read untouched pages otherwise).
-B() { taskset -c "$BENCH_CPUS" "$BIN/dasmesh-bench" --no-progress --controller "$CTL" --token "$DIR/tok" "$@"; }
+# --cpu-pid: node 1's CPU per I/O beside the client's (pid_cpu_us_per_io in the JSON; for the mirror
+# it counts node 1 only).
+B() { taskset -c "$BENCH_CPUS" "$BIN/dasmesh-bench" --no-progress --controller "$CTL" --token "$DIR/tok" --cpu-pid "$N1_PID" "$@"; }
 B --target node:$N1 --target volume:single --target volume:mirror --rw write --bs 1M --iodepth 4 --runtime 1s --ramp 0s >/dev/null
 
 run() { # name args...

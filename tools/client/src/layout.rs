@@ -184,6 +184,26 @@ impl Map {
     /// The range must have passed [`Map::check_range`].
     pub fn pieces(&self, copy: usize, offset: u64, len: u64) -> Vec<Piece> {
         let mut out = Vec::new();
+        self.each_piece(copy, offset, len, |p| {
+            out.push(p);
+            true
+        });
+        out
+    }
+
+    /// The piece `[offset, offset + len)` of copy `copy` is, when it is one piece (the common
+    /// case, found without allocating).
+    pub fn one_piece(&self, copy: usize, offset: u64, len: u64) -> Option<Piece> {
+        let mut first = None;
+        self.each_piece(copy, offset, len, |p| {
+            first = Some(p);
+            false
+        });
+        first.filter(|p| p.len == len)
+    }
+
+    /// Calls `f` with each piece in volume order until it returns false.
+    fn each_piece(&self, copy: usize, offset: u64, len: u64, mut f: impl FnMut(Piece) -> bool) {
         let end = offset + len;
         match &self.copies[copy] {
             CopyMap::Linear(runs) => {
@@ -197,13 +217,15 @@ impl Map {
                     let e = &self.extents[i];
                     let from = offset.max(start);
                     let to = end.min(start + e.length);
-                    if from < to {
-                        out.push(Piece {
+                    if from < to
+                        && !f(Piece {
                             extent: i,
                             device_offset: e.offset + (from - start),
                             volume_offset: from,
                             len: to - from,
-                        });
+                        })
+                    {
+                        return;
                     }
                 }
             }
@@ -222,12 +244,14 @@ impl Map {
                     let row = u / width;
                     let take = (unit - within).min(end - at).min(set_end - at);
                     let i = set.extents[stripe];
-                    out.push(Piece {
+                    if !f(Piece {
                         extent: i,
                         device_offset: self.extents[i].offset + row * unit + within,
                         volume_offset: at,
                         len: take,
-                    });
+                    }) {
+                        return;
+                    }
                     at += take;
                     if at >= set_end {
                         si += 1;
@@ -235,7 +259,6 @@ impl Map {
                 }
             }
         }
-        out
     }
 
     /// Whether every extent of `copy` is fresh (it may serve reads).
@@ -503,6 +526,17 @@ mod tests {
             let (lo, hi) = (lo.min(hi), lo.max(hi));
             prop_assert!(map.check_range(lo, hi - lo).is_ok());
             check(&map, lo, hi - lo);
+        }
+
+        #[test]
+        fn one_piece_is_the_only_piece_or_none((map, size) in arb_map(), a in 0u64..1 << 20, n in 1u64..1 << 16) {
+            let lo = a % size;
+            let len = n.min(size - lo);
+            for copy in 0..map.copies() {
+                let all = map.pieces(copy, lo, len);
+                let one = map.one_piece(copy, lo, len);
+                prop_assert_eq!(one, (all.len() == 1).then(|| all[0]));
+            }
         }
     }
 }

@@ -92,11 +92,9 @@ impl Volume {
     /// The one piece of `copy` a request maps to, when it needs no split (the fast path of
     /// every layout: most requests fall inside one extent and one stripe unit).
     pub(super) fn one_piece(&self, copy: usize, offset: u64, len: u64) -> Option<Piece> {
-        let map = self.map();
-        let mut ps = map.pieces(copy, offset, len);
-        let p = ps.pop()?;
+        let p = self.map().one_piece(copy, offset, len)?;
         let max = self.inner.links[p.extent].max_io.load(Ordering::Relaxed);
-        (ps.is_empty() && p.len <= max).then_some(p)
+        (p.len <= max).then_some(p)
     }
 
     /// The copy this read goes to first: the healthy copies in turn (per thread, so threads do
