@@ -19,7 +19,7 @@ mod slots;
 
 use std::future::poll_fn;
 use std::io::IoSlice;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use std::time::Duration;
@@ -51,6 +51,9 @@ pub struct ConnectOptions {
     /// (zero: sleep at once). At queue depth 1 a sleeping thread's wake-up can cost more than
     /// the round trip; spinning trades a core for that latency.
     pub spin: Duration,
+    /// A request (other than SEARCH) with no reply after this long fails with `Timeout`
+    /// (checked by one watchdog per connection, to within a quarter of it; `None`: never).
+    pub request_timeout: Option<Duration>,
 }
 
 impl Default for ConnectOptions {
@@ -60,6 +63,7 @@ impl Default for ConnectOptions {
             connect_timeout: Duration::from_secs(5),
             local_socket: true,
             spin: Duration::ZERO,
+            request_timeout: None,
         }
     }
 }
@@ -88,12 +92,29 @@ pub(crate) struct Inner {
     abandoned: AtomicUsize,
     stopped: AtomicBool,
     spin: Duration,
+    /// Counts the request-timeout watchdog's rounds (requests note it when they are sent).
+    tick: AtomicU64,
+    request_timeout: Option<Duration>,
     rt: tokio::runtime::Handle,
 }
 
 impl Inner {
     fn stopped(&self) -> bool {
         self.stopped.load(Ordering::Acquire)
+    }
+
+    /// Counts a request whose reply is still to come but whose caller has gone (dropped, or
+    /// given its `Timeout`). If nobody reads, that reply must still be taken off the socket:
+    /// step_down starts a drain when no one else is waiting.
+    fn abandon_one(self: &Arc<Self>) {
+        self.abandoned.fetch_add(1, Ordering::AcqRel);
+        if self
+            .leader
+            .compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok()
+        {
+            self.step_down();
+        }
     }
 
     /// Stops the connection: every waiting request fails with `why` (a copy of it), new ones
@@ -110,7 +131,7 @@ impl Inner {
         for idx in 0..self.slots.len() {
             let mut s = self.slots.lock(idx);
             match s.phase {
-                Phase::Waiting => {
+                Phase::Waiting | Phase::TimedOut => {
                     s.error = Some(match &protocol {
                         Some(m) => Error::Protocol(m.clone()),
                         None => Error::Closed,
@@ -212,21 +233,12 @@ impl Drop for Call<'_> {
             drop(s);
             inner.slots.release(self.idx);
             inner.permits.add_permits(1);
-        } else if s.phase == Phase::Waiting {
+        } else if matches!(s.phase, Phase::Waiting | Phase::TimedOut) {
             s.phase = Phase::Abandoned;
             s.waker = None;
             drop(s);
             inner.slots.set_waiting(self.idx, false);
-            inner.abandoned.fetch_add(1, Ordering::AcqRel);
-            // If nobody reads, the replies of abandoned requests must still be taken off the
-            // socket: step_down starts a drain when no one else is waiting.
-            if inner
-                .leader
-                .compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst)
-                .is_ok()
-            {
-                inner.step_down();
-            }
+            inner.abandon_one();
         }
     }
 }
@@ -237,11 +249,18 @@ impl Call<'_> {
         let inner = self.inner;
         let idx = self.idx;
         let r = poll_fn(|cx| loop {
-            if let Some(r) = inner.slots.take_finished(idx) {
-                inner.permits.add_permits(1);
+            if let Some((r, freed)) = inner.slots.take_finished(idx) {
+                if freed {
+                    inner.permits.add_permits(1);
+                }
                 if self.leader {
                     self.leader = false;
+                    if !freed {
+                        inner.abandoned.fetch_add(1, Ordering::AcqRel);
+                    }
                     inner.step_down();
+                } else if !freed {
+                    inner.abandon_one();
                 }
                 return Poll::Ready(r);
             }
@@ -254,7 +273,7 @@ impl Call<'_> {
                     // Someone else reads: wait to be handed the reply (or the socket).
                     {
                         let mut s = inner.slots.lock(idx);
-                        if s.phase == Phase::Done {
+                        if matches!(s.phase, Phase::Done | Phase::TimedOut) {
                             continue;
                         }
                         if !s.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
@@ -270,9 +289,16 @@ impl Call<'_> {
                 self.leader = true;
                 inner.slots.set_waiting(idx, false);
             }
-            let done = || inner.slots.lock(idx).phase == Phase::Done;
+            let done = || matches!(inner.slots.lock(idx).phase, Phase::Done | Phase::TimedOut);
             match inner.drive(cx, &done) {
-                Drive::Pending => return Poll::Pending,
+                Drive::Pending => {
+                    // The watchdog wakes the reader too if its own request times out.
+                    let mut s = inner.slots.lock(idx);
+                    if !s.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                        s.waker = Some(cx.waker().clone());
+                    }
+                    return Poll::Pending;
+                }
                 Drive::Done | Drive::Failed => {}
             }
         })
@@ -319,9 +345,14 @@ impl Connection {
             abandoned: AtomicUsize::new(0),
             stopped: AtomicBool::new(false),
             spin: opts.spin,
+            tick: AtomicU64::new(0),
+            request_timeout: opts.request_timeout,
             rt: tokio::runtime::Handle::current(),
         });
         tokio::spawn(writer_task(Arc::downgrade(&inner), kick));
+        if let Some(limit) = opts.request_timeout {
+            tokio::spawn(watchdog(Arc::downgrade(&inner), limit));
+        }
         Ok(Connection {
             owner: Arc::new(Owner(inner)),
         })
@@ -385,13 +416,19 @@ impl Connection {
         if inner.stopped() {
             return Err(Error::Closed);
         }
-        inner
-            .permits
-            .acquire()
-            .await
-            .map_err(|_| Error::Closed)?
-            .forget();
-        let Some((idx, tag)) = inner.slots.claim(op, length, max_hits, dest) else {
+        let limit = inner.request_timeout.filter(|_| op != Op::Search);
+        match inner.permits.try_acquire() {
+            Ok(p) => p.forget(),
+            Err(tokio::sync::TryAcquireError::Closed) => return Err(Error::Closed),
+            // Every slot is taken: wait (no longer than the request may take in all).
+            Err(tokio::sync::TryAcquireError::NoPermits) => timed(limit, async {
+                inner.permits.acquire().await.map_err(|_| Error::Closed)
+            })
+            .await?
+            .forget(),
+        }
+        let since = limit.map(|_| inner.tick.load(Ordering::Relaxed));
+        let Some((idx, tag)) = inner.slots.claim(op, length, max_hits, dest, since) else {
             inner.permits.add_permits(1);
             return Err(Error::Closed);
         };
@@ -413,7 +450,8 @@ impl Connection {
                 inner.flush_queued();
             }
         } else {
-            send_large(&mut call, &header, payload).await?;
+            // A node that stops reading would hold a large frame here past the watchdog.
+            timed(limit, send_large(&mut call, &header, payload)).await?;
         }
         let done = call.finish().await?;
         match done.header.status_enum() {
@@ -530,6 +568,55 @@ impl Connection {
     /// Closes the connection; every request in flight fails with `Closed`.
     pub async fn close(&self) {
         self.inner().fail(Error::Closed);
+    }
+}
+
+/// `fut`, failed with [`Error::Timeout`] if it takes longer than `limit`: for the slow paths
+/// (a full queue, a large frame's send) that the watchdog below does not see.
+pub(crate) async fn timed<T>(
+    limit: Option<Duration>,
+    fut: impl std::future::Future<Output = Result<T, Error>>,
+) -> Result<T, Error> {
+    match limit {
+        Some(d) => tokio::time::timeout(d, fut)
+            .await
+            .unwrap_or(Err(Error::Timeout)),
+        None => fut.await,
+    }
+}
+
+/// Watchdog rounds per request timeout: a request times out after 4 to 5 rounds.
+const ROUNDS: u64 = 4;
+
+/// Fails requests that got no reply within `limit` with `Timeout`: one task per connection,
+/// waking every quarter of the limit, instead of a timer per request.
+async fn watchdog(inner: std::sync::Weak<Inner>, limit: Duration) {
+    let period = (limit / ROUNDS as u32).max(Duration::from_millis(1));
+    let mut every = tokio::time::interval(period);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    every.tick().await;
+    loop {
+        every.tick().await;
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        if inner.stopped() {
+            return;
+        }
+        let now = inner.tick.fetch_add(1, Ordering::Relaxed) + 1;
+        for idx in 0..inner.slots.len() {
+            let mut s = inner.slots.lock(idx);
+            let late = s.since.is_some_and(|t| now > t + ROUNDS);
+            if s.phase == Phase::Waiting && late {
+                s.phase = Phase::TimedOut;
+                let w = s.waker.take();
+                drop(s);
+                inner.slots.set_waiting(idx, false);
+                if let Some(w) = w {
+                    w.wake();
+                }
+            }
+        }
     }
 }
 

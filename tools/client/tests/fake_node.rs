@@ -714,3 +714,61 @@ async fn a_full_socket_hands_the_queue_to_the_writer_task_and_no_frame_goes_twic
     let seen = done_rx.recv().await.unwrap().unwrap();
     assert_eq!(seen, N);
 }
+
+#[tokio::test]
+async fn a_request_with_no_reply_times_out_and_a_late_reply_frees_its_slot() {
+    let addr = fake(Status::Ok, |mut s| async move {
+        let read = read_req(&mut s).await;
+        let search = read_req(&mut s).await;
+        assert_eq!(read.known_op(), Some(Op::Read));
+        assert_eq!(search.known_op(), Some(Op::Search));
+        // Hung: nothing is answered while the client times out the READ and a FLUSH that
+        // waits for a slot; then the READ's reply comes late.
+        tokio::time::sleep(Duration::from_millis(900)).await;
+        reply(&mut s, read.tag, Status::Ok, &[7u8; 4096]).await;
+        let flush = read_req(&mut s).await;
+        assert_eq!(flush.known_op(), Some(Op::Flush));
+        reply(&mut s, flush.tag, Status::Ok, &[]).await;
+        reply(&mut s, search.tag, Status::Ok, &[]).await;
+        let mut rest = Vec::new();
+        let _ = s.read_to_end(&mut rest).await;
+    })
+    .await;
+    let opts = ConnectOptions {
+        queue_depth: 2,
+        request_timeout: Some(Duration::from_millis(200)),
+        ..Default::default()
+    };
+    let c = Connection::connect(&addr, DeviceId(0), &token(), &opts)
+        .await
+        .unwrap();
+    let start = std::time::Instant::now();
+    let c2 = c.clone();
+    let read = tokio::spawn(async move { c2.read(0, 4096).await });
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let c2 = c.clone();
+    let search = tokio::spawn(async move { c2.search(0, 1 << 20, b"x", 4).await });
+
+    let e = read.await.unwrap().unwrap_err();
+    let took = start.elapsed();
+    assert!(matches!(e, Error::Timeout), "{e:?}");
+    assert!(
+        took >= Duration::from_millis(150) && took < Duration::from_secs(2),
+        "timed out after {took:?}"
+    );
+    // Both slots are still taken (the READ's reply may yet come; the SEARCH is never timed):
+    // a new request waits for a slot, and no longer than the timeout.
+    let e = c.flush().await.unwrap_err();
+    assert!(matches!(e, Error::Timeout), "{e:?}");
+    assert!(!search.is_finished(), "a SEARCH is not timed out");
+
+    // The late reply is read and dropped, its slot freed: the connection goes on.
+    tokio::time::sleep(Duration::from_millis(900).saturating_sub(start.elapsed())).await;
+    tokio::time::timeout(Duration::from_secs(10), c.flush())
+        .await
+        .expect("no hang")
+        .unwrap();
+    let r = search.await.unwrap().unwrap();
+    assert!(r.hits.is_empty());
+    assert_eq!(c.in_flight(), 0);
+}

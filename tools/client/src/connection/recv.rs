@@ -197,7 +197,9 @@ impl Inner {
             return Err(bad(format!("reply for unknown tag {}", h.tag)));
         }
         let mut s = self.slots.lock(idx);
-        if s.tag != h.tag.0 || !matches!(s.phase, Phase::Waiting | Phase::Abandoned) {
+        if s.tag != h.tag.0
+            || !matches!(s.phase, Phase::Waiting | Phase::Abandoned | Phase::TimedOut)
+        {
             return Err(bad(format!("reply for unknown tag {}", h.tag)));
         }
         if let Err(msg) = check_reply(s.op, s.length, s.max_hits, h) {
@@ -231,6 +233,16 @@ impl Inner {
                 let w = s.waker.take();
                 drop(s);
                 self.slots.set_waiting(idx, false);
+                if let Some(w) = w {
+                    w.wake();
+                }
+            }
+            // Its caller has not taken its Timeout yet: it gets that, and the slot is then free.
+            Phase::TimedOut => {
+                s.phase = Phase::Done;
+                s.error = Some(Error::Timeout);
+                let w = s.waker.take();
+                drop(s);
                 if let Some(w) = w {
                     w.wake();
                 }

@@ -50,6 +50,9 @@ pub(crate) enum Phase {
     /// The caller went away (its future was dropped) after the request was sent: the reply is
     /// still coming and is read and dropped, then the slot is free.
     Abandoned,
+    /// No reply within the request timeout: the caller gets `Timeout`; the slot stays taken
+    /// (as `Abandoned` once the caller has its error) until the reply, if any, is read.
+    TimedOut,
 }
 
 pub(crate) struct SlotState {
@@ -64,6 +67,8 @@ pub(crate) struct SlotState {
     pub(crate) reply: Option<ReplyHeader>,
     pub(crate) error: Option<Error>,
     pub(crate) waker: Option<Waker>,
+    /// The watchdog's tick when the request was sent; `None`: never timed out (SEARCH).
+    pub(crate) since: Option<u64>,
 }
 
 /// A finished request.
@@ -111,6 +116,7 @@ impl Slots {
                         reply: None,
                         error: None,
                         waker: None,
+                        since: None,
                     })
                 })
                 .collect(),
@@ -135,6 +141,7 @@ impl Slots {
         length: u64,
         max_hits: u32,
         dest: Dest,
+        since: Option<u64>,
     ) -> Option<(usize, u64)> {
         let idx = self.take_free()?;
         let mut s = self.lock(idx);
@@ -148,6 +155,7 @@ impl Slots {
         s.filled = 0;
         s.reply = None;
         s.error = None;
+        s.since = since;
         Some((idx, s.tag))
     }
 
@@ -193,9 +201,18 @@ impl Slots {
         })
     }
 
-    /// The finished request in `idx`, if it is finished; the slot is free again afterwards.
-    pub(crate) fn take_finished(&self, idx: usize) -> Option<Result<Finished, Error>> {
+    /// The finished request in `idx`, if it is finished, and whether the slot is free again
+    /// (a timed-out request's slot is kept until its reply comes: `Abandoned`).
+    pub(crate) fn take_finished(&self, idx: usize) -> Option<(Result<Finished, Error>, bool)> {
         let mut s = self.lock(idx);
+        if s.phase == Phase::TimedOut {
+            s.phase = Phase::Abandoned;
+            s.waker = None;
+            s.dest = Dest::None;
+            drop(s);
+            self.set_waiting(idx, false);
+            return Some((Err(Error::Timeout), false));
+        }
         if s.phase != Phase::Done {
             return None;
         }
@@ -212,7 +229,7 @@ impl Slots {
         s.dest = Dest::None;
         drop(s);
         self.release(idx);
-        Some(r)
+        Some((r, true))
     }
 }
 
@@ -225,24 +242,27 @@ mod tests {
         for n in [1usize, 3, 64, 65, 130] {
             let s = Slots::new(n);
             let mut got: Vec<usize> = (0..n)
-                .map(|_| s.claim(Op::Read, 4096, 0, Dest::None).unwrap().0)
+                .map(|_| s.claim(Op::Read, 4096, 0, Dest::None, None).unwrap().0)
                 .collect();
             got.sort_unstable();
             assert_eq!(got, (0..n).collect::<Vec<_>>(), "{n}");
-            assert!(s.claim(Op::Read, 4096, 0, Dest::None).is_none());
+            assert!(s.claim(Op::Read, 4096, 0, Dest::None, None).is_none());
             s.lock(n / 2).phase = Phase::Free;
             s.release(n / 2);
-            assert_eq!(s.claim(Op::Read, 4096, 0, Dest::None).unwrap().0, n / 2);
+            assert_eq!(
+                s.claim(Op::Read, 4096, 0, Dest::None, None).unwrap().0,
+                n / 2
+            );
         }
     }
 
     #[test]
     fn a_reused_slot_gets_a_new_tag() {
         let s = Slots::new(1);
-        let (_, a) = s.claim(Op::Read, 4096, 0, Dest::None).unwrap();
+        let (_, a) = s.claim(Op::Read, 4096, 0, Dest::None, None).unwrap();
         s.lock(0).phase = Phase::Free;
         s.release(0);
-        let (_, b) = s.claim(Op::Read, 4096, 0, Dest::None).unwrap();
+        let (_, b) = s.claim(Op::Read, 4096, 0, Dest::None, None).unwrap();
         assert_ne!(a, b);
         assert_eq!(a & 0xffff, b & 0xffff);
     }

@@ -93,6 +93,7 @@ impl Volume {
             connect_timeout: opts.connect_timeout,
             local_socket: opts.local_socket,
             spin: opts.spin,
+            request_timeout: Some(opts.request_timeout),
         };
         for me in &m.extents {
             let x = me

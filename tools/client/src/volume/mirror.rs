@@ -7,7 +7,7 @@ use dasmesh_wire::{Op, Status};
 use futures_util::future::join_all;
 
 use super::lease::{merge_stale, to_extent};
-use super::route::{is_transport, timed, Io};
+use super::route::{is_transport, Io};
 use super::{control, Access, Volume};
 use crate::layout::Piece;
 use crate::Error;
@@ -131,9 +131,8 @@ impl Volume {
         let map = &map;
         let results = join_all(targets.iter().map(|&i| async move {
             let link = &self.inner.links[i];
-            let limit = Some(self.inner.opts.request_timeout);
             let r = match link.session().await {
-                Ok(s) => timed(limit, s.flush_one()).await,
+                Ok(s) => s.flush_one().await,
                 Err(e) => Err(e),
             };
             (map.extents()[i].copy as usize, r)

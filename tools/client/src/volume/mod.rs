@@ -33,7 +33,7 @@ use crate::{AlignedBuf, Error, SearchResult};
 
 use link::Link;
 use mirror::copy_failed;
-use route::{is_transport, timed, Io, Out};
+use route::{is_transport, Io, Out};
 
 /// Read-only or read-write.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -269,14 +269,13 @@ impl Volume {
         if let Some((copy, p)) = self.read_piece(offset, len) {
             // Straight into the caller's buffer; a transport failure is retried once.
             let link = &self.inner.links[p.extent];
-            let limit = Some(self.inner.opts.request_timeout);
             let s = link.session().await?;
-            let r = match timed(limit, s.read_into(p.device_offset, buf)).await {
+            let r = match s.read_into(p.device_offset, buf).await {
                 Err(e) if is_transport(&e) => {
                     link.invalidate(&s);
                     let s = link.session().await?;
                     let buf = AlignedBuf::new(len as usize);
-                    timed(limit, s.read_into(p.device_offset, buf)).await
+                    s.read_into(p.device_offset, buf).await
                 }
                 r => r,
             };

@@ -7,7 +7,7 @@ use dasmesh_api::v1;
 use futures_util::future::join_all;
 
 use super::lease::{merge_stale, to_extent};
-use super::route::{timed, Io};
+use super::route::Io;
 use super::{control, Access, Volume};
 use crate::layout::Piece;
 use crate::Error;
@@ -77,7 +77,7 @@ impl Volume {
         };
         for i in targets {
             let s = self.inner.links[i].session().await?;
-            timed(Some(self.inner.opts.request_timeout), s.flush_one()).await?;
+            s.flush_one().await?;
         }
         let copies: Vec<u32> = stale.iter().map(|&c| c as u32).collect();
         let r = v1::leases_client::LeasesClient::new(self.inner.ctl.clone())

@@ -4,7 +4,6 @@
 
 use std::cell::Cell;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
 
 use futures_util::future::join_all;
 
@@ -39,19 +38,6 @@ pub(super) enum Out {
     None,
     Data(Vec<u8>),
     Hits(SearchResult),
-}
-
-/// `fut`, failed with [`Error::Timeout`] if it takes longer than `limit`.
-pub(super) async fn timed<T>(
-    limit: Option<Duration>,
-    fut: impl std::future::Future<Output = Result<T, Error>>,
-) -> Result<T, Error> {
-    match limit {
-        Some(d) => tokio::time::timeout(d, fut)
-            .await
-            .unwrap_or(Err(Error::Timeout)),
-        None => fut.await,
-    }
 }
 
 impl Volume {
@@ -127,11 +113,8 @@ impl Volume {
         let mut retried = false;
         loop {
             let s = link.session().await?;
-            let limit = match io {
-                Io::Search { .. } => None,
-                _ => Some(self.inner.opts.request_timeout),
-            };
-            let r = timed(limit, async {
+            // Each connection times out its own requests (all but searches).
+            let r = async {
                 match io {
                     Io::Read => s.read(p.device_offset, p.len as usize).await.map(Out::Data),
                     Io::Write { data, fua } => {
@@ -150,7 +133,7 @@ impl Volume {
                         .await
                         .map(Out::Hits),
                 }
-            })
+            }
             .await;
             match r {
                 Err(e) if is_transport(&e) && !retried => {
