@@ -100,6 +100,30 @@ impl Sock {
         }
     }
 
+    /// Reads only if the runtime has seen the socket readable since a read last found it empty
+    /// (no system call otherwise: `WouldBlock` at once). A read that comes back short (the
+    /// receive queue drained) forgets the readiness as one that would block does; tokio clears
+    /// it only if no event came in since before the read, so no wake-up is lost.
+    pub(crate) fn try_read(&self, buf: &mut [u8]) -> io::Result<usize> {
+        let len = buf.len();
+        let mut short = None;
+        let mut seen = |n: io::Result<usize>| match n {
+            Ok(n) if n > 0 && n < len => {
+                short = Some(n);
+                would_block()
+            }
+            r => r,
+        };
+        let r = match self {
+            Sock::Tcp { io, raw } => io.try_io(Interest::READABLE, || seen((&*raw).read(buf))),
+            Sock::Unix { io, raw } => io.try_io(Interest::READABLE, || seen((&*raw).read(buf))),
+        };
+        match short {
+            Some(n) => Ok(n),
+            None => r,
+        }
+    }
+
     pub(crate) fn write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
         match self {
             Sock::Tcp { raw, .. } => (&*raw).write_vectored(bufs),

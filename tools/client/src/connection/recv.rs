@@ -84,8 +84,11 @@ impl Inner {
                         }
                     }
                     match self.sock.poll_read_ready(cx) {
-                        // Stale readiness: clear it and try the socket again.
-                        Poll::Ready(Ok(())) => self.sock.clear_read(),
+                        // Spinning reads whatever the readiness says: a stale one is cleared
+                        // before the next try. Otherwise the read that found the socket empty
+                        // has cleared it, and Ready is news.
+                        Poll::Ready(Ok(())) if !self.spin.is_zero() => self.sock.clear_read(),
+                        Poll::Ready(Ok(())) => {}
                         Poll::Ready(Err(e)) => {
                             self.fail_io(e);
                             return Drive::Failed;
@@ -99,6 +102,17 @@ impl Inner {
                     return Drive::Failed;
                 }
             }
+        }
+    }
+
+    /// One receive. Without spinning, only when the runtime has seen the socket readable since
+    /// a receive last drained it ([`Sock::try_read`]): in a ping-pong of batches the first
+    /// look after sending costs no system call. A spinning reader asks the socket itself.
+    fn sock_read(&self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.spin.is_zero() {
+            self.sock.try_read(buf)
+        } else {
+            self.sock.read(buf)
         }
     }
 
@@ -125,7 +139,7 @@ impl Inner {
         let filled = s.filled;
         let room = s.dest.room(filled)?;
         let want = room.len().min(remaining as usize);
-        let n = match self.sock.read(&mut room[..want]) {
+        let n = match self.sock_read(&mut room[..want]) {
             Ok(0) => return Some(Err(eof())),
             Ok(n) => n,
             Err(e) => return Some(Err(e)),
@@ -146,7 +160,7 @@ impl Inner {
             framer,
             current,
         } = recv;
-        let n = match self.sock.read(buf) {
+        let n = match self.sock_read(buf) {
             Ok(0) => return Err(eof()),
             Ok(n) => n,
             Err(e) => return Err(e),
