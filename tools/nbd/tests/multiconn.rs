@@ -255,7 +255,8 @@ fn a_request_held_on_one_connection_stops_no_other_request() {
 }
 
 /// Memory whose READs each hold their thread (a blocking wait, as a request that computes
-/// would) until `parties` of them are inside at once, or `BOUND` passes: then they fail.
+/// would, in `block_in_place`) until `parties` of them are inside at once, or `BOUND`
+/// passes: then they fail.
 struct Rendezvous {
     mem: MemoryBackend,
     parties: usize,
@@ -281,7 +282,7 @@ impl Rendezvous {
 
 impl Backend for Rendezvous {
     async fn read(&self, offset: u64, len: usize) -> Result<Data, Failure> {
-        if !self.meet() {
+        if !tokio::task::block_in_place(|| self.meet()) {
             return Err(Failure {
                 code: Errno::Io,
                 why: "the other connections' reads never came in while this one ran".into(),
@@ -305,8 +306,11 @@ impl Backend for Rendezvous {
 
 #[test]
 fn connections_are_served_on_several_threads_at_once() {
-    // Four connections' READs each hold a thread until all four are inside the backend: they
-    // all succeed only if four threads serve them at the same time.
+    // Four connections' READs each hold their thread until all four are inside the backend:
+    // they all succeed only if the four are served at the same time, none queued behind
+    // another connection's request. (The wait is in block_in_place: a worker that blocks
+    // outright can leave tokio's I/O driver unpolled, and then the other READs never come in.
+    // the_gateway_runs_a_worker_per_cpu_unless_told_otherwise counts the workers.)
     const K: usize = 4;
     const SIZE: u64 = 1 << 20;
     let r = Arc::new(Rendezvous {
