@@ -440,6 +440,12 @@ impl Connection {
             leader: false,
             flusher: false,
         };
+        // A connection that failed while this slot was being claimed may have passed it by
+        // already (fail() marks the slots it finds waiting): this call must not wait on it.
+        // fail() sets `stopped` before it looks at any slot, so after the claim this sees it.
+        if inner.stopped() {
+            return Err(Error::Closed);
+        }
         let header = RequestHeader::new(op, flags, Tag(tag), offset, length).encode();
         if header.len() + payload.len() <= SMALL_FRAME {
             call.stage = Stage::Queued;

@@ -101,26 +101,16 @@ impl Sock {
     }
 
     /// Reads only if the runtime has seen the socket readable since a read last found it empty
-    /// (no system call otherwise: `WouldBlock` at once). A read that comes back short (the
-    /// receive queue drained) forgets the readiness as one that would block does; tokio clears
-    /// it only if no event came in since before the read, so no wake-up is lost.
+    /// (no system call otherwise: `WouldBlock` at once); a read that would block forgets the
+    /// readiness, guarded by tokio against an event that came in since before the read.
+    ///
+    /// A short read is not taken as "drained": clearing the readiness there too (as tokio's
+    /// own `poll_read` does) hung `dasmesh-bench` runs with two jobs on one runtime, and the
+    /// cause was not found; so the read after a drained socket still costs one `EAGAIN`.
     pub(crate) fn try_read(&self, buf: &mut [u8]) -> io::Result<usize> {
-        let len = buf.len();
-        let mut short = None;
-        let mut seen = |n: io::Result<usize>| match n {
-            Ok(n) if n > 0 && n < len => {
-                short = Some(n);
-                would_block()
-            }
-            r => r,
-        };
-        let r = match self {
-            Sock::Tcp { io, raw } => io.try_io(Interest::READABLE, || seen((&*raw).read(buf))),
-            Sock::Unix { io, raw } => io.try_io(Interest::READABLE, || seen((&*raw).read(buf))),
-        };
-        match short {
-            Some(n) => Ok(n),
-            None => r,
+        match self {
+            Sock::Tcp { io, raw } => io.try_io(Interest::READABLE, || (&*raw).read(buf)),
+            Sock::Unix { io, raw } => io.try_io(Interest::READABLE, || (&*raw).read(buf)),
         }
     }
 

@@ -30,6 +30,8 @@ pub(crate) struct Recv {
     framer: Framer<ReplyHeader>,
     /// The slot whose payload is being read.
     current: Option<usize>,
+    /// The next receive asks the socket itself (the runtime said readable, or we spin).
+    ask: bool,
 }
 
 impl Recv {
@@ -38,6 +40,7 @@ impl Recv {
             buf: vec![0u8; RECV_BUF].into_boxed_slice(),
             framer: Framer::new(),
             current: None,
+            ask: false,
         }
     }
 }
@@ -73,6 +76,7 @@ impl Inner {
                 Some(r) => r,
                 None => self.read_buffered(&mut recv),
             };
+            let asked = std::mem::replace(&mut recv.ask, !self.spin.is_zero());
             match r {
                 Ok(()) => spin_until = None,
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
@@ -84,11 +88,18 @@ impl Inner {
                         }
                     }
                     match self.sock.poll_read_ready(cx) {
-                        // Spinning reads whatever the readiness says: a stale one is cleared
-                        // before the next try. Otherwise the read that found the socket empty
-                        // has cleared it, and Ready is news.
-                        Poll::Ready(Ok(())) if !self.spin.is_zero() => self.sock.clear_read(),
-                        Poll::Ready(Ok(())) => {}
+                        // After a receive of our own that found nothing, Ready is stale: it
+                        // is cleared, and the socket asked once more (for an event that came
+                        // in between). Otherwise the read that found the socket empty has
+                        // cleared it and Ready is news; the socket is asked itself all the
+                        // same, so a readiness that try_read does not see (a runtime shut
+                        // down) cannot loop without a system call.
+                        Poll::Ready(Ok(())) => {
+                            if asked {
+                                self.sock.clear_read();
+                            }
+                            recv.ask = true;
+                        }
                         Poll::Ready(Err(e)) => {
                             self.fail_io(e);
                             return Drive::Failed;
@@ -105,14 +116,14 @@ impl Inner {
         }
     }
 
-    /// One receive. Without spinning, only when the runtime has seen the socket readable since
-    /// a receive last drained it ([`Sock::try_read`]): in a ping-pong of batches the first
-    /// look after sending costs no system call. A spinning reader asks the socket itself.
-    fn sock_read(&self, buf: &mut [u8]) -> std::io::Result<usize> {
-        if self.spin.is_zero() {
-            self.sock.try_read(buf)
-        } else {
+    /// One receive: unless `ask`, only when the runtime has seen the socket readable since a
+    /// receive last found it empty ([`Sock::try_read`]), so in a ping-pong of batches the
+    /// first look after sending costs no system call.
+    fn sock_read(&self, ask: bool, buf: &mut [u8]) -> std::io::Result<usize> {
+        if ask {
             self.sock.read(buf)
+        } else {
+            self.sock.try_read(buf)
         }
     }
 
@@ -132,6 +143,7 @@ impl Inner {
             return None;
         }
         let idx = recv.current?;
+        let ask = recv.ask;
         let mut s = self.slots.lock(idx);
         if s.phase != Phase::Waiting {
             return None;
@@ -139,7 +151,7 @@ impl Inner {
         let filled = s.filled;
         let room = s.dest.room(filled)?;
         let want = room.len().min(remaining as usize);
-        let n = match self.sock_read(&mut room[..want]) {
+        let n = match self.sock_read(ask, &mut room[..want]) {
             Ok(0) => return Some(Err(eof())),
             Ok(n) => n,
             Err(e) => return Some(Err(e)),
@@ -159,8 +171,9 @@ impl Inner {
             buf,
             framer,
             current,
+            ask,
         } = recv;
-        let n = match self.sock_read(buf) {
+        let n = match self.sock_read(*ask, buf) {
             Ok(0) => return Err(eof()),
             Ok(n) => n,
             Err(e) => return Err(e),
