@@ -21,7 +21,7 @@ use super::Inner;
 use crate::Error;
 
 /// The receive buffer's size: many small replies per system call.
-pub(crate) const RECV_BUF: usize = 128 << 10;
+pub(crate) const RECV_BUF: usize = 256 << 10;
 /// Payloads at least this long are read straight into their destination.
 const DIRECT_MIN: u64 = 32 << 10;
 
