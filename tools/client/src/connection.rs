@@ -132,17 +132,11 @@ impl Inner {
             let mut s = self.slots.lock(idx);
             match s.phase {
                 Phase::Waiting | Phase::TimedOut => {
-                    s.error = Some(match &protocol {
+                    let e = match &protocol {
                         Some(m) => Error::Protocol(m.clone()),
                         None => Error::Closed,
-                    });
-                    s.phase = Phase::Done;
-                    let w = s.waker.take();
-                    drop(s);
-                    self.slots.set_waiting(idx, false);
-                    if let Some(w) = w {
-                        w.wake();
-                    }
+                    };
+                    self.slots.wake_done(idx, s, Some(e));
                 }
                 Phase::Abandoned => {
                     s.phase = Phase::Free;

@@ -232,14 +232,8 @@ impl Inner {
         if let Err(msg) = check_reply(s.op, s.length, s.max_hits, h) {
             // This request learns why; fail() gives everyone else the same reason.
             if s.phase == Phase::Waiting {
-                s.error = Some(Error::Protocol(msg.clone()));
-                s.phase = Phase::Done;
-                let w = s.waker.take();
-                drop(s);
-                self.slots.set_waiting(idx, false);
-                if let Some(w) = w {
-                    w.wake();
-                }
+                self.slots
+                    .wake_done(idx, s, Some(Error::Protocol(msg.clone())));
             }
             return Err(bad(msg));
         }
@@ -255,25 +249,9 @@ impl Inner {
     /// A reply is complete: its caller is woken, or an abandoned slot is freed.
     fn finish(&self, idx: usize, mut s: MutexGuard<'_, SlotState>) {
         match s.phase {
-            Phase::Waiting => {
-                s.phase = Phase::Done;
-                let w = s.waker.take();
-                drop(s);
-                self.slots.set_waiting(idx, false);
-                if let Some(w) = w {
-                    w.wake();
-                }
-            }
+            Phase::Waiting => self.slots.wake_done(idx, s, None),
             // Its caller has not taken its Timeout yet: it gets that, and the slot is then free.
-            Phase::TimedOut => {
-                s.phase = Phase::Done;
-                s.error = Some(Error::Timeout);
-                let w = s.waker.take();
-                drop(s);
-                if let Some(w) = w {
-                    w.wake();
-                }
-            }
+            Phase::TimedOut => self.slots.wake_done(idx, s, Some(Error::Timeout)),
             Phase::Abandoned => {
                 s.phase = Phase::Free;
                 s.dest = Dest::None;

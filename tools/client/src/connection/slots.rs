@@ -133,6 +133,26 @@ impl Slots {
         lock(&self.table[idx])
     }
 
+    /// Finishes the request in `idx` (locked as `s`), with `error` if one is given, and wakes
+    /// its caller.
+    pub(crate) fn wake_done(
+        &self,
+        idx: usize,
+        mut s: MutexGuard<'_, SlotState>,
+        error: Option<Error>,
+    ) {
+        if error.is_some() {
+            s.error = error;
+        }
+        s.phase = Phase::Done;
+        let w = s.waker.take();
+        drop(s);
+        self.set_waiting(idx, false);
+        if let Some(w) = w {
+            w.wake();
+        }
+    }
+
     /// Claims a free slot and sets it up for a request; returns its index and tag. The caller
     /// holds a queue permit, so one is free.
     pub(crate) fn claim(
