@@ -445,7 +445,7 @@ impl Connection {
             call.stage = Stage::Queued;
             if inner.queue_small(tag, &header, payload) {
                 call.flusher = true;
-                tokio::task::yield_now().await;
+                yield_once().await;
                 call.flusher = false;
                 inner.flush_queued();
             }
@@ -583,6 +583,24 @@ pub(crate) async fn timed<T>(
             .unwrap_or(Err(Error::Timeout)),
         None => fut.await,
     }
+}
+
+/// Returns Pending once, having woken its own task: the other ready futures run (and queue
+/// their frames) before this one goes on. Not `tokio::task::yield_now`: that defers the wake
+/// to the runtime, and a current-thread runtime whose `block_on` future completes in that same
+/// poll drops the deferred wake-ups (tokio 1.54), which left a flusher asleep with frames
+/// queued behind it (a two-job `dasmesh-bench` run on one runtime hung so).
+async fn yield_once() {
+    let mut yielded = false;
+    poll_fn(|cx| {
+        if yielded {
+            return Poll::Ready(());
+        }
+        yielded = true;
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    })
+    .await
 }
 
 /// Watchdog rounds per request timeout: a request times out after 4 to 5 rounds.
