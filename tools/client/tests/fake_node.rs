@@ -772,3 +772,33 @@ async fn a_request_with_no_reply_times_out_and_a_late_reply_frees_its_slot() {
     assert!(r.hits.is_empty());
     assert_eq!(c.in_flight(), 0);
 }
+
+#[test]
+fn a_request_polled_once_inside_a_block_on_that_ends_still_goes_out() {
+    // On a current-thread runtime, a request is polled once (it queues its frame and yields to
+    // let others batch with it) inside a block_on whose own future then completes. A yield
+    // whose wake-up tokio deferred to that block_on call was lost with it, and the request,
+    // with its frame still queued, never went out.
+    use futures_util::stream::{FuturesUnordered, StreamExt as _};
+    use std::future::Future;
+    use std::pin::Pin;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let addr = rt.block_on(fake(Status::Ok, |s| {
+        serve(s, |h, _| (Status::Ok, 0, block_data(h.offset, h.length)))
+    }));
+    let c = rt.block_on(connect(&addr)).unwrap();
+    type Read<'a> = Pin<Box<dyn Future<Output = Result<Vec<u8>, Error>> + 'a>>;
+    let mut reads: FuturesUnordered<Read<'_>> = FuturesUnordered::new();
+    reads.push(Box::pin(c.read(4096, 4096)));
+    rt.block_on(std::future::poll_fn(|cx| {
+        assert!(reads.poll_next_unpin(cx).is_pending(), "no reply yet");
+        std::task::Poll::Ready(())
+    }));
+    let got = rt
+        .block_on(async { tokio::time::timeout(Duration::from_secs(5), reads.next()).await })
+        .expect("the request went out and its reply came back");
+    assert_eq!(got.unwrap().unwrap(), block_data(4096, 4096));
+}
