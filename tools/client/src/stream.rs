@@ -105,8 +105,9 @@ impl Sock {
     /// readiness, guarded by tokio against an event that came in since before the read.
     ///
     /// A short read is not taken as "drained": clearing the readiness there too (as tokio's
-    /// own `poll_read` does) hung `dasmesh-bench` runs with two jobs on one runtime, and the
-    /// cause was not found; so the read after a drained socket still costs one `EAGAIN`.
+    /// own `poll_read` does) was tried while two-job `dasmesh-bench` runs hung, before the
+    /// cause of those hangs was found elsewhere (see `yield_once`); it has not been tried
+    /// again, so the read after a drained socket still costs one `EAGAIN`.
     pub(crate) fn try_read(&self, buf: &mut [u8]) -> io::Result<usize> {
         match self {
             Sock::Tcp { io, raw } => io.try_io(Interest::READABLE, || (&*raw).read(buf)),
