@@ -282,28 +282,14 @@ mod tests {
 
     use std::net::TcpListener;
 
-    use dasmesh_wire::{
-        Capabilities, Claim, DeviceId, Epoch, NodeId, Rights, SigningKey, VolumeId, HELLO_LEN,
-    };
+    use dasmesh_wire::{Capabilities, HELLO_LEN};
 
     use super::*;
 
     const BS: usize = 4096;
 
     fn token() -> Token {
-        Claim {
-            node_id: NodeId(0),
-            volume_id: VolumeId(0),
-            device_id: DeviceId(0),
-            range_offset: 0,
-            range_length: 1 << 20,
-            rights: Rights::ReadWrite,
-            epoch: Epoch(1),
-            issued_at_ms: 0,
-            expires_at_ms: u64::MAX,
-            nonce: 0,
-        }
-        .sign(&SigningKey::from_bytes(&[1; 32]))
+        dasmesh_testkit::fake_node_token()
     }
 
     /// A node that takes the handshake and `n` requests, then sends back what `answer` makes of

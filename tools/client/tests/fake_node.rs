@@ -12,19 +12,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 fn token() -> Token {
-    Claim {
-        node_id: NodeId(0),
-        volume_id: VolumeId(0),
-        device_id: DeviceId(0),
-        range_offset: 0,
-        range_length: 1 << 20,
-        rights: Rights::ReadWrite,
-        epoch: Epoch(1),
-        issued_at_ms: 0,
-        expires_at_ms: u64::MAX,
-        nonce: 0,
-    }
-    .sign(&SigningKey::from_bytes(&[1; 32]))
+    dasmesh_testkit::fake_node_token()
 }
 
 /// What the fake node announces.

@@ -350,3 +350,21 @@ impl Drop for Process {
         let _ = self.child.wait();
     }
 }
+
+/// A read-write token for device 0 of node 0, first MiB, signed with a fixed key: for scripted
+/// fake nodes, which do not check signatures.
+pub fn fake_node_token() -> Token {
+    Claim {
+        node_id: NodeId(0),
+        volume_id: VolumeId(0),
+        device_id: DeviceId(0),
+        range_offset: 0,
+        range_length: 1 << 20,
+        rights: Rights::ReadWrite,
+        epoch: Epoch(1),
+        issued_at_ms: 0,
+        expires_at_ms: u64::MAX,
+        nonce: 0,
+    }
+    .sign(&SigningKey::from_bytes(&[1; 32]))
+}
