@@ -94,7 +94,11 @@ r = j["read"]
 ios = r["total_ios"]
 print(json.dumps({"run": n, "path": "gateway", "jobs": jobs, "iops": round(r["iops"]),
   "p50_us": round(r["clat_ns"]["percentile"]["50.000000"] / 1000, 1), "errors": j.get("error", 0),
-  "gw_cpu_us_per_io": round((t1 - t0) * 1e6 / hz / ios, 2) if ios else None}))
+  "gw_cpu_us_per_io": round((t1 - t0) * 1e6 / hz / ios, 2) if ios else None,
+  # fio's own CPU (its nbd engine is libnbd): what caps one fio job whatever the gateway does.
+  # With group_reporting, usr/sys_cpu are the jobs' mean and job_runtime their sum.
+  "fio_cpu_us_per_io": round((j["usr_cpu"] + j["sys_cpu"]) / 100 * j["job_runtime"] * 1e3 / ios, 2)
+    if ios else None}))
 PY
 }
 volume() { # run jobs
@@ -125,7 +129,7 @@ rows = [json.loads(l) for l in open(sys.argv[1])]
 commit, cpus, node, client, gw, threads, flags = sys.argv[2:9]
 print(f"commit {commit}, {cpus} CPUs; node on {node}, fio and dasmesh-bench on {client}, gateway on {gw} "
       f"({threads} threads); gateway flags: {flags or '(none)'}")
-print(f"{'run':>3} {'jobs':>4} {'gateway (fio nbd)':>18} {'volume: (bench)':>16} {'ratio':>6} {'>=0.8x':>6}  p50 us (g/v)  gateway CPU us/IO")
+print(f"{'run':>3} {'jobs':>4} {'gateway (fio nbd)':>18} {'volume: (bench)':>16} {'ratio':>6} {'>=0.8x':>6}  p50 us (g/v)  CPU us/IO gateway, fio")
 def pick(r, path):
     return next((x for x in rows if x["path"] == path and x["run"] == r["run"] and x["jobs"] == r["jobs"]), None)
 for g in rows:
@@ -136,6 +140,7 @@ for g in rows:
     ratio = g["iops"] / v["iops"] if v["iops"] else 0
     target = ("yes" if ratio >= 0.8 else "no") if g["jobs"] == 1 else "(n/a)"
     print(f"{g['run']:>3} {g['jobs']:>4} {g['iops']:>13,} IOPS {v['iops']:>11,} IOPS {ratio:>5.2f}x {target:>6}  "
-          f"{g['p50_us']}/{v['p50_us']}  {g['gw_cpu_us_per_io']}")
+          f"{g['p50_us']}/{v['p50_us']}  {g['gw_cpu_us_per_io']}, {g.get('fio_cpu_us_per_io')}")
 PY
+echo "fio's CPU per I/O bounds one fio job at 1e6/that IOPS on a core of its own, whatever the gateway costs."
 echo "results in $OUT"
