@@ -9,7 +9,7 @@ use tonic::{Request, Response, Status};
 
 use crate::alloc::Layout;
 use crate::state::{self, apply, Command, Error, LeaseRec, NodeState, Outcome, State, VolumeRec};
-use crate::store::{Store, StoreError};
+use crate::store::{records, Store, StoreError};
 
 /// Default lease length when a mount asks for none.
 pub const DEFAULT_TTL_MS: u64 = 60_000;
@@ -21,10 +21,20 @@ pub struct Controller {
     key: SigningKey,
     /// Heartbeat interval handed to nodes.
     pub heartbeat_ms: u64,
+    /// Commands waiting for the next commit (see [`Controller::execute`]).
+    pending: Mutex<Vec<Waiting>>,
+    /// Held by the one caller that commits a batch.
+    committing: Mutex<()>,
+}
+
+/// A command waiting in a batch, and where its result goes.
+struct Waiting {
+    cmd: Command,
+    done: Arc<Mutex<Option<Result<Outcome, CtlError>>>>,
 }
 
 /// A refusal or a failure of the controller.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum CtlError {
     /// The logic refused.
     #[error(transparent)]
@@ -33,7 +43,6 @@ pub enum CtlError {
     #[error(transparent)]
     Store(#[from] StoreError),
 }
-
 /// Longest message a status carries: it travels in a header, which gRPC stacks cap at a few KiB
 /// (beyond that the client sees RESOURCE_EXHAUSTED instead of the refusal). Refusals quote only a
 /// short prefix of a bad value; this is the backstop for values stored before those limits.
@@ -65,6 +74,10 @@ impl From<CtlError> for Status {
     }
 }
 
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now()
@@ -74,33 +87,83 @@ pub fn now_ms() -> u64 {
 }
 
 impl Controller {
-    /// A controller over `store` (its state loaded), signing with `key`.
+    /// A controller over `store` (its state loaded; every node counts as having beaten now),
+    /// signing with `key`.
     pub fn new(
         store: Box<dyn Store>,
         key: SigningKey,
         heartbeat_ms: u64,
     ) -> Result<Self, StoreError> {
         Ok(Self {
-            state: Mutex::new(store.load()?),
+            state: Mutex::new(store.load(now_ms())?),
             store,
             key,
             heartbeat_ms,
+            pending: Mutex::new(Vec::new()),
+            committing: Mutex::new(()),
         })
     }
 
-    /// Applies a command: on a copy, then stored, then made live.
+    /// Applies a command: on a copy, then stored, then made live. Commands that arrive while a
+    /// commit is under way wait for it and then go together, in arrival order, as one batch in
+    /// one store transaction (a group commit: one disk sync, or one etcd round trip, for all of
+    /// them). A command that changes no record (a heartbeat from a node that is up, a tick
+    /// with nothing to do) writes nothing.
     pub fn execute(&self, cmd: Command) -> Result<Outcome, CtlError> {
-        let mut live = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let done = Arc::new(Mutex::new(None));
+        lock(&self.pending).push(Waiting {
+            cmd,
+            done: Arc::clone(&done),
+        });
+        let _committer = lock(&self.committing);
+        if let Some(r) = lock(&done).take() {
+            // An earlier committer took it in its batch.
+            return r;
+        }
+        let batch = std::mem::take(&mut *lock(&self.pending));
+        self.commit_batch(batch);
+        let r = lock(&done).take();
+        r.expect("a batch answers every command in it")
+    }
+
+    /// Applies `batch` to a copy of the live state, commits what changed, then makes the copy
+    /// live and answers each command. Only the holder of `committing` calls it, so the live
+    /// state changes nowhere else and readers see it whole before and after.
+    fn commit_batch(&self, batch: Vec<Waiting>) {
+        let live = lock(&self.state).clone();
         let mut next = live.clone();
-        let out = apply(&mut next, cmd.clone())?;
-        self.store.commit(&next, &cmd)?;
-        *live = next;
-        Ok(out)
+        let mut applied = Vec::new();
+        let mut answers = Vec::with_capacity(batch.len());
+        for w in batch {
+            let r = apply(&mut next, w.cmd.clone());
+            if r.is_ok() {
+                applied.push(w.cmd);
+            }
+            answers.push((w.done, r.map_err(CtlError::from)));
+        }
+        let stored = match records::diff(&live, &next) {
+            Ok(changes) if changes.is_empty() => Ok(()),
+            Ok(changes) => self.store.commit(&changes, &applied),
+            Err(e) => Err(e),
+        };
+        match stored {
+            Ok(()) => *lock(&self.state) = next,
+            Err(e) => {
+                for (_, r) in &mut answers {
+                    if r.is_ok() {
+                        *r = Err(CtlError::Store(e.clone()));
+                    }
+                }
+            }
+        }
+        for (done, r) in answers {
+            *lock(&done) = Some(r);
+        }
     }
 
     /// A read-only look at the state.
     pub fn read<T>(&self, f: impl FnOnce(&State) -> T) -> T {
-        f(&self.state.lock().unwrap_or_else(|e| e.into_inner()))
+        f(&lock(&self.state))
     }
 
     /// The public half of the signing key.
