@@ -3,7 +3,11 @@
 # Idempotent and quiet unless it installs something. Needs root (or sudo) only when installing.
 set -euo pipefail
 
-packages=(build-essential pkg-config protobuf-compiler fio python3 procps libnbd-bin qemu-utils nbd-client)
+# etcd-server provides /usr/bin/etcd, which the tests start as a real cluster on free loopback ports
+# (tools/testkit/src/etcd.rs); etcd-client provides etcdctl, for looking at one by hand. Where systemd
+# runs, the package also starts a system etcd on 2379; the tests leave it alone.
+packages=(build-essential pkg-config protobuf-compiler fio python3 procps libnbd-bin qemu-utils nbd-client
+  etcd-server etcd-client)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

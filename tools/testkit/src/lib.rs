@@ -10,6 +10,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 mod cluster;
+pub mod etcd;
 
 pub use cluster::{layout, Cluster};
 
