@@ -1,6 +1,8 @@
 //! `dasmesh-controller`: the control plane. gRPC (registry, pool, volumes, leases, usage, plus
-//! health and reflection) on `--listen`, state in redb inside `--data-dir`, tokens signed with
-//! the key in `--data-dir/signing.key` (made on first start).
+//! health and reflection) on `--listen`. Alone: state in redb inside `--data-dir`, tokens
+//! signed with the key in `--data-dir/signing.key` (made on first start). With `--etcd`: state,
+//! signing key and election in etcd, shared by every controller given the same cluster and
+//! prefix; one is active, the others are standbys (see `dasmesh_controller::ha`).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -10,8 +12,10 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::Parser;
 use dasmesh_api::v1;
+use dasmesh_controller::ha::{self, Roles};
 use dasmesh_controller::service::{Controller, Svc};
 use dasmesh_controller::state::Command;
+use dasmesh_controller::store::etcd::Etcd;
 use dasmesh_controller::store::RedbStore;
 use dasmesh_wire::SigningKey;
 
@@ -22,9 +26,24 @@ struct Args {
     /// gRPC address (port 0 picks a free one; the chosen address is printed as `listening ADDR`).
     #[arg(long, default_value = "127.0.0.1:7600")]
     listen: SocketAddr,
-    /// Directory for the state (controller.redb) and the signing key.
+    /// Directory for the state (controller.redb) and the signing key (without --etcd).
+    #[arg(long, required_unless_present = "etcd")]
+    data_dir: Option<PathBuf>,
+    /// etcd client URLs (`http://HOST:PORT[,...]`): keep the state there and run as one of
+    /// several controllers, active or standby.
+    #[arg(long, env = "DASMESH_ETCD", conflicts_with = "data_dir")]
+    etcd: Option<String>,
+    /// Key prefix in etcd (one pool per prefix).
+    #[arg(long, default_value = "/dasmesh/")]
+    etcd_prefix: String,
+    /// The URL other controllers and clients are told to use for this one (default:
+    /// http://LISTEN-ADDRESS).
     #[arg(long)]
-    data_dir: PathBuf,
+    advertise: Option<String>,
+    /// How long an active controller that stops answering etcd stays active: a standby takes
+    /// over within about this (whole seconds, at least 1).
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    election_ttl: Duration,
     /// Heartbeat interval asked of nodes; three missed beats mark a node down.
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     heartbeat: Duration,
@@ -74,36 +93,86 @@ async fn main() {
 }
 
 async fn run(a: Args) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&a.data_dir)
-        .with_context(|| format!("creating {}", a.data_dir.display()))?;
-    let key = load_or_make_key(&a.data_dir)?;
-    let store = RedbStore::open(&a.data_dir)?;
     // Nodes are told the interval as a u32 of ms; an hour is already far past any use.
     anyhow::ensure!(
         (Duration::from_millis(1)..=Duration::from_secs(3600)).contains(&a.heartbeat),
         "--heartbeat {:?} must be 1ms..=1h",
         a.heartbeat
     );
+    anyhow::ensure!(
+        (Duration::from_secs(1)..=Duration::from_secs(60)).contains(&a.election_ttl),
+        "--election-ttl {:?} must be 1s..=60s",
+        a.election_ttl
+    );
     let heartbeat_ms = a.heartbeat.as_millis() as u64;
-    let ctl = Arc::new(Controller::new(Box::new(store), key, heartbeat_ms)?);
     let listener = tokio::net::TcpListener::bind(a.listen)
         .await
         .with_context(|| format!("--listen {}", a.listen))?;
     let addr = listener.local_addr()?;
+    let url = a
+        .advertise
+        .clone()
+        .unwrap_or_else(|| format!("http://{addr}"));
+    let roles = match (&a.etcd, &a.data_dir) {
+        (Some(endpoints), _) => {
+            let (endpoints, prefix) = (endpoints.clone(), a.etcd_prefix.clone());
+            // Connecting blocks until etcd answers (or says why not).
+            let etcd =
+                tokio::task::spawn_blocking(move || Etcd::connect(&endpoints, &prefix)).await??;
+            let key = ha::signing_key(&etcd).await?;
+            let roles = Roles::standby(url.clone());
+            ha::spawn(
+                etcd.clone(),
+                Arc::clone(&roles),
+                key,
+                ha::ElectionOptions {
+                    ttl: a.election_ttl,
+                    poll: Duration::from_millis(250),
+                    heartbeat_ms,
+                },
+            );
+            tracing::info!(etcd = %etcd.endpoints, prefix = %etcd.prefix, "state in etcd");
+            roles
+        }
+        (None, Some(dir)) => {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            let key = load_or_make_key(dir)?;
+            let store = RedbStore::open(dir)?;
+            let ctl = Arc::new(Controller::new(Box::new(store), key, heartbeat_ms)?);
+            tracing::info!(data_dir = %dir.display(), "state in redb");
+            Roles::active(ctl, url.clone())
+        }
+        (None, None) => anyhow::bail!("give --data-dir DIR or --etcd URLS"),
+    };
 
-    let ticker = Arc::clone(&ctl);
+    let ticker = Arc::clone(&roles);
     tokio::spawn(async move {
         let mut t = tokio::time::interval(Duration::from_millis(heartbeat_ms));
         loop {
             t.tick().await;
+            // Only the active controller ticks; a standby's turn starts with a fresh grace.
+            let Some(ctl) = ticker.controller() else {
+                continue;
+            };
             let now = dasmesh_controller::service::now_ms();
-            if let Err(e) = ticker.execute(Command::Tick {
+            if let Err(e) = ctl.execute(Command::Tick {
                 now_ms: now,
                 heartbeat_ms,
             }) {
                 tracing::warn!("tick: {e}");
             }
-            ticker.reap_deleting().await;
+        }
+    });
+    // Discards on the nodes in a task of their own: an unreachable node never delays the
+    // ticks that mark nodes down and end expired leases.
+    let reaper = Arc::clone(&roles);
+    tokio::spawn(async move {
+        let mut t = tokio::time::interval(Duration::from_millis(heartbeat_ms));
+        loop {
+            t.tick().await;
+            if let Some(ctl) = reaper.controller() {
+                ctl.reap_deleting().await;
+            }
         }
     });
 
@@ -119,9 +188,9 @@ async fn run(a: Args) -> anyhow::Result<()> {
     };
     let reflection_v1alpha = reflection().build_v1alpha()?;
     let reflection = reflection().build_v1()?;
-    let svc = Svc(ctl);
+    let svc = Svc(roles);
     println!("listening {addr}");
-    tracing::info!(%addr, data_dir = %a.data_dir.display(), "controller ready");
+    tracing::info!(%addr, %url, "controller ready");
     tonic::transport::Server::builder()
         .add_service(health)
         .add_service(reflection)

@@ -8,6 +8,7 @@ use dasmesh_wire::{Claim, DeviceId, Epoch, NodeId, Rights, SigningKey, VolumeId}
 use tonic::{Request, Response, Status};
 
 use crate::alloc::Layout;
+use crate::ha::{Role, Roles};
 use crate::state::{self, apply, Command, Error, LeaseRec, NodeState, Outcome, State, VolumeRec};
 use crate::store::{records, Store, StoreError};
 
@@ -69,6 +70,14 @@ impl From<CtlError> for Status {
             CtlError::Refused(Error::Invalid(_)) => Status::invalid_argument(msg),
             CtlError::Refused(Error::Exhausted(_)) => Status::resource_exhausted(msg),
             CtlError::Store(StoreError::Unfaithful(_)) => Status::internal(msg),
+            CtlError::Store(StoreError::NotActive(_)) => {
+                let mut st = Status::unavailable(format!("standby controller: {msg}"));
+                st.metadata_mut().insert(
+                    ROLE_HEADER,
+                    tonic::metadata::MetadataValue::from_static("standby"),
+                );
+                st
+            }
             CtlError::Store(_) => Status::unavailable(msg),
         }
     }
@@ -102,6 +111,23 @@ impl Controller {
             pending: Mutex::new(Vec::new()),
             committing: Mutex::new(()),
         })
+    }
+
+    /// A controller over `store` holding `state` already (loaded by the caller).
+    pub fn with_state(
+        state: State,
+        store: Box<dyn Store>,
+        key: SigningKey,
+        heartbeat_ms: u64,
+    ) -> Self {
+        Self {
+            state: Mutex::new(state),
+            store,
+            key,
+            heartbeat_ms,
+            pending: Mutex::new(Vec::new()),
+            committing: Mutex::new(()),
+        }
     }
 
     /// Applies a command: on a copy, then stored, then made live. Commands that arrive while a
@@ -327,9 +353,46 @@ fn node_msg(s: &State, n: &state::NodeRec) -> v1::Node {
     }
 }
 
-/// All five services share one controller.
+/// All five services share one controller, when this one is active.
 #[derive(Clone)]
-pub struct Svc(pub Arc<Controller>);
+pub struct Svc(pub Arc<Roles>);
+
+impl Svc {
+    /// Services of a controller that is always active (the embedded store).
+    pub fn active(ctl: Arc<Controller>) -> Svc {
+        Svc(Roles::active(ctl, String::new()))
+    }
+
+    /// The active controller, or the standby's refusal that names it.
+    fn ctl(&self) -> Result<Arc<Controller>, Status> {
+        match self.0.get() {
+            Role::Active(c) => Ok(c),
+            Role::Standby(active) => Err(standby(active.as_deref())),
+        }
+    }
+}
+
+/// Response metadata of a standby's refusal: `standby`, and the active controller's URL.
+pub const ROLE_HEADER: &str = "dasmesh-role";
+/// See [`ROLE_HEADER`].
+pub const ACTIVE_HEADER: &str = "dasmesh-active";
+
+/// A standby's answer: UNAVAILABLE, with the active controller's URL when it is known, so
+/// clients given several controllers go there.
+pub fn standby(active: Option<&str>) -> Status {
+    let mut st = Status::unavailable(match active {
+        Some(url) => format!("standby controller: the active controller is at {url}"),
+        None => "standby controller: no active controller elected yet".to_string(),
+    });
+    st.metadata_mut().insert(
+        ROLE_HEADER,
+        tonic::metadata::MetadataValue::from_static("standby"),
+    );
+    if let Some(v) = active.and_then(|u| u.parse().ok()) {
+        st.metadata_mut().insert(ACTIVE_HEADER, v);
+    }
+    st
+}
 
 fn lease_outcome(c: &Controller, out: Outcome) -> Result<Response<v1::MountResponse>, Status> {
     match out {
@@ -345,7 +408,7 @@ impl v1::node_registry_server::NodeRegistry for Svc {
         r: Request<v1::RegisterRequest>,
     ) -> Result<Response<v1::RegisterResponse>, Status> {
         let r = r.into_inner();
-        let out = self.0.execute(Command::Register {
+        let out = self.ctl()?.execute(Command::Register {
             node_id: r.node_id,
             address: r.address,
             version: r.version,
@@ -357,8 +420,8 @@ impl v1::node_registry_server::NodeRegistry for Svc {
         };
         Ok(Response::new(v1::RegisterResponse {
             node_id: n.id,
-            signing_public_key: self.0.public_key().to_vec(),
-            heartbeat_interval_ms: self.0.heartbeat_ms as u32,
+            signing_public_key: self.ctl()?.public_key().to_vec(),
+            heartbeat_interval_ms: self.ctl()?.heartbeat_ms as u32,
         }))
     }
 
@@ -381,7 +444,7 @@ impl v1::node_registry_server::NodeRegistry for Svc {
                 reserved_length: d.reserved_length,
             })
             .collect();
-        let Outcome::Node(n) = self.0.execute(Command::ReportDevices {
+        let Outcome::Node(n) = self.ctl()?.execute(Command::ReportDevices {
             node_id: r.node_id,
             devices,
         })?
@@ -389,7 +452,7 @@ impl v1::node_registry_server::NodeRegistry for Svc {
             return Err(Status::internal("unexpected outcome"));
         };
         Ok(Response::new(v1::ReportDevicesResponse {
-            node: Some(self.0.read(|s| node_msg(s, &n))),
+            node: Some(self.ctl()?.read(|s| node_msg(s, &n))),
         }))
     }
 
@@ -409,7 +472,7 @@ impl v1::node_registry_server::NodeRegistry for Svc {
                 write_ops: u.write_ops,
             })
             .collect();
-        let known = match self.0.execute(Command::Heartbeat {
+        let known = match self.ctl()?.execute(Command::Heartbeat {
             node_id: r.node_id,
             usage,
             now_ms: now_ms(),
@@ -420,7 +483,7 @@ impl v1::node_registry_server::NodeRegistry for Svc {
         };
         // Every answer carries the whole list, so a node that missed beats (or restarted and
         // forgot) still learns of a revocation before the lease's tokens expire.
-        let revoked = self.0.read(|s| {
+        let revoked = self.ctl()?.read(|s| {
             s.revoked
                 .iter()
                 .map(|(&lease_id, &expires_at_ms)| v1::RevokedLease {
@@ -436,7 +499,7 @@ impl v1::node_registry_server::NodeRegistry for Svc {
         &self,
         r: Request<v1::DeregisterRequest>,
     ) -> Result<Response<v1::DeregisterResponse>, Status> {
-        self.0.execute(Command::Deregister {
+        self.ctl()?.execute(Command::Deregister {
             node_id: r.into_inner().node_id,
         })?;
         Ok(Response::new(v1::DeregisterResponse {}))
@@ -449,7 +512,7 @@ impl v1::pool_server::Pool for Svc {
         &self,
         _: Request<v1::ListNodesRequest>,
     ) -> Result<Response<v1::ListNodesResponse>, Status> {
-        Ok(Response::new(self.0.read(|s| v1::ListNodesResponse {
+        Ok(Response::new(self.ctl()?.read(|s| v1::ListNodesResponse {
             nodes: s.nodes.values().map(|n| node_msg(s, n)).collect(),
         })))
     }
@@ -458,7 +521,7 @@ impl v1::pool_server::Pool for Svc {
         &self,
         _: Request<v1::ListDevicesRequest>,
     ) -> Result<Response<v1::ListDevicesResponse>, Status> {
-        Ok(Response::new(self.0.read(|s| {
+        Ok(Response::new(self.ctl()?.read(|s| {
             let devices: Vec<v1::Device> = s
                 .nodes
                 .values()
@@ -475,7 +538,7 @@ impl v1::pool_server::Pool for Svc {
 
     async fn get_node(&self, r: Request<v1::GetNodeRequest>) -> Result<Response<v1::Node>, Status> {
         let id = r.into_inner().node_id;
-        self.0
+        self.ctl()?
             .read(|s| s.nodes.get(&id).map(|n| node_msg(s, n)))
             .map(Response::new)
             .ok_or_else(|| Status::not_found(format!("unknown node {id}")))
@@ -490,7 +553,7 @@ impl v1::volumes_server::Volumes for Svc {
     ) -> Result<Response<v1::Volume>, Status> {
         let r = r.into_inner();
         let q = r.requirements.unwrap_or_default();
-        let out = self.0.execute(Command::CreateVolume {
+        let out = self.ctl()?.execute(Command::CreateVolume {
             name: r.name,
             size: r.size_bytes,
             layout: layout_from(r.layout)?,
@@ -505,13 +568,13 @@ impl v1::volumes_server::Volumes for Svc {
         let Outcome::Volume(v) = out else {
             return Err(Status::internal("unexpected outcome"));
         };
-        Ok(Response::new(self.0.read(|s| volume_msg(s, &v))))
+        Ok(Response::new(self.ctl()?.read(|s| volume_msg(s, &v))))
     }
 
     async fn get(&self, r: Request<v1::GetVolumeRequest>) -> Result<Response<v1::Volume>, Status> {
         let name = r.into_inner().name;
         state::validate::volume_name(&name).map_err(CtlError::from)?;
-        self.0
+        self.ctl()?
             .read(|s| s.volumes.get(&name).map(|v| volume_msg(s, v)))
             .map(Response::new)
             .ok_or_else(|| Status::not_found(format!("unknown volume {name:?}")))
@@ -521,8 +584,10 @@ impl v1::volumes_server::Volumes for Svc {
         &self,
         _: Request<v1::ListVolumesRequest>,
     ) -> Result<Response<v1::ListVolumesResponse>, Status> {
-        Ok(Response::new(self.0.read(|s| v1::ListVolumesResponse {
-            volumes: s.volumes.values().map(|v| volume_msg(s, v)).collect(),
+        Ok(Response::new(self.ctl()?.read(|s| {
+            v1::ListVolumesResponse {
+                volumes: s.volumes.values().map(|v| volume_msg(s, v)).collect(),
+            }
         })))
     }
 
@@ -531,7 +596,7 @@ impl v1::volumes_server::Volumes for Svc {
         r: Request<v1::ResizeVolumeRequest>,
     ) -> Result<Response<v1::Volume>, Status> {
         let r = r.into_inner();
-        let Outcome::Volume(v) = self.0.execute(Command::ResizeVolume {
+        let Outcome::Volume(v) = self.ctl()?.execute(Command::ResizeVolume {
             name: r.name,
             size: r.size_bytes,
         })?
@@ -540,19 +605,19 @@ impl v1::volumes_server::Volumes for Svc {
         };
         // A shrink's freed tail: discard it now when the nodes answer; otherwise the ticker
         // retries.
-        self.0.reap_freed().await;
-        Ok(Response::new(self.0.read(|s| volume_msg(s, &v))))
+        self.ctl()?.reap_freed().await;
+        Ok(Response::new(self.ctl()?.read(|s| volume_msg(s, &v))))
     }
 
     async fn delete(
         &self,
         r: Request<v1::DeleteVolumeRequest>,
     ) -> Result<Response<v1::DeleteVolumeResponse>, Status> {
-        self.0.execute(Command::DeleteVolume {
+        self.ctl()?.execute(Command::DeleteVolume {
             name: r.into_inner().name,
         })?;
         // Discard now when the nodes answer; otherwise the ticker retries.
-        self.0.reap_deleting().await;
+        self.ctl()?.reap_deleting().await;
         Ok(Response::new(v1::DeleteVolumeResponse {}))
     }
 }
@@ -578,14 +643,14 @@ impl v1::leases_server::Leases for Svc {
         } else {
             r.ttl_ms
         };
-        let out = self.0.execute(Command::Mount {
+        let out = self.ctl()?.execute(Command::Mount {
             volume: r.volume,
             host: r.host_id,
             rw,
             ttl_ms,
             now_ms: now_ms(),
         })?;
-        lease_outcome(&self.0, out)
+        lease_outcome(&*self.ctl()?, out)
     }
 
     async fn renew(
@@ -598,19 +663,19 @@ impl v1::leases_server::Leases for Svc {
         } else {
             r.ttl_ms
         };
-        let out = self.0.execute(Command::Renew {
+        let out = self.ctl()?.execute(Command::Renew {
             lease_id: r.lease_id,
             ttl_ms,
             now_ms: now_ms(),
         })?;
-        lease_outcome(&self.0, out)
+        lease_outcome(&*self.ctl()?, out)
     }
 
     async fn unmount(
         &self,
         r: Request<v1::UnmountRequest>,
     ) -> Result<Response<v1::UnmountResponse>, Status> {
-        self.0.execute(Command::Unmount {
+        self.ctl()?.execute(Command::Unmount {
             lease_id: r.into_inner().lease_id,
             now_ms: now_ms(),
         })?;
@@ -621,7 +686,7 @@ impl v1::leases_server::Leases for Svc {
         &self,
         r: Request<v1::RevokeRequest>,
     ) -> Result<Response<v1::RevokeResponse>, Status> {
-        let Outcome::Volume(v) = self.0.execute(Command::Revoke {
+        let Outcome::Volume(v) = self.ctl()?.execute(Command::Revoke {
             lease_id: r.into_inner().lease_id,
             now_ms: now_ms(),
         })?
@@ -640,7 +705,7 @@ impl v1::leases_server::Leases for Svc {
         // the writer cannot acknowledge its write until the report is accepted.
         r.reason = state::validate::truncate(&r.reason, state::validate::MAX_REASON).to_string();
         state::validate::copies(&r.copies).map_err(CtlError::from)?;
-        let out = self.0.execute(Command::FailCopies {
+        let out = self.ctl()?.execute(Command::FailCopies {
             lease_id: r.lease_id,
             copies: r.copies.clone(),
             reason: r.reason.clone(),
@@ -656,8 +721,10 @@ impl v1::leases_server::Leases for Svc {
         };
         tracing::warn!(volume = %v.name, lease = r.lease_id, copies = ?r.copies, reason = %r.reason,
             "mirror copies marked stale: no reads from them until rebuilt");
-        Ok(Response::new(self.0.read(|s| v1::ReportFailureResponse {
-            extents: v.extents.iter().map(|e| extent_msg(s, &v, e)).collect(),
+        Ok(Response::new(self.ctl()?.read(|s| {
+            v1::ReportFailureResponse {
+                extents: v.extents.iter().map(|e| extent_msg(s, &v, e)).collect(),
+            }
         })))
     }
 
@@ -667,7 +734,7 @@ impl v1::leases_server::Leases for Svc {
     ) -> Result<Response<v1::ReportFailureResponse>, Status> {
         let r = r.into_inner();
         state::validate::copies(&r.copies).map_err(CtlError::from)?;
-        let v = match self.0.execute(Command::RebuiltCopies {
+        let v = match self.ctl()?.execute(Command::RebuiltCopies {
             lease_id: r.lease_id,
             copies: r.copies.clone(),
             now_ms: now_ms(),
@@ -677,8 +744,10 @@ impl v1::leases_server::Leases for Svc {
         };
         tracing::info!(volume = %v.name, lease = r.lease_id, copies = ?r.copies,
             "mirror copies rebuilt: they serve reads again");
-        Ok(Response::new(self.0.read(|s| v1::ReportFailureResponse {
-            extents: v.extents.iter().map(|e| extent_msg(s, &v, e)).collect(),
+        Ok(Response::new(self.ctl()?.read(|s| {
+            v1::ReportFailureResponse {
+                extents: v.extents.iter().map(|e| extent_msg(s, &v, e)).collect(),
+            }
         })))
     }
 
@@ -687,7 +756,7 @@ impl v1::leases_server::Leases for Svc {
         r: Request<v1::ListLeasesRequest>,
     ) -> Result<Response<v1::ListLeasesResponse>, Status> {
         let vol = r.into_inner().volume;
-        Ok(Response::new(self.0.read(|s| {
+        Ok(Response::new(self.ctl()?.read(|s| {
             v1::ListLeasesResponse {
                 leases: s
                     .leases
@@ -709,7 +778,7 @@ impl v1::usage_server::Usage for Svc {
         let q = r.into_inner();
         let now = now_ms();
         let end = if q.end_ms == 0 { now } else { q.end_ms };
-        let records: Vec<v1::UsageRecord> = self.0.read(|s| {
+        let records: Vec<v1::UsageRecord> = self.ctl()?.read(|s| {
             s.usage
                 .values()
                 .filter(|u| q.host_id.is_empty() || u.host == q.host_id)

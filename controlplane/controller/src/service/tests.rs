@@ -9,7 +9,7 @@ use v1::volumes_server::Volumes as _;
 fn controller(dir: &std::path::Path) -> Svc {
     let store = RedbStore::open(dir).unwrap();
     let ctl = Controller::new(Box::new(store), SigningKey::from_bytes(&[7; 32]), 1000).unwrap();
-    Svc(Arc::new(ctl))
+    Svc::active(Arc::new(ctl))
 }
 
 fn report(lease_id: u64, copies: &[u32]) -> Request<v1::ReportFailureRequest> {
@@ -34,6 +34,8 @@ async fn a_reported_copy_turns_stale_and_the_mirror_degraded_durably() {
     for i in 0..2 {
         let Outcome::Node(n) = svc
             .0
+            .controller()
+            .unwrap()
             .execute(Command::Register {
                 node_id: 0,
                 address: format!("127.0.0.1:{}", 7700 + i),
@@ -46,6 +48,8 @@ async fn a_reported_copy_turns_stale_and_the_mirror_degraded_durably() {
             panic!()
         };
         svc.0
+            .controller()
+            .unwrap()
             .execute(Command::ReportDevices {
                 node_id: n.id,
                 devices: vec![state::DeviceRec {
@@ -249,10 +253,10 @@ async fn megabyte_strings_get_invalid_argument_with_a_short_message() {
         .await;
     assert_refused(r, code, "version");
     // Nothing of it was stored.
-    let nodes = svc.0.read(|s| s.nodes.clone());
+    let nodes = svc.0.controller().unwrap().read(|s| s.nodes.clone());
     assert_eq!(nodes.len(), 2);
     assert!(nodes.values().all(|n| n.version == "t"));
-    assert_eq!(svc.0.read(|s| s.volumes.len()), 1);
+    assert_eq!(svc.0.controller().unwrap().read(|s| s.volumes.len()), 1);
     // A NaN price is refused, and the controller still starts (the store holds nothing bad).
     let mut nan = create("nan".into()).into_inner();
     nan.requirements = Some(v1::Requirements {
@@ -262,7 +266,7 @@ async fn megabyte_strings_get_invalid_argument_with_a_short_message() {
     assert_refused(svc.create(Request::new(nan)).await, code, "NaN price");
     drop(svc);
     let svc = controller(dir.path());
-    assert_eq!(svc.0.read(|s| s.volumes.len()), 1);
+    assert_eq!(svc.0.controller().unwrap().read(|s| s.volumes.len()), 1);
 }
 
 /// Layouts come in through the shared `dasmesh_api::Layout`: its refusals (no layout, an
@@ -312,7 +316,7 @@ async fn bad_layouts_get_invalid_argument_and_create_nothing() {
         assert_eq!(e.code(), tonic::Code::InvalidArgument, "{layout:?}: {e}");
         assert!(e.message().contains(says), "{layout:?}: {e}");
     }
-    assert_eq!(svc.0.read(|s| s.volumes.len()), 0);
+    assert_eq!(svc.0.controller().unwrap().read(|s| s.volumes.len()), 0);
     // A stripe unit of 0 is the default one.
     let v = svc
         .create(Request::new(v1::CreateVolumeRequest {

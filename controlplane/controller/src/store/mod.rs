@@ -8,6 +8,7 @@
 
 use crate::state::{Command, State};
 
+pub mod etcd;
 pub mod records;
 mod redb;
 
