@@ -1,0 +1,453 @@
+//! Several controllers over a real three-member etcd cluster (started here, removed after):
+//! failover with host I/O running, a deposed controller that cannot write, etcd members lost,
+//! and bad `--etcd` input. Skipped, with a message, where etcd is not installed.
+
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dasmesh_api::{v1, ControllerOptions, Controllers};
+use dasmesh_client::{Access, MountOptions, Volume};
+use dasmesh_controller::store::etcd::{Etcd, EtcdStore};
+use dasmesh_controller::store::{Store, StoreError};
+use dasmesh_testkit::etcd::{require_etcd, EtcdCluster};
+use dasmesh_testkit::{bin, free_addr, Process};
+
+/// A controller over `etcd`, heartbeats every 200 ms, a 1 s election lease.
+fn controller(etcd: &EtcdCluster, listen: &str) -> Process {
+    let args = [
+        "--listen",
+        listen,
+        "--etcd",
+        &etcd.endpoints(),
+        "--heartbeat",
+        "200ms",
+        "--election-ttl",
+        "1s",
+    ];
+    Process::spawn("dasmesh-controller", &args.map(String::from))
+}
+
+/// Whether the controller at `addr` serves (active), refuses as a standby, or is unreachable.
+async fn role(addr: &str) -> &'static str {
+    let ch = match tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect_timeout(Duration::from_millis(500))
+        .connect()
+        .await
+    {
+        Ok(c) => c,
+        Err(_) => return "down",
+    };
+    match v1::pool_client::PoolClient::new(ch)
+        .list_nodes(v1::ListNodesRequest {})
+        .await
+    {
+        Ok(_) => "active",
+        Err(s) if s.metadata().get("dasmesh-role").is_some() => "standby",
+        Err(_) => "down",
+    }
+}
+
+/// Waits until exactly one of `addrs` is active; returns its index.
+async fn active_of(addrs: &[&str], within: Duration) -> usize {
+    let deadline = Instant::now() + within;
+    loop {
+        let mut active = Vec::new();
+        for (i, a) in addrs.iter().enumerate() {
+            if role(a).await == "active" {
+                active.push(i);
+            }
+        }
+        assert!(active.len() <= 1, "two active controllers: {active:?}");
+        if let [i] = active[..] {
+            return i;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no active controller within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn list(addrs: &[&str]) -> String {
+    addrs
+        .iter()
+        .map(|a| format!("http://{a}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+async fn create(ctl: &Controllers, name: &str, layout: &str) -> Result<v1::Volume, tonic::Status> {
+    v1::volumes_client::VolumesClient::new(ctl.clone())
+        .create(v1::CreateVolumeRequest {
+            name: name.into(),
+            size_bytes: 16 << 20,
+            layout: Some(dasmesh_testkit::layout(layout)),
+            requirements: None,
+        })
+        .await
+        .map(|r| r.into_inner())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_takes_over_while_hosts_keep_doing_io() {
+    if !require_etcd("a_standby_takes_over_while_hosts_keep_doing_io") {
+        return;
+    }
+    let etcd = EtcdCluster::start(3).unwrap();
+    let (a1, a2) = (free_addr(), free_addr());
+    let mut ctls = vec![controller(&etcd, &a1)];
+    active_of(&[&a1], Duration::from_secs(10)).await;
+    ctls.push(controller(&etcd, &a2));
+    let addrs = [a1.as_str(), a2.as_str()];
+    let urls = list(&addrs);
+    let dir = tempfile::tempdir().unwrap();
+    // Nodes given both controllers (node_at writes `http://` before the list).
+    let ctl_arg = urls.trim_start_matches("http://").to_string();
+    let _nodes: Vec<Process> = (0..2)
+        .map(|i| Process::node_at(dir.path(), &ctl_arg, &format!("n{i}"), &free_addr()))
+        .collect();
+    let ctl = Controllers::parse(&urls).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while create(&ctl, "m", "mirror:2").await.is_err() {
+        assert!(Instant::now() < deadline, "the nodes never registered");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let vol = Volume::mount(
+        &urls,
+        "m",
+        MountOptions {
+            host: "h1".into(),
+            access: Access::ReadWrite,
+            ttl: Duration::from_secs(3),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    // Host I/O for the whole test: a write then a read back of each block, in a loop.
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicU64::new(0));
+    let io = tokio::spawn({
+        let (vol, stop, done) = (vol.clone(), Arc::clone(&stop), Arc::clone(&done));
+        async move {
+            let mut i = 0u64;
+            let mut worst = Duration::ZERO;
+            while !stop.load(Ordering::Relaxed) {
+                let off = (i % 256) * 4096;
+                let data = vec![(i % 251) as u8; 4096];
+                let t = Instant::now();
+                vol.write(off, &data, false)
+                    .await
+                    .expect("a write during failover");
+                let back = vol.read(off, 4096).await.expect("a read during failover");
+                assert_eq!(back, data, "block {}", off / 4096);
+                worst = worst.max(t.elapsed());
+                done.fetch_add(1, Ordering::Relaxed);
+                i += 1;
+            }
+            worst
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let first = active_of(&addrs, Duration::from_secs(5)).await;
+    ctls[first].signal("KILL");
+    let killed = Instant::now();
+    // The first mount through the new active controller.
+    let ctl = Controllers::parse_with(
+        &urls,
+        ControllerOptions {
+            failover_wait: Duration::from_secs(20),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let mounted = v1::leases_client::LeasesClient::new(ctl.clone())
+        .mount(v1::MountRequest {
+            volume: "m".into(),
+            host_id: "reader".into(),
+            access: v1::Access::ReadOnly as i32,
+            ttl_ms: 10_000,
+        })
+        .await;
+    let failover = killed.elapsed();
+    mounted.expect("a mount through the new active controller");
+    assert!(
+        failover < Duration::from_secs(5),
+        "failover took {failover:?}"
+    );
+    assert_eq!(active_of(&addrs, Duration::from_secs(1)).await, 1 - first);
+    // Past several lease TTLs: the host's lease was renewed by the new controller, not lost.
+    let before = done.load(Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    assert!(done.load(Ordering::Relaxed) > before, "host I/O stopped");
+    let leases = v1::leases_client::LeasesClient::new(ctl.clone())
+        .list(v1::ListLeasesRequest { volume: "m".into() })
+        .await
+        .unwrap()
+        .into_inner()
+        .leases;
+    assert!(
+        leases.iter().any(|l| l.host_id == "h1"),
+        "the host's lease expired over the failover: {leases:?}"
+    );
+    // The killed controller comes back as a standby.
+    ctls[first].restart();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(role(addrs[first]).await, "standby");
+    stop.store(true, Ordering::Relaxed);
+    let worst = io.await.unwrap();
+    eprintln!(
+        "failover: first mount {failover:?} after SIGKILL; host I/O {} rounds, slowest {worst:?}",
+        done.load(Ordering::Relaxed)
+    );
+    vol.unmount().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deposed_controller_cannot_write_and_turns_standby() {
+    if !require_etcd("a_deposed_controller_cannot_write_and_turns_standby") {
+        return;
+    }
+    let etcd = EtcdCluster::start(3).unwrap();
+    let (a1, a2) = (free_addr(), free_addr());
+    let c1 = controller(&etcd, &a1);
+    active_of(&[&a1], Duration::from_secs(10)).await;
+    let _c2 = controller(&etcd, &a2);
+    // No nodes: a create is refused for space, which proves the controller serves. (Straight
+    // to c1, not through a Controllers list, which would follow a standby to the active one.)
+    let refused = create_at(&a1, "v").await;
+    assert_eq!(refused.code(), tonic::Code::ResourceExhausted, "{refused}");
+    // Stopped past its election lease: the other takes over.
+    pause(&c1, "STOP");
+    assert_eq!(active_of(&[&a2], Duration::from_secs(6)).await, 0);
+    pause(&c1, "CONT");
+    // What it answers now is a standby's refusal naming the new active controller, and it
+    // does not become active again while that one holds the key.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let s = create_at(&a1, "w").await;
+        // Between stepping down and its next look at the key it knows no active one yet.
+        if s.metadata().get("dasmesh-role").is_some() && s.message().contains(&a2) {
+            break;
+        }
+        assert!(
+            s.code() == tonic::Code::ResourceExhausted
+                || s.metadata().get("dasmesh-role").is_some(),
+            "{s}"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "the deposed controller still serves"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(role(&a1).await, "standby");
+    assert_eq!(role(&a2).await, "active");
+    // And a write guarded by any election key but the current one is refused by etcd itself,
+    // whatever the controller believes: nothing under the prefix changes.
+    let store_etcd = Etcd::connect(&etcd.endpoints(), "/dasmesh/").unwrap();
+    let (before, _) = store_etcd.load(0).await.unwrap();
+    let stale = EtcdStore::new(store_etcd.clone(), 1, 0, Arc::new(AtomicBool::new(false)));
+    let change = vec![("volume/x".to_string(), Some(b"{}".to_vec()))];
+    let e = tokio::task::spawn_blocking(move || stale.commit(&change, &[]))
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(matches!(e, StoreError::NotActive(_)), "{e}");
+    assert_eq!(store_etcd.load(0).await.unwrap().0, before);
+}
+
+/// A create of a 16 MiB single volume sent to the controller at `addr` alone; its refusal.
+async fn create_at(addr: &str, name: &str) -> tonic::Status {
+    let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    v1::volumes_client::VolumesClient::new(ch)
+        .create(v1::CreateVolumeRequest {
+            name: name.into(),
+            size_bytes: 16 << 20,
+            layout: Some(dasmesh_testkit::layout("single")),
+            requirements: None,
+        })
+        .await
+        .expect_err("no node: no volume")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_member_loss_is_carried_and_quorum_loss_refuses_changes() {
+    if !require_etcd("etcd_member_loss_is_carried_and_quorum_loss_refuses_changes") {
+        return;
+    }
+    let mut etcd = EtcdCluster::start(3).unwrap();
+    let a1 = free_addr();
+    let _c1 = controller(&etcd, &a1);
+    active_of(&[&a1], Duration::from_secs(10)).await;
+    let one = Controllers::parse_with(
+        &format!("http://{a1}"),
+        ControllerOptions {
+            failover_wait: Duration::from_secs(2),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let _node = Process::node_at(dir.path(), &a1, "n0", &free_addr());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while create(&one, "a", "single").await.is_err() {
+        assert!(Instant::now() < deadline, "no volume with all members up");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // One member of three gone: still a quorum.
+    etcd.kill(2);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while let Err(e) = create(&one, "b", "single").await {
+        assert!(
+            Instant::now() < deadline,
+            "no volume with two members of three: {e}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Two gone: no quorum. A change is refused with a status that says why, within seconds.
+    etcd.kill(1);
+    let t = Instant::now();
+    let e = create(&one, "c", "single").await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unavailable, "{e}");
+    assert!(
+        e.message().contains("etcd") || e.message().contains("standby"),
+        "{e}"
+    );
+    assert!(t.elapsed() < Duration::from_secs(15), "{:?}", t.elapsed());
+    // Quorum back: the controller serves again and nothing acknowledged was lost.
+    etcd.restart(1).unwrap();
+    etcd.restart(2).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let names = loop {
+        if let Ok(r) = v1::volumes_client::VolumesClient::new(one.clone())
+            .list(v1::ListVolumesRequest {})
+            .await
+        {
+            break r
+                .into_inner()
+                .volumes
+                .into_iter()
+                .map(|v| v.name)
+                .collect::<Vec<_>>();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no active controller after quorum returned"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(
+        names.contains(&"a".to_string()) && names.contains(&"b".to_string()),
+        "{names:?}"
+    );
+}
+
+/// Sends `sig` (STOP or CONT) to `p` without waiting for an exit.
+fn pause(p: &Process, sig: &str) {
+    let ok = Command::new("kill")
+        .args([format!("-{sig}"), p.child.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill -{sig}");
+}
+
+/// Runs the controller with `args` and returns its exit status and stderr.
+fn run_controller(args: &[&str]) -> (bool, String) {
+    let out = Command::new(bin("dasmesh-controller"))
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn bad_etcd_input_is_one_line_and_touches_nothing() {
+    if !require_etcd("bad_etcd_input_is_one_line_and_touches_nothing") {
+        return;
+    }
+    let dead = format!("http://{}", free_addr());
+    for (args, want) in [
+        (vec!["--etcd", dead.as_str()], "cannot reach etcd"),
+        (
+            vec!["--etcd", "localhost:2379"],
+            "expected http://HOST:PORT",
+        ),
+        (vec!["--etcd", ""], "no endpoint"),
+    ] {
+        let mut all = vec!["--listen", "127.0.0.1:0"];
+        all.extend(args.iter());
+        let (ok, err) = run_controller(&all);
+        assert!(!ok, "{args:?} started");
+        let last = err.trim().lines().last().unwrap_or_default().to_string();
+        assert!(last.contains(want), "{args:?}: {err}");
+    }
+    // An etcd holding keys that are not ours under the prefix: refused, and left as it was.
+    let etcd = EtcdCluster::start(1).unwrap();
+    let url = etcd.client_urls()[0].clone();
+    let put = |k: &str| {
+        let body = format!(
+            "{{\"key\":\"{}\",\"value\":\"{}\"}}",
+            b64(k.as_bytes()),
+            b64(b"theirs")
+        );
+        let (code, _) =
+            dasmesh_testkit::etcd::http(&url, "/v3/kv/put", Some(&body), Duration::from_secs(5))
+                .unwrap();
+        assert_eq!(code, 200);
+    };
+    put("/dasmesh/config");
+    let (ok, err) = run_controller(&["--listen", "127.0.0.1:0", "--etcd", &url]);
+    assert!(!ok);
+    assert!(
+        err.contains("/dasmesh/config") && err.contains("not dasmesh's"),
+        "{err}"
+    );
+    let range = format!(
+        "{{\"key\":\"{}\",\"range_end\":\"{}\"}}",
+        b64(b"/dasmesh/"),
+        b64(b"/dasmesh0")
+    );
+    let (_, body) =
+        dasmesh_testkit::etcd::http(&url, "/v3/kv/range", Some(&range), Duration::from_secs(5))
+            .unwrap();
+    assert!(body.contains("\"count\":\"1\""), "keys were added: {body}");
+    // Another prefix of the same etcd is free.
+    let a = free_addr();
+    let _c = Process::spawn(
+        "dasmesh-controller",
+        &["--listen", &a, "--etcd", &url, "--etcd-prefix", "/pool2/"].map(String::from),
+    );
+}
+
+fn b64(data: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for c in data.chunks(3) {
+        let n = c
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, &b)| n | (b as u32) << (16 - 8 * i));
+        for i in 0..4 {
+            if i <= c.len() {
+                out.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
