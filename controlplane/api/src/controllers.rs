@@ -24,6 +24,9 @@ use crate::headers::{ACTIVE_HEADER, ROLE_HEADER, STANDBY};
 
 /// The first words of the status a call ends with when no controller could be reached.
 pub const UNREACHABLE: &str = "cannot reach the controller at";
+/// The first words of the status a call ends with when its connection failed after it was sent
+/// and it is not safe to repeat ([`safe_to_repeat`]).
+pub const LOST: &str = "lost the connection to the controller at";
 
 /// The first pause between two rounds of the list; it doubles up to [`MAX_BACKOFF`].
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
@@ -166,6 +169,12 @@ pub fn safe_to_repeat(path: &str) -> bool {
 /// Whether `s` says that no controller could be reached (rather than one refusing the call).
 pub fn is_unreachable(s: &Status) -> bool {
     s.code() == tonic::Code::Unavailable && s.message().starts_with(UNREACHABLE)
+}
+
+/// Whether `s` says that the connection failed after the call was sent, which may or may not
+/// have been applied (rather than a controller refusing it).
+pub fn is_lost(s: &Status) -> bool {
+    s.message().starts_with(LOST)
 }
 
 /// The innermost reason in an error's chain ("Connection refused (os error 111)"), which is the
@@ -419,8 +428,7 @@ impl Controllers {
                         return Err(Status::new(
                             code,
                             format!(
-                                "the call {path} to the controller at {url} broke off and may \
-                                 have been applied: {why}"
+                                "{LOST} {url} during {path}, which may have been applied: {why}"
                             ),
                         ));
                     }

@@ -284,8 +284,14 @@ async fn a_call_cut_off_mid_way_is_repeated_only_when_that_is_safe() {
 
     // A create may have been applied: the caller decides.
     let e = create(&c, "v").await.unwrap_err();
-    assert!(e.message().contains("may have been applied"), "{e:?}");
-    assert!(e.message().contains(&dropper), "{e:?}");
+    assert!(controllers::is_lost(&e), "{e:?}");
+    assert!(
+        e.message().starts_with(&format!(
+            "lost the connection to the controller at {dropper} during \
+             /dasmesh.v1.Volumes/Create, which may have been applied: "
+        )),
+        "{e:?}"
+    );
     assert_eq!((d.calls(), a.calls()), (1, 0));
 
     // A read is simply asked again, of the next controller.
