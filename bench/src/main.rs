@@ -52,7 +52,8 @@ struct Args {
     /// Token file for node: targets (from `dasmesh token mint`; names the device).
     #[arg(long)]
     token: Option<PathBuf>,
-    /// Controller for volume: targets.
+    /// The controller for volume: targets, or a comma-separated list of controllers (the
+    /// active one is followed).
     #[arg(
         long,
         env = "DASMESH_CONTROLLER",

@@ -261,13 +261,7 @@ fn volume_targets_of_any_layout_run_verified() {
         .enable_all()
         .build()
         .unwrap();
-    let ch = rt.block_on(async {
-        tonic::transport::Endpoint::from_shared(url.clone())
-            .unwrap()
-            .connect()
-            .await
-            .unwrap()
-    });
+    let ch = dasmesh_api::Controllers::parse(&url).unwrap();
     for (name, kind, width) in [
         ("one", v1::LayoutKind::Single, 0),
         ("two", v1::LayoutKind::Mirror, 2),

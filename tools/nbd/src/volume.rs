@@ -118,10 +118,11 @@ pub enum GatewayError {
     },
 }
 
-/// Mounts `volume` through the controller at `controller`, serves it as an NBD export, calls
-/// `listening` with the address once clients can connect, and runs until `shutdown` resolves.
-/// Then: no new connections, requests in flight are finished, the volume is flushed and
-/// unmounted (the lease ends).
+/// Mounts `volume` through the controller at `controller` (a URL, or a comma-separated list of
+/// controllers, the active one followed), serves it as an NBD export, calls `listening` with the
+/// address once clients can connect, and runs until `shutdown` resolves. Then: no new
+/// connections, requests in flight are finished, the volume is flushed and unmounted (the lease
+/// ends).
 pub async fn serve_volume(
     controller: &str,
     volume: &str,

@@ -1,7 +1,7 @@
 //! A controller and storage nodes on 127.0.0.1, and volumes created through the control plane's
 //! gRPC API: what every end-to-end test of the host path starts from.
 
-use dasmesh_api::{v1, Layout};
+use dasmesh_api::{v1, Controllers, Layout};
 
 use crate::{free_addr, Process};
 
@@ -40,13 +40,9 @@ impl Cluster {
         format!("http://{}", self.ctl.addr)
     }
 
-    /// A gRPC channel to the controller.
-    pub async fn channel(&self) -> tonic::transport::Channel {
-        tonic::transport::Endpoint::from_shared(self.url())
-            .expect("url")
-            .connect()
-            .await
-            .expect("connect to the controller")
+    /// What every generated client runs on to reach the controller (connected on first use).
+    pub async fn channel(&self) -> Controllers {
+        Controllers::parse(&self.url()).expect("the controller's URL")
     }
 
     /// Creates volume `name` of `size` bytes with `layout` (see [`layout`]), at a price of 2 per

@@ -5,10 +5,9 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering}
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Duration;
 
-use dasmesh_api::v1;
+use dasmesh_api::{v1, ControllerOptions, Controllers};
 use dasmesh_wire::{DeviceId, Token};
 use futures_util::future::join_all;
-use tonic::transport::{Channel, Endpoint};
 
 use super::link::Link;
 use super::mirror::copy_failed;
@@ -40,14 +39,28 @@ fn same_place(a: &Extent, b: &Extent) -> bool {
 }
 
 impl Volume {
-    /// Takes a lease on `name` from the controller at `controller` (`http://host:port`) and
-    /// connects to every node that holds its extents.
+    /// Takes a lease on `name` from the controllers in `controller` (`http://host:port`, or a
+    /// comma-separated list of them: the call and every later one, renewals and failure reports,
+    /// go to the active one) and connects to every node that holds its extents.
     pub async fn mount(controller: &str, name: &str, opts: MountOptions) -> Result<Volume, Error> {
-        let ctl = Endpoint::from_shared(controller.to_string())
-            .map_err(|e| Error::Invalid(format!("controller address {controller:?}: {e}")))?
-            .connect_timeout(opts.connect_timeout)
-            .timeout(Duration::from_secs(15))
-            .connect_lazy();
+        let ctl = Controllers::parse_with(
+            controller,
+            ControllerOptions {
+                connect_timeout: opts.connect_timeout,
+                timeout: Some(Duration::from_secs(15)),
+                ..Default::default()
+            },
+        )
+        .map_err(|e| Error::Invalid(e.to_string()))?;
+        Self::mount_on(ctl, name, opts).await
+    }
+
+    /// [`mount`](Self::mount) through controllers the caller already has (and shares).
+    pub async fn mount_on(
+        ctl: Controllers,
+        name: &str,
+        opts: MountOptions,
+    ) -> Result<Volume, Error> {
         let m = v1::leases_client::LeasesClient::new(ctl.clone())
             .mount(v1::MountRequest {
                 volume: name.to_string(),
@@ -79,7 +92,7 @@ impl Volume {
     }
 
     pub(super) async fn open(
-        ctl: Channel,
+        ctl: Controllers,
         name: &str,
         opts: MountOptions,
         lease: v1::Lease,

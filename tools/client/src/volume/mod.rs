@@ -25,8 +25,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use dasmesh_api::v1;
-use tonic::transport::Channel;
+use dasmesh_api::{v1, Controllers};
 
 use crate::layout::{Extent, Layout, Map, Piece};
 use crate::{AlignedBuf, Error, SearchResult};
@@ -111,7 +110,7 @@ fn control(what: &str, s: tonic::Status) -> Error {
 
 struct Inner {
     name: String,
-    ctl: Channel,
+    ctl: Controllers,
     lease: Mutex<v1::Lease>,
     opts: MountOptions,
     map: RwLock<Map>,
