@@ -2,22 +2,25 @@
 //! with the controller (keeping the assigned id in `--state-dir/node-id` so a restart is the same
 //! node; an id the controller does not know is dropped for a fresh one), learns the token-signing
 //! key, reports every device and what it lends (after `--reserve`), heartbeats (handing the
-//! revoked leases of each answer to the reactors), and deregisters on a clean shutdown.
+//! revoked leases of each answer to the reactors), and deregisters on a clean shutdown. With
+//! several controllers (`--controller a,b,c`) every call goes to the active one. The usage
+//! counts a heartbeat carries are kept until a controller has taken them.
 
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
-use dasmesh_api::v1;
+use dasmesh_api::{v1, ControllerOptions, Controllers};
 use dasmesh_wire::VerifyingKey;
 
+use crate::usage::{Usage, UsageTable};
 use crate::{sys::now_ms, Shared};
 
 /// What the agent needs to know.
 pub struct AgentConfig {
-    /// Controller URL.
-    pub controller: String,
+    /// The controllers (see [`controllers`]).
+    pub controllers: Controllers,
     /// Address hosts use for this node.
     pub advertise: String,
     /// Where the node id is kept.
@@ -28,14 +31,30 @@ pub struct AgentConfig {
     pub failure_domain: String,
 }
 
-type Client = v1::node_registry_client::NodeRegistryClient<tonic::transport::Channel>;
+type Client = v1::node_registry_client::NodeRegistryClient<Controllers>;
+
+/// The controllers in `list` (one URL or a comma-separated list), as the agent reaches them: a
+/// call that hangs (a controller cut off mid-call) gives way to the next controller after 10 s,
+/// and a call that no controller serves fails after 3 s, since the agent repeats its calls
+/// every beat anyway and must notice a shutdown between them.
+pub fn controllers(list: &str) -> Result<Controllers, dasmesh_api::ControllersError> {
+    Controllers::parse_with(
+        list,
+        ControllerOptions {
+            timeout: Some(Duration::from_secs(10)),
+            failover_wait: Duration::from_secs(3),
+            ..Default::default()
+        },
+    )
+}
 
 fn id_file(c: &AgentConfig) -> Option<PathBuf> {
     c.state_dir.as_ref().map(|d| d.join("node-id"))
 }
 
 async fn register(c: &AgentConfig, shared: &Shared) -> anyhow::Result<(Client, u64)> {
-    let mut client = Client::connect(c.controller.clone()).await?;
+    let ctl = &c.controllers;
+    let mut client = Client::new(ctl.clone());
     let saved: u64 = id_file(c)
         .and_then(|p| std::fs::read_to_string(p).ok())
         .and_then(|t| t.trim().parse().ok())
@@ -96,7 +115,7 @@ async fn register(c: &AgentConfig, shared: &Shared) -> anyhow::Result<(Client, u
             devices,
         })
         .await?;
-    tracing::info!(node_id = r.node_id, controller = %c.controller, "registered");
+    tracing::info!(node_id = r.node_id, controller = %ctl.active(), "registered");
     Ok((client, u64::from(r.heartbeat_interval_ms.max(100))))
 }
 
@@ -116,9 +135,8 @@ pub fn apply_revocations(shared: &Shared, revoked: &[v1::RevokedLease], now_ms: 
 }
 
 /// The usage counted since the last heartbeat.
-fn take_usage(shared: &Shared) -> Vec<v1::LeaseUsage> {
-    shared
-        .usage
+fn take_usage(table: &UsageTable) -> Vec<v1::LeaseUsage> {
+    table
         .take()
         .into_iter()
         .map(|(lease_id, u)| v1::LeaseUsage {
@@ -129,6 +147,22 @@ fn take_usage(shared: &Shared) -> Vec<v1::LeaseUsage> {
             write_ops: u.write_ops,
         })
         .collect()
+}
+
+/// Puts back the usage of a heartbeat that no controller took (it failed, or the controller
+/// did not know the node), to go with the next one.
+fn restore_usage(table: &UsageTable, usage: &[v1::LeaseUsage]) {
+    for u in usage {
+        table.add(
+            u.lease_id,
+            &Usage {
+                read_bytes: u.read_bytes,
+                write_bytes: u.write_bytes,
+                read_ops: u.read_ops,
+                write_ops: u.write_ops,
+            },
+        );
+    }
 }
 
 /// Starts the agent. The returned channel reports the first registration (Ok or the error);
@@ -169,7 +203,7 @@ pub fn start(
                             }
                             tracing::warn!(
                                 "registration with {} failed: {e}; retrying",
-                                c.controller
+                                c.controllers.urls().join(",")
                             );
                             if stopped() {
                                 return;
@@ -182,20 +216,27 @@ pub fn start(
                     loop {
                         // The first beat right after registering: a restarted node learns the
                         // revoked leases before it reports itself ready.
-                        match client
+                        let usage = take_usage(&shared.usage);
+                        let beat = client
                             .heartbeat(v1::HeartbeatRequest {
                                 node_id,
-                                usage: take_usage(&shared),
+                                usage: usage.clone(),
                             })
-                            .await
-                        {
+                            .await;
+                        match beat {
                             Ok(r) if !r.get_ref().known => {
+                                // An unknown node's usage is not recorded: it goes with the
+                                // first beat after the new registration.
+                                restore_usage(&shared.usage, &usage);
                                 // Not a tight loop should the controller keep forgetting us.
                                 tokio::time::sleep(Duration::from_millis(100)).await;
                                 continue 'outer;
                             }
                             Ok(r) => apply_revocations(&shared, &r.get_ref().revoked, now_ms()),
-                            Err(e) => tracing::warn!("heartbeat failed: {e}"),
+                            Err(e) => {
+                                restore_usage(&shared.usage, &usage);
+                                tracing::warn!("heartbeat failed: {e}");
+                            }
                         }
                         if !told {
                             let _ = tx.send(Ok(node_id));
@@ -203,8 +244,15 @@ pub fn start(
                         }
                         for _ in 0..(beat_ms / 50).max(1) {
                             if stopped() {
-                                let _ = client.deregister(v1::DeregisterRequest { node_id }).await;
-                                tracing::info!(node_id, "deregistered");
+                                // Not held up for long by controllers that are gone.
+                                let bye = client.deregister(v1::DeregisterRequest { node_id });
+                                match tokio::time::timeout(Duration::from_secs(5), bye).await {
+                                    Ok(Ok(_)) => tracing::info!(node_id, "deregistered"),
+                                    Ok(Err(e)) => {
+                                        tracing::warn!(node_id, "deregistration failed: {e}")
+                                    }
+                                    Err(_) => tracing::warn!(node_id, "deregistration timed out"),
+                                }
                                 return;
                             }
                             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -215,4 +263,56 @@ pub fn start(
         })
         .expect("spawn agent thread");
     (rx, h)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn counts(read_bytes: u64, write_ops: u64) -> Usage {
+        Usage {
+            read_bytes,
+            read_ops: 1,
+            write_ops,
+            ..Default::default()
+        }
+    }
+
+    /// A heartbeat that no controller took gives its counts back, and they go with the next
+    /// one together with what was counted in between.
+    #[test]
+    fn a_failed_heartbeat_keeps_its_usage() {
+        let table = UsageTable::default();
+        table.add(7, &counts(4096, 0));
+        table.add(8, &counts(0, 2));
+        let carried = take_usage(&table);
+        assert_eq!(carried.len(), 2);
+        assert!(take_usage(&table).is_empty());
+
+        // Counted while the heartbeat was out; then it failed.
+        table.add(7, &counts(512, 1));
+        restore_usage(&table, &carried);
+
+        let mut next = take_usage(&table);
+        next.sort_by_key(|u| u.lease_id);
+        assert_eq!(
+            next,
+            vec![
+                v1::LeaseUsage {
+                    lease_id: 7,
+                    read_bytes: 4096 + 512,
+                    write_bytes: 0,
+                    read_ops: 2,
+                    write_ops: 1,
+                },
+                v1::LeaseUsage {
+                    lease_id: 8,
+                    read_bytes: 0,
+                    write_bytes: 0,
+                    read_ops: 1,
+                    write_ops: 2,
+                },
+            ]
+        );
+    }
 }

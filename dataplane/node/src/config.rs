@@ -153,8 +153,9 @@ pub struct Config {
     /// The control plane's public key (64 hex digits), used to verify every token.
     #[arg(long)]
     pub trust_key: Option<PathBuf>,
-    /// The controller to register with (e.g. http://127.0.0.1:7600): the node gets its id and
-    /// the token-signing key from it, reports its devices and heartbeats.
+    /// The controller to register with (e.g. http://127.0.0.1:7600), or a comma-separated list
+    /// of them (the active one is followed): the node gets its id and the token-signing key from
+    /// it, reports its devices and heartbeats.
     #[arg(long)]
     pub controller: Option<String>,
     /// The data-plane address hosts should use (default: the bound --listen address).

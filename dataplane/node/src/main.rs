@@ -94,8 +94,9 @@ fn run() -> anyhow::Result<()> {
     let (agent_stop, agent) = match &cfg.controller {
         Some(url) => {
             let (stop_tx, stop_rx) = mpsc::channel();
+            let controllers = dasmesh_node::agent::controllers(url).context("--controller")?;
             let c = dasmesh_node::agent::AgentConfig {
-                controller: url.clone(),
+                controllers,
                 advertise: advertise.clone(),
                 state_dir: cfg.state_dir.clone(),
                 reserve: cfg.reserve,
