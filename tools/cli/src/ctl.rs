@@ -5,10 +5,9 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
-use dasmesh_api::{v1, Layout};
+use dasmesh_api::{controllers, v1, ControllerOptions, Controllers, Layout};
 use dasmesh_wire::units::{format_amount, format_size, parse_size};
 use serde_json::json;
-use tonic::transport::Channel;
 
 /// Parses a size with units (`4k`, `10G`) for clap.
 pub(crate) fn size_arg(s: &str) -> Result<u64, String> {
@@ -163,8 +162,12 @@ fn state_name<T: std::fmt::Debug>(v: Result<T, prost::UnknownEnumValue>) -> Stri
         .unwrap_or_else(|_| "?".into())
 }
 
-/// A refusal as one line: the gRPC code and the controller's reason.
+/// A refusal as one line: the gRPC code and the controller's reason; or, when no controller
+/// answered, which were tried and why.
 pub fn status(e: tonic::Status) -> anyhow::Error {
+    if controllers::is_unreachable(&e) || controllers::is_lost(&e) {
+        return anyhow::anyhow!("{}", e.message());
+    }
     anyhow::anyhow!("controller refused ({:?}): {}", e.code(), e.message())
 }
 
@@ -237,28 +240,33 @@ fn print_mount(m: &v1::MountResponse, json_out: bool) {
     println!("(tokens with --json)");
 }
 
-/// Runs a control-plane command against `url`.
-pub fn run(url: &str, json_out: bool, cmd: Ctl) -> anyhow::Result<()> {
+/// Runs a control-plane command against the controllers `ctl`.
+pub fn run(ctl: &Controllers, json_out: bool, cmd: Ctl) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    rt.block_on(exec(url, json_out, cmd))
+    rt.block_on(exec(ctl, json_out, cmd))
 }
 
-/// A channel to the controller at `url`, or a one-line reason.
-pub async fn connect(url: &str) -> anyhow::Result<Channel> {
-    Channel::from_shared(url.to_string())
-        .with_context(|| format!("--controller {url}"))?
-        .connect_timeout(Duration::from_secs(5))
-        .connect()
-        .await
-        .with_context(|| format!("cannot reach the controller at {url}"))
+/// The controllers in `list` (`--controller`: one URL or a comma-separated list), reached
+/// lazily: each call goes to the active one, and keeps trying the list for up to
+/// `failover_wait` while none serves it. A call that hangs gives up after 15 s.
+pub fn controllers(list: &str, failover_wait: Duration) -> anyhow::Result<Controllers> {
+    Controllers::parse_with(
+        list,
+        ControllerOptions {
+            connect_timeout: Duration::from_secs(5),
+            timeout: Some(Duration::from_secs(15)),
+            failover_wait,
+        },
+    )
+    .context("--controller")
 }
 
 /// [`run`] on the caller's runtime (the demo prints exactly what the commands print).
-pub async fn exec(url: &str, json_out: bool, cmd: Ctl) -> anyhow::Result<()> {
+pub async fn exec(ctl: &Controllers, json_out: bool, cmd: Ctl) -> anyhow::Result<()> {
     {
-        let ch = connect(url).await?;
+        let ch = ctl.clone();
         match cmd {
             Ctl::Node(NodeCmd::List) => {
                 let nodes = v1::pool_client::PoolClient::new(ch)
@@ -445,7 +453,7 @@ pub async fn exec(url: &str, json_out: bool, cmd: Ctl) -> anyhow::Result<()> {
                         }
                     }
                     // They mount the volume and do I/O; `main` sends them to `vol`.
-                    VolumeCmd::Host(h) => crate::vol::exec(url, json_out, h).await?,
+                    VolumeCmd::Host(h) => crate::vol::exec(ctl, json_out, h).await?,
                 }
             }
             Ctl::Lease(c) => {

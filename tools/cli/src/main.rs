@@ -36,14 +36,27 @@ struct Cli {
     /// Machine-readable JSON output instead of tables.
     #[arg(long, global = true)]
     json: bool,
-    /// The controller's gRPC URL.
+    /// The controller's gRPC URL, or a comma-separated list of the controllers of a highly
+    /// available control plane (http://a:7600,http://b:7600): every call goes to the active
+    /// one, found and followed through failovers.
     #[arg(
         long,
         global = true,
         env = "DASMESH_CONTROLLER",
-        default_value = "http://127.0.0.1:7600"
+        default_value = "http://127.0.0.1:7600",
+        value_name = "URL[,URL...]"
     )]
     controller: String,
+    /// How long a call keeps trying the controllers while none serves it (no active one
+    /// elected yet, or none reachable) before it fails.
+    #[arg(
+        long,
+        global = true,
+        env = "DASMESH_FAILOVER_WAIT",
+        default_value = "15s",
+        value_parser = humantime::parse_duration
+    )]
+    failover_wait: std::time::Duration,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -99,15 +112,16 @@ fn main() {
         )
         .with_writer(std::io::stderr)
         .init();
+    let ctl = || ctl::controllers(&cli.controller, cli.failover_wait);
     let r = match cli.cmd {
         Cmd::Keygen(a) => keys::keygen(&a),
         Cmd::Token(t) => keys::token(t, cli.json),
         Cmd::Io(c) => io::run(c, cli.json),
-        Cmd::Node(c) => ctl::run(&cli.controller, cli.json, ctl::Ctl::Node(c)),
-        Cmd::Pool => ctl::run(&cli.controller, cli.json, ctl::Ctl::Pool),
-        Cmd::Volume(c) => ctl::run(&cli.controller, cli.json, ctl::Ctl::Volume(c)),
-        Cmd::Lease(c) => ctl::run(&cli.controller, cli.json, ctl::Ctl::Lease(c)),
-        Cmd::Usage(a) => ctl::run(&cli.controller, cli.json, ctl::Ctl::Usage(a)),
+        Cmd::Node(c) => ctl().and_then(|k| ctl::run(&k, cli.json, ctl::Ctl::Node(c))),
+        Cmd::Pool => ctl().and_then(|k| ctl::run(&k, cli.json, ctl::Ctl::Pool)),
+        Cmd::Volume(c) => ctl().and_then(|k| ctl::run(&k, cli.json, ctl::Ctl::Volume(c))),
+        Cmd::Lease(c) => ctl().and_then(|k| ctl::run(&k, cli.json, ctl::Ctl::Lease(c))),
+        Cmd::Usage(a) => ctl().and_then(|k| ctl::run(&k, cli.json, ctl::Ctl::Usage(a))),
         Cmd::Nbd(c) => nbd::run(c, &cli.controller),
         Cmd::Demo(a) => demo::run(a),
     };

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context as _};
 use clap::{Args, Subcommand};
-use dasmesh_api::v1;
+use dasmesh_api::{v1, Controllers};
 use dasmesh_client::{default_host, Access, MountOptions, Volume};
 use dasmesh_wire::units::{format_size, parse_size};
 use serde_json::json;
@@ -120,21 +120,21 @@ pub struct ZeroArgs {
     pub mount: MountArgs,
 }
 
-/// Runs a host command against the controller at `url`.
-pub async fn exec(url: &str, json_out: bool, cmd: HostCmd) -> anyhow::Result<()> {
+/// Runs a host command against the controllers `ctl`.
+pub async fn exec(ctl: &Controllers, json_out: bool, cmd: HostCmd) -> anyhow::Result<()> {
     match cmd {
         HostCmd::Cp(a) => {
-            let t = match direction(url, &a.first, &a.second).await? {
+            let t = match direction(ctl, &a.first, &a.second).await? {
                 Direction::Upload => {
                     if a.length.is_some() {
                         bail!("--length only applies to a download (cp NAME FILE)");
                     }
                     let file = PathBuf::from(&a.first);
-                    upload(url, &file, &a.second, &a.mount, !json_out).await?
+                    upload(ctl, &file, &a.second, &a.mount, !json_out).await?
                 }
                 Direction::Download => {
                     let file = PathBuf::from(&a.second);
-                    download(url, &a.first, &file, a.length, &a.mount, !json_out).await?
+                    download(ctl, &a.first, &file, a.length, &a.mount, !json_out).await?
                 }
             };
             t.print(json_out);
@@ -146,7 +146,7 @@ pub async fn exec(url: &str, json_out: bool, cmd: HostCmd) -> anyhow::Result<()>
                 a.pattern.clone().into_bytes()
             };
             let r = search(
-                url, &a.name, &pattern, a.offset, a.length, a.max_hits, &a.mount,
+                ctl, &a.name, &pattern, a.offset, a.length, a.max_hits, &a.mount,
             )
             .await?;
             if json_out {
@@ -163,7 +163,7 @@ pub async fn exec(url: &str, json_out: bool, cmd: HostCmd) -> anyhow::Result<()>
         HostCmd::Rebuild(a) => {
             let t0 = Instant::now();
             let progress = !json_out;
-            let copies = with_volume(url, &a.name, Access::ReadWrite, &a.mount, |v| async move {
+            let copies = with_volume(ctl, &a.name, Access::ReadWrite, &a.mount, |v| async move {
                 let bar = bar(v.size(), progress);
                 let r = v
                     .rebuild(|done, _| bar.set_position(done))
@@ -190,7 +190,7 @@ pub async fn exec(url: &str, json_out: bool, cmd: HostCmd) -> anyhow::Result<()>
         }
         HostCmd::Zero(a) => {
             let t0 = Instant::now();
-            let size = zero(url, &a.name, &a.mount, !json_out).await?;
+            let size = zero(ctl, &a.name, &a.mount, !json_out).await?;
             let secs = t0.elapsed().as_secs_f64();
             if json_out {
                 println!(
@@ -230,7 +230,7 @@ fn direction_of(first: &str, second: &str, exists: impl Fn(&str) -> bool) -> Opt
     }
 }
 
-async fn direction(url: &str, first: &str, second: &str) -> anyhow::Result<Direction> {
+async fn direction(ctl: &Controllers, first: &str, second: &str) -> anyhow::Result<Direction> {
     let d = direction_of(first, second, |p| Path::new(p).exists()).ok_or_else(|| {
         anyhow!(
             "ambiguous: {first} and {second} are both local files; write the local one as \
@@ -239,7 +239,7 @@ async fn direction(url: &str, first: &str, second: &str) -> anyhow::Result<Direc
     })?;
     // A download whose "volume" is neither a volume nor a local file is most likely a typo'd path.
     if d == Direction::Download && !first.contains('/') {
-        if let Err(e) = volume_info(url, first).await {
+        if let Err(e) = volume_info(ctl, first).await {
             if e.to_string().starts_with("unknown volume") {
                 bail!("{first}: no such local file, and no volume of that name");
             }
@@ -251,9 +251,8 @@ async fn direction(url: &str, first: &str, second: &str) -> anyhow::Result<Direc
 
 /// The volume as the controller describes it; one-line errors for an unknown volume and an
 /// unreachable controller.
-pub async fn volume_info(url: &str, name: &str) -> anyhow::Result<v1::Volume> {
-    let ch = crate::ctl::connect(url).await?;
-    match v1::volumes_client::VolumesClient::new(ch)
+pub async fn volume_info(ctl: &Controllers, name: &str) -> anyhow::Result<v1::Volume> {
+    match v1::volumes_client::VolumesClient::new(ctl.clone())
         .get(v1::GetVolumeRequest { name: name.into() })
         .await
     {
@@ -266,7 +265,7 @@ pub async fn volume_info(url: &str, name: &str) -> anyhow::Result<v1::Volume> {
 /// Mounts `name`, runs `body` on it and always ends the lease: after success, after an error,
 /// and on Ctrl-C (the body is dropped first; the client's requests are cancel-safe).
 async fn with_volume<T, F, Fut>(
-    url: &str,
+    ctl: &Controllers,
     name: &str,
     access: Access,
     m: &MountArgs,
@@ -286,7 +285,7 @@ where
         Access::ReadOnly => "read-only",
         Access::ReadWrite => "read-write",
     };
-    let v = Volume::mount(url, name, opts)
+    let v = Volume::mount_on(ctl.clone(), name, opts)
         .await
         .map_err(|e| anyhow!("cannot mount volume {name} {how}: {e}"))?;
     let r = tokio::select! {
@@ -358,7 +357,7 @@ fn bar(total: u64, show: bool) -> indicatif::ProgressBar {
 
 /// Copies `file` into volume `name` from its first byte, flushes, unmounts.
 pub async fn upload(
-    url: &str,
+    ctl: &Controllers,
     file: &Path,
     name: &str,
     m: &MountArgs,
@@ -368,7 +367,7 @@ pub async fn upload(
         .await
         .with_context(|| format!("opening {}", file.display()))?;
     let total = f.metadata().await?.len();
-    let info = volume_info(url, name).await?;
+    let info = volume_info(ctl, name).await?;
     // Checked before the lease is taken: a refusal leaves nothing behind.
     if total > info.size_bytes {
         bail!(
@@ -380,7 +379,7 @@ pub async fn upload(
         );
     }
     let t0 = Instant::now();
-    with_volume(url, name, Access::ReadWrite, m, |v| async move {
+    with_volume(ctl, name, Access::ReadWrite, m, |v| async move {
         let bs = u64::from(v.block_size());
         let bar = bar(total, progress);
         let mut set = JoinSet::new();
@@ -423,14 +422,14 @@ pub async fn upload(
 
 /// Copies the first `length` bytes (default all) of volume `name` into `file`.
 pub async fn download(
-    url: &str,
+    ctl: &Controllers,
     name: &str,
     file: &Path,
     length: Option<u64>,
     m: &MountArgs,
     progress: bool,
 ) -> anyhow::Result<Transfer> {
-    let info = volume_info(url, name).await?;
+    let info = volume_info(ctl, name).await?;
     let total = length.unwrap_or(info.size_bytes);
     if total > info.size_bytes {
         bail!(
@@ -443,7 +442,7 @@ pub async fn download(
         .await
         .with_context(|| format!("creating {}", file.display()))?;
     let t0 = Instant::now();
-    with_volume(url, name, Access::ReadOnly, m, |v| async move {
+    with_volume(ctl, name, Access::ReadOnly, m, |v| async move {
         let bs = u64::from(v.block_size());
         let bar = bar(total, progress);
         // PIPELINE reads in flight, written out in order; the last one is read to a whole block
@@ -489,7 +488,7 @@ pub async fn download(
 /// The range need not be block-aligned: the scan covers the blocks around it and keeps the
 /// matches wholly inside.
 pub async fn search(
-    url: &str,
+    ctl: &Controllers,
     name: &str,
     pattern: &[u8],
     offset: u64,
@@ -504,14 +503,14 @@ pub async fn search(
             pattern.len()
         );
     }
-    let info = volume_info(url, name).await?;
+    let info = volume_info(ctl, name).await?;
     let size = info.size_bytes;
     let end = match length {
         Some(l) => offset.checked_add(l).filter(|&e| e <= size),
         None => (offset <= size).then_some(size),
     }
     .ok_or_else(|| anyhow!("the range is past the end of volume {name} ({size} bytes)"))?;
-    with_volume(url, name, Access::ReadOnly, m, |v| async move {
+    with_volume(ctl, name, Access::ReadOnly, m, |v| async move {
         let bs = u64::from(v.block_size());
         let lo = offset / bs * bs;
         let hi = end.next_multiple_of(bs).min(size);
@@ -539,9 +538,14 @@ pub async fn search(
 }
 
 /// Zeroes the whole of volume `name`; returns its size.
-pub async fn zero(url: &str, name: &str, m: &MountArgs, progress: bool) -> anyhow::Result<u64> {
-    volume_info(url, name).await?;
-    with_volume(url, name, Access::ReadWrite, m, |v| async move {
+pub async fn zero(
+    ctl: &Controllers,
+    name: &str,
+    m: &MountArgs,
+    progress: bool,
+) -> anyhow::Result<u64> {
+    volume_info(ctl, name).await?;
+    with_volume(ctl, name, Access::ReadWrite, m, |v| async move {
         let size = v.size();
         let bar = bar(size, progress);
         let mut set = JoinSet::new();

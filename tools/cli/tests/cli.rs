@@ -474,8 +474,52 @@ fn control_plane_commands_against_a_real_controller() {
     run_ok(c(&["volume", "delete", "v1"]));
     let err = run_fail(c(&["volume", "show", "v1"]));
     assert!(err.contains("NotFound"), "{err}");
-    let err = fails(&["--controller", "http://127.0.0.1:1", "node", "list"]);
-    assert!(err.contains("cannot reach the controller"), "{err}");
+    let dead = "http://127.0.0.1:1";
+    let err = fails(&[
+        "--controller",
+        dead,
+        "--failover-wait",
+        "200ms",
+        "node",
+        "list",
+    ]);
+    assert!(
+        err.contains("cannot reach the controller at http://127.0.0.1:1: "),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+
+    // A list, also from the environment, in which a dead controller comes first: each call
+    // goes on to the live one.
+    let list = format!("{dead},{url}");
+    let nodes: serde_json::Value =
+        serde_json::from_str(&run_ok(against(&list, &["--json", "node", "list"]))).unwrap();
+    assert_eq!(nodes.as_array().unwrap().len(), 2);
+    let o = Command::new(env!("CARGO_BIN_EXE_dasmesh"))
+        .env("DASMESH_CONTROLLER", &list)
+        .arg("pool")
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(out.contains("pool: 510M lendable"), "{out}");
+    let err = fails(&[
+        "--controller",
+        "http://127.0.0.1:1,http://127.0.0.1:2",
+        "--failover-wait",
+        "200ms",
+        "pool",
+    ]);
+    assert!(
+        err.contains("cannot reach the controller at http://127.0.0.1:1 or http://127.0.0.1:2 ("),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+    let err = fails(&["--controller", "127.0.0.1:7600", "pool"]);
+    assert!(
+        err.contains("--controller: bad controller URL \"127.0.0.1:7600\": no scheme"),
+        "{err}"
+    );
 }
 
 /// Runs dasmesh with `args`, its stdout a pipe whose reading end is closed before it writes:

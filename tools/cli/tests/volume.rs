@@ -283,7 +283,13 @@ fn errors_name_the_cause_in_one_line() {
     assert_eq!(c.ok(&["volume", "search", "held", "x"]).trim(), "");
 
     let o = Command::new(env!("CARGO_BIN_EXE_dasmesh"))
-        .args(["--controller", "http://127.0.0.1:1", "volume", "zero", "v"])
+        .args([
+            "--controller",
+            "http://127.0.0.1:1",
+            "--failover-wait",
+            "200ms",
+        ])
+        .args(["volume", "zero", "v"])
         .output()
         .unwrap();
     let err = String::from_utf8(o.stderr).unwrap();

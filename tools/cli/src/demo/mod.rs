@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, ensure, Context as _};
 use clap::Args;
-use dasmesh_api::v1;
+use dasmesh_api::{v1, Controllers};
 use dasmesh_client::{Access, MountOptions, Volume};
 use rand::{RngCore as _, SeedableRng as _};
 
@@ -112,15 +112,16 @@ fn heading(n: u32, text: &str) {
 async fn steps(cl: &mut Cluster) -> anyhow::Result<()> {
     let url = cl.url();
     println!("controller {url} (pid {})", cl.ctl.pid());
+    let ctl = &crate::ctl::controllers(&url, Duration::from_secs(15))?;
     for n in &cl.nodes {
         println!("node {} {} (pid {})", n.name, n.addr, n.pid());
     }
     println!("files and logs in {}", cl.dir().display());
     wait_for_nodes(&url, cl.nodes.len()).await?;
-    exec(&url, false, Ctl::Node(NodeCmd::List)).await?;
+    exec(ctl, false, Ctl::Node(NodeCmd::List)).await?;
 
     heading(2, "the pool: every device's lendable and free space");
-    exec(&url, false, Ctl::Pool).await?;
+    exec(ctl, false, Ctl::Pool).await?;
 
     heading(
         3,
@@ -136,14 +137,14 @@ async fn steps(cl: &mut Cluster) -> anyhow::Result<()> {
             price: PRICE,
             spread_domains: false,
         };
-        exec(&url, false, Ctl::Volume(create)).await?;
+        exec(ctl, false, Ctl::Volume(create)).await?;
         if let Some(size) = grow {
             let resize = VolumeCmd::Resize {
                 name: name.into(),
                 size,
             };
-            exec(&url, false, Ctl::Volume(resize)).await?;
-            let v = vol::volume_info(&url, name).await?;
+            exec(ctl, false, Ctl::Volume(resize)).await?;
+            let v = vol::volume_info(ctl, name).await?;
             ensure!(
                 v.extents.len() >= 2,
                 "{name} should span two extents after the resize, has {}",
@@ -164,11 +165,11 @@ async fn steps(cl: &mut Cluster) -> anyhow::Result<()> {
         ..Default::default()
     };
     for (name, ..) in VOLUMES {
-        vol::upload(&url, &input, name, &m, false)
+        vol::upload(ctl, &input, name, &m, false)
             .await?
             .print(false);
         let back = cl.dir().join(format!("{name}.out"));
-        vol::download(&url, name, &back, Some(DATA_LEN as u64), &m, false)
+        vol::download(ctl, name, &back, Some(DATA_LEN as u64), &m, false)
             .await?
             .print(false);
         let got = std::fs::read(&back)?;
@@ -185,7 +186,7 @@ async fn steps(cl: &mut Cluster) -> anyhow::Result<()> {
         &format!("search every volume for {:?}, planted at byte {MARKER_AT} (the nodes scan their own extents)", String::from_utf8_lossy(MARKER)),
     );
     for (name, ..) in VOLUMES {
-        let r = vol::search(&url, name, MARKER, 0, None, 10, &m).await?;
+        let r = vol::search(ctl, name, MARKER, 0, None, 10, &m).await?;
         println!("{name}: hits at {:?}", r.hits);
         ensure!(
             r.hits == [MARKER_AT as u64] && !r.truncated,
@@ -210,8 +211,8 @@ async fn steps(cl: &mut Cluster) -> anyhow::Result<()> {
     );
     // The last I/O's counters arrive with the next heartbeats.
     tokio::time::sleep(Duration::from_millis(1200)).await;
-    exec(&url, false, Ctl::Usage(UsageArgs::default())).await?;
-    let usage = v1::usage_client::UsageClient::new(crate::ctl::connect(&url).await?)
+    exec(ctl, false, Ctl::Usage(UsageArgs::default())).await?;
+    let usage = v1::usage_client::UsageClient::new(ctl.clone())
         .report(v1::UsageRequest::default())
         .await
         .map_err(crate::ctl::status)?
@@ -233,27 +234,26 @@ async fn steps(cl: &mut Cluster) -> anyhow::Result<()> {
         8,
         "SIGKILL the node holding the mirror's second copy while the mirror is written: writes and reads carry on",
     );
-    kill_under_mirror(cl, &url).await
+    kill_under_mirror(cl, ctl).await
 }
 
 /// Up to 10 s for `n` nodes to be registered and up.
 async fn wait_for_nodes(url: &str, n: usize) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(10);
+    // Each look ends soon when the controller does not answer yet: this loop retries.
+    let ctl = crate::ctl::controllers(url, Duration::from_millis(500))?;
     loop {
-        let up = match crate::ctl::connect(url).await {
-            Ok(ch) => v1::pool_client::PoolClient::new(ch)
-                .list_nodes(v1::ListNodesRequest {})
-                .await
-                .map(|r| {
-                    r.into_inner()
-                        .nodes
-                        .iter()
-                        .filter(|x| x.state == v1::NodeState::Up as i32)
-                        .count()
-                })
-                .unwrap_or(0),
-            Err(_) => 0,
-        };
+        let up = v1::pool_client::PoolClient::new(ctl.clone())
+            .list_nodes(v1::ListNodesRequest {})
+            .await
+            .map(|r| {
+                r.into_inner()
+                    .nodes
+                    .iter()
+                    .filter(|x| x.state == v1::NodeState::Up as i32)
+                    .count()
+            })
+            .unwrap_or(0);
         if up >= n {
             return Ok(());
         }
@@ -328,10 +328,10 @@ async fn bench(dir: &Path, url: &str) -> anyhow::Result<()> {
 /// Mounts the mirror, writes half of 4 MiB, kills the node of copy 1, writes the rest, flushes,
 /// reads everything back; then checks that the controller shows the copy stale and the volume
 /// degraded.
-async fn kill_under_mirror(cl: &mut Cluster, url: &str) -> anyhow::Result<()> {
+async fn kill_under_mirror(cl: &mut Cluster, ctl: &Controllers) -> anyhow::Result<()> {
     const NAME: &str = "demo-mirror";
     const LEN: usize = 4 << 20;
-    let info = vol::volume_info(url, NAME).await?;
+    let info = vol::volume_info(ctl, NAME).await?;
     let victim = info
         .extents
         .iter()
@@ -345,7 +345,7 @@ async fn kill_under_mirror(cl: &mut Cluster, url: &str) -> anyhow::Result<()> {
         ttl: Duration::from_secs(60),
         ..Default::default()
     };
-    let v = Volume::mount(url, NAME, opts)
+    let v = Volume::mount_on(ctl.clone(), NAME, opts)
         .await
         .map_err(|e| anyhow!("mounting {NAME}: {e}"))?;
     let r = async {
@@ -395,12 +395,12 @@ async fn kill_under_mirror(cl: &mut Cluster, url: &str) -> anyhow::Result<()> {
     ended?;
 
     exec(
-        url,
+        ctl,
         false,
         Ctl::Volume(VolumeCmd::Show { name: NAME.into() }),
     )
     .await?;
-    let after = vol::volume_info(url, NAME).await?;
+    let after = vol::volume_info(ctl, NAME).await?;
     ensure!(
         after.state == v1::VolumeState::Degraded as i32,
         "{NAME} should be degraded, is in state {}",
