@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod alloc;
+pub mod controller;
 pub mod ha;
 pub mod service;
 pub mod state;

@@ -2,7 +2,9 @@
 //! bounds as gRPC statuses, claimed node ids, and the revoked leases in heartbeat answers.
 
 use super::*;
+use crate::alloc::Layout;
 use crate::store::RedbStore;
+use dasmesh_wire::SigningKey;
 use v1::leases_server::Leases as _;
 use v1::volumes_server::Volumes as _;
 

@@ -1,0 +1,196 @@
+//! The controller proper: the live state, its store, the token-signing key, and
+//! [`Controller::execute`], the one way the state changes (a group commit through the store).
+
+use std::sync::{Arc, Mutex};
+
+use dasmesh_api::v1;
+use dasmesh_wire::{Claim, DeviceId, Epoch, NodeId, Rights, SigningKey, VolumeId};
+
+use crate::service::msg::{extent_msg, lease_msg};
+use crate::state::{apply, Command, Error, LeaseRec, Outcome, State, VolumeRec};
+use crate::store::{records, Store, StoreError};
+
+/// The controller: the live state, its store, and the token-signing key.
+pub struct Controller {
+    state: Mutex<State>,
+    store: Box<dyn Store>,
+    key: SigningKey,
+    /// Heartbeat interval handed to nodes.
+    pub heartbeat_ms: u64,
+    /// Commands waiting for the next commit (see [`Controller::execute`]).
+    pending: Mutex<Vec<Waiting>>,
+    /// Held by the one caller that commits a batch.
+    committing: Mutex<()>,
+}
+
+/// A command waiting in a batch, and where its result goes.
+struct Waiting {
+    cmd: Command,
+    done: Arc<Mutex<Option<Result<Outcome, CtlError>>>>,
+}
+
+/// A refusal or a failure of the controller.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum CtlError {
+    /// The logic refused.
+    #[error(transparent)]
+    Refused(#[from] Error),
+    /// The store failed: nothing was changed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl Controller {
+    /// A controller over `store` (its state loaded; every node counts as having beaten now),
+    /// signing with `key`.
+    pub fn new(
+        store: Box<dyn Store>,
+        key: SigningKey,
+        heartbeat_ms: u64,
+    ) -> Result<Self, StoreError> {
+        Ok(Self {
+            state: Mutex::new(store.load(now_ms())?),
+            store,
+            key,
+            heartbeat_ms,
+            pending: Mutex::new(Vec::new()),
+            committing: Mutex::new(()),
+        })
+    }
+
+    /// A controller over `store` holding `state` already (loaded by the caller).
+    pub fn with_state(
+        state: State,
+        store: Box<dyn Store>,
+        key: SigningKey,
+        heartbeat_ms: u64,
+    ) -> Self {
+        Self {
+            state: Mutex::new(state),
+            store,
+            key,
+            heartbeat_ms,
+            pending: Mutex::new(Vec::new()),
+            committing: Mutex::new(()),
+        }
+    }
+
+    /// Applies a command: on a copy, then stored, then made live. Commands that arrive while a
+    /// commit is under way wait for it and then go together, in arrival order, as one batch in
+    /// one store transaction (a group commit: one disk sync, or one etcd round trip, for all of
+    /// them). A command that changes no record (a heartbeat from a node that is up, a tick
+    /// with nothing to do) writes nothing.
+    pub fn execute(&self, cmd: Command) -> Result<Outcome, CtlError> {
+        let done = Arc::new(Mutex::new(None));
+        lock(&self.pending).push(Waiting {
+            cmd,
+            done: Arc::clone(&done),
+        });
+        let _committer = lock(&self.committing);
+        if let Some(r) = lock(&done).take() {
+            // An earlier committer took it in its batch.
+            return r;
+        }
+        let batch = std::mem::take(&mut *lock(&self.pending));
+        self.commit_batch(batch);
+        let r = lock(&done).take();
+        r.expect("a batch answers every command in it")
+    }
+
+    /// Applies `batch` to a copy of the live state, commits what changed, then makes the copy
+    /// live and answers each command. Only the holder of `committing` calls it, so the live
+    /// state changes nowhere else and readers see it whole before and after.
+    fn commit_batch(&self, batch: Vec<Waiting>) {
+        let live = lock(&self.state).clone();
+        let mut next = live.clone();
+        let mut applied = Vec::new();
+        let mut answers = Vec::with_capacity(batch.len());
+        for w in batch {
+            let r = apply(&mut next, w.cmd.clone());
+            if r.is_ok() {
+                applied.push(w.cmd);
+            }
+            answers.push((w.done, r.map_err(CtlError::from)));
+        }
+        let stored = match records::diff(&live, &next) {
+            Ok(changes) if changes.is_empty() => Ok(()),
+            Ok(changes) => self.store.commit(&changes, &applied),
+            Err(e) => Err(e),
+        };
+        match stored {
+            Ok(()) => *lock(&self.state) = next,
+            Err(e) => {
+                for (_, r) in &mut answers {
+                    if r.is_ok() {
+                        *r = Err(CtlError::Store(e.clone()));
+                    }
+                }
+            }
+        }
+        for (done, r) in answers {
+            *lock(&done) = Some(r);
+        }
+    }
+
+    /// A read-only look at the state.
+    pub fn read<T>(&self, f: impl FnOnce(&State) -> T) -> T {
+        f(&lock(&self.state))
+    }
+
+    /// The public half of the signing key.
+    pub fn public_key(&self) -> [u8; 32] {
+        self.key.verifying_key().to_bytes()
+    }
+
+    /// Mount information for a lease: every extent with a token for its node and device.
+    pub(crate) fn mount_info(&self, l: &LeaseRec, v: &VolumeRec) -> v1::MountResponse {
+        let extents = self.read(|s| {
+            v.extents
+                .iter()
+                .map(|e| {
+                    let claim = Claim {
+                        node_id: NodeId(e.piece.key.node),
+                        volume_id: VolumeId(v.id),
+                        device_id: DeviceId(e.piece.key.device),
+                        range_offset: e.piece.offset,
+                        range_length: e.piece.length,
+                        rights: if l.rw {
+                            Rights::ReadWrite
+                        } else {
+                            Rights::ReadOnly
+                        },
+                        epoch: Epoch(e.token_epoch(l.epoch)),
+                        issued_at_ms: now_ms(),
+                        expires_at_ms: l.expires_at_ms,
+                        // The lease id, so nodes can count usage per lease.
+                        nonce: l.id,
+                    };
+                    v1::MountedExtent {
+                        extent: Some(extent_msg(s, v, e)),
+                        token: claim.sign(&self.key).to_text(),
+                    }
+                })
+                .collect()
+        });
+        v1::MountResponse {
+            lease: Some(lease_msg(l, v)),
+            size_bytes: v.size,
+            layout: Some(v.layout.into()),
+            extents,
+        }
+    }
+}
+
+mod reap;

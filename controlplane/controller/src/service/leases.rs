@@ -1,0 +1,150 @@
+//! The leases: mount, renew, unmount, revoke, mirror failure and rebuild reports service.
+
+use super::*;
+
+#[tonic::async_trait]
+impl v1::leases_server::Leases for Svc {
+    async fn mount(
+        &self,
+        r: Request<v1::MountRequest>,
+    ) -> Result<Response<v1::MountResponse>, Status> {
+        let r = r.into_inner();
+        let rw = match v1::Access::try_from(r.access) {
+            Ok(v1::Access::ReadWrite) => true,
+            Ok(v1::Access::ReadOnly) => false,
+            _ => {
+                return Err(Status::invalid_argument(
+                    "access must be read-only or read-write",
+                ))
+            }
+        };
+        let ttl_ms = if r.ttl_ms == 0 {
+            DEFAULT_TTL_MS
+        } else {
+            r.ttl_ms
+        };
+        let out = self.ctl()?.execute(Command::Mount {
+            volume: r.volume,
+            host: r.host_id,
+            rw,
+            ttl_ms,
+            now_ms: now_ms(),
+        })?;
+        lease_outcome(&*self.ctl()?, out)
+    }
+
+    async fn renew(
+        &self,
+        r: Request<v1::RenewRequest>,
+    ) -> Result<Response<v1::MountResponse>, Status> {
+        let r = r.into_inner();
+        let ttl_ms = if r.ttl_ms == 0 {
+            DEFAULT_TTL_MS
+        } else {
+            r.ttl_ms
+        };
+        let out = self.ctl()?.execute(Command::Renew {
+            lease_id: r.lease_id,
+            ttl_ms,
+            now_ms: now_ms(),
+        })?;
+        lease_outcome(&*self.ctl()?, out)
+    }
+
+    async fn unmount(
+        &self,
+        r: Request<v1::UnmountRequest>,
+    ) -> Result<Response<v1::UnmountResponse>, Status> {
+        self.ctl()?.execute(Command::Unmount {
+            lease_id: r.into_inner().lease_id,
+            now_ms: now_ms(),
+        })?;
+        Ok(Response::new(v1::UnmountResponse {}))
+    }
+
+    async fn revoke(
+        &self,
+        r: Request<v1::RevokeRequest>,
+    ) -> Result<Response<v1::RevokeResponse>, Status> {
+        let Outcome::Volume(v) = self.ctl()?.execute(Command::Revoke {
+            lease_id: r.into_inner().lease_id,
+            now_ms: now_ms(),
+        })?
+        else {
+            return Err(Status::internal("unexpected outcome"));
+        };
+        Ok(Response::new(v1::RevokeResponse { new_epoch: v.epoch }))
+    }
+
+    async fn report_failure(
+        &self,
+        r: Request<v1::ReportFailureRequest>,
+    ) -> Result<Response<v1::ReportFailureResponse>, Status> {
+        let mut r = r.into_inner();
+        // The reason is for the operator: a long one is cut rather than the report refused, since
+        // the writer cannot acknowledge its write until the report is accepted.
+        r.reason = state::validate::truncate(&r.reason, state::validate::MAX_REASON).to_string();
+        state::validate::copies(&r.copies).map_err(CtlError::from)?;
+        let out = self.ctl()?.execute(Command::FailCopies {
+            lease_id: r.lease_id,
+            copies: r.copies.clone(),
+            reason: r.reason.clone(),
+            now_ms: now_ms(),
+        });
+        let v = match out {
+            Ok(Outcome::Volume(v)) => v,
+            Ok(_) => return Err(Status::internal("unexpected outcome")),
+            Err(e) => {
+                tracing::warn!(lease = r.lease_id, copies = ?r.copies, reason = %r.reason, "failure report refused: {e}");
+                return Err(e.into());
+            }
+        };
+        tracing::warn!(volume = %v.name, lease = r.lease_id, copies = ?r.copies, reason = %r.reason,
+            "mirror copies marked stale: no reads from them until rebuilt");
+        Ok(Response::new(self.ctl()?.read(|s| {
+            v1::ReportFailureResponse {
+                extents: v.extents.iter().map(|e| extent_msg(s, &v, e)).collect(),
+            }
+        })))
+    }
+
+    async fn report_rebuilt(
+        &self,
+        r: Request<v1::ReportRebuiltRequest>,
+    ) -> Result<Response<v1::ReportFailureResponse>, Status> {
+        let r = r.into_inner();
+        state::validate::copies(&r.copies).map_err(CtlError::from)?;
+        let v = match self.ctl()?.execute(Command::RebuiltCopies {
+            lease_id: r.lease_id,
+            copies: r.copies.clone(),
+            now_ms: now_ms(),
+        })? {
+            Outcome::Volume(v) => v,
+            _ => return Err(Status::internal("unexpected outcome")),
+        };
+        tracing::info!(volume = %v.name, lease = r.lease_id, copies = ?r.copies,
+            "mirror copies rebuilt: they serve reads again");
+        Ok(Response::new(self.ctl()?.read(|s| {
+            v1::ReportFailureResponse {
+                extents: v.extents.iter().map(|e| extent_msg(s, &v, e)).collect(),
+            }
+        })))
+    }
+
+    async fn list(
+        &self,
+        r: Request<v1::ListLeasesRequest>,
+    ) -> Result<Response<v1::ListLeasesResponse>, Status> {
+        let vol = r.into_inner().volume;
+        Ok(Response::new(self.ctl()?.read(|s| {
+            v1::ListLeasesResponse {
+                leases: s
+                    .leases
+                    .values()
+                    .filter(|l| vol.is_empty() || l.volume == vol)
+                    .filter_map(|l| s.volumes.get(&l.volume).map(|v| lease_msg(l, v)))
+                    .collect(),
+            }
+        })))
+    }
+}

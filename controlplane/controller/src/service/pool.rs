@@ -1,0 +1,42 @@
+//! The the pool: nodes and devices as the controller sees them service.
+
+use super::*;
+
+#[tonic::async_trait]
+impl v1::pool_server::Pool for Svc {
+    async fn list_nodes(
+        &self,
+        _: Request<v1::ListNodesRequest>,
+    ) -> Result<Response<v1::ListNodesResponse>, Status> {
+        Ok(Response::new(self.ctl()?.read(|s| v1::ListNodesResponse {
+            nodes: s.nodes.values().map(|n| node_msg(s, n)).collect(),
+        })))
+    }
+
+    async fn list_devices(
+        &self,
+        _: Request<v1::ListDevicesRequest>,
+    ) -> Result<Response<v1::ListDevicesResponse>, Status> {
+        Ok(Response::new(self.ctl()?.read(|s| {
+            let devices: Vec<v1::Device> = s
+                .nodes
+                .values()
+                .filter(|n| n.state == NodeState::Up)
+                .flat_map(|n| node_msg(s, n).devices)
+                .collect();
+            v1::ListDevicesResponse {
+                total_bytes: devices.iter().map(|d| d.lendable_length).sum(),
+                free_bytes: devices.iter().map(|d| d.free_bytes).sum(),
+                devices,
+            }
+        })))
+    }
+
+    async fn get_node(&self, r: Request<v1::GetNodeRequest>) -> Result<Response<v1::Node>, Status> {
+        let id = r.into_inner().node_id;
+        self.ctl()?
+            .read(|s| s.nodes.get(&id).map(|n| node_msg(s, n)))
+            .map(Response::new)
+            .ok_or_else(|| Status::not_found(format!("unknown node {id}")))
+    }
+}

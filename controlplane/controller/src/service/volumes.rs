@@ -1,0 +1,80 @@
+//! The volumes: create, get, list, resize, delete service.
+
+use super::*;
+
+#[tonic::async_trait]
+impl v1::volumes_server::Volumes for Svc {
+    async fn create(
+        &self,
+        r: Request<v1::CreateVolumeRequest>,
+    ) -> Result<Response<v1::Volume>, Status> {
+        let r = r.into_inner();
+        let q = r.requirements.unwrap_or_default();
+        let out = self.ctl()?.execute(Command::CreateVolume {
+            name: r.name,
+            size: r.size_bytes,
+            layout: layout_from(r.layout)?,
+            req: state::Requirements {
+                min_iops: q.min_iops,
+                min_mib_s: q.min_mib_s,
+                price_per_gib_hour: q.price_per_gib_hour,
+                spread_failure_domains: q.spread_failure_domains,
+            },
+            now_ms: now_ms(),
+        })?;
+        let Outcome::Volume(v) = out else {
+            return Err(Status::internal("unexpected outcome"));
+        };
+        Ok(Response::new(self.ctl()?.read(|s| volume_msg(s, &v))))
+    }
+
+    async fn get(&self, r: Request<v1::GetVolumeRequest>) -> Result<Response<v1::Volume>, Status> {
+        let name = r.into_inner().name;
+        state::validate::volume_name(&name).map_err(CtlError::from)?;
+        self.ctl()?
+            .read(|s| s.volumes.get(&name).map(|v| volume_msg(s, v)))
+            .map(Response::new)
+            .ok_or_else(|| Status::not_found(format!("unknown volume {name:?}")))
+    }
+
+    async fn list(
+        &self,
+        _: Request<v1::ListVolumesRequest>,
+    ) -> Result<Response<v1::ListVolumesResponse>, Status> {
+        Ok(Response::new(self.ctl()?.read(|s| {
+            v1::ListVolumesResponse {
+                volumes: s.volumes.values().map(|v| volume_msg(s, v)).collect(),
+            }
+        })))
+    }
+
+    async fn resize(
+        &self,
+        r: Request<v1::ResizeVolumeRequest>,
+    ) -> Result<Response<v1::Volume>, Status> {
+        let r = r.into_inner();
+        let Outcome::Volume(v) = self.ctl()?.execute(Command::ResizeVolume {
+            name: r.name,
+            size: r.size_bytes,
+        })?
+        else {
+            return Err(Status::internal("unexpected outcome"));
+        };
+        // A shrink's freed tail: discard it now when the nodes answer; otherwise the ticker
+        // retries.
+        self.ctl()?.reap_freed().await;
+        Ok(Response::new(self.ctl()?.read(|s| volume_msg(s, &v))))
+    }
+
+    async fn delete(
+        &self,
+        r: Request<v1::DeleteVolumeRequest>,
+    ) -> Result<Response<v1::DeleteVolumeResponse>, Status> {
+        self.ctl()?.execute(Command::DeleteVolume {
+            name: r.into_inner().name,
+        })?;
+        // Discard now when the nodes answer; otherwise the ticker retries.
+        self.ctl()?.reap_deleting().await;
+        Ok(Response::new(v1::DeleteVolumeResponse {}))
+    }
+}
