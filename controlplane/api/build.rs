@@ -10,6 +10,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/dasmesh/v1/volumes.proto",
         "proto/dasmesh/v1/leases.proto",
         "proto/dasmesh/v1/usage.proto",
+        "proto/dasmesh/v1/control.proto",
     ];
     tonic_prost_build::configure()
         .file_descriptor_set_path(out.join("dasmesh_v1_descriptor.bin"))

@@ -36,22 +36,30 @@ pub struct Roles {
     role: RwLock<Role>,
     /// This controller's URL (what callers are told to use).
     pub url: String,
+    /// The shared store, when there is one (its controllers' presences are read there).
+    pub etcd: Option<Etcd>,
+    /// Where the state lives, in words.
+    pub store: String,
 }
 
 impl Roles {
     /// A controller that is and stays active (the embedded store: there is no election).
-    pub fn active(ctl: Arc<Controller>, url: String) -> Arc<Roles> {
+    pub fn active(ctl: Arc<Controller>, url: String, store: String) -> Arc<Roles> {
         Arc::new(Roles {
             role: RwLock::new(Role::Active(ctl)),
             url,
+            etcd: None,
+            store,
         })
     }
 
-    /// A standby until the election says otherwise.
-    pub fn standby(url: String) -> Arc<Roles> {
+    /// A standby over `etcd` until the election says otherwise.
+    pub fn standby(url: String, etcd: Etcd) -> Arc<Roles> {
         Arc::new(Roles {
             role: RwLock::new(Role::Standby(None)),
             url,
+            store: format!("etcd {} (prefix {})", etcd.endpoints, etcd.prefix),
+            etcd: Some(etcd),
         })
     }
 
@@ -132,7 +140,7 @@ pub async fn presences(etcd: &Etcd) -> Result<Vec<Presence>, StoreError> {
         .iter()
         .filter_map(|v| serde_json::from_slice(v).ok())
         .collect();
-    out.sort_by(|a, b| b.role.cmp(&a.role).reverse().then(a.url.cmp(&b.url)));
+    out.sort_by(|a, b| (a.role != "active", &a.url).cmp(&(b.role != "active", &b.url)));
     Ok(out)
 }
 

@@ -120,7 +120,7 @@ async fn run(a: Args) -> anyhow::Result<()> {
             let etcd =
                 tokio::task::spawn_blocking(move || Etcd::connect(&endpoints, &prefix)).await??;
             let key = ha::signing_key(&etcd).await?;
-            let roles = Roles::standby(url.clone());
+            let roles = Roles::standby(url.clone(), etcd.clone());
             ha::spawn(
                 etcd.clone(),
                 Arc::clone(&roles),
@@ -140,7 +140,7 @@ async fn run(a: Args) -> anyhow::Result<()> {
             let store = RedbStore::open(dir)?;
             let ctl = Arc::new(Controller::new(Box::new(store), key, heartbeat_ms)?);
             tracing::info!(data_dir = %dir.display(), "state in redb");
-            Roles::active(ctl, url.clone())
+            Roles::active(ctl, url.clone(), format!("redb {}", dir.display()))
         }
         (None, None) => anyhow::bail!("give --data-dir DIR or --etcd URLS"),
     };
@@ -201,7 +201,8 @@ async fn run(a: Args) -> anyhow::Result<()> {
         .add_service(v1::pool_server::PoolServer::new(svc.clone()))
         .add_service(v1::volumes_server::VolumesServer::new(svc.clone()))
         .add_service(v1::leases_server::LeasesServer::new(svc.clone()))
-        .add_service(v1::usage_server::UsageServer::new(svc))
+        .add_service(v1::usage_server::UsageServer::new(svc.clone()))
+        .add_service(v1::control_plane_server::ControlPlaneServer::new(svc))
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(listener),
             async {

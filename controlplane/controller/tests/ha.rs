@@ -198,6 +198,30 @@ async fn a_standby_takes_over_while_hosts_keep_doing_io() {
     ctls[first].restart();
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(role(addrs[first]).await, "standby");
+    // Both are listed with their roles, asked of either.
+    let want = vec![
+        ("active".to_string(), format!("http://{}", addrs[1 - first])),
+        ("standby".to_string(), format!("http://{}", addrs[first])),
+    ];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = v1::control_plane_client::ControlPlaneClient::new(ctl.clone())
+            .list_controllers(v1::ListControllersRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        let got: Vec<(String, String)> = r
+            .controllers
+            .iter()
+            .map(|c| (c.role.clone(), c.url.clone()))
+            .collect();
+        if got == want {
+            assert!(r.store.starts_with("etcd "), "{}", r.store);
+            break;
+        }
+        assert!(Instant::now() < deadline, "controller list: {got:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     stop.store(true, Ordering::Relaxed);
     let worst = io.await.unwrap();
     eprintln!(

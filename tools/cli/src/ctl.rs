@@ -21,6 +21,13 @@ pub enum NodeCmd {
     List,
 }
 
+/// `dasmesh controller ...`.
+#[derive(Subcommand)]
+pub enum ControllerCmd {
+    /// Every controller: its role (active or standby), its URL and when it was last heard of.
+    List,
+}
+
 /// `dasmesh volume ...`.
 #[derive(Subcommand)]
 pub enum VolumeCmd {
@@ -134,6 +141,8 @@ pub struct UsageArgs {
 
 /// Any control-plane command.
 pub enum Ctl {
+    /// Controllers.
+    Controller(ControllerCmd),
     /// Nodes.
     Node(NodeCmd),
     /// Pool.
@@ -301,6 +310,38 @@ pub async fn exec(ctl: &Controllers, json_out: bool, cmd: Ctl) -> anyhow::Result
                             n.failure_domain
                         );
                     }
+                }
+            }
+            Ctl::Controller(ControllerCmd::List) => {
+                let r = v1::control_plane_client::ControlPlaneClient::new(ch)
+                    .list_controllers(v1::ListControllersRequest {})
+                    .await
+                    .map_err(status)?
+                    .into_inner();
+                let now = now_ms();
+                if json_out {
+                    let v: Vec<_> = r
+                        .controllers
+                        .iter()
+                        .map(|c| {
+                            json!({"url": c.url, "role": c.role,
+                        "seen_ms": c.seen_ms, "answering": c.answering})
+                        })
+                        .collect();
+                    println!("{}", json!({"store": r.store, "controllers": v}));
+                } else {
+                    println!("{:<8} {:<28} {:>10}", "role", "url", "last seen");
+                    for c in &r.controllers {
+                        let ago = now.saturating_sub(c.seen_ms);
+                        println!(
+                            "{:<8} {:<28} {:>8.1} s{}",
+                            c.role,
+                            c.url,
+                            ago as f64 / 1000.0,
+                            if c.answering { "  (answered)" } else { "" }
+                        );
+                    }
+                    println!("state: {}", r.store);
                 }
             }
             Ctl::Pool => {

@@ -71,6 +71,9 @@ enum Cmd {
     /// Talk to a node directly with a token.
     #[command(subcommand)]
     Io(io::IoCmd),
+    /// Controllers: which is active, which are standbys.
+    #[command(subcommand)]
+    Controller(ctl::ControllerCmd),
     /// Storage nodes.
     #[command(subcommand)]
     Node(ctl::NodeCmd),
@@ -117,6 +120,7 @@ fn main() {
         Cmd::Keygen(a) => keys::keygen(&a),
         Cmd::Token(t) => keys::token(t, cli.json),
         Cmd::Io(c) => io::run(c, cli.json),
+        Cmd::Controller(c) => ctl().and_then(|k| ctl::run(&k, cli.json, ctl::Ctl::Controller(c))),
         Cmd::Node(c) => ctl().and_then(|k| ctl::run(&k, cli.json, ctl::Ctl::Node(c))),
         Cmd::Pool => ctl().and_then(|k| ctl::run(&k, cli.json, ctl::Ctl::Pool)),
         Cmd::Volume(c) => ctl().and_then(|k| ctl::run(&k, cli.json, ctl::Ctl::Volume(c))),

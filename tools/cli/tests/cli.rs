@@ -426,6 +426,13 @@ fn control_plane_commands_against_a_real_controller() {
     assert_eq!(nodes.as_array().unwrap().len(), 2);
     assert!(nodes.as_array().unwrap().iter().all(|n| n["state"] == "up"));
     assert!(run_ok(c(&["pool"])).contains("pool: 510M lendable"));
+    // One controller alone: active, on the embedded store.
+    let ctls: serde_json::Value =
+        serde_json::from_str(&run_ok(c(&["--json", "controller", "list"]))).unwrap();
+    assert_eq!(ctls["controllers"].as_array().unwrap().len(), 1, "{ctls}");
+    assert_eq!(ctls["controllers"][0]["role"], "active");
+    assert_eq!(ctls["controllers"][0]["answering"], true);
+    assert!(ctls["store"].as_str().unwrap().starts_with("redb "), "{ctls}");
 
     let v: serde_json::Value = serde_json::from_str(&run_ok(c(&[
         "volume", "create", "v1", "--size", "16M", "--layout", "mirror:2", "--price", "2.5",

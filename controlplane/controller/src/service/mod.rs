@@ -14,6 +14,7 @@ use crate::state::{self, Command, Error, NodeState, Outcome};
 use crate::store::StoreError;
 use msg::{extent_msg, layout_from, lease_msg, node_msg, volume_msg};
 
+mod control;
 mod leases;
 pub mod msg;
 mod pool;
@@ -72,7 +73,7 @@ pub struct Svc(pub Arc<Roles>);
 impl Svc {
     /// Services of a controller that is always active (the embedded store).
     pub fn active(ctl: Arc<Controller>) -> Svc {
-        Svc(Roles::active(ctl, String::new()))
+        Svc(Roles::active(ctl, String::new(), "memory".into()))
     }
 
     /// The active controller, or the standby's refusal that names it.
