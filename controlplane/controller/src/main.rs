@@ -44,6 +44,9 @@ struct Args {
     /// over within about this (whole seconds, at least 1).
     #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
     election_ttl: Duration,
+    /// How long the usage of an ended lease is kept (for `dasmesh usage`) before it is dropped.
+    #[arg(long, default_value = "90days", value_parser = humantime::parse_duration)]
+    usage_retention: Duration,
     /// Heartbeat interval asked of nodes; three missed beats mark a node down.
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     heartbeat: Duration,
@@ -146,10 +149,23 @@ async fn run(a: Args) -> anyhow::Result<()> {
     };
 
     let ticker = Arc::clone(&roles);
+    let retention_ms = a.usage_retention.as_millis() as u64;
     tokio::spawn(async move {
         let mut t = tokio::time::interval(Duration::from_millis(heartbeat_ms));
+        let mut forgot = tokio::time::Instant::now() - Duration::from_secs(3600);
         loop {
             t.tick().await;
+            // Hourly, and at the start of each term: usage past its retention.
+            if let (Some(ctl), true) = (
+                ticker.controller(),
+                forgot.elapsed() >= Duration::from_secs(3600),
+            ) {
+                let before_ms = dasmesh_controller::service::now_ms().saturating_sub(retention_ms);
+                match ctl.execute(Command::ForgetUsage { before_ms }) {
+                    Ok(_) => forgot = tokio::time::Instant::now(),
+                    Err(e) => tracing::warn!("forgetting old usage: {e}"),
+                }
+            }
             // Only the active controller ticks; a standby's turn starts with a fresh grace.
             let Some(ctl) = ticker.controller() else {
                 continue;

@@ -245,6 +245,9 @@ pub enum Command {
     Tick { now_ms: u64, heartbeat_ms: u64 },
     /// A node leaves cleanly.
     Deregister { node_id: u64 },
+    /// Drop the usage records of leases that ended before `before_ms` (billing has had them):
+    /// the usage table is bounded by a retention, not by the pool's whole history.
+    ForgetUsage { before_ms: u64 },
     /// Create a volume.
     CreateVolume {
         name: String,
@@ -604,6 +607,11 @@ fn apply_inner(s: &mut State, cmd: Command) -> Result<Outcome, Error> {
                 end_lease(s, id, now_ms)?;
             }
             s.revoked.retain(|_, expires_at_ms| *expires_at_ms > now_ms);
+            Ok(Outcome::Done)
+        }
+        Command::ForgetUsage { before_ms } => {
+            s.usage
+                .retain(|_, u| u.ended_ms.is_none_or(|end| end >= before_ms));
             Ok(Outcome::Done)
         }
         Command::Deregister { node_id } => {

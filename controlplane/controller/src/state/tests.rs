@@ -670,3 +670,29 @@ fn stripes_grow_by_whole_sets_and_shrink_by_dropping_them() {
     assert_eq!((sh.size, sh.extents.len()), (2 * G, 3));
     assert_eq!(sh.extents, v.extents, "the first set is kept as it was");
 }
+
+#[test]
+fn usage_of_leases_ended_before_the_retention_is_forgotten_and_no_other() {
+    let mut s = State::default();
+    for (id, ended_ms) in [(1, Some(100)), (2, Some(500)), (3, None)] {
+        s.usage.insert(
+            id,
+            UsageRec {
+                lease_id: id,
+                ended_ms,
+                ..Default::default()
+            },
+        );
+    }
+    apply(&mut s, Command::ForgetUsage { before_ms: 500 }).unwrap();
+    assert_eq!(s.usage.keys().copied().collect::<Vec<_>>(), vec![2, 3]);
+    // An active lease's usage stays however old it is.
+    apply(
+        &mut s,
+        Command::ForgetUsage {
+            before_ms: u64::MAX,
+        },
+    )
+    .unwrap();
+    assert_eq!(s.usage.keys().copied().collect::<Vec<_>>(), vec![3]);
+}
