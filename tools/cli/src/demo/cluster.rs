@@ -48,7 +48,7 @@ pub struct Proc {
 impl Proc {
     /// Starts `bin` with `args`, stderr into `log`, and waits (up to 20 s) for its
     /// `listening ADDR` line.
-    fn start(name: &str, bin: &Path, args: &[String], log: PathBuf) -> anyhow::Result<Proc> {
+    pub fn start(name: &str, bin: &Path, args: &[String], log: PathBuf) -> anyhow::Result<Proc> {
         let err =
             std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
         let mut child = Command::new(bin)

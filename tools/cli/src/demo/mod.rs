@@ -5,6 +5,7 @@
 //! (the same code runs), checks every result, and exits non-zero when one is wrong.
 
 mod cluster;
+mod ha;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -28,6 +29,13 @@ pub struct DemoArgs {
     /// Make the demo's directory inside DIR (default: $TMPDIR, else /var/tmp).
     #[arg(long)]
     dir: Option<PathBuf>,
+    /// Only the highly available control plane: etcd, two controllers, a failover under host
+    /// I/O (needs etcd; the full demo ends with this step too where etcd is installed).
+    #[arg(long, conflicts_with = "no_ha")]
+    ha: bool,
+    /// Skip the highly available control plane step even where etcd is installed.
+    #[arg(long)]
+    no_ha: bool,
 }
 
 /// The volumes: name, layout, size at creation, size after a resize.
@@ -65,6 +73,13 @@ pub fn run(a: DemoArgs) -> anyhow::Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()?;
+    if a.ha {
+        ensure!(
+            ha::etcd_binary().is_some(),
+            "--ha needs etcd (scripts/setup.sh installs Debian's etcd-server)"
+        );
+        return rt.block_on(ha_only(&parent, a.keep));
+    }
     rt.block_on(async move {
         heading(1, "a controller and three storage nodes on loopback, a 256 MiB file each");
         let mut cl = Cluster::start(&parent, a.keep, 3, "256M", "500ms")?;
@@ -79,6 +94,15 @@ pub fn run(a: DemoArgs) -> anyhow::Result<()> {
                 eprintln!("the logs are in {}", cl.dir().display());
             }
             return Err(e);
+        }
+        if !a.no_ha {
+            if ha::etcd_binary().is_some() {
+                let d = cl.dir().join("ha");
+                std::fs::create_dir_all(&d)?;
+                ha::run(&d).await?;
+            } else {
+                println!("\n(the highly available control plane step needs etcd: scripts/setup.sh installs it)");
+            }
         }
         heading(9, "stop: SIGTERM to the nodes and the controller (in-flight I/O finishes, state is flushed)");
         let mut clean = true;
@@ -103,6 +127,29 @@ pub fn run(a: DemoArgs) -> anyhow::Result<()> {
         );
         Ok(())
     })
+}
+
+/// `dasmesh demo --ha`: the failover step alone, in a directory of its own.
+async fn ha_only(parent: &Path, keep: bool) -> anyhow::Result<()> {
+    std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    let dir = tempfile::Builder::new()
+        .prefix("dasmesh-demo-ha.")
+        .tempdir_in(parent)
+        .with_context(|| format!("making a directory in {}", parent.display()))?;
+    let began = Instant::now();
+    let r = tokio::select! {
+        r = ha::run(dir.path()) => r,
+        _ = tokio::signal::ctrl_c() => Err(anyhow!("interrupted")),
+    };
+    if keep {
+        println!("kept {}", dir.keep().display());
+    }
+    r?;
+    println!(
+        "\nHA demo complete in {:.0} s: every check passed",
+        began.elapsed().as_secs_f64()
+    );
+    Ok(())
 }
 
 fn heading(n: u32, text: &str) {
