@@ -9,6 +9,7 @@
 pub mod alloc;
 pub mod controller;
 pub mod ha;
+pub mod keys;
 pub mod service;
 pub mod state;
 pub mod store;
