@@ -1,20 +1,24 @@
-//! The controller proper: the live state, its store, the token-signing key, and
+//! The controller proper: the live state, its store, the token-signing keys, and
 //! [`Controller::execute`], the one way the state changes (a group commit through the store).
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 use dasmesh_api::v1;
 use dasmesh_wire::{Claim, DeviceId, Epoch, NodeId, Rights, SigningKey, VolumeId};
 
+use crate::keys::Keys;
 use crate::service::msg::{extent_msg, lease_msg};
 use crate::state::{apply, Command, Error, LeaseRec, Outcome, State, VolumeRec};
 use crate::store::{records, Store, StoreError};
 
-/// The controller: the live state, its store, and the token-signing key.
+/// The controller: the live state, its store, and the token-signing keys.
 pub struct Controller {
     state: Mutex<State>,
     store: Box<dyn Store>,
-    key: SigningKey,
+    /// The key ring ([`crate::keys`]): replaced whole by a rotation, once stored.
+    keys: RwLock<Keys>,
+    /// Held by the one caller that rotates the keys.
+    rotating: Mutex<()>,
     /// Heartbeat interval handed to nodes.
     pub heartbeat_ms: u64,
     /// Commands waiting for the next commit (see [`Controller::execute`]).
@@ -54,16 +58,17 @@ pub fn now_ms() -> u64 {
 
 impl Controller {
     /// A controller over `store` (its state loaded; every node counts as having beaten now),
-    /// signing with `key`.
+    /// signing with `keys` (a ring, or one key).
     pub fn new(
         store: Box<dyn Store>,
-        key: SigningKey,
+        keys: impl Into<Keys>,
         heartbeat_ms: u64,
     ) -> Result<Self, StoreError> {
         Ok(Self {
             state: Mutex::new(store.load(now_ms())?),
             store,
-            key,
+            keys: RwLock::new(keys.into()),
+            rotating: Mutex::new(()),
             heartbeat_ms,
             pending: Mutex::new(Vec::new()),
             committing: Mutex::new(()),
@@ -74,13 +79,14 @@ impl Controller {
     pub fn with_state(
         state: State,
         store: Box<dyn Store>,
-        key: SigningKey,
+        keys: impl Into<Keys>,
         heartbeat_ms: u64,
     ) -> Self {
         Self {
             state: Mutex::new(state),
             store,
-            key,
+            keys: RwLock::new(keys.into()),
+            rotating: Mutex::new(()),
             heartbeat_ms,
             pending: Mutex::new(Vec::new()),
             committing: Mutex::new(()),
@@ -149,13 +155,56 @@ impl Controller {
         f(&lock(&self.state))
     }
 
-    /// The public half of the signing key.
+    /// The key ring now.
+    pub fn keys(&self) -> Keys {
+        self.keys.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The key tokens are signed with at `now_ms`.
+    pub fn signing_key(&self, now_ms: u64) -> SigningKey {
+        self.keys
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .signing(now_ms)
+            .clone()
+    }
+
+    /// The public half of the key tokens are signed with now.
     pub fn public_key(&self) -> [u8; 32] {
-        self.key.verifying_key().to_bytes()
+        self.signing_key(now_ms()).verifying_key().to_bytes()
+    }
+
+    /// The public halves of every key nodes are to accept at `now_ms`, current first.
+    pub fn accepted_keys(&self, now_ms: u64) -> Vec<Vec<u8>> {
+        self.keys
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .accepted(now_ms)
+            .iter()
+            .map(|k| k.to_bytes().to_vec())
+            .collect()
+    }
+
+    /// Rotates the signing key at `now_ms` to a fresh one ([`Keys::rotate`]): the new ring is
+    /// stored first, and only then used, so a failover or restart never goes back to a ring
+    /// whose keys nodes were not told of. Returns the new ring.
+    pub fn rotate_key(
+        &self,
+        now_ms: u64,
+        switch_delay_ms: u64,
+        keep_ms: u64,
+    ) -> Result<Keys, CtlError> {
+        let _one = lock(&self.rotating);
+        let fresh = SigningKey::from_bytes(&rand::random::<[u8; 32]>());
+        let next = self.keys().rotate(&fresh, now_ms, switch_delay_ms, keep_ms);
+        self.store.save_keys(&next.ring().to_json())?;
+        *self.keys.write().unwrap_or_else(|e| e.into_inner()) = next.clone();
+        Ok(next)
     }
 
     /// Mount information for a lease: every extent with a token for its node and device.
     pub(crate) fn mount_info(&self, l: &LeaseRec, v: &VolumeRec) -> v1::MountResponse {
+        let key = self.signing_key(now_ms());
         let extents = self.read(|s| {
             v.extents
                 .iter()
@@ -179,7 +228,7 @@ impl Controller {
                     };
                     v1::MountedExtent {
                         extent: Some(extent_msg(s, v, e)),
-                        token: claim.sign(&self.key).to_text(),
+                        token: claim.sign(&key).to_text(),
                     }
                 })
                 .collect()

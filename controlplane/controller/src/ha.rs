@@ -6,18 +6,19 @@
 //! commit ([`crate::store::etcd::EtcdStore`]): a deposed controller's writes fail even before
 //! it notices, so two actives can never both change the pool.
 //!
-//! A new active controller loads the state from etcd and gives every node a grace period
-//! (its liveness starts at the takeover), so nodes are not marked down for the old one's
-//! silence.
+//! A new active controller loads the state and the token-signing key ring from etcd, and gives
+//! every node a grace period (its liveness starts at the takeover), so nodes are not marked down
+//! for the old one's silence. It signs with the same keys the old one did, a rotation included:
+//! the old one stored its ring before it used it ([`crate::keys`]).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use dasmesh_wire::SigningKey;
 use etcd_client::{Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp};
 use serde::{Deserialize, Serialize};
 
+use crate::keys::Keys;
 use crate::service::{now_ms, Controller};
 use crate::store::etcd::{Etcd, EtcdStore};
 use crate::store::StoreError;
@@ -92,9 +93,10 @@ pub struct Presence {
     pub seen_ms: u64,
 }
 
-/// The cluster's signing key: the one in etcd, or a new one put there if there is none yet
-/// (the first controller makes it; every other one reads the same).
-pub async fn signing_key(etcd: &Etcd) -> Result<SigningKey, StoreError> {
+/// The cluster's token-signing key ring: the one in etcd (a ring, or the one key earlier builds
+/// kept there), or a new key put there if there is none yet (the first controller makes it, as
+/// a plain key, which every build reads; every other controller reads the same).
+pub async fn key_ring(etcd: &Etcd) -> Result<Keys, StoreError> {
     let key = etcd.key("signing-key");
     let fresh = dasmesh_wire::key_to_text(&rand::random::<[u8; 32]>());
     let text = etcd
@@ -120,8 +122,7 @@ pub async fn signing_key(etcd: &Etcd) -> Result<SigningKey, StoreError> {
             Ok(got.unwrap_or_default())
         })
         .await?;
-    dasmesh_wire::signing_key_from_text(text.trim())
-        .map_err(|e| StoreError::Corrupt(format!("signing-key in etcd: {e}")))
+    Keys::parse(&text).map_err(|e| StoreError::Corrupt(format!("signing-key in etcd: {e}")))
 }
 
 /// The controllers that published their presence, newest first.
@@ -157,11 +158,11 @@ pub struct ElectionOptions {
 
 /// Runs the election for ever on the etcd runtime: campaigns, serves as active while the
 /// lease holds, steps down when it does not, and publishes this controller's presence.
-pub fn spawn(etcd: Etcd, roles: Arc<Roles>, key: SigningKey, opts: ElectionOptions) {
+pub fn spawn(etcd: Etcd, roles: Arc<Roles>, opts: ElectionOptions) {
     let rt = etcd.runtime().clone();
     rt.spawn(async move {
         loop {
-            if let Err(e) = campaign(&etcd, &roles, &key, &opts).await {
+            if let Err(e) = campaign(&etcd, &roles, &opts).await {
                 tracing::warn!("election: {e}");
             }
             if roles.controller().is_some() {
@@ -201,7 +202,6 @@ async fn publish(etcd: &Etcd, url: &str, role: &str, lease: i64) -> Result<(), S
 async fn campaign(
     etcd: &Etcd,
     roles: &Arc<Roles>,
-    signing: &SigningKey,
     opts: &ElectionOptions,
 ) -> Result<(), StoreError> {
     let ttl = ttl_secs(opts.ttl);
@@ -249,13 +249,10 @@ async fn campaign(
                 .await?;
             if ok {
                 let (state, last_log) = etcd.load(now_ms()).await?;
+                // Read after winning: a rotation by the one before is in it.
+                let keys = key_ring(etcd).await?;
                 let store = EtcdStore::new(etcd.clone(), rev, last_log, Arc::clone(&lost));
-                let ctl = Controller::with_state(
-                    state,
-                    Box::new(store),
-                    signing.clone(),
-                    opts.heartbeat_ms,
-                );
+                let ctl = Controller::with_state(state, Box::new(store), keys, opts.heartbeat_ms);
                 roles.set(Role::Active(Arc::new(ctl)));
                 won = Some(rev);
                 tracing::info!(url = %me, revision = rev, "active: this controller won the election");

@@ -1,11 +1,12 @@
 //! `dasmesh-controller`: the control plane. gRPC (registry, pool, volumes, leases, usage, plus
 //! health and reflection) on `--listen`. Alone: state in redb inside `--data-dir`, tokens
-//! signed with the key in `--data-dir/signing.key` (made on first start). With `--etcd`: state,
-//! signing key and election in etcd, shared by every controller given the same cluster and
-//! prefix; one is active, the others are standbys (see `dasmesh_controller::ha`).
+//! signed with the key in `--data-dir/signing.key` (made on first start), or once a key was
+//! rotated, with the ring in `--data-dir/signing-ring.json`. With `--etcd`: state, signing key
+//! ring and election in etcd, shared by every controller given the same cluster and prefix; one
+//! is active, the others are standbys (see `dasmesh_controller::ha`, `dasmesh_controller::keys`).
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,8 +17,7 @@ use dasmesh_controller::ha::{self, Roles};
 use dasmesh_controller::service::{Controller, Svc};
 use dasmesh_controller::state::Command;
 use dasmesh_controller::store::etcd::Etcd;
-use dasmesh_controller::store::RedbStore;
-use dasmesh_wire::SigningKey;
+use dasmesh_controller::store::{load_or_make_keys, RedbStore};
 
 /// dasmesh-controller: registers nodes, carves volumes, lends them with signed leases, meters use.
 #[derive(Parser)]
@@ -50,35 +50,6 @@ struct Args {
     /// Heartbeat interval asked of nodes; three missed beats mark a node down.
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     heartbeat: Duration,
-}
-
-fn load_or_make_key(dir: &Path) -> anyhow::Result<SigningKey> {
-    let path = dir.join("signing.key");
-    if path.exists() {
-        let text = std::fs::read_to_string(&path)
-            .with_context(|| format!("reading {}", path.display()))?;
-        return dasmesh_wire::signing_key_from_text(&text)
-            .with_context(|| format!("{}", path.display()));
-    }
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let key = SigningKey::from_bytes(&rand::random::<[u8; 32]>());
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&path)
-        .with_context(|| format!("creating {}", path.display()))?;
-    writeln!(f, "{}", dasmesh_wire::key_to_text(&key.to_bytes()))?;
-    f.sync_all()?;
-    std::fs::write(
-        dir.join("public.key"),
-        format!(
-            "{}\n",
-            dasmesh_wire::key_to_text(key.verifying_key().as_bytes())
-        ),
-    )?;
-    Ok(key)
 }
 
 #[tokio::main]
@@ -122,12 +93,12 @@ async fn run(a: Args) -> anyhow::Result<()> {
             // Connecting blocks until etcd answers (or says why not).
             let etcd =
                 tokio::task::spawn_blocking(move || Etcd::connect(&endpoints, &prefix)).await??;
-            let key = ha::signing_key(&etcd).await?;
+            // Made now if there is none yet, and checked: each term reads it again.
+            ha::key_ring(&etcd).await?;
             let roles = Roles::standby(url.clone(), etcd.clone());
             ha::spawn(
                 etcd.clone(),
                 Arc::clone(&roles),
-                key,
                 ha::ElectionOptions {
                     ttl: a.election_ttl,
                     poll: Duration::from_millis(250),
@@ -139,9 +110,9 @@ async fn run(a: Args) -> anyhow::Result<()> {
         }
         (None, Some(dir)) => {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-            let key = load_or_make_key(dir)?;
+            let keys = load_or_make_keys(dir)?;
             let store = RedbStore::open(dir)?;
-            let ctl = Arc::new(Controller::new(Box::new(store), key, heartbeat_ms)?);
+            let ctl = Arc::new(Controller::new(Box::new(store), keys, heartbeat_ms)?);
             tracing::info!(data_dir = %dir.display(), "state in redb");
             Roles::active(ctl, url.clone(), format!("redb {}", dir.display()))
         }

@@ -107,7 +107,7 @@ impl Controller {
         let c = dasmesh_client::Connection::connect(
             addr,
             DeviceId(at.key.device),
-            &claim.sign(&self.key),
+            &claim.sign(&self.signing_key(now_ms())),
             &opts,
         )
         .await?;

@@ -4,7 +4,8 @@
 //!
 //! Keys under the prefix (default `/dasmesh/`): `state/<record>` (see [`super::records`]),
 //! `log/<seq>` (the newest [`MAX_LOG`] commands), `leader` (the election, see
-//! [`crate::ha`]), `signing-key`, and `controllers/<url>` (each controller's presence).
+//! [`crate::ha`]), `signing-key` (the token-signing key ring, see [`crate::keys`]), and
+//! `controllers/<url>` (each controller's presence).
 //!
 //! The client runs on a runtime of its own, on a thread of its own ([`Etcd`]), so a commit can
 //! wait for etcd from any thread, including every worker of the gRPC server's runtime, without
@@ -328,6 +329,29 @@ impl Store for EtcdStore {
                 ),
             ));
         }
+        self.guarded(ops)?;
+        self.next_log.store(next, Ordering::SeqCst);
+        Ok(())
+    }
+
+    fn save_keys(&self, ring_json: &[u8]) -> Result<(), StoreError> {
+        if self.lost.load(Ordering::SeqCst) {
+            return Err(StoreError::NotActive(
+                "this controller lost its election key".into(),
+            ));
+        }
+        self.guarded(vec![TxnOp::put(
+            self.etcd.key("signing-key"),
+            ring_json.to_vec(),
+            None,
+        )])
+    }
+}
+
+impl EtcdStore {
+    /// Runs `ops` in one transaction that holds only while this controller's election key is
+    /// the one it won; a failed guard marks `lost`.
+    fn guarded(&self, ops: Vec<TxnOp>) -> Result<(), StoreError> {
         let leader = self.etcd.key("leader");
         let won = self.won;
         let ok = self.etcd.run(move |mut c| async move {
@@ -346,7 +370,6 @@ impl Store for EtcdStore {
                 "its election key is gone or another controller's: a standby took over".into(),
             ));
         }
-        self.next_log.store(next, Ordering::SeqCst);
         Ok(())
     }
 }

@@ -12,7 +12,7 @@ pub mod etcd;
 pub mod records;
 mod redb;
 
-pub use self::redb::RedbStore;
+pub use self::redb::{load_or_make_keys, RedbStore};
 pub use records::Change;
 
 /// Commands kept in a store's log (for the operator: what changed and why) before the oldest
@@ -48,4 +48,7 @@ pub trait Store: Send + Sync {
     fn load(&self, now_ms: u64) -> Result<State, StoreError>;
     /// Writes `changes` and appends `cmds` to the log, atomically.
     fn commit(&self, changes: &[Change], cmds: &[Command]) -> Result<(), StoreError>;
+    /// Replaces the stored token-signing key ring ([`crate::keys::KeyRing`]'s JSON), durably,
+    /// under the same guard as [`Store::commit`] (a deposed controller's rotation fails).
+    fn save_keys(&self, ring_json: &[u8]) -> Result<(), StoreError>;
 }

@@ -1,11 +1,13 @@
 //! The embedded store: one redb file in the data directory, a table of records and a bounded
-//! table of the commands that changed them.
+//! table of the commands that changed them; and beside it the token-signing key ring
+//! (`signing-ring.json`, or before any rotation the one key in `signing.key`).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
 use super::{records, Change, Store, StoreError, MAX_LOG};
+use crate::keys::Keys;
 use crate::state::{Command, State};
 
 const RECORDS: TableDefinition<&str, &[u8]> = TableDefinition::new("records");
@@ -16,7 +18,14 @@ const OLD_STATE: TableDefinition<&str, &[u8]> = TableDefinition::new("state");
 /// The embedded store.
 pub struct RedbStore {
     db: Database,
+    /// The data directory (the key ring is written there).
+    dir: PathBuf,
 }
+
+/// The first key, made on first start (also what builds before key rings read).
+const KEY_FILE: &str = "signing.key";
+/// The key ring once a rotation wrote one; read in preference to [`KEY_FILE`].
+const RING_FILE: &str = "signing-ring.json";
 
 fn db_err(e: impl std::fmt::Display) -> StoreError {
     StoreError::Db(e.to_string())
@@ -28,7 +37,10 @@ impl RedbStore {
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir).map_err(db_err)?;
         let db = Database::create(dir.join("controller.redb")).map_err(db_err)?;
-        let st = Self { db };
+        let st = Self {
+            db,
+            dir: dir.to_path_buf(),
+        };
         st.upgrade()?;
         Ok(st)
     }
@@ -134,6 +146,71 @@ impl Store for RedbStore {
         tx.commit().map_err(db_err)?;
         Ok(())
     }
+
+    /// Writes `signing-ring.json` whole or not at all: a temporary file made durable, renamed
+    /// over the old one, and the directory made durable.
+    fn save_keys(&self, ring_json: &[u8]) -> Result<(), StoreError> {
+        let path = self.dir.join(RING_FILE);
+        let tmp = self.dir.join(format!("{RING_FILE}.tmp"));
+        let io = |what: &str, p: &Path, e: std::io::Error| {
+            StoreError::Db(format!("{what} {}: {e}", p.display()))
+        };
+        write_secret(&tmp, ring_json, true).map_err(|e| io("writing", &tmp, e))?;
+        std::fs::rename(&tmp, &path).map_err(|e| io("renaming to", &path, e))?;
+        std::fs::File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| io("syncing", &self.dir, e))
+    }
+}
+
+/// Writes a file only its owner may read (it holds key seeds), durably; `replace` truncates an
+/// existing one, else an existing file is an error.
+fn write_secret(path: &Path, bytes: &[u8], replace: bool) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut o = std::fs::OpenOptions::new();
+    o.write(true).mode(0o600);
+    if replace {
+        o.create(true).truncate(true);
+    } else {
+        o.create_new(true);
+    }
+    let mut f = o.open(path)?;
+    f.write_all(bytes)?;
+    f.sync_all()
+}
+
+/// The token-signing keys of the controller whose data directory is `dir`: the ring a rotation
+/// wrote (`signing-ring.json`), else the key in `signing.key`, else a new key written there
+/// (with its public half in `public.key`, for nodes given `--trust-key`).
+pub fn load_or_make_keys(dir: &Path) -> Result<Keys, StoreError> {
+    let read = |p: &Path| {
+        let text = std::fs::read_to_string(p)
+            .map_err(|e| StoreError::Db(format!("reading {}: {e}", p.display())))?;
+        Keys::parse(&text).map_err(|e| StoreError::Corrupt(format!("{}: {e}", p.display())))
+    };
+    let ring = dir.join(RING_FILE);
+    if ring.exists() {
+        return read(&ring);
+    }
+    let path = dir.join(KEY_FILE);
+    if path.exists() {
+        return read(&path);
+    }
+    let key = dasmesh_wire::SigningKey::from_bytes(&rand::random::<[u8; 32]>());
+    let text = format!("{}\n", dasmesh_wire::key_to_text(&key.to_bytes()));
+    write_secret(&path, text.as_bytes(), false)
+        .map_err(|e| StoreError::Db(format!("creating {}: {e}", path.display())))?;
+    let public = dir.join("public.key");
+    std::fs::write(
+        &public,
+        format!(
+            "{}\n",
+            dasmesh_wire::key_to_text(key.verifying_key().as_bytes())
+        ),
+    )
+    .map_err(|e| StoreError::Db(format!("writing {}: {e}", public.display())))?;
+    Ok(Keys::single(key))
 }
 
 #[cfg(test)]
@@ -214,6 +291,55 @@ mod tests {
             n.last_heartbeat_ms = 3;
         }
         assert_eq!(st.load(3).unwrap(), want);
+    }
+
+    /// The first start makes a key (and its public half); later starts read the same one, until
+    /// a stored ring takes its place.
+    #[test]
+    fn keys_are_made_once_then_read_and_a_stored_ring_comes_first() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let first = load_or_make_keys(dir.path()).unwrap();
+        let mode = |f: &str| {
+            std::fs::metadata(dir.path().join(f))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777
+        };
+        assert_eq!(mode(KEY_FILE), 0o600);
+        let public = std::fs::read_to_string(dir.path().join("public.key")).unwrap();
+        assert_eq!(
+            dasmesh_wire::verifying_key_from_text(&public).unwrap(),
+            first.accepted(0)[0]
+        );
+        assert_eq!(load_or_make_keys(dir.path()).unwrap().ring(), first.ring());
+
+        let st = RedbStore::open(dir.path()).unwrap();
+        let fresh = dasmesh_wire::SigningKey::from_bytes(&[9; 32]);
+        let rotated = first.rotate(&fresh, 1000, 300, 5000);
+        st.save_keys(&rotated.ring().to_json()).unwrap();
+        assert_eq!(mode(RING_FILE), 0o600);
+        assert!(!dir.path().join(format!("{RING_FILE}.tmp")).exists());
+        assert_eq!(
+            load_or_make_keys(dir.path()).unwrap().ring(),
+            rotated.ring()
+        );
+        // Saved again: replaced whole.
+        let again = rotated.rotate(
+            &dasmesh_wire::SigningKey::from_bytes(&[8; 32]),
+            2000,
+            0,
+            5000,
+        );
+        st.save_keys(&again.ring().to_json()).unwrap();
+        assert_eq!(load_or_make_keys(dir.path()).unwrap().ring(), again.ring());
+        // A ring that cannot be read is said, not replaced.
+        std::fs::write(dir.path().join(RING_FILE), "{").unwrap();
+        assert!(matches!(
+            load_or_make_keys(dir.path()),
+            Err(StoreError::Corrupt(_))
+        ));
     }
 
     #[test]
