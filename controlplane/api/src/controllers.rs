@@ -538,6 +538,7 @@ mod tests {
     /// Every rpc in the protos with whether it may be repeated after a lost connection.
     const TABLE: &[(&str, bool)] = &[
         ("/dasmesh.v1.ControlPlane/ListControllers", true),
+        ("/dasmesh.v1.ControlPlane/RotateSigningKey", false),
         ("/dasmesh.v1.NodeRegistry/Register", false),
         ("/dasmesh.v1.NodeRegistry/ReportDevices", false),
         ("/dasmesh.v1.NodeRegistry/Heartbeat", true),

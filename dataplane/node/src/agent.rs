@@ -1,8 +1,10 @@
 //! The registration agent: on its own thread with a small tokio runtime, it registers the node
 //! with the controller (keeping the assigned id in `--state-dir/node-id` so a restart is the same
 //! node; an id the controller does not know is dropped for a fresh one), learns the token-signing
-//! key, reports every device and what it lends (after `--reserve`), heartbeats (handing the
-//! revoked leases of each answer to the reactors), and deregisters on a clean shutdown. With
+//! keys, reports every device and what it lends (after `--reserve`), heartbeats (handing the
+//! revoked leases and the signing keys of each answer to the reactors: after a key rotation the
+//! new key arrives this way before tokens are signed with it), and deregisters on a clean
+//! shutdown. With
 //! several controllers (`--controller a,b,c`) every call goes to the active one. The usage
 //! counts a heartbeat carries are kept until a controller has taken them.
 
@@ -79,11 +81,13 @@ async fn register(c: &AgentConfig, shared: &Shared) -> anyhow::Result<(Client, u
         r => r?,
     }
     .into_inner();
-    let key: [u8; 32] = r.signing_public_key.as_slice().try_into().map_err(|_| {
-        anyhow::anyhow!("controller sent a {}-byte key", r.signing_public_key.len())
-    })?;
-    let key = VerifyingKey::from_bytes(&key)?;
-    *shared.trust_key.write().unwrap_or_else(|e| e.into_inner()) = Some(key);
+    // A controller that predates key rotation sends the one key alone.
+    let keys = if r.signing_public_keys.is_empty() {
+        std::slice::from_ref(&r.signing_public_key)
+    } else {
+        &r.signing_public_keys[..]
+    };
+    shared.set_trust_keys(parse_keys(keys)?);
     shared.node_id.store(r.node_id, Ordering::Release);
     if let Some(p) = id_file(c) {
         if let Some(d) = p.parent() {
@@ -117,6 +121,31 @@ async fn register(c: &AgentConfig, shared: &Shared) -> anyhow::Result<(Client, u
         .await?;
     tracing::info!(node_id = r.node_id, controller = %ctl.active(), "registered");
     Ok((client, u64::from(r.heartbeat_interval_ms.max(100))))
+}
+
+/// The public keys of an answer (32 bytes each).
+pub fn parse_keys(keys: &[Vec<u8>]) -> anyhow::Result<Vec<VerifyingKey>> {
+    keys.iter()
+        .map(|k| {
+            let b: [u8; 32] = k
+                .as_slice()
+                .try_into()
+                .map_err(|_| anyhow::anyhow!("controller sent a {}-byte key", k.len()))?;
+            Ok(VerifyingKey::from_bytes(&b)?)
+        })
+        .collect()
+}
+
+/// Takes the signing keys of a heartbeat answer, when it names any (a controller that predates
+/// key rotation names none: the keys of the registration stay).
+pub fn apply_keys(shared: &Shared, keys: &[Vec<u8>]) {
+    if keys.is_empty() {
+        return;
+    }
+    match parse_keys(keys) {
+        Ok(k) => shared.set_trust_keys(k),
+        Err(e) => tracing::warn!("heartbeat answer's keys ignored: {e}"),
+    }
 }
 
 /// Hands a heartbeat answer's revoked leases to the reactors (`Shared::revoked`).
@@ -232,7 +261,11 @@ pub fn start(
                                 tokio::time::sleep(Duration::from_millis(100)).await;
                                 continue 'outer;
                             }
-                            Ok(r) => apply_revocations(&shared, &r.get_ref().revoked, now_ms()),
+                            Ok(r) => {
+                                let r = r.get_ref();
+                                apply_keys(&shared, &r.signing_public_keys);
+                                apply_revocations(&shared, &r.revoked, now_ms());
+                            }
                             Err(e) => {
                                 restore_usage(&shared.usage, &usage);
                                 tracing::warn!("heartbeat failed: {e}");

@@ -48,8 +48,10 @@ pub struct Shared {
     pub reserve: Reserve,
     /// Modifying ops in flight per reactor, which a new session waits for (`barrier.rs`).
     pub writes: WriteLanes,
-    /// The key tokens must be signed with (from --trust-key, or learned at registration).
-    pub trust_key: std::sync::RwLock<Option<VerifyingKey>>,
+    /// The keys a token may be signed with, the controller's current one first (from
+    /// --trust-key, one key; or from the controller at registration and in every heartbeat
+    /// answer, several after a key rotation). Empty until known.
+    pub trust_keys: std::sync::RwLock<Vec<VerifyingKey>>,
     /// This node's id (from --node-id, or assigned at registration).
     pub node_id: std::sync::atomic::AtomicU64,
     /// Set to start a clean shutdown.
@@ -77,9 +79,29 @@ pub struct Shared {
 }
 
 impl Shared {
-    /// The trusted key, if known yet.
+    /// The first trusted key (the controller's current one), if any is known yet.
     pub fn trust_key(&self) -> Option<VerifyingKey> {
-        *self.trust_key.read().unwrap_or_else(|e| e.into_inner())
+        self.trust_keys().first().copied()
+    }
+
+    /// Every trusted key, the controller's current one first.
+    pub fn trust_keys(&self) -> Vec<VerifyingKey> {
+        self.trust_keys
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Replaces the trusted keys; says so in the log when they changed.
+    pub fn set_trust_keys(&self, keys: Vec<VerifyingKey>) {
+        let mut k = self.trust_keys.write().unwrap_or_else(|e| e.into_inner());
+        if *k != keys {
+            let current = keys
+                .first()
+                .map(|k| dasmesh_wire::key_to_text(k.as_bytes()));
+            tracing::info!(keys = keys.len(), current = ?current, "token-signing keys");
+            *k = keys;
+        }
     }
 
     /// This node's id.
@@ -94,16 +116,14 @@ pub fn open_shared(cfg: &Config) -> anyhow::Result<Shared> {
     for (i, spec) in cfg.backends.iter().enumerate() {
         backends.push(Backend::open(DeviceId(i as u32), spec)?);
     }
-    let trust_key = match &cfg.trust_key {
+    let trust_keys = match &cfg.trust_key {
         Some(path) => {
             let text = std::fs::read_to_string(path)
                 .map_err(|e| anyhow::anyhow!("--trust-key {}: {e}", path.display()))?;
-            Some(
-                dasmesh_wire::verifying_key_from_text(&text)
-                    .map_err(|e| anyhow::anyhow!("--trust-key {}: {e}", path.display()))?,
-            )
+            vec![dasmesh_wire::verifying_key_from_text(&text)
+                .map_err(|e| anyhow::anyhow!("--trust-key {}: {e}", path.display()))?]
         }
-        None => None,
+        None => Vec::new(),
     };
     Ok(Shared {
         backends,
@@ -115,7 +135,7 @@ pub fn open_shared(cfg: &Config) -> anyhow::Result<Shared> {
         revoked: Revocations::default(),
         reserve: cfg.reserve,
         writes: WriteLanes::new(cfg.cores),
-        trust_key: std::sync::RwLock::new(trust_key),
+        trust_keys: std::sync::RwLock::new(trust_keys),
         node_id: std::sync::atomic::AtomicU64::new(cfg.node().0),
         shutdown: AtomicBool::new(false),
         poll: cfg.poll,

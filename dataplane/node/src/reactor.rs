@@ -936,7 +936,10 @@ impl Reactor {
         if self.stopping.is_some() {
             return Err(Status::ShuttingDown);
         }
-        let key = self.shared.trust_key().ok_or(Status::NoTrustKey)?;
+        let keys = self.shared.trust_keys();
+        if keys.is_empty() {
+            return Err(Status::NoTrustKey);
+        }
         let device = hello.device_id.0 as usize;
         let backend = self
             .shared
@@ -944,9 +947,14 @@ impl Reactor {
             .get(device)
             .ok_or(Status::WrongDevice)?;
         let token = Token::from_bytes(token).map_err(|e| e.status())?;
-        let claim = token
-            .verify(&key, self.now_ms, self.shared.node_id(), hello.device_id)
-            .map_err(|e| e.status())?;
+        let claim = session::verify_token(
+            &token,
+            &keys,
+            self.now_ms,
+            self.shared.node_id(),
+            hello.device_id,
+        )
+        .map_err(|e| e.status())?;
         // Loaded before the lookup: a revocation applied in between moves it, and the session
         // looks again on its first request.
         let revoked_gen = self.shared.revoked.generation();

@@ -1,8 +1,10 @@
-//! The pure decisions behind a session: which byte range a token opens on a device, and which
-//! ops the device's capabilities let through. The reactor applies them (`reactor.rs`); they are
+//! The pure decisions behind a session: whether a token is signed with a trusted key, which
+//! byte range it opens on a device, and which ops the device's capabilities let through. The reactor applies them (`reactor.rs`); they are
 //! kept free of sockets and rings so they can be tested here, case by case.
 
-use dasmesh_wire::{Capabilities, Op, Status};
+use dasmesh_wire::{
+    Capabilities, Claim, DeviceId, NodeId, Op, Status, Token, TokenError, VerifyingKey,
+};
 
 use crate::fence::Range;
 
@@ -15,6 +17,27 @@ pub struct Lendable {
     pub block_size: u32,
     /// The owner's reserved area (`--reserve`): first byte and length (length 0: none).
     pub reserved: (u64, u64),
+}
+
+/// Checks `token` with each trusted key in turn (the controller's current key first; after a
+/// rotation, the earlier ones whose tokens may still be out) and returns its claim from the
+/// first key that signed it. Only a wrong signature moves on to the next key: any other refusal
+/// (expired, another node or device) is the token's and is returned as it is. No key at all
+/// is a wrong signature.
+pub fn verify_token(
+    token: &Token,
+    keys: &[VerifyingKey],
+    now_ms: u64,
+    node: NodeId,
+    device: DeviceId,
+) -> Result<Claim, TokenError> {
+    for key in keys {
+        match token.verify(key, now_ms, node, device) {
+            Err(TokenError::BadSignature) => continue,
+            r => return r,
+        }
+    }
+    Err(TokenError::BadSignature)
 }
 
 /// The range a token's `[offset, offset + length)` opens on the device: clipped to the device
@@ -59,6 +82,55 @@ pub fn supported(op: Op, caps: Capabilities) -> Result<(), Status> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use dasmesh_wire::{Epoch, Rights, SigningKey, VolumeId};
+
+    fn signed(key: u8, node: u64, expires_at_ms: u64) -> Token {
+        Claim {
+            node_id: NodeId(node),
+            volume_id: VolumeId(1),
+            device_id: DeviceId(0),
+            range_offset: 0,
+            range_length: 4096,
+            rights: Rights::ReadOnly,
+            epoch: Epoch(1),
+            issued_at_ms: 0,
+            expires_at_ms,
+            nonce: 9,
+        }
+        .sign(&SigningKey::from_bytes(&[key; 32]))
+    }
+
+    fn public(key: u8) -> VerifyingKey {
+        SigningKey::from_bytes(&[key; 32]).verifying_key()
+    }
+
+    #[test]
+    fn a_token_signed_with_any_trusted_key_passes() {
+        let keys = [public(2), public(1)];
+        let check = |t: &Token, keys: &[VerifyingKey]| {
+            verify_token(t, keys, 10, NodeId(5), DeviceId(0)).map(|c| c.nonce)
+        };
+        assert_eq!(check(&signed(2, 5, 100), &keys), Ok(9), "the current key");
+        assert_eq!(check(&signed(1, 5, 100), &keys), Ok(9), "the previous key");
+        assert_eq!(
+            check(&signed(3, 5, 100), &keys),
+            Err(TokenError::BadSignature),
+            "a key not trusted"
+        );
+        assert_eq!(
+            check(&signed(1, 5, 100), &[]),
+            Err(TokenError::BadSignature)
+        );
+        // A refusal other than the signature is the token's, whichever key signed it.
+        assert!(matches!(
+            check(&signed(1, 5, 10), &keys),
+            Err(TokenError::Expired { .. })
+        ));
+        assert!(matches!(
+            check(&signed(1, 6, 100), &keys),
+            Err(TokenError::WrongNode { .. })
+        ));
+    }
 
     const MIB: u64 = 1 << 20;
 

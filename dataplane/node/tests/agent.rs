@@ -1,7 +1,8 @@
 //! The node's registration agent against a fake controller (a NodeRegistry served in the test):
-//! a saved node id the controller does not know is replaced by a fresh one, and leases the
+//! a saved node id the controller does not know is replaced by a fresh one; leases the
 //! heartbeat answers name as revoked are refused at the handshake and fail the requests of
-//! sessions already open, with `Revoked`, while other leases keep working.
+//! sessions already open, with `Revoked`, while other leases keep working; and the signing keys
+//! heartbeat answers name (after a key rotation) are each trusted, and only they.
 
 mod common;
 
@@ -31,6 +32,8 @@ struct State {
     known: Vec<u64>,
     /// What every heartbeat answer lists as revoked.
     revoked: Vec<v1::RevokedLease>,
+    /// The signing keys every heartbeat answer names (none: as a controller before rotation).
+    keys: Vec<Vec<u8>>,
     heartbeats: u64,
 }
 
@@ -59,6 +62,8 @@ impl NodeRegistry for Fake {
             node_id: id,
             signing_public_key: self.key.verifying_key().to_bytes().to_vec(),
             heartbeat_interval_ms: 100,
+            // As a controller before key rotation: the one key alone.
+            signing_public_keys: vec![],
         }))
     }
 
@@ -78,6 +83,7 @@ impl NodeRegistry for Fake {
         Ok(Response::new(v1::HeartbeatResponse {
             known: true,
             revoked: s.revoked.clone(),
+            signing_public_keys: s.keys.clone(),
         }))
     }
 
@@ -240,4 +246,55 @@ fn revoked_leases_are_refused_and_others_keep_working() {
     let mut cb2 = Raw::open(&n.addr, 0, &b);
     cb2.send(&req(Op::Read, 4, 0, 4096), &[]);
     assert_eq!(cb2.recv().0.status_enum(), Status::Ok);
+}
+
+/// Issue 18: a key rotation reaches the node in heartbeat answers, which name the new key and
+/// the old one: tokens signed with either open sessions, one signed with a key never named is
+/// refused. Answers that name no key (a controller before rotation) leave the keys as they are;
+/// once the old key is no longer named, its tokens are refused.
+#[test]
+fn the_keys_heartbeats_name_are_each_trusted() {
+    let f = fake();
+    let ctl = serve(f.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let n = node(ctl, &dir.path().join("state"));
+    let old = &f.key;
+    let new = SigningKey::from_bytes(&rand::random::<[u8; 32]>());
+    let stranger = SigningKey::from_bytes(&rand::random::<[u8; 32]>());
+    let status = |key: &SigningKey| {
+        let t = token(key, 1);
+        Raw::hello(&n.addr, 0, t.as_bytes()).1.status_enum()
+    };
+    // Beats that name no key keep the one of the registration.
+    let beats = f.state.lock().unwrap().heartbeats;
+    eventually("three more heartbeats", || {
+        f.state.lock().unwrap().heartbeats >= beats + 3
+    });
+    assert_eq!(status(old), Status::Ok);
+    assert_eq!(status(&new), Status::BadToken);
+
+    // Rotated: the answers name the new key first, then the old one.
+    f.state.lock().unwrap().keys = vec![
+        new.verifying_key().to_bytes().to_vec(),
+        old.verifying_key().to_bytes().to_vec(),
+    ];
+    eventually("the new key trusted", || status(&new) == Status::Ok);
+    let mut s = Raw::open(&n.addr, 0, &token(old, 2));
+    s.send(&req(Op::Write, 1, 0, 4096), &[3; 4096]);
+    assert_eq!(s.recv().0.status_enum(), Status::Ok);
+    let mut s = Raw::open(&n.addr, 0, &token(&new, 3));
+    s.send(&req(Op::Read, 2, 0, 4096), &[]);
+    let (h, p) = s.recv();
+    assert_eq!(h.status_enum(), Status::Ok);
+    assert!(
+        p.iter().all(|b| *b == 3),
+        "read back what the old key's session wrote"
+    );
+    assert_eq!(status(&stranger), Status::BadToken);
+
+    // The old key's time is over: only the new one is named.
+    f.state.lock().unwrap().keys = vec![new.verifying_key().to_bytes().to_vec()];
+    eventually("the old key dropped", || status(old) == Status::BadToken);
+    assert_eq!(status(&new), Status::Ok);
+    assert_eq!(status(&stranger), Status::BadToken);
 }

@@ -1,8 +1,9 @@
-//! The control-plane service: the controllers and their roles. Answered by any controller,
-//! active or standby, so an operator can always see who is who.
+//! The control-plane service: the controllers and their roles (answered by any controller,
+//! active or standby, so an operator can always see who is who), and the rotation of the
+//! token-signing key (by the active one alone).
 
 use super::*;
-use crate::ha;
+use crate::{ha, keys};
 
 #[tonic::async_trait]
 impl v1::control_plane_server::ControlPlane for Svc {
@@ -37,11 +38,34 @@ impl v1::control_plane_server::ControlPlane for Svc {
         // What this controller knows of itself is newer than what it last published.
         if let Some(c) = controllers.iter_mut().find(|c| c.answering) {
             c.role = my_role.into();
+            c.seen_ms = now_ms();
         }
         controllers.sort_by(|a, b| (a.role != "active", &a.url).cmp(&(b.role != "active", &b.url)));
         Ok(Response::new(v1::ListControllersResponse {
             controllers,
             store: me.store.clone(),
+        }))
+    }
+
+    async fn rotate_signing_key(
+        &self,
+        _: Request<v1::RotateSigningKeyRequest>,
+    ) -> Result<Response<v1::RotateSigningKeyResponse>, Status> {
+        let ctl = self.ctl()?;
+        let now = now_ms();
+        let keys = ctl.rotate_key(now, keys::switch_delay_ms(ctl.heartbeat_ms), keys::KEEP_MS)?;
+        let text = |k: &dasmesh_wire::VerifyingKey| dasmesh_wire::key_to_text(k.as_bytes());
+        let accepted = keys.accepted(now);
+        tracing::info!(
+            public_key = %text(&accepted[0]),
+            switch_at_ms = keys.ring().from_ms,
+            accepted = accepted.len(),
+            "signing key rotated"
+        );
+        Ok(Response::new(v1::RotateSigningKeyResponse {
+            public_key: text(&accepted[0]),
+            switch_at_ms: keys.ring().from_ms,
+            accepted_keys: accepted.iter().map(text).collect(),
         }))
     }
 }

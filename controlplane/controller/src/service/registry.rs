@@ -1,4 +1,5 @@
-//! The the node registry: nodes register, report devices, heartbeat, leave service.
+//! The node registry: nodes register, report devices, heartbeat, leave. Registration and
+//! heartbeat answers carry the token-signing keys nodes are to accept.
 
 use super::*;
 
@@ -19,10 +20,13 @@ impl v1::node_registry_server::NodeRegistry for Svc {
         let Outcome::Node(n) = out else {
             return Err(Status::internal("unexpected outcome"));
         };
+        let ctl = self.ctl()?;
+        let now = now_ms();
         Ok(Response::new(v1::RegisterResponse {
             node_id: n.id,
-            signing_public_key: self.ctl()?.public_key().to_vec(),
-            heartbeat_interval_ms: self.ctl()?.heartbeat_ms as u32,
+            signing_public_key: ctl.signing_key(now).verifying_key().to_bytes().to_vec(),
+            heartbeat_interval_ms: ctl.heartbeat_ms as u32,
+            signing_public_keys: ctl.accepted_keys(now),
         }))
     }
 
@@ -93,7 +97,12 @@ impl v1::node_registry_server::NodeRegistry for Svc {
                 })
                 .collect()
         });
-        Ok(Response::new(v1::HeartbeatResponse { known, revoked }))
+        // And the keys, so a rotation reaches every node before tokens switch to the new key.
+        Ok(Response::new(v1::HeartbeatResponse {
+            known,
+            revoked,
+            signing_public_keys: self.ctl()?.accepted_keys(now_ms()),
+        }))
     }
 
     async fn deregister(

@@ -1,5 +1,6 @@
 //! The handlers over a real store: failure reports and their statuses, the volume state, input
-//! bounds as gRPC statuses, claimed node ids, and the revoked leases in heartbeat answers.
+//! bounds as gRPC statuses, claimed node ids, the revoked leases in heartbeat answers, and the
+//! rotation of the signing key (`rotation.rs`).
 
 use super::*;
 use crate::alloc::Layout;
@@ -7,6 +8,8 @@ use crate::store::RedbStore;
 use dasmesh_wire::SigningKey;
 use v1::leases_server::Leases as _;
 use v1::volumes_server::Volumes as _;
+
+mod rotation;
 
 fn controller(dir: &std::path::Path) -> Svc {
     let store = RedbStore::open(dir).unwrap();
