@@ -26,6 +26,10 @@ pub enum NodeCmd {
 pub enum ControllerCmd {
     /// Every controller: its role (active or standby), its URL and when it was last heard of.
     List,
+    /// Make a fresh token-signing key. Nodes hear of it at once; tokens are signed with it
+    /// after three heartbeat intervals, and the key it replaces stays accepted until its tokens
+    /// have expired. Prints the new public key and when tokens switch to it.
+    RotateKey,
 }
 
 /// `dasmesh volume ...`.
@@ -342,6 +346,33 @@ pub async fn exec(ctl: &Controllers, json_out: bool, cmd: Ctl) -> anyhow::Result
                         );
                     }
                     println!("state: {}", r.store);
+                }
+            }
+            Ctl::Controller(ControllerCmd::RotateKey) => {
+                let r = v1::control_plane_client::ControlPlaneClient::new(ch)
+                    .rotate_signing_key(v1::RotateSigningKeyRequest {})
+                    .await
+                    .map_err(status)?
+                    .into_inner();
+                if json_out {
+                    println!(
+                        "{}",
+                        json!({"public_key": r.public_key, "switch_at_ms": r.switch_at_ms,
+                            "accepted_keys": r.accepted_keys})
+                    );
+                } else {
+                    let at = std::time::UNIX_EPOCH + Duration::from_millis(r.switch_at_ms);
+                    let wait = r.switch_at_ms.saturating_sub(now_ms());
+                    println!("new public key  {}", r.public_key);
+                    println!(
+                        "tokens switch   at {} (in {:.1} s)",
+                        humantime::format_rfc3339_millis(at),
+                        wait as f64 / 1000.0
+                    );
+                    println!(
+                        "nodes accept    {}",
+                        r.accepted_keys.join("\n                ")
+                    );
                 }
             }
             Ctl::Pool => {

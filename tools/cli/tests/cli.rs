@@ -432,7 +432,10 @@ fn control_plane_commands_against_a_real_controller() {
     assert_eq!(ctls["controllers"].as_array().unwrap().len(), 1, "{ctls}");
     assert_eq!(ctls["controllers"][0]["role"], "active");
     assert_eq!(ctls["controllers"][0]["answering"], true);
-    assert!(ctls["store"].as_str().unwrap().starts_with("redb "), "{ctls}");
+    assert!(
+        ctls["store"].as_str().unwrap().starts_with("redb "),
+        "{ctls}"
+    );
 
     let v: serde_json::Value = serde_json::from_str(&run_ok(c(&[
         "volume", "create", "v1", "--size", "16M", "--layout", "mirror:2", "--price", "2.5",
@@ -655,4 +658,50 @@ fn an_nbd_budget_below_one_mib_is_refused_before_anything_starts() {
         "{err}"
     );
     assert_eq!(err.matches("102400").count(), 1, "said once: {err}");
+}
+
+/// `dasmesh controller rotate-key`: the new key and when tokens switch to it; a second rotation
+/// before the switch drops the key that never signed; the ring outlives a restart.
+#[test]
+fn controller_rotate_key_prints_the_new_key_and_when_tokens_switch() {
+    use dasmesh_testkit::Process;
+    let dir = tempfile::tempdir().unwrap();
+    let mut ctl = Process::controller(&dir.path().join("ctl"), "127.0.0.1:0");
+    let first = std::fs::read_to_string(dir.path().join("ctl/public.key")).unwrap();
+    let first = first.trim();
+    let url = format!("http://{}", ctl.addr);
+    let run_ok = |args: &[&str]| {
+        let a = against(&url, args);
+        ok(&a.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    let out = run_ok(&["controller", "rotate-key"]);
+    assert!(
+        out.contains("new public key") && out.contains("tokens switch") && out.contains(first),
+        "{out}"
+    );
+    let json = |out: String| -> serde_json::Value { serde_json::from_str(&out).unwrap() };
+    let r = json(run_ok(&["--json", "controller", "rotate-key"]));
+    let second = r["public_key"].as_str().unwrap().to_string();
+    assert_eq!(
+        r["accepted_keys"],
+        serde_json::json!([second, first]),
+        "{r}"
+    );
+    assert!(dir.path().join("ctl/signing-ring.json").exists());
+    // Past the switch, and restarted: the ring was read back, the second key now signing.
+    let wait = r["switch_at_ms"]
+        .as_u64()
+        .unwrap()
+        .saturating_sub(dasmesh_testkit::now_ms());
+    std::thread::sleep(std::time::Duration::from_millis(wait + 100));
+    ctl.restart();
+    let url = format!("http://{}", ctl.addr);
+    let a = against(&url, &["--json", "controller", "rotate-key"]);
+    let r = json(ok(&a.iter().map(String::as_str).collect::<Vec<_>>()));
+    let third = r["public_key"].as_str().unwrap();
+    assert_eq!(
+        r["accepted_keys"],
+        serde_json::json!([third, second, first]),
+        "{r}"
+    );
 }
