@@ -8,6 +8,7 @@ impl v1::leases_server::Leases for Svc {
         &self,
         r: Request<v1::MountRequest>,
     ) -> Result<Response<v1::MountResponse>, Status> {
+        let ctl = self.ctl()?;
         let r = r.into_inner();
         let rw = match v1::Access::try_from(r.access) {
             Ok(v1::Access::ReadWrite) => true,
@@ -23,39 +24,41 @@ impl v1::leases_server::Leases for Svc {
         } else {
             r.ttl_ms
         };
-        let out = self.ctl()?.execute(Command::Mount {
+        let out = ctl.execute(Command::Mount {
             volume: r.volume,
             host: r.host_id,
             rw,
             ttl_ms,
             now_ms: now_ms(),
         })?;
-        lease_outcome(&*self.ctl()?, out)
+        lease_outcome(&ctl, out)
     }
 
     async fn renew(
         &self,
         r: Request<v1::RenewRequest>,
     ) -> Result<Response<v1::MountResponse>, Status> {
+        let ctl = self.ctl()?;
         let r = r.into_inner();
         let ttl_ms = if r.ttl_ms == 0 {
             DEFAULT_TTL_MS
         } else {
             r.ttl_ms
         };
-        let out = self.ctl()?.execute(Command::Renew {
+        let out = ctl.execute(Command::Renew {
             lease_id: r.lease_id,
             ttl_ms,
             now_ms: now_ms(),
         })?;
-        lease_outcome(&*self.ctl()?, out)
+        lease_outcome(&ctl, out)
     }
 
     async fn unmount(
         &self,
         r: Request<v1::UnmountRequest>,
     ) -> Result<Response<v1::UnmountResponse>, Status> {
-        self.ctl()?.execute(Command::Unmount {
+        let ctl = self.ctl()?;
+        ctl.execute(Command::Unmount {
             lease_id: r.into_inner().lease_id,
             now_ms: now_ms(),
         })?;
@@ -66,7 +69,8 @@ impl v1::leases_server::Leases for Svc {
         &self,
         r: Request<v1::RevokeRequest>,
     ) -> Result<Response<v1::RevokeResponse>, Status> {
-        let Outcome::Volume(v) = self.ctl()?.execute(Command::Revoke {
+        let ctl = self.ctl()?;
+        let Outcome::Volume(v) = ctl.execute(Command::Revoke {
             lease_id: r.into_inner().lease_id,
             now_ms: now_ms(),
         })?
@@ -80,12 +84,13 @@ impl v1::leases_server::Leases for Svc {
         &self,
         r: Request<v1::ReportFailureRequest>,
     ) -> Result<Response<v1::ReportFailureResponse>, Status> {
+        let ctl = self.ctl()?;
         let mut r = r.into_inner();
         // The reason is for the operator: a long one is cut rather than the report refused, since
         // the writer cannot acknowledge its write until the report is accepted.
         r.reason = state::validate::truncate(&r.reason, state::validate::MAX_REASON).to_string();
         state::validate::copies(&r.copies).map_err(CtlError::from)?;
-        let out = self.ctl()?.execute(Command::FailCopies {
+        let out = ctl.execute(Command::FailCopies {
             lease_id: r.lease_id,
             copies: r.copies.clone(),
             reason: r.reason.clone(),
@@ -101,10 +106,8 @@ impl v1::leases_server::Leases for Svc {
         };
         tracing::warn!(volume = %v.name, lease = r.lease_id, copies = ?r.copies, reason = %r.reason,
             "mirror copies marked stale: no reads from them until rebuilt");
-        Ok(Response::new(self.ctl()?.read(|s| {
-            v1::ReportFailureResponse {
-                extents: v.extents.iter().map(|e| extent_msg(s, &v, e)).collect(),
-            }
+        Ok(Response::new(ctl.read(|s| v1::ReportFailureResponse {
+            extents: v.extents.iter().map(|e| extent_msg(s, &v, e)).collect(),
         })))
     }
 
@@ -112,9 +115,10 @@ impl v1::leases_server::Leases for Svc {
         &self,
         r: Request<v1::ReportRebuiltRequest>,
     ) -> Result<Response<v1::ReportFailureResponse>, Status> {
+        let ctl = self.ctl()?;
         let r = r.into_inner();
         state::validate::copies(&r.copies).map_err(CtlError::from)?;
-        let v = match self.ctl()?.execute(Command::RebuiltCopies {
+        let v = match ctl.execute(Command::RebuiltCopies {
             lease_id: r.lease_id,
             copies: r.copies.clone(),
             now_ms: now_ms(),
@@ -124,10 +128,8 @@ impl v1::leases_server::Leases for Svc {
         };
         tracing::info!(volume = %v.name, lease = r.lease_id, copies = ?r.copies,
             "mirror copies rebuilt: they serve reads again");
-        Ok(Response::new(self.ctl()?.read(|s| {
-            v1::ReportFailureResponse {
-                extents: v.extents.iter().map(|e| extent_msg(s, &v, e)).collect(),
-            }
+        Ok(Response::new(ctl.read(|s| v1::ReportFailureResponse {
+            extents: v.extents.iter().map(|e| extent_msg(s, &v, e)).collect(),
         })))
     }
 
@@ -135,8 +137,9 @@ impl v1::leases_server::Leases for Svc {
         &self,
         r: Request<v1::ListLeasesRequest>,
     ) -> Result<Response<v1::ListLeasesResponse>, Status> {
+        let ctl = self.ctl()?;
         let vol = r.into_inner().volume;
-        Ok(Response::new(self.ctl()?.read(|s| {
+        Ok(Response::new(ctl.read(|s| {
             v1::ListLeasesResponse {
                 leases: s
                     .leases

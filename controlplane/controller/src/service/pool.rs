@@ -8,7 +8,8 @@ impl v1::pool_server::Pool for Svc {
         &self,
         _: Request<v1::ListNodesRequest>,
     ) -> Result<Response<v1::ListNodesResponse>, Status> {
-        Ok(Response::new(self.ctl()?.read(|s| v1::ListNodesResponse {
+        let ctl = self.ctl()?;
+        Ok(Response::new(ctl.read(|s| v1::ListNodesResponse {
             nodes: s.nodes.values().map(|n| node_msg(s, n)).collect(),
         })))
     }
@@ -17,7 +18,8 @@ impl v1::pool_server::Pool for Svc {
         &self,
         _: Request<v1::ListDevicesRequest>,
     ) -> Result<Response<v1::ListDevicesResponse>, Status> {
-        Ok(Response::new(self.ctl()?.read(|s| {
+        let ctl = self.ctl()?;
+        Ok(Response::new(ctl.read(|s| {
             let devices: Vec<v1::Device> = s
                 .nodes
                 .values()
@@ -33,9 +35,9 @@ impl v1::pool_server::Pool for Svc {
     }
 
     async fn get_node(&self, r: Request<v1::GetNodeRequest>) -> Result<Response<v1::Node>, Status> {
+        let ctl = self.ctl()?;
         let id = r.into_inner().node_id;
-        self.ctl()?
-            .read(|s| s.nodes.get(&id).map(|n| node_msg(s, n)))
+        ctl.read(|s| s.nodes.get(&id).map(|n| node_msg(s, n)))
             .map(Response::new)
             .ok_or_else(|| Status::not_found(format!("unknown node {id}")))
     }

@@ -8,10 +8,11 @@ impl v1::usage_server::Usage for Svc {
         &self,
         r: Request<v1::UsageRequest>,
     ) -> Result<Response<v1::UsageReport>, Status> {
+        let ctl = self.ctl()?;
         let q = r.into_inner();
         let now = now_ms();
         let end = if q.end_ms == 0 { now } else { q.end_ms };
-        let records: Vec<v1::UsageRecord> = self.ctl()?.read(|s| {
+        let records: Vec<v1::UsageRecord> = ctl.read(|s| {
             s.usage
                 .values()
                 .filter(|u| q.host_id.is_empty() || u.host == q.host_id)

@@ -8,9 +8,10 @@ impl v1::volumes_server::Volumes for Svc {
         &self,
         r: Request<v1::CreateVolumeRequest>,
     ) -> Result<Response<v1::Volume>, Status> {
+        let ctl = self.ctl()?;
         let r = r.into_inner();
         let q = r.requirements.unwrap_or_default();
-        let out = self.ctl()?.execute(Command::CreateVolume {
+        let out = ctl.execute(Command::CreateVolume {
             name: r.name,
             size: r.size_bytes,
             layout: layout_from(r.layout)?,
@@ -25,14 +26,14 @@ impl v1::volumes_server::Volumes for Svc {
         let Outcome::Volume(v) = out else {
             return Err(Status::internal("unexpected outcome"));
         };
-        Ok(Response::new(self.ctl()?.read(|s| volume_msg(s, &v))))
+        Ok(Response::new(ctl.read(|s| volume_msg(s, &v))))
     }
 
     async fn get(&self, r: Request<v1::GetVolumeRequest>) -> Result<Response<v1::Volume>, Status> {
+        let ctl = self.ctl()?;
         let name = r.into_inner().name;
         state::validate::volume_name(&name).map_err(CtlError::from)?;
-        self.ctl()?
-            .read(|s| s.volumes.get(&name).map(|v| volume_msg(s, v)))
+        ctl.read(|s| s.volumes.get(&name).map(|v| volume_msg(s, v)))
             .map(Response::new)
             .ok_or_else(|| Status::not_found(format!("unknown volume {name:?}")))
     }
@@ -41,10 +42,9 @@ impl v1::volumes_server::Volumes for Svc {
         &self,
         _: Request<v1::ListVolumesRequest>,
     ) -> Result<Response<v1::ListVolumesResponse>, Status> {
-        Ok(Response::new(self.ctl()?.read(|s| {
-            v1::ListVolumesResponse {
-                volumes: s.volumes.values().map(|v| volume_msg(s, v)).collect(),
-            }
+        let ctl = self.ctl()?;
+        Ok(Response::new(ctl.read(|s| v1::ListVolumesResponse {
+            volumes: s.volumes.values().map(|v| volume_msg(s, v)).collect(),
         })))
     }
 
@@ -52,8 +52,9 @@ impl v1::volumes_server::Volumes for Svc {
         &self,
         r: Request<v1::ResizeVolumeRequest>,
     ) -> Result<Response<v1::Volume>, Status> {
+        let ctl = self.ctl()?;
         let r = r.into_inner();
-        let Outcome::Volume(v) = self.ctl()?.execute(Command::ResizeVolume {
+        let Outcome::Volume(v) = ctl.execute(Command::ResizeVolume {
             name: r.name,
             size: r.size_bytes,
         })?
@@ -62,19 +63,20 @@ impl v1::volumes_server::Volumes for Svc {
         };
         // A shrink's freed tail: discard it now when the nodes answer; otherwise the ticker
         // retries.
-        self.ctl()?.reap_freed().await;
-        Ok(Response::new(self.ctl()?.read(|s| volume_msg(s, &v))))
+        ctl.reap_freed().await;
+        Ok(Response::new(ctl.read(|s| volume_msg(s, &v))))
     }
 
     async fn delete(
         &self,
         r: Request<v1::DeleteVolumeRequest>,
     ) -> Result<Response<v1::DeleteVolumeResponse>, Status> {
-        self.ctl()?.execute(Command::DeleteVolume {
+        let ctl = self.ctl()?;
+        ctl.execute(Command::DeleteVolume {
             name: r.into_inner().name,
         })?;
         // Discard now when the nodes answer; otherwise the ticker retries.
-        self.ctl()?.reap_deleting().await;
+        ctl.reap_deleting().await;
         Ok(Response::new(v1::DeleteVolumeResponse {}))
     }
 }
