@@ -10,7 +10,9 @@ impl v1::node_registry_server::NodeRegistry for Svc {
         r: Request<v1::RegisterRequest>,
     ) -> Result<Response<v1::RegisterResponse>, Status> {
         let r = r.into_inner();
-        let out = self.ctl()?.execute(Command::Register {
+        // Taken once: the answer comes from the controller that registered the node.
+        let ctl = self.ctl()?;
+        let out = ctl.execute(Command::Register {
             node_id: r.node_id,
             address: r.address,
             version: r.version,
@@ -20,7 +22,6 @@ impl v1::node_registry_server::NodeRegistry for Svc {
         let Outcome::Node(n) = out else {
             return Err(Status::internal("unexpected outcome"));
         };
-        let ctl = self.ctl()?;
         let now = now_ms();
         Ok(Response::new(v1::RegisterResponse {
             node_id: n.id,
@@ -49,7 +50,8 @@ impl v1::node_registry_server::NodeRegistry for Svc {
                 reserved_length: d.reserved_length,
             })
             .collect();
-        let Outcome::Node(n) = self.ctl()?.execute(Command::ReportDevices {
+        let ctl = self.ctl()?;
+        let Outcome::Node(n) = ctl.execute(Command::ReportDevices {
             node_id: r.node_id,
             devices,
         })?
@@ -57,7 +59,7 @@ impl v1::node_registry_server::NodeRegistry for Svc {
             return Err(Status::internal("unexpected outcome"));
         };
         Ok(Response::new(v1::ReportDevicesResponse {
-            node: Some(self.ctl()?.read(|s| node_msg(s, &n))),
+            node: Some(ctl.read(|s| node_msg(s, &n))),
         }))
     }
 
@@ -77,7 +79,8 @@ impl v1::node_registry_server::NodeRegistry for Svc {
                 write_ops: u.write_ops,
             })
             .collect();
-        let known = match self.ctl()?.execute(Command::Heartbeat {
+        let ctl = self.ctl()?;
+        let known = match ctl.execute(Command::Heartbeat {
             node_id: r.node_id,
             usage,
             now_ms: now_ms(),
@@ -88,7 +91,7 @@ impl v1::node_registry_server::NodeRegistry for Svc {
         };
         // Every answer carries the whole list, so a node that missed beats (or restarted and
         // forgot) still learns of a revocation before the lease's tokens expire.
-        let revoked = self.ctl()?.read(|s| {
+        let revoked = ctl.read(|s| {
             s.revoked
                 .iter()
                 .map(|(&lease_id, &expires_at_ms)| v1::RevokedLease {
@@ -101,7 +104,7 @@ impl v1::node_registry_server::NodeRegistry for Svc {
         Ok(Response::new(v1::HeartbeatResponse {
             known,
             revoked,
-            signing_public_keys: self.ctl()?.accepted_keys(now_ms()),
+            signing_public_keys: ctl.accepted_keys(now_ms()),
         }))
     }
 
