@@ -96,7 +96,7 @@ impl Controller {
     /// Applies a command: on a copy, then stored, then made live. Commands that arrive while a
     /// commit is under way wait for it and then go together, in arrival order, as one batch in
     /// one store transaction (a group commit: one disk sync, or one etcd round trip, for all of
-    /// them). A command that changes no record (a heartbeat from a node that is up, a tick
+    /// them; at most [`Store::max_batch`] commands in one). A command that changes no record (a heartbeat from a node that is up, a tick
     /// with nothing to do) writes nothing.
     pub fn execute(&self, cmd: Command) -> Result<Outcome, CtlError> {
         let done = Arc::new(Mutex::new(None));
@@ -109,10 +109,18 @@ impl Controller {
             // An earlier committer took it in its batch.
             return r;
         }
-        let batch = std::mem::take(&mut *lock(&self.pending));
-        self.commit_batch(batch);
-        let r = lock(&done).take();
-        r.expect("a batch answers every command in it")
+        // Batches of at most the store's size, in arrival order, until this one is answered.
+        loop {
+            let batch: Vec<Waiting> = {
+                let mut p = lock(&self.pending);
+                let n = p.len().min(self.store.max_batch());
+                p.drain(..n).collect()
+            };
+            self.commit_batch(batch);
+            if let Some(r) = lock(&done).take() {
+                return r;
+            }
+        }
     }
 
     /// Applies `batch` to a copy of the live state, commits what changed, then makes the copy

@@ -14,6 +14,9 @@ pub mod validate;
 use failure::mark_copies;
 pub use freed::FreedRange;
 
+/// Leases one tick ends at most.
+pub const MAX_EXPIRIES_PER_TICK: usize = 25;
+
 /// Heartbeats missed before a node is marked down.
 pub const MISSED_BEATS: u64 = 3;
 
@@ -603,7 +606,9 @@ fn apply_inner(s: &mut State, cmd: Command) -> Result<Outcome, Error> {
                 .filter(|l| l.expires_at_ms <= now_ms)
                 .map(|l| l.id)
                 .collect();
-            for id in expired {
+            // A bounded number per tick, so one commit stays small (etcd caps a transaction);
+            // the rest end on the next ticks, a heartbeat interval apart.
+            for id in expired.into_iter().take(MAX_EXPIRIES_PER_TICK) {
                 end_lease(s, id, now_ms)?;
             }
             s.revoked.retain(|_, expires_at_ms| *expires_at_ms > now_ms);

@@ -696,3 +696,31 @@ fn usage_of_leases_ended_before_the_retention_is_forgotten_and_no_other() {
     .unwrap();
     assert_eq!(s.usage.keys().copied().collect::<Vec<_>>(), vec![3]);
 }
+
+#[test]
+fn a_tick_ends_a_bounded_number_of_leases_and_the_next_ones_the_rest() {
+    let mut s = State::default();
+    let n = MAX_EXPIRIES_PER_TICK as u64 + 5;
+    for id in 1..=n {
+        s.leases.insert(
+            id,
+            LeaseRec {
+                id,
+                volume: "v".into(),
+                host: "h".into(),
+                rw: false,
+                epoch: 1,
+                started_ms: 0,
+                expires_at_ms: 10,
+            },
+        );
+    }
+    let tick = |now_ms| Command::Tick {
+        now_ms,
+        heartbeat_ms: 1000,
+    };
+    apply(&mut s, tick(100)).unwrap();
+    assert_eq!(s.leases.len(), 5);
+    apply(&mut s, tick(200)).unwrap();
+    assert!(s.leases.is_empty());
+}

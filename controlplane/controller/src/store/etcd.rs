@@ -334,6 +334,13 @@ impl Store for EtcdStore {
         Ok(())
     }
 
+    /// etcd allows 128 operations in a transaction by default (`--max-txn-ops`): a command
+    /// changes at most a few records (a mount: its lease, its usage, its volume, the counters)
+    /// and adds one log entry, so 16 commands stay well inside it.
+    fn max_batch(&self) -> usize {
+        16
+    }
+
     fn save_keys(&self, ring_json: &[u8]) -> Result<(), StoreError> {
         if self.lost.load(Ordering::SeqCst) {
             return Err(StoreError::NotActive(
@@ -354,16 +361,24 @@ impl EtcdStore {
     fn guarded(&self, ops: Vec<TxnOp>) -> Result<(), StoreError> {
         let leader = self.etcd.key("leader");
         let won = self.won;
-        let ok = self.etcd.run(move |mut c| async move {
-            let r = c
-                .txn(
-                    Txn::new()
-                        .when([Compare::create_revision(leader, CompareOp::Equal, won)])
-                        .and_then(ops),
-                )
-                .await?;
-            Ok(r.succeeded())
-        })?;
+        let ok = self
+            .etcd
+            .run(move |mut c| async move {
+                let r = c
+                    .txn(
+                        Txn::new()
+                            .when([Compare::create_revision(leader, CompareOp::Equal, won)])
+                            .and_then(ops),
+                    )
+                    .await?;
+                Ok(r.succeeded())
+            })
+            .inspect_err(|_| {
+                // No answer (a timeout, a lost connection) leaves the outcome unknown: etcd
+                // may have applied it. This controller's state may no longer be etcd's, so it
+                // steps down; whoever is active next loads the state from etcd.
+                self.lost.store(true, Ordering::SeqCst);
+            })?;
         if !ok {
             self.lost.store(true, Ordering::SeqCst);
             return Err(StoreError::NotActive(

@@ -48,6 +48,10 @@ pub trait Store: Send + Sync {
     fn load(&self, now_ms: u64) -> Result<State, StoreError>;
     /// Writes `changes` and appends `cmds` to the log, atomically.
     fn commit(&self, changes: &[Change], cmds: &[Command]) -> Result<(), StoreError>;
+    /// The most commands one commit takes (etcd caps the operations of a transaction).
+    fn max_batch(&self) -> usize {
+        256
+    }
     /// Replaces the stored token-signing key ring ([`crate::keys::KeyRing`]'s JSON), durably,
     /// under the same guard as [`Store::commit`] (a deposed controller's rotation fails).
     fn save_keys(&self, ring_json: &[u8]) -> Result<(), StoreError>;
