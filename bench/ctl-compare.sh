@@ -34,7 +34,9 @@ while [[ $# -gt 0 ]]; do
 done
 for v in DURATION HOSTS VOLUMES IDLE TRIALS; do [[ ${!v} =~ ^[0-9]+$ ]] || { echo "ctl-compare: --${v,,} takes a whole number, not ${!v}" >&2; exit 2; }; done
 for c in curl etcd etcdctl; do command -v "$c" >/dev/null || { echo "ctl-compare: $c not found (scripts/setup.sh installs etcd-server, etcd-client and curl)" >&2; exit 1; }; done
+BUILT=""
 if [[ -z "$BIN" ]]; then
+  BUILT=1
   cargo build --release -q -p dasmesh-cli -p dasmesh-node -p dasmesh-controller -p dasmesh-bench
   BIN=$PWD/target/release
 fi
@@ -43,6 +45,8 @@ for b in dasmesh dasmesh-node dasmesh-controller dasmesh-ctlbench; do [[ -x $BIN
 ts() { local cpus=$1; shift; TS=(); [[ -n $cpus ]] && TS=(taskset -c "$cpus"); return 0; }
 ETCD_CPUS=${ETCD_CPUS:-}; CTL_CPUS=${CTL_CPUS:-}; NODE_CPUS=${NODE_CPUS:-}; BENCH_CPUS=${BENCH_CPUS:-}; PROBE_FLAGS=${PROBE_FLAGS:-}
 COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+# With --bin the binaries may come from another commit than the checkout's.
+[[ -n $BUILT ]] || COMMIT+=" (checkout; binaries from $BIN)"
 DIR=$(mktemp -d "${TMPDIR:-/tmp}/ctl-compare.XXXXXX")
 OUT=${OUT:-$(mktemp -d "${TMPDIR:-/tmp}/ctl-compare-out.XXXXXX")}; mkdir -p "$OUT"; OUT=$(cd "$OUT" && pwd)
 # Every ETCD_* variable is a flag to etcd: none from the caller's environment may reach it.
