@@ -14,6 +14,9 @@ use crate::store::{records, Store, StoreError};
 /// The controller: the live state, its store, and the token-signing keys.
 pub struct Controller {
     state: Mutex<State>,
+    /// A second copy of the live state, changed only by the committer: each batch is applied
+    /// to it first, so a batch copies nothing (see [`Controller::commit_batch`]).
+    shadow: Mutex<State>,
     store: Box<dyn Store>,
     /// The key ring ([`crate::keys`]): replaced whole by a rotation, once stored.
     keys: RwLock<Keys>,
@@ -64,15 +67,8 @@ impl Controller {
         keys: impl Into<Keys>,
         heartbeat_ms: u64,
     ) -> Result<Self, StoreError> {
-        Ok(Self {
-            state: Mutex::new(store.load(now_ms())?),
-            store,
-            keys: RwLock::new(keys.into()),
-            rotating: Mutex::new(()),
-            heartbeat_ms,
-            pending: Mutex::new(Vec::new()),
-            committing: Mutex::new(()),
-        })
+        let state = store.load(now_ms())?;
+        Ok(Self::with_state(state, store, keys, heartbeat_ms))
     }
 
     /// A controller over `store` holding `state` already (loaded by the caller).
@@ -83,6 +79,7 @@ impl Controller {
         heartbeat_ms: u64,
     ) -> Self {
         Self {
+            shadow: Mutex::new(state.clone()),
             state: Mutex::new(state),
             store,
             keys: RwLock::new(keys.into()),
@@ -127,25 +124,37 @@ impl Controller {
     /// live and answers each command. Only the holder of `committing` calls it, so the live
     /// state changes nowhere else and readers see it whole before and after.
     fn commit_batch(&self, batch: Vec<Waiting>) {
-        let live = lock(&self.state).clone();
-        let mut next = live.clone();
+        // The batch goes to the shadow copy (equal to the live state between batches); the
+        // records that differ are committed, and then the same commands are applied to the
+        // live state too. `apply` is deterministic, so both copies stay equal; the commands
+        // that are not applied in place copy the state inside `apply`, once each.
+        let mut shadow = lock(&self.shadow);
         let mut applied = Vec::new();
         let mut answers = Vec::with_capacity(batch.len());
         for w in batch {
-            let r = apply(&mut next, w.cmd.clone());
+            let r = apply(&mut shadow, w.cmd.clone());
             if r.is_ok() {
                 applied.push(w.cmd);
             }
             answers.push((w.done, r.map_err(CtlError::from)));
         }
-        let stored = match records::diff(&live, &next) {
+        let diff = records::diff(&lock(&self.state), &shadow);
+        let stored = match diff {
             Ok(changes) if changes.is_empty() => Ok(()),
             Ok(changes) => self.store.commit(&changes, &applied),
             Err(e) => Err(e),
         };
         match stored {
-            Ok(()) => *lock(&self.state) = next,
+            Ok(()) => {
+                let mut live = lock(&self.state);
+                for cmd in applied {
+                    apply(&mut live, cmd).expect("a command applied to an equal state again");
+                }
+                debug_assert!(*live == *shadow, "the live state and its shadow differ");
+            }
             Err(e) => {
+                // Nothing is live: the shadow goes back to the live state.
+                *shadow = lock(&self.state).clone();
                 for (_, r) in &mut answers {
                     if r.is_ok() {
                         *r = Err(CtlError::Store(e.clone()));

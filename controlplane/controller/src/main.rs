@@ -191,7 +191,9 @@ async fn run(a: Args) -> anyhow::Result<()> {
         .add_service(v1::usage_server::UsageServer::new(svc.clone()))
         .add_service(v1::control_plane_server::ControlPlaneServer::new(svc))
         .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            // No Nagle: a reply's trailers go out in a second small write, which would wait
+            // for the client's delayed ACK (about 40 ms a call).
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
             async {
                 let mut term =
                     tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())

@@ -403,7 +403,22 @@ impl std::fmt::Display for NotWriter {
 }
 
 /// Applies one command. On error nothing has changed.
+///
+/// The commands a host or node sends all the time (mount, renew, unmount, heartbeat, tick)
+/// check everything before they change anything, so they are applied in place; every other
+/// command is applied to a copy that replaces the state only if it succeeds. (A copy costs as
+/// much as the whole state: the usage of every past lease included.)
 pub fn apply(s: &mut State, cmd: Command) -> Result<Outcome, Error> {
+    if matches!(
+        cmd,
+        Command::Mount { .. }
+            | Command::Renew { .. }
+            | Command::Unmount { .. }
+            | Command::Heartbeat { .. }
+            | Command::Tick { .. }
+    ) {
+        return apply_inner(s, cmd);
+    }
     let mut next = s.clone();
     let out = apply_inner(&mut next, cmd)?;
     *s = next;
@@ -711,6 +726,14 @@ fn apply_inner(s: &mut State, cmd: Command) -> Result<Outcome, Error> {
                     });
                 }
             }
+            // Both counters checked before either moves: a refusal changes nothing (a mount
+            // is applied in place, see `apply`).
+            if s.last_id == u64::MAX {
+                return Err(Error::Exhausted("id"));
+            }
+            if rw && s.last_epoch == u64::MAX {
+                return Err(Error::Exhausted("epoch"));
+            }
             let epoch = if rw { new_epoch(s)? } else { v.epoch };
             let id = new_id(s)?;
             let l = LeaseRec {
@@ -746,17 +769,19 @@ fn apply_inner(s: &mut State, cmd: Command) -> Result<Outcome, Error> {
             now_ms,
         } => {
             let expires_at_ms = validate::expiry(ttl_ms, now_ms)?;
-            let l = s
+            let volume = &s
                 .leases
-                .get_mut(&lease_id)
-                .ok_or(Error::UnknownLease(lease_id))?;
-            l.expires_at_ms = expires_at_ms;
+                .get(&lease_id)
+                .ok_or(Error::UnknownLease(lease_id))?
+                .volume;
             // A renewal hands out tokens at the volume's current epoch.
             let vol = s
                 .volumes
-                .get(&l.volume)
-                .ok_or_else(|| Error::UnknownVolume(l.volume.clone()))?
+                .get(volume)
+                .ok_or_else(|| Error::UnknownVolume(volume.clone()))?
                 .clone();
+            let l = s.leases.get_mut(&lease_id).expect("looked up above");
+            l.expires_at_ms = expires_at_ms;
             l.epoch = vol.epoch;
             Ok(Outcome::Lease(l.clone(), vol))
         }

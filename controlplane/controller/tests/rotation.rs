@@ -80,18 +80,25 @@ fn signed_with(token: &str, key: &VerifyingKey) -> bool {
 }
 
 /// A read-only mount of `volume` through `ctl` for `host`: its tokens (text).
+/// A mount sent on a connection to a controller killed since is "lost" (it may have been
+/// applied, the client cannot tell); a read-only mount is safe to ask again.
 async fn mount_tokens(ctl: &Controllers, volume: &str, host: &str) -> Vec<v1::MountedExtent> {
-    v1::leases_client::LeasesClient::new(ctl.clone())
-        .mount(v1::MountRequest {
-            volume: volume.into(),
-            host_id: host.into(),
-            access: v1::Access::ReadOnly as i32,
-            ttl_ms: 60_000,
-        })
-        .await
-        .unwrap_or_else(|e| panic!("mount {volume} for {host}: {e}"))
-        .into_inner()
-        .extents
+    let mut tries = 0;
+    loop {
+        let r = v1::leases_client::LeasesClient::new(ctl.clone())
+            .mount(v1::MountRequest {
+                volume: volume.into(),
+                host_id: host.into(),
+                access: v1::Access::ReadOnly as i32,
+                ttl_ms: 60_000,
+            })
+            .await;
+        match r {
+            Ok(r) => return r.into_inner().extents,
+            Err(e) if dasmesh_api::controllers::is_lost(&e) && tries < 3 => tries += 1,
+            Err(e) => panic!("mount {volume} for {host}: {e}"),
+        }
+    }
 }
 
 /// Opens every extent of a mount at its node with its token: the node accepts the signature.

@@ -724,3 +724,28 @@ fn a_tick_ends_a_bounded_number_of_leases_and_the_next_ones_the_rest() {
     apply(&mut s, tick(200)).unwrap();
     assert!(s.leases.is_empty());
 }
+
+/// Mounts are applied in place (no copy of the state): a refusal must change nothing, also
+/// when the last id is gone after a new epoch could have been taken.
+#[test]
+fn a_refused_mount_applied_in_place_changes_nothing() {
+    let mut s = pool(2);
+    create(&mut s, "v", G, Layout::Single).unwrap();
+    s.last_id = u64::MAX;
+    let before = s.clone();
+    assert_eq!(
+        mount(&mut s, "v", "h", true).unwrap_err(),
+        Error::Exhausted("id")
+    );
+    assert_eq!(s, before);
+    s.last_id = 100;
+    s.last_epoch = u64::MAX;
+    let before = s.clone();
+    assert_eq!(
+        mount(&mut s, "v", "h", true).unwrap_err(),
+        Error::Exhausted("epoch")
+    );
+    assert_eq!(s, before);
+    // A read-only mount needs no epoch.
+    mount(&mut s, "v", "h", false).unwrap();
+}
