@@ -182,8 +182,13 @@ wait_nodes "$PAIR"
 
 # --- 1. mount latency -----------------------------------------------------------------------------
 mounts() { # label controllers
-  echo "== mounts: $1 ($HOSTS hosts, $VOLUMES volumes, ${DURATION}s)"
-  CB mounts --controller "$2" --hosts "$HOSTS" --volumes "$VOLUMES" --duration "${DURATION}s" --create \
+  # A burst first (every host mounts and unmounts once, all at the same moment, on a fresh
+  # controller), then the same hosts in a closed loop for DURATION.
+  echo "== mounts: $1, a burst ($HOSTS hosts at once, one mount and unmount each)"
+  CB mounts --controller "$2" --hosts "$HOSTS" --volumes "$VOLUMES" --rounds 1 --create \
+    --json "$OUT/burst-$1.json" | tee "$OUT/burst-$1.txt"
+  echo "== mounts: $1 ($HOSTS hosts in a loop, $VOLUMES volumes, ${DURATION}s)"
+  CB mounts --controller "$2" --hosts "$HOSTS" --volumes "$VOLUMES" --duration "${DURATION}s" \
     --json "$OUT/mounts-$1.json" | tee "$OUT/mounts-$1.txt"
 }
 mounts embedded "$EMB"
@@ -268,6 +273,8 @@ TIMEOUTS=$(printf '%s\n' "${TIMES[@]}" | grep -c timeout || true)
 {
   echo
   echo "== ctl-compare summary: commit $COMMIT, $(date -u +%Y-%m-%dT%H:%M:%SZ), $(nproc) CPUs, $(uname -r)"
+  echo "-- a burst: $HOSTS hosts mount and unmount once, at the same moment; embedded, then etcd"
+  cat "$OUT/burst-embedded.txt" "$OUT/burst-etcd.txt"
   echo "-- mounts, embedded (redb) controller, $HOSTS hosts on $VOLUMES volumes, ${DURATION}s"
   cat "$OUT/mounts-embedded.txt"
   echo "-- mounts, etcd pair (3-member etcd), same load"

@@ -68,6 +68,10 @@ struct MountsArgs {
     /// How long the hosts keep mounting.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     duration: Duration,
+    /// Each host stops after this many mount+unmount cycles (0: none, mount until --duration).
+    /// `--rounds 1`: every host mounts and unmounts once, all at the same moment (a burst).
+    #[arg(long, default_value_t = 0)]
+    rounds: u32,
     /// Create the volumes first (those that exist are kept).
     #[arg(long)]
     create: bool,
@@ -285,13 +289,14 @@ async fn create_volumes(ctls: &Controllers, a: &MountsArgs) -> anyhow::Result<(u
     Ok((made, existed))
 }
 
-/// One host: mount, unmount, again, until `duration` after the start.
+/// One host: mount, unmount, again, until `duration` after the start or `rounds` cycles.
 async fn host(
     i: u32,
     ctls: Controllers,
     volume: String,
     ttl_ms: u64,
     duration: Duration,
+    rounds: u32,
     start: Arc<Barrier>,
 ) -> Stats {
     let mut st = Stats::new();
@@ -305,7 +310,9 @@ async fn host(
         .await;
     start.wait().await;
     let deadline = Instant::now() + duration;
-    while Instant::now() < deadline {
+    let mut round = 0u32;
+    while Instant::now() < deadline && (rounds == 0 || round < rounds) {
+        round += 1;
         let t = Instant::now();
         let r = leases
             .mount(v1::MountRequest {
@@ -379,6 +386,7 @@ async fn mounts(a: MountsArgs) -> anyhow::Result<()> {
             volume,
             ttl_ms,
             a.duration,
+            a.rounds,
             Arc::clone(&start),
         )));
     }
