@@ -77,41 +77,72 @@ where
     }
 }
 
-/// Adds to `out` the changes that turn map `old` into map `new`, comparing with `same`.
+/// Adds to `out` the changes that turn map `old` into map `new`: a record is written when `same`
+/// says it changed, as `stored` makes it.
 fn diff_map<K: Ord, V: Serialize + DeserializeOwned + PartialEq + Clone>(
     old: &BTreeMap<K, V>,
     new: &BTreeMap<K, V>,
     key: impl Fn(&K) -> String,
+    same: impl Fn(&V, &V) -> bool,
     stored: impl Fn(&V) -> V,
     out: &mut Vec<Change>,
 ) -> Result<(), StoreError> {
-    for (k, v) in new {
-        let changed = match old.get(k) {
-            Some(o) => stored(o) != stored(v),
-            None => true,
+    // One walk of both maps in key order.
+    let (mut o, mut n) = (old.iter().peekable(), new.iter().peekable());
+    loop {
+        let order = match (o.peek(), n.peek()) {
+            (None, None) => break,
+            (Some(_), None) => std::cmp::Ordering::Less,
+            (None, Some(_)) => std::cmp::Ordering::Greater,
+            (Some((ko, _)), Some((kn, _))) => ko.cmp(kn),
         };
-        if changed {
-            let key = key(k);
-            out.push((key.clone(), Some(faithful(&stored(v), &key)?)));
+        match order {
+            std::cmp::Ordering::Less => {
+                let (k, _) = o.next().expect("peeked");
+                out.push((key(k), None));
+            }
+            std::cmp::Ordering::Greater => {
+                let (k, v) = n.next().expect("peeked");
+                let key = key(k);
+                out.push((key.clone(), Some(faithful(&stored(v), &key)?)));
+            }
+            std::cmp::Ordering::Equal => {
+                let ((_, ov), (k, v)) = (o.next().expect("peeked"), n.next().expect("peeked"));
+                if !same(ov, v) {
+                    let key = key(k);
+                    out.push((key.clone(), Some(faithful(&stored(v), &key)?)));
+                }
+            }
         }
     }
-    for k in old.keys().filter(|k| !new.contains_key(k)) {
-        out.push((key(k), None));
-    }
     Ok(())
+}
+
+/// Two node records hold the same, liveness aside.
+fn same_node(a: &NodeRec, b: &NodeRec) -> bool {
+    a.id == b.id
+        && a.state == b.state
+        && a.address == b.address
+        && a.version == b.version
+        && a.failure_domain == b.failure_domain
+        && a.devices == b.devices
 }
 
 /// The records to write or remove so that a store holding `old` holds `new`.
 pub fn diff(old: &State, new: &State) -> Result<Vec<Change>, StoreError> {
     let mut out = Vec::new();
-    let meta = meta_of(new);
-    if meta_of(old) != meta {
-        out.push((META.to_string(), Some(faithful(&meta, META)?)));
+    if old.last_id != new.last_id
+        || old.last_epoch != new.last_epoch
+        || old.freed != new.freed
+        || old.revoked != new.revoked
+    {
+        out.push((META.to_string(), Some(faithful(&meta_of(new), META)?)));
     }
     diff_map(
         &old.nodes,
         &new.nodes,
         |id| id_key(NODE, *id),
+        same_node,
         persisted,
         &mut out,
     )?;
@@ -119,6 +150,7 @@ pub fn diff(old: &State, new: &State) -> Result<Vec<Change>, StoreError> {
         &old.volumes,
         &new.volumes,
         |name| format!("{VOLUME}{name}"),
+        VolumeRec::eq,
         VolumeRec::clone,
         &mut out,
     )?;
@@ -126,6 +158,7 @@ pub fn diff(old: &State, new: &State) -> Result<Vec<Change>, StoreError> {
         &old.leases,
         &new.leases,
         |id| id_key(LEASE, *id),
+        LeaseRec::eq,
         LeaseRec::clone,
         &mut out,
     )?;
@@ -133,6 +166,7 @@ pub fn diff(old: &State, new: &State) -> Result<Vec<Change>, StoreError> {
         &old.usage,
         &new.usage,
         |id| id_key(USAGE, *id),
+        UsageRec::eq,
         UsageRec::clone,
         &mut out,
     )?;
@@ -141,35 +175,10 @@ pub fn diff(old: &State, new: &State) -> Result<Vec<Change>, StoreError> {
 
 /// Every record of `s` (what a fresh store gets when a state is moved into it).
 pub fn all(s: &State) -> Result<Vec<Change>, StoreError> {
-    let mut out = vec![(META.to_string(), Some(faithful(&meta_of(s), META)?))];
-    diff_map(
-        &BTreeMap::new(),
-        &s.nodes,
-        |id| id_key(NODE, *id),
-        persisted,
-        &mut out,
-    )?;
-    diff_map(
-        &BTreeMap::new(),
-        &s.volumes,
-        |name| format!("{VOLUME}{name}"),
-        VolumeRec::clone,
-        &mut out,
-    )?;
-    diff_map(
-        &BTreeMap::new(),
-        &s.leases,
-        |id| id_key(LEASE, *id),
-        LeaseRec::clone,
-        &mut out,
-    )?;
-    diff_map(
-        &BTreeMap::new(),
-        &s.usage,
-        |id| id_key(USAGE, *id),
-        UsageRec::clone,
-        &mut out,
-    )?;
+    let mut out = diff(&State::default(), s)?;
+    if !out.iter().any(|(k, _)| k == META) {
+        out.insert(0, (META.to_string(), Some(faithful(&meta_of(s), META)?)));
+    }
     Ok(out)
 }
 
