@@ -23,6 +23,9 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tonic::Code;
 
+mod common;
+use common::{active_of, etcd_controller as controller};
+
 /// The seed when `DASMESH_CHAOS_SEED` is not set.
 const DEFAULT_SEED: u64 = 20_261_207;
 const CLIENTS: usize = 3;
@@ -663,58 +666,6 @@ fn applied(
             "{op:?} cannot turn {:?} into {vol:?}, leases {leases:?}",
             s.vol
         )),
-    }
-}
-
-/// A controller over `etcd`, heartbeats every 200 ms, a 1 s election lease.
-fn controller(etcd: &EtcdCluster, listen: &str) -> Process {
-    let args = [
-        "--listen",
-        listen,
-        "--etcd",
-        &etcd.endpoints(),
-        "--heartbeat",
-        "200ms",
-        "--election-ttl",
-        "1s",
-    ];
-    Process::spawn("dasmesh-controller", &args.map(String::from))
-}
-
-/// Whether the controller at `addr` serves.
-async fn is_active(addr: &str) -> bool {
-    let Ok(ch) = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect_timeout(Duration::from_millis(500))
-        .connect()
-        .await
-    else {
-        return false;
-    };
-    v1::pool_client::PoolClient::new(ch)
-        .list_nodes(v1::ListNodesRequest {})
-        .await
-        .is_ok()
-}
-
-/// The index of the one active controller of `addrs`, once there is exactly one.
-async fn active_of(addrs: &[String], within: Duration) -> usize {
-    let deadline = Instant::now() + within;
-    loop {
-        let mut active = Vec::new();
-        for (i, a) in addrs.iter().enumerate() {
-            if is_active(a).await {
-                active.push(i);
-            }
-        }
-        if let [i] = active[..] {
-            return i;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "not exactly one active controller within {within:?}: {active:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

@@ -13,21 +13,8 @@ use dasmesh_testkit::etcd::{require_etcd, EtcdCluster};
 use dasmesh_testkit::{free_addr, now_ms, Process};
 use dasmesh_wire::{DeviceId, Token, TokenError, VerifyingKey};
 
-/// A controller over `etcd`, heartbeats every 200 ms (tokens switch 600 ms after a rotation),
-/// a 1 s election lease.
-fn controller(etcd: &EtcdCluster, listen: &str) -> Process {
-    let args = [
-        "--listen",
-        listen,
-        "--etcd",
-        &etcd.endpoints(),
-        "--heartbeat",
-        "200ms",
-        "--election-ttl",
-        "1s",
-    ];
-    Process::spawn("dasmesh-controller", &args.map(String::from))
-}
+mod common;
+use common::{active_of, etcd_controller as controller};
 
 async fn control(
     addr: &str,
@@ -39,33 +26,6 @@ async fn control(
         .await
         .unwrap();
     v1::control_plane_client::ControlPlaneClient::new(ch)
-}
-
-/// The index in `addrs` of the one active controller, once there is one (within 10 s).
-async fn active_of(addrs: &[&str]) -> usize {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        for (i, a) in addrs.iter().enumerate() {
-            let ch = tonic::transport::Endpoint::from_shared(format!("http://{a}"))
-                .unwrap()
-                .connect_timeout(Duration::from_millis(500))
-                .connect()
-                .await;
-            if let Ok(ch) = ch {
-                let r = v1::pool_client::PoolClient::new(ch)
-                    .list_nodes(v1::ListNodesRequest {})
-                    .await;
-                if r.is_ok() {
-                    return i;
-                }
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no active controller within 10 s"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// Whether `token` (text) carries `key`'s signature; any other refusal fails the test.
@@ -145,7 +105,7 @@ async fn a_rotated_key_signs_after_the_switch_and_holds_across_a_failover() {
     let etcd = EtcdCluster::start(1).unwrap();
     let (a1, a2) = (free_addr(), free_addr());
     let mut ctls = vec![controller(&etcd, &a1)];
-    active_of(&[&a1]).await;
+    active_of(&[&a1], Duration::from_secs(10)).await;
     ctls.push(controller(&etcd, &a2));
     let addrs = [a1.as_str(), a2.as_str()];
     let urls = format!("http://{a1},http://{a2}");
@@ -182,7 +142,7 @@ async fn a_rotated_key_signs_after_the_switch_and_holds_across_a_failover() {
     let before = mount_tokens(&ctl, "o", "before").await;
 
     // A standby refuses to rotate and names the active controller; the active one rotates.
-    let first = active_of(&addrs).await;
+    let first = active_of(&addrs, Duration::from_secs(10)).await;
     let refused = control(addrs[1 - first])
         .await
         .rotate_signing_key(v1::RotateSigningKeyRequest {})
@@ -217,7 +177,7 @@ async fn a_rotated_key_signs_after_the_switch_and_holds_across_a_failover() {
     // The active controller dies: the other takes over with the same ring.
     ctls[first].signal("KILL");
     let taken = mount_tokens(&ctl, "r", "taken-over").await;
-    assert_eq!(active_of(&addrs).await, 1 - first);
+    assert_eq!(active_of(&addrs, Duration::from_secs(10)).await, 1 - first);
     assert!(
         taken.iter().all(|e| signed_with(&e.token, &new)),
         "the controller that took over signs with another key"

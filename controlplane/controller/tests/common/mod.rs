@@ -4,7 +4,10 @@
 
 use dasmesh_api::v1;
 use dasmesh_client::{ConnectOptions, Connection};
+use dasmesh_testkit::etcd::EtcdCluster;
+use dasmesh_testkit::Process;
 use dasmesh_wire::{DeviceId, Token};
+use std::time::{Duration, Instant};
 
 pub async fn channel(addr: &str) -> tonic::transport::Channel {
     tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
@@ -53,4 +56,62 @@ pub async fn mount_and_open(
         out.push((x, c));
     }
     (m.lease.expect("lease").lease_id, out)
+}
+
+/// A controller over `etcd`, heartbeats every 200 ms, a 1 s election lease.
+pub fn etcd_controller(etcd: &EtcdCluster, listen: &str) -> Process {
+    let args = [
+        "--listen",
+        listen,
+        "--etcd",
+        &etcd.endpoints(),
+        "--heartbeat",
+        "200ms",
+        "--election-ttl",
+        "1s",
+    ];
+    Process::spawn("dasmesh-controller", &args.map(String::from))
+}
+
+/// Whether the controller at `addr` serves (active), refuses as a standby, or is unreachable.
+pub async fn role(addr: &str) -> &'static str {
+    let ch = match tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect_timeout(Duration::from_millis(500))
+        .connect()
+        .await
+    {
+        Ok(c) => c,
+        Err(_) => return "down",
+    };
+    match v1::pool_client::PoolClient::new(ch)
+        .list_nodes(v1::ListNodesRequest {})
+        .await
+    {
+        Ok(_) => "active",
+        Err(s) if s.metadata().get("dasmesh-role").is_some() => "standby",
+        Err(_) => "down",
+    }
+}
+
+/// Waits until exactly one of `addrs` is active; returns its index.
+pub async fn active_of<S: AsRef<str>>(addrs: &[S], within: Duration) -> usize {
+    let deadline = Instant::now() + within;
+    loop {
+        let mut active = Vec::new();
+        for (i, a) in addrs.iter().enumerate() {
+            if role(a.as_ref()).await == "active" {
+                active.push(i);
+            }
+        }
+        assert!(active.len() <= 1, "two active controllers: {active:?}");
+        if let [i] = active[..] {
+            return i;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no active controller within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
