@@ -12,7 +12,6 @@ use anyhow::{bail, Context as _};
 use clap::{Parser, Subcommand};
 use dasmesh_api::headers::{ROLE_HEADER, STANDBY};
 use dasmesh_api::v1::leases_client::LeasesClient;
-use dasmesh_api::v1::pool_client::PoolClient;
 use dasmesh_api::v1::volumes_client::VolumesClient;
 use dasmesh_api::{v1, ControllerOptions, Controllers, Layout};
 use dasmesh_wire::units::parse_size;
@@ -532,10 +531,19 @@ async fn role(a: RoleArgs) -> anyhow::Result<()> {
         .connect_timeout(a.timeout)
         .timeout(a.timeout);
     let r = match ep.connect().await {
-        Ok(ch) => PoolClient::new(ch)
-            .list_nodes(v1::ListNodesRequest {})
+        // A call only the active controller serves (a standby answers reads too): renewing
+        // lease 0, which never exists, is refused NOT_FOUND by the active one, changing nothing.
+        Ok(ch) => match LeasesClient::new(ch)
+            .renew(v1::RenewRequest {
+                lease_id: 0,
+                ttl_ms: 0,
+            })
             .await
-            .map(|_| ()),
+        {
+            Err(s) if s.code() == Code::NotFound => Ok(()),
+            Ok(_) => Ok(()),
+            Err(s) => Err(s),
+        },
         Err(e) => Err(Status::unavailable(format!("connect: {e}"))),
     };
     let is = RoleIs::of(&r);

@@ -143,6 +143,29 @@ async fn a_standby_takes_over_while_hosts_keep_doing_io() {
     ctls[first].restart();
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(role(addrs[first]).await, "standby");
+    // A standby answers reads, from the state in etcd: asked alone, it lists the volume.
+    let alone = tonic::transport::Endpoint::from_shared(format!("http://{}", addrs[first]))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let vols = v1::volumes_client::VolumesClient::new(alone.clone())
+        .list(v1::ListVolumesRequest {})
+        .await
+        .expect("a standby answers a list")
+        .into_inner()
+        .volumes;
+    assert!(vols.iter().any(|v| v.name == "m"), "{vols:?}");
+    // And refuses a change, naming the active one.
+    let refused = v1::volumes_client::VolumesClient::new(alone)
+        .delete(v1::DeleteVolumeRequest { name: "m".into() })
+        .await
+        .unwrap_err();
+    assert!(
+        refused.metadata().get("dasmesh-role").is_some()
+            && refused.message().contains(addrs[1 - first]),
+        "{refused:?}"
+    );
     // Both are listed with their roles, asked of either.
     let want = vec![
         ("active".to_string(), format!("http://{}", addrs[1 - first])),

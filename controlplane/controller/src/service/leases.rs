@@ -1,4 +1,5 @@
-//! The leases: mount, renew, unmount, revoke, mirror failure and rebuild reports service.
+//! The Leases service: mount, renew, unmount, revoke, and the mirror's failure and rebuild
+//! reports (a standby answers list, from the state in etcd).
 
 use super::*;
 
@@ -137,7 +138,7 @@ impl v1::leases_server::Leases for Svc {
         &self,
         r: Request<v1::ListLeasesRequest>,
     ) -> Result<Response<v1::ListLeasesResponse>, Status> {
-        let ctl = self.ctl()?;
+        let ctl = self.view().await?;
         let vol = r.into_inner().volume;
         Ok(Response::new(ctl.read(|s| {
             v1::ListLeasesResponse {

@@ -85,6 +85,46 @@ impl Svc {
     }
 }
 
+/// What a read is answered from: the active controller's live state, or, on a standby, the
+/// state as etcd holds it when asked.
+pub(crate) enum View {
+    /// The active controller.
+    Live(Arc<Controller>),
+    /// A standby's look at the stored state.
+    Stored(Box<crate::state::State>),
+}
+
+impl View {
+    /// A look at the state.
+    pub(crate) fn read<T>(&self, f: impl FnOnce(&crate::state::State) -> T) -> T {
+        match self {
+            View::Live(c) => c.read(f),
+            View::Stored(s) => f(s),
+        }
+    }
+}
+
+impl Svc {
+    /// Where a read is answered from: this controller if active; on a standby over etcd, the
+    /// state etcd holds now (so an operator asking any controller sees the pool); otherwise the
+    /// standby's refusal.
+    async fn view(&self) -> Result<View, Status> {
+        match self.0.get() {
+            Role::Active(c) => Ok(View::Live(c)),
+            Role::Standby(active) => match &self.0.etcd {
+                Some(etcd) => match etcd.load(now_ms()).await {
+                    Ok((s, _)) => Ok(View::Stored(Box::new(s))),
+                    Err(e) => {
+                        tracing::debug!("standby read from etcd: {e}");
+                        Err(standby(active.as_deref()))
+                    }
+                },
+                None => Err(standby(active.as_deref())),
+            },
+        }
+    }
+}
+
 pub use dasmesh_api::headers::{ACTIVE_HEADER, ROLE_HEADER, STANDBY};
 
 /// A standby's answer: UNAVAILABLE, with the active controller's URL when it is known, so

@@ -1,4 +1,5 @@
-//! The the pool: nodes and devices as the controller sees them service.
+//! The Pool service: nodes and devices as the controller sees them (a standby answers too,
+//! from the state in etcd).
 
 use super::*;
 
@@ -8,7 +9,7 @@ impl v1::pool_server::Pool for Svc {
         &self,
         _: Request<v1::ListNodesRequest>,
     ) -> Result<Response<v1::ListNodesResponse>, Status> {
-        let ctl = self.ctl()?;
+        let ctl = self.view().await?;
         Ok(Response::new(ctl.read(|s| v1::ListNodesResponse {
             nodes: s.nodes.values().map(|n| node_msg(s, n)).collect(),
         })))
@@ -18,7 +19,7 @@ impl v1::pool_server::Pool for Svc {
         &self,
         _: Request<v1::ListDevicesRequest>,
     ) -> Result<Response<v1::ListDevicesResponse>, Status> {
-        let ctl = self.ctl()?;
+        let ctl = self.view().await?;
         Ok(Response::new(ctl.read(|s| {
             let devices: Vec<v1::Device> = s
                 .nodes
@@ -35,7 +36,7 @@ impl v1::pool_server::Pool for Svc {
     }
 
     async fn get_node(&self, r: Request<v1::GetNodeRequest>) -> Result<Response<v1::Node>, Status> {
-        let ctl = self.ctl()?;
+        let ctl = self.view().await?;
         let id = r.into_inner().node_id;
         ctl.read(|s| s.nodes.get(&id).map(|n| node_msg(s, n)))
             .map(Response::new)

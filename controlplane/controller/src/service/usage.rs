@@ -1,4 +1,5 @@
-//! The usage: metering and charges per lease service.
+//! The Usage service: metering and charges per lease (a standby answers too, from the state in
+//! etcd).
 
 use super::*;
 
@@ -8,7 +9,7 @@ impl v1::usage_server::Usage for Svc {
         &self,
         r: Request<v1::UsageRequest>,
     ) -> Result<Response<v1::UsageReport>, Status> {
-        let ctl = self.ctl()?;
+        let ctl = self.view().await?;
         let q = r.into_inner();
         let now = now_ms();
         let end = if q.end_ms == 0 { now } else { q.end_ms };

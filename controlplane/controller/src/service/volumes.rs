@@ -1,4 +1,5 @@
-//! The volumes: create, get, list, resize, delete service.
+//! The Volumes service: create, get, list, resize, delete (a standby answers get and list,
+//! from the state in etcd).
 
 use super::*;
 
@@ -30,7 +31,7 @@ impl v1::volumes_server::Volumes for Svc {
     }
 
     async fn get(&self, r: Request<v1::GetVolumeRequest>) -> Result<Response<v1::Volume>, Status> {
-        let ctl = self.ctl()?;
+        let ctl = self.view().await?;
         let name = r.into_inner().name;
         state::validate::volume_name(&name).map_err(CtlError::from)?;
         ctl.read(|s| s.volumes.get(&name).map(|v| volume_msg(s, v)))
@@ -42,7 +43,7 @@ impl v1::volumes_server::Volumes for Svc {
         &self,
         _: Request<v1::ListVolumesRequest>,
     ) -> Result<Response<v1::ListVolumesResponse>, Status> {
-        let ctl = self.ctl()?;
+        let ctl = self.view().await?;
         Ok(Response::new(ctl.read(|s| v1::ListVolumesResponse {
             volumes: s.volumes.values().map(|v| volume_msg(s, v)).collect(),
         })))

@@ -84,13 +84,18 @@ pub async fn role(addr: &str) -> &'static str {
         Ok(c) => c,
         Err(_) => return "down",
     };
-    match v1::pool_client::PoolClient::new(ch)
-        .list_nodes(v1::ListNodesRequest {})
+    // A call only the active controller serves (a standby answers reads too): renewing lease
+    // 0, which never exists, is refused NOT_FOUND by the active one and changes nothing.
+    match v1::leases_client::LeasesClient::new(ch)
+        .renew(v1::RenewRequest {
+            lease_id: 0,
+            ttl_ms: 0,
+        })
         .await
     {
-        Ok(_) => "active",
+        Err(s) if s.code() == tonic::Code::NotFound => "active",
         Err(s) if s.metadata().get("dasmesh-role").is_some() => "standby",
-        Err(_) => "down",
+        _ => "down",
     }
 }
 
