@@ -9,7 +9,8 @@ use dasmesh_wire::{Claim, DeviceId, Epoch, NodeId, Rights, SigningKey, VolumeId}
 use crate::keys::Keys;
 use crate::service::msg::{extent_msg, lease_msg};
 use crate::state::{apply, Command, Error, LeaseRec, Outcome, State, VolumeRec};
-use crate::store::{records, Store, StoreError};
+use crate::store::records::{self, Rec};
+use crate::store::{Store, StoreError};
 
 /// The controller: the live state, its store, and the token-signing keys.
 pub struct Controller {
@@ -131,14 +132,44 @@ impl Controller {
         let mut shadow = lock(&self.shadow);
         let mut applied = Vec::new();
         let mut answers = Vec::with_capacity(batch.len());
+        // The records the batch can have changed, while every command says (see `touched`).
+        let mut recs: Option<Vec<Rec>> = Some(Vec::new());
         for w in batch {
+            let last_id = shadow.last_id;
+            let pre = recs.as_ref().and_then(|_| touched(&shadow, &w.cmd));
             let r = apply(&mut shadow, w.cmd.clone());
+            match (&mut recs, pre) {
+                (Some(all), Some(keys)) => {
+                    all.extend(keys);
+                    // Records made under the ids it took.
+                    for id in last_id.saturating_add(1)..=shadow.last_id {
+                        all.extend([Rec::Node(id), Rec::Lease(id), Rec::Usage(id)]);
+                    }
+                }
+                _ => recs = None,
+            }
             if r.is_ok() {
                 applied.push(w.cmd);
             }
             answers.push((w.done, r.map_err(CtlError::from)));
         }
-        let diff = records::diff(&lock(&self.state), &shadow);
+        let diff = {
+            let live = lock(&self.state);
+            match &recs {
+                Some(recs) => {
+                    let d = records::diff_of(&live, &shadow, recs);
+                    #[cfg(debug_assertions)]
+                    if let (Ok(d), Ok(mut full)) = (&d, records::diff(&live, &shadow)) {
+                        let mut d = d.clone();
+                        d.sort();
+                        full.sort();
+                        assert_eq!(d, full, "a batch changed records it did not name");
+                    }
+                    d
+                }
+                None => records::diff(&live, &shadow),
+            }
+        };
         let stored = match diff {
             Ok(changes) if changes.is_empty() => Ok(()),
             Ok(changes) => self.store.commit(&changes, &applied),
@@ -257,6 +288,30 @@ impl Controller {
             extents,
         }
     }
+}
+
+/// The records `cmd` can change in `s`, for the commands hosts and nodes send all the time;
+/// `None` for the others (the whole state is compared then). Records made under new ids are
+/// added by the caller.
+fn touched(s: &State, cmd: &Command) -> Option<Vec<Rec>> {
+    Some(match cmd {
+        Command::Mount { volume, .. } => vec![Rec::Meta, Rec::Volume(volume.clone())],
+        Command::Renew { lease_id, .. } => vec![Rec::Lease(*lease_id)],
+        Command::Unmount { lease_id, .. } => vec![Rec::Lease(*lease_id), Rec::Usage(*lease_id)],
+        Command::Heartbeat { node_id, usage, .. } => std::iter::once(Rec::Node(*node_id))
+            .chain(usage.iter().map(|c| Rec::Usage(c.lease_id)))
+            .collect(),
+        // Nodes are few; the leases are the live ones (not the usage of past ones).
+        Command::Tick { .. } => std::iter::once(Rec::Meta)
+            .chain(s.nodes.keys().map(|&id| Rec::Node(id)))
+            .chain(
+                s.leases
+                    .keys()
+                    .flat_map(|&id| [Rec::Lease(id), Rec::Usage(id)]),
+            )
+            .collect(),
+        _ => return None,
+    })
 }
 
 mod reap;
