@@ -305,6 +305,19 @@ async fn etcd_member_loss_is_carried_and_quorum_loss_refuses_changes() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    // A host holds volume a (a lease of 30 s) before the quorum goes.
+    let vol = Volume::mount(
+        &format!("http://{a1}"),
+        "a",
+        MountOptions {
+            host: "h".into(),
+            access: Access::ReadWrite,
+            ttl: Duration::from_secs(30),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
     // Two gone: no quorum. A change is refused with a status that says why, within seconds.
     etcd.kill(1);
     let t = Instant::now();
@@ -315,6 +328,14 @@ async fn etcd_member_loss_is_carried_and_quorum_loss_refuses_changes() {
         "{e}"
     );
     assert!(t.elapsed() < Duration::from_secs(15), "{:?}", t.elapsed());
+    // The host's I/O goes on without the control plane (its lease runs for 30 s).
+    for i in 0..64u64 {
+        let data = vec![i as u8 + 1; 4096];
+        vol.write(i * 4096, &data, false)
+            .await
+            .expect("a write without an etcd quorum");
+        assert_eq!(vol.read(i * 4096, 4096).await.unwrap(), data);
+    }
     // Quorum back: the controller serves again and nothing acknowledged was lost.
     etcd.restart(1).unwrap();
     etcd.restart(2).unwrap();
