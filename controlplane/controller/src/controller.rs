@@ -121,6 +121,19 @@ impl Controller {
         }
     }
 
+    /// [`Controller::execute`] for async callers: the wait for the commit happens on a thread
+    /// of tokio's blocking pool, so the runtime's workers go on reading requests meanwhile and
+    /// the commands that arrive join the next batch (a worker blocked on the commit lock would
+    /// keep them out, and every batch would be one or two commands, each with its own sync).
+    pub async fn run(self: &Arc<Self>, cmd: Command) -> Result<Outcome, CtlError> {
+        let me = Arc::clone(self);
+        match tokio::task::spawn_blocking(move || me.execute(cmd)).await {
+            Ok(r) => r,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(e) => Err(CtlError::Store(StoreError::Db(format!("commit task: {e}")))),
+        }
+    }
+
     /// Applies `batch` to a copy of the live state, commits what changed, then makes the copy
     /// live and answers each command. Only the holder of `committing` calls it, so the live
     /// state changes nowhere else and readers see it whole before and after.

@@ -132,7 +132,7 @@ async fn run(a: Args) -> anyhow::Result<()> {
                 forgot.elapsed() >= Duration::from_secs(3600),
             ) {
                 let before_ms = dasmesh_controller::service::now_ms().saturating_sub(retention_ms);
-                match ctl.execute(Command::ForgetUsage { before_ms }) {
+                match ctl.run(Command::ForgetUsage { before_ms }).await {
                     Ok(_) => forgot = tokio::time::Instant::now(),
                     Err(e) => tracing::warn!("forgetting old usage: {e}"),
                 }
@@ -142,10 +142,13 @@ async fn run(a: Args) -> anyhow::Result<()> {
                 continue;
             };
             let now = dasmesh_controller::service::now_ms();
-            if let Err(e) = ctl.execute(Command::Tick {
-                now_ms: now,
-                heartbeat_ms,
-            }) {
+            if let Err(e) = ctl
+                .run(Command::Tick {
+                    now_ms: now,
+                    heartbeat_ms,
+                })
+                .await
+            {
                 tracing::warn!("tick: {e}");
             }
         }

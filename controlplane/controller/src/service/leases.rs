@@ -25,13 +25,15 @@ impl v1::leases_server::Leases for Svc {
         } else {
             r.ttl_ms
         };
-        let out = ctl.execute(Command::Mount {
-            volume: r.volume,
-            host: r.host_id,
-            rw,
-            ttl_ms,
-            now_ms: now_ms(),
-        })?;
+        let out = ctl
+            .run(Command::Mount {
+                volume: r.volume,
+                host: r.host_id,
+                rw,
+                ttl_ms,
+                now_ms: now_ms(),
+            })
+            .await?;
         lease_outcome(&ctl, out)
     }
 
@@ -46,11 +48,13 @@ impl v1::leases_server::Leases for Svc {
         } else {
             r.ttl_ms
         };
-        let out = ctl.execute(Command::Renew {
-            lease_id: r.lease_id,
-            ttl_ms,
-            now_ms: now_ms(),
-        })?;
+        let out = ctl
+            .run(Command::Renew {
+                lease_id: r.lease_id,
+                ttl_ms,
+                now_ms: now_ms(),
+            })
+            .await?;
         lease_outcome(&ctl, out)
     }
 
@@ -59,10 +63,11 @@ impl v1::leases_server::Leases for Svc {
         r: Request<v1::UnmountRequest>,
     ) -> Result<Response<v1::UnmountResponse>, Status> {
         let ctl = self.ctl()?;
-        ctl.execute(Command::Unmount {
+        ctl.run(Command::Unmount {
             lease_id: r.into_inner().lease_id,
             now_ms: now_ms(),
-        })?;
+        })
+        .await?;
         Ok(Response::new(v1::UnmountResponse {}))
     }
 
@@ -71,10 +76,12 @@ impl v1::leases_server::Leases for Svc {
         r: Request<v1::RevokeRequest>,
     ) -> Result<Response<v1::RevokeResponse>, Status> {
         let ctl = self.ctl()?;
-        let Outcome::Volume(v) = ctl.execute(Command::Revoke {
-            lease_id: r.into_inner().lease_id,
-            now_ms: now_ms(),
-        })?
+        let Outcome::Volume(v) = ctl
+            .run(Command::Revoke {
+                lease_id: r.into_inner().lease_id,
+                now_ms: now_ms(),
+            })
+            .await?
         else {
             return Err(Status::internal("unexpected outcome"));
         };
@@ -91,12 +98,14 @@ impl v1::leases_server::Leases for Svc {
         // the writer cannot acknowledge its write until the report is accepted.
         r.reason = state::validate::truncate(&r.reason, state::validate::MAX_REASON).to_string();
         state::validate::copies(&r.copies).map_err(CtlError::from)?;
-        let out = ctl.execute(Command::FailCopies {
-            lease_id: r.lease_id,
-            copies: r.copies.clone(),
-            reason: r.reason.clone(),
-            now_ms: now_ms(),
-        });
+        let out = ctl
+            .run(Command::FailCopies {
+                lease_id: r.lease_id,
+                copies: r.copies.clone(),
+                reason: r.reason.clone(),
+                now_ms: now_ms(),
+            })
+            .await;
         let v = match out {
             Ok(Outcome::Volume(v)) => v,
             Ok(_) => return Err(Status::internal("unexpected outcome")),
@@ -119,11 +128,14 @@ impl v1::leases_server::Leases for Svc {
         let ctl = self.ctl()?;
         let r = r.into_inner();
         state::validate::copies(&r.copies).map_err(CtlError::from)?;
-        let v = match ctl.execute(Command::RebuiltCopies {
-            lease_id: r.lease_id,
-            copies: r.copies.clone(),
-            now_ms: now_ms(),
-        })? {
+        let v = match ctl
+            .run(Command::RebuiltCopies {
+                lease_id: r.lease_id,
+                copies: r.copies.clone(),
+                now_ms: now_ms(),
+            })
+            .await?
+        {
             Outcome::Volume(v) => v,
             _ => return Err(Status::internal("unexpected outcome")),
         };

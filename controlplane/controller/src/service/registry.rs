@@ -12,13 +12,15 @@ impl v1::node_registry_server::NodeRegistry for Svc {
         let r = r.into_inner();
         // Taken once: the answer comes from the controller that registered the node.
         let ctl = self.ctl()?;
-        let out = ctl.execute(Command::Register {
-            node_id: r.node_id,
-            address: r.address,
-            version: r.version,
-            failure_domain: r.failure_domain,
-            now_ms: now_ms(),
-        })?;
+        let out = ctl
+            .run(Command::Register {
+                node_id: r.node_id,
+                address: r.address,
+                version: r.version,
+                failure_domain: r.failure_domain,
+                now_ms: now_ms(),
+            })
+            .await?;
         let Outcome::Node(n) = out else {
             return Err(Status::internal("unexpected outcome"));
         };
@@ -51,10 +53,12 @@ impl v1::node_registry_server::NodeRegistry for Svc {
             })
             .collect();
         let ctl = self.ctl()?;
-        let Outcome::Node(n) = ctl.execute(Command::ReportDevices {
-            node_id: r.node_id,
-            devices,
-        })?
+        let Outcome::Node(n) = ctl
+            .run(Command::ReportDevices {
+                node_id: r.node_id,
+                devices,
+            })
+            .await?
         else {
             return Err(Status::internal("unexpected outcome"));
         };
@@ -80,11 +84,14 @@ impl v1::node_registry_server::NodeRegistry for Svc {
             })
             .collect();
         let ctl = self.ctl()?;
-        let known = match ctl.execute(Command::Heartbeat {
-            node_id: r.node_id,
-            usage,
-            now_ms: now_ms(),
-        }) {
+        let known = match ctl
+            .run(Command::Heartbeat {
+                node_id: r.node_id,
+                usage,
+                now_ms: now_ms(),
+            })
+            .await
+        {
             Ok(_) => true,
             Err(CtlError::Refused(Error::UnknownNode(_))) => false,
             Err(e) => return Err(e.into()),
@@ -112,9 +119,11 @@ impl v1::node_registry_server::NodeRegistry for Svc {
         &self,
         r: Request<v1::DeregisterRequest>,
     ) -> Result<Response<v1::DeregisterResponse>, Status> {
-        self.ctl()?.execute(Command::Deregister {
-            node_id: r.into_inner().node_id,
-        })?;
+        self.ctl()?
+            .run(Command::Deregister {
+                node_id: r.into_inner().node_id,
+            })
+            .await?;
         Ok(Response::new(v1::DeregisterResponse {}))
     }
 }

@@ -12,18 +12,20 @@ impl v1::volumes_server::Volumes for Svc {
         let ctl = self.ctl()?;
         let r = r.into_inner();
         let q = r.requirements.unwrap_or_default();
-        let out = ctl.execute(Command::CreateVolume {
-            name: r.name,
-            size: r.size_bytes,
-            layout: layout_from(r.layout)?,
-            req: state::Requirements {
-                min_iops: q.min_iops,
-                min_mib_s: q.min_mib_s,
-                price_per_gib_hour: q.price_per_gib_hour,
-                spread_failure_domains: q.spread_failure_domains,
-            },
-            now_ms: now_ms(),
-        })?;
+        let out = ctl
+            .run(Command::CreateVolume {
+                name: r.name,
+                size: r.size_bytes,
+                layout: layout_from(r.layout)?,
+                req: state::Requirements {
+                    min_iops: q.min_iops,
+                    min_mib_s: q.min_mib_s,
+                    price_per_gib_hour: q.price_per_gib_hour,
+                    spread_failure_domains: q.spread_failure_domains,
+                },
+                now_ms: now_ms(),
+            })
+            .await?;
         let Outcome::Volume(v) = out else {
             return Err(Status::internal("unexpected outcome"));
         };
@@ -55,10 +57,12 @@ impl v1::volumes_server::Volumes for Svc {
     ) -> Result<Response<v1::Volume>, Status> {
         let ctl = self.ctl()?;
         let r = r.into_inner();
-        let Outcome::Volume(v) = ctl.execute(Command::ResizeVolume {
-            name: r.name,
-            size: r.size_bytes,
-        })?
+        let Outcome::Volume(v) = ctl
+            .run(Command::ResizeVolume {
+                name: r.name,
+                size: r.size_bytes,
+            })
+            .await?
         else {
             return Err(Status::internal("unexpected outcome"));
         };
@@ -73,9 +77,10 @@ impl v1::volumes_server::Volumes for Svc {
         r: Request<v1::DeleteVolumeRequest>,
     ) -> Result<Response<v1::DeleteVolumeResponse>, Status> {
         let ctl = self.ctl()?;
-        ctl.execute(Command::DeleteVolume {
+        ctl.run(Command::DeleteVolume {
             name: r.into_inner().name,
-        })?;
+        })
+        .await?;
         // Discard now when the nodes answer; otherwise the ticker retries.
         ctl.reap_deleting().await;
         Ok(Response::new(v1::DeleteVolumeResponse {}))
