@@ -248,9 +248,35 @@ async fn campaign(
                 })
                 .await?;
             if ok {
-                let (state, last_log) = etcd.load(now_ms()).await?;
                 // Read after winning: a rotation by the one before is in it.
-                let keys = key_ring(etcd).await?;
+                let loaded = match etcd.load(now_ms()).await {
+                    Ok(l) => key_ring(etcd).await.map(|k| (l, k)),
+                    Err(e) => Err(e),
+                };
+                let ((state, last_log), keys) = match loaded {
+                    Ok(x) => x,
+                    Err(e) => {
+                        // A controller that cannot load the state must not hold the key (nobody
+                        // would serve until its lease lapsed, again and again): give it back.
+                        tracing::error!("won the election but cannot load the state: {e}");
+                        let l3 = leader.clone();
+                        let _ = etcd
+                            .call(move |mut c| async move {
+                                c.txn(
+                                    Txn::new()
+                                        .when([Compare::create_revision(
+                                            l3.clone(),
+                                            CompareOp::Equal,
+                                            rev,
+                                        )])
+                                        .and_then([TxnOp::delete(l3, None)]),
+                                )
+                                .await
+                            })
+                            .await;
+                        return Err(e);
+                    }
+                };
                 let store = EtcdStore::new(etcd.clone(), rev, last_log, Arc::clone(&lost));
                 let ctl = Controller::with_state(state, Box::new(store), keys, opts.heartbeat_ms);
                 roles.set(Role::Active(Arc::new(ctl)));

@@ -464,3 +464,45 @@ fn b64(data: &[u8]) -> String {
     }
     out
 }
+
+/// etcd answers at most 4 MiB at a time: a state larger than that loads in pages (a controller
+/// that could not load it once won the election again and again and never served).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_larger_than_one_etcd_answer_loads_in_pages() {
+    if !require_etcd("a_state_larger_than_one_etcd_answer_loads_in_pages") {
+        return;
+    }
+    let etcd = EtcdCluster::start(1).unwrap();
+    let store = Etcd::connect(&etcd.endpoints(), "/dasmesh/").unwrap();
+    const N: u64 = 2500;
+    // 2,500 usage records of ~2 KiB: about 5 MiB.
+    for chunk in (1..=N).collect::<Vec<_>>().chunks(100) {
+        let puts: Vec<etcd_client::TxnOp> = chunk
+            .iter()
+            .map(|&id| {
+                let u = dasmesh_controller::state::UsageRec {
+                    lease_id: id,
+                    host: "h".repeat(2000),
+                    volume: "v".into(),
+                    ..Default::default()
+                };
+                etcd_client::TxnOp::put(
+                    format!("/dasmesh/state/usage/{id:020}"),
+                    serde_json::to_vec(&u).unwrap(),
+                    None,
+                )
+            })
+            .collect();
+        store
+            .call(move |mut c| async move { c.txn(etcd_client::Txn::new().and_then(puts)).await })
+            .await
+            .unwrap();
+    }
+    let (s, _) = store.load(0).await.unwrap();
+    assert_eq!(s.usage.len() as u64, N);
+    assert!(s.usage.values().all(|u| u.host.len() == 2000));
+    // And a controller over it serves.
+    let a = free_addr();
+    let _c = controller(&etcd, &a);
+    active_of(&[&a], Duration::from_secs(15)).await;
+}

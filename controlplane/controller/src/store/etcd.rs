@@ -191,17 +191,41 @@ impl Etcd {
         let log = self.key("log/");
         let (kvs, last_log) = self
             .call(move |mut c| async move {
-                let r = c.get(state, Some(GetOptions::new().with_prefix())).await?;
-                let kvs: Vec<(String, Vec<u8>)> = r
-                    .kvs()
-                    .iter()
-                    .map(|kv| {
+                // In pages (a response is capped at 4 MiB), all at the first page's revision,
+                // so the pages make one consistent state.
+                let end = prefix_end(state.as_bytes());
+                let mut from = state.into_bytes();
+                let mut revision = 0;
+                let mut kvs: Vec<(String, Vec<u8>)> = Vec::new();
+                loop {
+                    let r = c
+                        .get(
+                            from.clone(),
+                            Some(
+                                GetOptions::new()
+                                    .with_range(end.clone())
+                                    .with_limit(LOAD_PAGE)
+                                    .with_revision(revision),
+                            ),
+                        )
+                        .await?;
+                    if revision == 0 {
+                        revision = r.header().map(|h| h.revision()).unwrap_or(0);
+                    }
+                    kvs.extend(r.kvs().iter().map(|kv| {
                         (
                             String::from_utf8_lossy(kv.key()).into_owned(),
                             kv.value().to_vec(),
                         )
-                    })
-                    .collect();
+                    }));
+                    match r.kvs().last() {
+                        Some(last) if r.more() => {
+                            from = last.key().to_vec();
+                            from.push(0);
+                        }
+                        _ => break,
+                    }
+                }
                 let l = c
                     .get(
                         log,
@@ -231,6 +255,21 @@ impl Etcd {
             .unwrap_or(0);
         Ok((s, last))
     }
+}
+
+/// Records read in one request when loading (etcd's ranges are sorted by key).
+const LOAD_PAGE: i64 = 1000;
+
+/// The first key after every key that starts with `prefix` (etcd's range end for a prefix).
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
 }
 
 enum Blocked {
