@@ -25,16 +25,55 @@ pub struct Controller {
     rotating: Mutex<()>,
     /// Heartbeat interval handed to nodes.
     pub heartbeat_ms: u64,
-    /// Commands waiting for the next commit (see [`Controller::execute`]).
-    pending: Mutex<Vec<Waiting>>,
-    /// Held by the one caller that commits a batch.
-    committing: Mutex<()>,
+    /// Commands waiting for the next commit, and whether a committer is draining them (see
+    /// [`Controller::execute`]).
+    queue: Mutex<Queue>,
+}
+
+/// The commands waiting for a commit. `committer` is true while one thread drains `pending`;
+/// it is set and cleared only with the lock held, so no command is left without a committer.
+#[derive(Default)]
+struct Queue {
+    pending: Vec<Waiting>,
+    committer: bool,
 }
 
 /// A command waiting in a batch, and where its result goes.
 struct Waiting {
     cmd: Command,
-    done: Arc<Mutex<Option<Result<Outcome, CtlError>>>>,
+    done: Reply,
+}
+
+/// Where a command's result goes: a task awaiting it, or a thread blocked on it.
+enum Reply {
+    Task(tokio::sync::oneshot::Sender<Result<Outcome, CtlError>>),
+    Thread(std::sync::mpsc::SyncSender<Result<Outcome, CtlError>>),
+}
+
+impl Reply {
+    fn send(self, r: Result<Outcome, CtlError>) {
+        // A caller that went away (a cancelled request) no longer wants the answer; the
+        // command was committed all the same.
+        let _ = match self {
+            Reply::Task(tx) => tx.send(r).map_err(drop),
+            Reply::Thread(tx) => tx.send(r).map_err(drop),
+        };
+    }
+}
+
+/// Sends each answer to its caller.
+fn answer(answers: Vec<(Reply, Result<Outcome, CtlError>)>) {
+    for (done, r) in answers {
+        done.send(r);
+    }
+}
+
+/// What a caller sees when the committer panicked before answering it.
+fn committer_lost() -> CtlError {
+    CtlError::Store(StoreError::Db(
+        "the commit of this command failed (the committer panicked); it may not have been applied"
+            .into(),
+    ))
 }
 
 /// A refusal or a failure of the controller.
@@ -51,6 +90,9 @@ pub enum CtlError {
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
+
+#[cfg(test)]
+mod tests;
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
@@ -86,63 +128,107 @@ impl Controller {
             keys: RwLock::new(keys.into()),
             rotating: Mutex::new(()),
             heartbeat_ms,
-            pending: Mutex::new(Vec::new()),
-            committing: Mutex::new(()),
+            queue: Mutex::new(Queue::default()),
         }
     }
 
     /// Applies a command: on a copy, then stored, then made live. Commands that arrive while a
     /// commit is under way wait for it and then go together, in arrival order, as one batch in
     /// one store transaction (a group commit: one disk sync, or one etcd round trip, for all of
-    /// them; at most [`Store::max_batch`] commands in one). A command that changes no record (a heartbeat from a node that is up, a tick
-    /// with nothing to do) writes nothing.
+    /// them; at most [`Store::max_batch`] commands in one). A command that changes no record
+    /// (a heartbeat from a node that is up, a tick with nothing to do) writes nothing. A
+    /// caller that finds no committer at work commits on its own thread until the queue is
+    /// empty; the others wait for their answer.
     pub fn execute(&self, cmd: Command) -> Result<Outcome, CtlError> {
-        let done = Arc::new(Mutex::new(None));
-        lock(&self.pending).push(Waiting {
-            cmd,
-            done: Arc::clone(&done),
-        });
-        let _committer = lock(&self.committing);
-        if let Some(r) = lock(&done).take() {
-            // An earlier committer took it in its batch.
-            return r;
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        if self.enqueue(cmd, Reply::Thread(tx)) {
+            // No committer was at work: this thread is it until the queue is empty.
+            answer(self.drain());
         }
-        // Batches of at most the store's size, in arrival order, until this one is answered.
+        rx.recv().unwrap_or_else(|_| Err(committer_lost()))
+    }
+
+    /// [`Controller::execute`] for async callers. The commit happens on a thread of tokio's
+    /// blocking pool, one at a time: the runtime's workers go on reading requests meanwhile and
+    /// the commands that arrive join the next batch, and a waiting request costs a task, not a
+    /// thread (a thread per request, each woken after every batch, spent a third of the
+    /// controller's time switching between threads).
+    pub async fn run(self: &Arc<Self>, cmd: Command) -> Result<Outcome, CtlError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if self.enqueue(cmd, Reply::Task(tx)) {
+            let me = Arc::clone(self);
+            tokio::task::spawn_blocking(move || {
+                let last = me.drain();
+                // Let go first: whoever drops the controller after its last answer drops it
+                // for good (its store closed), not a committer still on its way out.
+                drop(me);
+                answer(last);
+            });
+        }
+        rx.await.unwrap_or_else(|_| Err(committer_lost()))
+    }
+
+    /// Queues `cmd`; true if the caller must start the committer (none was at work).
+    fn enqueue(&self, cmd: Command, done: Reply) -> bool {
+        let mut q = lock(&self.queue);
+        q.pending.push(Waiting { cmd, done });
+        !std::mem::replace(&mut q.committer, true)
+    }
+
+    /// The committer: batches of at most the store's size, in arrival order, until no command
+    /// waits. Only one runs at a time (see [`Queue::committer`]). Returns the answers of the
+    /// last batch, unsent: the queue was empty then, so they may be the controller's last.
+    fn drain(&self) -> Vec<(Reply, Result<Outcome, CtlError>)> {
+        let Some(mut batch) = self.take_batch() else {
+            return Vec::new();
+        };
         loop {
-            let batch: Vec<Waiting> = {
-                let mut p = lock(&self.pending);
-                let n = p.len().min(self.store.max_batch());
-                p.drain(..n).collect()
-            };
-            self.commit_batch(batch);
-            if let Some(r) = lock(&done).take() {
-                return r;
+            // A panic (a bug, or a store that panics) fails its batch alone: its callers get
+            // `committer_lost` as their answers drop, and the committer goes on with the
+            // commands queued meanwhile, so none is left without one.
+            let answers =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.commit_batch(batch)))
+                    .unwrap_or_else(|_| {
+                        tracing::error!("a commit panicked: its commands were not applied");
+                        Vec::new()
+                    });
+            match self.take_batch() {
+                Some(next) => {
+                    answer(answers);
+                    batch = next;
+                }
+                None => return answers,
             }
         }
     }
 
-    /// [`Controller::execute`] for async callers: the wait for the commit happens on a thread
-    /// of tokio's blocking pool, so the runtime's workers go on reading requests meanwhile and
-    /// the commands that arrive join the next batch (a worker blocked on the commit lock would
-    /// keep them out, and every batch would be one or two commands, each with its own sync).
-    pub async fn run(self: &Arc<Self>, cmd: Command) -> Result<Outcome, CtlError> {
-        let me = Arc::clone(self);
-        match tokio::task::spawn_blocking(move || me.execute(cmd)).await {
-            Ok(r) => r,
-            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-            Err(e) => Err(CtlError::Store(StoreError::Db(format!("commit task: {e}")))),
+    /// The next batch, or `None` with the committer's flag cleared if no command waits.
+    fn take_batch(&self) -> Option<Vec<Waiting>> {
+        let mut q = lock(&self.queue);
+        if q.pending.is_empty() {
+            q.committer = false;
+            return None;
         }
+        let n = q.pending.len().min(self.store.max_batch());
+        Some(q.pending.drain(..n).collect())
     }
 
     /// Applies `batch` to a copy of the live state, commits what changed, then makes the copy
-    /// live and answers each command. Only the holder of `committing` calls it, so the live
-    /// state changes nowhere else and readers see it whole before and after.
-    fn commit_batch(&self, batch: Vec<Waiting>) {
+    /// live and returns each command's answer. Only the committer calls it, so the live state
+    /// changes nowhere else and readers see it whole before and after.
+    fn commit_batch(&self, batch: Vec<Waiting>) -> Vec<(Reply, Result<Outcome, CtlError>)> {
         // The batch goes to the shadow copy (equal to the live state between batches); the
         // records that differ are committed, and then the same commands are applied to the
         // live state too. `apply` is deterministic, so both copies stay equal; the commands
         // that are not applied in place copy the state inside `apply`, once each.
-        let mut shadow = lock(&self.shadow);
+        let mut shadow = self.shadow.lock().unwrap_or_else(|poisoned| {
+            // A committer panicked half way through a batch: the shadow may hold commands
+            // that never went live. It starts again from the live state.
+            self.shadow.clear_poison();
+            let mut g = poisoned.into_inner();
+            *g = lock(&self.state).clone();
+            g
+        });
         let mut applied = Vec::new();
         let mut answers = Vec::with_capacity(batch.len());
         // The records the batch can have changed, while every command says (see `touched`).
@@ -206,9 +292,7 @@ impl Controller {
                 }
             }
         }
-        for (done, r) in answers {
-            *lock(&done) = Some(r);
-        }
+        answers
     }
 
     /// A read-only look at the state.

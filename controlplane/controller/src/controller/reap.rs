@@ -3,6 +3,8 @@
 
 use dasmesh_wire::{Capabilities, Claim, DeviceId, Epoch, NodeId, Rights, VolumeId};
 
+use std::sync::Arc;
+
 use super::{now_ms, Controller};
 use crate::state::{Command, State, VolumeRec};
 
@@ -14,7 +16,7 @@ impl Controller {
     /// nodes, then makes them allocatable again: a freed range once it was discarded, a volume
     /// once all its extents were. Whatever sits on an unreachable node waits for a later call,
     /// so a range is never handed out with the old data on it.
-    pub async fn reap_deleting(&self) {
+    pub async fn reap_deleting(self: &Arc<Self>) {
         self.reap_freed().await;
         let (volumes, addrs) = self.read(|s| {
             let v: Vec<VolumeRec> = s.volumes.values().filter(|v| v.deleting).cloned().collect();
@@ -39,9 +41,12 @@ impl Controller {
                 }
             }
             if all {
-                match self.execute(Command::PurgeVolume {
-                    name: v.name.clone(),
-                }) {
+                match self
+                    .run(Command::PurgeVolume {
+                        name: v.name.clone(),
+                    })
+                    .await
+                {
                     Ok(_) => {
                         tracing::info!(volume = %v.name, "deleted: extents discarded and freed")
                     }
@@ -53,7 +58,7 @@ impl Controller {
 
     /// Discards the ranges shrinks gave back, each on its node, and makes each one that was
     /// discarded allocatable again; the others wait for a later call.
-    pub async fn reap_freed(&self) {
+    pub async fn reap_freed(self: &Arc<Self>) {
         let (freed, addrs) = self.read(|s| (s.freed.clone(), addresses(s)));
         let addr = |node: u64| addrs.get(&node).cloned().unwrap_or_default();
         for f in freed {
@@ -67,11 +72,14 @@ impl Controller {
                 tracing::warn!(node = %node, offset = f.offset, length = f.length, "discard of a freed range failed, will retry: {err}");
                 continue;
             }
-            if let Err(err) = self.execute(Command::Discarded {
-                key: f.key,
-                offset: f.offset,
-                length: f.length,
-            }) {
+            if let Err(err) = self
+                .run(Command::Discarded {
+                    key: f.key,
+                    offset: f.offset,
+                    length: f.length,
+                })
+                .await
+            {
                 // Another reaper got there first, or the store failed (then: again later).
                 tracing::warn!(node = %node, offset = f.offset, "freed range: {err}");
             }
