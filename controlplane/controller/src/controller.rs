@@ -135,7 +135,8 @@ impl Controller {
     /// Applies a command: on a copy, then stored, then made live. Commands that arrive while a
     /// commit is under way wait for it and then go together, in arrival order, as one batch in
     /// one store transaction (a group commit: one disk sync, or one etcd round trip, for all of
-    /// them; at most [`Store::max_batch`] commands in one). A command that changes no record
+    /// them; at most [`MAX_BATCH`] commands, and no more than fit one transaction of the store
+    /// (see [`ops_bound`])). A command that changes no record
     /// (a heartbeat from a node that is up, a tick with nothing to do) writes nothing. A
     /// caller that finds no committer at work commits on its own thread until the queue is
     /// empty; the others wait for their answer.
@@ -209,7 +210,20 @@ impl Controller {
             q.committer = false;
             return None;
         }
-        let n = q.pending.len().min(self.store.max_batch());
+        // Commands while their bounds fit the store's transaction (the meta record, shared by
+        // the batch, kept aside), and always the first.
+        let budget = self.store.max_ops().saturating_sub(1);
+        let mut used = 0usize;
+        let n = q
+            .pending
+            .iter()
+            .take(MAX_BATCH)
+            .take_while(|w| {
+                used = used.saturating_add(ops_bound(&w.cmd));
+                used <= budget
+            })
+            .count()
+            .max(1);
         Some(q.pending.drain(..n).collect())
     }
 
@@ -384,6 +398,31 @@ impl Controller {
             layout: Some(v.layout.into()),
             extents,
         }
+    }
+}
+
+/// The most commands one commit takes.
+const MAX_BATCH: usize = 256;
+
+/// The most store operations `cmd` adds to a commit: the records it can write or delete and
+/// its log entry, not counting the meta record (written once per batch). The committer fills
+/// a batch up to [`Store::max_ops`] with these; a test holds each to what the command really
+/// writes.
+pub(crate) fn ops_bound(cmd: &Command) -> usize {
+    use crate::state::{MAX_DOWNS_PER_TICK, MAX_EXPIRIES_PER_TICK, MAX_FORGETS_PER_COMMAND};
+    match cmd {
+        // Its volume, the new lease and its usage.
+        Command::Mount { .. } => 4,
+        Command::Renew { .. } => 2,
+        // The lease and its usage.
+        Command::Unmount { .. } => 3,
+        Command::Heartbeat { usage, .. } => 2 + usage.len(),
+        // Each lease it ends (the lease and its usage) and each node it marks down.
+        Command::Tick { .. } => 1 + 2 * MAX_EXPIRIES_PER_TICK + MAX_DOWNS_PER_TICK,
+        Command::ForgetUsage { .. } => 1 + MAX_FORGETS_PER_COMMAND,
+        // The rest change a volume or a node and a few records around it; rare next to the
+        // ones above, they count for a share of a transaction.
+        _ => 8,
     }
 }
 

@@ -126,13 +126,16 @@ async fn run(a: Args) -> anyhow::Result<()> {
         let mut forgot = tokio::time::Instant::now() - Duration::from_secs(3600);
         loop {
             t.tick().await;
-            // Hourly, and at the start of each term: usage past its retention.
+            // Hourly, and at the start of each term: usage past its retention (in steps of
+            // MAX_FORGETS_PER_COMMAND, one per tick, until none is left).
             if let (Some(ctl), true) = (
                 ticker.controller(),
                 forgot.elapsed() >= Duration::from_secs(3600),
             ) {
                 let before_ms = dasmesh_controller::service::now_ms().saturating_sub(retention_ms);
                 match ctl.run(Command::ForgetUsage { before_ms }).await {
+                    // A bounded number at a time: again at the next tick while any is left.
+                    Ok(_) if ctl.read(|s| s.usage_ended_before(before_ms)) => {}
                     Ok(_) => forgot = tokio::time::Instant::now(),
                     Err(e) => tracing::warn!("forgetting old usage: {e}"),
                 }

@@ -17,6 +17,14 @@ pub use freed::FreedRange;
 /// Leases one tick ends at most.
 pub const MAX_EXPIRIES_PER_TICK: usize = 25;
 
+/// Nodes one tick marks down at most (a rack that lost power goes down over a few ticks, so a
+/// tick stays one small transaction; etcd caps the operations of one).
+pub const MAX_DOWNS_PER_TICK: usize = 25;
+
+/// Usage records of ended leases one [`Command::ForgetUsage`] drops at most (the oldest
+/// first); the retention job repeats it until none past the retention is left.
+pub const MAX_FORGETS_PER_COMMAND: usize = 100;
+
 /// Heartbeats missed before a node is marked down.
 pub const MISSED_BEATS: u64 = 3;
 
@@ -207,6 +215,15 @@ pub struct State {
     pub revoked: BTreeMap<u64, u64>,
 }
 
+impl State {
+    /// Whether the usage of any lease that ended before `before_ms` is still kept.
+    pub fn usage_ended_before(&self, before_ms: u64) -> bool {
+        self.usage
+            .values()
+            .any(|u| u.ended_ms.is_some_and(|end| end < before_ms))
+    }
+}
+
 /// Per-lease counters reported with a heartbeat.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Counters {
@@ -249,7 +266,8 @@ pub enum Command {
     /// A node leaves cleanly.
     Deregister { node_id: u64 },
     /// Drop the usage records of leases that ended before `before_ms` (billing has had them):
-    /// the usage table is bounded by a retention, not by the pool's whole history.
+    /// the usage table is bounded by a retention, not by the pool's whole history. At most
+    /// [`MAX_FORGETS_PER_COMMAND`], the oldest first.
     ForgetUsage { before_ms: u64 },
     /// Create a volume.
     CreateVolume {
@@ -607,13 +625,17 @@ fn apply_inner(s: &mut State, cmd: Command) -> Result<Outcome, Error> {
             now_ms,
             heartbeat_ms,
         } => {
-            for n in s.nodes.values_mut() {
-                if n.state == NodeState::Up
-                    && now_ms.saturating_sub(n.last_heartbeat_ms)
-                        > MISSED_BEATS.saturating_mul(heartbeat_ms)
-                {
-                    n.state = NodeState::Down;
-                }
+            let silent = s
+                .nodes
+                .values_mut()
+                .filter(|n| {
+                    n.state == NodeState::Up
+                        && now_ms.saturating_sub(n.last_heartbeat_ms)
+                            > MISSED_BEATS.saturating_mul(heartbeat_ms)
+                })
+                .take(MAX_DOWNS_PER_TICK);
+            for n in silent {
+                n.state = NodeState::Down;
             }
             let expired: Vec<u64> = s
                 .leases
@@ -630,8 +652,15 @@ fn apply_inner(s: &mut State, cmd: Command) -> Result<Outcome, Error> {
             Ok(Outcome::Done)
         }
         Command::ForgetUsage { before_ms } => {
-            s.usage
-                .retain(|_, u| u.ended_ms.is_none_or(|end| end >= before_ms));
+            let mut old: Vec<(u64, u64)> = s
+                .usage
+                .iter()
+                .filter_map(|(&id, u)| u.ended_ms.filter(|&end| end < before_ms).map(|e| (e, id)))
+                .collect();
+            old.sort_unstable();
+            for (_, id) in old.into_iter().take(MAX_FORGETS_PER_COMMAND) {
+                s.usage.remove(&id);
+            }
             Ok(Outcome::Done)
         }
         Command::Deregister { node_id } => {

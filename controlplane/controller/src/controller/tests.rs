@@ -1,7 +1,7 @@
 //! The group commit: many callers at once, a store that fails or panics mid-batch, and the
 //! controller let go (its store closed) once its last caller has its answer.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::*;
 use crate::store::records::Change;
@@ -12,17 +12,17 @@ struct Counting {
     inner: RedbStore,
     /// The number of commands in each commit, in order.
     batches: Mutex<Vec<usize>>,
-    max_batch: usize,
+    max_ops: usize,
     fail_next: AtomicBool,
     panic_next: AtomicBool,
 }
 
 impl Counting {
-    fn open(dir: &std::path::Path, max_batch: usize) -> Arc<Counting> {
+    fn open(dir: &std::path::Path, max_ops: usize) -> Arc<Counting> {
         Arc::new(Counting {
             inner: RedbStore::open(dir).unwrap(),
             batches: Mutex::new(Vec::new()),
-            max_batch,
+            max_ops,
             fail_next: AtomicBool::new(false),
             panic_next: AtomicBool::new(false),
         })
@@ -43,12 +43,19 @@ impl Store for Shared {
         if self.0.fail_next.swap(false, Ordering::SeqCst) {
             return Err(StoreError::Db("injected: the disk said no".into()));
         }
+        assert!(
+            changes.len() + cmds.len() <= self.0.max_ops,
+            "a commit of {} records and {} commands is over the store's {} operations",
+            changes.len(),
+            cmds.len(),
+            self.0.max_ops
+        );
         self.0.inner.commit(changes, cmds)?;
         lock(&self.0.batches).push(cmds.len());
         Ok(())
     }
-    fn max_batch(&self) -> usize {
-        self.0.max_batch
+    fn max_ops(&self) -> usize {
+        self.0.max_ops
     }
     fn save_keys(&self, ring_json: &[u8]) -> Result<(), StoreError> {
         self.0.inner.save_keys(ring_json)
@@ -82,7 +89,8 @@ fn nodes(ctl: &Controller) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn many_callers_at_once_are_each_answered_in_few_bounded_commits() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Counting::open(dir.path(), 16);
+    // Registrations count 8 each: 16 of them fill 129 operations.
+    let store = Counting::open(dir.path(), 129);
     let ctl = controller(&store);
     let tasks: Vec<_> = (0..300)
         .map(|i| {
@@ -121,7 +129,7 @@ async fn many_callers_at_once_are_each_answered_in_few_bounded_commits() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_commit_fails_its_batch_alone_and_changes_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Counting::open(dir.path(), 256);
+    let store = Counting::open(dir.path(), usize::MAX);
     let ctl = controller(&store);
     ctl.run(register(0)).await.unwrap();
     store.fail_next.store(true, Ordering::SeqCst);
@@ -142,7 +150,7 @@ async fn a_failed_commit_fails_its_batch_alone_and_changes_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_committer_that_panics_leaves_a_controller_that_still_commits() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Counting::open(dir.path(), 256);
+    let store = Counting::open(dir.path(), usize::MAX);
     let ctl = controller(&store);
     ctl.run(register(0)).await.unwrap();
     store.panic_next.store(true, Ordering::SeqCst);
@@ -169,11 +177,197 @@ async fn a_committer_that_panics_leaves_a_controller_that_still_commits() {
 async fn the_store_is_closed_when_the_last_caller_lets_go() {
     let dir = tempfile::tempdir().unwrap();
     for i in 0..50 {
-        let store = Counting::open(dir.path(), 256);
+        let store = Counting::open(dir.path(), usize::MAX);
         let ctl = controller(&store);
         ctl.run(register(i)).await.unwrap();
         drop(ctl);
         drop(store);
         RedbStore::open(dir.path()).unwrap_or_else(|e| panic!("round {i}: {e}"));
     }
+}
+
+/// The state after `apply`, with the records it changed counted as the store writes them
+/// (the meta record aside: once per batch) plus the command's log entry.
+fn ops_of(s: &mut State, cmd: Command) -> usize {
+    let before = s.clone();
+    let bound = ops_bound(&cmd);
+    let what = format!("{cmd:?}");
+    crate::state::apply(s, cmd).unwrap_or_else(|e| panic!("{what}: {e}"));
+    let changes = records::diff(&before, s).unwrap();
+    let ops = changes.iter().filter(|(k, _)| k != "meta").count() + 1;
+    assert!(
+        ops <= bound,
+        "{what} wrote {ops} operations, over its bound {bound}"
+    );
+    ops
+}
+
+/// Each command the hosts and nodes send all the time stays within [`ops_bound`], its worst
+/// case included (a tick that ends the most leases and marks the most nodes down at once), so
+/// a batch filled up to etcd's limit is never refused.
+#[test]
+fn every_command_writes_no_more_than_its_bound() {
+    use crate::alloc::Layout;
+    use crate::state::{DeviceRec, Requirements};
+    let mut s = State::default();
+    let nodes = 60u64;
+    for i in 0..nodes {
+        let Outcome::Node(n) = crate::state::apply(&mut s, register(i as u32)).unwrap() else {
+            panic!()
+        };
+        let dev = DeviceRec {
+            device_id: 0,
+            path: "/dev/x".into(),
+            block_size: 4096,
+            size: 1 << 40,
+            lendable_start: 0,
+            lendable_length: 1 << 40,
+            reserved_start: 0,
+            reserved_length: 0,
+        };
+        let cmd = Command::ReportDevices {
+            node_id: n.id,
+            devices: vec![dev],
+        };
+        ops_of(&mut s, cmd);
+    }
+    let mut leases = Vec::new();
+    for v in 0..40 {
+        let layout = if v % 2 == 0 {
+            Layout::Single
+        } else {
+            Layout::Mirror { copies: 3 }
+        };
+        let name = format!("v{v}");
+        let create = Command::CreateVolume {
+            name: name.clone(),
+            size: 1 << 30,
+            layout,
+            req: Requirements::default(),
+            now_ms: 0,
+        };
+        ops_of(&mut s, create);
+        let mount = Command::Mount {
+            volume: name,
+            host: "h".into(),
+            rw: true,
+            ttl_ms: 10_000,
+            now_ms: 0,
+        };
+        assert_eq!(
+            ops_of(&mut s, mount),
+            4,
+            "a mount: volume, lease, usage, log"
+        );
+        leases.push(s.last_id);
+    }
+    let renew = Command::Renew {
+        lease_id: leases[0],
+        ttl_ms: 10_000,
+        now_ms: 1,
+    };
+    ops_of(&mut s, renew);
+    let usage = leases[..5]
+        .iter()
+        .map(|&lease_id| crate::state::Counters {
+            lease_id,
+            read_ops: 1,
+            ..Default::default()
+        })
+        .collect();
+    let beat = Command::Heartbeat {
+        node_id: *s.nodes.keys().next().unwrap(),
+        usage,
+        now_ms: 2,
+    };
+    ops_of(&mut s, beat);
+    let unmount = Command::Unmount {
+        lease_id: leases[1],
+        now_ms: 3,
+    };
+    ops_of(&mut s, unmount);
+    // Every node silent and every lease expired, all at once.
+    let tick = Command::Tick {
+        now_ms: 1_000_000,
+        heartbeat_ms: 1000,
+    };
+    assert!(ops_of(&mut s, tick) > 50, "the worst case was reached");
+    let forget = Command::ForgetUsage {
+        before_ms: u64::MAX,
+    };
+    ops_of(&mut s, forget);
+}
+
+/// A batch holds no more than the store's transaction takes: 100 mounts against a limit of
+/// 41 operations go 10 to a commit (4 each, the meta record aside).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_is_cut_where_the_stores_transaction_is_full() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Counting::open(dir.path(), 41);
+    let ctl = controller(&store);
+    let mut names = Vec::new();
+    for i in 0..3 {
+        let Outcome::Node(n) = ctl.run(register(i)).await.unwrap() else {
+            panic!()
+        };
+        let dev = crate::state::DeviceRec {
+            device_id: 0,
+            path: "/dev/x".into(),
+            block_size: 4096,
+            size: 1 << 40,
+            lendable_start: 0,
+            lendable_length: 1 << 40,
+            reserved_start: 0,
+            reserved_length: 0,
+        };
+        ctl.run(Command::ReportDevices {
+            node_id: n.id,
+            devices: vec![dev],
+        })
+        .await
+        .unwrap();
+    }
+    for v in 0..100 {
+        let name = format!("v{v}");
+        ctl.run(Command::CreateVolume {
+            name: name.clone(),
+            size: 1 << 20,
+            layout: crate::alloc::Layout::Single,
+            req: Default::default(),
+            now_ms: 0,
+        })
+        .await
+        .unwrap();
+        names.push(name);
+    }
+    lock(&store.batches).clear();
+    let tasks: Vec<_> = names
+        .into_iter()
+        .map(|volume| {
+            let ctl = Arc::clone(&ctl);
+            tokio::spawn(async move {
+                ctl.run(Command::Mount {
+                    volume,
+                    host: "h".into(),
+                    rw: true,
+                    ttl_ms: 60_000,
+                    now_ms: now_ms(),
+                })
+                .await
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    let batches = lock(&store.batches).clone();
+    assert_eq!(batches.iter().sum::<usize>(), 100);
+    assert!(
+        batches.iter().all(|&n| n <= 10),
+        "a batch over the limit: {batches:?}"
+    );
+    assert!(
+        batches.iter().any(|&n| n > 1),
+        "no batch held more than one mount: {batches:?}"
+    );
 }

@@ -749,3 +749,66 @@ fn a_refused_mount_applied_in_place_changes_nothing() {
     // A read-only mount needs no epoch.
     mount(&mut s, "v", "h", false).unwrap();
 }
+
+/// A whole rack going silent must not make one tick too big to commit (etcd caps a
+/// transaction): the nodes go down over a few ticks, a bounded number each.
+#[test]
+fn a_tick_marks_a_bounded_number_of_nodes_down_and_the_next_ones_the_rest() {
+    let n = MAX_DOWNS_PER_TICK as u64 * 2 + 3;
+    let mut s = pool(n);
+    let tick = |now_ms| Command::Tick {
+        now_ms,
+        heartbeat_ms: 1000,
+    };
+    let down = |s: &State| {
+        s.nodes
+            .values()
+            .filter(|n| n.state == NodeState::Down)
+            .count()
+    };
+    apply(&mut s, tick(1000)).unwrap();
+    assert_eq!(down(&s), 0, "no node has missed its beats yet");
+    apply(&mut s, tick(10_000)).unwrap();
+    assert_eq!(down(&s), MAX_DOWNS_PER_TICK);
+    apply(&mut s, tick(11_000)).unwrap();
+    assert_eq!(down(&s), 2 * MAX_DOWNS_PER_TICK);
+    apply(&mut s, tick(12_000)).unwrap();
+    assert_eq!(down(&s) as u64, n);
+}
+
+/// Years of ended leases past the retention are forgotten a bounded number at a time, the
+/// oldest first, so each step stays one small transaction.
+#[test]
+fn old_usage_is_forgotten_a_bounded_number_at_a_time_oldest_first() {
+    let mut s = State::default();
+    let n = MAX_FORGETS_PER_COMMAND as u64 + 30;
+    for id in 1..=n {
+        s.usage.insert(
+            id,
+            UsageRec {
+                lease_id: id,
+                // The ids run the other way from the end times: the order is by end time.
+                ended_ms: Some(1000 - id),
+                ..Default::default()
+            },
+        );
+    }
+    s.usage.insert(
+        n + 1,
+        UsageRec {
+            lease_id: n + 1,
+            ended_ms: None,
+            ..Default::default()
+        },
+    );
+    apply(&mut s, Command::ForgetUsage { before_ms: 2000 }).unwrap();
+    assert_eq!(s.usage.len(), 31);
+    assert!(
+        s.usage.keys().all(|&id| id <= 30 || id == n + 1),
+        "the oldest went first"
+    );
+    assert!(s.usage_ended_before(2000));
+    apply(&mut s, Command::ForgetUsage { before_ms: 2000 }).unwrap();
+    assert_eq!(s.usage.keys().copied().collect::<Vec<_>>(), vec![n + 1]);
+    assert!(!s.usage_ended_before(2000));
+}

@@ -25,6 +25,10 @@ use crate::state::{Command, State};
 pub const OP_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// The top-level names under the prefix; anything else there is not ours.
+/// The operations etcd takes in one transaction unless started with a larger
+/// `--max-txn-ops`.
+pub const MAX_TXN_OPS: usize = 128;
+
 const OURS: [&str; 5] = ["state/", "log/", "leader", "signing-key", "controllers/"];
 
 /// A connection to an etcd cluster, on its own runtime thread.
@@ -368,16 +372,22 @@ impl Store for EtcdStore {
                 ),
             ));
         }
+        if ops.len() > MAX_TXN_OPS {
+            // The batcher keeps under it; a clear refusal, rather than etcd's, if it did not.
+            return Err(StoreError::Db(format!(
+                "a commit of {} operations is over etcd's {MAX_TXN_OPS} per transaction; nothing was written",
+                ops.len()
+            )));
+        }
         self.guarded(ops)?;
         self.next_log.store(next, Ordering::SeqCst);
         Ok(())
     }
 
-    /// etcd allows 128 operations in a transaction by default (`--max-txn-ops`): a command
-    /// changes at most a few records (a mount: its lease, its usage, its volume, the counters)
-    /// and adds one log entry, so 16 commands stay well inside it.
-    fn max_batch(&self) -> usize {
-        16
+    /// etcd allows [`MAX_TXN_OPS`] operations in a transaction by default (`--max-txn-ops`);
+    /// one of them is kept for the deletion of old log entries.
+    fn max_ops(&self) -> usize {
+        MAX_TXN_OPS - 1
     }
 
     fn save_keys(&self, ring_json: &[u8]) -> Result<(), StoreError> {

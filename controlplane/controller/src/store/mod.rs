@@ -48,9 +48,11 @@ pub trait Store: Send + Sync {
     fn load(&self, now_ms: u64) -> Result<State, StoreError>;
     /// Writes `changes` and appends `cmds` to the log, atomically.
     fn commit(&self, changes: &[Change], cmds: &[Command]) -> Result<(), StoreError>;
-    /// The most commands one commit takes (etcd caps the operations of a transaction).
-    fn max_batch(&self) -> usize {
-        256
+    /// The most operations (records written or deleted, log entries) one commit may hold:
+    /// etcd caps a transaction's. The controller fills a batch up to it from each command's
+    /// bound ([`crate::controller::ops_bound`]).
+    fn max_ops(&self) -> usize {
+        usize::MAX
     }
     /// Replaces the stored token-signing key ring ([`crate::keys::KeyRing`]'s JSON), durably,
     /// under the same guard as [`Store::commit`] (a deposed controller's rotation fails).
