@@ -163,9 +163,16 @@ pub fn apply_revocations(shared: &Shared, revoked: &[v1::RevokedLease], now_ms: 
     }
 }
 
-/// The usage counted since the last heartbeat.
-fn take_usage(table: &UsageTable) -> Vec<v1::LeaseUsage> {
-    table
+/// The most leases one heartbeat reports usage for: the controller stores each in one
+/// transaction, and etcd caps a transaction at 128 operations.
+pub const MAX_USAGE_PER_HEARTBEAT: usize = 100;
+
+/// The usage counted since the last heartbeat, of at most [`MAX_USAGE_PER_HEARTBEAT`] leases:
+/// those after `cursor` (a lease id) first, wrapping around, so that with more leases than
+/// that every one gets its turn. The rest stay in the table for the next beats; `cursor`
+/// moves to the last lease taken when some were left.
+fn take_usage(table: &UsageTable, cursor: &mut u64) -> Vec<v1::LeaseUsage> {
+    let mut all: Vec<v1::LeaseUsage> = table
         .take()
         .into_iter()
         .map(|(lease_id, u)| v1::LeaseUsage {
@@ -175,7 +182,15 @@ fn take_usage(table: &UsageTable) -> Vec<v1::LeaseUsage> {
             read_ops: u.read_ops,
             write_ops: u.write_ops,
         })
-        .collect()
+        .collect();
+    if all.len() > MAX_USAGE_PER_HEARTBEAT {
+        let after = *cursor;
+        all.sort_unstable_by_key(|u| (u.lease_id <= after, u.lease_id));
+        let rest = all.split_off(MAX_USAGE_PER_HEARTBEAT);
+        restore_usage(table, &rest);
+        *cursor = all.last().map_or(0, |u| u.lease_id);
+    }
+    all
 }
 
 /// Puts back the usage of a heartbeat that no controller took (it failed, or the controller
@@ -242,10 +257,11 @@ pub fn start(
                         }
                     };
                     let node_id = shared.node_id.load(Ordering::Acquire);
+                    let mut usage_cursor = 0u64;
                     loop {
                         // The first beat right after registering: a restarted node learns the
                         // revoked leases before it reports itself ready.
-                        let usage = take_usage(&shared.usage);
+                        let usage = take_usage(&shared.usage, &mut usage_cursor);
                         let beat = client
                             .heartbeat(v1::HeartbeatRequest {
                                 node_id,
@@ -318,15 +334,16 @@ mod tests {
         let table = UsageTable::default();
         table.add(7, &counts(4096, 0));
         table.add(8, &counts(0, 2));
-        let carried = take_usage(&table);
+        let mut cursor = 0;
+        let carried = take_usage(&table, &mut cursor);
         assert_eq!(carried.len(), 2);
-        assert!(take_usage(&table).is_empty());
+        assert!(take_usage(&table, &mut cursor).is_empty());
 
         // Counted while the heartbeat was out; then it failed.
         table.add(7, &counts(512, 1));
         restore_usage(&table, &carried);
 
-        let mut next = take_usage(&table);
+        let mut next = take_usage(&table, &mut cursor);
         next.sort_by_key(|u| u.lease_id);
         assert_eq!(
             next,
@@ -347,5 +364,44 @@ mod tests {
                 },
             ]
         );
+    }
+
+    /// A node with more leases than one heartbeat carries reports them over several beats,
+    /// each lease in turn, and none is lost or counted twice.
+    #[test]
+    fn many_leases_report_over_several_beats_each_in_turn() {
+        let table = UsageTable::default();
+        let n = MAX_USAGE_PER_HEARTBEAT as u64 * 2 + 50;
+        for id in 1..=n {
+            table.add(id, &counts(1, 0));
+        }
+        let mut cursor = 0;
+        let mut seen = std::collections::BTreeMap::new();
+        for beat in 0..3 {
+            let got = take_usage(&table, &mut cursor);
+            assert!(
+                got.len() <= MAX_USAGE_PER_HEARTBEAT,
+                "beat {beat}: {}",
+                got.len()
+            );
+            for u in got {
+                *seen.entry(u.lease_id).or_insert(0) += u.read_bytes;
+            }
+            // The first leases stay busy: they must not keep the others out.
+            for id in 1..=10 {
+                table.add(id, &counts(1, 0));
+            }
+        }
+        assert_eq!(
+            seen.len() as u64,
+            n,
+            "every lease reported within three beats"
+        );
+        let rest = take_usage(&table, &mut cursor);
+        for u in rest {
+            *seen.entry(u.lease_id).or_insert(0) += u.read_bytes;
+        }
+        let total: u64 = seen.values().sum();
+        assert_eq!(total, n + 30, "nothing lost, nothing twice");
     }
 }
