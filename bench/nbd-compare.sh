@@ -59,7 +59,7 @@ fio --name=fill --filename="$IMG" --ioengine=io_uring --direct=1 --rw=write --bs
 qemu-nbd -f raw --cache=none --aio=io_uring -b 127.0.0.1 -p 10881 -x '' -t "$IMG" & PIDS+=($!)
 
 # The gateway: controller, one node on the same file, a single volume, prefilled through the gateway.
-"$B/dasmesh-controller" --listen 127.0.0.1:0 --data-dir "$DIR/ctl" >"$DIR/ctl.out" 2>"$DIR/ctl.log" & PIDS+=($!)
+"$B/dasmesh-controller" --listen 127.0.0.1:0 --insecure-no-auth --data-dir "$DIR/ctl" >"$DIR/ctl.out" 2>"$DIR/ctl.log" & PIDS+=($!)
 CTL=http://$(addr_of "$DIR/ctl.out")
 "$B/dasmesh-node" --listen 127.0.0.1:0 --controller "$CTL" --state-dir "$DIR/node" --reserve 1M \
   --backend "file:$IMG" $NODE_ARGS >"$DIR/node.out" 2>"$DIR/node.log" & PIDS+=($!)

@@ -55,7 +55,7 @@ addr_of() { # file: waits for its `listening ADDR` line
   echo "nbd-volume-compare: no listening line in $1" >&2; exit 1
 }
 
-taskset -c "$CTL_CPUS" "$BIN/dasmesh-controller" --listen 127.0.0.1:0 --data-dir "$DIR/ctl" >"$DIR/ctl.out" 2>"$DIR/ctl.log" & PIDS+=($!)
+taskset -c "$CTL_CPUS" "$BIN/dasmesh-controller" --listen 127.0.0.1:0 --insecure-no-auth --data-dir "$DIR/ctl" >"$DIR/ctl.out" 2>"$DIR/ctl.log" & PIDS+=($!)
 CTL=http://$(addr_of "$DIR/ctl.out")
 taskset -c "$NODE_CPUS" "$BIN/dasmesh-node" --listen 127.0.0.1:0 --controller "$CTL" --state-dir "$DIR/node" \
   --no-local-socket --backend memory:2G >"$DIR/node.out" 2>"$DIR/node.log" & PIDS+=($!)

@@ -57,6 +57,10 @@ struct MountsArgs {
         default_value = "http://127.0.0.1:7600"
     )]
     controller: String,
+    /// A certificate directory (an operator's: the hosts are h0, h1, ...): every connection
+    /// is mutual TLS, to https:// controllers.
+    #[arg(long, env = "DASMESH_CERT")]
+    cert: Option<std::path::PathBuf>,
     /// Hosts calling at once (h0, h1, ...), each a task with its own connection.
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     hosts: u32,
@@ -100,6 +104,9 @@ struct ProbeArgs {
         default_value = "http://127.0.0.1:7600"
     )]
     controller: String,
+    /// A certificate directory: mutual TLS to https:// controllers.
+    #[arg(long, env = "DASMESH_CERT")]
+    cert: Option<std::path::PathBuf>,
     /// The volume to mount (read-only, so it may be leased by others).
     #[arg(long)]
     volume: String,
@@ -363,8 +370,32 @@ async fn host(
     st
 }
 
+/// The TLS configuration of `--cert DIR`, if given.
+fn tls_of(
+    dir: Option<&std::path::Path>,
+) -> anyhow::Result<Option<tonic::transport::ClientTlsConfig>> {
+    Ok(match dir {
+        Some(d) => Some(
+            dasmesh_api::CertDir::load(d)
+                .with_context(|| format!("--cert {}", d.display()))?
+                .client_config(),
+        ),
+        None => None,
+    })
+}
+
 async fn mounts(a: MountsArgs) -> anyhow::Result<()> {
-    let ctls = Controllers::parse(&a.controller)?;
+    let tls = tls_of(a.cert.as_deref())?;
+    let parse = |list: &str| {
+        Controllers::parse_with(
+            list,
+            ControllerOptions {
+                tls: tls.clone(),
+                ..Default::default()
+            },
+        )
+    };
+    let ctls = parse(&a.controller)?;
     if a.create {
         let (made, existed) = create_volumes(&ctls, &a).await?;
         println!(
@@ -377,7 +408,7 @@ async fn mounts(a: MountsArgs) -> anyhow::Result<()> {
     let mut tasks = Vec::with_capacity(a.hosts as usize);
     for i in 0..a.hosts {
         // A list of its own per host: its own connections, as separate hosts would have.
-        let ctls = Controllers::parse(&a.controller)?;
+        let ctls = parse(&a.controller)?;
         let volume = volume_name(&a.prefix, i, a.volumes);
         tasks.push(tokio::spawn(host(
             i,
@@ -447,6 +478,7 @@ async fn probe(a: ProbeArgs) -> anyhow::Result<()> {
         connect_timeout: Duration::from_secs(1),
         timeout: Some(Duration::from_secs(2)),
         failover_wait: a.poll.map_or(a.timeout, |_| Duration::ZERO),
+        tls: tls_of(a.cert.as_deref())?,
     };
     let ctls = Controllers::parse_with(&a.controller, opts)?;
     let mut leases = LeasesClient::new(ctls);

@@ -17,7 +17,7 @@ use http_body_util::{BodyExt as _, Full};
 use tokio::time::Instant;
 use tonic::body::Body;
 use tonic::codegen::{http, BoxFuture, Bytes, Context, Poll, Service};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic::Status;
 
 use crate::headers::{ACTIVE_HEADER, ROLE_HEADER, STANDBY};
@@ -46,6 +46,8 @@ pub struct ControllerOptions {
     pub timeout: Option<Duration>,
     /// The longest a call keeps going round the list while no controller serves it.
     pub failover_wait: Duration,
+    /// Mutual TLS with this certificate (see [`crate::tls`]); the URLs are then `https://`.
+    pub tls: Option<ClientTlsConfig>,
 }
 
 impl Default for ControllerOptions {
@@ -54,6 +56,7 @@ impl Default for ControllerOptions {
             connect_timeout: Duration::from_secs(5),
             timeout: None,
             failover_wait: Duration::from_secs(15),
+            tls: None,
         }
     }
 }
@@ -205,8 +208,45 @@ fn never_connected(e: &(dyn StdErrorTrait + 'static)) -> bool {
 }
 
 /// The status for "no controller could be reached": every URL tried in the last round and why.
+/// What the transport said, with the likely cause when it is a TLS mismatch (the transport's
+/// words alone, "frame with invalid size" or "BadSignature", do not say it).
+fn with_hint(url: &str, why: &str) -> String {
+    let w = why.to_ascii_lowercase();
+    let tls = url.starts_with("https://");
+    let hint = if !tls
+        && ["frame with invalid size", "broken pipe", "connection reset"]
+            .iter()
+            .any(|p| w.contains(p))
+    {
+        "the controller may serve TLS only: use https://HOST:PORT with --cert DIR"
+    } else if tls && w.contains("invalid peer certificate") {
+        "the controller's certificate is not from the CA in the certificate directory, \
+         or does not name this address"
+    } else if tls && (w.contains("received fatal alert") || w.contains("certificate required")) {
+        "the controller refused this certificate: from another CA, expired, or not valid yet"
+    } else if tls
+        && ["broken pipe", "connection reset", "connection closed"]
+            .iter()
+            .any(|p| w.contains(p))
+    {
+        // TLS 1.3: the server checks the client's certificate after the client thinks the
+        // handshake done, so its refusal often arrives as a closed connection.
+        "the controller closed the connection: it may have refused this certificate (from \
+         another CA, expired, or not valid yet)"
+    } else if tls && (w.contains("corrupt message") || w.contains("invalidcontenttype")) {
+        "the controller serves plaintext (--insecure-no-auth): use http:// without --cert"
+    } else {
+        return why.to_string();
+    };
+    format!("{why} ({hint})")
+}
+
 fn unreachable(failed: &[(String, String)]) -> Status {
-    let msg = match failed {
+    let failed: Vec<(String, String)> = failed
+        .iter()
+        .map(|(u, w)| (u.clone(), with_hint(u, w)))
+        .collect();
+    let msg = match failed.as_slice() {
         [(url, why)] => format!("{UNREACHABLE} {url}: {why}"),
         _ => {
             let urls: Vec<&str> = failed.iter().map(|(u, _)| u.as_str()).collect();
@@ -237,6 +277,23 @@ impl Controllers {
         let mut urls: Vec<String> = Vec::new();
         for entry in list.split(',').filter(|e| !e.trim().is_empty()) {
             let url = check_url(entry)?;
+            match (url.starts_with("https://"), opts.tls.is_some()) {
+                (true, false) => {
+                    return Err(ControllersError::BadUrl {
+                        url,
+                        why: "https:// needs a certificate: give --cert DIR or set DASMESH_CERT"
+                            .into(),
+                    })
+                }
+                (false, true) => {
+                    return Err(ControllersError::BadUrl {
+                        url,
+                        why: "with a certificate the controllers are reached over TLS: use https://HOST:PORT"
+                            .into(),
+                    })
+                }
+                _ => {}
+            }
             Endpoint::from_shared(url.clone()).map_err(|e| ControllersError::BadUrl {
                 url: url.clone(),
                 why: reason(&e),
@@ -325,6 +382,9 @@ impl Controllers {
             .connect_timeout(o.connect_timeout);
         if let Some(t) = o.timeout {
             e = e.timeout(t);
+        }
+        if let Some(tls) = &o.tls {
+            e = e.tls_config(tls.clone()).map_err(|e| reason(&e))?;
         }
         let c = e.connect_lazy();
         st.channels.insert(url.to_string(), c.clone());
@@ -604,6 +664,31 @@ mod tests {
         let mut listed: Vec<String> = TABLE.iter().map(|(p, _)| p.to_string()).collect();
         listed.sort();
         assert_eq!(found, listed);
+    }
+
+    #[test]
+    fn a_tls_mismatch_says_what_to_change() {
+        let plain = with_hint(
+            "http://a:1",
+            "connection error detected: frame with invalid size",
+        );
+        assert!(
+            plain.contains("use https://HOST:PORT with --cert DIR"),
+            "{plain}"
+        );
+        let foreign = with_hint("https://a:1", "invalid peer certificate: BadSignature");
+        assert!(foreign.contains("not from the CA"), "{foreign}");
+        let refused = with_hint("https://a:1", "received fatal alert: CertificateExpired");
+        assert!(refused.contains("refused this certificate"), "{refused}");
+        let to_plain = with_hint(
+            "https://a:1",
+            "received corrupt message of type InvalidContentType",
+        );
+        assert!(to_plain.contains("serves plaintext"), "{to_plain}");
+        assert_eq!(
+            with_hint("http://a:1", "Connection refused"),
+            "Connection refused"
+        );
     }
 
     #[test]

@@ -5,9 +5,11 @@
 
 pub mod controllers;
 mod layout;
+pub mod tls;
 
 pub use controllers::{ControllerOptions, Controllers, ControllersError};
 pub use layout::{Layout, LayoutError, DEFAULT_STRIPE_UNIT};
+pub use tls::{CertDir, Identity, Role};
 
 /// The response metadata by which a standby controller refuses a call (with UNAVAILABLE).
 pub mod headers {

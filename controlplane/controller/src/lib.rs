@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod alloc;
+pub mod authz;
 pub mod controller;
 pub mod ha;
 pub mod keys;

@@ -12,7 +12,9 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser;
+use dasmesh_api::tls::{CertDir, Role};
 use dasmesh_api::v1;
+use dasmesh_controller::authz::Authorize;
 use dasmesh_controller::ha::{self, Roles};
 use dasmesh_controller::service::{Controller, Svc};
 use dasmesh_controller::state::Command;
@@ -50,6 +52,14 @@ struct Args {
     /// Heartbeat interval asked of nodes; three missed beats mark a node down.
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     heartbeat: Duration,
+    /// This controller's certificate directory (`dasmesh cert issue --role controller`): it
+    /// serves mutual TLS only, and every call is checked against its caller's role.
+    #[arg(long, env = "DASMESH_CERT", conflicts_with = "insecure_no_auth")]
+    cert: Option<PathBuf>,
+    /// Serve plaintext gRPC to anyone who can reach the port, with no identities and no
+    /// checks: for a lab on a trusted network only.
+    #[arg(long)]
+    insecure_no_auth: bool,
 }
 
 #[tokio::main]
@@ -79,14 +89,31 @@ async fn run(a: Args) -> anyhow::Result<()> {
         a.election_ttl
     );
     let heartbeat_ms = a.heartbeat.as_millis() as u64;
+    let cert = match (&a.cert, a.insecure_no_auth) {
+        (Some(dir), _) => {
+            let c = CertDir::load(dir).with_context(|| format!("--cert {}", dir.display()))?;
+            anyhow::ensure!(
+                c.identity.role == Role::Controller,
+                "--cert {}: the certificate is for {}, not a controller",
+                dir.display(),
+                c.identity
+            );
+            Some(c)
+        }
+        (None, true) => None,
+        (None, false) => anyhow::bail!(
+            "no certificate: give --cert DIR (made by `dasmesh cert issue --role controller`) \
+             or set DASMESH_CERT; --insecure-no-auth serves anyone without checks (a lab only)"
+        ),
+    };
     let listener = tokio::net::TcpListener::bind(a.listen)
         .await
         .with_context(|| format!("--listen {}", a.listen))?;
     let addr = listener.local_addr()?;
-    let url = a
-        .advertise
-        .clone()
-        .unwrap_or_else(|| format!("http://{addr}"));
+    let url = a.advertise.clone().unwrap_or_else(|| match &cert {
+        Some(_) => format!("https://{addr}"),
+        None => format!("http://{addr}"),
+    });
     let roles = match (&a.etcd, &a.data_dir) {
         (Some(endpoints), _) => {
             let (endpoints, prefix) = (endpoints.clone(), a.etcd_prefix.clone());
@@ -184,7 +211,27 @@ async fn run(a: Args) -> anyhow::Result<()> {
     let svc = Svc(roles);
     println!("listening {addr}");
     tracing::info!(%addr, %url, "controller ready");
-    tonic::transport::Server::builder()
+    let mut server = tonic::transport::Server::builder();
+    match &cert {
+        Some(c) => {
+            server = server
+                .tls_config(c.server_config())
+                .context("the TLS configuration")?;
+            tracing::info!(identity = %c.identity, "mutual TLS: every caller shows a certificate of the cluster's CA");
+        }
+        None => {
+            // Said at the start and every hour after, so it is never forgotten in a log.
+            tokio::spawn(async {
+                let mut t = tokio::time::interval(Duration::from_secs(3600));
+                loop {
+                    t.tick().await;
+                    tracing::warn!("--insecure-no-auth: anyone who reaches this port can do anything (create, delete, mount any volume, register a node)");
+                }
+            });
+        }
+    }
+    server
+        .layer(Authorize)
         .add_service(health)
         .add_service(reflection)
         .add_service(reflection_v1alpha)

@@ -79,6 +79,10 @@ pub struct NodeRec {
     pub last_heartbeat_ms: u64,
     /// Devices.
     pub devices: Vec<DeviceRec>,
+    /// The name on the node's certificate, bound at its first registration with one (empty:
+    /// registered without identities, and then not written, as before identities).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub name: String,
 }
 
 /// One extent of a volume.
@@ -248,6 +252,10 @@ pub enum Command {
         address: String,
         version: String,
         failure_domain: String,
+        /// The name on the node's certificate (empty without identities): bound to the id at
+        /// the first registration that shows one.
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        name: String,
         now_ms: u64,
     },
     /// A node reports its devices.
@@ -345,6 +353,30 @@ pub enum Error {
         "unknown node {0}: a node the controller does not know registers with id 0 to get a new id"
     )]
     UnknownNode(u64),
+    /// A node's certificate names a node that is registered from another address.
+    #[error(
+        "node name {name:?} is registered as node {id} from {address}: refusing it from {from} (two nodes with one certificate?)"
+    )]
+    NameTaken {
+        /// The name.
+        name: String,
+        /// The node that holds it.
+        id: u64,
+        /// Where that node is.
+        address: String,
+        /// Where this registration came from.
+        from: String,
+    },
+    /// A node's certificate is not the one its id was registered with.
+    #[error("node {id} is bound to the certificate of {bound:?}, not {name:?}")]
+    NotThisNode {
+        /// The node.
+        id: u64,
+        /// The name it was registered with.
+        bound: String,
+        /// The name shown now.
+        name: String,
+    },
     /// No such volume.
     #[error("unknown volume {0:?}")]
     UnknownVolume(String),
@@ -544,15 +576,44 @@ fn apply_inner(s: &mut State, cmd: Command) -> Result<Outcome, Error> {
             address,
             version,
             failure_domain,
+            name,
             now_ms,
         } => {
             validate::registration(&address, &version, &failure_domain)?;
+            // The node that holds this name now, if any (a node that left for good frees it).
+            let holder = (!name.is_empty())
+                .then(|| {
+                    s.nodes
+                        .values()
+                        .find(|n| n.name == name && n.state != NodeState::Gone)
+                })
+                .flatten()
+                .map(|n| (n.id, n.address.clone()));
             // A non-zero id must be one this controller handed out: a claimed id would move the
             // counter (or wrap it) and later ids would collide with real nodes and leases.
-            let id = match node_id {
-                0 => new_id(s)?,
-                id if s.nodes.contains_key(&id) => id,
-                id => return Err(Error::UnknownNode(id)),
+            let id = match (node_id, holder) {
+                // The named node again, from where it was (it lost its state directory).
+                (0, Some((id, at))) if at == address => id,
+                (_, Some((id, at))) if id != node_id => {
+                    return Err(Error::NameTaken {
+                        name,
+                        id,
+                        address: at,
+                        from: address,
+                    })
+                }
+                (0, None) => new_id(s)?,
+                (id, _) => match s.nodes.get(&id) {
+                    Some(n) if !name.is_empty() && !n.name.is_empty() && n.name != name => {
+                        return Err(Error::NotThisNode {
+                            id,
+                            bound: n.name.clone(),
+                            name,
+                        })
+                    }
+                    Some(_) => id,
+                    None => return Err(Error::UnknownNode(id)),
+                },
             };
             let n = s.nodes.entry(id).or_insert_with(|| NodeRec {
                 id,
@@ -562,7 +623,11 @@ fn apply_inner(s: &mut State, cmd: Command) -> Result<Outcome, Error> {
                 state: NodeState::Up,
                 last_heartbeat_ms: now_ms,
                 devices: Vec::new(),
+                name: String::new(),
             });
+            if !name.is_empty() {
+                n.name = name;
+            }
             n.address = address;
             n.version = version;
             n.failure_domain = failure_domain;

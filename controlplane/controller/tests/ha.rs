@@ -378,6 +378,7 @@ fn pause(p: &Process, sig: &str) {
 fn run_controller(args: &[&str]) -> (bool, String) {
     let out = Command::new(bin("dasmesh-controller"))
         .args(args)
+        .arg("--insecure-no-auth")
         .stdin(Stdio::null())
         .output()
         .unwrap();
@@ -442,7 +443,16 @@ fn bad_etcd_input_is_one_line_and_touches_nothing() {
     let a = free_addr();
     let _c = Process::spawn(
         "dasmesh-controller",
-        &["--listen", &a, "--etcd", &url, "--etcd-prefix", "/pool2/"].map(String::from),
+        &[
+            "--listen",
+            &a,
+            "--etcd",
+            &url,
+            "--etcd-prefix",
+            "/pool2/",
+            "--insecure-no-auth",
+        ]
+        .map(String::from),
     );
 }
 

@@ -38,13 +38,17 @@ type Client = v1::node_registry_client::NodeRegistryClient<Controllers>;
 /// The controllers in `list` (one URL or a comma-separated list), as the agent reaches them: a
 /// call that hangs (a controller cut off mid-call) gives way to the next controller after 10 s,
 /// and a call that no controller serves fails after 3 s, since the agent repeats its calls
-/// every beat anyway and must notice a shutdown between them.
-pub fn controllers(list: &str) -> Result<Controllers, dasmesh_api::ControllersError> {
+/// every beat anyway and must notice a shutdown between them. With `cert`, over mutual TLS.
+pub fn controllers(
+    list: &str,
+    cert: Option<&dasmesh_api::CertDir>,
+) -> Result<Controllers, dasmesh_api::ControllersError> {
     Controllers::parse_with(
         list,
         ControllerOptions {
             timeout: Some(Duration::from_secs(10)),
             failover_wait: Duration::from_secs(3),
+            tls: cert.map(dasmesh_api::CertDir::client_config),
             ..Default::default()
         },
     )

@@ -158,6 +158,10 @@ pub struct Config {
     /// it, reports its devices and heartbeats.
     #[arg(long)]
     pub controller: Option<String>,
+    /// This node's certificate directory (`dasmesh cert issue --role node`): the controllers
+    /// are reached over mutual TLS (`https://` URLs), as the node its certificate names.
+    #[arg(long, env = "DASMESH_CERT")]
+    pub cert: Option<PathBuf>,
     /// The data-plane address hosts should use (default: the bound --listen address).
     #[arg(long)]
     pub advertise: Option<String>,

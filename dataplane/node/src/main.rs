@@ -94,7 +94,22 @@ fn run() -> anyhow::Result<()> {
     let (agent_stop, agent) = match &cfg.controller {
         Some(url) => {
             let (stop_tx, stop_rx) = mpsc::channel();
-            let controllers = dasmesh_node::agent::controllers(url).context("--controller")?;
+            let cert = match &cfg.cert {
+                Some(dir) => {
+                    let c = dasmesh_api::CertDir::load(dir)
+                        .with_context(|| format!("--cert {}", dir.display()))?;
+                    anyhow::ensure!(
+                        c.identity.role == dasmesh_api::Role::Node,
+                        "--cert {}: the certificate is for {}, not a node",
+                        dir.display(),
+                        c.identity
+                    );
+                    Some(c)
+                }
+                None => None,
+            };
+            let controllers =
+                dasmesh_node::agent::controllers(url, cert.as_ref()).context("--controller")?;
             let c = dasmesh_node::agent::AgentConfig {
                 controllers,
                 advertise: advertise.clone(),

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
-use dasmesh_api::{controllers, v1, ControllerOptions, Controllers, Layout};
+use dasmesh_api::{controllers, v1, CertDir, ControllerOptions, Controllers, Layout};
 use dasmesh_wire::units::{format_amount, format_size, parse_size};
 use serde_json::json;
 
@@ -264,16 +264,38 @@ pub fn run(ctl: &Controllers, json_out: bool, cmd: Ctl) -> anyhow::Result<()> {
 /// The controllers in `list` (`--controller`: one URL or a comma-separated list), reached
 /// lazily: each call goes to the active one, and keeps trying the list for up to
 /// `failover_wait` while none serves it. A call that hangs gives up after 15 s.
-pub fn controllers(list: &str, failover_wait: Duration) -> anyhow::Result<Controllers> {
+pub fn controllers(
+    list: &str,
+    failover_wait: Duration,
+    cert: Option<&CertDir>,
+) -> anyhow::Result<Controllers> {
     Controllers::parse_with(
         list,
         ControllerOptions {
             connect_timeout: Duration::from_secs(5),
             timeout: Some(Duration::from_secs(15)),
             failover_wait,
+            tls: cert.map(CertDir::client_config),
         },
     )
     .context("--controller")
+}
+
+/// The certificate of this run (`--cert DIR` or `DASMESH_CERT`), read once.
+static CERT: std::sync::OnceLock<Option<CertDir>> = std::sync::OnceLock::new();
+
+/// Reads `--cert DIR` (or `DASMESH_CERT`) once; the same for every later call.
+pub fn load_cert(flag: Option<&std::path::Path>) -> anyhow::Result<Option<&'static CertDir>> {
+    if let Some(c) = CERT.get() {
+        return Ok(c.as_ref());
+    }
+    let c = CertDir::from_flag_or_env(flag).context("--cert")?;
+    Ok(CERT.get_or_init(|| c).as_ref())
+}
+
+/// The certificate read by [`load_cert`], for the commands that mount volumes.
+pub fn cert() -> Option<CertDir> {
+    CERT.get().cloned().flatten()
 }
 
 /// [`run`] on the caller's runtime (the demo prints exactly what the commands print).

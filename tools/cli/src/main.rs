@@ -19,6 +19,7 @@ macro_rules! print {
     };
 }
 
+mod certs;
 mod ctl;
 mod demo;
 mod io;
@@ -57,12 +58,22 @@ struct Cli {
         value_parser = humantime::parse_duration
     )]
     failover_wait: std::time::Duration,
+    /// This identity's certificate directory (`dasmesh cert issue`): the controllers are then
+    /// reached over mutual TLS, at https:// URLs.
+    #[arg(long, global = true, env = "DASMESH_CERT", value_name = "DIR")]
+    cert: Option<std::path::PathBuf>,
     #[command(subcommand)]
     cmd: Cmd,
 }
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// The cluster's certificate authority.
+    #[command(subcommand)]
+    Ca(certs::CaCmd),
+    /// Certificates: one per controller, node, host and operator.
+    #[command(subcommand)]
+    Cert(certs::CertCmd),
     /// Make a signing key pair (DIR/signing.key, DIR/public.key).
     Keygen(keys::KeygenArgs),
     /// Mint or show capability tokens.
@@ -115,8 +126,11 @@ fn main() {
         )
         .with_writer(std::io::stderr)
         .init();
-    let ctl = || ctl::controllers(&cli.controller, cli.failover_wait);
+    let cert = || ctl::load_cert(cli.cert.as_deref());
+    let ctl = || cert().and_then(|c| ctl::controllers(&cli.controller, cli.failover_wait, c));
     let r = match cli.cmd {
+        Cmd::Ca(c) => certs::ca(c),
+        Cmd::Cert(c) => certs::cert(c, cli.json),
         Cmd::Keygen(a) => keys::keygen(&a),
         Cmd::Token(t) => keys::token(t, cli.json),
         Cmd::Io(c) => io::run(c, cli.json),
@@ -126,7 +140,7 @@ fn main() {
         Cmd::Volume(c) => ctl().and_then(|k| ctl::run(&k, cli.json, ctl::Ctl::Volume(c))),
         Cmd::Lease(c) => ctl().and_then(|k| ctl::run(&k, cli.json, ctl::Ctl::Lease(c))),
         Cmd::Usage(a) => ctl().and_then(|k| ctl::run(&k, cli.json, ctl::Ctl::Usage(a))),
-        Cmd::Nbd(c) => nbd::run(c, &cli.controller),
+        Cmd::Nbd(c) => cert().and_then(|_| nbd::run(c, &cli.controller)),
         Cmd::Demo(a) => demo::run(a),
     };
     if let Err(e) = r {

@@ -92,6 +92,7 @@ pub fn run(cmd: NbdCmd, controller: &str) -> anyhow::Result<()> {
             connections: a.connections,
             queue_depth: a.queue_depth,
             local_socket: !a.no_local_socket,
+            cert: crate::ctl::cert(),
             ..Default::default()
         },
         readahead: ReadaheadConfig {

@@ -279,6 +279,7 @@ where
         host: m.host.clone(),
         access,
         ttl: m.ttl,
+        cert: crate::ctl::cert(),
         ..Default::default()
     };
     let how = match access {

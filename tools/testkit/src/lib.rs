@@ -281,7 +281,8 @@ impl Process {
         drop(std::mem::replace(self, again));
     }
 
-    /// A controller with its state in `dir`, heartbeats every 200 ms.
+    /// A controller with its state in `dir`, heartbeats every 200 ms, without identities
+    /// (`--insecure-no-auth`; the tests of identities start theirs with certificates).
     pub fn controller(dir: &Path, listen: &str) -> Process {
         let args = [
             "--listen",
@@ -290,6 +291,7 @@ impl Process {
             &dir.display().to_string(),
             "--heartbeat",
             "200ms",
+            "--insecure-no-auth",
         ];
         Process::spawn("dasmesh-controller", &args.map(String::from))
     }

@@ -78,6 +78,7 @@ fn register(i: u32) -> Command {
         address: format!("127.0.0.1:{}", 10_000 + i),
         version: "t".into(),
         failure_domain: String::new(),
+        name: String::new(),
         now_ms: now_ms(),
     }
 }

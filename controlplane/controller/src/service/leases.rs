@@ -9,8 +9,21 @@ impl v1::leases_server::Leases for Svc {
         &self,
         r: Request<v1::MountRequest>,
     ) -> Result<Response<v1::MountResponse>, Status> {
+        let who = caller(&r).cloned();
         let ctl = self.ctl()?;
-        let r = r.into_inner();
+        let mut r = r.into_inner();
+        // A host mounts as the name on its certificate: it cannot take a lease for another.
+        if let Some(id) = who.as_ref().filter(|id| id.role == Who::Host) {
+            if r.host_id.is_empty() {
+                r.host_id = id.name.clone();
+            } else if r.host_id != id.name {
+                return Err(Status::permission_denied(format!(
+                    "a host mounts as the name on its certificate: {:?}, not {:?}",
+                    id.name,
+                    state::validate::short(&r.host_id)
+                )));
+            }
+        }
         let rw = match v1::Access::try_from(r.access) {
             Ok(v1::Access::ReadWrite) => true,
             Ok(v1::Access::ReadOnly) => false,
@@ -42,6 +55,7 @@ impl v1::leases_server::Leases for Svc {
         r: Request<v1::RenewRequest>,
     ) -> Result<Response<v1::MountResponse>, Status> {
         let ctl = self.ctl()?;
+        holder_only(&ctl, caller(&r), r.get_ref().lease_id)?;
         let r = r.into_inner();
         let ttl_ms = if r.ttl_ms == 0 {
             DEFAULT_TTL_MS
@@ -63,6 +77,7 @@ impl v1::leases_server::Leases for Svc {
         r: Request<v1::UnmountRequest>,
     ) -> Result<Response<v1::UnmountResponse>, Status> {
         let ctl = self.ctl()?;
+        holder_only(&ctl, caller(&r), r.get_ref().lease_id)?;
         ctl.run(Command::Unmount {
             lease_id: r.into_inner().lease_id,
             now_ms: now_ms(),
@@ -93,6 +108,7 @@ impl v1::leases_server::Leases for Svc {
         r: Request<v1::ReportFailureRequest>,
     ) -> Result<Response<v1::ReportFailureResponse>, Status> {
         let ctl = self.ctl()?;
+        holder_only(&ctl, caller(&r), r.get_ref().lease_id)?;
         let mut r = r.into_inner();
         // The reason is for the operator: a long one is cut rather than the report refused, since
         // the writer cannot acknowledge its write until the report is accepted.
@@ -126,6 +142,7 @@ impl v1::leases_server::Leases for Svc {
         r: Request<v1::ReportRebuiltRequest>,
     ) -> Result<Response<v1::ReportFailureResponse>, Status> {
         let ctl = self.ctl()?;
+        holder_only(&ctl, caller(&r), r.get_ref().lease_id)?;
         let r = r.into_inner();
         state::validate::copies(&r.copies).map_err(CtlError::from)?;
         let v = match ctl
@@ -150,6 +167,10 @@ impl v1::leases_server::Leases for Svc {
         &self,
         r: Request<v1::ListLeasesRequest>,
     ) -> Result<Response<v1::ListLeasesResponse>, Status> {
+        // A host sees its own leases only.
+        let host = caller(&r)
+            .filter(|id| id.role == Who::Host)
+            .map(|id| id.name.clone());
         let ctl = self.view().await?;
         let vol = r.into_inner().volume;
         Ok(Response::new(ctl.read(|s| {
@@ -158,9 +179,22 @@ impl v1::leases_server::Leases for Svc {
                     .leases
                     .values()
                     .filter(|l| vol.is_empty() || l.volume == vol)
+                    .filter(|l| host.as_ref().is_none_or(|h| *h == l.host))
                     .filter_map(|l| s.volumes.get(&l.volume).map(|v| lease_msg(l, v)))
                     .collect(),
             }
         })))
+    }
+}
+
+/// Refuses a host's call about a lease of another host. An unknown lease is left to the
+/// command, which says so.
+fn holder_only(ctl: &Controller, id: Option<&Identity>, lease_id: u64) -> Result<(), Status> {
+    let Some(id) = id.filter(|id| id.role == Who::Host) else {
+        return Ok(());
+    };
+    match ctl.read(|s| s.leases.get(&lease_id).map(|l| l.host.clone())) {
+        Some(host) => require_self(Some(id), Who::Host, &host, &format!("lease {lease_id}")),
+        None => Ok(()),
     }
 }

@@ -8,10 +8,12 @@ use std::sync::Arc;
 use dasmesh_api::v1;
 use tonic::{Request, Response, Status};
 
+use crate::authz::{caller, require_self};
 pub use crate::controller::{now_ms, Controller, CtlError};
 use crate::ha::{Role, Roles};
 use crate::state::{self, Command, Error, NodeState, Outcome};
 use crate::store::StoreError;
+use dasmesh_api::tls::{Identity, Role as Who};
 use msg::{extent_msg, layout_from, lease_msg, node_msg, volume_msg};
 
 mod control;
@@ -43,6 +45,9 @@ impl From<CtlError> for Status {
                 Error::UnknownNode(_) | Error::UnknownVolume(_) | Error::UnknownLease(_),
             ) => Status::not_found(msg),
             CtlError::Refused(Error::VolumeExists(_)) => Status::already_exists(msg),
+            CtlError::Refused(Error::NameTaken { .. } | Error::NotThisNode { .. }) => {
+                Status::permission_denied(msg)
+            }
             CtlError::Refused(
                 Error::Leased { .. }
                 | Error::ReadWriteHeld { .. }

@@ -9,18 +9,27 @@ impl v1::node_registry_server::NodeRegistry for Svc {
         &self,
         r: Request<v1::RegisterRequest>,
     ) -> Result<Response<v1::RegisterResponse>, Status> {
+        // A node registers under its certificate's name (an operator's registration binds none).
+        let name = node_name(caller(&r));
         let r = r.into_inner();
         // Taken once: the answer comes from the controller that registered the node.
         let ctl = self.ctl()?;
+        let from = r.address.clone();
         let out = ctl
             .run(Command::Register {
                 node_id: r.node_id,
                 address: r.address,
                 version: r.version,
                 failure_domain: r.failure_domain,
+                name,
                 now_ms: now_ms(),
             })
-            .await?;
+            .await
+            .inspect_err(|e| {
+                if let CtlError::Refused(Error::NameTaken { .. } | Error::NotThisNode { .. }) = e {
+                    tracing::warn!(from = %from, "node registration refused: {e}");
+                }
+            })?;
         let Outcome::Node(n) = out else {
             return Err(Status::internal("unexpected outcome"));
         };
@@ -37,6 +46,7 @@ impl v1::node_registry_server::NodeRegistry for Svc {
         &self,
         r: Request<v1::ReportDevicesRequest>,
     ) -> Result<Response<v1::ReportDevicesResponse>, Status> {
+        self.as_node(caller(&r), r.get_ref().node_id)?;
         let r = r.into_inner();
         let devices = r
             .devices
@@ -71,6 +81,7 @@ impl v1::node_registry_server::NodeRegistry for Svc {
         &self,
         r: Request<v1::HeartbeatRequest>,
     ) -> Result<Response<v1::HeartbeatResponse>, Status> {
+        self.as_node(caller(&r), r.get_ref().node_id)?;
         let r = r.into_inner();
         let usage = r
             .usage
@@ -119,11 +130,40 @@ impl v1::node_registry_server::NodeRegistry for Svc {
         &self,
         r: Request<v1::DeregisterRequest>,
     ) -> Result<Response<v1::DeregisterResponse>, Status> {
+        self.as_node(caller(&r), r.get_ref().node_id)?;
         self.ctl()?
             .run(Command::Deregister {
                 node_id: r.into_inner().node_id,
             })
             .await?;
         Ok(Response::new(v1::DeregisterResponse {}))
+    }
+}
+
+/// The name a registration binds: the certificate's, when a node registers itself.
+fn node_name(id: Option<&Identity>) -> String {
+    match id {
+        Some(id) if id.role == Who::Node => id.name.clone(),
+        _ => String::new(),
+    }
+}
+
+impl Svc {
+    /// Refuses a node's call about another node: `node_id` must be registered under the
+    /// caller's certificate. An unknown id is left to the command (it says so, and a heartbeat
+    /// answers `known: false` so the node registers again).
+    fn as_node(&self, id: Option<&Identity>, node_id: u64) -> Result<(), Status> {
+        let Some(id) = id.filter(|id| id.role == Who::Node) else {
+            return Ok(());
+        };
+        let bound = self
+            .ctl()?
+            .read(|s| s.nodes.get(&node_id).map(|n| n.name.clone()));
+        match bound {
+            Some(name) if name != id.name => Err(Status::permission_denied(format!(
+                "node {node_id} is registered as {name:?}; this certificate is {id}: register first"
+            ))),
+            _ => Ok(()),
+        }
     }
 }

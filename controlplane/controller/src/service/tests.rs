@@ -46,6 +46,7 @@ async fn a_reported_copy_turns_stale_and_the_mirror_degraded_durably() {
                 address: format!("127.0.0.1:{}", 7700 + i),
                 version: "t".into(),
                 failure_domain: String::new(),
+                name: String::new(),
                 now_ms: now_ms(),
             })
             .unwrap()

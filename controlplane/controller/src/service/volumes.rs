@@ -33,12 +33,25 @@ impl v1::volumes_server::Volumes for Svc {
     }
 
     async fn get(&self, r: Request<v1::GetVolumeRequest>) -> Result<Response<v1::Volume>, Status> {
+        // A host reads the volumes it holds a lease on, and no other.
+        let host = caller(&r)
+            .filter(|id| id.role == Who::Host)
+            .map(|id| id.name.clone());
         let ctl = self.view().await?;
         let name = r.into_inner().name;
         state::validate::volume_name(&name).map_err(CtlError::from)?;
-        ctl.read(|s| s.volumes.get(&name).map(|v| volume_msg(s, v)))
-            .map(Response::new)
-            .ok_or_else(|| Status::not_found(format!("unknown volume {name:?}")))
+        let held = |s: &state::State| {
+            host.as_ref()
+                .is_none_or(|h| s.leases.values().any(|l| l.volume == name && l.host == *h))
+        };
+        match ctl.read(|s| (held(s), s.volumes.get(&name).map(|v| volume_msg(s, v)))) {
+            (false, _) => Err(Status::permission_denied(format!(
+                "host {:?} holds no lease on volume {name:?}",
+                host.unwrap_or_default()
+            ))),
+            (true, Some(v)) => Ok(Response::new(v)),
+            (true, None) => Err(Status::not_found(format!("unknown volume {name:?}"))),
+        }
     }
 
     async fn list(

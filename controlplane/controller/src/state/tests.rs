@@ -33,6 +33,7 @@ fn pool(n: u64) -> State {
                 address: format!("10.0.0.{i}:7700"),
                 version: "t".into(),
                 failure_domain: format!("rack{}", i % 2),
+                name: String::new(),
                 now_ms: 0,
             },
         )
@@ -97,6 +98,7 @@ fn registration_keeps_the_id_across_restarts() {
             address: "10.0.0.9:1".into(),
             version: "t2".into(),
             failure_domain: String::new(),
+            name: String::new(),
             now_ms: 5,
         },
     )
@@ -161,6 +163,7 @@ fn owner_reservations_are_never_lent() {
             address: "n:1".into(),
             version: String::new(),
             failure_domain: String::new(),
+            name: String::new(),
             now_ms: 0,
         },
     )
@@ -434,6 +437,7 @@ mod sequences {
                     address: format!("n{i}:1"),
                     version: String::new(),
                     failure_domain: String::new(),
+                    name: String::new(),
                     now_ms: 0,
                 },
             )
@@ -811,4 +815,71 @@ fn old_usage_is_forgotten_a_bounded_number_at_a_time_oldest_first() {
     apply(&mut s, Command::ForgetUsage { before_ms: 2000 }).unwrap();
     assert_eq!(s.usage.keys().copied().collect::<Vec<_>>(), vec![n + 1]);
     assert!(!s.usage_ended_before(2000));
+}
+
+fn register_named(
+    s: &mut State,
+    node_id: u64,
+    address: &str,
+    name: &str,
+) -> Result<NodeRec, Error> {
+    match apply(
+        s,
+        Command::Register {
+            node_id,
+            address: address.into(),
+            version: "t".into(),
+            failure_domain: String::new(),
+            name: name.into(),
+            now_ms: 0,
+        },
+    )? {
+        Outcome::Node(n) => Ok(n),
+        o => panic!("{o:?}"),
+    }
+}
+
+/// A node id is bound to the name on the certificate it first registered with; another name
+/// cannot take it, and a name is one node at a time.
+#[test]
+fn a_node_is_bound_to_its_certificates_name() {
+    let mut s = State::default();
+    let a = register_named(&mut s, 0, "10.0.0.1:7700", "n1").unwrap();
+    assert_eq!(a.name, "n1");
+    // The same name from the same address: the same node (it lost its state directory).
+    let again = register_named(&mut s, 0, "10.0.0.1:7700", "n1").unwrap();
+    assert_eq!(again.id, a.id);
+    assert_eq!(s.nodes.len(), 1);
+    // From another address: refused, nothing changed.
+    let before = s.clone();
+    let e = register_named(&mut s, 0, "10.0.0.9:7700", "n1").unwrap_err();
+    assert!(
+        matches!(e, Error::NameTaken { id, .. } if id == a.id),
+        "{e:?}"
+    );
+    assert_eq!(s, before);
+    // Another name for this id, or this name for another id: refused.
+    let b = register_named(&mut s, 0, "10.0.0.2:7700", "n2").unwrap();
+    let before = s.clone();
+    let e = register_named(&mut s, a.id, "10.0.0.1:7700", "n2").unwrap_err();
+    assert!(
+        matches!(e, Error::NameTaken { id, .. } if id == b.id),
+        "{e:?}"
+    );
+    let e = register_named(&mut s, a.id, "10.0.0.1:7700", "n3").unwrap_err();
+    assert!(matches!(e, Error::NotThisNode { .. }), "{e:?}");
+    assert_eq!(s, before);
+    // A node registered before identities is bound by its first registration with one.
+    let old = register_named(&mut s, 0, "10.0.0.3:7700", "").unwrap();
+    assert_eq!(old.name, "");
+    assert_eq!(
+        register_named(&mut s, old.id, "10.0.0.3:7700", "n3")
+            .unwrap()
+            .name,
+        "n3"
+    );
+    // A node that left for good frees its name.
+    apply(&mut s, Command::Deregister { node_id: a.id }).unwrap();
+    let c = register_named(&mut s, 0, "10.0.0.9:7700", "n1").unwrap();
+    assert_ne!(c.id, a.id);
 }

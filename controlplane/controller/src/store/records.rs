@@ -317,6 +317,7 @@ mod tests {
                 address: "127.0.0.1:1".into(),
                 version: "v".into(),
                 failure_domain: String::new(),
+                name: String::new(),
                 now_ms,
             },
         )

@@ -224,6 +224,7 @@ mod tests {
             address: "a:1".into(),
             version: "v".into(),
             failure_domain: String::new(),
+            name: String::new(),
             now_ms: 1,
         }
     }

@@ -69,6 +69,7 @@ pub fn etcd_controller(etcd: &EtcdCluster, listen: &str) -> Process {
         "200ms",
         "--election-ttl",
         "1s",
+        "--insecure-no-auth",
     ];
     Process::spawn("dasmesh-controller", &args.map(String::from))
 }

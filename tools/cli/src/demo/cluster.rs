@@ -197,6 +197,7 @@ impl Cluster {
                 &d.join("ctl").display().to_string(),
                 "--heartbeat",
                 heartbeat,
+                "--insecure-no-auth",
             ]),
             d.join("controller.log"),
         )?;

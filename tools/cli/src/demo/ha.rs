@@ -133,6 +133,7 @@ pub async fn run(dir: &Path) -> anyhow::Result<()> {
             "500ms",
             "--election-ttl",
             "2s",
+            "--insecure-no-auth",
         ])
     };
     let mut ctls = Vec::new();

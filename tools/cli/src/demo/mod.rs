@@ -159,7 +159,7 @@ fn heading(n: u32, text: &str) {
 async fn steps(cl: &mut Cluster) -> anyhow::Result<()> {
     let url = cl.url();
     println!("controller {url} (pid {})", cl.ctl.pid());
-    let ctl = &crate::ctl::controllers(&url, Duration::from_secs(15))?;
+    let ctl = &crate::ctl::controllers(&url, Duration::from_secs(15), None)?;
     for n in &cl.nodes {
         println!("node {} {} (pid {})", n.name, n.addr, n.pid());
     }
@@ -288,7 +288,7 @@ async fn steps(cl: &mut Cluster) -> anyhow::Result<()> {
 async fn wait_for_nodes(url: &str, n: usize) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(10);
     // Each look ends soon when the controller does not answer yet: this loop retries.
-    let ctl = crate::ctl::controllers(url, Duration::from_millis(500))?;
+    let ctl = crate::ctl::controllers(url, Duration::from_millis(500), None)?;
     loop {
         let up = v1::pool_client::PoolClient::new(ctl.clone())
             .list_nodes(v1::ListNodesRequest {})

@@ -48,6 +48,7 @@ impl Volume {
             ControllerOptions {
                 connect_timeout: opts.connect_timeout,
                 timeout: Some(Duration::from_secs(15)),
+                tls: opts.cert.as_ref().map(dasmesh_api::CertDir::client_config),
                 ..Default::default()
             },
         )
@@ -59,8 +60,16 @@ impl Volume {
     pub async fn mount_on(
         ctl: Controllers,
         name: &str,
-        opts: MountOptions,
+        mut opts: MountOptions,
     ) -> Result<Volume, Error> {
+        // A host certificate's name is the host: the controller takes leases in no other.
+        if let Some(c) = opts
+            .cert
+            .as_ref()
+            .filter(|c| c.identity.role == dasmesh_api::Role::Host)
+        {
+            opts.host = c.identity.name.clone();
+        }
         let m = v1::leases_client::LeasesClient::new(ctl.clone())
             .mount(v1::MountRequest {
                 volume: name.to_string(),

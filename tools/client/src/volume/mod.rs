@@ -70,6 +70,9 @@ pub struct MountOptions {
     /// How long a caller waiting for a node's reply polls the socket before it sleeps (see
     /// [`crate::ConnectOptions::spin`]); zero by default.
     pub spin: Duration,
+    /// This host's certificate: the controllers are reached over mutual TLS (`https://`), and
+    /// the lease is taken in the certificate's name (a host certificate's name is the host).
+    pub cert: Option<dasmesh_api::CertDir>,
 }
 
 impl Default for MountOptions {
@@ -85,6 +88,7 @@ impl Default for MountOptions {
             request_timeout: Duration::from_secs(30),
             local_socket: true,
             spin: Duration::ZERO,
+            cert: None,
         }
     }
 }

@@ -62,6 +62,7 @@ fn register(s: &mut State, id: u64, now_ms: u64) {
             address: format!("n{id}:1"),
             version: String::new(),
             failure_domain: format!("rack{}", id % 2),
+            name: String::new(),
             now_ms,
         },
     )

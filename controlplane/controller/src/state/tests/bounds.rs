@@ -16,6 +16,7 @@ fn register(s: &mut State, address: &str) -> Result<Outcome, Error> {
             address: address.into(),
             version: "t".into(),
             failure_domain: String::new(),
+            name: String::new(),
             now_ms: 0,
         },
     )
@@ -317,6 +318,7 @@ fn long_strings_and_lists_are_refused_with_a_short_echo() {
             address: big.clone(),
             version: String::new(),
             failure_domain: String::new(),
+            name: String::new(),
             now_ms: 0,
         },
         Command::Register {
@@ -324,6 +326,7 @@ fn long_strings_and_lists_are_refused_with_a_short_echo() {
             address: "n:1".into(),
             version: big.clone(),
             failure_domain: String::new(),
+            name: String::new(),
             now_ms: 0,
         },
         Command::Register {
@@ -331,6 +334,7 @@ fn long_strings_and_lists_are_refused_with_a_short_echo() {
             address: "n:1".into(),
             version: String::new(),
             failure_domain: big.clone(),
+            name: String::new(),
             now_ms: 0,
         },
         Command::Register {
@@ -338,6 +342,7 @@ fn long_strings_and_lists_are_refused_with_a_short_echo() {
             address: "n:1".into(),
             version: "v\u{1b}[2J".into(),
             failure_domain: String::new(),
+            name: String::new(),
             now_ms: 0,
         },
         Command::ReportDevices {
@@ -422,6 +427,7 @@ fn node_addresses_must_be_host_and_port() {
                 address: bad.into(),
                 version: String::new(),
                 failure_domain: String::new(),
+                name: String::new(),
                 now_ms: 0,
             },
         );

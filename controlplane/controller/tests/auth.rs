@@ -1,0 +1,669 @@
+//! Identities end to end: the real controller over mutual TLS with certificates of a CA made
+//! here, and clients holding certificates of every role, of another CA, expired, or none.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use dasmesh_api::tls::{self, CertDir, IssueRequest, Role};
+use dasmesh_api::v1;
+use dasmesh_testkit::{free_addr, Process};
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Status};
+
+/// A CA, a controller's certificate for 127.0.0.1, and certificates issued on demand.
+struct Pki {
+    dir: tempfile::TempDir,
+}
+
+impl Pki {
+    fn new() -> Pki {
+        let dir = tempfile::tempdir().unwrap();
+        tls::init_ca(&dir.path().join("ca"), "test", Duration::from_secs(3600)).unwrap();
+        tls::init_ca(
+            &dir.path().join("evil-ca"),
+            "test",
+            Duration::from_secs(3600),
+        )
+        .unwrap();
+        let p = Pki { dir };
+        p.issue_with(
+            "ca",
+            Role::Controller,
+            "ctl",
+            &["127.0.0.1"],
+            SystemTime::now(),
+        );
+        p
+    }
+
+    fn issue_with(
+        &self,
+        ca: &str,
+        role: Role,
+        name: &str,
+        sans: &[&str],
+        now: SystemTime,
+    ) -> PathBuf {
+        let out = self.dir.path().join(format!("{ca}-{role}-{name}"));
+        let req = IssueRequest {
+            role,
+            name: name.into(),
+            sans: sans.iter().map(|s| s.to_string()).collect(),
+            lifetime: Duration::from_secs(3600),
+        };
+        tls::issue_at(&self.dir.path().join(ca), &req, &out, now).unwrap();
+        out
+    }
+
+    fn issue(&self, role: Role, name: &str) -> PathBuf {
+        self.issue_with("ca", role, name, &[], SystemTime::now())
+    }
+
+    fn controller(&self) -> PathBuf {
+        self.dir.path().join("ca-controller-ctl")
+    }
+}
+
+fn start_controller(pki: &Pki, data: &Path) -> Process {
+    let args = [
+        "--listen".to_string(),
+        "127.0.0.1:0".into(),
+        "--data-dir".into(),
+        data.display().to_string(),
+        "--heartbeat".into(),
+        "200ms".into(),
+        "--cert".into(),
+        pki.controller().display().to_string(),
+    ];
+    Process::spawn("dasmesh-controller", &args)
+}
+
+/// A channel to `addr` over mutual TLS with the certificate in `cert`.
+async fn tls_channel(addr: &str, cert: &Path) -> Result<Channel, String> {
+    let c = CertDir::load(cert).unwrap();
+    Endpoint::from_shared(format!("https://{addr}"))
+        .unwrap()
+        .tls_config(c.client_config())
+        .unwrap()
+        .connect_timeout(Duration::from_secs(5))
+        .connect()
+        .await
+        .map_err(|e| format!("{e:?}"))
+}
+
+/// The call every role may not make unless the table says so, with a request that would
+/// change the state if it were let through.
+async fn call(ch: Channel, path: &str, f: &Fixture) -> Result<(), Status> {
+    use v1::control_plane_client::ControlPlaneClient as Cp;
+    use v1::leases_client::LeasesClient as L;
+    use v1::node_registry_client::NodeRegistryClient as R;
+    use v1::pool_client::PoolClient as P;
+    use v1::usage_client::UsageClient as U;
+    use v1::volumes_client::VolumesClient as V;
+    let method = path.rsplit('/').next().unwrap();
+    let service = path.split('/').nth(1).unwrap();
+    let lease_id = f.lease_id;
+    let node_id = f.node_id;
+    let volume = || "t".to_string();
+    match (service, method) {
+        ("dasmesh.v1.NodeRegistry", "Register") => R::new(ch)
+            .register(v1::RegisterRequest {
+                node_id: 0,
+                address: "127.0.0.1:9".into(),
+                version: "rogue".into(),
+                failure_domain: String::new(),
+            })
+            .await
+            .map(drop),
+        ("dasmesh.v1.NodeRegistry", "ReportDevices") => R::new(ch)
+            .report_devices(v1::ReportDevicesRequest {
+                node_id,
+                devices: vec![],
+            })
+            .await
+            .map(drop),
+        ("dasmesh.v1.NodeRegistry", "Heartbeat") => R::new(ch)
+            .heartbeat(v1::HeartbeatRequest {
+                node_id,
+                usage: vec![],
+            })
+            .await
+            .map(drop),
+        ("dasmesh.v1.NodeRegistry", "Deregister") => R::new(ch)
+            .deregister(v1::DeregisterRequest { node_id })
+            .await
+            .map(drop),
+        ("dasmesh.v1.Pool", "ListNodes") => P::new(ch)
+            .list_nodes(v1::ListNodesRequest {})
+            .await
+            .map(drop),
+        ("dasmesh.v1.Pool", "ListDevices") => P::new(ch)
+            .list_devices(v1::ListDevicesRequest {})
+            .await
+            .map(drop),
+        ("dasmesh.v1.Pool", "GetNode") => P::new(ch)
+            .get_node(v1::GetNodeRequest { node_id })
+            .await
+            .map(drop),
+        ("dasmesh.v1.Volumes", "Create") => V::new(ch)
+            .create(v1::CreateVolumeRequest {
+                name: "made-by-a-stranger".into(),
+                size_bytes: 4 << 20,
+                layout: Some(dasmesh_api::Layout::Single.into()),
+                ..Default::default()
+            })
+            .await
+            .map(drop),
+        ("dasmesh.v1.Volumes", "Get") => V::new(ch)
+            .get(v1::GetVolumeRequest { name: volume() })
+            .await
+            .map(drop),
+        ("dasmesh.v1.Volumes", "List") => {
+            V::new(ch).list(v1::ListVolumesRequest {}).await.map(drop)
+        }
+        ("dasmesh.v1.Volumes", "Resize") => V::new(ch)
+            .resize(v1::ResizeVolumeRequest {
+                name: volume(),
+                size_bytes: 8 << 20,
+            })
+            .await
+            .map(drop),
+        ("dasmesh.v1.Volumes", "Delete") => V::new(ch)
+            .delete(v1::DeleteVolumeRequest { name: volume() })
+            .await
+            .map(drop),
+        ("dasmesh.v1.Leases", "Mount") => L::new(ch)
+            .mount(v1::MountRequest {
+                volume: volume(),
+                host_id: String::new(),
+                access: v1::Access::ReadOnly as i32,
+                ttl_ms: 60_000,
+            })
+            .await
+            .map(drop),
+        ("dasmesh.v1.Leases", "Renew") => L::new(ch)
+            .renew(v1::RenewRequest {
+                lease_id,
+                ttl_ms: 60_000,
+            })
+            .await
+            .map(drop),
+        ("dasmesh.v1.Leases", "Unmount") => L::new(ch)
+            .unmount(v1::UnmountRequest { lease_id })
+            .await
+            .map(drop),
+        ("dasmesh.v1.Leases", "Revoke") => L::new(ch)
+            .revoke(v1::RevokeRequest { lease_id })
+            .await
+            .map(drop),
+        ("dasmesh.v1.Leases", "List") => L::new(ch)
+            .list(v1::ListLeasesRequest { volume: volume() })
+            .await
+            .map(drop),
+        ("dasmesh.v1.Leases", "ReportFailure") => L::new(ch)
+            .report_failure(v1::ReportFailureRequest {
+                lease_id,
+                copies: vec![0],
+                reason: "a stranger says so".into(),
+            })
+            .await
+            .map(drop),
+        ("dasmesh.v1.Leases", "ReportRebuilt") => L::new(ch)
+            .report_rebuilt(v1::ReportRebuiltRequest {
+                lease_id,
+                copies: vec![0],
+            })
+            .await
+            .map(drop),
+        ("dasmesh.v1.Usage", "Report") => U::new(ch)
+            .report(v1::UsageRequest::default())
+            .await
+            .map(drop),
+        ("dasmesh.v1.ControlPlane", "ListControllers") => Cp::new(ch)
+            .list_controllers(v1::ListControllersRequest {})
+            .await
+            .map(drop),
+        ("dasmesh.v1.ControlPlane", "RotateSigningKey") => Cp::new(ch)
+            .rotate_signing_key(v1::RotateSigningKeyRequest::default())
+            .await
+            .map(drop),
+        _ => panic!("no call for {path}: add it here and to the table"),
+    }
+}
+
+const EVERY: &[&str] = &[
+    "/dasmesh.v1.NodeRegistry/Register",
+    "/dasmesh.v1.NodeRegistry/ReportDevices",
+    "/dasmesh.v1.NodeRegistry/Heartbeat",
+    "/dasmesh.v1.NodeRegistry/Deregister",
+    "/dasmesh.v1.Pool/ListNodes",
+    "/dasmesh.v1.Pool/ListDevices",
+    "/dasmesh.v1.Pool/GetNode",
+    "/dasmesh.v1.Volumes/Create",
+    "/dasmesh.v1.Volumes/Get",
+    "/dasmesh.v1.Volumes/List",
+    "/dasmesh.v1.Volumes/Resize",
+    "/dasmesh.v1.Volumes/Delete",
+    "/dasmesh.v1.Leases/Mount",
+    "/dasmesh.v1.Leases/Renew",
+    "/dasmesh.v1.Leases/Unmount",
+    "/dasmesh.v1.Leases/Revoke",
+    "/dasmesh.v1.Leases/List",
+    "/dasmesh.v1.Leases/ReportFailure",
+    "/dasmesh.v1.Leases/ReportRebuilt",
+    "/dasmesh.v1.Usage/Report",
+    "/dasmesh.v1.ControlPlane/ListControllers",
+    "/dasmesh.v1.ControlPlane/RotateSigningKey",
+];
+
+/// A registered node with a device, a mirror volume `t` on it... (one node: a single volume),
+/// and a read-write lease on `t` held by host `ha`.
+struct Fixture {
+    node_id: u64,
+    lease_id: u64,
+}
+
+/// Everything the operator can see, to compare before and after refused calls.
+async fn snapshot(op: &Channel) -> String {
+    let nodes = v1::pool_client::PoolClient::new(op.clone())
+        .list_nodes(v1::ListNodesRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let vols = v1::volumes_client::VolumesClient::new(op.clone())
+        .list(v1::ListVolumesRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let leases = v1::leases_client::LeasesClient::new(op.clone())
+        .list(v1::ListLeasesRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let keys = v1::node_registry_client::NodeRegistryClient::new(op.clone());
+    drop(keys);
+    // Heartbeat times move by themselves; everything else must not.
+    let nodes: Vec<_> = nodes
+        .nodes
+        .iter()
+        .map(|n| (n.node_id, n.address.clone(), n.state, n.devices.len()))
+        .collect();
+    format!("{nodes:?}\n{:?}\n{:?}", vols.volumes, leases.leases)
+}
+
+async fn fixture(op: &Channel, node: &Channel, ha: &Channel) -> Fixture {
+    let reg = v1::node_registry_client::NodeRegistryClient::new(node.clone())
+        .register(v1::RegisterRequest {
+            node_id: 0,
+            address: "127.0.0.1:7701".into(),
+            version: "t".into(),
+            failure_domain: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    v1::node_registry_client::NodeRegistryClient::new(node.clone())
+        .report_devices(v1::ReportDevicesRequest {
+            node_id: reg.node_id,
+            devices: vec![v1::DeviceReport {
+                device_id: 0,
+                path: "/dev/x".into(),
+                block_size: 4096,
+                size_bytes: 1 << 30,
+                lendable_start: 0,
+                lendable_length: 1 << 30,
+                ..Default::default()
+            }],
+        })
+        .await
+        .unwrap();
+    v1::volumes_client::VolumesClient::new(op.clone())
+        .create(v1::CreateVolumeRequest {
+            name: "t".into(),
+            size_bytes: 4 << 20,
+            layout: Some(dasmesh_api::Layout::Single.into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let m = v1::leases_client::LeasesClient::new(ha.clone())
+        .mount(v1::MountRequest {
+            volume: "t".into(),
+            host_id: String::new(),
+            access: v1::Access::ReadWrite as i32,
+            ttl_ms: 60_000,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let lease = m.lease.unwrap();
+    assert_eq!(
+        lease.host_id, "ha",
+        "a host's lease is in its certificate's name"
+    );
+    Fixture {
+        node_id: reg.node_id,
+        lease_id: lease.lease_id,
+    }
+}
+
+/// Every method for every role: a forbidden one is refused with PERMISSION_DENIED and changes
+/// nothing; an allowed one is let through the table (what it then does is the handler's: the
+/// node here is another node than the fixture's, so the handler refuses its calls about it).
+#[tokio::test]
+async fn every_role_is_held_to_its_calls() {
+    let pki = Pki::new();
+    let data = tempfile::tempdir().unwrap();
+    let ctl = start_controller(&pki, data.path());
+    let op = tls_channel(&ctl.addr, &pki.issue(Role::Operator, "ops"))
+        .await
+        .unwrap();
+    let node = tls_channel(&ctl.addr, &pki.issue(Role::Node, "n1"))
+        .await
+        .unwrap();
+    let ha = tls_channel(&ctl.addr, &pki.issue(Role::Host, "ha"))
+        .await
+        .unwrap();
+    let f = fixture(&op, &node, &ha).await;
+    let roles = [
+        (Role::Controller, pki.issue(Role::Controller, "ctl2")),
+        (Role::Node, pki.issue(Role::Node, "n1")),
+        (Role::Host, pki.issue(Role::Host, "ha")),
+    ];
+    let before = snapshot(&op).await;
+    for (role, cert) in &roles {
+        let ch = tls_channel(&ctl.addr, cert).await.unwrap();
+        for path in EVERY {
+            let r = call(ch.clone(), path, &f).await;
+            let allowed = dasmesh_controller::authz::allowed(path, *role);
+            match (&r, allowed) {
+                (Err(s), false) => {
+                    assert_eq!(s.code(), Code::PermissionDenied, "{role} {path}: {s:?}");
+                    assert!(s.message().contains("may not call"), "{role} {path}: {s:?}");
+                }
+                (Ok(()), false) => panic!("{role} may not call {path}, and it was let through"),
+                // Past the table, the handler may still refuse (a node speaking for another).
+                (Err(s), true) => assert!(
+                    !s.message().contains("may not call"),
+                    "{role} may call {path}, and the table refused it: {s:?}"
+                ),
+                (Ok(()), true) => {}
+            }
+        }
+        // Only the refused calls ran so far for the controller's certificate; the node's and
+        // host's allowed ones may have changed things: compare after the first role only.
+        if *role == Role::Controller {
+            assert_eq!(
+                snapshot(&op).await,
+                before,
+                "a refused call changed the state"
+            );
+        }
+    }
+    // The operator may call everything (the calls that need other arguments fail otherwise).
+    for path in EVERY {
+        if let Err(s) = call(op.clone(), path, &f).await {
+            assert_ne!(s.code(), Code::PermissionDenied, "operator {path}: {s:?}");
+        }
+        // (The operator's own calls run after the others: Delete and Revoke end the fixture.)
+    }
+}
+
+/// A host acts on its own leases only, and reads only the volumes it holds.
+#[tokio::test]
+async fn a_host_cannot_touch_another_hosts_lease() {
+    let pki = Pki::new();
+    let data = tempfile::tempdir().unwrap();
+    let ctl = start_controller(&pki, data.path());
+    let op = tls_channel(&ctl.addr, &pki.issue(Role::Operator, "ops"))
+        .await
+        .unwrap();
+    let node = tls_channel(&ctl.addr, &pki.issue(Role::Node, "n1"))
+        .await
+        .unwrap();
+    let ha = tls_channel(&ctl.addr, &pki.issue(Role::Host, "ha"))
+        .await
+        .unwrap();
+    let hb = tls_channel(&ctl.addr, &pki.issue(Role::Host, "hb"))
+        .await
+        .unwrap();
+    let f = fixture(&op, &node, &ha).await;
+    let before = snapshot(&op).await;
+    for path in [
+        "/dasmesh.v1.Leases/Renew",
+        "/dasmesh.v1.Leases/Unmount",
+        "/dasmesh.v1.Leases/ReportFailure",
+        "/dasmesh.v1.Leases/ReportRebuilt",
+        "/dasmesh.v1.Volumes/Get",
+    ] {
+        let s = call(hb.clone(), path, &f).await.unwrap_err();
+        assert_eq!(s.code(), Code::PermissionDenied, "hb {path}: {s:?}");
+    }
+    // It sees none of ha's leases, and cannot take a lease in ha's name.
+    let seen = v1::leases_client::LeasesClient::new(hb.clone())
+        .list(v1::ListLeasesRequest { volume: "t".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(seen.leases.is_empty(), "{:?}", seen.leases);
+    let s = v1::leases_client::LeasesClient::new(hb.clone())
+        .mount(v1::MountRequest {
+            volume: "t".into(),
+            host_id: "ha".into(),
+            access: v1::Access::ReadOnly as i32,
+            ttl_ms: 60_000,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(s.code(), Code::PermissionDenied, "{s:?}");
+    assert_eq!(
+        snapshot(&op).await,
+        before,
+        "a refused call changed the state"
+    );
+    // ha itself may do all of it.
+    let mine = v1::leases_client::LeasesClient::new(ha.clone())
+        .list(v1::ListLeasesRequest { volume: "t".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(mine.leases.len(), 1);
+    call(ha.clone(), "/dasmesh.v1.Volumes/Get", &f)
+        .await
+        .unwrap();
+    call(ha.clone(), "/dasmesh.v1.Leases/Renew", &f)
+        .await
+        .unwrap();
+    call(ha.clone(), "/dasmesh.v1.Leases/Unmount", &f)
+        .await
+        .unwrap();
+}
+
+/// A node registers as the name on its certificate: another certificate cannot speak for it,
+/// a second machine with the same name is refused, and a host's certificate registers nothing.
+#[tokio::test]
+async fn a_rogue_node_cannot_register_beat_or_be_given_extents() {
+    let pki = Pki::new();
+    let data = tempfile::tempdir().unwrap();
+    let ctl = start_controller(&pki, data.path());
+    let op = tls_channel(&ctl.addr, &pki.issue(Role::Operator, "ops"))
+        .await
+        .unwrap();
+    let node = tls_channel(&ctl.addr, &pki.issue(Role::Node, "n1"))
+        .await
+        .unwrap();
+    let ha = tls_channel(&ctl.addr, &pki.issue(Role::Host, "ha"))
+        .await
+        .unwrap();
+    let f = fixture(&op, &node, &ha).await;
+    let before = snapshot(&op).await;
+    let reg = |ch: Channel, node_id: u64, address: &str| {
+        let address = address.to_string();
+        async move {
+            v1::node_registry_client::NodeRegistryClient::new(ch)
+                .register(v1::RegisterRequest {
+                    node_id,
+                    address,
+                    version: "t".into(),
+                    failure_domain: String::new(),
+                })
+                .await
+        }
+    };
+    // A host's certificate.
+    let s = reg(ha.clone(), 0, "127.0.0.1:7702").await.unwrap_err();
+    assert_eq!(s.code(), Code::PermissionDenied, "{s:?}");
+    // A second machine showing n1's certificate, from another address.
+    let twin = tls_channel(&ctl.addr, &pki.issue(Role::Node, "n1"))
+        .await
+        .unwrap();
+    let s = reg(twin.clone(), 0, "127.0.0.1:7799").await.unwrap_err();
+    assert_eq!(s.code(), Code::PermissionDenied, "{s:?}");
+    assert!(s.message().contains("registered as node"), "{s:?}");
+    // Another node's certificate speaking for n1.
+    let n2 = tls_channel(&ctl.addr, &pki.issue(Role::Node, "n2"))
+        .await
+        .unwrap();
+    let s = reg(n2.clone(), f.node_id, "127.0.0.1:7701")
+        .await
+        .unwrap_err();
+    assert_eq!(s.code(), Code::PermissionDenied, "{s:?}");
+    for path in [
+        "/dasmesh.v1.NodeRegistry/Heartbeat",
+        "/dasmesh.v1.NodeRegistry/ReportDevices",
+        "/dasmesh.v1.NodeRegistry/Deregister",
+    ] {
+        let s = call(n2.clone(), path, &f).await.unwrap_err();
+        assert_eq!(s.code(), Code::PermissionDenied, "n2 {path}: {s:?}");
+    }
+    assert_eq!(
+        snapshot(&op).await,
+        before,
+        "a refused call changed the state"
+    );
+    // n1 again from where it is (a lost state directory): the same id.
+    let again = reg(twin, 0, "127.0.0.1:7701").await.unwrap().into_inner();
+    assert_eq!(again.node_id, f.node_id);
+    // n2 registers as itself; it has no devices, so a new volume's extents go to n1 only.
+    let n2_id = reg(n2, 0, "127.0.0.1:7703")
+        .await
+        .unwrap()
+        .into_inner()
+        .node_id;
+    let v = v1::volumes_client::VolumesClient::new(op.clone())
+        .create(v1::CreateVolumeRequest {
+            name: "u".into(),
+            size_bytes: 4 << 20,
+            layout: Some(dasmesh_api::Layout::Single.into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(v
+        .extents
+        .iter()
+        .all(|e| e.node_id == f.node_id && e.node_id != n2_id));
+}
+
+/// Plaintext, another CA's certificate and an expired one are refused at the TLS layer, each
+/// with an error that says what is wrong.
+#[tokio::test]
+async fn strangers_are_refused_at_the_tls_layer_with_a_clear_error() {
+    let pki = Pki::new();
+    let data = tempfile::tempdir().unwrap();
+    let ctl = start_controller(&pki, data.path());
+    let list = |ctls: dasmesh_api::Controllers| async move {
+        v1::pool_client::PoolClient::new(ctls)
+            .list_nodes(v1::ListNodesRequest {})
+            .await
+    };
+    let opts = |cert: Option<&Path>| dasmesh_api::ControllerOptions {
+        failover_wait: Duration::from_millis(300),
+        connect_timeout: Duration::from_secs(2),
+        tls: cert.map(|c| CertDir::load(c).unwrap().client_config()),
+        ..Default::default()
+    };
+    // No certificate, plaintext.
+    let plain =
+        dasmesh_api::Controllers::parse_with(&format!("http://{}", ctl.addr), opts(None)).unwrap();
+    let s = list(plain).await.unwrap_err();
+    assert_eq!(s.code(), Code::Unavailable, "{s:?}");
+    assert!(
+        s.message().contains("may serve TLS only"),
+        "{}",
+        s.message()
+    );
+    // Another CA's operator.
+    let evil = pki.issue_with("evil-ca", Role::Operator, "ops", &[], SystemTime::now());
+    let url = format!("https://{}", ctl.addr);
+    let s = list(dasmesh_api::Controllers::parse_with(&url, opts(Some(&evil))).unwrap())
+        .await
+        .unwrap_err();
+    assert!(s.message().contains("not from the CA"), "{}", s.message());
+    // The server also refuses the client: another CA's certificate with this CA trusted.
+    let mixed = pki.dir.path().join("mixed");
+    std::fs::create_dir_all(&mixed).unwrap();
+    for (from, f) in [(&evil, tls::CERT), (&evil, tls::KEY)] {
+        std::fs::copy(from.join(f), mixed.join(f)).unwrap();
+    }
+    std::fs::copy(
+        pki.controller().join(tls::CA_CERT),
+        mixed.join(tls::CA_CERT),
+    )
+    .unwrap();
+    let s = list(dasmesh_api::Controllers::parse_with(&url, opts(Some(&mixed))).unwrap())
+        .await
+        .unwrap_err();
+    assert!(
+        s.message().contains("refused this certificate"),
+        "{}",
+        s.message()
+    );
+    // An operator's certificate of this CA that expired yesterday.
+    let two_days_ago = SystemTime::now() - Duration::from_secs(2 * 24 * 3600);
+    let expired = pki.issue_with("ca", Role::Operator, "old", &[], two_days_ago);
+    let s = list(dasmesh_api::Controllers::parse_with(&url, opts(Some(&expired))).unwrap())
+        .await
+        .unwrap_err();
+    assert!(
+        s.message().contains("refused this certificate"),
+        "{}",
+        s.message()
+    );
+    // The right one works.
+    let ok = pki.issue(Role::Operator, "ops");
+    list(dasmesh_api::Controllers::parse_with(&url, opts(Some(&ok))).unwrap())
+        .await
+        .unwrap();
+}
+
+/// Without a certificate the controller does not start, unless told it is a lab.
+#[test]
+fn no_certificate_no_start_unless_insecure_is_asked_for() {
+    let data = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(dasmesh_testkit::bin("dasmesh-controller"))
+        .args(["--listen", &free_addr(), "--data-dir"])
+        .arg(data.path())
+        .env_remove("DASMESH_CERT")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no certificate: give --cert DIR"), "{err}");
+    assert!(err.contains("--insecure-no-auth"), "{err}");
+    // A node's certificate is not a controller's.
+    let pki = Pki::new();
+    let out = std::process::Command::new(dasmesh_testkit::bin("dasmesh-controller"))
+        .args(["--listen", &free_addr(), "--data-dir"])
+        .arg(data.path())
+        .arg("--cert")
+        .arg(pki.issue(Role::Node, "n1"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not a controller"), "{err}");
+}
