@@ -378,14 +378,6 @@ pub fn identity_of(der: &[u8]) -> Result<Identity, TlsError> {
     })
 }
 
-/// The identity of the client of a gRPC call over mutual TLS; `None` on a plaintext
-/// connection. The TLS layer has checked the chain to the cluster's CA and the dates already.
-pub fn peer_identity(
-    certs: Option<&[tonic::transport::CertificateDer<'static>]>,
-) -> Option<Result<Identity, TlsError>> {
-    certs.and_then(|c| c.first()).map(|leaf| identity_of(leaf))
-}
-
 /// A loaded certificate directory: what one binary shows and trusts.
 #[derive(Clone)]
 pub struct CertDir {
