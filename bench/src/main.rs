@@ -60,6 +60,10 @@ struct Args {
         default_value = "http://127.0.0.1:7600"
     )]
     controller: String,
+    /// A certificate directory for volume: targets (`dasmesh cert issue`): the controllers
+    /// are reached over mutual TLS, at https:// URLs.
+    #[arg(long, env = "DASMESH_CERT")]
+    cert: Option<PathBuf>,
     /// Access pattern.
     #[arg(long, value_enum, default_value = "randread")]
     rw: Rw,
@@ -183,6 +187,12 @@ fn run(a: Args) -> anyhow::Result<bool> {
         "--iodepth must be 1..=1024"
     );
     anyhow::ensure!((1..=256).contains(&a.numjobs), "--numjobs must be 1..=256");
+    let cert = match &a.cert {
+        Some(d) => {
+            Some(dasmesh_api::CertDir::load(d).with_context(|| format!("--cert {}", d.display()))?)
+        }
+        None => None,
+    };
     let targets: Vec<(String, Target)> = a
         .targets
         .iter()
@@ -246,7 +256,8 @@ fn run(a: Args) -> anyhow::Result<bool> {
                 Some(_) => format!("{name} +{} hostile", a.hostile),
                 None => name.clone(),
             };
-            let (w, engines, region) = open_target(t, w.clone(), a.size, spin, &a.controller)?;
+            let (w, engines, region) =
+                open_target(t, w.clone(), a.size, spin, &a.controller, cert.as_ref())?;
             let r = run_target(&label, &w, engines, region, !a.no_progress, a.cpu_pid)?;
             if let Some(h) = hostile {
                 eprintln!(
@@ -313,6 +324,7 @@ fn open_target(
     size: Option<u64>,
     spin: Duration,
     controller: &str,
+    cert: Option<&dasmesh_api::CertDir>,
 ) -> anyhow::Result<Opened> {
     let mut engines: Vec<Box<dyn Engine>> = Vec::new();
     let (start, avail) = match t {
@@ -353,6 +365,7 @@ fn open_target(
         Target::Volume(name) => {
             let m = volume::Mounted::mount(
                 controller,
+                cert,
                 name,
                 w.rw.writes(),
                 w.iodepth * w.numjobs,

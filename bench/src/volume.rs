@@ -30,6 +30,7 @@ impl Mounted {
     /// `--client-spin` as node: targets).
     pub fn mount(
         controller: &str,
+        cert: Option<&dasmesh_api::CertDir>,
         name: &str,
         writes: bool,
         depth: usize,
@@ -52,6 +53,7 @@ impl Mounted {
             queue_depth: depth.max(1),
             connections: connections.max(1),
             spin,
+            cert: cert.cloned(),
             ..Default::default()
         };
         let vol = rt

@@ -11,6 +11,9 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context as _};
+use dasmesh_api::tls::{CertDir, Role};
+
+use super::pki::Pki;
 
 /// The directory holding the dasmesh binaries: the running executable's.
 pub fn bin_dir() -> anyhow::Result<PathBuf> {
@@ -156,10 +159,12 @@ impl Drop for Proc {
     }
 }
 
-/// A controller and its nodes, in a directory of their own.
+/// A controller and its nodes, in a directory of their own, with a CA of their own.
 pub struct Cluster {
     dir: Option<tempfile::TempDir>,
     keep: bool,
+    /// The operator's certificate: the demo's own calls to the controller.
+    pub operator: CertDir,
     /// The controller.
     pub ctl: Proc,
     /// The nodes, `n1`, `n2`, ...
@@ -186,6 +191,9 @@ impl Cluster {
             .with_context(|| format!("making a directory in {}", parent.display()))?;
         let d = dir.path().to_path_buf();
         let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let pki = Pki::make(&d)?;
+        let ctl_cert = pki.issue(Role::Controller, "controller")?;
+        let operator = pki.load(Role::Operator, "operator")?;
         // If the controller fails to start, `dir` is dropped (removed) on the way out.
         let ctl = Proc::start(
             "controller",
@@ -197,18 +205,21 @@ impl Cluster {
                 &d.join("ctl").display().to_string(),
                 "--heartbeat",
                 heartbeat,
-                "--insecure-no-auth",
+                "--cert",
+                &ctl_cert.display().to_string(),
             ]),
             d.join("controller.log"),
         )?;
         let mut cl = Cluster {
             dir: Some(dir),
             keep,
+            operator,
             ctl,
             nodes: Vec::new(),
         };
         for i in 1..=n {
             let name = format!("n{i}");
+            let cert = pki.issue(Role::Node, &name)?;
             let node = Proc::start(
                 &name,
                 &node_bin,
@@ -222,6 +233,8 @@ impl Cluster {
                     "interrupt",
                     "--controller",
                     &cl.url(),
+                    "--cert",
+                    &cert.display().to_string(),
                     "--state-dir",
                     &d.join(&name).display().to_string(),
                     "--reserve",
@@ -238,7 +251,7 @@ impl Cluster {
 
     /// The controller's URL.
     pub fn url(&self) -> String {
-        format!("http://{}", self.ctl.addr)
+        format!("https://{}", self.ctl.addr)
     }
 
     /// The demo's directory.

@@ -11,7 +11,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, ensure, Context as _};
-use dasmesh_api::{v1, ControllerOptions, Controllers};
+use dasmesh_api::tls::Role;
+
+use super::pki::Pki;
+use dasmesh_api::{v1, CertDir, ControllerOptions, Controllers};
 use dasmesh_client::{Access, MountOptions, Volume};
 
 use super::cluster::{binary, Proc};
@@ -119,6 +122,15 @@ pub async fn run(dir: &Path) -> anyhow::Result<()> {
     let ctl_bin = binary("dasmesh-controller")?;
     let node_bin = binary("dasmesh-node")?;
     let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+    // One CA for the pair: both controllers show the same controller certificate (for
+    // 127.0.0.1), the nodes theirs, the demo an operator's and its host a host's.
+    let pki = Pki::make(dir)?;
+    let ctl_cert = pki
+        .issue(Role::Controller, "ha-controller")?
+        .display()
+        .to_string();
+    let operator = pki.load(Role::Operator, "ha-operator")?;
+    let host = pki.load(Role::Host, "demo-ha-host")?;
     let addrs = [
         format!("127.0.0.1:{}", free_port()?),
         format!("127.0.0.1:{}", free_port()?),
@@ -133,7 +145,8 @@ pub async fn run(dir: &Path) -> anyhow::Result<()> {
             "500ms",
             "--election-ttl",
             "2s",
-            "--insecure-no-auth",
+            "--cert",
+            &ctl_cert,
         ])
     };
     let mut ctls = Vec::new();
@@ -144,19 +157,20 @@ pub async fn run(dir: &Path) -> anyhow::Result<()> {
             &ctl_args(a),
             dir.join(format!("controller{}.log", i + 1)),
         )?;
-        println!("{} http://{} (pid {})", p.name, p.addr, p.pid());
+        println!("{} https://{} (pid {})", p.name, p.addr, p.pid());
         ctls.push(p);
         // The first is active before the second starts: the roles are easy to follow.
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let list = addrs
         .iter()
-        .map(|a| format!("http://{a}"))
+        .map(|a| format!("https://{a}"))
         .collect::<Vec<_>>()
         .join(",");
     let mut nodes = Vec::new();
     for i in 1..=3 {
         let name = format!("ha-n{i}");
+        let cert = pki.issue(Role::Node, &name)?.display().to_string();
         let p = Proc::start(
             &name,
             &node_bin,
@@ -168,6 +182,8 @@ pub async fn run(dir: &Path) -> anyhow::Result<()> {
                 "interrupt",
                 "--controller",
                 &list,
+                "--cert",
+                &cert,
                 "--state-dir",
                 &dir.join(&name).display().to_string(),
                 "--backend",
@@ -177,14 +193,18 @@ pub async fn run(dir: &Path) -> anyhow::Result<()> {
         )?;
         nodes.push(p);
     }
-    let ctl = Controllers::parse_with(
-        &list,
-        ControllerOptions {
-            failover_wait: Duration::from_secs(15),
-            ..Default::default()
-        },
-    )?;
-    super::wait_for_nodes(&list, 3).await?;
+    let reach = |cert: &CertDir| {
+        Controllers::parse_with(
+            &list,
+            ControllerOptions {
+                failover_wait: Duration::from_secs(15),
+                tls: Some(cert.client_config()),
+                ..Default::default()
+            },
+        )
+    };
+    let ctl = reach(&operator)?;
+    super::wait_for_nodes(&list, &operator, 3).await?;
     println!("$ dasmesh --controller {list} controller list");
     exec(&ctl, false, Ctl::Controller(ControllerCmd::List)).await?;
 
@@ -199,13 +219,15 @@ pub async fn run(dir: &Path) -> anyhow::Result<()> {
         .await
         .map_err(crate::ctl::status)?;
     let ttl = Duration::from_secs(4);
+    // The host has a host's certificate: it mounts in its own name and renews its own lease.
     let vol = Volume::mount_on(
-        ctl.clone(),
+        reach(&host)?,
         "ha-mirror",
         MountOptions {
             host: "demo-ha-host".into(),
             access: Access::ReadWrite,
             ttl,
+            cert: Some(host.clone()),
             ..Default::default()
         },
     )
@@ -247,7 +269,7 @@ pub async fn run(dir: &Path) -> anyhow::Result<()> {
     let active = ctl.active();
     let victim = ctls
         .iter_mut()
-        .find(|p| format!("http://{}", p.addr) == active)
+        .find(|p| format!("https://{}", p.addr) == active)
         .ok_or_else(|| anyhow!("the active controller {active} is not one of the demo's"))?;
     let (vname, vpid) = (victim.name.clone(), victim.pid());
     let before = rounds.load(Ordering::Relaxed);

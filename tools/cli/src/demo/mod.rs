@@ -6,13 +6,14 @@
 
 mod cluster;
 mod ha;
+mod pki;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, ensure, Context as _};
 use clap::Args;
-use dasmesh_api::{v1, Controllers};
+use dasmesh_api::{v1, CertDir, Controllers};
 use dasmesh_client::{Access, MountOptions, Volume};
 use rand::{RngCore as _, SeedableRng as _};
 
@@ -159,12 +160,17 @@ fn heading(n: u32, text: &str) {
 async fn steps(cl: &mut Cluster) -> anyhow::Result<()> {
     let url = cl.url();
     println!("controller {url} (pid {})", cl.ctl.pid());
-    let ctl = &crate::ctl::controllers(&url, Duration::from_secs(15), None)?;
+    let ctl = &crate::ctl::controllers(&url, Duration::from_secs(15), Some(&cl.operator))?;
+    println!(
+        "a CA of the demo's own in {}: the controller serves mutual TLS only; the nodes and this \
+         demo (an operator) each show a certificate, and every call is checked against its role",
+        cl.dir().join("pki").display()
+    );
     for n in &cl.nodes {
         println!("node {} {} (pid {})", n.name, n.addr, n.pid());
     }
     println!("files and logs in {}", cl.dir().display());
-    wait_for_nodes(&url, cl.nodes.len()).await?;
+    wait_for_nodes(&url, &cl.operator, cl.nodes.len()).await?;
     exec(ctl, false, Ctl::Node(NodeCmd::List)).await?;
 
     heading(2, "the pool: every device's lendable and free space");
@@ -250,7 +256,7 @@ async fn steps(cl: &mut Cluster) -> anyhow::Result<()> {
         6,
         "benchmark: a local file (the baseline, io_uring + O_DIRECT), then each volume through the nodes",
     );
-    bench(cl.dir(), &url).await?;
+    bench(cl.dir(), &url, &cl.operator).await?;
 
     heading(
         7,
@@ -285,10 +291,10 @@ async fn steps(cl: &mut Cluster) -> anyhow::Result<()> {
 }
 
 /// Up to 10 s for `n` nodes to be registered and up.
-async fn wait_for_nodes(url: &str, n: usize) -> anyhow::Result<()> {
+async fn wait_for_nodes(url: &str, cert: &CertDir, n: usize) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(10);
     // Each look ends soon when the controller does not answer yet: this loop retries.
-    let ctl = crate::ctl::controllers(url, Duration::from_millis(500), None)?;
+    let ctl = crate::ctl::controllers(url, Duration::from_millis(500), Some(cert))?;
     loop {
         let up = v1::pool_client::PoolClient::new(ctl.clone())
             .list_nodes(v1::ListNodesRequest {})
@@ -328,7 +334,7 @@ fn first_difference(a: &[u8], b: &[u8]) -> usize {
 
 /// `dasmesh-bench` (next to this binary) on the same workloads: a local file of the same size
 /// first, then every volume.
-async fn bench(dir: &Path, url: &str) -> anyhow::Result<()> {
+async fn bench(dir: &Path, url: &str, cert: &CertDir) -> anyhow::Result<()> {
     let bin = cluster::binary("dasmesh-bench")?;
     let local = dir.join("baseline.img");
     // Written in full, so the baseline reads real blocks rather than holes.
@@ -361,6 +367,8 @@ async fn bench(dir: &Path, url: &str) -> anyhow::Result<()> {
                 "250ms",
             ])
             .args(["--no-progress", "--controller", url])
+            .arg("--cert")
+            .arg(cert.dir())
             .stdin(std::process::Stdio::null())
             .kill_on_drop(true);
         let status = cmd
