@@ -705,3 +705,143 @@ fn controller_rotate_key_prints_the_new_key_and_when_tokens_switch() {
         "{r}"
     );
 }
+
+#[test]
+fn ca_and_certificates_are_made_shown_renewed_and_refused_when_wrong() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca");
+    let out = ok(&["ca", "init", "--out", s(&ca), "--name", "lab"]);
+    assert!(out.contains("CA \"lab\" made"), "{out}");
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&ca.join("ca-key.pem")), 0o600);
+    // A CA is never replaced: everything it issued would stop working.
+    let err = fails(&["ca", "init", "--out", s(&ca)]);
+    assert!(err.contains("already holds a CA"), "{err}");
+
+    let web = dir.path().join("web3");
+    let out = ok(&[
+        "cert",
+        "issue",
+        "--ca",
+        s(&ca),
+        "--role",
+        "host",
+        "--name",
+        "web3",
+        "--out",
+        s(&web),
+    ]);
+    assert!(out.contains("host \"web3\""), "{out}");
+    assert_eq!(mode(&web.join("key.pem")), 0o600);
+    assert_eq!(
+        std::fs::read(web.join("ca.pem")).unwrap(),
+        std::fs::read(ca.join("ca.pem")).unwrap(),
+        "the CA's certificate travels with the identity's"
+    );
+    let ctl = dir.path().join("ctl");
+    ok(&[
+        "cert",
+        "issue",
+        "--ca",
+        s(&ca),
+        "--role",
+        "controller",
+        "--name",
+        "ctl1",
+        "--san",
+        "127.0.0.1,ctl1.example",
+        "--lifetime",
+        "30days",
+        "--out",
+        s(&ctl),
+    ]);
+    let shown: serde_json::Value =
+        serde_json::from_str(&ok(&["--json", "cert", "show", s(&ctl)])).unwrap();
+    assert_eq!(shown["role"], "controller");
+    assert_eq!(shown["name"], "ctl1");
+    assert_eq!(
+        shown["names"],
+        serde_json::json!(["ctl1", "127.0.0.1", "ctl1.example"])
+    );
+    // Renewal: a new key, the same identity and names.
+    let key = std::fs::read(ctl.join("key.pem")).unwrap();
+    ok(&["cert", "renew", "--ca", s(&ca), "--dir", s(&ctl)]);
+    assert_ne!(std::fs::read(ctl.join("key.pem")).unwrap(), key);
+    let again: serde_json::Value =
+        serde_json::from_str(&ok(&["--json", "cert", "show", s(&ctl)])).unwrap();
+    assert_eq!(again["names"], shown["names"]);
+    assert_eq!(again["role"], "controller");
+
+    // Bad input: each one line, nothing written.
+    let bad = dir.path().join("bad");
+    let err = fails(&[
+        "cert",
+        "issue",
+        "--ca",
+        s(&ca),
+        "--role",
+        "admin",
+        "--name",
+        "x",
+        "--out",
+        s(&bad),
+    ]);
+    assert!(err.contains("unknown role \"admin\""), "{err}");
+    let err = fails(&[
+        "cert",
+        "issue",
+        "--ca",
+        s(&ca),
+        "--role",
+        "host",
+        "--name",
+        "a b",
+        "--out",
+        s(&bad),
+    ]);
+    assert!(err.contains("bad name \"a b\""), "{err}");
+    let err = fails(&[
+        "cert",
+        "issue",
+        "--ca",
+        s(&ca),
+        "--role",
+        "host",
+        "--name",
+        "x",
+        "--lifetime",
+        "1s",
+        "--out",
+        s(&bad),
+    ]);
+    assert!(err.contains("between a minute and 100 years"), "{err}");
+    let err = fails(&[
+        "cert",
+        "issue",
+        "--ca",
+        s(&web),
+        "--role",
+        "host",
+        "--name",
+        "x",
+        "--out",
+        s(&bad),
+    ]);
+    assert!(err.contains("ca-key.pem"), "{err}");
+    assert!(!bad.exists(), "nothing written for a refused request");
+    // A client with a certificate takes https:// controllers only, and one without http://.
+    let err = fails(&[
+        "--cert",
+        s(&web),
+        "--controller",
+        "http://127.0.0.1:1",
+        "node",
+        "list",
+    ]);
+    assert!(err.contains("use https://HOST:PORT"), "{err}");
+    let err = fails(&["--controller", "https://127.0.0.1:1", "node", "list"]);
+    assert!(err.contains("https:// needs a certificate"), "{err}");
+    let err = fails(&["--cert", s(&bad), "node", "list"]);
+    assert!(err.contains("--cert"), "{err}");
+}
