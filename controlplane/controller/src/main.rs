@@ -117,9 +117,15 @@ async fn run(a: Args) -> anyhow::Result<()> {
     let roles = match (&a.etcd, &a.data_dir) {
         (Some(endpoints), _) => {
             let (endpoints, prefix) = (endpoints.clone(), a.etcd_prefix.clone());
+            // https:// etcd: mutual TLS with this controller's certificate (the same CA).
+            let tls = match (&cert, endpoints.trim_start().starts_with("https://")) {
+                (Some(c), true) => Some(c.client_config()),
+                _ => None,
+            };
             // Connecting blocks until etcd answers (or says why not).
             let etcd =
-                tokio::task::spawn_blocking(move || Etcd::connect(&endpoints, &prefix)).await??;
+                tokio::task::spawn_blocking(move || Etcd::connect_tls(&endpoints, &prefix, tls))
+                    .await??;
             // Made now if there is none yet, and checked: each term reads it again.
             ha::key_ring(&etcd).await?;
             let roles = Roles::standby(url.clone(), etcd.clone());

@@ -667,3 +667,143 @@ fn no_certificate_no_start_unless_insecure_is_asked_for() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("not a controller"), "{err}");
 }
+
+/// An etcd that serves mutual TLS only, with the test's CA; killed on drop.
+struct TlsEtcd {
+    child: std::process::Child,
+    url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for TlsEtcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn tls_etcd(pki: &Pki) -> TlsEtcd {
+    let dir = tempfile::tempdir().unwrap();
+    let server = pki.issue_with(
+        "ca",
+        Role::Controller,
+        "etcd",
+        &["127.0.0.1"],
+        SystemTime::now(),
+    );
+    let (client, peer) = (free_addr(), free_addr());
+    let url = format!("https://{client}");
+    let f = |n: &str| server.join(n).display().to_string();
+    let log = std::fs::File::create(dir.path().join("etcd.log")).unwrap();
+    let child = std::process::Command::new(dasmesh_testkit::etcd::etcd_binary().unwrap())
+        .args(["--name", "m0", "--data-dir"])
+        .arg(dir.path().join("m0"))
+        .args([
+            "--listen-client-urls",
+            &url,
+            "--advertise-client-urls",
+            &url,
+        ])
+        .args(["--listen-peer-urls", &format!("http://{peer}")])
+        .args(["--initial-advertise-peer-urls", &format!("http://{peer}")])
+        .args(["--initial-cluster", &format!("m0=http://{peer}")])
+        .args(["--cert-file", &f(tls::CERT), "--key-file", &f(tls::KEY)])
+        .args(["--trusted-ca-file", &f(tls::CA_CERT), "--client-cert-auth"])
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let etcd = TlsEtcd {
+        child,
+        url,
+        _dir: dir,
+    };
+    // Up when a client with the controller's certificate gets an answer.
+    let tls_opts = CertDir::load(&pki.controller()).unwrap().client_config();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = dasmesh_controller::store::etcd::Etcd::connect_tls(
+            &etcd.url,
+            "/probe/",
+            Some(tls_opts.clone()),
+        );
+        match r {
+            Ok(_) => return etcd,
+            Err(e) if std::time::Instant::now() > deadline => panic!("etcd over TLS: {e}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(200)),
+        }
+    }
+}
+
+/// With `--etcd https://...` the controller reaches etcd over mutual TLS with its own
+/// certificate; etcd refuses another CA's, and https:// without a certificate is refused
+/// before anything is tried.
+#[tokio::test]
+async fn the_controller_reaches_etcd_over_mutual_tls() {
+    if !dasmesh_testkit::etcd::require_etcd("the_controller_reaches_etcd_over_mutual_tls") {
+        return;
+    }
+    let pki = Pki::new();
+    let etcd = tls_etcd(&pki);
+    let ctl_args = |cert: &Path| {
+        vec![
+            "--listen".to_string(),
+            "127.0.0.1:0".into(),
+            "--etcd".into(),
+            etcd.url.clone(),
+            "--election-ttl".into(),
+            "1s".into(),
+            "--cert".into(),
+            cert.display().to_string(),
+        ]
+    };
+    let ctl = Process::spawn("dasmesh-controller", &ctl_args(&pki.controller()));
+    let op = tls_channel(&ctl.addr, &pki.issue(Role::Operator, "ops"))
+        .await
+        .unwrap();
+    // Active once it has won the election: a change goes through.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let r = v1::control_plane_client::ControlPlaneClient::new(op.clone())
+            .rotate_signing_key(v1::RotateSigningKeyRequest::default())
+            .await;
+        match r {
+            Ok(_) => break,
+            Err(s) if std::time::Instant::now() > deadline => panic!("never active: {s:?}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+    let run = |args: Vec<String>| {
+        std::process::Command::new(dasmesh_testkit::bin("dasmesh-controller"))
+            .args(args)
+            .env_remove("DASMESH_CERT")
+            .output()
+            .unwrap()
+    };
+    // Another CA's controller certificate: etcd does not let it in.
+    let evil = pki.issue_with(
+        "evil-ca",
+        Role::Controller,
+        "ctl",
+        &["127.0.0.1"],
+        SystemTime::now(),
+    );
+    let out = run(ctl_args(&evil));
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot reach etcd"), "{err}");
+    // https:// etcd without a certificate.
+    let out = run(vec![
+        "--listen".into(),
+        "127.0.0.1:0".into(),
+        "--etcd".into(),
+        etcd.url.clone(),
+        "--insecure-no-auth".into(),
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("https:// needs the controller's --cert"),
+        "{err}"
+    );
+}

@@ -56,6 +56,17 @@ impl Etcd {
     /// Connects to `endpoints` (`http://host:port[,http://...]`) and checks that etcd answers
     /// and that nothing foreign lives under `prefix`. Blocks; callable from anywhere.
     pub fn connect(endpoints: &str, prefix: &str) -> Result<Etcd, StoreError> {
+        Self::connect_tls(endpoints, prefix, None)
+    }
+
+    /// [`Etcd::connect`]; with `tls`, to `https://` endpoints over mutual TLS (etcd run with
+    /// `--client-cert-auth` and the cluster's CA as `--trusted-ca-file`).
+    pub fn connect_tls(
+        endpoints: &str,
+        prefix: &str,
+        tls: Option<etcd_client::TlsOptions>,
+    ) -> Result<Etcd, StoreError> {
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let urls: Vec<String> = endpoints
             .split(',')
             .map(|u| u.trim().to_string())
@@ -65,13 +76,18 @@ impl Etcd {
             return Err(StoreError::Db("--etcd: no endpoint given".into()));
         }
         for u in &urls {
-            let rest = u.strip_prefix("http://").ok_or_else(|| {
-                StoreError::Db(format!("--etcd {u:?}: expected http://HOST:PORT"))
-            })?;
+            let expected = || {
+                let why = match (u.starts_with("https://"), tls.is_some()) {
+                    (true, false) => " (https:// needs the controller's --cert)".to_string(),
+                    _ => String::new(),
+                };
+                StoreError::Db(format!("--etcd {u:?}: expected {scheme}://HOST:PORT{why}"))
+            };
+            let rest = u
+                .strip_prefix(&format!("{scheme}://"))
+                .ok_or_else(expected)?;
             if rest.is_empty() || rest.contains('/') || !rest.contains(':') {
-                return Err(StoreError::Db(format!(
-                    "--etcd {u:?}: expected http://HOST:PORT"
-                )));
+                return Err(expected());
             }
         }
         let prefix = if prefix.ends_with('/') {
@@ -101,10 +117,13 @@ impl Etcd {
         let rt = rx
             .recv()
             .map_err(|_| StoreError::Db("etcd runtime did not start".into()))??;
-        let opts = etcd_client::ConnectOptions::new()
+        let mut opts = etcd_client::ConnectOptions::new()
             .with_connect_timeout(OP_TIMEOUT)
             .with_timeout(OP_TIMEOUT)
             .with_keep_alive(Duration::from_secs(1), OP_TIMEOUT);
+        if let Some(t) = tls {
+            opts = opts.with_tls(t);
+        }
         let u2 = urls.clone();
         let client = block(&rt, async move {
             let mut c = Client::connect(u2, Some(opts)).await?;
