@@ -11,6 +11,33 @@ pub use controllers::{ControllerOptions, Controllers, ControllersError};
 pub use layout::{Layout, LayoutError, DEFAULT_STRIPE_UNIT};
 pub use tls::{CertDir, Identity, Role};
 
+/// Every method of the API, as gRPC paths (a unit test holds it to the .proto files): for the
+/// tables that must name each one (which calls are safe to repeat, which role may call what).
+pub const METHODS: &[&str] = &[
+    "/dasmesh.v1.NodeRegistry/Register",
+    "/dasmesh.v1.NodeRegistry/ReportDevices",
+    "/dasmesh.v1.NodeRegistry/Heartbeat",
+    "/dasmesh.v1.NodeRegistry/Deregister",
+    "/dasmesh.v1.Pool/ListNodes",
+    "/dasmesh.v1.Pool/ListDevices",
+    "/dasmesh.v1.Pool/GetNode",
+    "/dasmesh.v1.Volumes/Create",
+    "/dasmesh.v1.Volumes/Get",
+    "/dasmesh.v1.Volumes/List",
+    "/dasmesh.v1.Volumes/Resize",
+    "/dasmesh.v1.Volumes/Delete",
+    "/dasmesh.v1.Leases/Mount",
+    "/dasmesh.v1.Leases/Renew",
+    "/dasmesh.v1.Leases/Unmount",
+    "/dasmesh.v1.Leases/Revoke",
+    "/dasmesh.v1.Leases/List",
+    "/dasmesh.v1.Leases/ReportFailure",
+    "/dasmesh.v1.Leases/ReportRebuilt",
+    "/dasmesh.v1.Usage/Report",
+    "/dasmesh.v1.ControlPlane/ListControllers",
+    "/dasmesh.v1.ControlPlane/RotateSigningKey",
+];
+
 /// The response metadata by which a standby controller refuses a call (with UNAVAILABLE).
 pub mod headers {
     /// The controller's role; [`STANDBY`] on a standby's refusal.

@@ -187,32 +187,7 @@ where
 mod tests {
     use super::*;
 
-    /// Every method of the API, from the generated servers' names, so a new rpc cannot be
-    /// left out of the table unnoticed.
-    const EVERY: &[&str] = &[
-        "/dasmesh.v1.NodeRegistry/Register",
-        "/dasmesh.v1.NodeRegistry/ReportDevices",
-        "/dasmesh.v1.NodeRegistry/Heartbeat",
-        "/dasmesh.v1.NodeRegistry/Deregister",
-        "/dasmesh.v1.Pool/ListNodes",
-        "/dasmesh.v1.Pool/ListDevices",
-        "/dasmesh.v1.Pool/GetNode",
-        "/dasmesh.v1.Volumes/Create",
-        "/dasmesh.v1.Volumes/Get",
-        "/dasmesh.v1.Volumes/List",
-        "/dasmesh.v1.Volumes/Resize",
-        "/dasmesh.v1.Volumes/Delete",
-        "/dasmesh.v1.Leases/Mount",
-        "/dasmesh.v1.Leases/Renew",
-        "/dasmesh.v1.Leases/Unmount",
-        "/dasmesh.v1.Leases/Revoke",
-        "/dasmesh.v1.Leases/List",
-        "/dasmesh.v1.Leases/ReportFailure",
-        "/dasmesh.v1.Leases/ReportRebuilt",
-        "/dasmesh.v1.Usage/Report",
-        "/dasmesh.v1.ControlPlane/ListControllers",
-        "/dasmesh.v1.ControlPlane/RotateSigningKey",
-    ];
+    use dasmesh_api::METHODS as EVERY;
 
     #[test]
     fn the_table_names_only_methods_that_exist() {

@@ -83,6 +83,20 @@ fn register(i: u32) -> Command {
     }
 }
 
+/// One 1 TiB device, all of it lent.
+fn device() -> crate::state::DeviceRec {
+    crate::state::DeviceRec {
+        device_id: 0,
+        path: "/dev/x".into(),
+        block_size: 4096,
+        size: 1 << 40,
+        lendable_start: 0,
+        lendable_length: 1 << 40,
+        reserved_start: 0,
+        reserved_length: 0,
+    }
+}
+
 fn nodes(ctl: &Controller) -> usize {
     ctl.read(|s| s.nodes.len())
 }
@@ -209,23 +223,14 @@ fn ops_of(s: &mut State, cmd: Command) -> usize {
 #[test]
 fn every_command_writes_no_more_than_its_bound() {
     use crate::alloc::Layout;
-    use crate::state::{DeviceRec, Requirements};
+    use crate::state::Requirements;
     let mut s = State::default();
     let nodes = 60u64;
     for i in 0..nodes {
         let Outcome::Node(n) = crate::state::apply(&mut s, register(i as u32)).unwrap() else {
             panic!()
         };
-        let dev = DeviceRec {
-            device_id: 0,
-            path: "/dev/x".into(),
-            block_size: 4096,
-            size: 1 << 40,
-            lendable_start: 0,
-            lendable_length: 1 << 40,
-            reserved_start: 0,
-            reserved_length: 0,
-        };
+        let dev = device();
         let cmd = Command::ReportDevices {
             node_id: n.id,
             devices: vec![dev],
@@ -311,16 +316,7 @@ async fn a_batch_is_cut_where_the_stores_transaction_is_full() {
         let Outcome::Node(n) = ctl.run(register(i)).await.unwrap() else {
             panic!()
         };
-        let dev = crate::state::DeviceRec {
-            device_id: 0,
-            path: "/dev/x".into(),
-            block_size: 4096,
-            size: 1 << 40,
-            lendable_start: 0,
-            lendable_length: 1 << 40,
-            reserved_start: 0,
-            reserved_length: 0,
-        };
+        let dev = device();
         ctl.run(Command::ReportDevices {
             node_id: n.id,
             devices: vec![dev],
