@@ -276,12 +276,16 @@ pub async fn run(dir: &Path) -> anyhow::Result<()> {
     victim.kill()?;
     let killed = Instant::now();
     println!("killed {vname} ({active}, pid {vpid})");
+    // A change, not a read (standbys answer reads): served once the standby has taken over.
     v1::leases_client::LeasesClient::new(ctl.clone())
-        .list(v1::ListLeasesRequest::default())
+        .renew(v1::RenewRequest {
+            lease_id: vol.lease_id(),
+            ttl_ms: ttl.as_millis() as u64,
+        })
         .await
         .map_err(crate::ctl::status)?;
     println!(
-        "the standby answered {:.2} s after the kill; it is now {}",
+        "the standby took over: a lease renewal was served {:.2} s after the kill, by {}",
         killed.elapsed().as_secs_f64(),
         ctl.active()
     );
