@@ -50,7 +50,10 @@ COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
 DIR=$(mktemp -d "${TMPDIR:-/tmp}/ctl-compare.XXXXXX")
 OUT=${OUT:-$(mktemp -d "${TMPDIR:-/tmp}/ctl-compare-out.XXXXXX")}; mkdir -p "$OUT"; OUT=$(cd "$OUT" && pwd)
 # Every ETCD_* variable is a flag to etcd: none from the caller's environment may reach it.
+# ETCD_CPUS is ours: kept as a plain (unexported) shell variable.
+etcd_cpus=$ETCD_CPUS
 while read -r v; do unset "$v"; done < <(compgen -e | grep '^ETCD_' || true)
+ETCD_CPUS=$etcd_cpus
 export ETCDCTL_API=3
 
 declare -A PID=()   # name -> pid of every process still to stop
