@@ -207,7 +207,19 @@ fn never_connected(e: &(dyn StdErrorTrait + 'static)) -> bool {
     false
 }
 
-/// The status for "no controller could be reached": every URL tried in the last round and why.
+/// Whether a call to `url` broke off in a way that shows the server never read it: a
+/// plaintext call answered with what is not HTTP/2 (a TLS controller's alert read as a frame
+/// header), or a TLS handshake that failed (with TLS 1.3 the client sends its call before the
+/// server's refusal of its certificate arrives).
+fn never_read(url: &str, why: &str) -> bool {
+    let w = why.to_ascii_lowercase();
+    if url.starts_with("https://") {
+        w.contains("received fatal alert") || w.contains("invalid peer certificate")
+    } else {
+        w.contains("frame with invalid size")
+    }
+}
+
 /// What the transport said, with the likely cause when it is a TLS mismatch (the transport's
 /// words alone, "frame with invalid size" or "BadSignature", do not say it).
 fn with_hint(url: &str, why: &str) -> String {
@@ -241,6 +253,7 @@ fn with_hint(url: &str, why: &str) -> String {
     format!("{why} ({hint})")
 }
 
+/// The status for "no controller could be reached": every URL tried in the last round and why.
 fn unreachable(failed: &[(String, String)]) -> Status {
     let failed: Vec<(String, String)> = failed
         .iter()
@@ -475,7 +488,9 @@ impl Controllers {
                         tracing::debug!(controller = %url, path, "unreachable: {why}");
                         failed.push((url, why));
                     }
-                    Outcome::Broken(e) if safe => {
+                    // A call the controller never read (see `never_read`) was not applied,
+                    // whatever the call.
+                    Outcome::Broken(e) if safe || never_read(&url, &reason(&*e)) => {
                         let why = reason(&*e);
                         tracing::debug!(controller = %url, path, "call broke off, repeating: {why}");
                         failed.push((url, why));
@@ -483,7 +498,7 @@ impl Controllers {
                     Outcome::Broken(e) => {
                         // The code tonic gives this error (UNKNOWN for a lost connection,
                         // CANCELLED for a timeout), with a message that says what happened.
-                        let why = reason(&*e);
+                        let why = with_hint(&url, &reason(&*e));
                         let code = Status::from_error(e).code();
                         return Err(Status::new(
                             code,
@@ -677,6 +692,19 @@ mod tests {
             with_hint("http://a:1", "Connection refused"),
             "Connection refused"
         );
+        assert!(never_read(
+            "http://a:1",
+            "connection error detected: frame with invalid size"
+        ));
+        assert!(never_read(
+            "https://a:1",
+            "received fatal alert: CertificateExpired"
+        ));
+        assert!(!never_read(
+            "https://a:1",
+            "stream closed because of a broken pipe"
+        ));
+        assert!(!never_read("http://a:1", "connection reset by peer"));
     }
 
     #[test]
