@@ -142,6 +142,7 @@ fn hello(token: &Token) -> Vec<u8> {
         max_version: PROTOCOL_VERSION,
         device_id: device,
         token_len: token.as_bytes().len() as u16,
+        flags: 0,
     };
     let mut v = h.encode().to_vec();
     v.extend_from_slice(token.as_bytes());

@@ -83,6 +83,7 @@ pub fn connect(addr: &str, token: &Token) -> anyhow::Result<(TcpStream, HelloRep
         max_version: PROTOCOL_VERSION,
         device_id: device,
         token_len: token.as_bytes().len() as u16,
+        flags: 0,
     };
     let mut msg = hello.encode().to_vec();
     msg.extend_from_slice(token.as_bytes());

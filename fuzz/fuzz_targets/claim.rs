@@ -1,5 +1,6 @@
 //! Claim bytes from untrusted input, correctly signed: reaches the checks behind the signature
 //! (format, rights, reserved bytes, expiry, node, device), which random tokens never pass.
+//! The claim is signed at the format-1 length, so a format-2 byte must be refused.
 #![no_main]
 
 use dasmesh_wire::{Claim, DeviceId, NodeId, SigningKey, Token, TokenError, CLAIM_LEN};
@@ -26,7 +27,9 @@ fuzz_target!(|data: &[u8]| {
     let token = Token::from_bytes(&[&claim[..], &key.sign(&msg).to_bytes()].concat()).unwrap();
     let got = token.verify(&key.verifying_key(), now, node, device);
     let want = Claim::decode(claim).and_then(|c| {
-        if now >= c.expires_at_ms {
+        if claim[4] != 1 {
+            Err(TokenError::BadClaim("claim format does not match its length"))
+        } else if now >= c.expires_at_ms {
             Err(TokenError::Expired {
                 expires_at_ms: c.expires_at_ms,
                 now_ms: now,

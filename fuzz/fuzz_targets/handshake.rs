@@ -3,8 +3,8 @@
 #![no_main]
 
 use dasmesh_wire::{
-    negotiate_version, DeviceId, Hello, HelloReply, NodeId, SigningKey, Status, Token, HELLO_LEN,
-    HELLO_REPLY_LEN, MAX_TOKEN_LEN,
+    negotiate_version, DeviceId, Hello, HelloReply, NodeId, Proof, SigningKey, Status, Token,
+    HELLO_LEN, HELLO_REPLY_LEN, MAX_TOKEN_LEN,
 };
 use libfuzzer_sys::fuzz_target;
 
@@ -34,5 +34,10 @@ fuzz_target!(|data: &[u8]| {
         let key = SigningKey::from_bytes(&[42u8; 32]).verifying_key();
         assert!(t.verify(&key, 0, NodeId(1), h.device_id).is_err());
         assert!(t.verify(&key, 0, NodeId(0), DeviceId(0)).is_err());
+        // A proof from the same bytes never proves anything for a token nobody signed.
+        let rest = &data[end..(HELLO_LEN + h.trailer_len()).min(data.len())];
+        if let Some(p) = Proof::decode(rest) {
+            assert!(p.verify(&t, NodeId(0), h.device_id, p.clock_ms).is_err());
+        }
     }
 });

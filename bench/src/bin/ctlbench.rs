@@ -322,6 +322,7 @@ async fn host(
         let t = Instant::now();
         let r = leases
             .mount(v1::MountRequest {
+                holder_key: Vec::new(),
                 volume: volume.clone(),
                 host_id: host_id.clone(),
                 access: v1::Access::ReadWrite as i32,
@@ -496,6 +497,7 @@ async fn probe(a: ProbeArgs) -> anyhow::Result<()> {
         }
         attempts += 1;
         let req = v1::MountRequest {
+            holder_key: Vec::new(),
             volume: a.volume.clone(),
             host_id: a.host_id.clone(),
             access: v1::Access::ReadOnly as i32,

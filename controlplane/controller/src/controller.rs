@@ -364,6 +364,11 @@ impl Controller {
     /// Mount information for a lease: every extent with a token for its node and device.
     pub(crate) fn mount_info(&self, l: &LeaseRec, v: &VolumeRec) -> v1::MountResponse {
         let key = self.signing_key(now_ms());
+        // Checked when the lease was taken (`validate::holder_key`).
+        let holder = l
+            .holder
+            .as_deref()
+            .and_then(|h| dasmesh_wire::verifying_key_from_text(h).ok());
         let extents = self.read(|s| {
             v.extents
                 .iter()
@@ -387,7 +392,11 @@ impl Controller {
                     };
                     v1::MountedExtent {
                         extent: Some(extent_msg(s, v, e)),
-                        token: claim.sign(&key).to_text(),
+                        token: match &holder {
+                            Some(h) => claim.sign_bound(&key, h),
+                            None => claim.sign(&key),
+                        }
+                        .to_text(),
                     }
                 })
                 .collect()

@@ -161,6 +161,9 @@ pub struct LeaseRec {
     pub started_ms: u64,
     /// Expiry, ms.
     pub expires_at_ms: u64,
+    /// The public key (hex) its tokens are bound to; `None`: bearer tokens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub holder: Option<String>,
 }
 
 /// Usage of one lease, kept after the lease ends.
@@ -304,6 +307,9 @@ pub enum Command {
         rw: bool,
         ttl_ms: u64,
         now_ms: u64,
+        /// The public key (hex) the lease's tokens are bound to.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        holder: Option<String>,
     },
     /// Extend a lease.
     Renew {
@@ -805,9 +811,13 @@ fn apply_inner(s: &mut State, cmd: Command) -> Result<Outcome, Error> {
             rw,
             ttl_ms,
             now_ms,
+            holder,
         } => {
             validate::volume_name(&name)?;
             validate::host_id(&host)?;
+            if let Some(h) = &holder {
+                validate::holder_key(h)?;
+            }
             let expires_at_ms = validate::expiry(ttl_ms, now_ms)?;
             let v = volume(s, &name)?.clone();
             refuse_if_deleting(&v)?;
@@ -838,6 +848,7 @@ fn apply_inner(s: &mut State, cmd: Command) -> Result<Outcome, Error> {
                 epoch,
                 started_ms: now_ms,
                 expires_at_ms,
+                holder,
             };
             let vol = s.volumes.get_mut(&name).expect("checked above");
             vol.epoch = epoch;

@@ -176,6 +176,7 @@ async fn call(ch: Channel, path: &str, f: &Fixture) -> Result<(), Status> {
             .map(drop),
         ("dasmesh.v1.Leases", "Mount") => L::new(ch)
             .mount(v1::MountRequest {
+                holder_key: Vec::new(),
                 volume: volume(),
                 host_id: String::new(),
                 access: v1::Access::ReadOnly as i32,
@@ -300,6 +301,7 @@ async fn fixture(op: &Channel, node: &Channel, ha: &Channel) -> Fixture {
         .unwrap();
     let m = v1::leases_client::LeasesClient::new(ha.clone())
         .mount(v1::MountRequest {
+            holder_key: Vec::new(),
             volume: "t".into(),
             host_id: String::new(),
             access: v1::Access::ReadWrite as i32,
@@ -440,6 +442,7 @@ async fn a_host_cannot_touch_another_hosts_lease() {
     assert!(seen.leases.is_empty(), "{:?}", seen.leases);
     let s = v1::leases_client::LeasesClient::new(hb.clone())
         .mount(v1::MountRequest {
+            holder_key: Vec::new(),
             volume: "t".into(),
             host_id: "ha".into(),
             access: v1::Access::ReadOnly as i32,
@@ -950,6 +953,7 @@ async fn every_allowed_call_succeeds_for_its_role() {
     let mut l = L::new(host.clone());
     let lease_id = l
         .mount(v1::MountRequest {
+            holder_key: Vec::new(),
             volume: "m".into(),
             host_id: String::new(),
             access: v1::Access::ReadWrite as i32,
@@ -1002,6 +1006,7 @@ async fn every_allowed_call_succeeds_for_its_role() {
     // The operator again: any host's lease, revocation, usage, the control plane, deletion.
     let other = L::new(op.clone())
         .mount(v1::MountRequest {
+            holder_key: Vec::new(),
             volume: "s".into(),
             host_id: "web9".into(),
             access: v1::Access::ReadWrite as i32,

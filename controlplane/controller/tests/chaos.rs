@@ -379,6 +379,7 @@ impl Client {
             }
             Op::Mount { host: host_id } => {
                 let r = v1::MountRequest {
+                    holder_key: Vec::new(),
                     volume: name,
                     host_id,
                     access,

@@ -119,6 +119,7 @@ fn nodes_register_volumes_lease_and_state_survives_sigkill() {
         );
         let e = leases
             .mount(v1::MountRequest {
+                holder_key: Vec::new(),
                 volume: "m".into(),
                 host_id: "host-b".into(),
                 access: v1::Access::ReadWrite as i32,
@@ -329,6 +330,7 @@ fn three_nodes_every_layout_missed_beats_bad_input_and_reflection() {
         assert_eq!(e.code(), tonic::Code::NotFound);
         let e = leases
             .mount(v1::MountRequest {
+                holder_key: Vec::new(),
                 volume: "s".into(),
                 host_id: "h".into(),
                 access: 0,
@@ -339,6 +341,7 @@ fn three_nodes_every_layout_missed_beats_bad_input_and_reflection() {
         assert_eq!(e.code(), tonic::Code::InvalidArgument);
         let e = leases
             .mount(v1::MountRequest {
+                holder_key: Vec::new(),
                 volume: "s".into(),
                 host_id: String::new(),
                 access: v1::Access::ReadOnly as i32,

@@ -112,6 +112,7 @@ async fn a_standby_takes_over_while_hosts_keep_doing_io() {
     .unwrap();
     let mounted = v1::leases_client::LeasesClient::new(ctl.clone())
         .mount(v1::MountRequest {
+            holder_key: Vec::new(),
             volume: "m".into(),
             host_id: "reader".into(),
             access: v1::Access::ReadOnly as i32,

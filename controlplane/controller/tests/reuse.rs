@@ -255,6 +255,7 @@ fn revoking_a_reader_cuts_off_the_reader_alone() {
         let mut leases = v1::leases_client::LeasesClient::new(ch.clone());
         let m = leases
             .mount(v1::MountRequest {
+                holder_key: Vec::new(),
                 volume: "v".into(),
                 host_id: "reader".into(),
                 access: v1::Access::ReadOnly as i32,

@@ -47,6 +47,7 @@ async fn mount_tokens(ctl: &Controllers, volume: &str, host: &str) -> Vec<v1::Mo
     loop {
         let r = v1::leases_client::LeasesClient::new(ctl.clone())
             .mount(v1::MountRequest {
+                holder_key: Vec::new(),
                 volume: volume.into(),
                 host_id: host.into(),
                 access: v1::Access::ReadOnly as i32,

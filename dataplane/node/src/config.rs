@@ -201,6 +201,12 @@ pub struct Config {
     /// Requests kept in flight per connection (more wait in the socket).
     #[arg(long, default_value_t = 256)]
     pub max_inflight: u32,
+    /// Open only tokens bound to their holder (claim format 2, with a proof of holding in the
+    /// hello): bearer tokens are refused with `NotHolder`. Leases taken by the host library
+    /// are bound; tokens minted by hand (`dasmesh token mint`) and `dasmesh lease mount`'s
+    /// are bearer tokens.
+    #[arg(long)]
+    pub require_holder: bool,
     /// Largest number of hits one SEARCH may ask for.
     #[arg(long, default_value_t = 65536)]
     pub max_search_hits: u32,

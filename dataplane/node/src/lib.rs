@@ -76,6 +76,11 @@ pub struct Shared {
     pub collect_usage: bool,
     /// Timeouts and per-connection budgets (`budget.rs`).
     pub bounds: budget::Bounds,
+    /// The nonces of the holder proofs taken lately, so none opens a second connection
+    /// (touched once per handshake with a bound token, never per request).
+    pub proofs: std::sync::Mutex<dasmesh_wire::ProofWindow>,
+    /// Refuse bearer tokens (`--require-holder`).
+    pub require_holder: bool,
 }
 
 impl Shared {
@@ -109,6 +114,10 @@ impl Shared {
         NodeId(self.node_id.load(std::sync::atomic::Ordering::Acquire))
     }
 }
+
+/// How many holder-proof nonces a node remembers (about 60 bytes each): enough for over 2,000
+/// new connections a second held for the 30 s a proof's clock may be off.
+pub const PROOF_NONCES: usize = 65_536;
 
 /// Opens the backends and reads the trust key named by `cfg`.
 pub fn open_shared(cfg: &Config) -> anyhow::Result<Shared> {
@@ -155,6 +164,8 @@ pub fn open_shared(cfg: &Config) -> anyhow::Result<Shared> {
             send_budget: cfg.conn_send_budget,
             slow_device_ops: cfg.fault_slow_device_ops,
         },
+        proofs: std::sync::Mutex::new(dasmesh_wire::ProofWindow::new(PROOF_NONCES)),
+        require_holder: cfg.require_holder,
     })
 }
 

@@ -13,8 +13,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dasmesh_wire::{
-    check_reply, check_request, negotiate_version, FrameHeader, Hello, HelloReply, Op, ReplyHeader,
-    RequestHeader, RequestLimits, SearchBody, Searcher, Status, Token, HELLO_LEN,
+    check_reply, check_request, negotiate_version, FrameHeader, Hello, HelloReply, Op, Proof,
+    ReplyHeader, RequestHeader, RequestLimits, SearchBody, Searcher, Status, Token, HELLO_LEN,
     REPLY_FLAG_TRUNCATED, REQUEST_HEADER_LEN,
 };
 use io_uring::{opcode, squeue, types, IoUring};
@@ -884,15 +884,17 @@ impl Reactor {
                 return false;
             }
         };
-        let total = HELLO_LEN + usize::from(hello.token_len);
+        let total = HELLO_LEN + hello.trailer_len();
         if c.avail().len() < total {
             c.need = total;
             return false;
         }
-        let token = c.avail()[HELLO_LEN..total].to_vec();
+        let token_end = HELLO_LEN + usize::from(hello.token_len);
+        let token = c.avail()[HELLO_LEN..token_end].to_vec();
+        let proof = Proof::decode(&c.avail()[token_end..total]);
         c.rstart += total;
         let version = negotiate_version(hello.min_version, hello.max_version).unwrap_or(0);
-        match self.open_session(&hello, &token, version) {
+        match self.open_session(&hello, &token, proof, version) {
             Ok((session, reply)) => {
                 tracing::debug!(
                     conn = ci,
@@ -928,6 +930,7 @@ impl Reactor {
         &self,
         hello: &Hello,
         token: &[u8],
+        proof: Option<Proof>,
         version: u16,
     ) -> Result<(Session, HelloReply), Status> {
         if version == 0 {
@@ -955,6 +958,21 @@ impl Reactor {
             hello.device_id,
         )
         .map_err(|e| e.status())?;
+        // Before anything the session changes (the fence table above all): a stolen token
+        // without its holder's key must not even raise an epoch.
+        session::check_holder(
+            &token,
+            &claim,
+            proof.as_ref(),
+            hello.device_id,
+            self.now_ms,
+            &self.shared.proofs,
+            self.shared.require_holder,
+        )
+        .map_err(|e| {
+            tracing::info!(volume = claim.volume_id.0, lease = claim.nonce, "{e}");
+            e.status()
+        })?;
         // Loaded before the lookup: a revocation applied in between moves it, and the session
         // looks again on its first request.
         let revoked_gen = self.shared.revoked.generation();

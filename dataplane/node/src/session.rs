@@ -2,8 +2,11 @@
 //! byte range it opens on a device, and which ops the device's capabilities let through. The reactor applies them (`reactor.rs`); they are
 //! kept free of sockets and rings so they can be tested here, case by case.
 
+use std::sync::Mutex;
+
 use dasmesh_wire::{
-    Capabilities, Claim, DeviceId, NodeId, Op, Status, Token, TokenError, VerifyingKey,
+    Capabilities, Claim, DeviceId, NodeId, Op, Proof, ProofWindow, Status, Token, TokenError,
+    VerifyingKey,
 };
 
 use crate::fence::Range;
@@ -38,6 +41,38 @@ pub fn verify_token(
         }
     }
     Err(TokenError::BadSignature)
+}
+
+/// Whether the connection may use a (verified) token: a bound token needs a proof made with its
+/// holder's key, for this token, node and device, with a clock near `now_ms` and a nonce not
+/// seen before (`window`); a bearer token is taken unless `require_holder`, and never with a
+/// proof (which would prove nothing).
+pub fn check_holder(
+    token: &Token,
+    claim: &Claim,
+    proof: Option<&Proof>,
+    device: DeviceId,
+    now_ms: u64,
+    window: &Mutex<ProofWindow>,
+    require_holder: bool,
+) -> Result<(), TokenError> {
+    match (token.holder(), proof) {
+        (None, None) if require_holder => Err(TokenError::NotHolder(
+            "this node takes only tokens bound to their holder (--require-holder)",
+        )),
+        (None, None) => Ok(()),
+        (None, Some(_)) => Err(TokenError::NotHolder("a proof for a token bound to no one")),
+        (Some(_), None) => Err(TokenError::NotHolder(
+            "the token is bound to a holder and the hello brought no proof",
+        )),
+        (Some(_), Some(p)) => {
+            p.verify(token, claim.node_id, device, now_ms)?;
+            window
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .admit(p, now_ms)
+        }
+    }
 }
 
 /// The range a token's `[offset, offset + length)` opens on the device: clipped to the device
@@ -130,6 +165,51 @@ mod tests {
             check(&signed(1, 6, 100), &keys),
             Err(TokenError::WrongNode { .. })
         ));
+    }
+
+    #[test]
+    fn a_bound_token_opens_only_with_a_fresh_proof_by_its_holder() {
+        let holder = SigningKey::from_bytes(&[20; 32]);
+        let thief = SigningKey::from_bytes(&[21; 32]);
+        let claim = signed(1, 5, 100_000).claim_unverified().unwrap();
+        let bound = claim.sign_bound(&SigningKey::from_bytes(&[1; 32]), &holder.verifying_key());
+        let bearer = claim.sign(&SigningKey::from_bytes(&[1; 32]));
+        let window = Mutex::new(ProofWindow::new(16));
+        let now = 50_000;
+        let proof =
+            |k: &SigningKey, n: u8| Proof::make(&bound, k, NodeId(5), DeviceId(0), now, [n; 16]);
+        let check = |t: &Token, p: Option<&Proof>, require: bool| {
+            check_holder(t, &claim, p, DeviceId(0), now, &window, require).map_err(|e| e.status())
+        };
+        assert_eq!(check(&bound, Some(&proof(&holder, 1)), false), Ok(()));
+        assert_eq!(
+            check(&bound, Some(&proof(&holder, 1)), false),
+            Err(Status::NotHolder),
+            "a replayed proof"
+        );
+        assert_eq!(
+            check(&bound, Some(&proof(&thief, 2)), false),
+            Err(Status::NotHolder),
+            "a stolen token with another key"
+        );
+        assert_eq!(
+            check(&bound, None, false),
+            Err(Status::NotHolder),
+            "no proof"
+        );
+        assert_eq!(check(&bearer, None, false), Ok(()), "a bearer token");
+        assert_eq!(
+            check(&bearer, None, true),
+            Err(Status::NotHolder),
+            "a bearer token where only bound ones are taken"
+        );
+        assert_eq!(
+            check(&bearer, Some(&proof(&holder, 3)), false),
+            Err(Status::NotHolder),
+            "a proof with a bearer token"
+        );
+        // The thief's refusal did not use up the holder's next nonce.
+        assert_eq!(check(&bound, Some(&proof(&holder, 2)), true), Ok(()));
     }
 
     const MIB: u64 = 1 << 20;

@@ -90,6 +90,7 @@ fn race(cores: usize) -> u64 {
                 max_version: PROTOCOL_VERSION,
                 device_id: dasmesh_wire::DeviceId(0),
                 token_len: new.as_bytes().len() as u16,
+                flags: 0,
             };
             r.s.write_all(&h.encode()).unwrap();
             r.s.write_all(new.as_bytes()).unwrap();

@@ -43,7 +43,7 @@ fn handshake_refusals() {
     let data = seed(&node);
     let good = node.token(0, 0, 4 * MIB, Rights::ReadWrite, 1);
 
-    let mut flipped = *good.as_bytes();
+    let mut flipped = good.as_bytes().to_vec();
     flipped[40] ^= 0x10;
     let other_key = SigningKey::from_bytes(&[9u8; 32]);
     let cases: Vec<(&str, Vec<u8>, u32, Status)> = vec![

@@ -160,6 +160,7 @@ fn every_refusal_says_which_version_it_speaks() {
                 max_version: 1,
                 device_id: dasmesh_wire::DeviceId(0),
                 token_len: 1,
+                flags: 0,
             }
             .encode();
             h[16] = 0;

@@ -45,9 +45,24 @@ pub struct Hello {
     pub device_id: DeviceId,
     /// Length of the token that follows.
     pub token_len: u16,
+    /// Flag bits ([`Hello::PROOF`]); unknown bits are refused.
+    pub flags: u16,
 }
 
 impl Hello {
+    /// A [`Proof`](crate::Proof) of [`PROOF_LEN`](crate::PROOF_LEN) bytes follows the token.
+    pub const PROOF: u16 = 1;
+
+    /// Bytes that follow the 32-byte hello: the token and, with [`Hello::PROOF`], the proof.
+    pub fn trailer_len(&self) -> usize {
+        usize::from(self.token_len)
+            + if self.flags & Self::PROOF != 0 {
+                crate::PROOF_LEN
+            } else {
+                0
+            }
+    }
+
     /// Encodes to the 32 wire bytes.
     pub fn encode(&self) -> [u8; HELLO_LEN] {
         bytemuck::cast(RawHello {
@@ -56,7 +71,7 @@ impl Hello {
             max_version: self.max_version.to_le_bytes(),
             device_id: self.device_id.0.to_le_bytes(),
             token_len: self.token_len.to_le_bytes(),
-            flags: [0; 2],
+            flags: self.flags.to_le_bytes(),
             reserved: [0; 12],
         })
     }
@@ -68,7 +83,8 @@ impl Hello {
             .get(..HELLO_LEN)
             .map(bytemuck::from_bytes)
             .ok_or(Status::BadFrame)?;
-        if raw.magic != HELLO_MAGIC || raw.flags != [0; 2] || raw.reserved != [0; 12] {
+        let flags = u16::from_le_bytes(raw.flags);
+        if raw.magic != HELLO_MAGIC || flags & !Self::PROOF != 0 || raw.reserved != [0; 12] {
             return Err(Status::BadFrame);
         }
         let token_len = u16::from_le_bytes(raw.token_len);
@@ -80,6 +96,7 @@ impl Hello {
             max_version: u16::from_le_bytes(raw.max_version),
             device_id: DeviceId(u32::from_le_bytes(raw.device_id)),
             token_len,
+            flags,
         })
     }
 }
@@ -101,8 +118,10 @@ impl Capabilities {
     pub const SEARCH: u32 = 1 << 4;
     /// A discarded range reads back as zeroes.
     pub const DISCARD_ZEROES: u32 = 1 << 5;
+    /// The node takes bound (format-2) tokens with a proof of holding (Hello flag `PROOF`).
+    pub const HOLDER_PROOF: u32 = 1 << 6;
     /// All capabilities defined by protocol version 1.
-    pub const ALL: u32 = 0x3f;
+    pub const ALL: u32 = 0x7f;
 
     /// Whether every bit of `bits` is set.
     pub fn has(self, bits: u32) -> bool {

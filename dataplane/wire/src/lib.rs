@@ -11,6 +11,7 @@ mod framer;
 mod handshake;
 mod ids;
 mod local;
+mod proof;
 mod search;
 mod status;
 mod token;
@@ -31,9 +32,11 @@ pub use handshake::{
 };
 pub use ids::{DeviceId, Epoch, NodeId, Tag, VolumeId};
 pub use local::{local_socket_name, LOCAL_SOCKET_PREFIX};
+pub use proof::{Proof, ProofWindow, PROOF_CLOCK_WINDOW_MS, PROOF_LEN};
 pub use search::Searcher;
 pub use status::Status;
 pub use token::{
     key_from_text, key_to_text, signing_key_from_text, verifying_key_from_text, Claim, Rights,
-    SigningKey, Token, TokenError, VerifyingKey, CLAIM_LEN, TOKEN_LEN, TOKEN_TEXT_PREFIX,
+    SigningKey, Token, TokenError, VerifyingKey, BOUND_CLAIM_LEN, BOUND_TOKEN_LEN, CLAIM_LEN,
+    TOKEN_LEN, TOKEN_TEXT_PREFIX,
 };

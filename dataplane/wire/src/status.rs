@@ -71,11 +71,15 @@ pub enum Status {
     /// The control plane revoked the token's lease (its nonce) before the token expired.
     #[error("the token's lease was revoked")]
     Revoked = 21,
+    /// The token is bound to a holder and the hello brought no valid proof of holding its key
+    /// (or a replayed one), or the node takes only bound tokens and this one is a bearer token.
+    #[error("not the token's holder")]
+    NotHolder = 22,
 }
 
 impl Status {
     /// Every status, in code order.
-    pub const ALL: [Status; 22] = [
+    pub const ALL: [Status; 23] = [
         Status::Ok,
         Status::BadFrame,
         Status::UnknownOp,
@@ -98,6 +102,7 @@ impl Status {
         Status::NoTrustKey,
         Status::Internal,
         Status::Revoked,
+        Status::NotHolder,
     ];
 
     /// The wire code.
@@ -135,6 +140,7 @@ impl Status {
             Status::NoTrustKey => "NoTrustKey",
             Status::Internal => "Internal",
             Status::Revoked => "Revoked",
+            Status::NotHolder => "NotHolder",
         }
     }
 }

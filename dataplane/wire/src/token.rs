@@ -1,6 +1,9 @@
 //! Capability tokens: a fixed-size [`Claim`] signed with ed25519 by the control plane.
 //!
-//! Binary form (what the handshake carries): the 88-byte claim followed by the 64-byte signature.
+//! Binary form (what the handshake carries): the claim followed by the 64-byte signature. A
+//! format-1 claim is 88 bytes (a bearer token, 152 in all); a format-2 claim is those 88 bytes
+//! followed by the 32-byte ed25519 public key of the token's holder (184 in all), and a node
+//! opens it only with a [`Proof`](crate::Proof) made with the holder's private key.
 //! Text form (what people and files carry): `dmt1.` + unpadded URL-safe base64 of the binary.
 //! The signature covers `SIGNING_CONTEXT || claim bytes`.
 
@@ -14,14 +17,19 @@ use thiserror::Error;
 use crate::ids::{DeviceId, Epoch, NodeId, VolumeId};
 use crate::status::Status;
 
-/// Size of the claim.
+/// Size of a format-1 claim (and of the fixed part of a format-2 claim).
 pub const CLAIM_LEN: usize = 88;
-/// Size of a binary token (claim + signature).
+/// Size of a format-1 binary token (claim + signature).
 pub const TOKEN_LEN: usize = CLAIM_LEN + 64;
+/// Size of a format-2 claim: the 88 bytes and the holder's public key.
+pub const BOUND_CLAIM_LEN: usize = CLAIM_LEN + 32;
+/// Size of a format-2 binary token.
+pub const BOUND_TOKEN_LEN: usize = BOUND_CLAIM_LEN + 64;
 /// Prefix of the text form.
 pub const TOKEN_TEXT_PREFIX: &str = "dmt1.";
 const CLAIM_MAGIC: [u8; 4] = *b"DMTK";
 const CLAIM_FORMAT: u8 = 1;
+const BOUND_CLAIM_FORMAT: u8 = 2;
 const SIGNING_CONTEXT: &[u8; 16] = b"dasmesh-token-v1";
 
 /// What a token lets its holder do.
@@ -51,7 +59,7 @@ pub enum TokenError {
     #[error("key is not 64 hex digits of a valid ed25519 key")]
     BadKey,
     /// Binary form of the wrong size.
-    #[error("token is {0} bytes, expected {TOKEN_LEN}")]
+    #[error("token is {0} bytes, expected {TOKEN_LEN} or {BOUND_TOKEN_LEN}")]
     BadLength(usize),
     /// Claim magic, format version, rights or reserved bytes invalid.
     #[error("token claim is malformed: {0}")]
@@ -83,6 +91,10 @@ pub enum TokenError {
         /// The device asked for.
         requested: DeviceId,
     },
+    /// The token is bound to a holder and the connection did not prove it holds the key (or this
+    /// node takes only bound tokens and the token is a bearer token).
+    #[error("not the token's holder: {0}")]
+    NotHolder(&'static str),
 }
 
 impl TokenError {
@@ -97,6 +109,7 @@ impl TokenError {
             TokenError::Expired { .. } => Status::Expired,
             TokenError::WrongNode { .. } => Status::WrongNode,
             TokenError::WrongDevice { .. } => Status::WrongDevice,
+            TokenError::NotHolder(_) => Status::NotHolder,
         }
     }
 }
@@ -148,11 +161,15 @@ pub struct Claim {
 }
 
 impl Claim {
-    /// Encodes to the 88 claim bytes.
+    /// Encodes to the 88 bytes of a format-1 claim.
     pub fn encode(&self) -> [u8; CLAIM_LEN] {
+        self.encode_as(CLAIM_FORMAT)
+    }
+
+    fn encode_as(&self, format: u8) -> [u8; CLAIM_LEN] {
         bytemuck::cast(RawClaim {
             magic: CLAIM_MAGIC,
-            format: CLAIM_FORMAT,
+            format,
             rights: self.rights as u8,
             reserved0: [0; 2],
             node_id: self.node_id.0.to_le_bytes(),
@@ -169,7 +186,8 @@ impl Claim {
         })
     }
 
-    /// Decodes 88 claim bytes.
+    /// Decodes the first 88 bytes of a claim of either format (a format-2 claim's holder key
+    /// follows them; see [`Token::holder`]).
     pub fn decode(bytes: &[u8]) -> Result<Self, TokenError> {
         let raw: &RawClaim = bytes
             .get(..CLAIM_LEN)
@@ -178,7 +196,7 @@ impl Claim {
         if raw.magic != CLAIM_MAGIC {
             return Err(TokenError::BadClaim("bad magic"));
         }
-        if raw.format != CLAIM_FORMAT {
+        if raw.format != CLAIM_FORMAT && raw.format != BOUND_CLAIM_FORMAT {
             return Err(TokenError::BadClaim("unknown claim format"));
         }
         if raw.reserved0 != [0; 2] || raw.reserved1 != [0; 4] || raw.reserved2 != [0; 8] {
@@ -203,47 +221,86 @@ impl Claim {
         })
     }
 
-    /// Signs this claim into a token.
+    /// Signs this claim into a format-1 (bearer) token.
     pub fn sign(&self, key: &SigningKey) -> Token {
-        let claim = self.encode();
-        let signature = key.sign(&signed_message(&claim)).to_bytes();
-        let mut bytes = [0u8; TOKEN_LEN];
-        bytes[..CLAIM_LEN].copy_from_slice(&claim);
-        bytes[CLAIM_LEN..].copy_from_slice(&signature);
-        Token { bytes }
+        Token::signed(&self.encode(), key)
+    }
+
+    /// Signs this claim into a format-2 token, bound to the holder of `holder`'s private half:
+    /// a node opens it only with a [`Proof`](crate::Proof) that key made.
+    pub fn sign_bound(&self, key: &SigningKey, holder: &VerifyingKey) -> Token {
+        let mut claim = [0u8; BOUND_CLAIM_LEN];
+        claim[..CLAIM_LEN].copy_from_slice(&self.encode_as(BOUND_CLAIM_FORMAT));
+        claim[CLAIM_LEN..].copy_from_slice(holder.as_bytes());
+        Token::signed(&claim, key)
     }
 }
 
-fn signed_message(claim: &[u8; CLAIM_LEN]) -> [u8; SIGNING_CONTEXT.len() + CLAIM_LEN] {
-    let mut msg = [0u8; SIGNING_CONTEXT.len() + CLAIM_LEN];
-    msg[..SIGNING_CONTEXT.len()].copy_from_slice(SIGNING_CONTEXT);
-    msg[SIGNING_CONTEXT.len()..].copy_from_slice(claim);
-    msg
+fn signed_message(claim: &[u8]) -> Vec<u8> {
+    [SIGNING_CONTEXT.as_slice(), claim].concat()
 }
 
 /// A signed claim, as carried in the handshake. Holding one proves nothing until [`Token::verify`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Token {
-    bytes: [u8; TOKEN_LEN],
+    /// The binary form in the first `len` bytes; the rest are zero.
+    bytes: [u8; BOUND_TOKEN_LEN],
+    len: u8,
 }
 
 impl Token {
+    fn signed(claim: &[u8], key: &SigningKey) -> Token {
+        let signature = key.sign(&signed_message(claim)).to_bytes();
+        let mut bytes = [0u8; BOUND_TOKEN_LEN];
+        bytes[..claim.len()].copy_from_slice(claim);
+        bytes[claim.len()..claim.len() + 64].copy_from_slice(&signature);
+        Token {
+            bytes,
+            len: (claim.len() + 64) as u8,
+        }
+    }
+
     /// The binary form.
-    pub fn as_bytes(&self) -> &[u8; TOKEN_LEN] {
-        &self.bytes
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len)]
     }
 
     /// Takes the binary form; checks only the length (verify checks the rest).
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, TokenError> {
-        let bytes: [u8; TOKEN_LEN] = bytes
-            .try_into()
-            .map_err(|_| TokenError::BadLength(bytes.len()))?;
-        Ok(Self { bytes })
+        if bytes.len() != TOKEN_LEN && bytes.len() != BOUND_TOKEN_LEN {
+            return Err(TokenError::BadLength(bytes.len()));
+        }
+        let mut b = [0u8; BOUND_TOKEN_LEN];
+        b[..bytes.len()].copy_from_slice(bytes);
+        Ok(Self {
+            bytes: b,
+            len: bytes.len() as u8,
+        })
     }
 
     /// The one-line text form.
     pub fn to_text(&self) -> String {
-        format!("{TOKEN_TEXT_PREFIX}{}", URL_SAFE_NO_PAD.encode(self.bytes))
+        format!(
+            "{TOKEN_TEXT_PREFIX}{}",
+            URL_SAFE_NO_PAD.encode(self.as_bytes())
+        )
+    }
+
+    fn claim_bytes(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len) - 64]
+    }
+
+    /// The signature (the last 64 bytes).
+    pub fn signature(&self) -> &[u8] {
+        &self.as_bytes()[usize::from(self.len) - 64..]
+    }
+
+    /// The public key of the holder a format-2 token is bound to (the bytes as signed; whether
+    /// they are a valid key is checked with the proof). `None` for a bearer token.
+    pub fn holder(&self) -> Option<[u8; 32]> {
+        (usize::from(self.len) == BOUND_TOKEN_LEN)
+            .then(|| self.bytes[CLAIM_LEN..BOUND_CLAIM_LEN].try_into().ok())
+            .flatten()
     }
 
     /// Parses the text form (surrounding whitespace is ignored).
@@ -260,7 +317,7 @@ impl Token {
 
     /// The claim, unverified (for display; never for access decisions).
     pub fn claim_unverified(&self) -> Result<Claim, TokenError> {
-        Claim::decode(&self.bytes[..CLAIM_LEN])
+        Claim::decode(self.claim_bytes())
     }
 
     /// Checks the signature with `key`, then the expiry against `now_ms`, the node (a claim for
@@ -272,18 +329,23 @@ impl Token {
         node: NodeId,
         device: DeviceId,
     ) -> Result<Claim, TokenError> {
-        let claim_bytes: &[u8; CLAIM_LEN] = self.bytes[..CLAIM_LEN]
+        let claim_bytes = self.claim_bytes();
+        let sig_bytes: [u8; 64] = self
+            .signature()
             .try_into()
-            .map_err(|_| TokenError::BadLength(TOKEN_LEN))?;
-        let sig_bytes: [u8; 64] = self.bytes[CLAIM_LEN..]
-            .try_into()
-            .map_err(|_| TokenError::BadLength(TOKEN_LEN))?;
+            .map_err(|_| TokenError::BadLength(self.as_bytes().len()))?;
         key.verify_strict(
             &signed_message(claim_bytes),
             &Signature::from_bytes(&sig_bytes),
         )
         .map_err(|_| TokenError::BadSignature)?;
         let claim = Claim::decode(claim_bytes)?;
+        let bound = claim_bytes.len() == BOUND_CLAIM_LEN;
+        if bound != (claim_bytes[4] == BOUND_CLAIM_FORMAT) {
+            return Err(TokenError::BadClaim(
+                "claim format does not match its length",
+            ));
+        }
         if now_ms >= claim.expires_at_ms {
             return Err(TokenError::Expired {
                 expires_at_ms: claim.expires_at_ms,
@@ -391,7 +453,7 @@ mod tests {
             Err(TokenError::WrongDevice { .. })
         ));
         for i in 0..TOKEN_LEN {
-            let mut b = *t.as_bytes();
+            let mut b = t.as_bytes().to_vec();
             b[i] ^= 0x01;
             let r = Token::from_bytes(&b)
                 .unwrap()
@@ -412,6 +474,50 @@ mod tests {
         assert_eq!(sk.to_bytes(), k.to_bytes());
         assert_eq!(key_from_text("zz"), Err(TokenError::BadKey));
         assert_eq!(key_from_text(&"g".repeat(64)), Err(TokenError::BadKey));
+    }
+
+    #[test]
+    fn bound_tokens() {
+        let holder = SigningKey::from_bytes(&[9u8; 32]).verifying_key();
+        let t = claim().sign_bound(&key(), &holder);
+        assert_eq!(t.as_bytes().len(), BOUND_TOKEN_LEN);
+        assert_eq!(t.holder(), Some(*holder.as_bytes()));
+        let t2 = Token::from_text(&t.to_text()).unwrap();
+        assert_eq!(t, t2);
+        let vk = key().verifying_key();
+        assert_eq!(t2.verify(&vk, 1_500, NodeId(5), DeviceId(1)), Ok(claim()));
+        assert_eq!(claim().sign(&key()).holder(), None);
+        // Every byte is signed, the holder key too.
+        for i in 0..BOUND_TOKEN_LEN {
+            let mut b = t.as_bytes().to_vec();
+            b[i] ^= 0x01;
+            let r = Token::from_bytes(&b)
+                .unwrap()
+                .verify(&vk, 1_500, NodeId(5), DeviceId(1));
+            assert_eq!(r.unwrap_err().status(), Status::BadToken, "bit flip at {i}");
+        }
+        // A format-1 claim signed at the format-2 length (or the reverse) is refused even with
+        // a good signature.
+        let mut long = [0u8; BOUND_CLAIM_LEN];
+        long[..CLAIM_LEN].copy_from_slice(&claim().encode());
+        let forged = Token::signed(&long, &key());
+        assert_eq!(
+            forged.verify(&vk, 1_500, NodeId(5), DeviceId(1)),
+            Err(TokenError::BadClaim(
+                "claim format does not match its length"
+            ))
+        );
+        let short = Token::signed(&claim().encode_as(BOUND_CLAIM_FORMAT), &key());
+        assert_eq!(
+            short.verify(&vk, 1_500, NodeId(5), DeviceId(1)),
+            Err(TokenError::BadClaim(
+                "claim format does not match its length"
+            ))
+        );
+        assert_eq!(
+            Token::from_bytes(&[0; TOKEN_LEN + 1]),
+            Err(TokenError::BadLength(TOKEN_LEN + 1))
+        );
     }
 
     #[test]

@@ -68,6 +68,7 @@ fn hello() -> impl Strategy<Value = Hello> {
             max_version,
             device_id: DeviceId(dev),
             token_len,
+            flags: 0,
         })
 }
 
@@ -282,7 +283,7 @@ proptest! {
         let _ = signing_key_from_text(&text);
         match Token::from_bytes(&bytes) {
             Ok(t) => {
-                prop_assert_eq!(bytes.len(), TOKEN_LEN);
+                prop_assert!(bytes.len() == TOKEN_LEN || bytes.len() == BOUND_TOKEN_LEN);
                 let _ = t.claim_unverified();
                 let key = SigningKey::from_bytes(&[3; 32]).verifying_key();
                 prop_assert!(t.verify(&key, 0, NodeId(0), DeviceId(0)).is_err());
@@ -303,6 +304,7 @@ fn every_short_buffer_is_a_bad_frame() {
         max_version: 1,
         device_id: DeviceId(0),
         token_len: TOKEN_LEN as u16,
+        flags: 0,
     }
     .encode();
     let hr = HelloReply::refuse(1, Status::Ok).encode();
@@ -404,6 +406,7 @@ fn hello_magic_flags_reserved_and_token_len() {
         max_version: 1,
         device_id: DeviceId(0),
         token_len,
+        flags: 0,
     };
     let good = hello(TOKEN_LEN as u16).encode();
     assert!(Hello::decode(&good).is_ok());
@@ -546,6 +549,7 @@ fn status_codes_are_stable() {
         "NoTrustKey",
         "Internal",
         "Revoked",
+        "NotHolder",
     ];
     let want: Vec<(u16, &str)> = want
         .iter()

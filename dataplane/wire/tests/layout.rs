@@ -108,6 +108,7 @@ fn hello_layout() {
         max_version: 0x0304,
         device_id: DeviceId(0x0506_0708),
         token_len: 0x090a,
+        flags: 0,
     };
     let fields = [
         "magic",
@@ -388,6 +389,7 @@ fn capability_table() {
         ("WRITE_ZEROES", Capabilities::WRITE_ZEROES),
         ("SEARCH", Capabilities::SEARCH),
         ("DISCARD_ZEROES", Capabilities::DISCARD_ZEROES),
+        ("HOLDER_PROOF", Capabilities::HOLDER_PROOF),
     ];
     assert_eq!(table.len() - 1, consts.len());
     let mut all = 0;
@@ -435,6 +437,7 @@ fn worked_examples_are_the_real_bytes() {
         max_version: 1,
         device_id: DeviceId(1),
         token_len: TOKEN_LEN as u16,
+        flags: 0,
     };
     let accept = HelloReply {
         version: 1,

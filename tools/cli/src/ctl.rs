@@ -567,6 +567,7 @@ pub async fn exec(ctl: &Controllers, json_out: bool, cmd: Ctl) -> anyhow::Result
                         } as i32;
                         let m = leases
                             .mount(v1::MountRequest {
+                                holder_key: Vec::new(),
                                 volume: name,
                                 host_id: host,
                                 access,

@@ -25,8 +25,8 @@ use std::task::Poll;
 use std::time::Duration;
 
 use dasmesh_wire::{
-    DeviceId, Hello, HelloReply, Op, RequestHeader, SearchBody, Status, Tag, Token, FLAG_FUA,
-    HELLO_REPLY_LEN, PROTOCOL_VERSION, REPLY_FLAG_TRUNCATED,
+    DeviceId, Hello, HelloReply, Op, Proof, RequestHeader, SearchBody, SigningKey, Status, Tag,
+    Token, FLAG_FUA, HELLO_REPLY_LEN, PROTOCOL_VERSION, REPLY_FLAG_TRUNCATED,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Semaphore;
@@ -54,6 +54,9 @@ pub struct ConnectOptions {
     /// A request (other than SEARCH) with no reply after this long fails with `Timeout`
     /// (checked by one watchdog per connection, to within a quarter of it; `None`: never).
     pub request_timeout: Option<Duration>,
+    /// The private half of the key a bound (format-2) token names: the hello then carries a
+    /// proof made with it (`docs/security.md`). A bound token without it cannot connect.
+    pub holder: Option<Arc<SigningKey>>,
 }
 
 impl Default for ConnectOptions {
@@ -64,6 +67,7 @@ impl Default for ConnectOptions {
             local_socket: true,
             spin: Duration::ZERO,
             request_timeout: None,
+            holder: None,
         }
     }
 }
@@ -302,6 +306,25 @@ impl Call<'_> {
     }
 }
 
+/// The proof of holding `token`'s key for a connection to `device` (`docs/protocol.md`).
+fn holder_proof(token: &Token, key: &SigningKey, device: DeviceId) -> Result<Proof, Error> {
+    let node = token
+        .claim_unverified()
+        .map_err(|e| Error::Protocol(format!("unreadable token: {e}")))?
+        .node_id;
+    let clock_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    Ok(Proof::make(
+        token,
+        key,
+        node,
+        device,
+        clock_ms,
+        rand::random(),
+    ))
+}
+
 impl Connection {
     fn inner(&self) -> &Arc<Inner> {
         &self.owner.0
@@ -315,7 +338,7 @@ impl Connection {
         token: &Token,
         opts: &ConnectOptions,
     ) -> Result<Connection, Error> {
-        let fut = Self::handshake(addr, device, token, opts.local_socket);
+        let fut = Self::handshake(addr, device, token, opts);
         let (stream, info) = tokio::time::timeout(opts.connect_timeout, fut)
             .await
             .map_err(|_| Error::Timeout)??;
@@ -356,18 +379,31 @@ impl Connection {
         addr: &str,
         device: DeviceId,
         token: &Token,
-        local: bool,
+        opts: &ConnectOptions,
     ) -> Result<(Stream, HelloReply), Error> {
-        let mut s = Stream::connect(addr, local).await?;
+        let proof = match (token.holder(), &opts.holder) {
+            (None, _) => None,
+            (Some(_), Some(key)) => Some(holder_proof(token, key, device)?),
+            (Some(_), None) => {
+                return Err(Error::Protocol(
+                    "the token is bound to a holder key and this connection was given none".into(),
+                ))
+            }
+        };
+        let mut s = Stream::connect(addr, opts.local_socket).await?;
         let bytes = token.as_bytes();
         let hello = Hello {
             min_version: 1,
             max_version: PROTOCOL_VERSION,
             device_id: device,
             token_len: bytes.len() as u16,
+            flags: if proof.is_some() { Hello::PROOF } else { 0 },
         };
         let mut msg = hello.encode().to_vec();
         msg.extend_from_slice(bytes);
+        if let Some(p) = proof {
+            msg.extend_from_slice(&p.encode());
+        }
         s.write_all(&msg).await?;
         let mut b = [0u8; HELLO_REPLY_LEN];
         s.read_exact(&mut b).await?;

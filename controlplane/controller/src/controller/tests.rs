@@ -254,6 +254,7 @@ fn every_command_writes_no_more_than_its_bound() {
         };
         ops_of(&mut s, create);
         let mount = Command::Mount {
+            holder: None,
             volume: name,
             host: "h".into(),
             rw: true,
@@ -344,6 +345,7 @@ async fn a_batch_is_cut_where_the_stores_transaction_is_full() {
             let ctl = Arc::clone(&ctl);
             tokio::spawn(async move {
                 ctl.run(Command::Mount {
+                    holder: None,
                     volume,
                     host: "h".into(),
                     rw: true,

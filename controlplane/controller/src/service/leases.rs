@@ -38,6 +38,17 @@ impl v1::leases_server::Leases for Svc {
         } else {
             r.ttl_ms
         };
+        let holder = match r.holder_key.len() {
+            0 => None,
+            32 => Some(dasmesh_wire::key_to_text(
+                r.holder_key.as_slice().try_into().expect("32 bytes"),
+            )),
+            n => {
+                return Err(Status::invalid_argument(format!(
+                "holder_key is {n} bytes: an ed25519 public key is 32 (or none, for bearer tokens)"
+            )))
+            }
+        };
         let out = ctl
             .run(Command::Mount {
                 volume: r.volume,
@@ -45,6 +56,7 @@ impl v1::leases_server::Leases for Svc {
                 rw,
                 ttl_ms,
                 now_ms: now_ms(),
+                holder,
             })
             .await?;
         lease_outcome(&ctl, out)

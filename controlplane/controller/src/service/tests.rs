@@ -83,6 +83,7 @@ async fn a_reported_copy_turns_stale_and_the_mirror_degraded_durably() {
         .into_inner();
     assert_eq!(v.state, v1::VolumeState::Ok as i32);
     let mount = |rw: bool, host: &str| v1::MountRequest {
+        holder_key: Vec::new(),
         volume: "m".into(),
         host_id: host.into(),
         access: if rw {
@@ -238,6 +239,7 @@ async fn megabyte_strings_get_invalid_argument_with_a_short_message() {
     svc.create(create("v".into())).await.unwrap();
     let mount = |volume: &str, host: &str| {
         Request::new(v1::MountRequest {
+            holder_key: Vec::new(),
             volume: volume.into(),
             host_id: host.into(),
             access: v1::Access::ReadOnly as i32,
@@ -372,6 +374,7 @@ async fn heartbeat_answers_carry_the_revoked_leases() {
     .unwrap();
     let mount = |rw: bool| {
         Request::new(v1::MountRequest {
+            holder_key: Vec::new(),
             volume: "m".into(),
             host_id: if rw { "gateway" } else { "reader" }.into(),
             access: if rw {

@@ -80,6 +80,7 @@ fn mount(s: &mut State, vol: &str, host: &str, rw: bool) -> Result<LeaseRec, Err
             rw,
             ttl_ms: 60_000,
             now_ms: 1000,
+            holder: None,
         },
     )? {
         Outcome::Lease(l, _) => Ok(l),
@@ -551,7 +552,7 @@ mod sequences {
                 if let Op::Fail(v, _) = op {
                     let name = format!("v{v}");
                     if !s.leases.values().any(|l| l.rw && l.volume == name) {
-                        if let Ok(Outcome::Lease(l, _)) = apply(&mut s, Command::Mount { volume: name, host: "w".into(), rw: true, ttl_ms: 1_000_000, now_ms: t as u64 }) {
+                        if let Ok(Outcome::Lease(l, _)) = apply(&mut s, Command::Mount { volume: name, host: "w".into(), rw: true, ttl_ms: 1_000_000, now_ms: t as u64, holder: None }) {
                             leases.push(l.id);
                         }
                     }
@@ -566,7 +567,7 @@ mod sequences {
                     Op::Delete(v) => apply(&mut s, Command::DeleteVolume { name: format!("v{v}") })
                         .and_then(|_| apply(&mut s, Command::PurgeVolume { name: format!("v{v}") })),
                     Op::Mount(v, rw) => {
-                        let r = apply(&mut s, Command::Mount { volume: format!("v{v}"), host: "h".into(), rw, ttl_ms: 1_000_000, now_ms: t as u64 });
+                        let r = apply(&mut s, Command::Mount { volume: format!("v{v}"), host: "h".into(), rw, ttl_ms: 1_000_000, now_ms: t as u64, holder: None });
                         if let Ok(Outcome::Lease(l, _)) = &r { leases.push(l.id); }
                         r
                     }
@@ -716,6 +717,7 @@ fn a_tick_ends_a_bounded_number_of_leases_and_the_next_ones_the_rest() {
                 epoch: 1,
                 started_ms: 0,
                 expires_at_ms: 10,
+                holder: None,
             },
         );
     }

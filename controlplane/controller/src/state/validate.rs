@@ -116,6 +116,13 @@ pub fn host_id(host: &str) -> Result<(), Error> {
     label("host id", host, MAX_HOST_ID, false)
 }
 
+/// A lease's holder key: the hex text of a valid ed25519 public key.
+pub fn holder_key(hex: &str) -> Result<(), Error> {
+    dasmesh_wire::verifying_key_from_text(hex)
+        .map(|_| ())
+        .map_err(|_| invalid("holder key: not a valid ed25519 public key".into()))
+}
+
 /// A volume size: 1 byte to [`MAX_VOLUME_SIZE`].
 pub fn volume_size(name: &str, size: u64) -> Result<(), Error> {
     if size == 0 || size > MAX_VOLUME_SIZE {

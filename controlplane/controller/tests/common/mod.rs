@@ -28,6 +28,7 @@ pub async fn mount_and_open(
     let mut leases = v1::leases_client::LeasesClient::new(ch.clone());
     let m = leases
         .mount(v1::MountRequest {
+            holder_key: Vec::new(),
             volume: volume.into(),
             host_id: host.into(),
             access: access as i32,

@@ -38,6 +38,7 @@ impl Raw {
             max_version: max,
             device_id: DeviceId(device),
             token_len: token.len() as u16,
+            flags: 0,
         };
         raw.s.write_all(&h.encode()).unwrap();
         raw.s.write_all(token).unwrap();

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Duration;
 
 use dasmesh_api::{v1, ControllerOptions, Controllers};
-use dasmesh_wire::{DeviceId, Token};
+use dasmesh_wire::{DeviceId, SigningKey, Token};
 use futures_util::future::join_all;
 
 use super::link::Link;
@@ -70,6 +70,9 @@ impl Volume {
         {
             opts.host = c.identity.name.clone();
         }
+        // A key for this lease alone: the controller binds the lease's tokens to it, so a token
+        // copied off this process opens nothing without it (docs/security.md).
+        let holder = Arc::new(SigningKey::from_bytes(&rand::random()));
         let m = v1::leases_client::LeasesClient::new(ctl.clone())
             .mount(v1::MountRequest {
                 volume: name.to_string(),
@@ -79,6 +82,7 @@ impl Volume {
                     Access::ReadWrite => v1::Access::ReadWrite,
                 } as i32,
                 ttl_ms: opts.ttl.as_millis() as u64,
+                holder_key: holder.verifying_key().to_bytes().to_vec(),
             })
             .await
             .map_err(|s| control(&format!("mount {name}"), s))?
@@ -88,7 +92,7 @@ impl Volume {
             .clone()
             .ok_or_else(|| Error::Control("mount answer without a lease".into()))?;
         let lease_id = lease.lease_id;
-        match Self::open(ctl.clone(), name, opts, lease, m).await {
+        match Self::open(ctl.clone(), name, opts, lease, m, holder).await {
             Ok(v) => Ok(v),
             Err(e) => {
                 // Give the lease back rather than leave the volume locked until expiry.
@@ -106,6 +110,7 @@ impl Volume {
         opts: MountOptions,
         lease: v1::Lease,
         m: v1::MountResponse,
+        holder: Arc<SigningKey>,
     ) -> Result<Volume, Error> {
         let layout = to_layout(m.layout.as_ref())?;
         let mut extents = Vec::new();
@@ -116,6 +121,7 @@ impl Volume {
             local_socket: opts.local_socket,
             spin: opts.spin,
             request_timeout: Some(opts.request_timeout),
+            holder: Some(holder),
         };
         for me in &m.extents {
             let x = me

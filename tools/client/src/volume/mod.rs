@@ -217,6 +217,18 @@ impl Volume {
             .clone()
     }
 
+    /// Whether every token this lease holds is bound to this process's lease key (a controller
+    /// that predates holder binding gives bearer tokens).
+    pub fn tokens_bound(&self) -> bool {
+        self.inner.links.iter().all(|l| {
+            l.token
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .holder()
+                .is_some()
+        })
+    }
+
     /// Extents with their stale flags as this host knows them.
     pub fn extents(&self) -> Vec<Extent> {
         self.map().extents().to_vec()

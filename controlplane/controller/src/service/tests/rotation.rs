@@ -46,6 +46,7 @@ async fn a_rotated_key_signs_mounts_only_after_the_switch() {
     .unwrap();
     let mount = |host: &str| {
         Request::new(v1::MountRequest {
+            holder_key: Vec::new(),
             volume: "v".into(),
             host_id: host.into(),
             access: v1::Access::ReadOnly as i32,

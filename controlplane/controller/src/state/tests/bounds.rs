@@ -249,6 +249,7 @@ fn numbers_out_of_bounds_are_refused() {
         rw: false,
         ttl_ms,
         now_ms,
+        holder: None,
     };
     for ttl in [0, 1, MIN_TTL_MS - 1, MAX_TTL_MS + 1, 1 << 63, u64::MAX] {
         refused(&mut s, "ttl", m(ttl, 0));
@@ -298,8 +299,10 @@ fn long_strings_and_lists_are_refused_with_a_short_echo() {
             rw: false,
             ttl_ms: 60_000,
             now_ms: 0,
+            holder: None,
         },
         Command::Mount {
+            holder: None,
             volume: "m".into(),
             host: big.clone(),
             rw: false,
@@ -307,6 +310,7 @@ fn long_strings_and_lists_are_refused_with_a_short_echo() {
             now_ms: 0,
         },
         Command::Mount {
+            holder: None,
             volume: "m".into(),
             host: String::new(),
             rw: false,
@@ -542,6 +546,7 @@ mod numbers {
                     }),
                     Op::Resize(v, size) => apply(&mut s, Command::ResizeVolume { name: format!("v{v}"), size }),
                     Op::Mount(v, rw, ttl_ms, now_ms) => apply(&mut s, Command::Mount {
+                        holder: None,
                         volume: format!("v{v}"), host: "h".into(), rw, ttl_ms, now_ms,
                     }),
                     Op::Renew(i, ttl_ms, now_ms) => match leases.get(i as usize) {

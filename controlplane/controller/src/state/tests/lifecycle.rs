@@ -318,6 +318,7 @@ mod revocation {
                 match op {
                     Op::Mount(rw, ttl_ms) => {
                         if let Ok(Outcome::Lease(l, _)) = apply(&mut s, Command::Mount {
+                            holder: None,
                             volume: "m".into(), host: "h".into(), rw, ttl_ms, now_ms: now,
                         }) {
                             leases.push(l.id);
