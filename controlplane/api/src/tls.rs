@@ -444,4 +444,72 @@ impl CertDir {
             .ca_certificate(Certificate::from_pem(&self.ca))
             .identity(TlsIdentity::from_pem(&self.cert, &self.key))
     }
+
+    fn rustls_parts(&self) -> Result<DataTlsParts, TlsError> {
+        use rustls::pki_types::pem::PemObject as _;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let bad = |what: &str, e: &dyn fmt::Display| {
+            TlsError::Bad(format!("{}: {what}: {e}", self.dir.display()))
+        };
+        let mut roots = rustls::RootCertStore::empty();
+        for c in CertificateDer::pem_slice_iter(self.ca.as_bytes()) {
+            let c = c.map_err(|e| bad(CA_CERT, &e))?;
+            roots.add(c).map_err(|e| bad(CA_CERT, &e))?;
+        }
+        let chain = CertificateDer::pem_slice_iter(self.cert.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| bad(CERT, &e))?;
+        let key = PrivateKeyDer::from_pem_slice(self.key.as_bytes()).map_err(|e| bad(KEY, &e))?;
+        Ok((roots, chain, key))
+    }
+
+    /// The data plane's TLS server (a node with `--tls`): shows this certificate and requires
+    /// a certificate of the same CA from every client.
+    pub fn data_server_config(&self) -> Result<std::sync::Arc<rustls::ServerConfig>, TlsError> {
+        let (roots, chain, key) = self.rustls_parts()?;
+        let provider = ring_provider();
+        let bad = |e: &dyn fmt::Display| TlsError::Bad(format!("{}: {e}", self.dir.display()));
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            std::sync::Arc::new(roots),
+            provider.clone(),
+        )
+        .build()
+        .map_err(|e| bad(&e))?;
+        let cfg = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| bad(&e))?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(chain, key)
+            .map_err(|e| bad(&e))?;
+        Ok(std::sync::Arc::new(cfg))
+    }
+
+    /// The data plane's TLS client: shows this certificate and trusts nodes whose certificate is
+    /// of the same CA and names the address it is reached at (`--san` when it was issued).
+    pub fn data_client_config(&self) -> Result<std::sync::Arc<rustls::ClientConfig>, TlsError> {
+        let (roots, chain, key) = self.rustls_parts()?;
+        let provider = ring_provider();
+        let bad = |e: &dyn fmt::Display| TlsError::Bad(format!("{}: {e}", self.dir.display()));
+        let cfg = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| bad(&e))?
+            .with_root_certificates(roots)
+            .with_client_auth_cert(chain, key)
+            .map_err(|e| bad(&e))?;
+        Ok(std::sync::Arc::new(cfg))
+    }
 }
+
+/// rustls on *ring*, as tonic's TLS here is (aws-lc-rs, rustls' own default, needs a C and
+/// assembler toolchain at build time). rustls 0.23.48 deprecated this provider for lacking
+/// post-quantum key exchange; the classical groups it has are what the controller's TLS uses too.
+#[allow(deprecated)]
+fn ring_provider() -> std::sync::Arc<rustls::crypto::CryptoProvider> {
+    std::sync::Arc::new(rustls::crypto::ring::default_provider())
+}
+
+type DataTlsParts = (
+    rustls::RootCertStore,
+    Vec<rustls::pki_types::CertificateDer<'static>>,
+    rustls::pki_types::PrivateKeyDer<'static>,
+);

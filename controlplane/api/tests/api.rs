@@ -41,6 +41,7 @@ fn messages_round_trip() {
                 copy: 1,
                 index: 0,
                 stale: false,
+                node_tls: true,
             }),
             token: "dmt1.x".into(),
         }],

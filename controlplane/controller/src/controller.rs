@@ -459,4 +459,4 @@ fn touched(s: &State, cmd: &Command) -> Option<Vec<Rec>> {
     })
 }
 
-mod reap;
+pub mod reap;

@@ -98,6 +98,10 @@ async fn run(a: Args) -> anyhow::Result<()> {
                 dir.display(),
                 c.identity
             );
+            let data = c
+                .data_client_config()
+                .with_context(|| format!("--cert {}", dir.display()))?;
+            let _ = dasmesh_controller::controller::reap::DATA_TLS.set(data);
             Some(c)
         }
         (None, true) => None,

@@ -83,6 +83,9 @@ pub struct NodeRec {
     /// registered without identities, and then not written, as before identities).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub name: String,
+    /// Its data plane speaks mutual TLS (`dasmesh-node --tls`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub data_tls: bool,
 }
 
 /// One extent of a volume.
@@ -259,6 +262,9 @@ pub enum Command {
         /// the first registration that shows one.
         #[serde(default, skip_serializing_if = "String::is_empty")]
         name: String,
+        /// Its data plane speaks mutual TLS.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        data_tls: bool,
         now_ms: u64,
     },
     /// A node reports its devices.
@@ -583,6 +589,7 @@ fn apply_inner(s: &mut State, cmd: Command) -> Result<Outcome, Error> {
             version,
             failure_domain,
             name,
+            data_tls,
             now_ms,
         } => {
             validate::registration(&address, &version, &failure_domain)?;
@@ -630,6 +637,7 @@ fn apply_inner(s: &mut State, cmd: Command) -> Result<Outcome, Error> {
                 last_heartbeat_ms: now_ms,
                 devices: Vec::new(),
                 name: String::new(),
+                data_tls,
             });
             if !name.is_empty() {
                 n.name = name;
@@ -637,6 +645,7 @@ fn apply_inner(s: &mut State, cmd: Command) -> Result<Outcome, Error> {
             n.address = address;
             n.version = version;
             n.failure_domain = failure_domain;
+            n.data_tls = data_tls;
             n.state = NodeState::Up;
             n.last_heartbeat_ms = now_ms;
             Ok(Outcome::Node(n.clone()))

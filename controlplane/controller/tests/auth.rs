@@ -110,6 +110,7 @@ async fn call(ch: Channel, path: &str, f: &Fixture) -> Result<(), Status> {
     match (service, method) {
         ("dasmesh.v1.NodeRegistry", "Register") => R::new(ch)
             .register(v1::RegisterRequest {
+                data_tls: false,
                 node_id: 0,
                 address: "127.0.0.1:9".into(),
                 version: "rogue".into(),
@@ -275,6 +276,7 @@ async fn snapshot(op: &Channel) -> String {
 async fn fixture(op: &Channel, node: &Channel, ha: &Channel) -> Fixture {
     let reg = v1::node_registry_client::NodeRegistryClient::new(node.clone())
         .register(v1::RegisterRequest {
+            data_tls: false,
             node_id: 0,
             address: "127.0.0.1:7701".into(),
             version: "t".into(),
@@ -492,6 +494,7 @@ async fn a_rogue_node_cannot_register_beat_or_be_given_extents() {
         async move {
             v1::node_registry_client::NodeRegistryClient::new(ch)
                 .register(v1::RegisterRequest {
+                    data_tls: false,
                     node_id,
                     address,
                     version: "t".into(),
@@ -629,6 +632,7 @@ async fn strangers_are_refused_at_the_tls_layer_with_a_clear_error() {
         let mut r = v1::node_registry_client::NodeRegistryClient::new(ctls);
         let reg = r
             .register(v1::RegisterRequest {
+                data_tls: false,
                 node_id: 0,
                 address: "127.0.0.1:7709".into(),
                 version: "rogue".into(),
@@ -878,6 +882,7 @@ async fn every_allowed_call_succeeds_for_its_role() {
         let mut r = R::new(ch.clone());
         let node_id = r
             .register(v1::RegisterRequest {
+                data_tls: false,
                 node_id: 0,
                 address: format!("127.0.0.1:{}", 7701 + i),
                 version: "t".into(),

@@ -31,6 +31,8 @@ pub struct AgentConfig {
     pub reserve: crate::config::Reserve,
     /// Failure domain.
     pub failure_domain: String,
+    /// The data plane speaks mutual TLS (`--tls`).
+    pub data_tls: bool,
 }
 
 type Client = v1::node_registry_client::NodeRegistryClient<Controllers>;
@@ -70,6 +72,7 @@ async fn register(c: &AgentConfig, shared: &Shared) -> anyhow::Result<(Client, u
         address: c.advertise.clone(),
         version: env!("CARGO_PKG_VERSION").into(),
         failure_domain: c.failure_domain.clone(),
+        data_tls: c.data_tls,
     };
     let r = match client.register(request(saved)).await {
         // The controller never assigned this id (its state was reset, or the id file came from

@@ -162,6 +162,15 @@ pub struct Config {
     /// are reached over mutual TLS (`https://` URLs), as the node its certificate names.
     #[arg(long, env = "DASMESH_CERT")]
     pub cert: Option<PathBuf>,
+    /// Serve the data plane over mutual TLS with the certificate of --cert (which then must be
+    /// a node's): every client must show a certificate of the same CA. Plaintext stays the
+    /// default, for a trusted storage network (docs/security.md); same-host clients keep the
+    /// Unix socket, which is not on the network.
+    #[arg(long)]
+    pub tls: bool,
+    /// Threads that encrypt and relay TLS connections (with --tls).
+    #[arg(long, default_value_t = 1)]
+    pub tls_threads: usize,
     /// The data-plane address hosts should use (default: the bound --listen address).
     #[arg(long)]
     pub advertise: Option<String>,
@@ -254,6 +263,18 @@ impl Config {
     pub fn validate(&self) -> Result<(), String> {
         if self.cores == 0 {
             return Err("--cores must be at least 1".into());
+        }
+        if self.tls && self.cert.is_none() {
+            return Err("--tls needs the node's certificate: --cert DIR (or DASMESH_CERT)".into());
+        }
+        if self.tls && self.no_local_socket {
+            return Err(
+                "--tls relays to the reactors over the same-host socket: drop --no-local-socket"
+                    .into(),
+            );
+        }
+        if self.tls_threads == 0 || self.tls_threads > 256 {
+            return Err("--tls-threads must be in 1..=256".into());
         }
         if !(4096..=(16 << 20)).contains(&self.max_io) || !self.max_io.is_power_of_two() {
             return Err(format!(

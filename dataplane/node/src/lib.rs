@@ -20,6 +20,7 @@ mod reactor;
 pub mod revoke;
 pub mod session;
 pub mod sys;
+pub mod tls;
 pub mod usage;
 
 use std::net::{SocketAddr, TcpListener};
@@ -225,8 +226,9 @@ pub const LOCAL_BIND_PATIENCE: Duration = Duration::from_secs(3);
 
 /// What one reactor accepts connections on.
 pub struct Listeners {
-    /// Its TCP listener (one per reactor, SO_REUSEPORT).
-    pub tcp: TcpListener,
+    /// Its TCP listener (one per reactor, SO_REUSEPORT); none with `--tls`, where the TLS
+    /// terminator holds the port and relays to the same-host socket.
+    pub tcp: Option<TcpListener>,
     /// The same-host listener (one socket, shared by every reactor), if enabled.
     pub local: Option<UnixListener>,
 }

@@ -39,7 +39,30 @@ fn run() -> anyhow::Result<()> {
     if shared.trust_key().is_none() && cfg.controller.is_none() {
         tracing::warn!("no --trust-key: every handshake will be refused with NoTrustKey");
     }
-    let (addr, listeners) = dasmesh_node::bind_listeners(&cfg.listen, cfg.cores)?;
+    let cert = match &cfg.cert {
+        Some(dir) => {
+            let c = dasmesh_api::CertDir::load(dir)
+                .with_context(|| format!("--cert {}", dir.display()))?;
+            anyhow::ensure!(
+                c.identity.role == dasmesh_api::Role::Node,
+                "--cert {}: the certificate is for {}, not a node",
+                dir.display(),
+                c.identity
+            );
+            Some(c)
+        }
+        None => None,
+    };
+    // With --tls the port is the TLS terminator's alone, and the reactors take connections
+    // from the same-host socket only.
+    let (addr, listeners) =
+        dasmesh_node::bind_listeners(&cfg.listen, if cfg.tls { 1 } else { cfg.cores })?;
+    let (listeners, tls_listener): (Vec<Option<std::net::TcpListener>>, _) = if cfg.tls {
+        let mut l = listeners;
+        ((0..cfg.cores).map(|_| None).collect(), l.pop())
+    } else {
+        (listeners.into_iter().map(Some).collect(), None)
+    };
     let advertise = cfg.advertise.clone().unwrap_or_else(|| addr.to_string());
     let local = if cfg.no_local_socket {
         None
@@ -78,6 +101,26 @@ fn run() -> anyhow::Result<()> {
                 })?,
         );
     }
+    let tls = match (tls_listener, &cert) {
+        (Some(listener), Some(c)) => {
+            let config = c
+                .data_server_config()
+                .with_context(|| format!("--cert {}", c.dir().display()))?;
+            let local_name = dasmesh_wire::local_socket_name(&advertise)
+                .context("--tls: the advertised address is too long for a same-host socket")?;
+            tracing::info!(%addr, identity = %c.identity, "data plane over mutual TLS");
+            Some(dasmesh_node::tls::start(
+                dasmesh_node::tls::TlsRelay {
+                    listener,
+                    config,
+                    local_name,
+                    threads: cfg.tls_threads,
+                },
+                Arc::clone(&shared),
+            )?)
+        }
+        _ => None,
+    };
     // Each reactor holds its own copy: the socket closes when the last reactor stops.
     drop(local);
     {
@@ -94,20 +137,6 @@ fn run() -> anyhow::Result<()> {
     let (agent_stop, agent) = match &cfg.controller {
         Some(url) => {
             let (stop_tx, stop_rx) = mpsc::channel();
-            let cert = match &cfg.cert {
-                Some(dir) => {
-                    let c = dasmesh_api::CertDir::load(dir)
-                        .with_context(|| format!("--cert {}", dir.display()))?;
-                    anyhow::ensure!(
-                        c.identity.role == dasmesh_api::Role::Node,
-                        "--cert {}: the certificate is for {}, not a node",
-                        dir.display(),
-                        c.identity
-                    );
-                    Some(c)
-                }
-                None => None,
-            };
             let controllers =
                 dasmesh_node::agent::controllers(url, cert.as_ref()).context("--controller")?;
             let c = dasmesh_node::agent::AgentConfig {
@@ -116,6 +145,7 @@ fn run() -> anyhow::Result<()> {
                 state_dir: cfg.state_dir.clone(),
                 reserve: cfg.reserve,
                 failure_domain: cfg.failure_domain.clone(),
+                data_tls: cfg.tls,
             };
             let (first, h) = dasmesh_node::agent::start(c, Arc::clone(&shared), stop_rx);
             match first.recv_timeout(std::time::Duration::from_secs(30)) {
@@ -141,6 +171,9 @@ fn run() -> anyhow::Result<()> {
     }
     shared.shutdown.store(true, Ordering::Release);
     for h in handles {
+        let _ = h.join();
+    }
+    if let Some(h) = tls {
         let _ = h.join();
     }
     // Deregister after the last request was answered.

@@ -192,19 +192,22 @@ impl Reactor {
             arena,
             fixed_bufs,
             files,
-            listeners: std::iter::once(Listener {
-                sock: listeners.tcp.into(),
-                tcp: true,
-                armed: false,
-                cancelled: false,
-            })
-            .chain(listeners.local.map(|l| Listener {
-                sock: l.into(),
-                tcp: false,
-                armed: false,
-                cancelled: false,
-            }))
-            .collect(),
+            listeners: listeners
+                .tcp
+                .map(|l| Listener {
+                    sock: l.into(),
+                    tcp: true,
+                    armed: false,
+                    cancelled: false,
+                })
+                .into_iter()
+                .chain(listeners.local.map(|l| Listener {
+                    sock: l.into(),
+                    tcp: false,
+                    armed: false,
+                    cancelled: false,
+                }))
+                .collect(),
             conns: Slab::new(),
             reqs: Slab::new(),
             dirty: Vec::new(),

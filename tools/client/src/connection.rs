@@ -57,6 +57,10 @@ pub struct ConnectOptions {
     /// The private half of the key a bound (format-2) token names: the hello then carries a
     /// proof made with it (`docs/security.md`). A bound token without it cannot connect.
     pub holder: Option<Arc<SigningKey>>,
+    /// Speak mutual TLS to the node (a node started with `--tls`), with this configuration
+    /// (`CertDir::data_client_config`). The same-host socket, when used, is not on the network
+    /// and takes no TLS.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl Default for ConnectOptions {
@@ -68,6 +72,7 @@ impl Default for ConnectOptions {
             spin: Duration::ZERO,
             request_timeout: None,
             holder: None,
+            tls: None,
         }
     }
 }
@@ -390,7 +395,7 @@ impl Connection {
                 ))
             }
         };
-        let mut s = Stream::connect(addr, opts.local_socket).await?;
+        let mut s = Stream::connect(addr, opts.local_socket, opts.tls.as_ref()).await?;
         let bytes = token.as_bytes();
         let hello = Hello {
             min_version: 1,
@@ -406,7 +411,15 @@ impl Connection {
         }
         s.write_all(&msg).await?;
         let mut b = [0u8; HELLO_REPLY_LEN];
-        s.read_exact(&mut b).await?;
+        if let Err(e) = s.read_exact(&mut b).await {
+            if e.kind() == std::io::ErrorKind::UnexpectedEof && !s.is_tls() && !s.is_local() {
+                return Err(Error::Protocol(format!(
+                    "{addr} closed the connection before answering the hello (a node started \
+                     with --tls takes TLS connections only: mount with a certificate)"
+                )));
+            }
+            return Err(e.into());
+        }
         let reply = HelloReply::decode(&b)
             .map_err(|_| Error::Protocol("bad handshake reply magic".into()))?;
         match reply.status_enum() {

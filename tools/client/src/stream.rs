@@ -1,4 +1,5 @@
-//! The socket under a [`Connection`](crate::Connection): TCP, or the same-host Unix socket.
+//! The socket under a [`Connection`](crate::Connection): TCP, the same-host Unix socket, or TLS
+//! through a relay.
 //!
 //! A node also listens on an abstract Unix socket named after its address
 //! ([`dasmesh_wire::local_socket_name`]). A client tries that name first: when the node runs on
@@ -14,6 +15,7 @@ use std::io::{self, IoSlice, Read, Write};
 use std::os::fd::AsFd;
 use std::os::unix::fs::MetadataExt;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
@@ -23,12 +25,22 @@ use tokio::net::{TcpStream, UnixStream};
 pub(crate) enum Stream {
     Tcp(TcpStream),
     Unix(UnixStream),
+    /// A TLS connection, through a relay task: the connection reads and writes plaintext on
+    /// this end of a socket pair, and the task carries it over TLS (see [`connect_tls`]).
+    Tls(UnixStream),
 }
+
+/// Bytes the TLS relay buffers per direction.
+const TLS_RELAY_BUF: usize = 128 << 10;
 
 impl Stream {
     /// Connects to the node at `addr`: over its same-host socket if `local` and one is there,
-    /// else over TCP.
-    pub(crate) async fn connect(addr: &str, local: bool) -> io::Result<Stream> {
+    /// else over TCP, with TLS when `tls` is given.
+    pub(crate) async fn connect(
+        addr: &str,
+        local: bool,
+        tls: Option<&Arc<rustls::ClientConfig>>,
+    ) -> io::Result<Stream> {
         if local {
             if let Some(s) = connect_local(addr).await {
                 return Ok(Stream::Unix(s));
@@ -36,12 +48,20 @@ impl Stream {
         }
         let s = TcpStream::connect(addr).await?;
         s.set_nodelay(true)?;
-        Ok(Stream::Tcp(s))
+        match tls {
+            Some(cfg) => connect_tls(addr, s, cfg).await,
+            None => Ok(Stream::Tcp(s)),
+        }
     }
 
     /// Whether this is the same-host socket.
     pub(crate) fn is_local(&self) -> bool {
         matches!(self, Stream::Unix(_))
+    }
+
+    /// Whether this goes over TLS.
+    pub(crate) fn is_tls(&self) -> bool {
+        matches!(self, Stream::Tls(_))
     }
 
     /// The socket for the data path (see [`Sock`]).
@@ -51,12 +71,54 @@ impl Stream {
                 let raw = io.as_fd().try_clone_to_owned()?.into();
                 Sock::Tcp { io, raw }
             }
-            Stream::Unix(io) => {
+            Stream::Unix(io) | Stream::Tls(io) => {
                 let raw = io.as_fd().try_clone_to_owned()?.into();
                 Sock::Unix { io, raw }
             }
         })
     }
+}
+
+/// Mutual TLS with the node at `addr` over `tcp`, checked against the CA of `cfg` and the
+/// address's host (which the node's certificate must name); then a relay task on this runtime
+/// carries the plaintext between the TLS stream and one end of a socket pair, and the
+/// connection gets the other end. The connection's code stays the same; the relay costs a copy.
+async fn connect_tls(
+    addr: &str,
+    tcp: TcpStream,
+    cfg: &Arc<rustls::ClientConfig>,
+) -> io::Result<Stream> {
+    let host = addr
+        .rsplit_once(':')
+        .map_or(addr, |(h, _)| h)
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    let name = rustls::pki_types::ServerName::try_from(host.to_string())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("{addr}: {e}")))?;
+    let mut tls = tokio_rustls::TlsConnector::from(Arc::clone(cfg))
+        .connect(name, tcp)
+        .await
+        .map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!(
+                    "TLS with {addr}: {e} (a node serves TLS only with --tls, and its certificate \
+                     must be of this CA and name {host})"
+                ),
+            )
+        })?;
+    let (mine, relay) = UnixStream::pair()?;
+    tokio::spawn(async move {
+        let mut relay = relay;
+        let _ = tokio::io::copy_bidirectional_with_sizes(
+            &mut tls,
+            &mut relay,
+            TLS_RELAY_BUF,
+            TLS_RELAY_BUF,
+        )
+        .await;
+    });
+    Ok(Stream::Tls(mine))
 }
 
 /// The node's same-host socket, if one listens under `addr`'s name and belongs to root or to this
@@ -171,7 +233,7 @@ impl AsyncRead for Stream {
     ) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Stream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
-            Stream::Unix(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Unix(s) | Stream::Tls(s) => Pin::new(s).poll_read(cx, buf),
         }
     }
 }
@@ -184,21 +246,21 @@ impl AsyncWrite for Stream {
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             Stream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
-            Stream::Unix(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Unix(s) | Stream::Tls(s) => Pin::new(s).poll_write(cx, buf),
         }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Stream::Tcp(s) => Pin::new(s).poll_flush(cx),
-            Stream::Unix(s) => Pin::new(s).poll_flush(cx),
+            Stream::Unix(s) | Stream::Tls(s) => Pin::new(s).poll_flush(cx),
         }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Stream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
-            Stream::Unix(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Unix(s) | Stream::Tls(s) => Pin::new(s).poll_shutdown(cx),
         }
     }
 }

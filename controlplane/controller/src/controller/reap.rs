@@ -108,8 +108,18 @@ impl Controller {
             expires_at_ms: now_ms() + 60_000,
             nonce: 0,
         };
+        let tls = match self.read(|s| s.nodes.get(&at.key.node).is_some_and(|n| n.data_tls)) {
+            false => None,
+            true => Some(DATA_TLS.get().cloned().ok_or_else(|| {
+                dasmesh_client::Error::Invalid(format!(
+                    "node {addr} serves its data plane over mutual TLS, and this controller has \
+                     no certificate (--cert) to show it"
+                ))
+            })?),
+        };
         let opts = dasmesh_client::ConnectOptions {
             connect_timeout: std::time::Duration::from_secs(3),
+            tls,
             ..Default::default()
         };
         let c = dasmesh_client::Connection::connect(
@@ -133,6 +143,11 @@ impl Controller {
         c.flush().await
     }
 }
+
+/// TLS for the data plane of nodes that serve it (`dasmesh-node --tls`), made from this
+/// controller's certificate at start; unset without one.
+pub static DATA_TLS: std::sync::OnceLock<std::sync::Arc<rustls::ClientConfig>> =
+    std::sync::OnceLock::new();
 
 fn addresses(s: &State) -> std::collections::BTreeMap<u64, String> {
     s.nodes

@@ -79,6 +79,7 @@ fn register(i: u32) -> Command {
         version: "t".into(),
         failure_domain: String::new(),
         name: String::new(),
+        data_tls: false,
         now_ms: now_ms(),
     }
 }

@@ -21,6 +21,7 @@ pub(crate) fn extent_msg(s: &State, v: &VolumeRec, e: &state::ExtentRec) -> v1::
         copy: e.piece.copy,
         index: e.piece.index,
         stale: e.stale,
+        node_tls: s.nodes.get(&e.piece.key.node).is_some_and(|n| n.data_tls),
     }
 }
 

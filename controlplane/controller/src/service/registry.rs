@@ -22,6 +22,7 @@ impl v1::node_registry_server::NodeRegistry for Svc {
                 version: r.version,
                 failure_domain: r.failure_domain,
                 name,
+                data_tls: r.data_tls,
                 now_ms: now_ms(),
             })
             .await

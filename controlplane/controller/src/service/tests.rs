@@ -47,6 +47,7 @@ async fn a_reported_copy_turns_stale_and_the_mirror_degraded_durably() {
                 version: "t".into(),
                 failure_domain: String::new(),
                 name: String::new(),
+                data_tls: false,
                 now_ms: now_ms(),
             })
             .unwrap()
@@ -154,6 +155,7 @@ async fn register(svc: &Svc, node_id: u64, address: &str) -> Result<u64, Status>
     use v1::node_registry_server::NodeRegistry as _;
     let r = svc
         .register(Request::new(v1::RegisterRequest {
+            data_tls: false,
             node_id,
             address: address.into(),
             version: "t".into(),
@@ -253,6 +255,7 @@ async fn megabyte_strings_get_invalid_argument_with_a_short_message() {
     }
     let r = svc
         .register(Request::new(v1::RegisterRequest {
+            data_tls: false,
             node_id: ids[0],
             address: "127.0.0.1:7700".into(),
             version: big.clone(),

@@ -34,6 +34,7 @@ fn pool(n: u64) -> State {
                 version: "t".into(),
                 failure_domain: format!("rack{}", i % 2),
                 name: String::new(),
+                data_tls: false,
                 now_ms: 0,
             },
         )
@@ -100,6 +101,7 @@ fn registration_keeps_the_id_across_restarts() {
             version: "t2".into(),
             failure_domain: String::new(),
             name: String::new(),
+            data_tls: false,
             now_ms: 5,
         },
     )
@@ -165,6 +167,7 @@ fn owner_reservations_are_never_lent() {
             version: String::new(),
             failure_domain: String::new(),
             name: String::new(),
+            data_tls: false,
             now_ms: 0,
         },
     )
@@ -439,6 +442,7 @@ mod sequences {
                     version: String::new(),
                     failure_domain: String::new(),
                     name: String::new(),
+                    data_tls: false,
                     now_ms: 0,
                 },
             )
@@ -833,6 +837,7 @@ fn register_named(
             version: "t".into(),
             failure_domain: String::new(),
             name: name.into(),
+            data_tls: false,
             now_ms: 0,
         },
     )? {

@@ -225,6 +225,7 @@ mod tests {
             version: "v".into(),
             failure_domain: String::new(),
             name: String::new(),
+            data_tls: false,
             now_ms: 1,
         }
     }

@@ -122,12 +122,37 @@ impl Volume {
             spin: opts.spin,
             request_timeout: Some(opts.request_timeout),
             holder: Some(holder),
+            tls: None,
         };
+        let mut tls = None;
         for me in &m.extents {
             let x = me
                 .extent
                 .as_ref()
                 .ok_or_else(|| Error::Invalid("mount information: an empty extent".into()))?;
+            if opts.require_tls && !x.node_tls {
+                return Err(Error::Invalid(format!(
+                    "node {} serves its data plane in plaintext, and TLS was required",
+                    x.node_address
+                )));
+            }
+            let mut copts = copts.clone();
+            if x.node_tls {
+                if tls.is_none() {
+                    let cert = opts.cert.as_ref().ok_or_else(|| {
+                        Error::Invalid(format!(
+                            "node {} serves its data plane over mutual TLS: mount with a host \
+                             certificate (--cert DIR or DASMESH_CERT)",
+                            x.node_address
+                        ))
+                    })?;
+                    tls = Some(
+                        cert.data_client_config()
+                            .map_err(|e| Error::Invalid(e.to_string()))?,
+                    );
+                }
+                copts.tls = tls.clone();
+            }
             links.push(Link {
                 addr: x.node_address.clone(),
                 device: DeviceId(x.device_id),
@@ -137,7 +162,7 @@ impl Volume {
                 max_io: AtomicU64::new(1 << 20),
                 block_size: AtomicU32::new(512),
                 connections: opts.connections.max(1),
-                opts: copts.clone(),
+                opts: copts,
             });
             extents.push(to_extent(x));
         }

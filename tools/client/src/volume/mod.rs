@@ -73,6 +73,10 @@ pub struct MountOptions {
     /// This host's certificate: the controllers are reached over mutual TLS (`https://`), and
     /// the lease is taken in the certificate's name (a host certificate's name is the host).
     pub cert: Option<dasmesh_api::CertDir>,
+    /// Refuse to mount unless every node of the volume serves its data plane over mutual TLS
+    /// (`dasmesh-node --tls`). Without it, TLS is used with the nodes that serve it (which
+    /// needs `cert`) and plaintext with the others.
+    pub require_tls: bool,
 }
 
 impl Default for MountOptions {
@@ -89,6 +93,7 @@ impl Default for MountOptions {
             local_socket: true,
             spin: Duration::ZERO,
             cert: None,
+            require_tls: false,
         }
     }
 }

@@ -89,6 +89,7 @@ async fn a_rotated_key_signs_mounts_only_after_the_switch() {
     assert_eq!(keys(&beat().await), [text(&new), text(&old)]);
     let reg = svc
         .register(Request::new(v1::RegisterRequest {
+            data_tls: false,
             node_id: ids[1],
             address: "127.0.0.1:7701".into(),
             version: "t".into(),

@@ -63,6 +63,7 @@ fn register(s: &mut State, id: u64, now_ms: u64) {
             version: String::new(),
             failure_domain: format!("rack{}", id % 2),
             name: String::new(),
+            data_tls: false,
             now_ms,
         },
     )

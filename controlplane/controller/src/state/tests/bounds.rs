@@ -17,6 +17,7 @@ fn register(s: &mut State, address: &str) -> Result<Outcome, Error> {
             version: "t".into(),
             failure_domain: String::new(),
             name: String::new(),
+            data_tls: false,
             now_ms: 0,
         },
     )
@@ -323,6 +324,7 @@ fn long_strings_and_lists_are_refused_with_a_short_echo() {
             version: String::new(),
             failure_domain: String::new(),
             name: String::new(),
+            data_tls: false,
             now_ms: 0,
         },
         Command::Register {
@@ -331,6 +333,7 @@ fn long_strings_and_lists_are_refused_with_a_short_echo() {
             version: big.clone(),
             failure_domain: String::new(),
             name: String::new(),
+            data_tls: false,
             now_ms: 0,
         },
         Command::Register {
@@ -339,6 +342,7 @@ fn long_strings_and_lists_are_refused_with_a_short_echo() {
             version: String::new(),
             failure_domain: big.clone(),
             name: String::new(),
+            data_tls: false,
             now_ms: 0,
         },
         Command::Register {
@@ -347,6 +351,7 @@ fn long_strings_and_lists_are_refused_with_a_short_echo() {
             version: "v\u{1b}[2J".into(),
             failure_domain: String::new(),
             name: String::new(),
+            data_tls: false,
             now_ms: 0,
         },
         Command::ReportDevices {
@@ -432,6 +437,7 @@ fn node_addresses_must_be_host_and_port() {
                 version: String::new(),
                 failure_domain: String::new(),
                 name: String::new(),
+                data_tls: false,
                 now_ms: 0,
             },
         );

@@ -14,6 +14,7 @@ fn register(s: &mut State, node_id: u64, address: &str) -> Result<NodeRec, Error
             version: "t".into(),
             failure_domain: String::new(),
             name: String::new(),
+            data_tls: false,
             now_ms: 0,
         },
     )? {
@@ -225,7 +226,7 @@ mod ids {
                         let id = if claim == 0 && k % 2 == 1 { nodes[k as usize % nodes.len()] } else { claim };
                         let r = apply(&mut s, Command::Register {
                             node_id: id, address: format!("10.1.0.{t}:7700"), version: String::new(),
-                            failure_domain: String::new(), name: String::new(), now_ms: t as u64,
+                            failure_domain: String::new(), name: String::new(), data_tls: false, now_ms: t as u64,
                         });
                         if id != 0 && !before.nodes.contains_key(&id) {
                             prop_assert_eq!(r.clone().unwrap_err(), Error::UnknownNode(id));
