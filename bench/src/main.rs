@@ -110,6 +110,10 @@ struct Args {
     /// for a reply [default: 200us when at most 4 requests are in flight in total, else 0].
     #[arg(long, value_parser = humantime::parse_duration)]
     client_spin: Option<Duration>,
+    /// volume: targets: reach nodes on this machine over TCP (and TLS, where a node serves it)
+    /// rather than their same-host socket.
+    #[arg(long)]
+    no_local_socket: bool,
     /// Allow write workloads on a local: block device (they overwrite its data).
     #[arg(long)]
     destroy_data: bool,
@@ -256,8 +260,15 @@ fn run(a: Args) -> anyhow::Result<bool> {
                 Some(_) => format!("{name} +{} hostile", a.hostile),
                 None => name.clone(),
             };
-            let (w, engines, region) =
-                open_target(t, w.clone(), a.size, spin, &a.controller, cert.as_ref())?;
+            let (w, engines, region) = open_target(
+                t,
+                w.clone(),
+                a.size,
+                spin,
+                &a.controller,
+                cert.as_ref(),
+                !a.no_local_socket,
+            )?;
             let r = run_target(&label, &w, engines, region, !a.no_progress, a.cpu_pid)?;
             if let Some(h) = hostile {
                 eprintln!(
@@ -325,6 +336,7 @@ fn open_target(
     spin: Duration,
     controller: &str,
     cert: Option<&dasmesh_api::CertDir>,
+    local_socket: bool,
 ) -> anyhow::Result<Opened> {
     let mut engines: Vec<Box<dyn Engine>> = Vec::new();
     let (start, avail) = match t {
@@ -363,14 +375,19 @@ fn open_target(
             (lent.0 + w.offset, lent.1 - w.offset)
         }
         Target::Volume(name) => {
+            let base = dasmesh_client::MountOptions {
+                spin,
+                cert: cert.cloned(),
+                local_socket,
+                ..Default::default()
+            };
             let m = volume::Mounted::mount(
                 controller,
-                cert,
+                base,
                 name,
                 w.rw.writes(),
                 w.iodepth * w.numjobs,
                 w.numjobs,
-                spin,
             )?;
             let total = m.volume().size();
             for _ in 0..w.numjobs {

@@ -30,12 +30,11 @@ impl Mounted {
     /// `--client-spin` as node: targets).
     pub fn mount(
         controller: &str,
-        cert: Option<&dasmesh_api::CertDir>,
+        base: MountOptions,
         name: &str,
         writes: bool,
         depth: usize,
         connections: usize,
-        spin: std::time::Duration,
     ) -> anyhow::Result<Arc<Mounted>> {
         // No worker threads: the job threads' block_on calls drive the sockets themselves (one
         // of them at a time waits in the I/O driver for all), so a reply does not wake a
@@ -52,9 +51,7 @@ impl Mounted {
             },
             queue_depth: depth.max(1),
             connections: connections.max(1),
-            spin,
-            cert: cert.cloned(),
-            ..Default::default()
+            ..base
         };
         let vol = rt
             .block_on(Volume::mount(controller, name, opts))

@@ -148,7 +148,7 @@ pub fn open_shared(cfg: &Config) -> anyhow::Result<Shared> {
         trust_keys: std::sync::RwLock::new(trust_keys),
         node_id: std::sync::atomic::AtomicU64::new(cfg.node().0),
         shutdown: AtomicBool::new(false),
-        poll: cfg.poll,
+        poll: cfg.poll_mode(),
         spin: cfg.spin,
         max_io: cfg.max_io as u32,
         max_inflight: cfg.max_inflight,

@@ -59,7 +59,7 @@ pub struct IssueArgs {
     #[arg(long)]
     pub name: String,
     /// More names or IP addresses it serves under (a controller's address, as clients write it
-    /// in their URLs: e.g. 127.0.0.1,ctl1.example).
+    /// in their URLs: e.g. 127.0.0.1,ctl1.example; a node's data-plane address, for --tls).
     #[arg(long, value_delimiter = ',')]
     pub san: Vec<String>,
     /// How long it is valid.
