@@ -58,6 +58,10 @@ pub struct ServeArgs {
     /// Reach nodes on this machine over loopback TCP instead of their same-host Unix socket.
     #[arg(long)]
     no_local_socket: bool,
+    /// Refuse to serve unless every node of the volume serves its data plane over mutual TLS
+    /// (dasmesh-node --tls). Without it TLS is used with the nodes that serve it.
+    #[arg(long)]
+    tls: bool,
     /// Threads serving the connections. Default (or 0): one per CPU this process may use, so
     /// the connections of a multi-conn client and the requests of each run on several cores at
     /// once; with `--cpu` that is one. 1: a single thread, the main one (tools/nbd/README.md,
@@ -93,6 +97,7 @@ pub fn run(cmd: NbdCmd, controller: &str) -> anyhow::Result<()> {
             queue_depth: a.queue_depth,
             local_socket: !a.no_local_socket,
             cert: crate::ctl::cert(),
+            require_tls: a.tls,
             ..Default::default()
         },
         readahead: ReadaheadConfig {

@@ -37,6 +37,10 @@ pub struct MountArgs {
     /// Lease length; renewed in the background while the command runs.
     #[arg(long, default_value = "1m", value_parser = humantime::parse_duration)]
     pub ttl: Duration,
+    /// Refuse to mount unless every node of the volume serves its data plane over mutual TLS
+    /// (dasmesh-node --tls). Without it TLS is used with the nodes that serve it.
+    #[arg(long)]
+    pub tls: bool,
 }
 
 impl Default for MountArgs {
@@ -44,6 +48,7 @@ impl Default for MountArgs {
         Self {
             host: default_host(),
             ttl: Duration::from_secs(60),
+            tls: false,
         }
     }
 }
@@ -280,6 +285,7 @@ where
         access,
         ttl: m.ttl,
         cert: crate::ctl::cert(),
+        require_tls: m.tls,
         ..Default::default()
     };
     let how = match access {
