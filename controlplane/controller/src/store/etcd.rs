@@ -42,6 +42,11 @@ pub struct Etcd {
     pub endpoints: String,
 }
 
+/// What tonic says when the connection to an etcd member could not be made (nothing was sent).
+const NOT_SENT: &str = "tcp connect error";
+/// How many more times a transaction is tried after a member refused the connection.
+const CONNECT_RETRIES: usize = 3;
+
 fn etcd_err(e: etcd_client::Error) -> StoreError {
     StoreError::Db(format!("etcd: {e}"))
 }
@@ -429,9 +434,9 @@ impl EtcdStore {
     fn guarded(&self, ops: Vec<TxnOp>) -> Result<(), StoreError> {
         let leader = self.etcd.key("leader");
         let won = self.won;
-        let ok = self
-            .etcd
-            .run(move |mut c| async move {
+        let attempt = || {
+            let (leader, ops) = (leader.clone(), ops.clone());
+            self.etcd.run(move |mut c| async move {
                 let r = c
                     .txn(
                         Txn::new()
@@ -441,12 +446,22 @@ impl EtcdStore {
                     .await?;
                 Ok(r.succeeded())
             })
-            .inspect_err(|_| {
-                // No answer (a timeout, a lost connection) leaves the outcome unknown: etcd
-                // may have applied it. This controller's state may no longer be etcd's, so it
-                // steps down; whoever is active next loads the state from etcd.
-                self.lost.store(true, Ordering::SeqCst);
-            })?;
+        };
+        // A member that is down refuses the connection before anything is sent: the
+        // transaction was not applied, and another member may take it.
+        let mut r = attempt();
+        for _ in 0..CONNECT_RETRIES {
+            match &r {
+                Err(StoreError::Db(m)) if m.contains(NOT_SENT) => r = attempt(),
+                _ => break,
+            }
+        }
+        let ok = r.inspect_err(|_| {
+            // No answer (a timeout, a lost connection) leaves the outcome unknown: etcd
+            // may have applied it. This controller's state may no longer be etcd's, so it
+            // steps down; whoever is active next loads the state from etcd.
+            self.lost.store(true, Ordering::SeqCst);
+        })?;
         if !ok {
             self.lost.store(true, Ordering::SeqCst);
             return Err(StoreError::NotActive(
