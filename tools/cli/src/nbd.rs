@@ -58,6 +58,15 @@ pub struct ServeArgs {
     /// Reach nodes on this machine over loopback TCP instead of their same-host Unix socket.
     #[arg(long)]
     no_local_socket: bool,
+    /// Stand by for another host's read-write lease on the volume: try to mount it every
+    /// `--standby-poll`, and serve (printing `listening ADDR`) once that lease has ended: the
+    /// host unmounted, or died and its lease expired. Takeover within the active host's lease
+    /// TTL plus `--standby-poll` and a mount (docs/volumes.md, "A spare host").
+    #[arg(long)]
+    standby: bool,
+    /// How often a standby tries to take the volume.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    standby_poll: Duration,
     /// Refuse to serve unless every node of the volume serves its data plane over mutual TLS
     /// (dasmesh-node --tls). Without it TLS is used with the nodes that serve it.
     #[arg(long)]
@@ -109,6 +118,7 @@ pub fn run(cmd: NbdCmd, controller: &str) -> anyhow::Result<()> {
             Poll::Interrupt => PollMode::Interrupt,
         },
         max_buffer: a.max_buffer,
+        standby: a.standby.then_some(a.standby_poll),
     };
     rt.block_on(dasmesh_nbd::serve_volume(
         controller,

@@ -34,6 +34,10 @@ pub enum Error {
     /// The control plane refused or could not be reached.
     #[error("control plane: {0}")]
     Control(String),
+    /// The volume is leased read-write by another host (a mount waits for it to end, or for
+    /// the lease to expire when that host is gone).
+    #[error("control plane: {0}")]
+    Held(String),
     /// No copy of the data can serve the request.
     #[error("unavailable: {0}")]
     Unavailable(String),

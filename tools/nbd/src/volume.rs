@@ -4,6 +4,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use dasmesh_client::{Access, Error, MountOptions, Volume};
 use dasmesh_wire::Status;
@@ -84,6 +85,10 @@ pub struct GatewayOptions {
     pub poll: PollMode,
     /// Bytes of READ and WRITE data all connections together may hold (see [`crate::budget`]).
     pub max_buffer: u64,
+    /// Stand by: while another host holds the volume read-write, try to mount it every this
+    /// long, and serve once its lease has ended (that host unmounted, or died and its lease
+    /// expired). The new lease's epoch fences the old host at every node.
+    pub standby: Option<Duration>,
 }
 
 /// Why the gateway stopped with an error.
@@ -136,12 +141,11 @@ pub async fn serve_volume(
         Access::ReadWrite
     };
     let budget = Budget::new(opts.max_buffer)?;
-    let vol = Volume::mount(controller, volume, opts.mount.clone())
-        .await
-        .map_err(|source| GatewayError::Mount {
-            volume: volume.to_string(),
-            source,
-        })?;
+    tokio::pin!(shutdown);
+    let Some(vol) = mount(controller, volume, &opts, shutdown.as_mut()).await? else {
+        tracing::info!(volume, "stopped while standing by");
+        return Ok(());
+    };
     let export = Arc::new(Export {
         name: volume.to_string(),
         description: format!("dasmesh volume {volume} ({:?})", vol.layout()),
@@ -206,6 +210,48 @@ pub async fn serve_volume(
         })?;
     tracing::info!(volume, lease, "flushed and unmounted");
     Ok(())
+}
+
+/// Mounts the volume; standing by (see [`GatewayOptions::standby`]) until it can, or until
+/// `shutdown` resolves (then `None`).
+async fn mount(
+    controller: &str,
+    volume: &str,
+    opts: &GatewayOptions,
+    mut shutdown: std::pin::Pin<&mut impl Future<Output = ()>>,
+) -> Result<Option<Volume>, GatewayError> {
+    let failed = |source| GatewayError::Mount {
+        volume: volume.to_string(),
+        source,
+    };
+    let Some(every) = opts.standby else {
+        return Volume::mount(controller, volume, opts.mount.clone())
+            .await
+            .map(Some)
+            .map_err(failed);
+    };
+    let mut last = String::new();
+    loop {
+        match Volume::mount(controller, volume, opts.mount.clone()).await {
+            Ok(v) => {
+                tracing::info!(volume, lease = v.lease_id(), "took over");
+                return Ok(Some(v));
+            }
+            // A certificate, an option or a node that this host can never use: no use waiting.
+            Err(e @ (Error::Invalid(_) | Error::Token(_))) => return Err(failed(e)),
+            Err(e) => {
+                let why = e.to_string();
+                if why != last {
+                    tracing::info!(volume, "standing by: {why}");
+                    last = why;
+                }
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = shutdown.as_mut() => return Ok(None),
+        }
+    }
 }
 
 /// Resolves on the first SIGTERM or SIGINT.

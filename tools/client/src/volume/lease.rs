@@ -85,7 +85,13 @@ impl Volume {
                 holder_key: holder.verifying_key().to_bytes().to_vec(),
             })
             .await
-            .map_err(|s| control(&format!("mount {name}"), s))?
+            .map_err(|s| match s.code() {
+                // The one refusal of a mount with this code: another host's read-write lease.
+                tonic::Code::FailedPrecondition => {
+                    Error::Held(format!("mount {name}: {}", s.message()))
+                }
+                _ => control(&format!("mount {name}"), s),
+            })?
             .into_inner();
         let lease = m
             .lease
