@@ -217,6 +217,11 @@ pub struct Config {
     /// are bearer tokens.
     #[arg(long)]
     pub require_holder: bool,
+    /// Test builds only (feature `fault-injection`): inject the device faults listed in this
+    /// file, read again whenever it changes (src/fault.rs).
+    #[cfg(feature = "fault-injection")]
+    #[arg(long)]
+    pub fault_file: Option<PathBuf>,
     /// Largest number of hits one SEARCH may ask for.
     #[arg(long, default_value_t = 65536)]
     pub max_search_hits: u32,

@@ -14,6 +14,8 @@ pub mod barrier;
 pub mod budget;
 pub mod config;
 mod conn;
+#[cfg(feature = "fault-injection")]
+pub mod fault;
 pub mod fence;
 mod offload;
 mod reactor;
@@ -82,6 +84,9 @@ pub struct Shared {
     pub proofs: std::sync::Mutex<dasmesh_wire::ProofWindow>,
     /// Refuse bearer tokens (`--require-holder`).
     pub require_holder: bool,
+    /// Faults injected into device I/O (`--fault-file`; test builds only).
+    #[cfg(feature = "fault-injection")]
+    pub faults: Arc<fault::Faults>,
 }
 
 impl Shared {
@@ -167,6 +172,8 @@ pub fn open_shared(cfg: &Config) -> anyhow::Result<Shared> {
         },
         proofs: std::sync::Mutex::new(dasmesh_wire::ProofWindow::new(PROOF_NONCES)),
         require_holder: cfg.require_holder,
+        #[cfg(feature = "fault-injection")]
+        faults: Default::default(),
     })
 }
 

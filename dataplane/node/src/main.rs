@@ -55,6 +55,11 @@ fn run() -> anyhow::Result<()> {
     };
     // With --tls the port is the TLS terminator's alone, and the reactors take connections
     // from the same-host socket only.
+    #[cfg(feature = "fault-injection")]
+    if let Some(p) = &cfg.fault_file {
+        dasmesh_node::fault::watch(p.clone(), Arc::clone(&shared.faults))
+            .with_context(|| format!("--fault-file {}", p.display()))?;
+    }
     let (addr, listeners) =
         dasmesh_node::bind_listeners(&cfg.listen, if cfg.tls { 1 } else { cfg.cores })?;
     let (listeners, tls_listener): (Vec<Option<std::net::TcpListener>>, _) = if cfg.tls {

@@ -1406,7 +1406,28 @@ impl Reactor {
         let f = self.files[dev].expect("file backend");
         let r = &self.reqs[ri];
         let off = r.hdr.offset + r.done;
-        let left = r.hdr.length - r.done;
+        #[allow(unused_mut)]
+        let mut left = r.hdr.length - r.done;
+        #[cfg(feature = "fault-injection")]
+        {
+            use crate::fault::Verdict;
+            let write = r.op == Op::Write || r.stage == Stage::ZeroWrite;
+            match self
+                .shared
+                .faults
+                .verdict(dev, write, r.done == 0, off, left)
+            {
+                // A no-op completes with 0 bytes moved, which on_io takes as an I/O error.
+                Some(Verdict::Fail) => {
+                    let e = opcode::Nop::new().build().user_data(UD_IO | ri as u64);
+                    // SAFETY: a no-op points at no memory.
+                    return unsafe { self.push(e) };
+                }
+                Some(Verdict::Hang) => return,
+                Some(Verdict::Short(n)) => left = left.min(u64::from(n)),
+                None => {}
+            }
+        }
         let fua = r.hdr.flags & dasmesh_wire::FLAG_FUA != 0;
         let e = if r.stage == Stage::ZeroWrite {
             let (zp, zi) = self.arena.zero();

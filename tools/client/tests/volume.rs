@@ -493,6 +493,66 @@ fn signal(p: &Process, sig: &str) {
     assert!(ok, "kill -{sig}");
 }
 
+/// A mirror whose copies' devices fail (injected EIO, no process killed): a failed read is
+/// served by the other copy; a failed write marks its copy stale and is acknowledged from the
+/// other; once the device is healthy the copy is rebuilt and every block reads back.
+#[test]
+fn device_errors_on_a_mirror_copy_are_survived_and_repaired() {
+    let Some(c) = Cluster::start_with_faults(2) else {
+        eprintln!(
+            "SKIP: dasmesh-node was built without the fault-injection feature \
+             (scripts/test.sh builds it with --features dasmesh-node/fault-injection)"
+        );
+        return;
+    };
+    runtime().block_on(async {
+        let vol = c.create("f", "mirror:2", 4 << 20).await;
+        let node_of = |copy| {
+            c.node_index(
+                &vol.extents
+                    .iter()
+                    .find(|e| e.copy == copy)
+                    .unwrap()
+                    .node_address,
+            )
+        };
+        let (n0, n1) = (node_of(0), node_of(1));
+        let v = mount(&c, "f", "host-f", Duration::from_secs(30)).await;
+        let first: Vec<u8> = (0..(1 << 20)).map(|i| (i % 253) as u8).collect();
+        v.write(0, &first, false).await.unwrap();
+
+        // Copy 0's device fails every read: reads are served by copy 1.
+        c.set_faults(n0, "0 eio-read 0..256M\n");
+        for _ in 0..4 {
+            assert_eq!(v.read(0, first.len()).await.unwrap(), first);
+        }
+        c.set_faults(n0, "");
+
+        // Copy 1's device fails every write: the write is acknowledged, copy 1 turns stale.
+        c.set_faults(n1, "0 eio-write 0..256M\n");
+        let second = vec![7u8; 64 << 10];
+        v.write(4096, &second, false).await.unwrap();
+        assert!(v.extents().iter().filter(|e| e.copy == 1).all(|e| e.stale));
+        let got = c.get("f").await;
+        assert!(
+            got.extents.iter().any(|e| e.copy == 1 && e.stale),
+            "{got:?}"
+        );
+        assert_eq!(v.read(4096, second.len()).await.unwrap(), second);
+
+        // The device heals: the stale copy is rebuilt, and copy 1 alone has every byte.
+        c.set_faults(n1, "");
+        assert_eq!(v.rebuild(|_, _| {}).await.unwrap(), vec![1]);
+        assert!(v.extents().iter().all(|e| !e.stale));
+        c.set_faults(n0, "0 eio-read 0..256M\n");
+        let mut want = first.clone();
+        want[4096..4096 + second.len()].copy_from_slice(&second);
+        assert_eq!(v.read(0, want.len()).await.unwrap(), want);
+        c.set_faults(n0, "");
+        v.unmount().await.unwrap();
+    });
+}
+
 #[test]
 fn a_hung_node_is_timed_out_and_a_hung_replica_marked_stale() {
     let c = Cluster::start(2);

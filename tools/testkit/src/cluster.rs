@@ -16,6 +16,16 @@ pub struct Cluster {
     pub nodes: Vec<Process>,
 }
 
+/// Whether the node binary was built with fault injection (`--features
+/// dasmesh-node/fault-injection`, as `scripts/test.sh` builds it).
+pub fn node_has_faults() -> bool {
+    std::process::Command::new(crate::bin("dasmesh-node"))
+        .arg("--help")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains("--fault-file"))
+        .unwrap_or(false)
+}
+
 /// A layout from its command-line spelling: `single`, `concat`, `stripe:N[:UNIT]`, `mirror:N`
 /// (see [`Layout`]); panics on anything else.
 pub fn layout(spec: &str) -> v1::Layout {
@@ -33,6 +43,39 @@ impl Cluster {
             .map(|i| Process::node_at(dir.path(), &ctl.addr, &format!("n{i}"), &free_addr()))
             .collect();
         Cluster { dir, ctl, nodes }
+    }
+
+    /// [`Cluster::start`] with nodes that inject the device faults of their fault file
+    /// ([`Cluster::set_faults`]); `None` when the node was built without fault injection (the
+    /// caller then skips, saying so).
+    pub fn start_with_faults(n: usize) -> Option<Cluster> {
+        if !node_has_faults() {
+            return None;
+        }
+        let dir = tempfile::tempdir().expect("temp dir");
+        let ctl = Process::controller(&dir.path().join("ctl"), &free_addr());
+        let nodes = (0..n)
+            .map(|i| {
+                let faults = dir.path().join(format!("n{i}.faults"));
+                let faults = faults.display().to_string();
+                let extra = ["--fault-file", faults.as_str()];
+                Process::node_with(
+                    dir.path(),
+                    &ctl.addr,
+                    &format!("n{i}"),
+                    &free_addr(),
+                    &extra,
+                )
+            })
+            .collect();
+        Some(Cluster { dir, ctl, nodes })
+    }
+
+    /// Replaces node `i`'s faults (`DEVICE KIND START..END` lines: dataplane/node/src/fault.rs)
+    /// and waits until the node has read them.
+    pub fn set_faults(&self, i: usize, text: &str) {
+        std::fs::write(self.dir.path().join(format!("n{i}.faults")), text).expect("fault file");
+        std::thread::sleep(std::time::Duration::from_millis(300));
     }
 
     /// The controller's URL.

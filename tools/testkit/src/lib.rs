@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 mod cluster;
 pub mod etcd;
 
-pub use cluster::{layout, Cluster};
+pub use cluster::{layout, node_has_faults, Cluster};
 
 use dasmesh_wire::{Claim, DeviceId, Epoch, NodeId, Rights, SigningKey, Token, VolumeId};
 
@@ -305,7 +305,12 @@ impl Process {
 
     /// [`Process::node`] listening on `listen` (e.g. from [`free_addr`], to restart on it).
     pub fn node_at(dir: &Path, ctl: &str, name: &str, listen: &str) -> Process {
-        let args = [
+        Process::node_with(dir, ctl, name, listen, &[])
+    }
+
+    /// [`Process::node_at`] with more flags (e.g. `--fault-file`).
+    pub fn node_with(dir: &Path, ctl: &str, name: &str, listen: &str, extra: &[&str]) -> Process {
+        let mut args = vec![
             "--listen".to_string(),
             listen.into(),
             "--no-pin".into(),
@@ -321,6 +326,7 @@ impl Process {
             "--backend".into(),
             format!("file:{}:256M", dir.join(format!("{name}.img")).display()),
         ];
+        args.extend(extra.iter().map(|s| s.to_string()));
         Process::spawn("dasmesh-node", &args)
     }
 
