@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::alloc::{self, Candidate, DeviceKey, Layout, Piece};
 
+pub mod dirty;
 mod failure;
 mod freed;
 mod resize;
@@ -145,6 +146,10 @@ pub struct VolumeRec {
     /// Deleted; its extents stay allocated until they are discarded on the nodes.
     #[serde(default)]
     pub deleting: bool,
+    /// Per stale mirror copy, the byte ranges written since it turned stale (whole
+    /// [`dirty::REGION`]s, merged); a stale copy without an entry is to be copied in full.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub dirty: std::collections::BTreeMap<u32, Vec<(u64, u64)>>,
 }
 
 /// A lease.
@@ -334,6 +339,9 @@ pub enum Command {
         copies: Vec<u32>,
         reason: String,
         now_ms: u64,
+        /// Byte ranges the copies may lack ([`dirty`]).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        dirty: Vec<(u64, u64)>,
     },
     /// The read-write holder of a mirror copied the data back onto stale copies: they are
     /// healthy again.
@@ -782,6 +790,7 @@ fn apply_inner(s: &mut State, cmd: Command) -> Result<Outcome, Error> {
                 created_ms: now_ms,
                 epoch,
                 deleting: false,
+                dirty: Default::default(),
             };
             s.volumes.insert(name, v.clone());
             Ok(Outcome::Volume(v))
@@ -926,10 +935,12 @@ fn apply_inner(s: &mut State, cmd: Command) -> Result<Outcome, Error> {
             copies,
             reason,
             now_ms,
+            dirty,
         } => {
             validate::copies(&copies)?;
             validate::reason(&reason)?;
-            mark_copies(s, lease_id, &copies, true, now_ms).map(Outcome::Volume)
+            dirty::check(&dirty)?;
+            mark_copies(s, lease_id, &copies, Some(&dirty), now_ms).map(Outcome::Volume)
         }
         Command::RebuiltCopies {
             lease_id,
@@ -937,7 +948,7 @@ fn apply_inner(s: &mut State, cmd: Command) -> Result<Outcome, Error> {
             now_ms,
         } => {
             validate::copies(&copies)?;
-            mark_copies(s, lease_id, &copies, false, now_ms).map(Outcome::Volume)
+            mark_copies(s, lease_id, &copies, None, now_ms).map(Outcome::Volume)
         }
     }
 }

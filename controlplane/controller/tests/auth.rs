@@ -206,6 +206,7 @@ async fn call(ch: Channel, path: &str, f: &Fixture) -> Result<(), Status> {
             .map(drop),
         ("dasmesh.v1.Leases", "ReportFailure") => L::new(ch)
             .report_failure(v1::ReportFailureRequest {
+                dirty: Vec::new(),
                 lease_id,
                 copies: vec![0],
                 reason: "a stranger says so".into(),
@@ -987,6 +988,7 @@ async fn every_allowed_call_succeeds_for_its_role() {
         .await
         .unwrap();
     l.report_failure(v1::ReportFailureRequest {
+        dirty: Vec::new(),
         lease_id,
         copies: vec![1],
         reason: "a write to copy 1 failed".into(),

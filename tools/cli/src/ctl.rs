@@ -198,6 +198,9 @@ fn volume_json(v: &v1::Volume) -> serde_json::Value {
         "extents": v.extents.iter().map(|e| json!({"node_id": e.node_id, "node_address": e.node_address,
             "device_id": e.device_id, "offset": e.offset, "length": e.length, "copy": e.copy, "index": e.index,
             "stale": e.stale})).collect::<Vec<_>>(),
+        "dirty": v.dirty.iter().map(|d| json!({"copy": d.copy,
+            "ranges": d.ranges.iter().map(|r| json!({"offset": r.offset, "length": r.length})).collect::<Vec<_>>()}))
+            .collect::<Vec<_>>(),
     })
 }
 
@@ -460,6 +463,22 @@ pub async fn exec(ctl: &Controllers, json_out: bool, cmd: Ctl) -> anyhow::Result
                                 e.offset + e.length,
                                 if e.stale { " STALE" } else { "" }
                             );
+                        }
+                        let stale: std::collections::BTreeSet<u32> = v
+                            .extents
+                            .iter()
+                            .filter(|e| e.stale)
+                            .map(|e| e.copy)
+                            .collect();
+                        for c in stale {
+                            match v.dirty.iter().find(|d| d.copy == c) {
+                                Some(d) => println!(
+                                    "  copy {c}: a rebuild copies {} (written while stale, in {} range(s))",
+                                    format_size(d.ranges.iter().map(|r| r.length).sum()),
+                                    d.ranges.len()
+                                ),
+                                None => println!("  copy {c}: a rebuild copies it in full"),
+                            }
                         }
                     }
                 };

@@ -126,12 +126,25 @@ impl v1::leases_server::Leases for Svc {
         // the writer cannot acknowledge its write until the report is accepted.
         r.reason = state::validate::truncate(&r.reason, state::validate::MAX_REASON).to_string();
         state::validate::copies(&r.copies).map_err(CtlError::from)?;
+        let dirty: Vec<(u64, u64)> = r.dirty.iter().map(|d| (d.offset, d.length)).collect();
+        state::dirty::check(&dirty).map_err(CtlError::from)?;
+        let was_stale = ctl.read(|s| {
+            s.leases
+                .get(&r.lease_id)
+                .and_then(|l| s.volumes.get(&l.volume))
+                .is_some_and(|v| {
+                    r.copies
+                        .iter()
+                        .all(|&c| v.extents.iter().any(|e| e.piece.copy == c && e.stale))
+                })
+        });
         let out = ctl
             .run(Command::FailCopies {
                 lease_id: r.lease_id,
                 copies: r.copies.clone(),
                 reason: r.reason.clone(),
                 now_ms: now_ms(),
+                dirty,
             })
             .await;
         let v = match out {
@@ -142,10 +155,23 @@ impl v1::leases_server::Leases for Svc {
                 return Err(e.into());
             }
         };
-        tracing::warn!(volume = %v.name, lease = r.lease_id, copies = ?r.copies, reason = %r.reason,
-            "mirror copies marked stale: no reads from them until rebuilt");
-        Ok(Response::new(ctl.read(|s| v1::ReportFailureResponse {
-            extents: v.extents.iter().map(|e| extent_msg(s, &v, e)).collect(),
+        if was_stale {
+            // The writer recording what it wrote while the copies were stale.
+            tracing::debug!(volume = %v.name, copies = ?r.copies, ranges = r.dirty.len(), "dirty regions recorded");
+        } else {
+            tracing::warn!(volume = %v.name, lease = r.lease_id, copies = ?r.copies, reason = %r.reason,
+                "mirror copies marked stale: no reads from them until rebuilt");
+        }
+        Ok(Response::new(ctl.read(|s| {
+            v1::ReportFailureResponse {
+                extents: v.extents.iter().map(|e| extent_msg(s, &v, e)).collect(),
+                tracked: r
+                    .copies
+                    .iter()
+                    .copied()
+                    .filter(|c| v.dirty.contains_key(c))
+                    .collect(),
+            }
         })))
     }
 
@@ -172,6 +198,7 @@ impl v1::leases_server::Leases for Svc {
             "mirror copies rebuilt: they serve reads again");
         Ok(Response::new(ctl.read(|s| v1::ReportFailureResponse {
             extents: v.extents.iter().map(|e| extent_msg(s, &v, e)).collect(),
+            tracked: Vec::new(),
         })))
     }
 

@@ -87,6 +87,17 @@ pub(crate) fn volume_msg(s: &State, v: &VolumeRec) -> v1::Volume {
         created_ms: v.created_ms,
         epoch: v.epoch,
         active_leases: s.leases.values().filter(|l| l.volume == v.name).count() as u32,
+        dirty: v
+            .dirty
+            .iter()
+            .map(|(&copy, r)| v1::CopyDirty {
+                copy,
+                ranges: r
+                    .iter()
+                    .map(|&(offset, length)| v1::ByteRange { offset, length })
+                    .collect(),
+            })
+            .collect(),
     }
 }
 

@@ -19,6 +19,7 @@ fn controller(dir: &std::path::Path) -> Svc {
 
 fn report(lease_id: u64, copies: &[u32]) -> Request<v1::ReportFailureRequest> {
     Request::new(v1::ReportFailureRequest {
+        dirty: Vec::new(),
         lease_id,
         copies: copies.to_vec(),
         reason: "write to copy failed: connection reset".into(),
@@ -427,6 +428,7 @@ async fn heartbeat_answers_carry_the_revoked_leases() {
         .unwrap();
     // A long reason is cut, not refused: the writer waits on this answer to acknowledge.
     svc.report_failure(Request::new(v1::ReportFailureRequest {
+        dirty: Vec::new(),
         lease_id: writer.lease_id,
         copies: vec![1],
         reason: "r".repeat(1 << 20),

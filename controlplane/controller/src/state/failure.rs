@@ -3,15 +3,17 @@
 
 use super::{volume, Error, Layout, NotWriter, State, VolumeRec};
 
-/// Marks every extent of `copies` stale (or healthy again), for the volume's current read-write
-/// lease only, and never the last healthy copy stale.
+/// Marks every extent of `copies` stale (`dirty`: the byte ranges they may lack, see
+/// [`super::dirty`]) or healthy again (`None`), for the volume's current read-write lease only,
+/// and never the last healthy copy stale.
 pub(super) fn mark_copies(
     s: &mut State,
     lease_id: u64,
     copies: &[u32],
-    stale: bool,
+    dirty: Option<&[(u64, u64)]>,
     now_ms: u64,
 ) -> Result<VolumeRec, Error> {
+    let stale = dirty.is_some();
     let not_writer = |volume: &str, why| Error::NotCurrentWriter {
         lease: lease_id,
         volume: volume.into(),
@@ -64,6 +66,20 @@ pub(super) fn mark_copies(
         )));
     }
     let mut out = v.clone();
+    let is_healthy = |v: &VolumeRec, c: u32| {
+        v.extents
+            .iter()
+            .filter(|e| e.piece.copy == c)
+            .all(|e| !e.stale)
+    };
+    for &c in copies {
+        match dirty {
+            Some(ranges) => super::dirty::record(&mut out, c, is_healthy(v, c), ranges),
+            None => {
+                out.dirty.remove(&c);
+            }
+        }
+    }
     for e in out.extents.iter_mut() {
         if copies.contains(&e.piece.copy) {
             e.stale = stale;

@@ -590,7 +590,7 @@ mod sequences {
                                 if mask & 0x80 != 0 {
                                     apply(&mut s, Command::RebuiltCopies { lease_id: id, copies, now_ms: t as u64 })
                                 } else {
-                                    apply(&mut s, Command::FailCopies { lease_id: id, copies, reason: String::new(), now_ms: t as u64 })
+                                    apply(&mut s, Command::FailCopies { lease_id: id, copies, reason: String::new(), now_ms: t as u64 , dirty: Vec::new()})
                                 }
                             }
                             None => continue,

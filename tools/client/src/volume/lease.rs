@@ -187,6 +187,7 @@ impl Volume {
             gate: tokio::sync::RwLock::new(()),
             closed: AtomicBool::new(false),
             renewer: Mutex::new(None),
+            dirty: Default::default(),
         });
         let v = Volume { inner };
         v.connect_all().await?;

@@ -12,6 +12,12 @@ use super::{control, Access, Volume};
 use crate::layout::Piece;
 use crate::Error;
 
+fn byte_ranges(r: &[(u64, u64)]) -> Vec<v1::ByteRange> {
+    r.iter()
+        .map(|&(offset, length)| v1::ByteRange { offset, length })
+        .collect()
+}
+
 /// Errors that mean the copy, not the host, failed: the copy missed the write.
 pub(super) fn copy_failed(e: &Error) -> bool {
     is_transport(e)
@@ -91,8 +97,11 @@ impl Volume {
         let _gate = self.inner.gate.read().await;
         // Every piece of every healthy copy, sent at once; one completion for all of them.
         let cut = matches!(io, Io::Write { .. });
-        let (healthy, plan) = {
+        let (healthy, plan, stale) = {
             let map = self.map();
+            let stale: Vec<usize> = (0..map.copies())
+                .filter(|&c| !map.copy_is_healthy(c))
+                .collect();
             let mut healthy = 0;
             let mut plan: Vec<(usize, Piece)> = Vec::with_capacity(map.copies());
             for c in (0..map.copies()).filter(|&c| map.copy_is_healthy(c)) {
@@ -100,7 +109,7 @@ impl Volume {
                 let ps = map.pieces(c, offset, len);
                 plan.extend(self.chunks(ps, cut).into_iter().map(|p| (c, p)));
             }
-            (healthy, plan)
+            (healthy, plan, stale)
         };
         if healthy == 0 {
             return Err(Error::Unavailable(format!(
@@ -108,13 +117,76 @@ impl Volume {
                 self.inner.name
             )));
         }
-        let results = join_all(plan.iter().map(|&(copy, p)| async move {
-            self.on_extent(p, offset, io).await.err().map(|e| (copy, e))
-        }))
-        .await;
+        self.inner.dirty.wrote(offset, len);
+        // The stale copies' records gain this write's regions while it runs, and before it is
+        // acknowledged.
+        let (results, recorded) = futures_util::join!(
+            join_all(plan.iter().map(|&(copy, p)| async move {
+                self.on_extent(p, offset, io).await.err().map(|e| (copy, e))
+            })),
+            self.record_dirty(&stale, offset, len)
+        );
         let failures = results.into_iter().flatten().collect();
-        self.settle(verdict(healthy, failures, self.inner.opts.access))
+        let lacks = self.inner.dirty.failed(Some((offset, len)));
+        self.settle(verdict(healthy, failures, self.inner.opts.access), lacks)
+            .await?;
+        recorded
+    }
+
+    /// Tells the control plane that `[offset, offset + len)` changed while the `stale` copies
+    /// could not take it, for each of them whose record lacks a region of it.
+    async fn record_dirty(&self, stale: &[usize], offset: u64, len: u64) -> Result<(), Error> {
+        let ranges = super::dirty::Tracker::op_ranges(offset, len);
+        if stale.is_empty() || self.inner.dirty.unrecorded(stale, &ranges).is_empty() {
+            return Ok(());
+        }
+        let _one = self.inner.reporting.lock().await;
+        self.record_locked(stale, Some(&ranges), "written while stale")
             .await
+    }
+
+    /// With the reporting lock held: reports `ranges` (`None`: anything) for those of the
+    /// stale `copies` whose record lacks some of them.
+    async fn record_locked(
+        &self,
+        copies: &[usize],
+        ranges: Option<&[(u64, u64)]>,
+        why: &str,
+    ) -> Result<(), Error> {
+        let copies = match ranges {
+            Some(r) => self.inner.dirty.unrecorded(copies, r),
+            None => copies.to_vec(),
+        };
+        if copies.is_empty() {
+            return Ok(());
+        }
+        self.send_report(&copies, why, ranges).await
+    }
+
+    /// One failure report: `copies` turn (or stay) stale and may lack `ranges`.
+    async fn send_report(
+        &self,
+        copies: &[usize],
+        why: &str,
+        ranges: Option<&[(u64, u64)]>,
+    ) -> Result<(), Error> {
+        let r = v1::leases_client::LeasesClient::new(self.inner.ctl.clone())
+            .report_failure(v1::ReportFailureRequest {
+                lease_id: self.lease_id(),
+                copies: copies.iter().map(|&c| c as u32).collect(),
+                reason: why.to_string(),
+                dirty: byte_ranges(ranges.unwrap_or_default()),
+            })
+            .await
+            .map_err(|s| control("report a failed mirror copy", s))?
+            .into_inner();
+        self.inner.dirty.recorded(copies, ranges, &r.tracked);
+        let mut map = self.inner.map.write().unwrap_or_else(|p| p.into_inner());
+        for &c in copies {
+            map.mark_stale(c);
+        }
+        merge_stale(&mut map, r.extents.iter().map(to_extent));
+        Ok(())
     }
 
     /// Makes every write acknowledged so far durable, on every node holding the volume.
@@ -129,6 +201,7 @@ impl Volume {
             })
             .collect();
         let map = &map;
+        let at = self.inner.dirty.flush_started();
         let results = join_all(targets.iter().map(|&i| async move {
             let link = &self.inner.links[i];
             let r = match link.session().await {
@@ -145,49 +218,47 @@ impl Volume {
             .into_iter()
             .filter_map(|(copy, r)| r.err().map(|e| (copy, e)))
             .collect();
-        self.settle(verdict(healthy, failures, self.inner.opts.access))
-            .await
+        // A copy failing a flush may lack anything written since the last one.
+        let lacks = self.inner.dirty.failed(None);
+        self.settle(verdict(healthy, failures, self.inner.opts.access), lacks)
+            .await?;
+        self.inner.dirty.flushed(at);
+        Ok(())
     }
 
-    /// Carries out a verdict: reports the failed copies before the operation is acknowledged.
-    async fn settle(&self, v: Verdict) -> Result<(), Error> {
+    /// Carries out a verdict: reports the failed copies (which may lack `lacks`: see
+    /// [`super::dirty::Tracker::failed`]) before the operation is acknowledged.
+    async fn settle(&self, v: Verdict, lacks: Option<Vec<(u64, u64)>>) -> Result<(), Error> {
         match v {
             Verdict::Ok => Ok(()),
-            Verdict::ReportStale { copies, why } => self.report_failed(&copies, &why).await,
+            Verdict::ReportStale { copies, why } => {
+                self.report_failed(&copies, &why, lacks.as_deref()).await
+            }
             Verdict::Fail(e) => Err(e),
         }
     }
 
-    /// Has the control plane mark `copies` stale (before the write is acknowledged).
-    pub(super) async fn report_failed(&self, copies: &[usize], why: &Error) -> Result<(), Error> {
+    /// Has the control plane mark `copies` stale (before the write is acknowledged); they may
+    /// lack `lacks` (`None`: anything, they are copied in full).
+    pub(super) async fn report_failed(
+        &self,
+        copies: &[usize],
+        why: &Error,
+        lacks: Option<&[(u64, u64)]>,
+    ) -> Result<(), Error> {
         let _one = self.inner.reporting.lock().await;
-        let fresh: Vec<u32> = {
+        let (fresh, already): (Vec<usize>, Vec<usize>) = {
             let map = self.map();
-            copies
-                .iter()
-                .filter(|&&c| map.copy_is_healthy(c))
-                .map(|&c| c as u32)
-                .collect()
+            copies.iter().partition(|&&c| map.copy_is_healthy(c))
         };
-        if fresh.is_empty() {
-            return Ok(());
+        if !fresh.is_empty() {
+            tracing::warn!(volume = %self.inner.name, copies = ?fresh, "mirror copies failed a write: {why}");
+            self.send_report(&fresh, &why.to_string(), lacks).await?;
         }
-        tracing::warn!(volume = %self.inner.name, copies = ?fresh, "mirror copies failed a write: {why}");
-        let r = v1::leases_client::LeasesClient::new(self.inner.ctl.clone())
-            .report_failure(v1::ReportFailureRequest {
-                lease_id: self.lease_id(),
-                copies: fresh.clone(),
-                reason: why.to_string(),
-            })
+        // Marked stale meanwhile by another operation's report, which may not have named what
+        // this one wrote.
+        self.record_locked(&already, lacks, "written while stale")
             .await
-            .map_err(|s| control("report a failed mirror copy", s))?
-            .into_inner();
-        let mut map = self.inner.map.write().unwrap_or_else(|p| p.into_inner());
-        for c in fresh {
-            map.mark_stale(c as usize);
-        }
-        merge_stale(&mut map, r.extents.iter().map(to_extent));
-        Ok(())
     }
 }
 

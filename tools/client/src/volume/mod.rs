@@ -15,6 +15,7 @@
 //! (`verdict`, a pure function) what the copies' failures mean; `rebuild` copies a healthy copy
 //! onto stale ones.
 
+mod dirty;
 mod lease;
 mod link;
 mod mirror;
@@ -133,6 +134,8 @@ struct Inner {
     gate: tokio::sync::RwLock<()>,
     closed: AtomicBool,
     renewer: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// A mirror's dirty-region tracking (`dirty.rs`).
+    dirty: dirty::Tracker,
 }
 
 impl Drop for Inner {

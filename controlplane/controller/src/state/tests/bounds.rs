@@ -366,12 +366,14 @@ fn long_strings_and_lists_are_refused_with_a_short_echo() {
             copies: vec![1],
             reason: big.clone(),
             now_ms: 1000,
+            dirty: Vec::new(),
         },
         Command::FailCopies {
             lease_id: w.id,
             copies: vec![1; MAX_REPORTED_COPIES + 1],
             reason: String::new(),
             now_ms: 1000,
+            dirty: Vec::new(),
         },
         Command::RebuiltCopies {
             lease_id: w.id,

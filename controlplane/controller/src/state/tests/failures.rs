@@ -10,6 +10,7 @@ fn fail(s: &mut State, lease_id: u64, copies: &[u32], now_ms: u64) -> Result<Vol
             copies: copies.to_vec(),
             reason: "write: connection reset".into(),
             now_ms,
+            dirty: Vec::new(),
         },
     )? {
         Outcome::Volume(v) => Ok(v),

@@ -125,6 +125,7 @@ fn revoking_a_reader_leaves_the_writer_current() {
             copies: vec![1],
             reason: "write failed".into(),
             now_ms: 2500,
+            dirty: Vec::new(),
         },
     )
     .unwrap() else {
@@ -355,7 +356,7 @@ mod revocation {
                         if let Some(id) = writer {
                             // Rebuilt first so a failure of copy 1 is always allowed.
                             apply(&mut s, Command::RebuiltCopies { lease_id: id, copies: vec![0, 1], now_ms: now }).unwrap();
-                            apply(&mut s, Command::FailCopies { lease_id: id, copies: vec![1], reason: String::new(), now_ms: now }).unwrap();
+                            apply(&mut s, Command::FailCopies { lease_id: id, copies: vec![1], reason: String::new(), now_ms: now , dirty: Vec::new()}).unwrap();
                         }
                     }
                 }
