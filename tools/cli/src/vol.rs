@@ -168,28 +168,39 @@ pub async fn exec(ctl: &Controllers, json_out: bool, cmd: HostCmd) -> anyhow::Re
         HostCmd::Rebuild(a) => {
             let t0 = Instant::now();
             let progress = !json_out;
-            let copies = with_volume(ctl, &a.name, Access::ReadWrite, &a.mount, |v| async move {
-                let bar = bar(v.size(), progress);
-                let r = v
-                    .rebuild(|done, _| bar.set_position(done))
-                    .await
-                    .map_err(|e| anyhow!("rebuilding volume {}: {e}", v.name()));
-                bar.finish_and_clear();
-                r
-            })
-            .await?;
+            let (copies, copied, size) =
+                with_volume(ctl, &a.name, Access::ReadWrite, &a.mount, |v| async move {
+                    let bar = bar(v.size(), progress);
+                    let mut copied = 0;
+                    let r = v
+                        .rebuild(|done, total| {
+                            bar.set_length(total);
+                            bar.set_position(done);
+                            copied = done;
+                        })
+                        .await
+                        .map_err(|e| anyhow!("rebuilding volume {}: {e}", v.name()));
+                    bar.finish_and_clear();
+                    r.map(|c| (c, copied, v.size()))
+                })
+                .await?;
             let secs = t0.elapsed().as_secs_f64();
             if json_out {
                 println!(
                     "{}",
-                    json!({"rebuilt": a.name, "copies": copies, "seconds": secs})
+                    json!({"rebuilt": a.name, "copies": copies, "seconds": secs,
+                           "copied_bytes": copied, "size_bytes": size})
                 );
             } else if copies.is_empty() {
                 println!("volume {}: no stale copy, nothing to rebuild", a.name);
             } else {
                 println!(
-                    "rebuilt copies {copies:?} of volume {} in {secs:.2} s: they serve reads again",
-                    a.name
+                    "rebuilt copies {copies:?} of volume {} in {secs:.2} s, copying {} of {} \
+                     ({:.1}%): they serve reads again",
+                    a.name,
+                    format_size(copied),
+                    format_size(size),
+                    copied as f64 * 100.0 / size.max(1) as f64
                 );
             }
         }
