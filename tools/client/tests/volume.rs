@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use dasmesh_api::v1;
 use dasmesh_client::{Access, Error, MountOptions, Volume};
-use dasmesh_testkit::{Cluster, Process};
+use dasmesh_testkit::Cluster;
 use dasmesh_wire::Status;
 use rand::{Rng, SeedableRng};
 
@@ -483,14 +483,15 @@ fn refusals_are_clear_and_change_nothing() {
     });
 }
 
-fn signal(p: &Process, sig: &str) {
-    let ok = std::process::Command::new("kill")
-        .arg(format!("-{sig}"))
-        .arg(p.child.id().to_string())
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "kill -{sig}");
+/// The index in `c.nodes` of the node holding copy `copy` of `vol`.
+fn node_of_copy(c: &Cluster, vol: &v1::Volume, copy: u32) -> usize {
+    c.node_index(
+        &vol.extents
+            .iter()
+            .find(|e| e.copy == copy)
+            .unwrap()
+            .node_address,
+    )
 }
 
 /// A mirror whose copies' devices fail (injected EIO, no process killed): a failed read is
@@ -507,16 +508,7 @@ fn device_errors_on_a_mirror_copy_are_survived_and_repaired() {
     };
     runtime().block_on(async {
         let vol = c.create("f", "mirror:2", 4 << 20).await;
-        let node_of = |copy| {
-            c.node_index(
-                &vol.extents
-                    .iter()
-                    .find(|e| e.copy == copy)
-                    .unwrap()
-                    .node_address,
-            )
-        };
-        let (n0, n1) = (node_of(0), node_of(1));
+        let (n0, n1) = (node_of_copy(&c, &vol, 0), node_of_copy(&c, &vol, 1));
         let v = mount(&c, "f", "host-f", Duration::from_secs(30)).await;
         let first: Vec<u8> = (0..(1 << 20)).map(|i| (i % 253) as u8).collect();
         v.write(0, &first, false).await.unwrap();
@@ -565,16 +557,7 @@ fn a_stale_copy_is_resynced_by_copying_only_what_changed() {
     const M: u64 = 1 << 20;
     runtime().block_on(async {
         let vol = c.create("r", "mirror:2", 64 * M).await;
-        let node_of = |copy| {
-            c.node_index(
-                &vol.extents
-                    .iter()
-                    .find(|e| e.copy == copy)
-                    .unwrap()
-                    .node_address,
-            )
-        };
-        let (n0, n1) = (node_of(0), node_of(1));
+        let (n0, n1) = (node_of_copy(&c, &vol, 0), node_of_copy(&c, &vol, 1));
         let v = mount(&c, "r", "writer-1", Duration::from_secs(30)).await;
         let mut want: Vec<u8> = (0..64 * M).map(|i| (i % 251) as u8).collect();
         for at in (0..64 * M).step_by(M as usize) {
@@ -663,11 +646,11 @@ fn a_hung_node_is_timed_out_and_a_hung_replica_marked_stale() {
                 .unwrap()
                 .node_address,
         );
-        signal(&c.nodes[hung], "STOP");
+        c.nodes[hung].send("STOP");
         let t = Instant::now();
         let r = v.write(4096, &[2; 4096], false).await;
         let took = t.elapsed();
-        signal(&c.nodes[hung], "CONT");
+        c.nodes[hung].send("CONT");
         r.unwrap();
         assert!(took < Duration::from_secs(10), "{took:?}");
         assert!(v.extents().iter().filter(|e| e.copy == 1).all(|e| e.stale));
@@ -681,9 +664,9 @@ fn a_hung_node_is_timed_out_and_a_hung_replica_marked_stale() {
             .await
             .unwrap();
         let node = c.node_index(&one.extents[0].node_address);
-        signal(&c.nodes[node], "STOP");
+        c.nodes[node].send("STOP");
         let r = v.write(0, &[3; 4096], false).await;
-        signal(&c.nodes[node], "CONT");
+        c.nodes[node].send("CONT");
         assert!(matches!(r, Err(Error::Timeout)), "{r:?}");
         // (The timed-out write may still land: its outcome is unknown, as with any storage.)
         v.write(8192, &[4; 4096], false).await.unwrap();

@@ -44,16 +44,6 @@ fn open(p: &Process) -> Client {
     c
 }
 
-fn kill(p: &Process, sig: &str) {
-    let ok = Command::new("kill")
-        .arg(format!("-{sig}"))
-        .arg(p.child.id().to_string())
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "kill -{sig}");
-}
-
 #[test]
 fn a_spare_takes_over_from_a_dead_host_and_fences_a_hung_one() {
     let c = Cluster::start(2);
@@ -90,7 +80,7 @@ fn a_spare_takes_over_from_a_dead_host_and_fences_a_hung_one() {
     assert_eq!(on_b.write(0, &second), 0);
     let spare = standby(&url, "c");
     std::thread::sleep(Duration::from_millis(500));
-    kill(&b, "STOP");
+    b.send("STOP");
     let t = Instant::now();
     let cgw = spare.join().unwrap();
     let took = t.elapsed();
@@ -100,7 +90,7 @@ fn a_spare_takes_over_from_a_dead_host_and_fences_a_hung_one() {
     );
     eprintln!("takeover from a SIGSTOPped host, to serving: {took:?}");
     // b wakes up: its write is refused (the nodes fence its epoch), never applied.
-    kill(&b, "CONT");
+    b.send("CONT");
     let late = vec![0xEEu8; 64 << 10];
     let e = on_b.write(0, &late);
     assert_ne!(e, 0, "the fenced host's write was accepted");

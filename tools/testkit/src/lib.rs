@@ -330,8 +330,8 @@ impl Process {
         Process::spawn("dasmesh-node", &args)
     }
 
-    /// Sends `sig` with kill(1) and waits up to 10 s for the exit.
-    pub fn signal(&mut self, sig: &str) -> ExitStatus {
+    /// Sends `sig` with kill(1) and returns at once (`STOP`, `CONT`).
+    pub fn send(&self, sig: &str) {
         let ok = Command::new("kill")
             .arg(format!("-{sig}"))
             .arg(self.child.id().to_string())
@@ -339,6 +339,11 @@ impl Process {
             .expect("run kill")
             .success();
         assert!(ok, "kill -{sig}");
+    }
+
+    /// Sends `sig` with kill(1) and waits up to 10 s for the exit.
+    pub fn signal(&mut self, sig: &str) -> ExitStatus {
+        self.send(sig);
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             if let Some(s) = self.child.try_wait().expect("try_wait") {
