@@ -97,7 +97,7 @@ impl Volume {
         let _gate = self.inner.gate.read().await;
         // Every piece of every healthy copy, sent at once; one completion for all of them.
         let cut = matches!(io, Io::Write { .. });
-        let (healthy, plan, stale) = {
+        let (healthy, plan, stale, mirror) = {
             let map = self.map();
             let stale: Vec<usize> = (0..map.copies())
                 .filter(|&c| !map.copy_is_healthy(c))
@@ -109,7 +109,7 @@ impl Volume {
                 let ps = map.pieces(c, offset, len);
                 plan.extend(self.chunks(ps, cut).into_iter().map(|p| (c, p)));
             }
-            (healthy, plan, stale)
+            (healthy, plan, stale, map.copies() > 1)
         };
         if healthy == 0 {
             return Err(Error::Unavailable(format!(
@@ -117,7 +117,10 @@ impl Volume {
                 self.inner.name
             )));
         }
-        self.inner.dirty.wrote(offset, len);
+        // Only a mirror has copies that may miss writes (and a lock taken per write).
+        if mirror {
+            self.inner.dirty.wrote(offset, len);
+        }
         // The stale copies' records gain this write's regions while it runs, and before it is
         // acknowledged.
         let (results, recorded) = futures_util::join!(
