@@ -64,7 +64,7 @@ impl Tracker {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Notes a modifying operation on `[offset, offset + len)`.
+    /// Notes a modifying operation on `[offset, offset + len)` once its copies answered.
     pub(super) fn wrote(&self, offset: u64, len: u64) {
         let mut s = self.state();
         s.seq += 1;

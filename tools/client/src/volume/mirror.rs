@@ -117,10 +117,6 @@ impl Volume {
                 self.inner.name
             )));
         }
-        // Only a mirror has copies that may miss writes (and a lock taken per write).
-        if mirror {
-            self.inner.dirty.wrote(offset, len);
-        }
         // The stale copies' records gain this write's regions while it runs, and before it is
         // acknowledged.
         let (results, recorded) = futures_util::join!(
@@ -130,6 +126,11 @@ impl Volume {
             self.record_dirty(&stale, offset, len)
         );
         let failures = results.into_iter().flatten().collect();
+        // Noted once the copies answered: a flush that started before then may not cover it.
+        // Only a mirror has copies that may miss writes (and it costs a lock per write).
+        if mirror {
+            self.inner.dirty.wrote(offset, len);
+        }
         let lacks = self.inner.dirty.failed(Some((offset, len)));
         self.settle(verdict(healthy, failures, self.inner.opts.access), lacks)
             .await?;
