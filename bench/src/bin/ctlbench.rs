@@ -569,6 +569,7 @@ async fn role(a: RoleArgs) -> anyhow::Result<()> {
         // lease 0, which never exists, is refused NOT_FOUND by the active one, changing nothing.
         Ok(ch) => match LeasesClient::new(ch)
             .renew(v1::RenewRequest {
+                joined: vec![],
                 lease_id: 0,
                 ttl_ms: 0,
             })

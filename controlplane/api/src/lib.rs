@@ -26,6 +26,7 @@ pub const METHODS: &[&str] = &[
     "/dasmesh.v1.Volumes/List",
     "/dasmesh.v1.Volumes/Resize",
     "/dasmesh.v1.Volumes/Delete",
+    "/dasmesh.v1.Volumes/ReplaceCopy",
     "/dasmesh.v1.Leases/Mount",
     "/dasmesh.v1.Leases/Renew",
     "/dasmesh.v1.Leases/Unmount",

@@ -33,6 +33,10 @@ fn messages_round_trip() {
         }),
         extents: vec![v1::MountedExtent {
             extent: Some(v1::Extent {
+                rebuilding: false,
+                takes_writes: false,
+                rebuilt_bytes: 0,
+                epoch: 0,
                 node_id: 1,
                 node_address: "127.0.0.1:7700".into(),
                 device_id: 0,

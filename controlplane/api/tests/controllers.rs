@@ -124,6 +124,12 @@ impl Volumes for Fake {
     ) -> Result<Response<v1::DeleteVolumeResponse>, Status> {
         self.answer(Default::default()).await
     }
+    async fn replace_copy(
+        &self,
+        _: Request<v1::ReplaceCopyRequest>,
+    ) -> Result<Response<v1::Volume>, Status> {
+        self.answer(Default::default()).await
+    }
 }
 
 /// Serves a fake with `role` on a free loopback port: its URL and the fake.

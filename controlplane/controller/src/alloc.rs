@@ -313,6 +313,39 @@ pub fn allocate_mirror_growth(
     }
 }
 
+/// Finds new places for the pieces of one mirror copy (`lengths`, in index order), on none of
+/// the nodes (and with `spread_domains`, failure domains) of `others`, or says what is short. Used to replace a copy whose node was lost.
+pub fn allocate_copy(
+    cands: &[Candidate],
+    others: &CopyPlace,
+    lengths: &[u64],
+    spread_domains: bool,
+) -> Result<Vec<(DeviceKey, u64)>, String> {
+    let mut pool = Pool {
+        cands: cands.to_vec(),
+    };
+    let ok = |c: &Candidate| allowed(c, &others.nodes, &others.domains, spread_domains);
+    let mut out = Vec::with_capacity(lengths.len());
+    for &len in lengths {
+        let Some((ci, ri)) = pool.best_fit(len, ok) else {
+            let what = if spread_domains {
+                "node outside the nodes and failure domains"
+            } else {
+                "node outside the nodes"
+            };
+            let able: BTreeSet<u64> = pool.able(len, |_| true).into_keys().collect();
+            return Err(format!(
+                "no {what} of the copies ({}) has {} free in one piece (nodes up with that much: {})",
+                list(&others.nodes),
+                gib(len),
+                list(&able)
+            ));
+        };
+        out.push(pool.take(ci, ri, len));
+    }
+    Ok(out)
+}
+
 fn list(nodes: &BTreeSet<u64>) -> String {
     let v: Vec<String> = nodes.iter().map(u64::to_string).collect();
     if v.is_empty() {

@@ -422,10 +422,14 @@ pub(crate) fn ops_bound(cmd: &Command) -> usize {
     match cmd {
         // Its volume, the new lease and its usage.
         Command::Mount { .. } => 4,
-        Command::Renew { .. } => 2,
+        Command::Renew { joined, .. } => 2 + usize::from(!joined.is_empty()),
         // The lease and its usage.
         Command::Unmount { .. } => 3,
-        Command::Heartbeat { usage, .. } => 2 + usage.len(),
+        // Its node, each usage record, and each volume with an extent rebuilding there (the
+        // reports name extents, a handful at a time).
+        Command::Heartbeat {
+            usage, rebuilds, ..
+        } => 2 + usage.len() + rebuilds.len(),
         // Each lease it ends (the lease and its usage) and each node it marks down.
         Command::Tick { .. } => 1 + 2 * MAX_EXPIRIES_PER_TICK + MAX_DOWNS_PER_TICK,
         Command::ForgetUsage { .. } => 1 + MAX_FORGETS_PER_COMMAND,
@@ -441,10 +445,36 @@ pub(crate) fn ops_bound(cmd: &Command) -> usize {
 fn touched(s: &State, cmd: &Command) -> Option<Vec<Rec>> {
     Some(match cmd {
         Command::Mount { volume, .. } => vec![Rec::Meta, Rec::Volume(volume.clone())],
-        Command::Renew { lease_id, .. } => vec![Rec::Lease(*lease_id)],
+        Command::Renew {
+            lease_id, joined, ..
+        } => {
+            let mut r = vec![Rec::Lease(*lease_id)];
+            if !joined.is_empty() {
+                if let Some(l) = s.leases.get(lease_id) {
+                    r.push(Rec::Volume(l.volume.clone()));
+                }
+            }
+            r
+        }
         Command::Unmount { lease_id, .. } => vec![Rec::Lease(*lease_id), Rec::Usage(*lease_id)],
-        Command::Heartbeat { node_id, usage, .. } => std::iter::once(Rec::Node(*node_id))
+        Command::Heartbeat {
+            node_id,
+            usage,
+            rebuilds,
+            ..
+        } => std::iter::once(Rec::Node(*node_id))
             .chain(usage.iter().map(|c| Rec::Usage(c.lease_id)))
+            .chain(
+                s.volumes
+                    .values()
+                    .filter(|v| {
+                        !rebuilds.is_empty()
+                            && v.extents
+                                .iter()
+                                .any(|e| e.rebuild.is_some() && e.piece.key.node == *node_id)
+                    })
+                    .map(|v| Rec::Volume(v.name.clone())),
+            )
             .collect(),
         // Nodes are few; the leases are the live ones (not the usage of past ones).
         Command::Tick { .. } => std::iter::once(Rec::Meta)
@@ -460,3 +490,4 @@ fn touched(s: &State, cmd: &Command) -> Option<Vec<Rec>> {
 }
 
 pub mod reap;
+pub mod rebuild;

@@ -52,6 +52,11 @@ struct Args {
     /// Heartbeat interval asked of nodes; three missed beats mark a node down.
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     heartbeat: Duration,
+    /// Replace a mirror copy on other nodes once a node holding it has been down (or
+    /// deregistered) this long; its new nodes rebuild it from a healthy copy. `0s`: never
+    /// on its own (`dasmesh volume replace-copy` still does).
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+    replace_after: Duration,
     /// This controller's certificate directory (`dasmesh cert issue --role controller`): it
     /// serves mutual TLS only, and every call is checked against its caller's role.
     #[arg(long, env = "DASMESH_CERT", conflicts_with = "insecure_no_auth")]
@@ -196,11 +201,15 @@ async fn run(a: Args) -> anyhow::Result<()> {
     // Discards on the nodes in a task of their own: an unreachable node never delays the
     // ticks that mark nodes down and end expired leases.
     let reaper = Arc::clone(&roles);
+    let replace_after_ms = a.replace_after.as_millis() as u64;
     tokio::spawn(async move {
         let mut t = tokio::time::interval(Duration::from_millis(heartbeat_ms));
         loop {
             t.tick().await;
             if let Some(ctl) = reaper.controller() {
+                if replace_after_ms > 0 {
+                    ctl.replace_lost(replace_after_ms).await;
+                }
                 ctl.reap_deleting().await;
             }
         }

@@ -9,6 +9,7 @@ use crate::alloc::{self, Candidate, DeviceKey, Layout, Piece};
 pub mod dirty;
 mod failure;
 mod freed;
+pub mod rebuild;
 mod resize;
 pub mod validate;
 
@@ -100,6 +101,9 @@ pub struct ExtentRec {
     /// part of its range carried before (0: allocated before extents had epochs).
     #[serde(default)]
     pub epoch: u64,
+    /// A replacement being filled by its node ([`rebuild`]); `stale` until it is done.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rebuild: Option<rebuild::Rebuild>,
 }
 
 impl ExtentRec {
@@ -150,6 +154,10 @@ pub struct VolumeRec {
     /// [`dirty::REGION`]s, merged); a stale copy without an entry is to be copied in full.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub dirty: std::collections::BTreeMap<u32, Vec<(u64, u64)>>,
+    /// Why the volume is not as it should be and the controller cannot mend it yet (a lost
+    /// copy with no node to be rebuilt on); empty when nothing is wrong or it is being mended.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub note: String,
 }
 
 /// A lease.
@@ -282,6 +290,9 @@ pub enum Command {
         node_id: u64,
         usage: Vec<Counters>,
         now_ms: u64,
+        /// The rebuilds the node runs ([`rebuild::Progress`]).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        rebuilds: Vec<rebuild::Progress>,
     },
     /// Mark nodes that missed [`MISSED_BEATS`] beats down, end expired leases.
     Tick { now_ms: u64, heartbeat_ms: u64 },
@@ -327,6 +338,9 @@ pub enum Command {
         lease_id: u64,
         ttl_ms: u64,
         now_ms: u64,
+        /// The epochs of the rebuilding extents the writer now writes to ([`rebuild`]).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        joined: Vec<u64>,
     },
     /// End a lease.
     Unmount { lease_id: u64, now_ms: u64 },
@@ -342,6 +356,9 @@ pub enum Command {
         /// Byte ranges the copies may lack ([`dirty`]).
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         dirty: Vec<(u64, u64)>,
+        /// The copies were not sent the writes (they took none): only what they miss is said.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        not_sent: bool,
     },
     /// The read-write holder of a mirror copied the data back onto stale copies: they are
     /// healthy again.
@@ -349,6 +366,16 @@ pub enum Command {
         lease_id: u64,
         copies: Vec<u32>,
         now_ms: u64,
+    },
+    /// Give a mirror copy new extents (on `node`, or wherever fits) that their nodes rebuild
+    /// from a healthy copy; the old ones are freed ([`rebuild`]). `auto`: the controller's own
+    /// policy for a lost node, which records a pool without room in the volume's note rather
+    /// than failing.
+    ReplaceCopy {
+        volume: String,
+        copy: u32,
+        node: Option<u64>,
+        auto: bool,
     },
 }
 
@@ -686,7 +713,15 @@ fn apply_inner(s: &mut State, cmd: Command) -> Result<Outcome, Error> {
             node_id,
             usage,
             now_ms,
+            rebuilds,
         } => {
+            if rebuilds.len() > validate::MAX_USAGE_ENTRIES {
+                return Err(Error::Invalid(format!(
+                    "a heartbeat reports {} rebuilds, at most {} are accepted",
+                    rebuilds.len(),
+                    validate::MAX_USAGE_ENTRIES
+                )));
+            }
             if usage.len() > validate::MAX_USAGE_ENTRIES {
                 return Err(Error::Invalid(format!(
                     "a heartbeat carries {} usage entries, at most {} are accepted",
@@ -706,6 +741,9 @@ fn apply_inner(s: &mut State, cmd: Command) -> Result<Outcome, Error> {
                     u.read_ops = u.read_ops.saturating_add(c.read_ops);
                     u.write_ops = u.write_ops.saturating_add(c.write_ops);
                 }
+            }
+            if !rebuilds.is_empty() {
+                rebuild::progress(s, node_id, &rebuilds, now_ms);
             }
             Ok(Outcome::Done)
         }
@@ -784,6 +822,7 @@ fn apply_inner(s: &mut State, cmd: Command) -> Result<Outcome, Error> {
                         piece,
                         stale: false,
                         epoch,
+                        rebuild: None,
                     })
                     .collect(),
                 req,
@@ -791,6 +830,7 @@ fn apply_inner(s: &mut State, cmd: Command) -> Result<Outcome, Error> {
                 epoch,
                 deleting: false,
                 dirty: Default::default(),
+                note: String::new(),
             };
             s.volumes.insert(name, v.clone());
             Ok(Outcome::Volume(v))
@@ -890,6 +930,7 @@ fn apply_inner(s: &mut State, cmd: Command) -> Result<Outcome, Error> {
             lease_id,
             ttl_ms,
             now_ms,
+            joined,
         } => {
             let expires_at_ms = validate::expiry(ttl_ms, now_ms)?;
             let volume = &s
@@ -906,7 +947,13 @@ fn apply_inner(s: &mut State, cmd: Command) -> Result<Outcome, Error> {
             let l = s.leases.get_mut(&lease_id).expect("looked up above");
             l.expires_at_ms = expires_at_ms;
             l.epoch = vol.epoch;
-            Ok(Outcome::Lease(l.clone(), vol))
+            let l = l.clone();
+            let mut vol = vol;
+            if l.rw && !joined.is_empty() {
+                rebuild::joined(&mut vol, &joined);
+                s.volumes.insert(vol.name.clone(), vol.clone());
+            }
+            Ok(Outcome::Lease(l, vol))
         }
         Command::Unmount { lease_id, now_ms } => {
             end_lease(s, lease_id, now_ms)?;
@@ -936,11 +983,12 @@ fn apply_inner(s: &mut State, cmd: Command) -> Result<Outcome, Error> {
             reason,
             now_ms,
             dirty,
+            not_sent,
         } => {
             validate::copies(&copies)?;
             validate::reason(&reason)?;
             dirty::check(&dirty)?;
-            mark_copies(s, lease_id, &copies, Some(&dirty), now_ms).map(Outcome::Volume)
+            mark_copies(s, lease_id, &copies, Some((&dirty, not_sent)), now_ms).map(Outcome::Volume)
         }
         Command::RebuiltCopies {
             lease_id,
@@ -949,6 +997,15 @@ fn apply_inner(s: &mut State, cmd: Command) -> Result<Outcome, Error> {
         } => {
             validate::copies(&copies)?;
             mark_copies(s, lease_id, &copies, None, now_ms).map(Outcome::Volume)
+        }
+        Command::ReplaceCopy {
+            volume,
+            copy,
+            node,
+            auto,
+        } => {
+            validate::volume_name(&volume)?;
+            rebuild::replace(s, &volume, copy, node, auto).map(Outcome::Volume)
         }
     }
 }

@@ -127,6 +127,7 @@ async fn call(ch: Channel, path: &str, f: &Fixture) -> Result<(), Status> {
             .map(drop),
         ("dasmesh.v1.NodeRegistry", "Heartbeat") => R::new(ch)
             .heartbeat(v1::HeartbeatRequest {
+                rebuilds: vec![],
                 node_id,
                 usage: vec![],
             })
@@ -175,6 +176,14 @@ async fn call(ch: Channel, path: &str, f: &Fixture) -> Result<(), Status> {
             .delete(v1::DeleteVolumeRequest { name: volume() })
             .await
             .map(drop),
+        ("dasmesh.v1.Volumes", "ReplaceCopy") => V::new(ch)
+            .replace_copy(v1::ReplaceCopyRequest {
+                name: volume(),
+                copy: 0,
+                node_id: 0,
+            })
+            .await
+            .map(drop),
         ("dasmesh.v1.Leases", "Mount") => L::new(ch)
             .mount(v1::MountRequest {
                 holder_key: Vec::new(),
@@ -187,6 +196,7 @@ async fn call(ch: Channel, path: &str, f: &Fixture) -> Result<(), Status> {
             .map(drop),
         ("dasmesh.v1.Leases", "Renew") => L::new(ch)
             .renew(v1::RenewRequest {
+                joined: vec![],
                 lease_id,
                 ttl_ms: 60_000,
             })
@@ -206,6 +216,7 @@ async fn call(ch: Channel, path: &str, f: &Fixture) -> Result<(), Status> {
             .map(drop),
         ("dasmesh.v1.Leases", "ReportFailure") => L::new(ch)
             .report_failure(v1::ReportFailureRequest {
+                not_sent: false,
                 dirty: Vec::new(),
                 lease_id,
                 copies: vec![0],
@@ -642,6 +653,7 @@ async fn strangers_are_refused_at_the_tls_layer_with_a_clear_error() {
             .await;
         let beat = r
             .heartbeat(v1::HeartbeatRequest {
+                rebuilds: vec![],
                 node_id: 1,
                 usage: vec![],
             })
@@ -878,7 +890,7 @@ async fn every_allowed_call_succeeds_for_its_role() {
 
     // Nodes, each as itself.
     let mut nodes = Vec::new();
-    for (i, name) in ["n1", "n2"].into_iter().enumerate() {
+    for (i, name) in ["n1", "n2", "n3"].into_iter().enumerate() {
         let ch = channel(Role::Node, name).await;
         let mut r = R::new(ch.clone());
         let node_id = r
@@ -900,6 +912,7 @@ async fn every_allowed_call_succeeds_for_its_role() {
         .await
         .unwrap();
         r.heartbeat(v1::HeartbeatRequest {
+            rebuilds: vec![],
             node_id,
             usage: vec![],
         })
@@ -972,6 +985,7 @@ async fn every_allowed_call_succeeds_for_its_role() {
         .unwrap()
         .lease_id;
     l.renew(v1::RenewRequest {
+        joined: vec![],
         lease_id,
         ttl_ms: 60_000,
     })
@@ -988,6 +1002,7 @@ async fn every_allowed_call_succeeds_for_its_role() {
         .await
         .unwrap();
     l.report_failure(v1::ReportFailureRequest {
+        not_sent: false,
         dirty: Vec::new(),
         lease_id,
         copies: vec![1],
@@ -1043,6 +1058,18 @@ async fn every_allowed_call_succeeds_for_its_role() {
         .rotate_signing_key(v1::RotateSigningKeyRequest::default())
         .await
         .unwrap();
+    // The mirror's copy 1 moves to the node no copy uses.
+    let moved = V::new(op.clone())
+        .replace_copy(v1::ReplaceCopyRequest {
+            name: "m".into(),
+            copy: 1,
+            node_id: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(moved.extents.iter().any(|e| e.copy == 1 && e.rebuilding));
+    did("/dasmesh.v1.Volumes/ReplaceCopy");
     V::new(op.clone())
         .delete(v1::DeleteVolumeRequest { name: "s".into() })
         .await

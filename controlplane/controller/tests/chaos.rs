@@ -388,7 +388,11 @@ impl Client {
                 (s.vol.clone(), lease(leases.mount(r).await?.into_inner()))
             }
             Op::Renew { lease: lease_id } => {
-                let r = v1::RenewRequest { lease_id, ttl_ms };
+                let r = v1::RenewRequest {
+                    lease_id,
+                    ttl_ms,
+                    joined: vec![],
+                };
                 (s.vol.clone(), lease(leases.renew(r).await?.into_inner()))
             }
             Op::Unmount { lease: lease_id } => {
@@ -537,6 +541,7 @@ impl Client {
             };
             let r = v1::leases_client::LeasesClient::new(self.ctl.clone())
                 .renew(v1::RenewRequest {
+                    joined: vec![],
                     lease_id: l.id,
                     ttl_ms: 60_000,
                 })

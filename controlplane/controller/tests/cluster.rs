@@ -558,6 +558,7 @@ fn a_failed_mirror_copy_turns_stale_but_never_the_last_one() {
         let mut leases = v1::leases_client::LeasesClient::new(ch.clone());
         let r = leases
             .report_failure(v1::ReportFailureRequest {
+                not_sent: false,
                 dirty: Vec::new(),
                 lease_id: lease,
                 copies: vec![1],
@@ -584,6 +585,7 @@ fn a_failed_mirror_copy_turns_stale_but_never_the_last_one() {
         // Copy 0 is the last healthy one.
         let e = leases
             .report_failure(v1::ReportFailureRequest {
+                not_sent: false,
                 dirty: Vec::new(),
                 lease_id: lease,
                 copies: vec![0],

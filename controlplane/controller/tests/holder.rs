@@ -73,6 +73,7 @@ fn a_token_issued_to_one_host_is_refused_when_presented_by_another() {
         let lease_id = m.lease.unwrap().lease_id;
         let r = leases
             .renew(v1::RenewRequest {
+                joined: vec![],
                 lease_id,
                 ttl_ms: 60_000,
             })

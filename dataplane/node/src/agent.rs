@@ -33,6 +33,11 @@ pub struct AgentConfig {
     pub failure_domain: String,
     /// The data plane speaks mutual TLS (`--tls`).
     pub data_tls: bool,
+    /// This node's client side of the data plane's TLS (from its certificate), for rebuilds
+    /// that read from nodes that speak it.
+    pub data_tls_client: Option<Arc<rustls::ClientConfig>>,
+    /// How rebuilds copy.
+    pub rebuild: crate::rebuild::Tuning,
 }
 
 type Client = v1::node_registry_client::NodeRegistryClient<Controllers>;
@@ -265,6 +270,12 @@ pub fn start(
                     };
                     let node_id = shared.node_id.load(Ordering::Acquire);
                     let mut usage_cursor = 0u64;
+                    let mut rebuilds = crate::rebuild::Rebuilds::new(
+                        Arc::clone(&shared),
+                        c.data_tls_client.clone(),
+                        c.state_dir.as_ref(),
+                        c.rebuild,
+                    );
                     loop {
                         // The first beat right after registering: a restarted node learns the
                         // revoked leases before it reports itself ready.
@@ -273,6 +284,7 @@ pub fn start(
                             .heartbeat(v1::HeartbeatRequest {
                                 node_id,
                                 usage: usage.clone(),
+                                rebuilds: rebuilds.progress(),
                             })
                             .await;
                         match beat {
@@ -288,6 +300,7 @@ pub fn start(
                                 let r = r.get_ref();
                                 apply_keys(&shared, &r.signing_public_keys);
                                 apply_revocations(&shared, &r.revoked, now_ms());
+                                rebuilds.apply(&r.rebuilds);
                             }
                             Err(e) => {
                                 restore_usage(&shared.usage, &usage);

@@ -217,6 +217,13 @@ pub struct Config {
     /// are bearer tokens.
     #[arg(long)]
     pub require_holder: bool,
+    /// Reads of 1 MiB a rebuild keeps in flight to the node it copies from.
+    #[arg(long, default_value_t = 4)]
+    pub rebuild_depth: usize,
+    /// The most MiB/s a rebuild copies (0: as fast as it can; the rebuild already yields every
+    /// region a host write is in flight in).
+    #[arg(long, default_value_t = 0)]
+    pub rebuild_mib_s: u64,
     /// Test builds only (feature `fault-injection`): inject the device faults listed in this
     /// file, read again whenever it changes (src/fault.rs).
     #[cfg(feature = "fault-injection")]
@@ -288,6 +295,12 @@ impl Config {
                 "--tls relays to the reactors over the same-host socket: drop --no-local-socket"
                     .into(),
             );
+        }
+        if self.rebuild_depth == 0 || self.rebuild_depth > 256 {
+            return Err(format!(
+                "--rebuild-depth {} must be 1..=256",
+                self.rebuild_depth
+            ));
         }
         if self.tls_threads == 0 || self.tls_threads > 256 {
             return Err("--tls-threads must be in 1..=256".into());

@@ -257,6 +257,9 @@ pub struct Req {
     pub search: Option<Box<Searcher>>,
     /// A modifying op's number in the reactor's write lane, from admission to completion.
     pub write_seq: Option<WriteSeq>,
+    /// The rebuild guard a modifying op counts in, from its start on the device to completion
+    /// (`guard.rs`).
+    pub guard: Option<std::sync::Arc<crate::guard::Guard>>,
 }
 
 impl Req {

@@ -17,8 +17,10 @@ mod conn;
 #[cfg(feature = "fault-injection")]
 pub mod fault;
 pub mod fence;
+pub mod guard;
 mod offload;
 mod reactor;
+pub mod rebuild;
 pub mod revoke;
 pub mod session;
 pub mod sys;
@@ -84,6 +86,8 @@ pub struct Shared {
     pub proofs: std::sync::Mutex<dasmesh_wire::ProofWindow>,
     /// Refuse bearer tokens (`--require-holder`).
     pub require_holder: bool,
+    /// Ranges being rebuilt, which host writes mark (`guard.rs`).
+    pub guards: guard::Guards,
     /// Faults injected into device I/O (`--fault-file`; test builds only).
     #[cfg(feature = "fault-injection")]
     pub faults: Arc<fault::Faults>,
@@ -140,7 +144,7 @@ pub fn open_shared(cfg: &Config) -> anyhow::Result<Shared> {
         }
         None => Vec::new(),
     };
-    Ok(Shared {
+    let shared = Shared {
         backends,
         fence: match &cfg.state_dir {
             Some(dir) => FenceTable::persistent(dir.clone())
@@ -172,9 +176,13 @@ pub fn open_shared(cfg: &Config) -> anyhow::Result<Shared> {
         },
         proofs: std::sync::Mutex::new(dasmesh_wire::ProofWindow::new(PROOF_NONCES)),
         require_holder: cfg.require_holder,
+        guards: Default::default(),
         #[cfg(feature = "fault-injection")]
         faults: Default::default(),
-    })
+    };
+    // Ranges a previous run was rebuilding: guarded before any host can write to them.
+    rebuild::restore_guards(&shared, cfg.state_dir.as_ref());
+    Ok(shared)
 }
 
 /// Binds one listener per reactor on the same address (SO_REUSEPORT); port 0 picks a free

@@ -151,6 +151,17 @@ fn run() -> anyhow::Result<()> {
                 reserve: cfg.reserve,
                 failure_domain: cfg.failure_domain.clone(),
                 data_tls: cfg.tls,
+                data_tls_client: match &cert {
+                    Some(c) => Some(
+                        c.data_client_config()
+                            .with_context(|| format!("--cert {}", c.dir().display()))?,
+                    ),
+                    None => None,
+                },
+                rebuild: dasmesh_node::rebuild::Tuning {
+                    depth: cfg.rebuild_depth,
+                    mib_s: cfg.rebuild_mib_s,
+                },
             };
             let (first, h) = dasmesh_node::agent::start(c, Arc::clone(&shared), stop_rx);
             match first.recv_timeout(std::time::Duration::from_secs(30)) {

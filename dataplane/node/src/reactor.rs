@@ -130,6 +130,8 @@ pub struct Reactor {
     writes: LaneWriter,
     /// Connections whose handshake reply waits for the write barrier.
     held: Vec<usize>,
+    /// Modifying requests waiting for a rebuild to let go of their region (`guard.rs`).
+    parked: Vec<usize>,
     /// The helper thread for blocking device calls.
     offload: Offload,
     /// Connections freed since the heap was last trimmed.
@@ -217,6 +219,7 @@ impl Reactor {
             stopping: None,
             writes,
             held: Vec::new(),
+            parked: Vec::new(),
             offload,
             closed_since_trim: 0,
             last_trim_ms: 0,
@@ -269,6 +272,7 @@ impl Reactor {
             // A held handshake waits on other reactors' completions, which do not wake this
             // ring: poll rather than sleep until it is released.
             let spin = !self.held.is_empty()
+                || !self.parked.is_empty()
                 || match self.shared.poll {
                     PollMode::Busy => true,
                     PollMode::Interrupt => false,
@@ -280,6 +284,11 @@ impl Reactor {
             }
             if !self.held.is_empty() {
                 self.release_held();
+            }
+            if !self.parked.is_empty() {
+                for ri in std::mem::take(&mut self.parked) {
+                    self.dispatch(ri);
+                }
             }
             self.pump_dirty();
         }
@@ -1267,6 +1276,7 @@ impl Reactor {
             stage,
             search: None,
             write_seq: None,
+            guard: None,
         })
     }
 
@@ -1278,6 +1288,9 @@ impl Reactor {
         let r = self.reqs.remove(ri);
         if let Some(seq) = r.write_seq {
             self.writes.end(&self.shared.writes, seq);
+        }
+        if let Some(g) = &r.guard {
+            g.host_done(r.hdr.offset, r.hdr.length);
         }
         if let Some(b) = r.buf {
             self.free_slot(r.conn, b);
@@ -1320,6 +1333,18 @@ impl Reactor {
         let r = &self.reqs[ri];
         let (op, off, len) = (r.op, r.hdr.offset, r.hdr.length);
         let fua = r.hdr.flags & dasmesh_wire::FLAG_FUA != 0;
+        if matches!(op, Op::Write | Op::Discard | Op::WriteZeroes) && r.guard.is_none() {
+            // A range being rebuilt: its blocks are the host's from here on (`guard.rs`).
+            if let Some(g) = self.shared.guards.find(dev, off, len) {
+                if !g.host_begin(off, len) {
+                    // The rebuild holds a region of it for a moment: again on the next turn.
+                    self.parked.push(ri);
+                    return;
+                }
+                self.reqs[ri].guard = Some(g);
+            }
+        }
+        let r = &self.reqs[ri];
         match &backend.store {
             Store::Memory(m) => {
                 match op {
@@ -1568,6 +1593,9 @@ impl Reactor {
         if let Some(seq) = r.write_seq {
             // Its device work is over (or never started): held handshakes may go on.
             self.writes.end(&self.shared.writes, seq);
+        }
+        if let Some(g) = &r.guard {
+            g.host_done(r.hdr.offset, r.hdr.length);
         }
         if let Some(b) = r.buf {
             self.free_slot(r.conn, b);

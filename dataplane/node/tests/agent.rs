@@ -81,6 +81,7 @@ impl NodeRegistry for Fake {
         let mut s = self.state.lock().unwrap();
         s.heartbeats += 1;
         Ok(Response::new(v1::HeartbeatResponse {
+            rebuilds: vec![],
             known: true,
             revoked: s.revoked.clone(),
             signing_public_keys: s.keys.clone(),

@@ -78,6 +78,19 @@ pub enum VolumeCmd {
         /// Its name.
         name: String,
     },
+    /// Move a mirror copy to other nodes: its new extents are rebuilt by their nodes from a
+    /// healthy copy while the volume stays in use, and the old ones are freed. The controller
+    /// does this on its own for a copy whose node has been down for --replace-after.
+    ReplaceCopy {
+        /// The volume.
+        name: String,
+        /// The copy (as `volume show` numbers them).
+        #[arg(long)]
+        copy: u32,
+        /// The node to put it on (default: wherever fits, on a node no other copy uses).
+        #[arg(long)]
+        node: Option<u64>,
+    },
     /// Host commands that mount the volume: cp, search, zero.
     #[command(flatten)]
     Host(crate::vol::HostCmd),
@@ -197,7 +210,9 @@ fn volume_json(v: &v1::Volume) -> serde_json::Value {
         "state": state_name(v1::VolumeState::try_from(v.state)), "epoch": v.epoch, "active_leases": v.active_leases,
         "extents": v.extents.iter().map(|e| json!({"node_id": e.node_id, "node_address": e.node_address,
             "device_id": e.device_id, "offset": e.offset, "length": e.length, "copy": e.copy, "index": e.index,
-            "stale": e.stale})).collect::<Vec<_>>(),
+            "stale": e.stale, "rebuilding": e.rebuilding, "takes_writes": e.takes_writes,
+            "rebuilt_bytes": e.rebuilt_bytes})).collect::<Vec<_>>(),
+        "note": v.note,
         "dirty": v.dirty.iter().map(|d| json!({"copy": d.copy,
             "ranges": d.ranges.iter().map(|r| json!({"offset": r.offset, "length": r.length})).collect::<Vec<_>>()}))
             .collect::<Vec<_>>(),
@@ -452,6 +467,13 @@ pub async fn exec(ctl: &Controllers, json_out: bool, cmd: Ctl) -> anyhow::Result
                             v.active_leases
                         );
                         for e in &v.extents {
+                            // A replacement its node fills: how far it got.
+                            let rebuilding = format!(
+                                " REBUILDING {:.0}% ({} of {})",
+                                e.rebuilt_bytes as f64 * 100.0 / e.length.max(1) as f64,
+                                format_size(e.rebuilt_bytes),
+                                format_size(e.length)
+                            );
                             println!(
                                 "  copy {} index {}: node {} ({}) device {} bytes {}..{}{}",
                                 e.copy,
@@ -461,13 +483,20 @@ pub async fn exec(ctl: &Controllers, json_out: bool, cmd: Ctl) -> anyhow::Result
                                 e.device_id,
                                 e.offset,
                                 e.offset + e.length,
-                                if e.stale { " STALE" } else { "" }
+                                match (e.rebuilding, e.stale) {
+                                    (true, _) => rebuilding.as_str(),
+                                    (false, true) => " STALE",
+                                    (false, false) => "",
+                                }
                             );
+                        }
+                        if !v.note.is_empty() {
+                            println!("  note: {}", v.note);
                         }
                         let stale: std::collections::BTreeSet<u32> = v
                             .extents
                             .iter()
-                            .filter(|e| e.stale)
+                            .filter(|e| e.stale && !e.rebuilding)
                             .map(|e| e.copy)
                             .collect();
                         for c in stale {
@@ -565,6 +594,17 @@ pub async fn exec(ctl: &Controllers, json_out: bool, cmd: Ctl) -> anyhow::Result
                             println!("deleted {name}")
                         }
                     }
+                    VolumeCmd::ReplaceCopy { name, copy, node } => show(
+                        &vols
+                            .replace_copy(v1::ReplaceCopyRequest {
+                                name,
+                                copy,
+                                node_id: node.unwrap_or(0),
+                            })
+                            .await
+                            .map_err(status)?
+                            .into_inner(),
+                    ),
                     // They mount the volume and do I/O; `main` sends them to `vol`.
                     VolumeCmd::Host(h) => crate::vol::exec(ctl, json_out, h).await?,
                 }
@@ -599,6 +639,7 @@ pub async fn exec(ctl: &Controllers, json_out: bool, cmd: Ctl) -> anyhow::Result
                     LeaseCmd::Renew { id, ttl } => {
                         let m = leases
                             .renew(v1::RenewRequest {
+                                joined: vec![],
                                 lease_id: id,
                                 ttl_ms: ttl.as_millis() as u64,
                             })

@@ -24,6 +24,12 @@ pub struct Extent {
     pub index: u32,
     /// A mirror copy that missed writes.
     pub stale: bool,
+    /// A replacement its node fills from a healthy copy (stale until it is done).
+    pub rebuilding: bool,
+    /// Written to (though stale, not read from): a rebuilding extent its node guards.
+    pub takes_writes: bool,
+    /// The epoch it was allocated under.
+    pub epoch: u64,
 }
 
 /// A contiguous run of a request on one extent.
@@ -269,6 +275,36 @@ impl Map {
             .all(|e| !e.stale)
     }
 
+    /// Whether every extent of `copy` takes writes: fresh, or being rebuilt by its node and
+    /// guarded (such a copy is written and not read).
+    pub fn copy_takes_writes(&self, copy: usize) -> bool {
+        self.extents
+            .iter()
+            .filter(|e| e.copy as usize == copy)
+            .all(|e| !e.stale || e.takes_writes)
+    }
+
+    /// Whether an extent of `copy` is being rebuilt by its node.
+    pub fn copy_rebuilding(&self, copy: usize) -> bool {
+        self.extents
+            .iter()
+            .any(|e| e.copy as usize == copy && e.rebuilding)
+    }
+
+    /// Puts extent `i` where `x` says (a replacement: same copy, index and length) with its
+    /// flags.
+    pub fn set_extent(&mut self, i: usize, x: Extent) {
+        debug_assert_eq!(
+            (
+                self.extents[i].copy,
+                self.extents[i].index,
+                self.extents[i].length
+            ),
+            (x.copy, x.index, x.length)
+        );
+        self.extents[i] = x;
+    }
+
     /// Marks every extent of `copy` stale.
     pub fn mark_stale(&mut self, copy: usize) {
         self.set_stale(copy, true);
@@ -278,6 +314,9 @@ impl Map {
     pub fn set_stale(&mut self, copy: usize, stale: bool) {
         for e in self.extents.iter_mut().filter(|e| e.copy as usize == copy) {
             e.stale = stale;
+            if stale {
+                e.takes_writes = false;
+            }
         }
     }
 }
@@ -297,6 +336,9 @@ mod tests {
             copy,
             index,
             stale: false,
+            rebuilding: false,
+            takes_writes: false,
+            epoch: 0,
         }
     }
 

@@ -37,12 +37,36 @@ pub fn layout(spec: &str) -> v1::Layout {
 impl Cluster {
     /// A controller and `n` nodes.
     pub fn start(n: usize) -> Cluster {
+        Cluster::start_with(n, &[], &[])
+    }
+
+    /// [`Cluster::start`] with more flags for the controller and for every node.
+    pub fn start_with(n: usize, ctl_extra: &[&str], node_extra: &[&str]) -> Cluster {
         let dir = tempfile::tempdir().expect("temp dir");
-        let ctl = Process::controller(&dir.path().join("ctl"), &free_addr());
-        let nodes = (0..n)
-            .map(|i| Process::node_at(dir.path(), &ctl.addr, &format!("n{i}"), &free_addr()))
-            .collect();
-        Cluster { dir, ctl, nodes }
+        let ctl = Process::controller_with(&dir.path().join("ctl"), &free_addr(), ctl_extra);
+        let mut c = Cluster {
+            dir,
+            ctl,
+            nodes: Vec::new(),
+        };
+        for _ in 0..n {
+            c.add_node(node_extra);
+        }
+        c
+    }
+
+    /// Starts one more node (`n<i>`, with `extra` flags); returns its index.
+    pub fn add_node(&mut self, extra: &[&str]) -> usize {
+        let i = self.nodes.len();
+        let n = Process::node_with(
+            self.dir.path(),
+            &self.ctl.addr,
+            &format!("n{i}"),
+            &free_addr(),
+            extra,
+        );
+        self.nodes.push(n);
+        i
     }
 
     /// [`Cluster::start`] with nodes that inject the device faults of their fault file

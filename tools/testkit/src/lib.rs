@@ -246,9 +246,11 @@ pub fn free_addr() -> String {
 impl Process {
     /// Starts `name` (a workspace binary) with `args` and waits for its `listening` line.
     pub fn spawn(name: &str, args: &[String]) -> Process {
+        // DASMESH_TEST_LOG=info (or any RUST_LOG filter) shows the processes' logs.
+        let log = std::env::var("DASMESH_TEST_LOG").unwrap_or_else(|_| "error".into());
         let mut child = Command::new(bin(name))
             .args(args)
-            .env("RUST_LOG", "error")
+            .env("RUST_LOG", log)
             .stdout(Stdio::piped())
             .spawn()
             .unwrap_or_else(|e| panic!("spawn {name}: {e}"));
@@ -284,7 +286,12 @@ impl Process {
     /// A controller with its state in `dir`, heartbeats every 200 ms, without identities
     /// (`--insecure-no-auth`; the tests of identities start theirs with certificates).
     pub fn controller(dir: &Path, listen: &str) -> Process {
-        let args = [
+        Process::controller_with(dir, listen, &[])
+    }
+
+    /// [`Process::controller`] with more flags (e.g. `--replace-after`).
+    pub fn controller_with(dir: &Path, listen: &str, extra: &[&str]) -> Process {
+        let mut args: Vec<String> = [
             "--listen",
             listen,
             "--data-dir",
@@ -292,8 +299,11 @@ impl Process {
             "--heartbeat",
             "200ms",
             "--insecure-no-auth",
-        ];
-        Process::spawn("dasmesh-controller", &args.map(String::from))
+        ]
+        .map(String::from)
+        .to_vec();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        Process::spawn("dasmesh-controller", &args)
     }
 
     /// A node registering with the controller at `ctl`, a 256 MiB file backend and a 1 MiB

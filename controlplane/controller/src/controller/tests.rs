@@ -270,6 +270,7 @@ fn every_command_writes_no_more_than_its_bound() {
         leases.push(s.last_id);
     }
     let renew = Command::Renew {
+        joined: vec![],
         lease_id: leases[0],
         ttl_ms: 10_000,
         now_ms: 1,
@@ -284,6 +285,7 @@ fn every_command_writes_no_more_than_its_bound() {
         })
         .collect();
     let beat = Command::Heartbeat {
+        rebuilds: vec![],
         node_id: *s.nodes.keys().next().unwrap(),
         usage,
         now_ms: 2,

@@ -79,6 +79,7 @@ impl v1::leases_server::Leases for Svc {
                 lease_id: r.lease_id,
                 ttl_ms,
                 now_ms: now_ms(),
+                joined: r.joined,
             })
             .await?;
         lease_outcome(&ctl, out)
@@ -145,6 +146,7 @@ impl v1::leases_server::Leases for Svc {
                 reason: r.reason.clone(),
                 now_ms: now_ms(),
                 dirty,
+                not_sent: r.not_sent,
             })
             .await;
         let v = match out {
@@ -169,7 +171,14 @@ impl v1::leases_server::Leases for Svc {
                     .copies
                     .iter()
                     .copied()
-                    .filter(|c| v.dirty.contains_key(c))
+                    // A copy being rebuilt is told every region it misses (its rebuild goes back
+                    // to the first), whether or not it keeps a record.
+                    .filter(|c| {
+                        v.dirty.contains_key(c)
+                            || v.extents
+                                .iter()
+                                .any(|e| e.piece.copy == *c && e.rebuild.is_some())
+                    })
                     .collect(),
             }
         })))

@@ -22,6 +22,12 @@ pub(crate) fn extent_msg(s: &State, v: &VolumeRec, e: &state::ExtentRec) -> v1::
         index: e.piece.index,
         stale: e.stale,
         node_tls: s.nodes.get(&e.piece.key.node).is_some_and(|n| n.data_tls),
+        rebuilding: e.rebuild.is_some(),
+        takes_writes: e
+            .rebuild
+            .is_some_and(|r| r.phase != state::rebuild::Phase::Guard),
+        rebuilt_bytes: e.rebuild.map_or(0, |r| r.done),
+        epoch: e.epoch,
     }
 }
 
@@ -98,6 +104,7 @@ pub(crate) fn volume_msg(s: &State, v: &VolumeRec) -> v1::Volume {
                     .collect(),
             })
             .collect(),
+        note: v.note.clone(),
     }
 }
 

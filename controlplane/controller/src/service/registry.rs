@@ -95,12 +95,25 @@ impl v1::node_registry_server::NodeRegistry for Svc {
                 write_ops: u.write_ops,
             })
             .collect();
+        let rebuilds = r
+            .rebuilds
+            .iter()
+            .map(|p| state::rebuild::Progress {
+                device: p.device_id,
+                offset: p.offset,
+                length: p.length,
+                guarded: p.guarded,
+                done: p.done_bytes,
+                attempt: p.attempt,
+            })
+            .collect();
         let ctl = self.ctl()?;
         let known = match ctl
             .run(Command::Heartbeat {
                 node_id: r.node_id,
                 usage,
                 now_ms: now_ms(),
+                rebuilds,
             })
             .await
         {
@@ -124,6 +137,7 @@ impl v1::node_registry_server::NodeRegistry for Svc {
             known,
             revoked,
             signing_public_keys: ctl.accepted_keys(now_ms()),
+            rebuilds: ctl.rebuild_tasks(r.node_id),
         }))
     }
 

@@ -19,6 +19,7 @@ fn controller(dir: &std::path::Path) -> Svc {
 
 fn report(lease_id: u64, copies: &[u32]) -> Request<v1::ReportFailureRequest> {
     Request::new(v1::ReportFailureRequest {
+        not_sent: false,
         dirty: Vec::new(),
         lease_id,
         copies: copies.to_vec(),
@@ -394,6 +395,7 @@ async fn heartbeat_answers_carry_the_revoked_leases() {
     let (writer, reader) = (writer.lease.unwrap(), reader.lease.unwrap());
     let beat = || async {
         svc.heartbeat(Request::new(v1::HeartbeatRequest {
+            rebuilds: vec![],
             node_id: ids[0],
             usage: vec![],
         }))
@@ -428,6 +430,7 @@ async fn heartbeat_answers_carry_the_revoked_leases() {
         .unwrap();
     // A long reason is cut, not refused: the writer waits on this answer to acknowledge.
     svc.report_failure(Request::new(v1::ReportFailureRequest {
+        not_sent: false,
         dirty: Vec::new(),
         lease_id: writer.lease_id,
         copies: vec![1],
@@ -438,6 +441,7 @@ async fn heartbeat_answers_carry_the_revoked_leases() {
     // A node the controller does not know hears of them too.
     let unknown = svc
         .heartbeat(Request::new(v1::HeartbeatRequest {
+            rebuilds: vec![],
             node_id: 4242,
             usage: vec![],
         }))

@@ -98,4 +98,28 @@ impl v1::volumes_server::Volumes for Svc {
         ctl.reap_deleting().await;
         Ok(Response::new(v1::DeleteVolumeResponse {}))
     }
+
+    async fn replace_copy(
+        &self,
+        r: Request<v1::ReplaceCopyRequest>,
+    ) -> Result<Response<v1::Volume>, Status> {
+        let ctl = self.ctl()?;
+        let r = r.into_inner();
+        let Outcome::Volume(v) = ctl
+            .run(Command::ReplaceCopy {
+                volume: r.name,
+                copy: r.copy,
+                node: (r.node_id != 0).then_some(r.node_id),
+                auto: false,
+            })
+            .await?
+        else {
+            return Err(Status::internal("unexpected outcome"));
+        };
+        tracing::info!(volume = %v.name, copy = r.copy, "copy replaced by an operator: rebuilding on its new nodes");
+        // The old extents: discard them now where their nodes answer; otherwise the ticker
+        // retries.
+        ctl.reap_freed().await;
+        Ok(Response::new(ctl.read(|s| volume_msg(s, &v))))
+    }
 }

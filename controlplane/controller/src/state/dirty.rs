@@ -92,6 +92,7 @@ mod tests {
 
     fn vol() -> VolumeRec {
         VolumeRec {
+            note: String::new(),
             id: 1,
             name: "v".into(),
             size: 64 * M,

@@ -3,17 +3,18 @@
 
 use super::{volume, Error, Layout, NotWriter, State, VolumeRec};
 
-/// Marks every extent of `copies` stale (`dirty`: the byte ranges they may lack, see
-/// [`super::dirty`]) or healthy again (`None`), for the volume's current read-write lease only,
-/// and never the last healthy copy stale.
+/// Marks every extent of `copies` stale (`failed`: the byte ranges they may lack, see
+/// [`super::dirty`], and whether they were not sent the writes) or healthy again (`None`), for
+/// the volume's current read-write lease only, and never the last healthy copy stale.
 pub(super) fn mark_copies(
     s: &mut State,
     lease_id: u64,
     copies: &[u32],
-    dirty: Option<&[(u64, u64)]>,
+    failed: Option<(&[(u64, u64)], bool)>,
     now_ms: u64,
 ) -> Result<VolumeRec, Error> {
-    let stale = dirty.is_some();
+    let stale = failed.is_some();
+    let dirty = failed.map(|f| f.0);
     let not_writer = |volume: &str, why| Error::NotCurrentWriter {
         lease: lease_id,
         volume: volume.into(),
@@ -65,7 +66,13 @@ pub(super) fn mark_copies(
             v.name
         )));
     }
+    if !stale {
+        super::rebuild::refuse_host_rebuild(v, copies)?;
+    }
     let mut out = v.clone();
+    if let Some((ranges, not_sent)) = failed {
+        super::rebuild::failed(&mut out, copies, ranges, not_sent);
+    }
     let is_healthy = |v: &VolumeRec, c: u32| {
         v.extents
             .iter()

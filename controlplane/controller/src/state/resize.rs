@@ -13,6 +13,12 @@ use crate::alloc::{CopyPlace, Piece};
 pub(super) fn resize(s: &mut State, name: &str, size: u64) -> Result<VolumeRec, Error> {
     let v = volume(s, name)?.clone();
     refuse_if_deleting(&v)?;
+    if let Some(e) = v.extents.iter().find(|e| e.rebuild.is_some()) {
+        return Err(Error::Invalid(format!(
+            "volume {name:?}: copy {} is being rebuilt on node {}; resize it once that is done",
+            e.piece.copy, e.piece.key.node
+        )));
+    }
     let size = alloc::align_up(size);
     if size == v.size {
         return Ok(v);
@@ -134,6 +140,7 @@ fn grow(s: &mut State, v: &VolumeRec, size: u64) -> Result<VolumeRec, Error> {
         .extend(pieces.into_iter().map(|piece| ExtentRec {
             piece,
             stale: false,
+            rebuild: None,
             epoch,
         }));
     Ok(out)

@@ -5,6 +5,7 @@ mod bounds;
 mod compat;
 mod failures;
 mod lifecycle;
+mod replace;
 mod safety;
 
 const G: u64 = 1 << 30;
@@ -241,6 +242,7 @@ fn one_read_write_lease_many_readers_and_epochs() {
     let Outcome::Lease(r1b, _) = apply(
         &mut s,
         Command::Renew {
+            joined: vec![],
             lease_id: r1.id,
             ttl_ms: 1000,
             now_ms: 3000,
@@ -323,6 +325,7 @@ fn refused_commands_change_nothing() {
     assert!(apply(
         &mut s,
         Command::Heartbeat {
+            rebuilds: vec![],
             node_id: 42,
             usage: vec![],
             now_ms: 0
@@ -341,6 +344,7 @@ fn heartbeats_missed_beats_deregistration_and_usage() {
     apply(
         &mut s,
         Command::Heartbeat {
+            rebuilds: vec![],
             node_id: ids[0],
             usage: vec![Counters {
                 lease_id: l.id,
@@ -363,6 +367,7 @@ fn heartbeats_missed_beats_deregistration_and_usage() {
                 ..Default::default()
             }],
             now_ms: 3500,
+            rebuilds: vec![],
         },
     )
     .unwrap();
@@ -590,7 +595,7 @@ mod sequences {
                                 if mask & 0x80 != 0 {
                                     apply(&mut s, Command::RebuiltCopies { lease_id: id, copies, now_ms: t as u64 })
                                 } else {
-                                    apply(&mut s, Command::FailCopies { lease_id: id, copies, reason: String::new(), now_ms: t as u64 , dirty: Vec::new()})
+                                    apply(&mut s, Command::FailCopies { lease_id: id, copies, reason: String::new(), now_ms: t as u64 , dirty: Vec::new(), not_sent: false})
                                 }
                             }
                             None => continue,

@@ -348,6 +348,7 @@ mod tests {
         apply(
             &mut s,
             Command::Heartbeat {
+                rebuilds: vec![],
                 node_id: id,
                 usage: vec![],
                 now_ms: 5000,
@@ -362,6 +363,7 @@ mod tests {
         apply(
             &mut s,
             Command::Heartbeat {
+                rebuilds: vec![],
                 node_id: id,
                 usage: vec![],
                 now_ms: 6000,

@@ -90,6 +90,7 @@ pub async fn role(addr: &str) -> &'static str {
     // 0, which never exists, is refused NOT_FOUND by the active one and changes nothing.
     match v1::leases_client::LeasesClient::new(ch)
         .renew(v1::RenewRequest {
+            joined: vec![],
             lease_id: 0,
             ttl_ms: 0,
         })

@@ -279,6 +279,7 @@ pub async fn run(dir: &Path) -> anyhow::Result<()> {
     // A change, not a read (standbys answer reads): served once the standby has taken over.
     v1::leases_client::LeasesClient::new(ctl.clone())
         .renew(v1::RenewRequest {
+            joined: vec![],
             lease_id: vol.lease_id(),
             ttl_ms: ttl.as_millis() as u64,
         })

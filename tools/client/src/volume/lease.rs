@@ -9,7 +9,7 @@ use dasmesh_api::{v1, ControllerOptions, Controllers};
 use dasmesh_wire::{DeviceId, SigningKey, Token};
 use futures_util::future::join_all;
 
-use super::link::Link;
+use super::link::{Link, Target};
 use super::mirror::copy_failed;
 use super::{control, now_ms, Access, Inner, MountOptions, Volume};
 use crate::layout::{Extent, Layout, Map};
@@ -30,7 +30,45 @@ pub(super) fn to_extent(x: &v1::Extent) -> Extent {
         copy: x.copy,
         index: x.index,
         stale: x.stale,
+        rebuilding: x.rebuilding,
+        takes_writes: x.takes_writes,
+        epoch: x.epoch,
     }
+}
+
+/// How to connect to the node of extent `x`: `base`, with TLS when the node speaks it (made from
+/// the mount's certificate once, kept in `tls`).
+pub(super) fn connect_opts(
+    opts: &MountOptions,
+    base: &ConnectOptions,
+    tls: &Mutex<Option<Arc<rustls::ClientConfig>>>,
+    x: &v1::Extent,
+) -> Result<ConnectOptions, Error> {
+    if opts.require_tls && !x.node_tls {
+        return Err(Error::Invalid(format!(
+            "node {} serves its data plane in plaintext, and TLS was required",
+            x.node_address
+        )));
+    }
+    let mut copts = base.clone();
+    if x.node_tls {
+        let mut tls = tls.lock().unwrap_or_else(|p| p.into_inner());
+        if tls.is_none() {
+            let cert = opts.cert.as_ref().ok_or_else(|| {
+                Error::Invalid(format!(
+                    "node {} serves its data plane over mutual TLS: mount with a host \
+                     certificate (--cert DIR or DASMESH_CERT)",
+                    x.node_address
+                ))
+            })?;
+            *tls = Some(
+                cert.data_client_config()
+                    .map_err(|e| Error::Invalid(e.to_string()))?,
+            );
+        }
+        copts.tls = tls.clone();
+    }
+    Ok(copts)
 }
 
 fn same_place(a: &Extent, b: &Extent) -> bool {
@@ -130,45 +168,24 @@ impl Volume {
             holder: Some(holder),
             tls: None,
         };
-        let mut tls = None;
+        let tls = Mutex::new(None);
         for me in &m.extents {
             let x = me
                 .extent
                 .as_ref()
                 .ok_or_else(|| Error::Invalid("mount information: an empty extent".into()))?;
-            if opts.require_tls && !x.node_tls {
-                return Err(Error::Invalid(format!(
-                    "node {} serves its data plane in plaintext, and TLS was required",
-                    x.node_address
-                )));
-            }
-            let mut copts = copts.clone();
-            if x.node_tls {
-                if tls.is_none() {
-                    let cert = opts.cert.as_ref().ok_or_else(|| {
-                        Error::Invalid(format!(
-                            "node {} serves its data plane over mutual TLS: mount with a host \
-                             certificate (--cert DIR or DASMESH_CERT)",
-                            x.node_address
-                        ))
-                    })?;
-                    tls = Some(
-                        cert.data_client_config()
-                            .map_err(|e| Error::Invalid(e.to_string()))?,
-                    );
-                }
-                copts.tls = tls.clone();
-            }
             links.push(Link {
-                addr: x.node_address.clone(),
-                device: DeviceId(x.device_id),
+                target: Mutex::new(Target {
+                    addr: x.node_address.clone(),
+                    device: DeviceId(x.device_id),
+                    opts: connect_opts(&opts, &copts, &tls, x)?,
+                }),
                 token: Mutex::new(Token::from_text(&me.token)?),
                 current: RwLock::new(None),
                 connecting: tokio::sync::Mutex::new(()),
                 max_io: AtomicU64::new(1 << 20),
                 block_size: AtomicU32::new(512),
                 connections: opts.connections.max(1),
-                opts: copts,
             });
             extents.push(to_extent(x));
         }
@@ -188,6 +205,9 @@ impl Volume {
             closed: AtomicBool::new(false),
             renewer: Mutex::new(None),
             dirty: Default::default(),
+            reports: AtomicU64::new(0),
+            base: copts,
+            tls,
         });
         let v = Volume { inner };
         v.connect_all().await?;
@@ -272,11 +292,11 @@ impl Volume {
     }
 }
 
-/// Takes the controller's stale flags (a copy never becomes fresh again here: only a rebuild,
-/// which means a new mount, clears it).
+/// Takes the controller's stale flags from an answer to a report (a copy never becomes fresh
+/// again here, and a copy being rebuilt that takes writes keeps taking them).
 pub(super) fn merge_stale(map: &mut Map, from: impl Iterator<Item = Extent>) {
     for x in from {
-        if x.stale {
+        if x.stale && !x.takes_writes {
             let copy = map
                 .extents()
                 .iter()
@@ -289,16 +309,34 @@ pub(super) fn merge_stale(map: &mut Map, from: impl Iterator<Item = Extent>) {
     }
 }
 
+/// Renews the lease; when the answer shows rebuilding extents this host is to write to now,
+/// waits for every write it sent before it knew of them and renews again naming them, so that
+/// their nodes may start copying (docs/volumes.md, "Replacing a lost copy").
 async fn renew_once(inner: &Inner) -> Result<(), Error> {
+    let joined = renew_with(inner, Vec::new()).await?;
+    if !joined.is_empty() && inner.opts.access == Access::ReadWrite {
+        drop(inner.gate.write().await);
+        renew_with(inner, joined).await?;
+    }
+    Ok(())
+}
+
+/// One renewal (telling the controller of the rebuilding extents in `joined`). Takes the
+/// controller's view of every extent: where it is (a replaced extent moves to its new node),
+/// whether it is read, written, or neither. Returns the epochs of the rebuilding extents it
+/// writes to now and did not before.
+async fn renew_with(inner: &Inner, joined: Vec<u64>) -> Result<Vec<u64>, Error> {
     let lease_id = inner
         .lease
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .lease_id;
+    let reports = inner.reports.load(Ordering::Acquire);
     let m = v1::leases_client::LeasesClient::new(inner.ctl.clone())
         .renew(v1::RenewRequest {
             lease_id,
             ttl_ms: inner.opts.ttl.as_millis() as u64,
+            joined,
         })
         .await
         .map_err(|s| control("renew", s))?
@@ -306,23 +344,74 @@ async fn renew_once(inner: &Inner) -> Result<(), Error> {
     if let Some(l) = m.lease {
         *inner.lease.lock().unwrap_or_else(|p| p.into_inner()) = l;
     }
-    let fresh: Vec<(Extent, String)> = m
-        .extents
-        .iter()
-        .filter_map(|me| me.extent.as_ref().map(|x| (to_extent(x), me.token.clone())))
-        .collect();
+    // A failure report of this host's that went out meanwhile may be newer than this answer:
+    // then only its stale flags count.
+    let current = inner.reports.load(Ordering::Acquire) == reports;
+    let mut newly = Vec::new();
+    let mut moved = Vec::new();
+    let mut again = Vec::new();
     {
         let mut map = inner.map.write().unwrap_or_else(|p| p.into_inner());
-        merge_stale(&mut map, fresh.iter().map(|(x, _)| x.clone()));
+        for me in &m.extents {
+            let Some(x) = me.extent.as_ref() else {
+                continue;
+            };
+            let fresh = to_extent(x);
+            let Some(i) = map
+                .extents()
+                .iter()
+                .position(|e| (e.copy, e.index) == (fresh.copy, fresh.index))
+            else {
+                continue;
+            };
+            let old = map.extents()[i].clone();
+            if (old.node_id, old.device, old.offset) != (fresh.node_id, fresh.device, fresh.offset)
+            {
+                if old.length != fresh.length {
+                    continue;
+                }
+                tracing::info!(volume = %inner.name, copy = fresh.copy, from = %old.address, to = %fresh.address, "extent replaced on another node");
+                moved.push((i, x.clone(), me.token.clone()));
+            } else if !current {
+                if fresh.stale {
+                    map.mark_stale(fresh.copy as usize);
+                }
+                continue;
+            }
+            if fresh.takes_writes && fresh.stale && !(old.takes_writes && old.stale) {
+                newly.push(fresh.epoch);
+                again.push(fresh.copy as usize);
+            }
+            if !fresh.stale && old.stale {
+                again.push(fresh.copy as usize);
+            }
+            map.set_extent(i, fresh);
+        }
+    }
+    if !again.is_empty() {
+        // Written again from here on: what it missed before is another matter (the rebuild).
+        inner.dirty.healthy_again(&again);
+    }
+    for (i, x, token) in moved {
+        let t = Target {
+            addr: x.node_address.clone(),
+            device: DeviceId(x.device_id),
+            opts: connect_opts(&inner.opts, &inner.base, &inner.tls, &x)?,
+        };
+        inner.links[i].retarget(t, Token::from_text(&token)?);
     }
     let map = inner.map.read().unwrap_or_else(|p| p.into_inner()).clone();
     let mut jobs = Vec::new();
     for (i, e) in map.extents().iter().enumerate() {
-        let Some((_, t)) = fresh.iter().find(|(x, _)| same_place(x, e)) else {
+        let Some(me) = m.extents.iter().find(|me| {
+            me.extent
+                .as_ref()
+                .is_some_and(|x| (x.copy, x.index) == (e.copy, e.index))
+        }) else {
             continue;
         };
-        let token = Token::from_text(t)?;
-        if map.copy_is_healthy(e.copy as usize) {
+        let token = Token::from_text(&me.token)?;
+        if map.copy_takes_writes(e.copy as usize) {
             jobs.push((i, token));
         } else {
             // A stale copy takes no I/O until a rebuild: keep its token current, let its
@@ -335,7 +424,7 @@ async fn renew_once(inner: &Inner) -> Result<(), Error> {
         }
     }
     join_all(jobs.into_iter().map(|(i, t)| inner.links[i].renew(t))).await;
-    Ok(())
+    Ok(newly)
 }
 
 async fn renew_loop(weak: Weak<Inner>) {

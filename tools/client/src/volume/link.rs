@@ -8,17 +8,24 @@ use dasmesh_wire::{DeviceId, Token};
 
 use crate::{ConnectOptions, Error, NodeSession};
 
-/// The connections to one extent.
-pub(super) struct Link {
+/// Where an extent is, and how to connect to its node.
+#[derive(Clone)]
+pub(super) struct Target {
     pub(super) addr: String,
     pub(super) device: DeviceId,
+    pub(super) opts: ConnectOptions,
+}
+
+/// The connections to one extent.
+pub(super) struct Link {
+    /// Where it is (changes when the extent is replaced on another node).
+    pub(super) target: Mutex<Target>,
     pub(super) token: Mutex<Token>,
     pub(super) current: RwLock<Option<Arc<NodeSession>>>,
     pub(super) connecting: tokio::sync::Mutex<()>,
     pub(super) max_io: AtomicU64,
     pub(super) block_size: AtomicU32,
     pub(super) connections: usize,
-    pub(super) opts: ConnectOptions,
 }
 
 impl Link {
@@ -35,14 +42,8 @@ impl Link {
 
     pub(super) async fn connect(&self) -> Result<Arc<NodeSession>, Error> {
         let token = *self.token.lock().unwrap_or_else(|p| p.into_inner());
-        let s = NodeSession::connect(
-            &self.addr,
-            self.device,
-            &token,
-            self.connections,
-            &self.opts,
-        )
-        .await?;
+        let t = self.target();
+        let s = NodeSession::connect(&t.addr, t.device, &token, self.connections, &t.opts).await?;
         let info = s.info();
         self.max_io
             .store(u64::from(info.max_io_size.max(4096)), Ordering::Relaxed);
@@ -73,6 +74,22 @@ impl Link {
         }
     }
 
+    /// Where the extent is now.
+    pub(super) fn target(&self) -> Target {
+        self.target
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The extent was replaced: it is at `t` now, opened by `token`. The next use connects
+    /// there (calls in flight finish on the old session).
+    pub(super) fn retarget(&self, t: Target, token: Token) {
+        *self.target.lock().unwrap_or_else(|p| p.into_inner()) = t;
+        *self.token.lock().unwrap_or_else(|p| p.into_inner()) = token;
+        self.set(None);
+    }
+
     /// Takes a renewed token: a fresh session replaces the current one (calls in flight finish
     /// on the old one, which closes when they are done).
     pub(super) async fn renew(&self, token: Token) {
@@ -82,7 +99,7 @@ impl Link {
             Ok(s) => self.set(Some(s)),
             // Reconnects on next use.
             Err(e) => {
-                tracing::debug!(addr = %self.addr, "reconnect after renewal failed: {e}");
+                tracing::debug!(addr = %self.target().addr, "reconnect after renewal failed: {e}");
                 self.set(None);
             }
         }

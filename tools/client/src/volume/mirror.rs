@@ -45,16 +45,17 @@ pub(super) enum Verdict {
 }
 
 /// Decides what per-copy results of a modifying operation (write, discard, write-zeroes,
-/// flush) mean. `healthy` is the number of copies it went to; `failures` holds every failed
-/// request with its copy, in any number per copy.
+/// flush) mean. `healthy` lists the readable copies it went to (it may also have gone to
+/// copies being rebuilt, which cannot acknowledge it); `failures` holds every failed request
+/// with its copy, in any number per copy.
 ///
 /// - A refusal that is the host's own (stale epoch, expired token, read-only, a bad argument)
 ///   fails the operation and never marks a copy: another copy would refuse it too.
 /// - With no failure it succeeded.
-/// - Where there is nothing left to acknowledge from (one healthy copy, or every healthy copy
-///   failed), or on a read-only mount (which may not report), the first failure is returned.
+/// - Where there is nothing left to acknowledge from (every healthy copy failed), or on a
+///   read-only mount (which may not report), the first failure is returned.
 /// - Otherwise the failed copies are to be reported stale, and the others acknowledge it.
-pub(super) fn verdict(healthy: usize, failures: Vec<(usize, Error)>, access: Access) -> Verdict {
+pub(super) fn verdict(healthy: &[usize], failures: Vec<(usize, Error)>, access: Access) -> Verdict {
     let mut copies = Vec::new();
     let mut first = None;
     for (copy, e) in failures {
@@ -69,7 +70,8 @@ pub(super) fn verdict(healthy: usize, failures: Vec<(usize, Error)>, access: Acc
     let Some(why) = first else {
         return Verdict::Ok;
     };
-    if healthy <= 1 || copies.len() >= healthy || access == Access::ReadOnly {
+    let lost = copies.iter().filter(|c| healthy.contains(c)).count();
+    if lost >= healthy.len() || access == Access::ReadOnly {
         return Verdict::Fail(why);
     }
     Verdict::ReportStale { copies, why }
@@ -99,19 +101,22 @@ impl Volume {
         let cut = matches!(io, Io::Write { .. });
         let (healthy, plan, stale, mirror) = {
             let map = self.map();
+            // Copies that miss it: their records gain it. Copies being rebuilt and guarded by
+            // their nodes take it, though they are not read.
             let stale: Vec<usize> = (0..map.copies())
-                .filter(|&c| !map.copy_is_healthy(c))
+                .filter(|&c| !map.copy_takes_writes(c))
                 .collect();
-            let mut healthy = 0;
+            let healthy: Vec<usize> = (0..map.copies())
+                .filter(|&c| map.copy_is_healthy(c))
+                .collect();
             let mut plan: Vec<(usize, Piece)> = Vec::with_capacity(map.copies());
-            for c in (0..map.copies()).filter(|&c| map.copy_is_healthy(c)) {
-                healthy += 1;
+            for c in (0..map.copies()).filter(|&c| map.copy_takes_writes(c)) {
                 let ps = map.pieces(c, offset, len);
                 plan.extend(self.chunks(ps, cut).into_iter().map(|p| (c, p)));
             }
             (healthy, plan, stale, map.copies() > 1)
         };
-        if healthy == 0 {
+        if healthy.is_empty() {
             return Err(Error::Unavailable(format!(
                 "volume {:?}: no healthy copy",
                 self.inner.name
@@ -132,7 +137,7 @@ impl Volume {
             self.inner.dirty.wrote(offset, len);
         }
         let lacks = self.inner.dirty.failed(Some((offset, len)));
-        self.settle(verdict(healthy, failures, self.inner.opts.access), lacks)
+        self.settle(verdict(&healthy, failures, self.inner.opts.access), lacks)
             .await?;
         recorded
     }
@@ -164,7 +169,7 @@ impl Volume {
         if copies.is_empty() {
             return Ok(());
         }
-        self.send_report(&copies, why, ranges).await
+        self.send_report(&copies, why, ranges, true).await
     }
 
     /// One failure report: `copies` turn (or stay) stale and may lack `ranges`.
@@ -173,6 +178,7 @@ impl Volume {
         copies: &[usize],
         why: &str,
         ranges: Option<&[(u64, u64)]>,
+        not_sent: bool,
     ) -> Result<(), Error> {
         let r = v1::leases_client::LeasesClient::new(self.inner.ctl.clone())
             .report_failure(v1::ReportFailureRequest {
@@ -180,6 +186,7 @@ impl Volume {
                 copies: copies.iter().map(|&c| c as u32).collect(),
                 reason: why.to_string(),
                 dirty: byte_ranges(ranges.unwrap_or_default()),
+                not_sent,
             })
             .await
             .map_err(|s| control("report a failed mirror copy", s))?
@@ -190,18 +197,26 @@ impl Volume {
             map.mark_stale(c);
         }
         merge_stale(&mut map, r.extents.iter().map(to_extent));
+        drop(map);
+        self.inner
+            .reports
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         Ok(())
     }
 
     /// Makes every write acknowledged so far durable, on every node holding the volume.
     pub async fn flush(&self) -> Result<(), Error> {
+        self.fenced_retry(|| self.flush_once()).await
+    }
+
+    async fn flush_once(&self) -> Result<(), Error> {
         let map = self.map().clone();
         // A FLUSH covers every acknowledged write on its node device: one per device will do.
         let mut seen = std::collections::HashSet::new();
         let targets: Vec<usize> = (0..self.inner.links.len())
             .filter(|&i| {
                 let e = &map.extents()[i];
-                map.copy_is_healthy(e.copy as usize) && seen.insert((e.address.clone(), e.device))
+                map.copy_takes_writes(e.copy as usize) && seen.insert((e.address.clone(), e.device))
             })
             .collect();
         let map = &map;
@@ -215,16 +230,16 @@ impl Volume {
             (map.extents()[i].copy as usize, r)
         }))
         .await;
-        let healthy = (0..map.copies())
+        let healthy: Vec<usize> = (0..map.copies())
             .filter(|&c| map.copy_is_healthy(c))
-            .count();
+            .collect();
         let failures = results
             .into_iter()
             .filter_map(|(copy, r)| r.err().map(|e| (copy, e)))
             .collect();
         // A copy failing a flush may lack anything written since the last one.
         let lacks = self.inner.dirty.failed(None);
-        self.settle(verdict(healthy, failures, self.inner.opts.access), lacks)
+        self.settle(verdict(&healthy, failures, self.inner.opts.access), lacks)
             .await?;
         self.inner.dirty.flushed(at);
         Ok(())
@@ -253,11 +268,12 @@ impl Volume {
         let _one = self.inner.reporting.lock().await;
         let (fresh, already): (Vec<usize>, Vec<usize>) = {
             let map = self.map();
-            copies.iter().partition(|&&c| map.copy_is_healthy(c))
+            copies.iter().partition(|&&c| map.copy_takes_writes(c))
         };
         if !fresh.is_empty() {
             tracing::warn!(volume = %self.inner.name, copies = ?fresh, "mirror copies failed a write: {why}");
-            self.send_report(&fresh, &why.to_string(), lacks).await?;
+            self.send_report(&fresh, &why.to_string(), lacks, false)
+                .await?;
         }
         // Marked stale meanwhile by another operation's report, which may not have named what
         // this one wrote.
@@ -270,6 +286,10 @@ impl Volume {
 mod tests {
     use super::*;
     use dasmesh_wire::Op;
+
+    fn all(n: usize) -> Vec<usize> {
+        (0..n).collect()
+    }
 
     fn node(status: Status) -> Error {
         Error::Request {
@@ -309,7 +329,10 @@ mod tests {
     fn no_failure_is_ok() {
         for healthy in 1..4 {
             for access in [Access::ReadWrite, Access::ReadOnly] {
-                assert!(matches!(verdict(healthy, vec![], access), Verdict::Ok));
+                assert!(matches!(
+                    verdict(&all(healthy), vec![], access),
+                    Verdict::Ok
+                ));
             }
         }
     }
@@ -318,7 +341,7 @@ mod tests {
     fn a_failed_copy_of_two_is_reported_and_the_other_acknowledges() {
         for e in copy_failures() {
             let shown = e.to_string();
-            match verdict(2, vec![(1, e)], Access::ReadWrite) {
+            match verdict(&all(2), vec![(1, e)], Access::ReadWrite) {
                 Verdict::ReportStale { copies, why } => {
                     assert_eq!(copies, vec![1]);
                     assert_eq!(why.to_string(), shown);
@@ -337,7 +360,7 @@ mod tests {
                 let mut failures: Vec<(usize, Error)> =
                     before.map(|c| (c, Error::Closed)).into_iter().collect();
                 failures.push((1, again(&e)));
-                match verdict(3, failures, Access::ReadWrite) {
+                match verdict(&all(3), failures, Access::ReadWrite) {
                     Verdict::Fail(got) => assert_eq!(got.to_string(), shown),
                     v => panic!("{shown} after {before:?}: {v:?}"),
                 }
@@ -361,7 +384,7 @@ mod tests {
     #[test]
     fn every_healthy_copy_failing_returns_the_first_failure() {
         let failures = vec![(1, node(Status::IoError)), (0, Error::Timeout)];
-        match verdict(2, failures, Access::ReadWrite) {
+        match verdict(&all(2), failures, Access::ReadWrite) {
             Verdict::Fail(e) => assert!(matches!(e.status(), Some(Status::IoError)), "{e}"),
             v => panic!("{v:?}"),
         }
@@ -371,7 +394,7 @@ mod tests {
     fn a_single_healthy_copy_that_fails_fails_the_operation() {
         for e in copy_failures() {
             assert!(matches!(
-                verdict(1, vec![(0, e)], Access::ReadWrite),
+                verdict(&all(1), vec![(0, e)], Access::ReadWrite),
                 Verdict::Fail(_)
             ));
         }
@@ -379,7 +402,7 @@ mod tests {
 
     #[test]
     fn a_read_only_mount_never_reports() {
-        match verdict(2, vec![(0, Error::Closed)], Access::ReadOnly) {
+        match verdict(&all(2), vec![(0, Error::Closed)], Access::ReadOnly) {
             Verdict::Fail(Error::Closed) => {}
             v => panic!("{v:?}"),
         }
@@ -390,7 +413,7 @@ mod tests {
         // A flush reaches each device of a copy: two failures of copy 0 are one failed copy,
         // not "every copy failed".
         let failures = vec![(0, Error::Closed), (0, node(Status::IoError))];
-        match verdict(2, failures, Access::ReadWrite) {
+        match verdict(&all(2), failures, Access::ReadWrite) {
             Verdict::ReportStale { copies, why } => {
                 assert_eq!(copies, vec![0]);
                 assert!(matches!(why, Error::Closed));
@@ -402,12 +425,26 @@ mod tests {
     #[test]
     fn several_failed_copies_are_reported_in_the_order_they_failed() {
         let failures = vec![(2, Error::Timeout), (0, Error::Closed), (2, Error::Closed)];
-        match verdict(3, failures, Access::ReadWrite) {
+        match verdict(&all(3), failures, Access::ReadWrite) {
             Verdict::ReportStale { copies, why } => {
                 assert_eq!(copies, vec![2, 0]);
                 assert!(matches!(why, Error::Timeout));
             }
             v => panic!("{v:?}"),
         }
+    }
+
+    /// A copy being rebuilt takes writes but cannot acknowledge them: its failure beside a
+    /// healthy copy's success is reported, and the healthy copy's failure fails the write.
+    #[test]
+    fn a_rebuilding_copy_neither_acknowledges_nor_fails_a_write() {
+        match verdict(&[0], vec![(1, Error::Closed)], Access::ReadWrite) {
+            Verdict::ReportStale { copies, .. } => assert_eq!(copies, vec![1]),
+            v => panic!("{v:?}"),
+        }
+        assert!(matches!(
+            verdict(&[0], vec![(0, Error::Closed)], Access::ReadWrite),
+            Verdict::Fail(_)
+        ));
     }
 }

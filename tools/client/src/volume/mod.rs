@@ -136,6 +136,12 @@ struct Inner {
     renewer: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// A mirror's dirty-region tracking (`dirty.rs`).
     dirty: dirty::Tracker,
+    /// Failure reports answered so far (a renewal sent before one may carry older flags).
+    reports: AtomicU64,
+    /// How to connect to a node (before TLS), for extents that move.
+    base: crate::ConnectOptions,
+    /// The data plane's TLS client side, made when the first node that speaks it is met.
+    tls: Mutex<Option<Arc<rustls::ClientConfig>>>,
 }
 
 impl Drop for Inner {
@@ -242,8 +248,33 @@ impl Volume {
         self.map().extents().to_vec()
     }
 
+    /// On a mirror, a copy moved to another node (`dasmesh volume replace-copy`) refuses this
+    /// host's old token with StaleEpoch until the host renews and learns where it went: renew
+    /// once then, and try again (a host whose lease is fenced for real is refused again).
+    pub(super) async fn fenced_retry<T, F, Fut>(&self, f: F) -> Result<T, Error>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<T, Error>>,
+    {
+        match f().await {
+            Err(e)
+                if e.status() == Some(dasmesh_wire::Status::StaleEpoch)
+                    && self.map().copies() > 1 =>
+            {
+                tracing::info!(volume = %self.inner.name, "a node fenced this host's token: renewing the lease to learn what moved");
+                self.renew().await?;
+                f().await
+            }
+            r => r,
+        }
+    }
+
     /// Reads `len` bytes at `offset`.
     pub async fn read(&self, offset: u64, len: usize) -> Result<Vec<u8>, Error> {
+        self.fenced_retry(|| self.read_once(offset, len)).await
+    }
+
+    async fn read_once(&self, offset: u64, len: usize) -> Result<Vec<u8>, Error> {
         self.check(offset, len as u64)?;
         if let Some((copy, p)) = self.read_piece(offset, len as u64) {
             match self.on_extent(p, offset, &Io::Read).await {
@@ -286,7 +317,22 @@ impl Volume {
     }
 
     /// Reads `buf.len()` bytes at `offset` into `buf`.
-    pub async fn read_into(&self, offset: u64, mut buf: AlignedBuf) -> Result<AlignedBuf, Error> {
+    pub async fn read_into(&self, offset: u64, buf: AlignedBuf) -> Result<AlignedBuf, Error> {
+        let len = buf.len();
+        match self.read_into_once(offset, buf).await {
+            // As `fenced_retry`, with a fresh buffer (the first went with the failed read).
+            Err(e)
+                if e.status() == Some(dasmesh_wire::Status::StaleEpoch)
+                    && self.map().copies() > 1 =>
+            {
+                self.renew().await?;
+                self.read_into_once(offset, AlignedBuf::new(len)).await
+            }
+            r => r,
+        }
+    }
+
+    async fn read_into_once(&self, offset: u64, mut buf: AlignedBuf) -> Result<AlignedBuf, Error> {
         let len = buf.len() as u64;
         self.check(offset, len)?;
         if let Some((copy, p)) = self.read_piece(offset, len) {
@@ -319,6 +365,11 @@ impl Volume {
 
     /// Writes `data` at `offset` (to every healthy copy); with `fua` it is durable on return.
     pub async fn write(&self, offset: u64, data: &[u8], fua: bool) -> Result<(), Error> {
+        self.fenced_retry(|| self.write_once(offset, data, fua))
+            .await
+    }
+
+    async fn write_once(&self, offset: u64, data: &[u8], fua: bool) -> Result<(), Error> {
         self.check(offset, data.len() as u64)?;
         let io = Io::Write { data, fua };
         if self.inner.opts.access == Access::ReadWrite && self.map().copies() == 1 {
@@ -332,13 +383,16 @@ impl Volume {
     /// Deallocates a range (it may or may not read back as zeroes; see `write_zeroes`).
     pub async fn discard(&self, offset: u64, len: u64) -> Result<(), Error> {
         self.check(offset, len)?;
-        self.on_every_copy(offset, len, &Io::Discard).await
+        self.fenced_retry(|| self.on_every_copy(offset, len, &Io::Discard))
+            .await
     }
 
     /// Makes a range read back as zeroes.
     pub async fn write_zeroes(&self, offset: u64, len: u64, fua: bool) -> Result<(), Error> {
         self.check(offset, len)?;
-        self.on_every_copy(offset, len, &Io::Zeroes { fua }).await
+        let io = Io::Zeroes { fua };
+        self.fenced_retry(|| self.on_every_copy(offset, len, &io))
+            .await
     }
 
     /// Offsets (in the volume) where `pattern` (1..=64 bytes) starts within

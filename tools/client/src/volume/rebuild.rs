@@ -58,8 +58,9 @@ impl Volume {
         let _alone = self.inner.gate.write().await;
         let (stale, size, max_io) = {
             let map = self.map();
+            // Copies their nodes are rebuilding (replacements) are theirs to finish.
             let stale: Vec<usize> = (0..map.copies())
-                .filter(|&c| !map.copy_is_healthy(c))
+                .filter(|&c| !map.copy_is_healthy(c) && !map.copy_rebuilding(c))
                 .collect();
             let max_io = (0..map.extents().len())
                 .map(|i| self.inner.links[i].max_io.load(Ordering::Relaxed))
@@ -70,7 +71,7 @@ impl Volume {
         if stale.is_empty() {
             return Ok(Vec::new());
         }
-        if stale.len() == self.map().copies() {
+        if !(0..self.map().copies()).any(|c| self.map().copy_is_healthy(c)) {
             return Err(Error::Unavailable(format!(
                 "volume {:?}: no healthy copy to rebuild from",
                 self.inner.name

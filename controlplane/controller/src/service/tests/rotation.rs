@@ -55,6 +55,7 @@ async fn a_rotated_key_signs_mounts_only_after_the_switch() {
     };
     let beat = || async {
         svc.heartbeat(Request::new(v1::HeartbeatRequest {
+            rebuilds: vec![],
             node_id: ids[0],
             usage: vec![],
         }))

@@ -302,7 +302,7 @@ proptest! {
                     // Everyone else beats; node n falls silent long enough to be marked down.
                     for id in 1..=NODES {
                         if id != u64::from(n) && s.nodes[&id].state == NodeState::Up {
-                            apply(&mut s, Command::Heartbeat { node_id: id, usage: vec![], now_ms: now }).unwrap();
+                            apply(&mut s, Command::Heartbeat { node_id: id, usage: vec![], now_ms: now, rebuilds: vec![] }).unwrap();
                         }
                     }
                     let r = apply(&mut s, Command::Tick { now_ms: now, heartbeat_ms: 1 });

@@ -265,6 +265,7 @@ fn numbers_out_of_bounds_are_refused() {
             &mut s,
             "renew ttl",
             Command::Renew {
+                joined: vec![],
                 lease_id: l.id,
                 ttl_ms: ttl,
                 now_ms: 10,
@@ -362,6 +363,7 @@ fn long_strings_and_lists_are_refused_with_a_short_echo() {
             }],
         },
         Command::FailCopies {
+            not_sent: false,
             lease_id: w.id,
             copies: vec![1],
             reason: big.clone(),
@@ -369,6 +371,7 @@ fn long_strings_and_lists_are_refused_with_a_short_echo() {
             dirty: Vec::new(),
         },
         Command::FailCopies {
+            not_sent: false,
             lease_id: w.id,
             copies: vec![1; MAX_REPORTED_COPIES + 1],
             reason: String::new(),
@@ -381,6 +384,7 @@ fn long_strings_and_lists_are_refused_with_a_short_echo() {
             now_ms: 1000,
         },
         Command::Heartbeat {
+            rebuilds: vec![],
             node_id,
             usage: vec![Counters::default(); MAX_USAGE_ENTRIES + 1],
             now_ms: 1000,
@@ -558,7 +562,7 @@ mod numbers {
                         volume: format!("v{v}"), host: "h".into(), rw, ttl_ms, now_ms,
                     }),
                     Op::Renew(i, ttl_ms, now_ms) => match leases.get(i as usize) {
-                        Some(&lease_id) => apply(&mut s, Command::Renew { lease_id, ttl_ms, now_ms }),
+                        Some(&lease_id) => apply(&mut s, Command::Renew { lease_id, ttl_ms, now_ms, joined: vec![] }),
                         None => continue,
                     },
                 };

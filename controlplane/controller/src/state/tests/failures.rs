@@ -6,6 +6,7 @@ fn fail(s: &mut State, lease_id: u64, copies: &[u32], now_ms: u64) -> Result<Vol
     match apply(
         s,
         Command::FailCopies {
+            not_sent: false,
             lease_id,
             copies: copies.to_vec(),
             reason: "write: connection reset".into(),

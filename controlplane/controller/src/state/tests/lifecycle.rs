@@ -27,6 +27,7 @@ fn beat(s: &mut State, node_id: u64, usage: Vec<Counters>, now_ms: u64) -> Resul
     apply(
         s,
         Command::Heartbeat {
+            rebuilds: vec![],
             node_id,
             usage,
             now_ms,
@@ -121,6 +122,7 @@ fn revoking_a_reader_leaves_the_writer_current() {
     let Outcome::Volume(v) = apply(
         &mut s,
         Command::FailCopies {
+            not_sent: false,
             lease_id: w.id,
             copies: vec![1],
             reason: "write failed".into(),
@@ -356,7 +358,7 @@ mod revocation {
                         if let Some(id) = writer {
                             // Rebuilt first so a failure of copy 1 is always allowed.
                             apply(&mut s, Command::RebuiltCopies { lease_id: id, copies: vec![0, 1], now_ms: now }).unwrap();
-                            apply(&mut s, Command::FailCopies { lease_id: id, copies: vec![1], reason: String::new(), now_ms: now , dirty: Vec::new()}).unwrap();
+                            apply(&mut s, Command::FailCopies { lease_id: id, copies: vec![1], reason: String::new(), now_ms: now , dirty: Vec::new(), not_sent: false}).unwrap();
                         }
                     }
                 }

@@ -264,6 +264,7 @@ fn a_range_a_newer_deleted_volume_fenced_serves_its_new_owner() {
     let Outcome::Lease(w2, _) = apply(
         &mut s,
         Command::Renew {
+            joined: vec![],
             lease_id: w.id,
             ttl_ms: 60_000,
             now_ms: 3000,
