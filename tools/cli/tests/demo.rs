@@ -1,7 +1,7 @@
 //! `dasmesh demo` end to end: it starts the workspace's controller, nodes and benchmark runner
 //! itself (next to the `dasmesh` binary: `cargo build --workspace --bins` first). One test in a
 //! file of its own, so it never runs alongside the other cluster tests (cargo runs test binaries
-//! one after another); it takes about 20 s.
+//! one after another); it takes about 25 s.
 
 use std::process::Command;
 
@@ -29,7 +29,8 @@ fn demo_runs_every_step_and_leaves_nothing_behind() {
         "== 6. benchmark",
         "== 7. usage and charges",
         "== 8. SIGKILL the node holding the mirror's second copy",
-        "== 9. stop",
+        "== 9. the lost copy is replaced on the node no copy uses",
+        "== 10. stop",
         "demo-mirror: verified, all 8389385 bytes identical",
         "demo-stripe: verified, all 8389385 bytes identical",
         "demo-concat: verified, all 8389385 bytes identical",
@@ -37,6 +38,8 @@ fn demo_runs_every_step_and_leaves_nothing_behind() {
         "volume:demo-mirror",
         "total charge",
         "demo-mirror is DEGRADED",
+        "copy 1 rebuilt on node",
+        "from copy 1's new node alone: identical",
         "controller exited 0",
         "demo complete",
     ] {

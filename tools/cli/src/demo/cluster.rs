@@ -205,6 +205,8 @@ impl Cluster {
                 &d.join("ctl").display().to_string(),
                 "--heartbeat",
                 heartbeat,
+                "--replace-after",
+                super::REPLACE_AFTER,
                 "--cert",
                 &ctl_cert.display().to_string(),
             ]),

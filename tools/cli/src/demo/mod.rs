@@ -1,7 +1,8 @@
 //! `dasmesh demo`: the whole system on one machine in under a minute. A controller and three
 //! nodes on loopback, volumes of every multi-node layout, data copied in and out and verified,
 //! a search, a benchmark against a local-file baseline, usage with charges, a node killed under
-//! a mirror while it is written, and a clean shutdown. It prints what the real commands print
+//! a mirror while it is written, the lost copy replaced and rebuilt on another node, and a clean
+//! shutdown. It prints what the real commands print
 //! (the same code runs), checks every result, and exits non-zero when one is wrong.
 
 mod cluster;
@@ -60,6 +61,8 @@ const BENCH_SIZE: u64 = 32 << 20;
 /// Measured time per target and workload (after a 250 ms warm-up).
 const BENCH_RUNTIME: &str = "1500ms";
 const HOST: &str = "demo-host";
+/// How long the demo's controller waits for a lost node before it replaces the copies on it.
+const REPLACE_AFTER: &str = "3s";
 
 /// Runs the demo.
 pub fn run(a: DemoArgs) -> anyhow::Result<()> {
@@ -105,7 +108,7 @@ pub fn run(a: DemoArgs) -> anyhow::Result<()> {
                 println!("\n(the highly available control plane step needs etcd: scripts/setup.sh installs it)");
             }
         }
-        heading(9, "stop: SIGTERM to the nodes and the controller (in-flight I/O finishes, state is flushed)");
+        heading(10, "stop: SIGTERM to the nodes and the controller (in-flight I/O finishes, state is flushed)");
         let mut clean = true;
         for (name, status) in cl.stop(Duration::from_secs(15)) {
             match status {
@@ -287,7 +290,121 @@ async fn steps(cl: &mut Cluster) -> anyhow::Result<()> {
         8,
         "SIGKILL the node holding the mirror's second copy while the mirror is written: writes and reads carry on",
     );
-    kill_under_mirror(cl, ctl).await
+    let victim = kill_under_mirror(cl, ctl).await?;
+
+    heading(
+        9,
+        &format!("the lost copy is replaced on the node no copy uses ({REPLACE_AFTER} without its node: --replace-after), and that node rebuilds it from copy 0"),
+    );
+    replaced_copy(ctl, &victim).await
+}
+
+/// Waits for the controller to replace the mirror's copy 1 (its node `victim` was killed) on
+/// another node and for that node to rebuild it; then reads the new copy's extent straight from
+/// its node, with a token of a read-only lease, and compares it with what was written.
+async fn replaced_copy(ctl: &Controllers, victim: &str) -> anyhow::Result<()> {
+    const NAME: &str = "demo-mirror";
+    let t0 = Instant::now();
+    let mut shown_rebuilding = false;
+    let done = loop {
+        let v = vol::volume_info(ctl, NAME).await?;
+        let c1 = v.extents.iter().find(|e| e.copy == 1).cloned();
+        if let Some(e) = c1.filter(|e| e.node_address != victim) {
+            if e.rebuilding && !shown_rebuilding {
+                println!(
+                    "copy 1 moved to node {} ({}): REBUILDING, {} of {} copied so far",
+                    e.node_id,
+                    e.node_address,
+                    dasmesh_wire::units::format_size(e.rebuilt_bytes),
+                    dasmesh_wire::units::format_size(e.length)
+                );
+                shown_rebuilding = true;
+            }
+            if v.state == v1::VolumeState::Ok as i32 {
+                break e;
+            }
+        }
+        ensure!(
+            t0.elapsed() < Duration::from_secs(90),
+            "{NAME}: copy 1 not replaced and rebuilt within 90 s: {v:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    println!(
+        "{NAME} is OK again {:.1} s after the demo waited: copy 1 rebuilt on node {} ({}), node to node",
+        t0.elapsed().as_secs_f64(),
+        done.node_id,
+        done.node_address
+    );
+    exec(
+        ctl,
+        false,
+        Ctl::Volume(VolumeCmd::Show { name: NAME.into() }),
+    )
+    .await?;
+    // What the new node holds, read from it alone.
+    let m = v1::leases_client::LeasesClient::new(ctl.clone())
+        .mount(v1::MountRequest {
+            volume: NAME.into(),
+            host_id: HOST.into(),
+            access: v1::Access::ReadOnly as i32,
+            ttl_ms: 60_000,
+            holder_key: Vec::new(),
+        })
+        .await
+        .map_err(crate::ctl::status)?
+        .into_inner();
+    let lease_id = m.lease.as_ref().map_or(0, |l| l.lease_id);
+    let read = async {
+        let me = m
+            .extents
+            .iter()
+            .find(|me| me.extent.as_ref().is_some_and(|e| e.copy == 1))
+            .ok_or_else(|| anyhow!("{NAME}: no copy 1 in the mount information"))?;
+        let e = me.extent.clone().unwrap_or_default();
+        let token = dasmesh_wire::Token::from_text(&me.token)?;
+        let s = dasmesh_client::NodeSession::connect(
+            &e.node_address,
+            dasmesh_wire::DeviceId(e.device_id),
+            &token,
+            1,
+            &Default::default(),
+        )
+        .await
+        .map_err(|err| anyhow!("connecting to {}: {err}", e.node_address))?;
+        let mut got = Vec::with_capacity(MIRROR_LEN);
+        for at in (0..MIRROR_LEN as u64).step_by(1 << 20) {
+            got.extend(
+                s.read(e.offset + at, 1 << 20)
+                    .await
+                    .map_err(|err| anyhow!("reading copy 1 on {}: {err}", e.node_address))?,
+            );
+        }
+        ensure!(
+            got == mirror_data(),
+            "{NAME}: copy 1 on its new node differs at byte {}",
+            first_difference(&got, &mirror_data())
+        );
+        println!(
+            "read the {} MiB written before and after the kill from copy 1's new node alone: identical",
+            MIRROR_LEN >> 20
+        );
+        Ok::<(), anyhow::Error>(())
+    }
+    .await;
+    let _ = v1::leases_client::LeasesClient::new(ctl.clone())
+        .unmount(v1::UnmountRequest { lease_id })
+        .await;
+    read
+}
+
+/// What the mirror step writes.
+const MIRROR_LEN: usize = 4 << 20;
+
+fn mirror_data() -> Vec<u8> {
+    let mut data = vec![0u8; MIRROR_LEN];
+    rand::rngs::StdRng::seed_from_u64(8).fill_bytes(&mut data);
+    data
 }
 
 /// Up to 10 s for `n` nodes to be registered and up.
@@ -382,10 +499,10 @@ async fn bench(dir: &Path, url: &str, cert: &CertDir) -> anyhow::Result<()> {
 
 /// Mounts the mirror, writes half of 4 MiB, kills the node of copy 1, writes the rest, flushes,
 /// reads everything back; then checks that the controller shows the copy stale and the volume
-/// degraded.
-async fn kill_under_mirror(cl: &mut Cluster, ctl: &Controllers) -> anyhow::Result<()> {
+/// degraded. Returns the killed node's address.
+async fn kill_under_mirror(cl: &mut Cluster, ctl: &Controllers) -> anyhow::Result<String> {
     const NAME: &str = "demo-mirror";
-    const LEN: usize = 4 << 20;
+    const LEN: usize = MIRROR_LEN;
     let info = vol::volume_info(ctl, NAME).await?;
     let victim = info
         .extents
@@ -404,8 +521,7 @@ async fn kill_under_mirror(cl: &mut Cluster, ctl: &Controllers) -> anyhow::Resul
         .await
         .map_err(|e| anyhow!("mounting {NAME}: {e}"))?;
     let r = async {
-        let mut data = vec![0u8; LEN];
-        rand::rngs::StdRng::seed_from_u64(8).fill_bytes(&mut data);
+        let data = mirror_data();
         let half = LEN / 2;
         v.write(0, &data[..half], false)
             .await
@@ -473,5 +589,5 @@ async fn kill_under_mirror(cl: &mut Cluster, ctl: &Controllers) -> anyhow::Resul
     println!(
         "{NAME} is DEGRADED: copy 1 is STALE (it missed writes), copy 0 serves reads and writes"
     );
-    Ok(())
+    Ok(victim)
 }

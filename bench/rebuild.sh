@@ -1,0 +1,99 @@
+#!/usr/bin/env bash
+# rebuild.sh: how fast a mirror copy moved to another node is rebuilt there (node to node), and
+# what a rebuild costs a host writing to the volume. A controller and three nodes, each on a
+# file in DIR; a mirror:2 volume of SIZE filled with 1 MiB writes; then, measured in one run:
+#   1. the device's own sequential write rate (dasmesh-bench local:, io_uring O_DIRECT, 1 MiB,
+#      QD4) on a spare file of the same size in DIR: the baseline of the rebuild rate;
+#   2. a rebuild alone: `dasmesh volume replace-copy` moves copy 1 to the free node, timed from
+#      the call to the copy's return to health (and the node's own figure from its log);
+#   3. host 4k randwrite QD32 on the volume for RUNTIME, with no rebuild;
+#   4. the same while copy 1 is moved again and rebuilt (the run starts with the rebuild).
+# Needs only bash and the binaries. CPU lists: NODE_CPUS, CTL_CPUS, BENCH_CPUS (default all).
+# Usage: bench/rebuild.sh [--bin DIR] [--dir DIR] [--size 2G] [--runtime 5] [--node-flags "..."]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BIN=""; DIRBASE=${TMPDIR:-/var/tmp}; SIZE=2G; RUNTIME=5; NODE_FLAGS=""
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --bin) BIN="$2"; shift 2;;
+    --dir) DIRBASE="$2"; shift 2;;
+    --size) SIZE="$2"; shift 2;;
+    --runtime) RUNTIME="$2"; shift 2;;
+    --node-flags) NODE_FLAGS="$2"; shift 2;;
+    *) echo "usage: $0 [--bin DIR] [--dir DIR] [--size 2G] [--runtime 5] [--node-flags \"...\"]" >&2; exit 2;;
+  esac
+done
+if [[ -z "$BIN" ]]; then
+  cargo build --release -q -p dasmesh-cli -p dasmesh-node -p dasmesh-controller -p dasmesh-bench
+  BIN=$PWD/target/release
+fi
+NODE_CPUS=${NODE_CPUS:-0-$(( $(nproc) - 1 ))}; CTL_CPUS=${CTL_CPUS:-$NODE_CPUS}; BENCH_CPUS=${BENCH_CPUS:-$NODE_CPUS}
+GIB=$(( $(echo "$SIZE" | sed 's/G$//') ))
+DIR=$(mktemp -d "$DIRBASE/rebuild.XXXXXX")
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$DIR"; }
+trap cleanup EXIT
+addr_of() {
+  for _ in $(seq 200); do [[ -s "$1" ]] && grep -q '^listening ' "$1" && { sed -n 's/^listening //p' "$1" | head -n1; return; }; sleep 0.05; done
+  echo "rebuild: no listening line in $1" >&2; exit 1
+}
+now() { date +%s.%N; }
+
+# 1. The device's own sequential write rate, on a fresh file like the one a rebuild fills.
+truncate -s "$(( GIB + 1 ))G" "$DIR/local.img"
+LOCAL=$(taskset -c "$BENCH_CPUS" "$BIN/dasmesh-bench" --no-progress --target "local:$DIR/local.img" \
+  --rw write --bs 1M --iodepth 4 --size "${GIB}G" --runtime "${RUNTIME}s" --json "$DIR/local.json" \
+  | awk '/^local:/ {print $3}')
+rm -f "$DIR/local.img"
+echo "rebuild: local sequential write (1 MiB, QD4, O_DIRECT): $LOCAL MiB/s"
+
+taskset -c "$CTL_CPUS" "$BIN/dasmesh-controller" --listen 127.0.0.1:0 --insecure-no-auth \
+  --data-dir "$DIR/ctl" --replace-after 0s >"$DIR/ctl.out" 2>"$DIR/ctl.log" & PIDS+=($!)
+CTL=http://$(addr_of "$DIR/ctl.out")
+for n in 1 2 3; do
+  # shellcheck disable=SC2086
+  RUST_LOG=info taskset -c "$NODE_CPUS" "$BIN/dasmesh-node" --listen 127.0.0.1:0 --controller "$CTL" \
+    --state-dir "$DIR/n$n" --poll interrupt --no-pin $NODE_FLAGS \
+    --backend "file:$DIR/n$n.img:$(( GIB + 1 ))G" >"$DIR/n$n.out" 2>"$DIR/n$n.log" & PIDS+=($!)
+  addr_of "$DIR/n$n.out" >/dev/null
+done
+D="$BIN/dasmesh --controller $CTL"
+for _ in $(seq 100); do [[ $($D node list 2>/dev/null | grep -c .) -ge 4 ]] && break; sleep 0.1; done
+$D volume create m --size "$SIZE" --layout mirror:2 >/dev/null
+B() { taskset -c "$BENCH_CPUS" "$BIN/dasmesh-bench" --no-progress --controller "$CTL" "$@"; }
+# Sequential 1 MiB writes loop over the volume: long enough to cover it (at 200 MiB/s or more).
+B --target volume:m --rw write --bs 1M --iodepth 4 --ramp 0s --runtime "$(( GIB * 6 ))s" >/dev/null
+echo "rebuild: $SIZE mirror:2 filled"
+
+# Waits until copy 1 is healthy again; prints the seconds since $1.
+wait_healthy() {
+  local t0=$1
+  for _ in $(seq 6000); do
+    if ! $D volume show m | grep -q 'REBUILDING\|STALE'; then
+      echo "$(now) - $t0" | bc; return
+    fi
+    sleep 0.05
+  done
+  echo "rebuild: copy 1 never became healthy" >&2; exit 1
+}
+
+# 2. A rebuild alone.
+T0=$(now)
+$D volume replace-copy m --copy 1 >/dev/null
+SECS=$(wait_healthy "$T0")
+RATE=$(echo "scale=1; $GIB * 1024 / $SECS" | bc)
+echo "rebuild: alone: $SIZE in $SECS s = $RATE MiB/s (call to healthy); the node's own figure:"
+grep -h 'rebuild: copied' "$DIR"/n*.log | sed 's/.*rebuild: //; s/ volume=.*//' | tail -n1
+echo "rebuild: rate / local sequential write = $(echo "scale=2; $RATE / $LOCAL" | bc)"
+
+# 3. and 4. Host writes without and with a rebuild.
+run_host() { B --target volume:m --rw randwrite --bs 4k --iodepth 32 --runtime "${RUNTIME}s" --json "$DIR/$1.json" | awk '/^volume:/ {print $2, $NF}'; }
+read -r QUIET_IOPS QUIET_CPU < <(run_host quiet)
+T0=$(now)
+$D volume replace-copy m --copy 1 >/dev/null
+read -r BUSY_IOPS BUSY_CPU < <(run_host busy)
+STILL=$($D volume show m | grep -c REBUILDING || true)
+SECS=$(wait_healthy "$T0")
+echo "rebuild: host 4k randwrite QD32: $QUIET_IOPS IOPS alone (client $QUIET_CPU us/IO), $BUSY_IOPS during a rebuild (client $BUSY_CPU us/IO)"
+echo "rebuild: during / alone = $(echo "scale=2; $BUSY_IOPS / $QUIET_IOPS" | bc); the rebuild took $SECS s$( [[ $STILL -gt 0 ]] && echo ", still running when the host run ended" )"
+grep -h 'rebuild: copied' "$DIR"/n*.log | sed 's/.*rebuild: //; s/ volume=.*//' | tail -n1
