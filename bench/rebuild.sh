@@ -3,12 +3,14 @@
 # what a rebuild costs a host writing to the volume. A controller and three nodes, each on a
 # file in DIR; a mirror:2 volume of SIZE filled with 1 MiB writes; then, measured in one run:
 #   1. the device's own sequential write rate (dasmesh-bench local:, io_uring O_DIRECT, 1 MiB,
-#      QD4) on a spare file of the same size in DIR: the baseline of the rebuild rate;
+#      QD4) on a spare file of the same size in DIR: the baseline of the rebuild rate; and its
+#      sequential read rate on that file once written (what a rebuild's source can give);
 #   2. a rebuild alone: `dasmesh volume replace-copy` moves copy 1 to the free node, timed from
 #      the call to the copy's return to health (and the node's own figure from its log);
 #   3. host 4k randwrite QD32 on the volume for RUNTIME, with no rebuild;
 #   4. the same while copy 1 is moved again and rebuilt (the run starts with the rebuild).
-# Needs only bash and the binaries. CPU lists: NODE_CPUS, CTL_CPUS, BENCH_CPUS (default all).
+# Needs only bash and the binaries. CPU lists: NODE_CPUS, CTL_CPUS, BENCH_CPUS (default all);
+# PERF_OUT=FILE records step 2 with `perf record -a -g`.
 # Usage: bench/rebuild.sh [--bin DIR] [--dir DIR] [--size 2G] [--runtime 5] [--node-flags "..."]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -42,10 +44,14 @@ now() { date +%s.%N; }
 # 1. The device's own sequential write rate, on a fresh file like the one a rebuild fills.
 truncate -s "$(( GIB + 1 ))G" "$DIR/local.img"
 LOCAL=$(taskset -c "$BENCH_CPUS" "$BIN/dasmesh-bench" --no-progress --target "local:$DIR/local.img" \
-  --rw write --bs 1M --iodepth 4 --size "${GIB}G" --runtime "${RUNTIME}s" --json "$DIR/local.json" \
-  | awk '/^local:/ {print $3}')
+  --rw write --bs 1M --iodepth 4 --size "${GIB}G" --runtime "${RUNTIME}s" --json "$DIR/local.json" 2>&1 \
+  | awk '/local\.img/ {print $3}')
+# And its sequential read rate, on what was just written: what a rebuild's source can give.
+LOCAL_READ=$(taskset -c "$BENCH_CPUS" "$BIN/dasmesh-bench" --no-progress --target "local:$DIR/local.img" \
+  --rw read --bs 1M --iodepth 4 --size "${GIB}G" --runtime "${RUNTIME}s" 2>&1 \
+  | awk '/local\.img/ {print $3}')
 rm -f "$DIR/local.img"
-echo "rebuild: local sequential write (1 MiB, QD4, O_DIRECT): $LOCAL MiB/s"
+echo "rebuild: local sequential write (1 MiB, QD4, O_DIRECT): $LOCAL MiB/s; read: $LOCAL_READ MiB/s"
 
 taskset -c "$CTL_CPUS" "$BIN/dasmesh-controller" --listen 127.0.0.1:0 --insecure-no-auth \
   --data-dir "$DIR/ctl" --replace-after 0s >"$DIR/ctl.out" 2>"$DIR/ctl.log" & PIDS+=($!)
@@ -77,23 +83,33 @@ wait_healthy() {
   echo "rebuild: copy 1 never became healthy" >&2; exit 1
 }
 
-# 2. A rebuild alone.
+# 2. A rebuild alone (PERF_OUT=FILE: recorded with perf, every CPU, while it runs).
+if [[ -n "${PERF_OUT:-}" ]]; then perf record -a -g -o "$PERF_OUT" >/dev/null 2>&1 & PERF_PID=$!; fi
 T0=$(now)
 $D volume replace-copy m --copy 1 >/dev/null
 SECS=$(wait_healthy "$T0")
+if [[ -n "${PERF_OUT:-}" ]]; then kill -INT "$PERF_PID"; wait "$PERF_PID" || true; fi
 RATE=$(echo "scale=1; $GIB * 1024 / $SECS" | bc)
 echo "rebuild: alone: $SIZE in $SECS s = $RATE MiB/s (call to healthy); the node's own figure:"
-grep -h 'rebuild: copied' "$DIR"/n*.log | sed 's/.*rebuild: //; s/ volume=.*//' | tail -n1
-echo "rebuild: rate / local sequential write = $(echo "scale=2; $RATE / $LOCAL" | bc)"
+# The latest rebuild's own figure from the nodes' logs (lines start with their time).
+copied() { cat "$DIR"/n*.log | sed 's/\x1b\[[0-9;]*m//g' | grep 'rebuild: copied' | sort | tail -n1 | sed 's/.*rebuild: //; s/ volume=.*//'; }
+copied
+NODE_RATE=$(copied | sed -n 's/.*(\([0-9.]*\) MiB\/s).*/\1/p')
+echo "rebuild: the node's copy rate / local sequential write = $(echo "scale=2; $NODE_RATE / $LOCAL" | bc), / local sequential read = $(echo "scale=2; $NODE_RATE / $LOCAL_READ" | bc)"
 
 # 3. and 4. Host writes without and with a rebuild.
-run_host() { B --target volume:m --rw randwrite --bs 4k --iodepth 32 --runtime "${RUNTIME}s" --json "$DIR/$1.json" | awk '/^volume:/ {print $2, $NF}'; }
+run_host() { B --target volume:m --rw randwrite --bs 4k --iodepth 32 --runtime "${RUNTIME}s" --json "$DIR/$1.json" 2>&1 | awk '/^volume:/ {print $2, $NF}'; }
 read -r QUIET_IOPS QUIET_CPU < <(run_host quiet)
 T0=$(now)
 $D volume replace-copy m --copy 1 >/dev/null
+# The host run starts once the node copies (before that the host writes one copy only).
+for _ in $(seq 600); do
+  $D volume show m --json | grep -q '"rebuilt_bytes":[1-9]' && break
+  sleep 0.05
+done
 read -r BUSY_IOPS BUSY_CPU < <(run_host busy)
 STILL=$($D volume show m | grep -c REBUILDING || true)
 SECS=$(wait_healthy "$T0")
 echo "rebuild: host 4k randwrite QD32: $QUIET_IOPS IOPS alone (client $QUIET_CPU us/IO), $BUSY_IOPS during a rebuild (client $BUSY_CPU us/IO)"
-echo "rebuild: during / alone = $(echo "scale=2; $BUSY_IOPS / $QUIET_IOPS" | bc); the rebuild took $SECS s$( [[ $STILL -gt 0 ]] && echo ", still running when the host run ended" )"
-grep -h 'rebuild: copied' "$DIR"/n*.log | sed 's/.*rebuild: //; s/ volume=.*//' | tail -n1
+echo "rebuild: during / alone = $(echo "scale=2; $BUSY_IOPS / $QUIET_IOPS" | bc); the rebuild took $SECS s$( [[ $STILL -gt 0 ]] && echo ", still running when the host run ended" ); under the host's load it"
+copied

@@ -385,25 +385,56 @@ async fn copy_from(
         sessions.push(Arc::new(sess));
     }
     let todo = pieces(sources, from, g.length);
-    let mut reads = futures_util::stream::iter(todo.into_iter().map(|p| {
+    // Reads run ahead of the writes, and writes of different regions overlap: `depth` of each
+    // in flight, completed in order, so the progress is always a prefix.
+    let depth = tuning.depth.max(1);
+    // Buffers of a whole region go round (a fresh one costs page faults and zeroing).
+    let spare: Mutex<Vec<AlignedBuf>> = Mutex::new(Vec::new());
+    let take = |len: u64| {
+        let reuse = (len == REGION)
+            .then(|| spare.lock().unwrap_or_else(|p| p.into_inner()).pop())
+            .flatten();
+        reuse.unwrap_or_else(|| AlignedBuf::new(len as usize))
+    };
+    let writes = futures_util::stream::iter(todo.into_iter().map(|p| {
         let sess = Arc::clone(&sessions[p.src]);
+        let buf = take(p.len);
         async move {
-            let buf = sess
-                .read_into(p.src_offset, AlignedBuf::new(p.len as usize))
-                .await;
+            let buf = sess.read_into(p.src_offset, buf).await;
             (p, buf)
         }
     }))
-    .buffered(tuning.depth.max(1));
+    .buffered(depth)
+    .map(|(p, buf)| {
+        let live = current();
+        let buf = buf.map_err(|e| format!("read from {}: {e}", sources[p.src].node_address));
+        let (shared, g) = (Arc::clone(shared), Arc::clone(&g));
+        async move {
+            if !live {
+                return Ok(None);
+            }
+            let buf = write_piece(&shared, &g, p.at, buf?).await?;
+            Ok::<_, String>(Some((p, buf)))
+        }
+    })
+    .buffered(depth);
+    futures_util::pin_mut!(writes);
+    // The checkpoint moves once what it covers is durable: a sync runs beside the copying (it
+    // can take long on a file whose blocks are being allocated), and the next starts after it.
+    let mut syncing: Option<(u64, tokio::task::JoinHandle<std::io::Result<()>>)> = None;
     let mut last_sync = Instant::now();
     let started = Instant::now();
     let mut copied = 0u64;
-    while let Some((p, buf)) = reads.next().await {
+    while let Some(r) = writes.next().await {
+        let Some((p, buf)) = r? else {
+            return Ok(());
+        };
+        if buf.len() as u64 == REGION {
+            spare.lock().unwrap_or_else(|p| p.into_inner()).push(buf);
+        }
         if !current() {
             return Ok(());
         }
-        let buf = buf.map_err(|e| format!("read from {}: {e}", sources[p.src].node_address))?;
-        write_piece(shared, &g, p.at, buf).await?;
         let written = p.at + p.len;
         copied += p.len;
         if tuning.mib_s > 0 {
@@ -413,12 +444,31 @@ async fn copy_from(
                 tokio::time::sleep(wait).await;
             }
         }
-        if written == g.length || last_sync.elapsed() >= Duration::from_millis(500) {
-            sync(shared, g.device).await?;
-            if !current() {
-                return Ok(());
+        if syncing.as_ref().is_some_and(|(_, h)| h.is_finished()) || written == g.length {
+            if let Some((mark, h)) = syncing.take() {
+                h.await
+                    .map_err(|e| format!("sync: {e}"))?
+                    .map_err(|e| format!("sync: {e}"))?;
+                if !current() {
+                    return Ok(());
+                }
+                task.done.store(mark, Ordering::Release);
             }
-            task.done.store(written, Ordering::Release);
+        }
+        if written == g.length {
+            sync(shared, g.device).await?;
+            if current() {
+                task.done.store(written, Ordering::Release);
+            }
+            return Ok(());
+        }
+        if syncing.is_none() && last_sync.elapsed() >= Duration::from_millis(500) {
+            let shared = Arc::clone(shared);
+            let device = g.device;
+            syncing = Some((
+                written,
+                tokio::task::spawn_blocking(move || shared.backends[device].sync()),
+            ));
             last_sync = Instant::now();
         }
     }
@@ -432,7 +482,7 @@ async fn write_piece(
     g: &Arc<Guard>,
     at: u64,
     buf: AlignedBuf,
-) -> Result<(), String> {
+) -> Result<AlignedBuf, String> {
     let r = (at / REGION) as usize;
     let mut spins = 0u32;
     while !g.hold(r) {
@@ -458,7 +508,7 @@ async fn write_piece(
                 Store::Memory(m) => m.write(dev_at, data),
             }
         }
-        Ok::<(), String>(())
+        Ok::<AlignedBuf, String>(buf)
     })
     .await;
     g.release(r);
