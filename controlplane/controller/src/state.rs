@@ -715,11 +715,11 @@ fn apply_inner(s: &mut State, cmd: Command) -> Result<Outcome, Error> {
             now_ms,
             rebuilds,
         } => {
-            if rebuilds.len() > validate::MAX_USAGE_ENTRIES {
+            if rebuilds.len() > rebuild::MAX_REPORTS {
                 return Err(Error::Invalid(format!(
                     "a heartbeat reports {} rebuilds, at most {} are accepted",
                     rebuilds.len(),
-                    validate::MAX_USAGE_ENTRIES
+                    rebuild::MAX_REPORTS
                 )));
             }
             if usage.len() > validate::MAX_USAGE_ENTRIES {

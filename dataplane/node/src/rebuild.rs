@@ -30,6 +30,9 @@ use crate::Shared;
 /// A rebuild's extent: device, first byte, length.
 type Key = (u32, u64, u64);
 
+/// The most rebuilds one heartbeat reports (the controller's bound).
+pub const MAX_REPORTED: usize = 16;
+
 /// How the copying goes.
 #[derive(Clone, Copy, Debug)]
 pub struct Tuning {
@@ -68,6 +71,8 @@ pub struct Rebuilds {
     tls: Option<Arc<rustls::ClientConfig>>,
     file: Option<PathBuf>,
     tuning: Tuning,
+    /// The last rebuild reported when not all fitted one heartbeat.
+    cursor: Key,
 }
 
 fn file_in(state_dir: Option<&PathBuf>) -> Option<PathBuf> {
@@ -115,6 +120,7 @@ impl Rebuilds {
             tls,
             file: file_in(state_dir),
             tuning,
+            cursor: (0, 0, 0),
         }
     }
 
@@ -241,11 +247,19 @@ impl Rebuilds {
         }
     }
 
-    /// What the next heartbeat reports.
-    pub fn progress(&self) -> Vec<v1::RebuildProgress> {
-        self.tasks
-            .iter()
-            .map(|(&(device_id, offset, length), t)| v1::RebuildProgress {
+    /// What the next heartbeat reports: at most [`MAX_REPORTED`] rebuilds, those after the
+    /// last one reported first, so that with more every one gets its turn.
+    pub fn progress(&mut self) -> Vec<v1::RebuildProgress> {
+        let after = self.cursor;
+        let mut keys: Vec<&Key> = self.tasks.keys().collect();
+        keys.sort_by_key(|k| (**k <= after, **k));
+        keys.truncate(MAX_REPORTED);
+        if self.tasks.len() > MAX_REPORTED {
+            self.cursor = keys.last().map_or(after, |k| **k);
+        }
+        keys.into_iter()
+            .map(|k| (*k, &self.tasks[k]))
+            .map(|((device_id, offset, length), t)| v1::RebuildProgress {
                 device_id,
                 offset,
                 length,

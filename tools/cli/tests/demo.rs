@@ -64,12 +64,12 @@ fn demo_runs_every_step_and_leaves_nothing_behind() {
             "etcd not installed: the demo's HA step is not checked (scripts/setup.sh installs it)"
         );
     }
-    // Exactly the nine numbered headings, in order.
+    // Exactly the ten numbered headings, in order.
     let headings: Vec<&str> = stdout
         .lines()
         .filter(|l| l.starts_with("== ") && !l.starts_with("== HA."))
         .collect();
-    assert_eq!(headings.len(), 9, "{headings:#?}");
+    assert_eq!(headings.len(), 10, "{headings:#?}");
     for (i, h) in headings.iter().enumerate() {
         assert!(h.starts_with(&format!("== {}. ", i + 1)), "{h}");
     }

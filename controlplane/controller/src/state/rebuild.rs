@@ -26,6 +26,11 @@ use super::{candidates, new_epoch, volume, Error, ExtentRec, Layout, NodeState, 
 use crate::alloc::{self, CopyPlace};
 use crate::state::FreedRange;
 
+/// The most rebuilds one heartbeat reports: each can change a volume record, and a heartbeat
+/// with its usage (at most 100 leases) stays one etcd transaction (128 operations). A node with
+/// more reports them over several beats, each in turn.
+pub const MAX_REPORTS: usize = 16;
+
 /// Where a replacement extent is in its rebuild.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Phase {
@@ -123,9 +128,16 @@ pub(super) fn replace(
         )));
     }
     if !(0..copies).any(|c| c != copy && copy_healthy(&v, c)) {
-        return Err(Error::Invalid(format!(
+        let why = format!(
             "volume {name:?}: no other copy is healthy, so copy {copy} has nothing to be rebuilt from"
-        )));
+        );
+        if auto {
+            let mut out = v.clone();
+            out.note = format!("copy {copy} is lost with its node, and {why}");
+            s.volumes.insert(out.name.clone(), out.clone());
+            return Ok(out);
+        }
+        return Err(Error::Invalid(why));
     }
     // Not on a node another copy uses (nor, when asked, in its failure domain), and not where
     // this copy is now: it moves off the node it is replaced for.

@@ -313,12 +313,29 @@ pub(super) fn merge_stale(map: &mut Map, from: impl Iterator<Item = Extent>) {
 /// waits for every write it sent before it knew of them and renews again naming them, so that
 /// their nodes may start copying (docs/volumes.md, "Replacing a lost copy").
 async fn renew_once(inner: &Inner) -> Result<(), Error> {
-    let joined = renew_with(inner, Vec::new()).await?;
-    if !joined.is_empty() && inner.opts.access == Access::ReadWrite {
+    // Extents this host knew to write before this renewal (at mount, or a renewal ago): every
+    // write it sent since went to them, so they are joined already.
+    let rw = inner.opts.access == Access::ReadWrite;
+    let known = if rw { joined(inner) } else { Vec::new() };
+    let newly = renew_with(inner, known).await?;
+    if !newly.is_empty() && rw {
         drop(inner.gate.write().await);
-        renew_with(inner, joined).await?;
+        renew_with(inner, joined(inner)).await?;
     }
     Ok(())
+}
+
+/// The epochs of the rebuilding extents this host writes to.
+fn joined(inner: &Inner) -> Vec<u64> {
+    inner
+        .map
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .extents()
+        .iter()
+        .filter(|e| e.stale && e.takes_writes)
+        .map(|e| e.epoch)
+        .collect()
 }
 
 /// One renewal (telling the controller of the rebuilding extents in `joined`). Takes the

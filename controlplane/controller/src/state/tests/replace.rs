@@ -269,6 +269,10 @@ fn a_copy_whose_only_source_is_stale_cannot_be_replaced() {
     .unwrap();
     let e = replace(&mut s, "m", 1, None, false).unwrap_err();
     assert!(e.to_string().contains("no other copy is healthy"), "{e}");
+    // The policy's attempt says so in the volume's note, once, and changes nothing else.
+    let v = replace(&mut s, "m", 1, None, true).unwrap();
+    assert!(v.note.contains("nothing to be rebuilt from"), "{}", v.note);
+    assert!(v.extents.iter().all(|e| e.rebuild.is_none()));
     // The stale copy itself can be.
     replace(&mut s, "m", 0, None, false).unwrap();
 }
