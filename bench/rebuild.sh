@@ -33,7 +33,7 @@ NODE_CPUS=${NODE_CPUS:-0-$(( $(nproc) - 1 ))}; CTL_CPUS=${CTL_CPUS:-$NODE_CPUS};
 GIB=$(( $(echo "$SIZE" | sed 's/G$//') ))
 DIR=$(mktemp -d "$DIRBASE/rebuild.XXXXXX")
 PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$DIR"; }
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; if [[ -n "${KEEP:-}" ]]; then echo "rebuild: kept $DIR"; else rm -rf "$DIR"; fi; }
 trap cleanup EXIT
 addr_of() {
   for _ in $(seq 200); do [[ -s "$1" ]] && grep -q '^listening ' "$1" && { sed -n 's/^listening //p' "$1" | head -n1; return; }; sleep 0.05; done
@@ -56,13 +56,17 @@ echo "rebuild: local sequential write (1 MiB, QD4, O_DIRECT): $LOCAL MiB/s; read
 taskset -c "$CTL_CPUS" "$BIN/dasmesh-controller" --listen 127.0.0.1:0 --insecure-no-auth \
   --data-dir "$DIR/ctl" --replace-after 0s >"$DIR/ctl.out" 2>"$DIR/ctl.log" & PIDS+=($!)
 CTL=http://$(addr_of "$DIR/ctl.out")
+NODE_PIDS=()
 for n in 1 2 3; do
   # shellcheck disable=SC2086
   RUST_LOG=info taskset -c "$NODE_CPUS" "$BIN/dasmesh-node" --listen 127.0.0.1:0 --controller "$CTL" \
     --state-dir "$DIR/n$n" --poll interrupt --no-pin $NODE_FLAGS \
     --backend "file:$DIR/n$n.img:$(( GIB + 1 ))G" >"$DIR/n$n.out" 2>"$DIR/n$n.log" & PIDS+=($!)
+  NODE_PIDS+=($!)
   addr_of "$DIR/n$n.out" >/dev/null
 done
+# CPU time (ms) each node has used so far, space-separated.
+cpu_ms() { for p in "${NODE_PIDS[@]}"; do awk -v hz="$(getconf CLK_TCK)" '{printf "%d ", ($14 + $15) * 1000 / hz}' "/proc/$p/stat"; done; }
 D="$BIN/dasmesh --controller $CTL"
 for _ in $(seq 100); do [[ $($D node list 2>/dev/null | grep -c .) -ge 4 ]] && break; sleep 0.1; done
 $D volume create m --size "$SIZE" --layout mirror:2 >/dev/null
@@ -85,10 +89,16 @@ wait_healthy() {
 
 # 2. A rebuild alone (PERF_OUT=FILE: recorded with perf, every CPU, while it runs).
 if [[ -n "${PERF_OUT:-}" ]]; then perf record -a -g -o "$PERF_OUT" >/dev/null 2>&1 & PERF_PID=$!; fi
+read -r -a CPU0 <<<"$(cpu_ms)"
 T0=$(now)
 $D volume replace-copy m --copy 1 >/dev/null
 SECS=$(wait_healthy "$T0")
+read -r -a CPU1 <<<"$(cpu_ms)"
 if [[ -n "${PERF_OUT:-}" ]]; then kill -INT "$PERF_PID"; wait "$PERF_PID" || true; fi
+# Per node, the CPU the rebuild cost it, per GiB copied (the source and the new copy's node do
+# the work; the third idles).
+echo "rebuild: node CPU per GiB copied (ms): $(for i in 0 1 2; do echo -n "n$(( i + 1 )) $(( (CPU1[i] - CPU0[i]) / GIB ))  "; done)"
+
 RATE=$(echo "scale=1; $GIB * 1024 / $SECS" | bc)
 echo "rebuild: alone: $SIZE in $SECS s = $RATE MiB/s (call to healthy); the node's own figure:"
 # The latest rebuild's own figure from the nodes' logs (lines start with their time).
