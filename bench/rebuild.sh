@@ -10,7 +10,7 @@
 #   3. host 4k randwrite QD32 on the volume for RUNTIME, with no rebuild;
 #   4. the same while copy 1 is moved again and rebuilt (the run starts with the rebuild).
 # Needs only bash and the binaries. CPU lists: NODE_CPUS, CTL_CPUS, BENCH_CPUS (default all);
-# PERF_OUT=FILE records step 2 with `perf record -a -g`.
+# PERF_OUT=FILE records step 2 with `perf record -a -g`; KEEP=1 keeps DIR (the nodes' logs).
 # Usage: bench/rebuild.sh [--bin DIR] [--dir DIR] [--size 2G] [--runtime 5] [--node-flags "..."]
 set -euo pipefail
 cd "$(dirname "$0")/.."
