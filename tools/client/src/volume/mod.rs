@@ -262,7 +262,11 @@ impl Volume {
                     && self.map().copies() > 1 =>
             {
                 tracing::info!(volume = %self.inner.name, "a node fenced this host's token: renewing the lease to learn what moved");
-                self.renew().await?;
+                // A lease that cannot be renewed (another host holds the volume now) keeps the
+                // node's answer.
+                if self.renew().await.is_err() {
+                    return Err(e);
+                }
                 f().await
             }
             r => r,
@@ -325,7 +329,9 @@ impl Volume {
                 if e.status() == Some(dasmesh_wire::Status::StaleEpoch)
                     && self.map().copies() > 1 =>
             {
-                self.renew().await?;
+                if self.renew().await.is_err() {
+                    return Err(e);
+                }
                 self.read_into_once(offset, AlignedBuf::new(len)).await
             }
             r => r,
