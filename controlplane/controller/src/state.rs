@@ -9,6 +9,7 @@ use crate::alloc::{self, Candidate, DeviceKey, Layout, Piece};
 pub mod dirty;
 mod failure;
 mod freed;
+pub mod qos;
 pub mod rebuild;
 mod resize;
 pub mod validate;
@@ -62,6 +63,15 @@ pub struct DeviceRec {
     /// Length of the owner's reserved area.
     #[serde(default)]
     pub reserved_length: u64,
+    /// 4 KiB random reads per second at QD32, as the node measured it (0: not known).
+    #[serde(default)]
+    pub read_iops: u64,
+    /// 4 KiB random writes per second at QD32 (0: not known).
+    #[serde(default)]
+    pub write_iops: u64,
+    /// 1 MiB sequential MiB/s (0: not known).
+    #[serde(default)]
+    pub mib_s: u64,
 }
 
 /// A registered node.
@@ -808,8 +818,13 @@ fn apply_inner(s: &mut State, cmd: Command) -> Result<Outcome, Error> {
             validate::volume_size(&name, size)?;
             validate::layout(layout)?;
             validate::requirements(&req)?;
-            let pieces = alloc::allocate(&candidates(s), layout, size, req.spread_failure_domains)
-                .map_err(Error::Insufficient)?;
+            let all = candidates(s);
+            let up = all.len();
+            let cands = qos::admissible(s, all, layout, &req)?;
+            let pieces = alloc::allocate(&cands, layout, size, req.spread_failure_domains)
+                .map_err(|why| {
+                    Error::Insufficient(qos::among(why, cands.len(), up, layout, &req))
+                })?;
             let epoch = new_epoch(s)?;
             let v = VolumeRec {
                 id: new_id(s)?,

@@ -38,6 +38,8 @@ pub struct AgentConfig {
     pub data_tls_client: Option<Arc<rustls::ClientConfig>>,
     /// How rebuilds copy.
     pub rebuild: crate::rebuild::Tuning,
+    /// What each device can do, by device id (`probe.rs`).
+    pub capabilities: Vec<crate::probe::Capability>,
 }
 
 type Client = v1::node_registry_client::NodeRegistryClient<Controllers>;
@@ -113,6 +115,11 @@ async fn register(c: &AgentConfig, shared: &Shared) -> anyhow::Result<(Client, u
         .map(|b| {
             let (lendable_start, lendable_length) = c.reserve.lendable(b.size);
             let (reserved_start, reserved_length) = c.reserve.reserved(b.size);
+            let cap = c
+                .capabilities
+                .get(b.id.0 as usize)
+                .copied()
+                .unwrap_or_default();
             v1::DeviceReport {
                 device_id: b.id.0,
                 path: b.name.clone(),
@@ -122,6 +129,9 @@ async fn register(c: &AgentConfig, shared: &Shared) -> anyhow::Result<(Client, u
                 lendable_length,
                 reserved_start,
                 reserved_length,
+                read_iops: cap.read_iops,
+                write_iops: cap.write_iops,
+                mib_s: cap.mib_s,
             }
         })
         .collect();

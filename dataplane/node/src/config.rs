@@ -217,6 +217,16 @@ pub struct Config {
     /// are bearer tokens.
     #[arg(long)]
     pub require_holder: bool,
+    /// Every device's 4 KiB random IOPS (read and write) as the controller is to count them,
+    /// instead of the probe at first start (docs/qos.md).
+    #[arg(long)]
+    pub device_iops: Option<u64>,
+    /// Every device's sequential MiB/s, instead of the probe at first start.
+    #[arg(long)]
+    pub device_mib_s: Option<u64>,
+    /// Measure the devices again at this start (the figures are kept in --state-dir).
+    #[arg(long)]
+    pub reprobe: bool,
     /// Reads of 1 MiB a rebuild keeps in flight to the node it copies from.
     #[arg(long, default_value_t = 4)]
     pub rebuild_depth: usize,

@@ -19,6 +19,7 @@ pub mod fault;
 pub mod fence;
 pub mod guard;
 mod offload;
+pub mod probe;
 mod reactor;
 pub mod rebuild;
 pub mod revoke;

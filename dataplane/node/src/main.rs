@@ -33,6 +33,12 @@ fn run() -> anyhow::Result<()> {
     // Before any thread exists, so every thread inherits the mask and only the waiter sees them.
     dasmesh_node::sys::block_termination_signals().context("blocking signals")?;
     let shared = Arc::new(dasmesh_node::open_shared(&cfg)?);
+    // Before any reactor serves: the probe writes back what it read, where no host may write.
+    let caps = if cfg.controller.is_some() {
+        capabilities(&cfg, &shared)
+    } else {
+        Vec::new()
+    };
     for b in &shared.backends {
         tracing::info!(device = b.id.0, name = %b.name, size = b.size, block = b.block_size, "backend");
     }
@@ -158,6 +164,7 @@ fn run() -> anyhow::Result<()> {
                     ),
                     None => None,
                 },
+                capabilities: caps,
                 rebuild: dasmesh_node::rebuild::Tuning {
                     depth: cfg.rebuild_depth,
                     mib_s: cfg.rebuild_mib_s,
@@ -209,4 +216,64 @@ fn run() -> anyhow::Result<()> {
     tracing::info!("stopped cleanly");
     anyhow::ensure!(!failed, "a reactor failed");
     Ok(())
+}
+
+/// What each device can do: the flags' figures, else those kept in --state-dir, else a probe
+/// (then kept), before any reactor serves (docs/qos.md).
+fn capabilities(
+    cfg: &dasmesh_node::config::Config,
+    shared: &dasmesh_node::Shared,
+) -> Vec<dasmesh_node::probe::Capability> {
+    use dasmesh_node::probe::{self, Capability};
+    let file = cfg.state_dir.as_ref().map(|d| d.join("capability"));
+    let kept = match (&file, cfg.reprobe) {
+        (Some(f), false) => probe::load(f),
+        _ => Vec::new(),
+    };
+    let mut out = Vec::new();
+    let mut measured = false;
+    for b in &shared.backends {
+        let (start, len) = cfg.reserve.lendable(b.size);
+        let mut c = match kept.iter().find(|(id, _)| *id == b.id.0) {
+            Some((_, c)) => *c,
+            None if cfg.device_iops.is_some() && cfg.device_mib_s.is_some() => {
+                Capability::default()
+            }
+            None => {
+                let t = std::time::Instant::now();
+                let c = probe::measure(b, start, len).unwrap_or_default();
+                measured = true;
+                tracing::info!(
+                    device = b.id.0,
+                    read_iops = c.read_iops,
+                    write_iops = c.write_iops,
+                    mib_s = c.mib_s,
+                    "device probed in {:.1} s",
+                    t.elapsed().as_secs_f64()
+                );
+                c
+            }
+        };
+        if let Some(iops) = cfg.device_iops {
+            (c.read_iops, c.write_iops) = (iops, iops);
+        }
+        if let Some(m) = cfg.device_mib_s {
+            c.mib_s = m;
+        }
+        out.push(c);
+    }
+    if let (Some(f), true) = (&file, measured) {
+        let list: Vec<(u32, Capability)> = shared
+            .backends
+            .iter()
+            .map(|b| b.id.0)
+            .zip(out.iter().copied())
+            .collect();
+        if let Err(e) =
+            std::fs::create_dir_all(f.parent().unwrap_or(f)).and_then(|()| probe::save(f, &list))
+        {
+            tracing::warn!(path = %f.display(), "keeping the device figures: {e}");
+        }
+    }
+    out
 }

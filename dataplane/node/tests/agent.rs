@@ -35,6 +35,8 @@ struct State {
     /// The signing keys every heartbeat answer names (none: as a controller before rotation).
     keys: Vec<Vec<u8>>,
     heartbeats: u64,
+    /// Every device report, in order.
+    reports: Vec<Vec<v1::DeviceReport>>,
 }
 
 #[derive(Clone)]
@@ -69,8 +71,10 @@ impl NodeRegistry for Fake {
 
     async fn report_devices(
         &self,
-        _r: Request<v1::ReportDevicesRequest>,
+        r: Request<v1::ReportDevicesRequest>,
     ) -> Result<Response<v1::ReportDevicesResponse>, tonic::Status> {
+        let devices = r.into_inner().devices;
+        self.state.lock().unwrap().reports.push(devices);
         Ok(Response::new(v1::ReportDevicesResponse { node: None }))
     }
 
@@ -298,4 +302,63 @@ fn the_keys_heartbeats_name_are_each_trusted() {
     eventually("the old key dropped", || status(old) == Status::BadToken);
     assert_eq!(status(&new), Status::Ok);
     assert_eq!(status(&stranger), Status::BadToken);
+}
+
+/// A node measures its devices at its first start (before it serves), reports the figures,
+/// keeps them for its next starts; the flags stand in for the probe; a memory backend is not
+/// probed (unknown: 0).
+#[test]
+fn devices_are_probed_once_and_their_figures_reported() {
+    let f = fake();
+    let ctl = serve(f.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let start = |extra: &[&str]| {
+        let mut args: Vec<String> = [
+            "--listen",
+            "127.0.0.1:0",
+            "--no-pin",
+            "--poll",
+            "interrupt",
+            "--controller",
+            &format!("http://{ctl}"),
+            "--state-dir",
+            &state.display().to_string(),
+            "--backend",
+            &format!("file:{}:16M", dir.path().join("d.img").display()),
+            "--backend",
+            "memory:4M",
+        ]
+        .map(String::from)
+        .to_vec();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        Process::spawn("dasmesh-node", &args)
+    };
+    let last = || f.state.lock().unwrap().reports.last().cloned().unwrap();
+    let mut n = start(&[]);
+    let first = last();
+    assert!(
+        first[0].read_iops > 0 && first[0].write_iops > 0 && first[0].mib_s > 0,
+        "{first:?}"
+    );
+    assert_eq!(
+        (first[1].read_iops, first[1].mib_s),
+        (0, 0),
+        "memory: unknown"
+    );
+    let kept = std::fs::read_to_string(state.join("capability")).unwrap();
+    assert_eq!(kept.lines().count(), 2, "{kept}");
+    n.signal("TERM");
+
+    // The next start reports the kept figures, and flags override them.
+    let mut n = start(&[]);
+    assert_eq!(last()[0], first[0]);
+    n.signal("TERM");
+    let _n = start(&["--device-iops", "5000", "--device-mib-s", "300"]);
+    let now = last();
+    assert_eq!(
+        (now[0].read_iops, now[0].write_iops, now[0].mib_s),
+        (5000, 5000, 300)
+    );
+    assert_eq!((now[1].read_iops, now[1].mib_s), (5000, 300));
 }

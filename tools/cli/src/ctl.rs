@@ -426,21 +426,42 @@ pub async fn exec(ctl: &Controllers, json_out: bool, cmd: Ctl) -> anyhow::Result
                         "{}",
                         json!({"total_bytes": p.total_bytes, "free_bytes": p.free_bytes,
                         "devices": p.devices.iter().map(|d| json!({"node_id": d.node_id, "device_id": d.device_id, "path": d.path,
-                            "lendable_length": d.lendable_length, "free_bytes": d.free_bytes})).collect::<Vec<_>>()})
+                            "lendable_length": d.lendable_length, "free_bytes": d.free_bytes,
+                            "read_iops": d.read_iops, "write_iops": d.write_iops, "mib_s": d.mib_s,
+                            "promised_iops": d.promised_iops, "promised_mib_s": d.promised_mib_s})).collect::<Vec<_>>()})
                     );
                 } else {
                     println!(
-                        "{:<6} {:<7} {:<36} {:>10} {:>10}",
-                        "node", "device", "path", "lendable", "free"
+                        "{:<6} {:<7} {:<36} {:>10} {:>10} {:>17} {:>13}",
+                        "node",
+                        "device",
+                        "path",
+                        "lendable",
+                        "free",
+                        "IOPS r/w (prom.)",
+                        "MiB/s (prom.)"
                     );
                     for d in &p.devices {
+                        // What it can do (0: not known) and what is promised of it.
+                        let iops = if d.read_iops == 0 && d.write_iops == 0 {
+                            "unknown".to_string()
+                        } else {
+                            format!("{}/{} ({})", d.read_iops, d.write_iops, d.promised_iops)
+                        };
+                        let mib = if d.mib_s == 0 {
+                            "unknown".to_string()
+                        } else {
+                            format!("{} ({})", d.mib_s, d.promised_mib_s)
+                        };
                         println!(
-                            "{:<6} {:<7} {:<36} {:>10} {:>10}",
+                            "{:<6} {:<7} {:<36} {:>10} {:>10} {:>17} {:>13}",
                             d.node_id,
                             d.device_id,
                             d.path,
                             format_size(d.lendable_length),
-                            format_size(d.free_bytes)
+                            format_size(d.free_bytes),
+                            iops,
+                            mib
                         );
                     }
                     println!(

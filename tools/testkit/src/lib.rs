@@ -335,6 +335,11 @@ impl Process {
             "1M".into(),
             "--backend".into(),
             format!("file:{}:256M", dir.join(format!("{name}.img")).display()),
+            // No probe at each start (it takes half a second): figures as given.
+            "--device-iops".into(),
+            "100000".into(),
+            "--device-mib-s".into(),
+            "2000".into(),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
         Process::spawn("dasmesh-node", &args)

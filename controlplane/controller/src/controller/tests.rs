@@ -87,6 +87,9 @@ fn register(i: u32) -> Command {
 /// One 1 TiB device, all of it lent.
 fn device() -> crate::state::DeviceRec {
     crate::state::DeviceRec {
+        read_iops: 0,
+        write_iops: 0,
+        mib_s: 0,
         device_id: 0,
         path: "/dev/x".into(),
         block_size: 4096,

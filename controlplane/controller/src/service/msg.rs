@@ -110,6 +110,7 @@ pub(crate) fn volume_msg(s: &State, v: &VolumeRec) -> v1::Volume {
 
 pub(crate) fn node_msg(s: &State, n: &state::NodeRec) -> v1::Node {
     let cands = state::candidates(s);
+    let promised = state::qos::promised(s);
     v1::Node {
         node_id: n.id,
         address: n.address.clone(),
@@ -137,6 +138,21 @@ pub(crate) fn node_msg(s: &State, n: &state::NodeRec) -> v1::Node {
                     .find(|c| c.key.node == n.id && c.key.device == d.device_id)
                     .map(|c| c.free.iter().map(|r| r.1).sum())
                     .unwrap_or(0),
+                read_iops: d.read_iops,
+                write_iops: d.write_iops,
+                mib_s: d.mib_s,
+                promised_iops: promised
+                    .get(&crate::alloc::DeviceKey {
+                        node: n.id,
+                        device: d.device_id,
+                    })
+                    .map_or(0, |p| p.0),
+                promised_mib_s: promised
+                    .get(&crate::alloc::DeviceKey {
+                        node: n.id,
+                        device: d.device_id,
+                    })
+                    .map_or(0, |p| p.1),
             })
             .collect(),
     }

@@ -61,6 +61,9 @@ impl v1::node_registry_server::NodeRegistry for Svc {
                 lendable_length: d.lendable_length,
                 reserved_start: d.reserved_start,
                 reserved_length: d.reserved_length,
+                read_iops: d.read_iops,
+                write_iops: d.write_iops,
+                mib_s: d.mib_s,
             })
             .collect();
         let ctl = self.ctl()?;

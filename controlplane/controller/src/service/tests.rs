@@ -62,6 +62,9 @@ async fn a_reported_copy_turns_stale_and_the_mirror_degraded_durably() {
             .execute(Command::ReportDevices {
                 node_id: n.id,
                 devices: vec![state::DeviceRec {
+                    read_iops: 0,
+                    write_iops: 0,
+                    mib_s: 0,
                     device_id: 0,
                     path: "d".into(),
                     block_size: 4096,
@@ -178,6 +181,9 @@ async fn two_nodes(svc: &Svc) -> Vec<u64> {
         svc.report_devices(Request::new(v1::ReportDevicesRequest {
             node_id: id,
             devices: vec![v1::DeviceReport {
+                read_iops: 0,
+                write_iops: 0,
+                mib_s: 0,
                 device_id: 0,
                 path: "d".into(),
                 block_size: 4096,

@@ -154,7 +154,7 @@ pub(super) fn replace(
         .filter(|e| e.piece.copy == copy)
         .map(|e| e.piece.key.node)
         .collect();
-    let mut cands = candidates(s);
+    let mut cands = super::qos::admissible(s, candidates(s), v.layout, &v.req)?;
     if let Some(id) = node {
         match s.nodes.get(&id) {
             None => return Err(Error::UnknownNode(id)),

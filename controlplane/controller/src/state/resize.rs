@@ -95,7 +95,7 @@ fn grow(s: &mut State, v: &VolumeRec, size: u64) -> Result<VolumeRec, Error> {
     let extra = size - v.size;
     let mut out = v.clone();
     out.size = size;
-    let cands = candidates(s);
+    let cands = super::qos::admissible(s, candidates(s), v.layout, &v.req)?;
     let pieces: Vec<Piece> = match v.layout {
         Layout::Single | Layout::Concat => {
             let base = v.extents.len() as u32;

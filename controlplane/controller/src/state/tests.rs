@@ -5,6 +5,7 @@ mod bounds;
 mod compat;
 mod failures;
 mod lifecycle;
+mod qos;
 mod replace;
 mod safety;
 
@@ -12,6 +13,9 @@ const G: u64 = 1 << 30;
 
 fn dev(id: u32, size: u64) -> DeviceRec {
     DeviceRec {
+        read_iops: 0,
+        write_iops: 0,
+        mib_s: 0,
         device_id: id,
         path: format!("/dev/x{id}"),
         block_size: 4096,
@@ -455,6 +459,9 @@ mod sequences {
                 panic!()
             };
             let d = DeviceRec {
+                read_iops: 0,
+                write_iops: 0,
+                mib_s: 0,
                 device_id: 0,
                 path: "d".into(),
                 block_size: 4096,

@@ -236,6 +236,11 @@ pub fn registration(address_: &str, version: &str, failure_domain: &str) -> Resu
 
 /// A device report: what the node itself enforces (block size, alignment, the owner's reserve
 /// never lent), no duplicate ids, and sizes whose sums cannot overflow.
+/// The most IOPS a device may say it can do.
+pub const MAX_DEVICE_IOPS: u64 = 1_000_000_000;
+/// The most MiB/s a device may say it can do.
+pub const MAX_DEVICE_MIB_S: u64 = 10_000_000;
+
 pub fn devices(s: &State, node_id: u64, devices: &[DeviceRec]) -> Result<(), Error> {
     if devices.len() > MAX_DEVICES {
         return Err(invalid(format!(
@@ -275,6 +280,13 @@ fn device(d: &DeviceRec) -> Result<(), Error> {
         Error::Invalid(why) => bad(why),
         e => e,
     })?;
+    if d.read_iops > MAX_DEVICE_IOPS || d.write_iops > MAX_DEVICE_IOPS || d.mib_s > MAX_DEVICE_MIB_S
+    {
+        return Err(bad(format!(
+            "capability of {} / {} IOPS and {} MiB/s is past {MAX_DEVICE_IOPS} IOPS or {MAX_DEVICE_MIB_S} MiB/s",
+            d.read_iops, d.write_iops, d.mib_s
+        )));
+    }
     let bs = d.block_size;
     if !bs.is_power_of_two() || !(512..=4096).contains(&bs) {
         return Err(bad(format!(

@@ -78,6 +78,9 @@ fn pool() -> State {
         register(&mut s, id, 0);
         let devices = (0..if id <= 2 { 2 } else { 1 })
             .map(|d| DeviceRec {
+                read_iops: 0,
+                write_iops: 0,
+                mib_s: 0,
                 device_id: d,
                 path: format!("d{d}"),
                 block_size: 4096,

@@ -46,6 +46,9 @@ fn refused(s: &mut State, what: &str, cmd: Command) {
 /// 64 MiB, the owner keeps the first MiB (what the node's `--reserve 1M` reports).
 fn reserved_dev() -> DeviceRec {
     DeviceRec {
+        read_iops: 0,
+        write_iops: 0,
+        mib_s: 0,
         device_id: 0,
         path: "/dev/x".into(),
         block_size: 4096,
@@ -152,6 +155,9 @@ fn the_pool_total_stays_summable() {
     let mut s = State::default();
     let a = node(&mut s);
     let big = |device_id| DeviceRec {
+        read_iops: 0,
+        write_iops: 0,
+        mib_s: 0,
         device_id,
         path: String::new(),
         block_size: 4096,

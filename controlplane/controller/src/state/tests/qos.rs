@@ -1,0 +1,145 @@
+//! Admission of promised performance (`state::qos`).
+
+use super::*;
+
+/// `n` nodes, one 100 GiB device each that can do `iops` IOPS (read and write) and `mib_s`.
+fn rated_pool(n: u64, iops: u64, mib_s: u64) -> State {
+    let mut s = pool(n);
+    let ids: Vec<u64> = s.nodes.keys().copied().collect();
+    for id in ids {
+        let d = DeviceRec {
+            read_iops: iops,
+            write_iops: iops + 5000,
+            mib_s,
+            ..dev(0, 100 * G)
+        };
+        apply(
+            &mut s,
+            Command::ReportDevices {
+                node_id: id,
+                devices: vec![d],
+            },
+        )
+        .unwrap();
+    }
+    s
+}
+
+fn promise(
+    s: &mut State,
+    name: &str,
+    layout: Layout,
+    iops: u64,
+    mib_s: u64,
+) -> Result<VolumeRec, Error> {
+    match apply(
+        s,
+        Command::CreateVolume {
+            name: name.into(),
+            size: G,
+            layout,
+            req: Requirements {
+                min_iops: iops,
+                min_mib_s: mib_s,
+                ..Default::default()
+            },
+            now_ms: 0,
+        },
+    )? {
+        Outcome::Volume(v) => Ok(v),
+        o => panic!("{o:?}"),
+    }
+}
+
+#[test]
+fn promises_are_admitted_within_capability_less_the_headroom() {
+    // 20,000 IOPS and 1,000 MiB/s each: 18,000 and 900 may be promised.
+    let mut s = rated_pool(2, 20_000, 1_000);
+    promise(&mut s, "a", Layout::Single, 12_000, 100).unwrap();
+    promise(&mut s, "b", Layout::Single, 12_000, 100).unwrap();
+    // Each device has 6,000 left now.
+    let e = promise(&mut s, "c", Layout::Single, 7_000, 0).unwrap_err();
+    assert!(matches!(e, Error::Insufficient(_)), "{e}");
+    let text = e.to_string();
+    assert!(
+        text.contains("has 6000 IOPS unpromised, 7000 needed"),
+        "{text}"
+    );
+    assert!(!s.volumes.contains_key("c"), "a refusal changes nothing");
+    promise(&mut s, "c", Layout::Single, 6_000, 0).unwrap();
+    // Bandwidth is short the same way.
+    let e = promise(&mut s, "d", Layout::Single, 0, 850).unwrap_err();
+    assert!(
+        e.to_string().contains("MiB/s unpromised, 850 needed"),
+        "{e}"
+    );
+    // No promise at all: placed as before, wherever there is room.
+    promise(&mut s, "e", Layout::Single, 0, 0).unwrap();
+    // The pool shows what is promised.
+    let key = s.volumes["a"].extents[0].piece.key;
+    let ((cap_iops, cap_mib), (p_iops, _)) = crate::state::qos::budget(&s, key).unwrap();
+    assert_eq!((cap_iops, cap_mib), (18_000, 900));
+    assert!(p_iops >= 12_000);
+}
+
+#[test]
+fn a_mirror_promises_on_every_copy_a_stripe_splits_its_promise() {
+    let mut s = rated_pool(3, 10_000, 1_000);
+    let m = promise(&mut s, "m", Layout::Mirror { copies: 2 }, 8_000, 0).unwrap();
+    let promised = crate::state::qos::promised(&s);
+    for e in &m.extents {
+        assert_eq!(promised[&e.piece.key].0, 8_000);
+    }
+    // 9,000 - 8,000 = 1,000 left on two devices, 9,000 on the third: a stripe of three needs
+    // 3,000 on each.
+    let e = promise(
+        &mut s,
+        "s",
+        Layout::Stripe {
+            width: 3,
+            unit: 65536,
+        },
+        9_000,
+        0,
+    )
+    .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("among the 1 of 3 devices with 3000 IOPS"),
+        "{e}"
+    );
+    let v = promise(
+        &mut s,
+        "t",
+        Layout::Stripe {
+            width: 2,
+            unit: 65536,
+        },
+        2_000,
+        0,
+    )
+    .unwrap();
+    assert_eq!(v.extents.len(), 2);
+    assert_eq!(crate::state::qos::share(v.layout, &v.req), (1_000, 0));
+}
+
+#[test]
+fn a_device_of_unknown_capability_takes_no_promise_and_absurd_figures_are_refused() {
+    let mut s = pool(1);
+    let e = promise(&mut s, "a", Layout::Single, 100, 0).unwrap_err();
+    assert!(e.to_string().contains("no known capability"), "{e}");
+    assert!(e.to_string().contains("--device-iops"), "{e}");
+    let id = *s.nodes.keys().next().unwrap();
+    let e = apply(
+        &mut s,
+        Command::ReportDevices {
+            node_id: id,
+            devices: vec![DeviceRec {
+                read_iops: u64::MAX,
+                ..dev(0, G)
+            }],
+        },
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("capability"), "{e}");
+}
