@@ -4,8 +4,9 @@
 //! the probe, `--reprobe` measures again. The controller admits promised IOPS and bandwidth
 //! against these figures (docs/qos.md).
 //!
-//! The probe leaves every byte as it was: the write phase writes back blocks it read first, to
-//! the same places, and it runs before the reactors start. It reads and writes only the lendable
+//! The probe leaves every byte as it was: it writes back blocks it read first, to the same
+//! places, and it runs before the reactors start. It works in the first 64 MiB of the lendable
+//! area, which it first reads and writes back whole (a file's holes read without any I/O). It reads and writes only the lendable
 //! part of a device (never the owner's reserved area). Memory backends are not probed: their
 //! figures are what the flags say, or unknown (0), and an unknown device takes no promise.
 
@@ -34,12 +35,31 @@ const PHASE: Duration = Duration::from_millis(150);
 /// 4 KiB.
 const BLOCK: u64 = 4096;
 
-/// Measures `b` over `[start, start + len)` of it, or `None` for a memory backend.
+/// The part of a device the probe works in (its lendable area's first bytes).
+const WINDOW: u64 = 64 << 20;
+
+/// Measures `b` in the first [`WINDOW`] bytes of `[start, start + len)` of it, or `None` for a
+/// memory backend. The window is first read and written back in 1 MiB pieces: the bytes stay
+/// as they were, and a file's holes (which read without touching the disk) are allocated, so
+/// the reads measured are real ones.
 pub fn measure(b: &Backend, start: u64, len: u64) -> Option<Capability> {
     let Store::File { file, .. } = &b.store else {
         return None;
     };
     let bs = u64::from(b.block_size).max(BLOCK);
+    let len = len.min(WINDOW) / bs * bs;
+    if let Ok(mut buf) = memmap2::MmapMut::map_anon(1 << 20) {
+        let mut at = start;
+        while at < start + len {
+            let n = (1u64 << 20).min(start + len - at) as usize;
+            if file.read_exact_at(&mut buf[..n], at).is_err()
+                || file.write_all_at(&buf[..n], at).is_err()
+            {
+                return Some(Capability::default());
+            }
+            at += n as u64;
+        }
+    }
     let blocks = len / bs;
     if blocks < 2 * DEPTH as u64 {
         return Some(Capability::default());

@@ -45,11 +45,11 @@ pub enum VolumeCmd {
         /// single, concat, stripe:N[:UNIT] or mirror:N.
         #[arg(long, default_value = "single")]
         layout: String,
-        /// Promised IOPS.
-        #[arg(long, default_value_t = 0)]
+        /// Promised IOPS: placed only where devices can take it (docs/qos.md).
+        #[arg(long = "iops", visible_alias = "min-iops", default_value_t = 0)]
         min_iops: u64,
-        /// Promised MiB/s.
-        #[arg(long, default_value_t = 0)]
+        /// Promised MiB/s, admitted the same way.
+        #[arg(long = "mib-s", visible_alias = "min-mib-s", default_value_t = 0)]
         min_mib_s: u64,
         /// Price per GiB-hour.
         #[arg(long, default_value_t = 0.0)]

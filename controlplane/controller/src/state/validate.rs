@@ -178,6 +178,13 @@ pub fn requirements(r: &Requirements) -> Result<(), Error> {
             "price per GiB-hour {p} is not a number in 0..={MAX_PRICE}"
         )));
     }
+    if r.min_iops > MAX_DEVICE_IOPS || r.min_mib_s > MAX_DEVICE_MIB_S {
+        return Err(invalid(format!(
+            "a promise of {} IOPS and {} MiB/s is past what any device may say it does \
+             ({MAX_DEVICE_IOPS} IOPS, {MAX_DEVICE_MIB_S} MiB/s)",
+            r.min_iops, r.min_mib_s
+        )));
+    }
     Ok(())
 }
 

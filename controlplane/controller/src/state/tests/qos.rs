@@ -142,4 +142,7 @@ fn a_device_of_unknown_capability_takes_no_promise_and_absurd_figures_are_refuse
     )
     .unwrap_err();
     assert!(e.to_string().contains("capability"), "{e}");
+    // An absurd promise is refused as such, before any placement.
+    let e = promise(&mut s, "b", Layout::Single, u64::MAX, 0).unwrap_err();
+    assert!(e.to_string().contains("past what any device"), "{e}");
 }
