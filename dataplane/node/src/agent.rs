@@ -334,6 +334,11 @@ pub fn start(
                                 }
                                 return;
                             }
+                            // A rebuild guarded a new range or finished: say so now rather
+                            // than a beat later (each is a step the controller waits for).
+                            if rebuilds.news() {
+                                break;
+                            }
                             tokio::time::sleep(Duration::from_millis(50)).await;
                         }
                     }

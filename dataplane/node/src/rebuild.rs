@@ -73,6 +73,8 @@ pub struct Rebuilds {
     tuning: Tuning,
     /// The last rebuild reported when not all fitted one heartbeat.
     cursor: Key,
+    /// Set when a range was guarded or a copy finished since the last heartbeat.
+    news: Arc<AtomicBool>,
 }
 
 fn file_in(state_dir: Option<&PathBuf>) -> Option<PathBuf> {
@@ -121,6 +123,7 @@ impl Rebuilds {
             file: file_in(state_dir),
             tuning,
             cursor: (0, 0, 0),
+            news: Arc::default(),
         }
     }
 
@@ -220,14 +223,16 @@ impl Rebuilds {
                 }
             }
             if fresh {
-                let (shared, task, tls, tuning) = (
+                self.news.store(true, Ordering::Release);
+                let (shared, task, tls, tuning, news) = (
                     Arc::clone(&self.shared),
                     Arc::clone(task),
                     self.tls.clone(),
                     self.tuning,
+                    Arc::clone(&self.news),
                 );
                 let volume = t.volume_id;
-                tokio::spawn(async move { run(&shared, &task, tls, tuning, volume).await });
+                tokio::spawn(async move { run(&shared, &task, tls, tuning, volume, &news).await });
             }
         }
         if before != self.tasks.keys().copied().collect::<Vec<_>>() {
@@ -245,6 +250,12 @@ impl Rebuilds {
         if let Err(e) = std::fs::write(p, text) {
             tracing::warn!(path = %p.display(), "keeping the guarded ranges: {e}");
         }
+    }
+
+    /// Whether there is news the controller waits for (a range guarded, a copy finished): then
+    /// the next heartbeat goes at once.
+    pub fn news(&self) -> bool {
+        self.news.swap(false, Ordering::AcqRel)
     }
 
     /// What the next heartbeat reports: at most [`MAX_REPORTED`] rebuilds, those after the
@@ -310,6 +321,7 @@ async fn run(
     tls: Option<Arc<rustls::ClientConfig>>,
     tuning: Tuning,
     volume: u64,
+    news: &AtomicBool,
 ) {
     let g = Arc::clone(&task.guard);
     let mut reported = false;
@@ -344,6 +356,7 @@ async fn run(
         let started = Instant::now();
         match copy_from(shared, task, &sources, from, tls.clone(), tuning).await {
             Ok(()) if task.done.load(Ordering::Acquire) >= g.length => {
+                news.store(true, Ordering::Release);
                 let secs = started.elapsed().as_secs_f64();
                 let mib = (g.length - from) as f64 / f64::from(1 << 20);
                 tracing::info!(
@@ -508,6 +521,14 @@ async fn write_piece(
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
     }
+    // Let go of the region however this ends (the future dropped midway included).
+    struct Held<'a>(&'a Guard, usize);
+    impl Drop for Held<'_> {
+        fn drop(&mut self) {
+            self.0.release(self.1);
+        }
+    }
+    let _held = Held(g, r);
     let runs = g.unwritten(at, at + buf.len() as u64);
     let (shared2, g2) = (Arc::clone(shared), Arc::clone(g));
     let res = tokio::task::spawn_blocking(move || {
@@ -525,7 +546,6 @@ async fn write_piece(
         Ok::<AlignedBuf, String>(buf)
     })
     .await;
-    g.release(r);
     res.map_err(|e| format!("writer: {e}"))?
 }
 
