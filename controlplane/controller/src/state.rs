@@ -64,14 +64,20 @@ pub struct DeviceRec {
     #[serde(default)]
     pub reserved_length: u64,
     /// 4 KiB random reads per second at QD32, as the node measured it (0: not known).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub read_iops: u64,
     /// 4 KiB random writes per second at QD32 (0: not known).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub write_iops: u64,
     /// 1 MiB sequential MiB/s (0: not known).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub mib_s: u64,
+}
+
+/// Not written when zero: a record without the figure reads back the same, and states written
+/// before it existed keep their layout.
+fn is_zero(x: &u64) -> bool {
+    *x == 0
 }
 
 /// A registered node.

@@ -266,7 +266,9 @@ pub(super) fn progress(
                     rb.phase = if writer { Phase::Join } else { Phase::Copy };
                 }
                 Phase::Join if !writer => rb.phase = Phase::Copy,
-                Phase::Copy if r.guarded && r.done > rb.done => {
+                // Only the current attempt's progress counts (a report sent before the node
+                // learned of a new attempt may run ahead of the rewound checkpoint).
+                Phase::Copy if r.guarded && r.attempt == rb.attempt && r.done > rb.done => {
                     rb.done = r.done.min(p.length);
                     if rb.done == p.length {
                         e.rebuild = None;

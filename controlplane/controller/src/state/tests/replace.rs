@@ -190,6 +190,9 @@ fn a_replaced_copy_moves_to_a_free_node_and_goes_through_its_phases() {
         copy_extent(&s.volumes["m"], 1).rebuild.unwrap().phase,
         Phase::Copy
     );
+    // Progress of the attempt before does not count either.
+    beat(&mut s, node, vec![progress(&new, true, G)], 8);
+    assert!(copy_extent(&s.volumes["m"], 1).rebuild.is_some());
     beat(
         &mut s,
         node,
