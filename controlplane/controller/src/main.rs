@@ -57,6 +57,10 @@ struct Args {
     /// on its own (`dasmesh volume replace-copy` still does).
     #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
     replace_after: Duration,
+    /// The part of every device's capability kept back from promised performance, percent
+    /// (0..=90): volumes are admitted against the rest (docs/qos.md).
+    #[arg(long, default_value_t = 10)]
+    qos_headroom: u64,
     /// This controller's certificate directory (`dasmesh cert issue --role controller`): it
     /// serves mutual TLS only, and every call is checked against its caller's role.
     #[arg(long, env = "DASMESH_CERT", conflicts_with = "insecure_no_auth")]
@@ -93,6 +97,13 @@ async fn run(a: Args) -> anyhow::Result<()> {
         "--election-ttl {:?} must be 1s..=60s",
         a.election_ttl
     );
+    anyhow::ensure!(
+        a.qos_headroom <= 90,
+        "--qos-headroom {} must be 0..=90 (percent)",
+        a.qos_headroom
+    );
+    dasmesh_controller::state::qos::HEADROOM
+        .store(a.qos_headroom, std::sync::atomic::Ordering::Relaxed);
     let heartbeat_ms = a.heartbeat.as_millis() as u64;
     let cert = match (&a.cert, a.insecure_no_auth) {
         (Some(dir), _) => {

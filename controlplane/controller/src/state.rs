@@ -325,9 +325,18 @@ pub enum Command {
         layout: Layout,
         req: Requirements,
         now_ms: u64,
+        /// The part of each device's capability kept back from promises, percent ([`qos`]).
+        #[serde(default = "qos::default_headroom")]
+        headroom_pct: u64,
     },
     /// Resize a volume.
-    ResizeVolume { name: String, size: u64 },
+    ResizeVolume {
+        name: String,
+        size: u64,
+        /// As in `CreateVolume`.
+        #[serde(default = "qos::default_headroom")]
+        headroom_pct: u64,
+    },
     /// Delete a volume: it turns DELETING until its extents are discarded.
     DeleteVolume { name: String },
     /// Free a DELETING volume's extents (after they were discarded on the nodes).
@@ -392,6 +401,9 @@ pub enum Command {
         copy: u32,
         node: Option<u64>,
         auto: bool,
+        /// As in `CreateVolume`.
+        #[serde(default = "qos::default_headroom")]
+        headroom_pct: u64,
     },
 }
 
@@ -816,6 +828,7 @@ fn apply_inner(s: &mut State, cmd: Command) -> Result<Outcome, Error> {
             layout,
             req,
             now_ms,
+            headroom_pct,
         } => {
             validate::volume_name(&name)?;
             if s.volumes.contains_key(&name) {
@@ -826,7 +839,8 @@ fn apply_inner(s: &mut State, cmd: Command) -> Result<Outcome, Error> {
             validate::requirements(&req)?;
             let all = candidates(s);
             let up = all.len();
-            let cands = qos::admissible(s, all, layout, &req)?;
+            validate::headroom(headroom_pct)?;
+            let cands = qos::admissible(s, all, layout, &req, headroom_pct)?;
             let pieces = alloc::allocate(&cands, layout, size, req.spread_failure_domains)
                 .map_err(|why| {
                     Error::Insufficient(qos::among(why, cands.len(), up, layout, &req))
@@ -856,10 +870,15 @@ fn apply_inner(s: &mut State, cmd: Command) -> Result<Outcome, Error> {
             s.volumes.insert(name, v.clone());
             Ok(Outcome::Volume(v))
         }
-        Command::ResizeVolume { name, size } => {
+        Command::ResizeVolume {
+            name,
+            size,
+            headroom_pct,
+        } => {
+            validate::headroom(headroom_pct)?;
             validate::volume_name(&name)?;
             validate::volume_size(&name, size)?;
-            resize::resize(s, &name, size).map(Outcome::Volume)
+            resize::resize(s, &name, size, headroom_pct).map(Outcome::Volume)
         }
         Command::DeleteVolume { name } => {
             validate::volume_name(&name)?;
@@ -1024,9 +1043,11 @@ fn apply_inner(s: &mut State, cmd: Command) -> Result<Outcome, Error> {
             copy,
             node,
             auto,
+            headroom_pct,
         } => {
             validate::volume_name(&volume)?;
-            rebuild::replace(s, &volume, copy, node, auto).map(Outcome::Volume)
+            validate::headroom(headroom_pct)?;
+            rebuild::replace(s, &volume, copy, node, auto, headroom_pct).map(Outcome::Volume)
         }
     }
 }

@@ -31,6 +31,7 @@ impl Controller {
                     copy,
                     node: None,
                     auto: true,
+                    headroom_pct: crate::state::qos::headroom(),
                 })
                 .await
             {

@@ -250,6 +250,7 @@ fn every_command_writes_no_more_than_its_bound() {
         };
         let name = format!("v{v}");
         let create = Command::CreateVolume {
+            headroom_pct: 10,
             name: name.clone(),
             size: 1 << 30,
             layout,
@@ -334,6 +335,7 @@ async fn a_batch_is_cut_where_the_stores_transaction_is_full() {
     for v in 0..100 {
         let name = format!("v{v}");
         ctl.run(Command::CreateVolume {
+            headroom_pct: 10,
             name: name.clone(),
             size: 1 << 20,
             layout: crate::alloc::Layout::Single,

@@ -24,6 +24,7 @@ impl v1::volumes_server::Volumes for Svc {
                     spread_failure_domains: q.spread_failure_domains,
                 },
                 now_ms: now_ms(),
+                headroom_pct: state::qos::headroom(),
             })
             .await?;
         let Outcome::Volume(v) = out else {
@@ -74,6 +75,7 @@ impl v1::volumes_server::Volumes for Svc {
             .run(Command::ResizeVolume {
                 name: r.name,
                 size: r.size_bytes,
+                headroom_pct: state::qos::headroom(),
             })
             .await?
         else {
@@ -111,6 +113,7 @@ impl v1::volumes_server::Volumes for Svc {
                 copy: r.copy,
                 node: (r.node_id != 0).then_some(r.node_id),
                 auto: false,
+                headroom_pct: state::qos::headroom(),
             })
             .await?
         else {

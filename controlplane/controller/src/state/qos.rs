@@ -3,7 +3,8 @@
 //!
 //! - A device's capability is what its node reported (`DeviceRec::read_iops` and so on, from
 //!   the node's probe or flags); its IOPS are the lower of its read and write figures, since a
-//!   promise does not say which. Of it, [`HEADROOM_PCT`] is kept back and never promised.
+//!   promise does not say which. Of it, a headroom (`dasmesh-controller --qos-headroom`, 10% by
+//!   default, [`HEADROOM_PCT`]) is kept back and never promised.
 //! - An extent's share of its volume's promise: a stripe's extents share it evenly (rounded up);
 //!   every other extent carries all of it (each mirror copy takes every write, and a concat's
 //!   I/O may all land on one extent).
@@ -14,8 +15,21 @@ use std::collections::BTreeMap;
 use super::{Error, Layout, Requirements, State, VolumeRec};
 use crate::alloc::{Candidate, DeviceKey};
 
-/// The part of every device's capability kept back from promises.
+/// The part of every device's capability kept back from promises, percent, by default.
 pub const HEADROOM_PCT: u64 = 10;
+
+/// [`HEADROOM_PCT`] (for commands written before the headroom was theirs to say).
+pub fn default_headroom() -> u64 {
+    HEADROOM_PCT
+}
+
+/// The headroom this controller's commands carry (`--qos-headroom`).
+pub static HEADROOM: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(HEADROOM_PCT);
+
+/// [`HEADROOM`] now.
+pub fn headroom() -> u64 {
+    HEADROOM.load(std::sync::atomic::Ordering::Relaxed)
+}
 
 /// The share of `req` each extent of a `layout` volume carries: (IOPS, MiB/s).
 pub fn share(layout: Layout, req: &Requirements) -> (u64, u64) {
@@ -51,14 +65,15 @@ fn add(out: &mut BTreeMap<DeviceKey, (u64, u64)>, v: &VolumeRec) {
 
 /// A device's capability that may be promised, and what is promised of it: ((IOPS, MiB/s),
 /// (IOPS, MiB/s)); `None` when its node or device is not known.
-pub fn budget(s: &State, key: DeviceKey) -> Option<((u64, u64), (u64, u64))> {
+pub fn budget(s: &State, key: DeviceKey, headroom_pct: u64) -> Option<((u64, u64), (u64, u64))> {
     let d = s
         .nodes
         .get(&key.node)?
         .devices
         .iter()
         .find(|d| d.device_id == key.device)?;
-    let keep = |x: u64| x - x / 100 * HEADROOM_PCT - x % 100 * HEADROOM_PCT / 100;
+    let h = headroom_pct.min(100);
+    let keep = |x: u64| x - x / 100 * h - x % 100 * h / 100;
     let cap = (keep(d.read_iops.min(d.write_iops)), keep(d.mib_s));
     Some((cap, promised(s).get(&key).copied().unwrap_or_default()))
 }
@@ -71,6 +86,7 @@ pub fn admissible(
     cands: Vec<Candidate>,
     layout: Layout,
     req: &Requirements,
+    headroom_pct: u64,
 ) -> Result<Vec<Candidate>, Error> {
     let need = share(layout, req);
     if need == (0, 0) {
@@ -78,7 +94,7 @@ pub fn admissible(
     }
     let promised = promised(s);
     let left = |key: DeviceKey| -> Option<(u64, u64)> {
-        let ((ci, cm), _) = budget(s, key)?;
+        let ((ci, cm), _) = budget(s, key, headroom_pct)?;
         let (pi, pm) = promised.get(&key).copied().unwrap_or_default();
         Some((ci.saturating_sub(pi), cm.saturating_sub(pm)))
     };
@@ -98,7 +114,9 @@ pub fn admissible(
         });
     Err(Error::Insufficient(match best {
         None => "no device can take a promise of performance: there is none up".into(),
-        Some(((0, 0), k)) if budget(s, k).is_some_and(|((ci, cm), _)| ci == 0 && cm == 0) => {
+        Some(((0, 0), k))
+            if budget(s, k, headroom_pct).is_some_and(|((ci, cm), _)| ci == 0 && cm == 0) =>
+        {
             format!(
             "device {} on node {} has no known capability (a memory backend, or a node started \
              without its probe): give the node --device-iops and --device-mib-s",
@@ -114,7 +132,7 @@ pub fn admissible(
                 what.push(format!("{} MiB/s unpromised, {} needed", l.1, need.1));
             }
             format!(
-                "device {} on node {} has {} (the most of any device; {HEADROOM_PCT}% of each is kept back)",
+                "device {} on node {} has {} (the most of any device; {headroom_pct}% of each is kept back)",
                 k.device,
                 k.node,
                 what.join(" and ")

@@ -114,6 +114,7 @@ pub(super) fn replace(
     copy: u32,
     node: Option<u64>,
     auto: bool,
+    headroom_pct: u64,
 ) -> Result<VolumeRec, Error> {
     let v = volume(s, name)?.clone();
     super::refuse_if_deleting(&v)?;
@@ -154,7 +155,7 @@ pub(super) fn replace(
         .filter(|e| e.piece.copy == copy)
         .map(|e| e.piece.key.node)
         .collect();
-    let mut cands = super::qos::admissible(s, candidates(s), v.layout, &v.req)?;
+    let mut cands = super::qos::admissible(s, candidates(s), v.layout, &v.req, headroom_pct)?;
     if let Some(id) = node {
         match s.nodes.get(&id) {
             None => return Err(Error::UnknownNode(id)),

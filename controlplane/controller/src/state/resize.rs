@@ -10,7 +10,12 @@ use super::{
 use crate::alloc::{CopyPlace, Piece};
 
 /// Resizes volume `name` to `size` (rounded up to the alignment).
-pub(super) fn resize(s: &mut State, name: &str, size: u64) -> Result<VolumeRec, Error> {
+pub(super) fn resize(
+    s: &mut State,
+    name: &str,
+    size: u64,
+    headroom_pct: u64,
+) -> Result<VolumeRec, Error> {
     let v = volume(s, name)?.clone();
     refuse_if_deleting(&v)?;
     if let Some(e) = v.extents.iter().find(|e| e.rebuild.is_some()) {
@@ -36,7 +41,7 @@ pub(super) fn resize(s: &mut State, name: &str, size: u64) -> Result<VolumeRec, 
         freed::record(s, &v, &shrunk, epoch);
         shrunk
     } else {
-        grow(s, &v, size)?
+        grow(s, &v, size, headroom_pct)?
     };
     s.volumes.insert(name.to_string(), out.clone());
     Ok(out)
@@ -91,11 +96,11 @@ fn shrink(v: &VolumeRec, size: u64) -> Result<VolumeRec, Error> {
 
 /// Appends extents to reach `size` (single and concat become concat; mirror grows every copy,
 /// each on nodes no other copy uses). New extents carry a fresh epoch.
-fn grow(s: &mut State, v: &VolumeRec, size: u64) -> Result<VolumeRec, Error> {
+fn grow(s: &mut State, v: &VolumeRec, size: u64, headroom_pct: u64) -> Result<VolumeRec, Error> {
     let extra = size - v.size;
     let mut out = v.clone();
     out.size = size;
-    let cands = super::qos::admissible(s, candidates(s), v.layout, &v.req)?;
+    let cands = super::qos::admissible(s, candidates(s), v.layout, &v.req, headroom_pct)?;
     let pieces: Vec<Piece> = match v.layout {
         Layout::Single | Layout::Concat => {
             let base = v.extents.len() as u32;

@@ -62,6 +62,7 @@ fn create(s: &mut State, name: &str, size: u64, layout: Layout) -> Result<Volume
     match apply(
         s,
         Command::CreateVolume {
+            headroom_pct: 10,
             name: name.into(),
             size,
             layout,
@@ -271,6 +272,7 @@ fn leased_volumes_are_locked() {
     let e = apply(
         &mut s,
         Command::ResizeVolume {
+            headroom_pct: 10,
             name: "v".into(),
             size: G / 2,
         },
@@ -281,6 +283,7 @@ fn leased_volumes_are_locked() {
     let Outcome::Volume(v) = apply(
         &mut s,
         Command::ResizeVolume {
+            headroom_pct: 10,
             name: "v".into(),
             size: 3 * G,
         },
@@ -577,9 +580,9 @@ mod sequences {
                 let r = match op {
                     Op::Create(v, size, l) => {
                         let layout = [Layout::Single, Layout::Concat, Layout::Stripe { width: 2, unit: M }, Layout::Mirror { copies: 2 }][l as usize];
-                        apply(&mut s, Command::CreateVolume { name: format!("v{v}"), size: size * M, layout, req: Requirements::default(), now_ms: t as u64 })
+                        apply(&mut s, Command::CreateVolume { name: format!("v{v}"), size: size * M, layout, req: Requirements::default(), now_ms: t as u64, headroom_pct: 10 })
                     }
-                    Op::Resize(v, size) => apply(&mut s, Command::ResizeVolume { name: format!("v{v}"), size: size * M }),
+                    Op::Resize(v, size) => apply(&mut s, Command::ResizeVolume { name: format!("v{v}"), size: size * M, headroom_pct: 10 }),
                     Op::Delete(v) => apply(&mut s, Command::DeleteVolume { name: format!("v{v}") })
                         .and_then(|_| apply(&mut s, Command::PurgeVolume { name: format!("v{v}") })),
                     Op::Mount(v, rw) => {
@@ -665,6 +668,7 @@ fn stripes_grow_by_whole_sets_and_shrink_by_dropping_them() {
     let Outcome::Volume(g) = apply(
         &mut s,
         Command::ResizeVolume {
+            headroom_pct: 10,
             name: "st".into(),
             size: 6 * G,
         },
@@ -681,6 +685,7 @@ fn stripes_grow_by_whole_sets_and_shrink_by_dropping_them() {
     let Outcome::Volume(sh) = apply(
         &mut s,
         Command::ResizeVolume {
+            headroom_pct: 10,
             name: "st".into(),
             size: 2 * G,
         },

@@ -171,6 +171,16 @@ pub fn layout(l: Layout) -> Result<(), Error> {
 
 /// Lending conditions: a finite price in 0..=[`MAX_PRICE`] (JSON has no NaN or infinity, so
 /// the store could not read such a price back).
+/// The headroom kept back from promises: 0..=90 percent.
+pub fn headroom(pct: u64) -> Result<(), Error> {
+    if pct > 90 {
+        return Err(invalid(format!(
+            "a QoS headroom of {pct}% leaves too little to promise: 0..=90"
+        )));
+    }
+    Ok(())
+}
+
 pub fn requirements(r: &Requirements) -> Result<(), Error> {
     let p = r.price_per_gib_hour;
     if !p.is_finite() || !(0.0..=MAX_PRICE).contains(&p) {

@@ -277,6 +277,7 @@ proptest! {
                 Op::Create(v, size, l) => {
                     let (layout, spread) = layout(l);
                     apply(&mut s, Command::CreateVolume {
+                        headroom_pct: 10,
                         name: format!("v{v}"),
                         size: size * M,
                         layout,
@@ -284,7 +285,7 @@ proptest! {
                         now_ms: now,
                     })
                 }
-                Op::Resize(v, size) => apply(&mut s, Command::ResizeVolume { name: format!("v{v}"), size: size * M }),
+                Op::Resize(v, size) => apply(&mut s, Command::ResizeVolume { name: format!("v{v}"), size: size * M, headroom_pct: 10 }),
                 Op::Delete(v) => apply(&mut s, Command::DeleteVolume { name: format!("v{v}") }),
                 Op::Purge(i) => {
                     let deleting: Vec<String> = s.volumes.values().filter(|v| v.deleting).map(|v| v.name.clone()).collect();

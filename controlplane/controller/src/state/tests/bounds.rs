@@ -189,6 +189,7 @@ fn the_pool_total_stays_summable() {
 fn numbers_out_of_bounds_are_refused() {
     let mut s = pool(3);
     let vol = |name: &str, size, layout, price| Command::CreateVolume {
+        headroom_pct: 10,
         name: name.into(),
         size,
         layout,
@@ -245,6 +246,7 @@ fn numbers_out_of_bounds_are_refused() {
             &mut s,
             "resize",
             Command::ResizeVolume {
+                headroom_pct: 10,
                 name: "p".into(),
                 size,
             },
@@ -289,6 +291,7 @@ fn long_strings_and_lists_are_refused_with_a_short_echo() {
     let node_id = *s.nodes.keys().next().unwrap();
     let cmds = [
         Command::CreateVolume {
+            headroom_pct: 10,
             name: big.clone(),
             size: G,
             layout: Layout::Single,
@@ -296,6 +299,7 @@ fn long_strings_and_lists_are_refused_with_a_short_echo() {
             now_ms: 0,
         },
         Command::ResizeVolume {
+            headroom_pct: 10,
             name: big.clone(),
             size: G,
         },
@@ -556,13 +560,14 @@ mod numbers {
                 let before = s.clone();
                 let r = match op.clone() {
                     Op::Create(v, size, price, layout) => apply(&mut s, Command::CreateVolume {
+                        headroom_pct: 10,
                         name: format!("v{v}"),
                         size,
                         layout,
                         req: Requirements { price_per_gib_hour: price, ..Default::default() },
                         now_ms: 0,
                     }),
-                    Op::Resize(v, size) => apply(&mut s, Command::ResizeVolume { name: format!("v{v}"), size }),
+                    Op::Resize(v, size) => apply(&mut s, Command::ResizeVolume { name: format!("v{v}"), size, headroom_pct: 10 }),
                     Op::Mount(v, rw, ttl_ms, now_ms) => apply(&mut s, Command::Mount {
                         holder: None,
                         volume: format!("v{v}"), host: "h".into(), rw, ttl_ms, now_ms,

@@ -36,6 +36,7 @@ fn grown_mirror(s: &mut State) -> LeaseRec {
     apply(
         s,
         Command::ResizeVolume {
+            headroom_pct: 10,
             name: "m".into(),
             size: 2 * G,
         },
@@ -285,7 +286,7 @@ mod model {
                     }
                     Op::Grow(g) => {
                         let size = s.volumes["m"].size + g * G;
-                        apply(&mut s, Command::ResizeVolume { name: "m".into(), size }).unwrap();
+                        apply(&mut s, Command::ResizeVolume { name: "m".into(), size, headroom_pct: 10 }).unwrap();
                     }
                 }
                 let v = &s.volumes["m"];

@@ -35,6 +35,7 @@ fn promise(
     match apply(
         s,
         Command::CreateVolume {
+            headroom_pct: 10,
             name: name.into(),
             size: G,
             layout,
@@ -77,7 +78,7 @@ fn promises_are_admitted_within_capability_less_the_headroom() {
     promise(&mut s, "e", Layout::Single, 0, 0).unwrap();
     // The pool shows what is promised.
     let key = s.volumes["a"].extents[0].piece.key;
-    let ((cap_iops, cap_mib), (p_iops, _)) = crate::state::qos::budget(&s, key).unwrap();
+    let ((cap_iops, cap_mib), (p_iops, _)) = crate::state::qos::budget(&s, key, 10).unwrap();
     assert_eq!((cap_iops, cap_mib), (18_000, 900));
     assert!(p_iops >= 12_000);
 }
@@ -145,4 +146,32 @@ fn a_device_of_unknown_capability_takes_no_promise_and_absurd_figures_are_refuse
     // An absurd promise is refused as such, before any placement.
     let e = promise(&mut s, "b", Layout::Single, u64::MAX, 0).unwrap_err();
     assert!(e.to_string().contains("past what any device"), "{e}");
+}
+
+#[test]
+fn the_headroom_is_the_controllers_to_say() {
+    let mut s = rated_pool(1, 20_000, 1_000);
+    let create = |s: &mut State, name: &str, iops: u64, headroom_pct: u64| {
+        apply(
+            s,
+            Command::CreateVolume {
+                name: name.into(),
+                size: G,
+                layout: Layout::Single,
+                req: Requirements {
+                    min_iops: iops,
+                    ..Default::default()
+                },
+                now_ms: 0,
+                headroom_pct,
+            },
+        )
+    };
+    // Half kept back: 10,000 of 20,000 may be promised.
+    let e = create(&mut s, "a", 11_000, 50).unwrap_err();
+    assert!(e.to_string().contains("50% of each is kept back"), "{e}");
+    create(&mut s, "a", 10_000, 50).unwrap();
+    create(&mut s, "b", 8_000, 0).unwrap();
+    let e = create(&mut s, "c", 1, 95).unwrap_err();
+    assert!(e.to_string().contains("0..=90"), "{e}");
 }

@@ -14,6 +14,7 @@ fn replace(
     match apply(
         s,
         Command::ReplaceCopy {
+            headroom_pct: 10,
             volume: name.into(),
             copy,
             node,

@@ -7,6 +7,7 @@ fn resize(s: &mut State, name: &str, size: u64) -> Result<VolumeRec, Error> {
     match apply(
         s,
         Command::ResizeVolume {
+            headroom_pct: 10,
             name: name.into(),
             size,
         },
@@ -148,6 +149,7 @@ fn mirror_growth_spreads_failure_domains_when_asked() {
     apply(
         &mut s,
         Command::CreateVolume {
+            headroom_pct: 10,
             name: "m".into(),
             size: 10 * G,
             layout: Layout::Mirror { copies: 2 },
