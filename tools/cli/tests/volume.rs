@@ -300,3 +300,57 @@ fn errors_name_the_cause_in_one_line() {
     );
     assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
 }
+
+/// Promised performance and moving copies, as an operator meets them: `pool` shows what each
+/// device can do (here the figures the test nodes are given: 100,000 IOPS, 2,000 MiB/s) and what
+/// is promised; a promise is admitted within that less the headroom, and a refusal says what is
+/// short; `volume replace-copy` refusals name the cause.
+#[test]
+fn promises_and_copy_moves_are_refused_in_words() {
+    let c = Cluster::start(2);
+    let pool: serde_json::Value = serde_json::from_str(&c.ok(&["--json", "pool"])).unwrap();
+    for d in pool["devices"].as_array().unwrap() {
+        assert_eq!(
+            (d["read_iops"].as_u64(), d["mib_s"].as_u64()),
+            (Some(100_000), Some(2000)),
+            "{d}"
+        );
+    }
+    c.ok(&[
+        "volume", "create", "fast", "--size", "4M", "--iops", "60000", "--mib-s", "500",
+    ]);
+    let err = c.fails(&[
+        "volume", "create", "greedy", "--size", "4M", "--layout", "mirror:2", "--iops", "60000",
+    ]);
+    // One device has 30,000 left (90,000 less the 60,000 promised), the other 90,000: a mirror
+    // needs two.
+    assert!(
+        err.contains("among the 1 of 2 devices with 60000 IOPS and 0 MiB/s unpromised"),
+        "{err}"
+    );
+    let err = c.fails(&[
+        "volume", "create", "greedy", "--size", "4M", "--iops", "95000",
+    ]);
+    assert!(
+        err.contains("has 90000 IOPS unpromised, 95000 needed"),
+        "{err}"
+    );
+    assert!(c
+        .fails(&["volume", "show", "greedy"])
+        .contains("unknown volume"));
+    let pool = c.ok(&["pool"]);
+    assert!(pool.contains("(60000)") && pool.contains("(500)"), "{pool}");
+
+    c.ok(&[
+        "volume", "create", "m", "--size", "4M", "--layout", "mirror:2",
+    ]);
+    let err = c.fails(&["volume", "replace-copy", "m", "--copy", "1"]);
+    assert!(
+        err.contains("no node outside the nodes of the copies"),
+        "{err}"
+    );
+    let err = c.fails(&["volume", "replace-copy", "m", "--copy", "2"]);
+    assert!(err.contains("there is no copy 2"), "{err}");
+    let err = c.fails(&["volume", "replace-copy", "fast", "--copy", "0"]);
+    assert!(err.contains("not a mirror"), "{err}");
+}
