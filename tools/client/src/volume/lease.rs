@@ -444,6 +444,9 @@ async fn renew_with(inner: &Inner, joined: Vec<u64>) -> Result<Vec<u64>, Error> 
     Ok(newly)
 }
 
+/// How often a writer renews while a copy of its mirror is stale or being rebuilt.
+const MENDING_RENEW: Duration = Duration::from_secs(1);
+
 async fn renew_loop(weak: Weak<Inner>) {
     let mut failures = 0u32;
     loop {
@@ -458,11 +461,26 @@ async fn renew_loop(weak: Weak<Inner>) {
                 .unwrap_or_else(|p| p.into_inner())
                 .clone();
             let left = l.expires_at_ms.saturating_sub(now_ms());
-            if failures == 0 {
+            let wait = if failures == 0 {
                 // After a third of what is left (the lease was just taken or extended).
                 Duration::from_millis((left / 3).max(100))
             } else {
                 Duration::from_millis((left / 4).clamp(100, 1_000))
+            };
+            // A copy not taking writes may be about to (a rebuild's join phase waits for this
+            // writer's renewal): look every second while the mirror is not whole.
+            let mending = inner.opts.access == Access::ReadWrite
+                && inner
+                    .map
+                    .read()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .extents()
+                    .iter()
+                    .any(|e| e.stale);
+            if mending {
+                wait.min(MENDING_RENEW)
+            } else {
+                wait
             }
         };
         tokio::time::sleep(wait).await;
