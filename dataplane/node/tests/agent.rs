@@ -133,7 +133,12 @@ fn fake() -> Fake {
 
 /// A node registering with the fake at `ctl`, a 4 MiB memory backend, its state in `state`.
 fn node(ctl: SocketAddr, state: &std::path::Path) -> Process {
-    let args = [
+    node_with(ctl, state, &[])
+}
+
+/// [`node`] with more flags (more `--backend`s come before the memory one).
+fn node_with(ctl: SocketAddr, state: &std::path::Path, extra: &[&str]) -> Process {
+    let mut args: Vec<String> = [
         "--listen",
         "127.0.0.1:0",
         "--no-pin",
@@ -143,10 +148,12 @@ fn node(ctl: SocketAddr, state: &std::path::Path) -> Process {
         &format!("http://{ctl}"),
         "--state-dir",
         &state.display().to_string(),
-        "--backend",
-        "memory:4M",
-    ];
-    Process::spawn("dasmesh-node", &args.map(String::from))
+    ]
+    .map(String::from)
+    .to_vec();
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args.extend(["--backend".to_string(), "memory:4M".to_string()]);
+    Process::spawn("dasmesh-node", &args)
 }
 
 /// A read-write token for lease `lease` (its nonce) over the whole device.
@@ -313,26 +320,11 @@ fn devices_are_probed_once_and_their_figures_reported() {
     let ctl = serve(f.clone());
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
+    let file = format!("file:{}:16M", dir.path().join("d.img").display());
     let start = |extra: &[&str]| {
-        let mut args: Vec<String> = [
-            "--listen",
-            "127.0.0.1:0",
-            "--no-pin",
-            "--poll",
-            "interrupt",
-            "--controller",
-            &format!("http://{ctl}"),
-            "--state-dir",
-            &state.display().to_string(),
-            "--backend",
-            &format!("file:{}:16M", dir.path().join("d.img").display()),
-            "--backend",
-            "memory:4M",
-        ]
-        .map(String::from)
-        .to_vec();
-        args.extend(extra.iter().map(|s| s.to_string()));
-        Process::spawn("dasmesh-node", &args)
+        let mut all = vec!["--backend", file.as_str()];
+        all.extend_from_slice(extra);
+        node_with(ctl, &state, &all)
     };
     let last = || f.state.lock().unwrap().reports.last().cloned().unwrap();
     let mut n = start(&[]);
