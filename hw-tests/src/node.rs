@@ -38,6 +38,7 @@ fn now_ms() -> u64 {
 fn sign(key: &SigningKey, start: u64, end: u64, rights: Rights) -> Token {
     let now = now_ms();
     Claim {
+        terms: Default::default(),
         node_id: NodeId(0),
         volume_id: VolumeId(0),
         device_id: DeviceId(0),

@@ -374,6 +374,7 @@ impl Controller {
                 .iter()
                 .map(|e| {
                     let claim = Claim {
+                        terms: Default::default(),
                         node_id: NodeId(e.piece.key.node),
                         volume_id: VolumeId(v.id),
                         device_id: DeviceId(e.piece.key.device),

@@ -121,6 +121,7 @@ mod tests {
 
     fn signed(key: u8, node: u64, expires_at_ms: u64) -> Token {
         Claim {
+            terms: Default::default(),
             node_id: NodeId(node),
             volume_id: VolumeId(1),
             device_id: DeviceId(0),

@@ -160,6 +160,7 @@ fn node_with(ctl: SocketAddr, state: &std::path::Path, extra: &[&str]) -> Proces
 fn token(key: &SigningKey, lease: u64) -> Token {
     let now = now_ms();
     Claim {
+        terms: Default::default(),
         node_id: NodeId(ASSIGNED),
         volume_id: VolumeId(1),
         device_id: DeviceId(0),

@@ -187,6 +187,7 @@ mod tests {
 
     fn token(holder: &SigningKey, nonce: u64) -> Token {
         Claim {
+            terms: Default::default(),
             node_id: NodeId(5),
             volume_id: VolumeId(9),
             device_id: DeviceId(1),

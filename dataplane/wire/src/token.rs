@@ -61,7 +61,7 @@ pub enum TokenError {
     /// Binary form of the wrong size.
     #[error("token is {0} bytes, expected {TOKEN_LEN} or {BOUND_TOKEN_LEN}")]
     BadLength(usize),
-    /// Claim magic, format version, rights or reserved bytes invalid.
+    /// Claim magic, format version, rights or terms invalid.
     #[error("token claim is malformed: {0}")]
     BadClaim(&'static str),
     /// The signature does not verify with the trusted key.
@@ -120,18 +120,20 @@ struct RawClaim {
     magic: [u8; 4],
     format: u8,
     rights: u8,
-    reserved0: [u8; 2],
+    weight: [u8; 2],
     node_id: [u8; 8],
     volume_id: [u8; 8],
     device_id: [u8; 4],
-    reserved1: [u8; 4],
+    min_mib_s: [u8; 2],
+    max_mib_s: [u8; 2],
     range_offset: [u8; 8],
     range_length: [u8; 8],
     epoch: [u8; 8],
     issued_at_ms: [u8; 8],
     expires_at_ms: [u8; 8],
     nonce: [u8; 8],
-    reserved2: [u8; 8],
+    min_iops: [u8; 4],
+    max_iops: [u8; 4],
 }
 
 /// What the control plane lends: a byte range of one device on one node, with rights, a fencing
@@ -156,8 +158,68 @@ pub struct Claim {
     pub issued_at_ms: u64,
     /// When it stops being valid, ms since the Unix epoch.
     pub expires_at_ms: u64,
-    /// Random, so two otherwise equal tokens differ.
+    /// Random, so two otherwise equal tokens differ (the lease id when the control plane mints
+    /// it).
     pub nonce: u64,
+    /// The service terms the range is served under (all zero: none).
+    pub terms: Terms,
+}
+
+/// Service terms (docs/qos.md): what the range is promised (`min_*`), what it is capped at
+/// (`max_*`) and its weight in what is left. Zero means none; a weight of 0 is the default
+/// weight, [`Terms::DEFAULT_WEIGHT`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Terms {
+    /// IOPS promised.
+    pub min_iops: u32,
+    /// IOPS cap.
+    pub max_iops: u32,
+    /// MiB/s promised.
+    pub min_mib_s: u16,
+    /// MiB/s cap.
+    pub max_mib_s: u16,
+    /// Share of spare capacity relative to other leases (0: the default).
+    pub weight: u16,
+}
+
+impl Terms {
+    /// The weight a lease without one has.
+    pub const DEFAULT_WEIGHT: u16 = 100;
+
+    /// Whether these are no terms at all.
+    pub fn is_none(&self) -> bool {
+        *self == Terms::default()
+    }
+
+    /// Whether a promise is made.
+    pub fn promises(&self) -> bool {
+        self.min_iops > 0 || self.min_mib_s > 0
+    }
+
+    /// The weight, the default for 0.
+    pub fn weight(&self) -> u16 {
+        if self.weight == 0 {
+            Self::DEFAULT_WEIGHT
+        } else {
+            self.weight
+        }
+    }
+
+    /// Why these terms cannot be served under `rights`, if they cannot: a promise above its
+    /// own cap, or a promise on a read-only token (a volume's promise is admitted once, for its
+    /// writer; readers would multiply it).
+    pub fn check(&self, rights: Rights) -> Result<(), &'static str> {
+        if self.max_iops > 0 && self.min_iops > self.max_iops {
+            return Err("terms promise more IOPS than they cap");
+        }
+        if self.max_mib_s > 0 && self.min_mib_s > self.max_mib_s {
+            return Err("terms promise more MiB/s than they cap");
+        }
+        if !rights.writable() && self.promises() {
+            return Err("a read-only token carries no promise");
+        }
+        Ok(())
+    }
 }
 
 impl Claim {
@@ -171,18 +233,20 @@ impl Claim {
             magic: CLAIM_MAGIC,
             format,
             rights: self.rights as u8,
-            reserved0: [0; 2],
+            weight: self.terms.weight.to_le_bytes(),
             node_id: self.node_id.0.to_le_bytes(),
             volume_id: self.volume_id.0.to_le_bytes(),
             device_id: self.device_id.0.to_le_bytes(),
-            reserved1: [0; 4],
+            min_mib_s: self.terms.min_mib_s.to_le_bytes(),
+            max_mib_s: self.terms.max_mib_s.to_le_bytes(),
             range_offset: self.range_offset.to_le_bytes(),
             range_length: self.range_length.to_le_bytes(),
             epoch: self.epoch.0.to_le_bytes(),
             issued_at_ms: self.issued_at_ms.to_le_bytes(),
             expires_at_ms: self.expires_at_ms.to_le_bytes(),
             nonce: self.nonce.to_le_bytes(),
-            reserved2: [0; 8],
+            min_iops: self.terms.min_iops.to_le_bytes(),
+            max_iops: self.terms.max_iops.to_le_bytes(),
         })
     }
 
@@ -199,14 +263,19 @@ impl Claim {
         if raw.format != CLAIM_FORMAT && raw.format != BOUND_CLAIM_FORMAT {
             return Err(TokenError::BadClaim("unknown claim format"));
         }
-        if raw.reserved0 != [0; 2] || raw.reserved1 != [0; 4] || raw.reserved2 != [0; 8] {
-            return Err(TokenError::BadClaim("reserved bytes set"));
-        }
         let rights = match raw.rights {
             1 => Rights::ReadOnly,
             2 => Rights::ReadWrite,
             _ => return Err(TokenError::BadClaim("unknown rights")),
         };
+        let terms = Terms {
+            min_iops: u32::from_le_bytes(raw.min_iops),
+            max_iops: u32::from_le_bytes(raw.max_iops),
+            min_mib_s: u16::from_le_bytes(raw.min_mib_s),
+            max_mib_s: u16::from_le_bytes(raw.max_mib_s),
+            weight: u16::from_le_bytes(raw.weight),
+        };
+        terms.check(rights).map_err(TokenError::BadClaim)?;
         Ok(Self {
             node_id: NodeId(u64::from_le_bytes(raw.node_id)),
             volume_id: VolumeId(u64::from_le_bytes(raw.volume_id)),
@@ -218,6 +287,7 @@ impl Claim {
             issued_at_ms: u64::from_le_bytes(raw.issued_at_ms),
             expires_at_ms: u64::from_le_bytes(raw.expires_at_ms),
             nonce: u64::from_le_bytes(raw.nonce),
+            terms,
         })
     }
 
@@ -417,6 +487,7 @@ mod tests {
             issued_at_ms: 1_000,
             expires_at_ms: 2_000,
             nonce: 42,
+            terms: Terms::default(),
         }
     }
 
@@ -468,6 +539,68 @@ mod tests {
         assert_eq!(Token::from_text("dmt1.@@"), Err(TokenError::BadEncoding));
         assert_eq!(Token::from_text("xyz"), Err(TokenError::BadEncoding));
         assert_eq!(Token::from_bytes(&[0; 3]), Err(TokenError::BadLength(3)));
+    }
+
+    #[test]
+    fn terms_round_trip_and_refusals() {
+        let vk = key().verifying_key();
+        let mut c = claim();
+        c.terms = Terms {
+            min_iops: 5_000,
+            max_iops: 20_000,
+            min_mib_s: 100,
+            max_mib_s: 400,
+            weight: 300,
+        };
+        let t = c.sign(&key());
+        assert_eq!(t.as_bytes().len(), TOKEN_LEN, "terms fit the format-1 claim");
+        assert_eq!(t.verify(&vk, 1_500, NodeId(5), DeviceId(1)), Ok(c));
+        let b = c.sign_bound(&key(), &vk);
+        assert_eq!(b.claim_unverified(), Ok(c));
+        // A cap alone, and a weight alone, are terms; none at all is the old token.
+        assert!(Terms::default().is_none());
+        assert_eq!(Terms::default().weight(), Terms::DEFAULT_WEIGHT);
+        let refused = |terms: Terms, rights: Rights| {
+            let c = Claim {
+                terms,
+                rights,
+                ..claim()
+            };
+            c.sign(&key()).verify(&vk, 1_500, NodeId(5), DeviceId(1))
+        };
+        let promise = Terms {
+            min_iops: 10,
+            ..Terms::default()
+        };
+        assert_eq!(
+            refused(promise, Rights::ReadOnly),
+            Err(TokenError::BadClaim("a read-only token carries no promise"))
+        );
+        let cap = Terms {
+            max_iops: 1_000,
+            max_mib_s: 10,
+            weight: 5,
+            ..Terms::default()
+        };
+        assert!(refused(cap, Rights::ReadOnly).is_ok(), "a reader may be capped");
+        let over = Terms {
+            min_iops: 2_000,
+            max_iops: 1_000,
+            ..Terms::default()
+        };
+        assert_eq!(
+            refused(over, Rights::ReadWrite),
+            Err(TokenError::BadClaim("terms promise more IOPS than they cap"))
+        );
+        let over = Terms {
+            min_mib_s: 20,
+            max_mib_s: 10,
+            ..Terms::default()
+        };
+        assert_eq!(
+            refused(over, Rights::ReadWrite),
+            Err(TokenError::BadClaim("terms promise more MiB/s than they cap"))
+        );
     }
 
     #[test]

@@ -272,6 +272,13 @@ fn search_body_layout() {
 #[test]
 fn token_layout() {
     let c = Claim {
+        terms: Terms {
+            min_iops: 0x9192_9394,
+            max_iops: 0xa1a2_a3a4,
+            min_mib_s: 0x2526,
+            max_mib_s: 0x2728,
+            weight: 0x0a0b,
+        },
         node_id: NodeId(0x0102_0304_0506_0708),
         volume_id: VolumeId(0x1112_1314_1516_1718),
         device_id: DeviceId(0x2122_2324),
@@ -290,25 +297,32 @@ fn token_layout() {
         "magic",
         "format",
         "rights",
-        "reserved",
+        "weight",
         "node_id",
         "volume_id",
         "device_id",
+        "min_mib_s",
+        "max_mib_s",
         "range_offset",
         "range_length",
         "epoch",
         "issued_at_ms",
         "expires_at_ms",
         "nonce",
+        "min_iops",
+        "max_iops",
         "signature",
     ];
-    let mut reserved_sizes = vec![2usize, 4, 8].into_iter();
     let table = layout_table(&doc(), "expires_at_ms");
     check_layout(&table, bytes, &fields, |f| match f {
         "magic" => b"DMTK".to_vec(),
         "format" => vec![1],
         "rights" => vec![2],
-        "reserved" => zeroes(reserved_sizes.next().expect("three reserved fields")),
+        "weight" => c.terms.weight.to_le_bytes().to_vec(),
+        "min_mib_s" => c.terms.min_mib_s.to_le_bytes().to_vec(),
+        "max_mib_s" => c.terms.max_mib_s.to_le_bytes().to_vec(),
+        "min_iops" => c.terms.min_iops.to_le_bytes().to_vec(),
+        "max_iops" => c.terms.max_iops.to_le_bytes().to_vec(),
         "node_id" => c.node_id.0.to_le_bytes().to_vec(),
         "volume_id" => c.volume_id.0.to_le_bytes().to_vec(),
         "device_id" => c.device_id.0.to_le_bytes().to_vec(),
@@ -333,6 +347,10 @@ fn token_layout() {
     key.verifying_key().verify_strict(&msg, &sig).unwrap();
     let mut c1 = c.encode();
     c1[5] = 1;
+    // A read-only claim may not carry a promise; with the promise cleared it decodes.
+    assert!(Claim::decode(&c1).is_err());
+    c1[28..30].fill(0);
+    c1[80..84].fill(0);
     assert_eq!(Claim::decode(&c1).unwrap().rights, Rights::ReadOnly);
 }
 
@@ -520,6 +538,7 @@ fn token_test_vector() {
         .map(|r| (r[0].as_str(), r[1].parse().unwrap()))
         .collect();
     let claim = Claim {
+        terms: Default::default(),
         node_id: NodeId(v["node_id"]),
         volume_id: VolumeId(v["volume_id"]),
         device_id: DeviceId(v["device_id"] as u32),

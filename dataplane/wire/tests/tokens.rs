@@ -23,6 +23,7 @@ fn claim() -> Claim {
         issued_at_ms: 0,
         expires_at_ms: 10_000,
         nonce: 1,
+        terms: Terms::default(),
     }
 }
 
@@ -59,6 +60,7 @@ fn any_claim() -> impl Strategy<Value = Claim> {
                 issued_at_ms: iat,
                 expires_at_ms: exp,
                 nonce,
+                terms: Terms::default(),
             },
         )
 }
@@ -379,13 +381,8 @@ fn signed_but_malformed_claims_are_refused() {
     let vk = key().verifying_key();
     let mut cases: Vec<(usize, u8)> = vec![(4, 0), (4, 3), (5, 0), (5, 3), (5, 0xff)];
     cases.extend((0..4).map(|at| (at, b'x')));
-    cases.extend(
-        [6, 7]
-            .into_iter()
-            .chain(28..32)
-            .chain(80..88)
-            .map(|at| (at, 1)),
-    );
+    // The claim is read-only: a promise (min_mib_s, min_iops) in it is refused.
+    cases.extend((28..30).chain(80..84).map(|at| (at, 1)));
     for (at, v) in cases {
         let mut c = claim().encode();
         c[at] = v;
@@ -395,6 +392,14 @@ fn signed_but_malformed_claims_are_refused() {
         assert!(matches!(e, TokenError::BadClaim(_)), "byte {at}: {e:?}");
         assert_eq!(e.status(), Status::BadToken);
         assert!(matches!(Claim::decode(&c), Err(TokenError::BadClaim(_))));
+    }
+    // A cap or a weight is fine on a read-only claim.
+    for at in [6, 7, 30, 31, 84, 85, 86, 87] {
+        let mut c = claim().encode();
+        c[at] = 1;
+        assert!(sign_raw(&c, &key())
+            .verify(&vk, 5, NodeId(2), DeviceId(0))
+            .is_ok_and(|c| !c.terms.is_none()));
     }
     // Both rights values are accepted, and mean what they say.
     for (v, rights) in [(1u8, Rights::ReadOnly), (2, Rights::ReadWrite)] {

@@ -150,6 +150,7 @@ fn mint(a: &MintArgs) -> anyhow::Result<()> {
         .duration_since(std::time::UNIX_EPOCH)?
         .as_millis() as u64;
     let claim = Claim {
+        terms: Default::default(),
         node_id: NodeId(a.node),
         volume_id: VolumeId(a.volume),
         device_id: DeviceId(a.device),

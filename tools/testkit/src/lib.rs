@@ -150,6 +150,7 @@ impl Node {
     ) -> Token {
         let now = now_ms();
         Claim {
+            terms: Default::default(),
             node_id: NodeId(node),
             volume_id: VolumeId(0),
             device_id: DeviceId(device),
@@ -384,6 +385,7 @@ impl Drop for Process {
 /// fake nodes, which do not check signatures.
 pub fn fake_node_token() -> Token {
     Claim {
+        terms: Default::default(),
         node_id: NodeId(0),
         volume_id: VolumeId(0),
         device_id: DeviceId(0),

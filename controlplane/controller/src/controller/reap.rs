@@ -97,6 +97,7 @@ impl Controller {
         addr: &str,
     ) -> Result<(), dasmesh_client::Error> {
         let claim = Claim {
+            terms: Default::default(),
             node_id: NodeId(at.key.node),
             volume_id: VolumeId(volume_id),
             device_id: DeviceId(at.key.device),

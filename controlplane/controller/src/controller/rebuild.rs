@@ -64,6 +64,7 @@ impl Controller {
                             .into_iter()
                             .map(|mut src| {
                                 let claim = Claim {
+                                    terms: Default::default(),
                                     node_id: NodeId(src.node_id),
                                     volume_id: VolumeId(v.id),
                                     device_id: DeviceId(src.msg.device_id),
