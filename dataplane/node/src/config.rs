@@ -227,6 +227,10 @@ pub struct Config {
     /// Measure the devices again at this start (the figures are kept in --state-dir).
     #[arg(long)]
     pub reprobe: bool,
+    /// Serve every lease as fast as it asks, ignoring the service terms in tokens (for
+    /// measuring what the scheduler costs; docs/qos.md).
+    #[arg(long)]
+    pub no_qos: bool,
     /// Reads of 1 MiB a rebuild keeps in flight to the node it copies from.
     #[arg(long, default_value_t = 4)]
     pub rebuild_depth: usize,

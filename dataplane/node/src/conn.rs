@@ -94,6 +94,10 @@ pub struct Session {
     pub standing: crate::revoke::Standing,
     /// Usage not yet handed to the shared table.
     pub usage: crate::usage::Usage,
+    /// The lease range's scheduler entry (`qos.rs`), none with `--no-qos`.
+    pub qos: Option<std::sync::Arc<crate::qos::Entry>>,
+    /// What this connection started since it last handed counts to the entry.
+    pub qos_counts: crate::qos::Counts,
 }
 
 /// Where a connection is in its life.
@@ -260,6 +264,8 @@ pub struct Req {
     /// The rebuild guard a modifying op counts in, from its start on the device to completion
     /// (`guard.rs`).
     pub guard: Option<std::sync::Arc<crate::guard::Guard>>,
+    /// Whether the scheduler has given it its start time (`qos.rs`).
+    pub paced: bool,
 }
 
 impl Req {

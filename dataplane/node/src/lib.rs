@@ -20,6 +20,7 @@ pub mod fence;
 pub mod guard;
 mod offload;
 pub mod probe;
+pub mod qos;
 mod reactor;
 pub mod rebuild;
 pub mod revoke;
@@ -89,6 +90,8 @@ pub struct Shared {
     pub require_holder: bool,
     /// Ranges being rebuilt, which host writes mark (`guard.rs`).
     pub guards: guard::Guards,
+    /// The per-lease scheduler (`qos.rs`).
+    pub qos: qos::Qos,
     /// Faults injected into device I/O (`--fault-file`; test builds only).
     #[cfg(feature = "fault-injection")]
     pub faults: Arc<fault::Faults>,
@@ -178,6 +181,7 @@ pub fn open_shared(cfg: &Config) -> anyhow::Result<Shared> {
         proofs: std::sync::Mutex::new(dasmesh_wire::ProofWindow::new(PROOF_NONCES)),
         require_holder: cfg.require_holder,
         guards: Default::default(),
+        qos: qos::Qos::new(!cfg.no_qos),
         #[cfg(feature = "fault-injection")]
         faults: Default::default(),
     };

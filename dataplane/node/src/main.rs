@@ -39,6 +39,30 @@ fn run() -> anyhow::Result<()> {
     } else {
         Vec::new()
     };
+    // What the scheduler divides: the figures above, or without a controller the flags'.
+    shared.qos.set_capacity(
+        shared
+            .backends
+            .iter()
+            .enumerate()
+            .map(|(i, _)| {
+                let (iops, mib_s) = match caps.get(i) {
+                    Some(c) => (c.read_iops.min(c.write_iops), c.mib_s),
+                    None => (cfg.device_iops.unwrap_or(0), cfg.device_mib_s.unwrap_or(0)),
+                };
+                dasmesh_node::qos::Capacity {
+                    iops,
+                    bytes_s: mib_s << 20,
+                }
+            })
+            .collect(),
+    );
+    if shared.qos.enabled() {
+        let shared = Arc::clone(&shared);
+        std::thread::Builder::new()
+            .name("qos".into())
+            .spawn(move || shared.qos.run(&shared.shutdown))?;
+    }
     for b in &shared.backends {
         tracing::info!(device = b.id.0, name = %b.name, size = b.size, block = b.block_size, "backend");
     }

@@ -6,6 +6,8 @@
 //! WRITE_FIXED) and the backends are fixed files. Every SQE's memory (arena slot, receive
 //! buffer, sendmsg state) is owned by a request or connection that outlives the SQE.
 
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 use std::net::Shutdown;
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::sync::atomic::Ordering;
@@ -50,6 +52,10 @@ const COPY_MAX: usize = 16 << 10;
 const SEARCH_CHUNK: u64 = 1 << 20;
 /// How long a blocked reactor sleeps before it looks at the shutdown flag again.
 const IDLE_WAIT: Duration = Duration::from_millis(100);
+/// How often a reactor hands its scheduler counts over (`qos.rs`).
+const QOS_FLUSH_MS: u64 = 2;
+/// A throttled request due sooner than this is waited for spinning rather than sleeping.
+const QOS_SPIN: Duration = Duration::from_micros(200);
 /// Connections closed after which the reactor hands freed heap memory back to the system.
 const TRIM_AFTER_CLOSES: usize = 64;
 /// io_uring_enter flag asking the kernel to run deferred work and post completions.
@@ -132,6 +138,11 @@ pub struct Reactor {
     held: Vec<usize>,
     /// Modifying requests waiting for a rebuild to let go of their region (`guard.rs`).
     parked: Vec<usize>,
+    /// Requests waiting for the start time their lease's terms give them (`qos.rs`), soonest
+    /// first.
+    throttled: BinaryHeap<Reverse<(u64, usize)>>,
+    /// When counts were last handed to the scheduler.
+    last_qos_flush: u64,
     /// The helper thread for blocking device calls.
     offload: Offload,
     /// Connections freed since the heap was last trimmed.
@@ -220,6 +231,8 @@ impl Reactor {
             writes,
             held: Vec::new(),
             parked: Vec::new(),
+            throttled: BinaryHeap::new(),
+            last_qos_flush: 0,
             offload,
             closed_since_trim: 0,
             last_trim_ms: 0,
@@ -237,6 +250,9 @@ impl Reactor {
         let mut last_sweep = self.now_ms;
         loop {
             self.now_ms = sys::now_ms();
+            if self.now_ms >= self.last_qos_flush + QOS_FLUSH_MS {
+                self.flush_qos();
+            }
             if self.now_ms >= last_usage_flush + 200 {
                 self.flush_usage();
                 last_usage_flush = self.now_ms;
@@ -271,14 +287,19 @@ impl Reactor {
             }
             // A held handshake waits on other reactors' completions, which do not wake this
             // ring: poll rather than sleep until it is released.
+            // A throttled request sleeps until its start time, unless that is too close to sleep.
+            let until_start = self.throttled.peek().map(|Reverse((at, _))| {
+                Duration::from_nanos(at.saturating_sub(self.shared.qos.now_ns()))
+            });
             let spin = !self.held.is_empty()
                 || !self.parked.is_empty()
+                || until_start.is_some_and(|d| d < QOS_SPIN)
                 || match self.shared.poll {
                     PollMode::Busy => true,
                     PollMode::Interrupt => false,
                     PollMode::Adaptive => last_work.elapsed() < self.shared.spin,
                 };
-            self.enter(spin)?;
+            self.enter(spin, until_start.map_or(IDLE_WAIT, |d| d.min(IDLE_WAIT)))?;
             if self.reap() > 0 {
                 last_work = Instant::now();
             }
@@ -290,12 +311,15 @@ impl Reactor {
                     self.dispatch(ri);
                 }
             }
+            if !self.throttled.is_empty() {
+                self.release_throttled();
+            }
             self.pump_dirty();
         }
         Ok(())
     }
 
-    fn enter(&mut self, spin: bool) -> std::io::Result<()> {
+    fn enter(&mut self, spin: bool, wait: Duration) -> std::io::Result<()> {
         let r = if spin {
             let n = self.ring.submission().len() as u32;
             // SAFETY: no signal mask or extra argument is passed; GETEVENTS with min_complete 0
@@ -306,7 +330,7 @@ impl Reactor {
                     .enter::<libc::sigset_t>(n, 0, ENTER_GETEVENTS, None)
             }
         } else {
-            let ts = types::Timespec::from(IDLE_WAIT);
+            let ts = types::Timespec::from(wait);
             let args = types::SubmitArgs::new().timespec(&ts);
             self.ring.submitter().submit_with_args(1, &args)
         };
@@ -372,6 +396,76 @@ impl Reactor {
         if self.shared.eager_submit {
             if let Err(err) = self.ring.submit() {
                 tracing::warn!("submit failed: {err}");
+            }
+        }
+    }
+
+    /// Starts the throttled requests whose time has come (all of them once shutting down);
+    /// drops those whose connection closed meanwhile.
+    fn release_throttled(&mut self) {
+        let now = self.shared.qos.now_ns();
+        let all = self.stopping.is_some();
+        while let Some(&Reverse((at, ri))) = self.throttled.peek() {
+            if at > now && !all {
+                break;
+            }
+            self.throttled.pop();
+            let ci = self.reqs[ri].conn;
+            if self.conns[ci].phase == Phase::Closing {
+                self.drop_req(ri);
+                self.try_reap(ci);
+            } else if self.reqs[ri].op == Op::Write {
+                self.start_write(ri);
+            } else {
+                self.dispatch(ri);
+            }
+        }
+    }
+
+    /// Asks the lease's scheduler entry when request `ri` may start (once per request); true
+    /// when it must wait, and is then in `throttled`.
+    fn pace(&mut self, ri: usize) -> bool {
+        let r = &mut self.reqs[ri];
+        if r.paced {
+            return false;
+        }
+        r.paced = true;
+        let len = r.hdr.length;
+        let Some(s) = self.conns[r.conn].session.as_mut() else {
+            return false;
+        };
+        let Some(e) = &s.qos else {
+            return false;
+        };
+        s.qos_counts.ops += 1;
+        s.qos_counts.bytes += len;
+        if !e.paced() {
+            return false;
+        }
+        let now = self.shared.qos.now_ns();
+        let at = e.start(now, len);
+        if at <= now {
+            return false;
+        }
+        s.qos_counts.held += 1;
+        self.throttled.push(Reverse((at, ri)));
+        true
+    }
+
+    /// Hands every connection's scheduler counts to its entry.
+    fn flush_qos(&mut self) {
+        self.last_qos_flush = self.now_ms;
+        if !self.shared.qos.enabled() {
+            return;
+        }
+        for (_, c) in self.conns.iter_mut() {
+            if let Some(s) = c.session.as_mut() {
+                if let Some(e) = &s.qos {
+                    if !s.qos_counts.is_zero() {
+                        e.add(&s.qos_counts);
+                        s.qos_counts = Default::default();
+                    }
+                }
             }
         }
     }
@@ -1038,6 +1132,15 @@ impl Reactor {
                 revoked: false,
             },
             usage: Default::default(),
+            qos: self.shared.qos.entry(
+                crate::qos::Key {
+                    lease: claim.nonce,
+                    device,
+                    offset: start,
+                },
+                claim.terms,
+            ),
+            qos_counts: Default::default(),
         };
         Ok((session, reply))
     }
@@ -1277,6 +1380,7 @@ impl Reactor {
             search: None,
             write_seq: None,
             guard: None,
+            paced: false,
         })
     }
 
@@ -1313,6 +1417,9 @@ impl Reactor {
 
     /// A fully received WRITE: check it, then write it.
     fn start_write(&mut self, ri: usize) {
+        if self.pace(ri) {
+            return;
+        }
         let ci = self.reqs[ri].conn;
         let h = self.reqs[ri].hdr;
         // `done` counted payload bytes received; from here on it counts bytes written.
@@ -1327,6 +1434,9 @@ impl Reactor {
     }
 
     fn dispatch(&mut self, ri: usize) {
+        if matches!(self.reqs[ri].op, Op::Read | Op::Search) && self.pace(ri) {
+            return;
+        }
         let dev = self.device(ri);
         let shared = Arc::clone(&self.shared);
         let backend = &shared.backends[dev];

@@ -37,6 +37,6 @@ pub use search::Searcher;
 pub use status::Status;
 pub use token::{
     key_from_text, key_to_text, signing_key_from_text, verifying_key_from_text, Claim, Rights,
-    SigningKey, Terms, Token, TokenError, VerifyingKey, BOUND_CLAIM_LEN, BOUND_TOKEN_LEN, CLAIM_LEN,
-    TOKEN_LEN, TOKEN_TEXT_PREFIX,
+    SigningKey, Terms, Token, TokenError, VerifyingKey, BOUND_CLAIM_LEN, BOUND_TOKEN_LEN,
+    CLAIM_LEN, TOKEN_LEN, TOKEN_TEXT_PREFIX,
 };

@@ -553,7 +553,11 @@ mod tests {
             weight: 300,
         };
         let t = c.sign(&key());
-        assert_eq!(t.as_bytes().len(), TOKEN_LEN, "terms fit the format-1 claim");
+        assert_eq!(
+            t.as_bytes().len(),
+            TOKEN_LEN,
+            "terms fit the format-1 claim"
+        );
         assert_eq!(t.verify(&vk, 1_500, NodeId(5), DeviceId(1)), Ok(c));
         let b = c.sign_bound(&key(), &vk);
         assert_eq!(b.claim_unverified(), Ok(c));
@@ -582,7 +586,10 @@ mod tests {
             weight: 5,
             ..Terms::default()
         };
-        assert!(refused(cap, Rights::ReadOnly).is_ok(), "a reader may be capped");
+        assert!(
+            refused(cap, Rights::ReadOnly).is_ok(),
+            "a reader may be capped"
+        );
         let over = Terms {
             min_iops: 2_000,
             max_iops: 1_000,
@@ -590,7 +597,9 @@ mod tests {
         };
         assert_eq!(
             refused(over, Rights::ReadWrite),
-            Err(TokenError::BadClaim("terms promise more IOPS than they cap"))
+            Err(TokenError::BadClaim(
+                "terms promise more IOPS than they cap"
+            ))
         );
         let over = Terms {
             min_mib_s: 20,
@@ -599,7 +608,9 @@ mod tests {
         };
         assert_eq!(
             refused(over, Rights::ReadWrite),
-            Err(TokenError::BadClaim("terms promise more MiB/s than they cap"))
+            Err(TokenError::BadClaim(
+                "terms promise more MiB/s than they cap"
+            ))
         );
     }
 

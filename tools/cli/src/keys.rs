@@ -8,8 +8,8 @@ use anyhow::{bail, Context as _};
 use clap::{Args, Subcommand, ValueEnum};
 use dasmesh_wire::units::{format_size, parse_range};
 use dasmesh_wire::{
-    key_to_text, signing_key_from_text, Claim, DeviceId, Epoch, NodeId, Rights, SigningKey, Token,
-    VolumeId,
+    key_to_text, signing_key_from_text, Claim, DeviceId, Epoch, NodeId, Rights, SigningKey, Terms,
+    Token, VolumeId,
 };
 
 /// `dasmesh keygen`.
@@ -67,6 +67,21 @@ pub struct MintArgs {
     /// Volume id recorded in the claim.
     #[arg(long, default_value_t = 0)]
     volume: u64,
+    /// IOPS promised to the range (docs/qos.md; read-write tokens only).
+    #[arg(long, default_value_t = 0)]
+    min_iops: u32,
+    /// IOPS the range is capped at (0: no cap).
+    #[arg(long, default_value_t = 0)]
+    max_iops: u32,
+    /// MiB/s promised to the range (read-write tokens only).
+    #[arg(long, default_value_t = 0)]
+    min_mib_s: u16,
+    /// MiB/s the range is capped at (0: no cap).
+    #[arg(long, default_value_t = 0)]
+    max_mib_s: u16,
+    /// The range's weight in spare capacity (1..=10000; 0: the default, 100).
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u16).range(0..=10000))]
+    weight: u16,
 }
 
 /// `dasmesh token show`.
@@ -150,7 +165,6 @@ fn mint(a: &MintArgs) -> anyhow::Result<()> {
         .duration_since(std::time::UNIX_EPOCH)?
         .as_millis() as u64;
     let claim = Claim {
-        terms: Default::default(),
         node_id: NodeId(a.node),
         volume_id: VolumeId(a.volume),
         device_id: DeviceId(a.device),
@@ -164,7 +178,18 @@ fn mint(a: &MintArgs) -> anyhow::Result<()> {
         issued_at_ms: now,
         expires_at_ms: now.saturating_add(a.ttl.as_millis() as u64),
         nonce: rand::random(),
+        terms: Terms {
+            min_iops: a.min_iops,
+            max_iops: a.max_iops,
+            min_mib_s: a.min_mib_s,
+            max_mib_s: a.max_mib_s,
+            weight: a.weight,
+        },
     };
+    claim
+        .terms
+        .check(claim.rights)
+        .map_err(|e| anyhow::anyhow!("{e} (docs/qos.md)"))?;
     println!("{}", claim.sign(&key).to_text());
     Ok(())
 }

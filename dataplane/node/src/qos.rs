@@ -1,0 +1,688 @@
+//! Service terms on the node: each lease's requests on a device are paced to what its terms and
+//! its device's load allow (docs/qos.md, "The scheduler").
+//!
+//! Two parts:
+//! - **Pacing, on the I/O path.** Each lease's range on a device has an [`Entry`] that every
+//!   connection of that lease shares, whichever reactor serves it. It holds two rates (operations
+//!   and bytes per second, 0 for none) and, for each, a virtual clock (GCRA: the time the next
+//!   request may start). A request takes its place on both clocks with one compare-and-swap each
+//!   and starts at the later of the two; a reactor holds it until then. Nothing but the lease's
+//!   own entry is touched, so reactors serving different leases share no cache line, and a lease
+//!   with no rates pays two relaxed loads.
+//! - **Allocation, every [`PERIOD`].** A thread looks at what each entry did in the period (the
+//!   reactors hand it their counts) and sets the rates: the caps always; and while the device is
+//!   busy (an active lease has a promise, or the leases together use 90% of the device's
+//!   capability) a share of the device to each lease: its promise first, then what is left split
+//!   by weight, each lease getting no more than it showed it wants (what it did plus a quarter,
+//!   or an even share if it was held back).
+//!
+//! The unit of a share is a fraction of the device: a lease doing `ops` operations and `bytes`
+//! bytes a second uses `max(ops / capability IOPS, bytes / capability bytes a second)`.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use dasmesh_wire::Terms;
+
+/// How often the rates are set.
+pub const PERIOD: Duration = Duration::from_millis(10);
+/// How far behind the present a lease's clock may fall: after an idle spell it may start this
+/// much work at once, no more (a cap holds within `BURST` over any window).
+pub const BURST_NS: u64 = 2_000_000;
+/// The share of its capability above which a device counts as busy.
+pub const BUSY: f64 = 0.9;
+/// Headroom a satisfied lease gets above what it used, so it can grow.
+const GROWTH: f64 = 1.25;
+/// The least share an active lease is allocated while the device is busy.
+const FLOOR: f64 = 0.01;
+
+/// What identifies an entry: a lease's range on a device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Key {
+    /// The lease (the token's nonce).
+    pub lease: u64,
+    /// The device index.
+    pub device: usize,
+    /// The first byte of the lent range.
+    pub offset: u64,
+}
+
+/// One lease's range on one device, shared by its connections.
+#[derive(Debug)]
+pub struct Entry {
+    key: Key,
+    terms: Mutex<Terms>,
+    /// Operations a second allowed now (0: no limit).
+    ops_rate: AtomicU64,
+    /// Bytes a second allowed now (0: no limit).
+    bytes_rate: AtomicU64,
+    /// GCRA clocks, ns since the scheduler's start.
+    ops_tat: AtomicU64,
+    bytes_tat: AtomicU64,
+    /// Counts the reactors hand over (wrapping; the allocator takes differences).
+    ops: AtomicU64,
+    bytes: AtomicU64,
+    held: AtomicU64,
+    /// The allocator's view of the last period.
+    last: Mutex<Seen>,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct Seen {
+    ops: u64,
+    bytes: u64,
+    held: u64,
+    /// Operations and bytes a second in the last period.
+    ops_s: f64,
+    bytes_s: f64,
+}
+
+/// What a reactor counted for one entry since it last handed counts over.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// Requests started.
+    pub ops: u64,
+    /// Their bytes.
+    pub bytes: u64,
+    /// Requests that had to wait for their start time.
+    pub held: u64,
+}
+
+impl Counts {
+    /// Whether nothing was counted.
+    pub fn is_zero(&self) -> bool {
+        *self == Counts::default()
+    }
+}
+
+/// A device's capability, as the scheduler divides it.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Capacity {
+    /// 4 KiB random IOPS (the lesser of read and write); 0 when unknown.
+    pub iops: u64,
+    /// Sequential bytes a second; 0 when unknown.
+    pub bytes_s: u64,
+}
+
+impl Capacity {
+    fn known(&self) -> bool {
+        self.iops > 0 && self.bytes_s > 0
+    }
+
+    /// The fraction of the device `ops_s` operations and `bytes_s` bytes a second use.
+    fn fraction(&self, ops_s: f64, bytes_s: f64) -> f64 {
+        (ops_s / self.iops as f64).max(bytes_s / self.bytes_s as f64)
+    }
+}
+
+impl Entry {
+    fn new(key: Key, terms: Terms) -> Self {
+        let e = Entry {
+            key,
+            terms: Mutex::new(terms),
+            ops_rate: AtomicU64::new(0),
+            bytes_rate: AtomicU64::new(0),
+            ops_tat: AtomicU64::new(0),
+            bytes_tat: AtomicU64::new(0),
+            ops: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+            held: AtomicU64::new(0),
+            last: Mutex::new(Seen::default()),
+        };
+        // Capped from the first request, not from the first period.
+        e.set_rates(caps(&terms));
+        e
+    }
+
+    /// The terms it is served under.
+    pub fn terms(&self) -> Terms {
+        *lock(&self.terms)
+    }
+
+    /// Whether a request must ask [`Entry::start`] for its start time (false: it starts now).
+    #[inline]
+    pub fn paced(&self) -> bool {
+        self.ops_rate.load(Relaxed) != 0 || self.bytes_rate.load(Relaxed) != 0
+    }
+
+    /// When a request of `len` bytes arriving at `now` (ns) may start: `now` or later.
+    pub fn start(&self, now: u64, len: u64) -> u64 {
+        let mut at = now;
+        let r = self.ops_rate.load(Relaxed);
+        if r != 0 {
+            at = at.max(take(&self.ops_tat, now, cost(1, r)));
+        }
+        let r = self.bytes_rate.load(Relaxed);
+        if r != 0 {
+            at = at.max(take(&self.bytes_tat, now, cost(len, r)));
+        }
+        at
+    }
+
+    /// Adds a reactor's counts.
+    pub fn add(&self, c: &Counts) {
+        self.ops.fetch_add(c.ops, Relaxed);
+        self.bytes.fetch_add(c.bytes, Relaxed);
+        self.held.fetch_add(c.held, Relaxed);
+    }
+
+    /// The rates allowed now: operations and bytes a second, 0 for no limit.
+    pub fn rates(&self) -> (u64, u64) {
+        (self.ops_rate.load(Relaxed), self.bytes_rate.load(Relaxed))
+    }
+
+    fn set_rates(&self, (ops, bytes): (u64, u64)) {
+        self.ops_rate.store(ops, Relaxed);
+        self.bytes_rate.store(bytes, Relaxed);
+    }
+}
+
+/// The nanoseconds `n` units take at `rate` units a second (at least 1).
+fn cost(n: u64, rate: u64) -> u64 {
+    let ns = u128::from(n) * 1_000_000_000 / u128::from(rate.max(1));
+    u64::try_from(ns).unwrap_or(u64::MAX).max(1)
+}
+
+/// Takes `cost` ns on a GCRA clock at `now`; returns when the taker may start.
+fn take(tat: &AtomicU64, now: u64, cost: u64) -> u64 {
+    let mut cur = tat.load(Relaxed);
+    loop {
+        let base = cur.max(now.saturating_sub(BURST_NS));
+        match tat.compare_exchange_weak(cur, base.saturating_add(cost), Relaxed, Relaxed) {
+            Ok(_) => return base.max(now),
+            Err(v) => cur = v,
+        }
+    }
+}
+
+/// The caps of `t` as rates (0: none).
+fn caps(t: &Terms) -> (u64, u64) {
+    (u64::from(t.max_iops), u64::from(t.max_mib_s) << 20)
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The node's scheduler: the entries, by lease range, and each device's capability.
+#[derive(Debug)]
+pub struct Qos {
+    enabled: bool,
+    epoch: Instant,
+    entries: Mutex<HashMap<Key, Arc<Entry>>>,
+    capacity: Mutex<Vec<Capacity>>,
+    /// Whether any entry exists (the allocator sleeps longer while none does).
+    any: AtomicBool,
+}
+
+impl Qos {
+    /// A scheduler; a disabled one hands out no entries (`--qos off`).
+    pub fn new(enabled: bool) -> Self {
+        Qos {
+            enabled,
+            epoch: Instant::now(),
+            entries: Mutex::new(HashMap::new()),
+            capacity: Mutex::new(Vec::new()),
+            any: AtomicBool::new(false),
+        }
+    }
+
+    /// Whether it schedules at all.
+    pub fn enabled(&self) -> bool {
+        self.enabled
+    }
+
+    /// Nanoseconds since it started: the clock of [`Entry::start`].
+    pub fn now_ns(&self) -> u64 {
+        self.epoch.elapsed().as_nanos() as u64
+    }
+
+    /// Sets what each device (by index) can do.
+    pub fn set_capacity(&self, c: Vec<Capacity>) {
+        *lock(&self.capacity) = c;
+    }
+
+    /// The entry of a session opened with `terms` (at the handshake, never per request). A
+    /// newer token of the same lease may bring new terms; they apply from the next period.
+    pub fn entry(&self, key: Key, terms: Terms) -> Option<Arc<Entry>> {
+        if !self.enabled {
+            return None;
+        }
+        let mut m = lock(&self.entries);
+        let e = m
+            .entry(key)
+            .or_insert_with(|| Arc::new(Entry::new(key, terms)));
+        *lock(&e.terms) = terms;
+        self.any.store(true, Relaxed);
+        Some(Arc::clone(e))
+    }
+
+    /// Number of entries.
+    pub fn len(&self) -> usize {
+        lock(&self.entries).len()
+    }
+
+    /// Whether there are no entries.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// One allocation: sets every entry's rates from what it did in the last `dt`, and forgets
+    /// entries no session holds.
+    pub fn allocate(&self, dt: Duration) {
+        let caps = lock(&self.capacity).clone();
+        let mut m = lock(&self.entries);
+        m.retain(|_, e| Arc::strong_count(e) > 1);
+        self.any.store(!m.is_empty(), Relaxed);
+        let mut by_device: HashMap<usize, Vec<&Arc<Entry>>> = HashMap::new();
+        for e in m.values() {
+            by_device.entry(e.key.device).or_default().push(e);
+        }
+        let secs = dt.as_secs_f64().max(1e-6);
+        for (dev, entries) in by_device {
+            let cap = caps.get(dev).copied().unwrap_or_default();
+            let views: Vec<View> = entries
+                .iter()
+                .map(|e| {
+                    let mut last = lock(&e.last);
+                    let (ops, bytes, held) = (
+                        e.ops.load(Relaxed),
+                        e.bytes.load(Relaxed),
+                        e.held.load(Relaxed),
+                    );
+                    let v = View {
+                        terms: e.terms(),
+                        ops_s: ops.wrapping_sub(last.ops) as f64 / secs,
+                        bytes_s: bytes.wrapping_sub(last.bytes) as f64 / secs,
+                        held: held != last.held,
+                    };
+                    *last = Seen {
+                        ops,
+                        bytes,
+                        held,
+                        ops_s: v.ops_s,
+                        bytes_s: v.bytes_s,
+                    };
+                    v
+                })
+                .collect();
+            for (e, r) in entries.iter().zip(divide(cap, &views)) {
+                e.set_rates(r);
+            }
+        }
+    }
+
+    /// What the lease got in the last period: operations and bytes a second, by lease range.
+    pub fn delivered(&self) -> Vec<(Key, f64, f64)> {
+        lock(&self.entries)
+            .values()
+            .map(|e| {
+                let s = *lock(&e.last);
+                (e.key, s.ops_s, s.bytes_s)
+            })
+            .collect()
+    }
+
+    /// Runs [`Qos::allocate`] every [`PERIOD`] until `stop` (every 100 ms while no lease has an
+    /// entry, so an idle node does not wake 100 times a second).
+    pub fn run(&self, stop: &AtomicBool) {
+        let mut last = Instant::now();
+        while !stop.load(Relaxed) {
+            let idle = !self.any.load(Relaxed);
+            std::thread::sleep(if idle { PERIOD * 10 } else { PERIOD });
+            let now = Instant::now();
+            self.allocate(now - last);
+            last = now;
+        }
+    }
+}
+
+/// What the allocator saw of one entry in a period.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct View {
+    /// Its terms.
+    pub terms: Terms,
+    /// Operations a second it started.
+    pub ops_s: f64,
+    /// Bytes a second it started.
+    pub bytes_s: f64,
+    /// Whether any of its requests waited for their start time.
+    pub held: bool,
+}
+
+impl View {
+    fn active(&self) -> bool {
+        self.ops_s > 0.0 || self.held
+    }
+}
+
+/// The rates (operations, bytes a second; 0 for none) of the entries on a device of capability
+/// `cap` that did what `views` say in the last period.
+pub fn divide(cap: Capacity, views: &[View]) -> Vec<(u64, u64)> {
+    let capped: Vec<(u64, u64)> = views.iter().map(|v| caps(&v.terms)).collect();
+    if !cap.known() {
+        return capped;
+    }
+    let used: Vec<f64> = views
+        .iter()
+        .map(|v| cap.fraction(v.ops_s, v.bytes_s))
+        .collect();
+    let promise: Vec<f64> = views
+        .iter()
+        .map(|v| {
+            if v.active() {
+                cap.fraction(
+                    f64::from(v.terms.min_iops),
+                    f64::from(v.terms.min_mib_s) * 1_048_576.0,
+                )
+                .min(1.0)
+            } else {
+                0.0
+            }
+        })
+        .collect();
+    let busy = promise.iter().any(|p| *p > 0.0) || used.iter().sum::<f64>() >= BUSY;
+    if !busy {
+        return capped;
+    }
+    // The most each lease can use: its cap, and what it showed it wants.
+    let ceiling: Vec<f64> = views
+        .iter()
+        .zip(&used)
+        .map(|(v, u)| {
+            let cap_frac = {
+                let (o, b) = caps(&v.terms);
+                let o = if o == 0 { f64::INFINITY } else { o as f64 };
+                let b = if b == 0 { f64::INFINITY } else { b as f64 };
+                cap.fraction(o, b)
+            };
+            let wants = if v.held || !v.active() {
+                f64::INFINITY
+            } else {
+                (u * GROWTH).max(FLOOR)
+            };
+            cap_frac.min(wants)
+        })
+        .collect();
+    // Promises first (admission keeps their sum within the capability), then water-filling of
+    // what is left by weight, up to each ceiling.
+    // A promise is held for an active lease even beyond what it showed it wants, so that it is
+    // there the moment the lease asks for it.
+    let mut share = promise;
+    let mut left = (1.0 - share.iter().sum::<f64>()).max(0.0);
+    let mut open: Vec<usize> = (0..views.len())
+        .filter(|&i| share[i] < ceiling[i])
+        .collect();
+    while left > 1e-9 && !open.is_empty() {
+        let total_w: f64 = open
+            .iter()
+            .map(|&i| f64::from(views[i].terms.weight()))
+            .sum();
+        let mut given = 0.0;
+        let mut still = Vec::new();
+        for &i in &open {
+            let offer = left * f64::from(views[i].terms.weight()) / total_w;
+            let take = offer.min(ceiling[i] - share[i]);
+            share[i] += take;
+            given += take;
+            if share[i] < ceiling[i] - 1e-12 {
+                still.push(i);
+            }
+        }
+        left -= given;
+        if still.len() == open.len() {
+            break;
+        }
+        open = still;
+    }
+    views
+        .iter()
+        .zip(&share)
+        .zip(&capped)
+        .map(|((v, s), (co, cb))| {
+            if !v.active() && v.terms.is_none() {
+                // An idle lease without terms: free until it shows up in a period.
+                return (0, 0);
+            }
+            let s = s.max(FLOOR);
+            let o = ((s * cap.iops as f64) as u64).max(1);
+            let b = ((s * cap.bytes_s as f64) as u64).max(1);
+            (
+                if *co == 0 { o } else { o.min(*co) },
+                if *cb == 0 { b } else { b.min(*cb) },
+            )
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CAP: Capacity = Capacity {
+        iops: 100_000,
+        bytes_s: 1000 << 20,
+    };
+
+    fn view(terms: Terms, ops_s: f64, held: bool) -> View {
+        View {
+            terms,
+            ops_s,
+            bytes_s: ops_s * 4096.0,
+            held,
+        }
+    }
+
+    fn promise(iops: u32) -> Terms {
+        Terms {
+            min_iops: iops,
+            ..Terms::default()
+        }
+    }
+
+    #[test]
+    fn tags_space_requests_by_the_rate_and_allow_only_a_burst() {
+        let e = Entry::new(
+            Key {
+                lease: 1,
+                device: 0,
+                offset: 0,
+            },
+            Terms {
+                max_iops: 1_000,
+                ..Terms::default()
+            },
+        );
+        assert!(e.paced());
+        let t0 = 1_000_000_000;
+        // After an idle spell: BURST_NS worth (2 requests at 1 ms each) start at once...
+        let starts: Vec<u64> = (0..6).map(|_| e.start(t0, 4096)).collect();
+        assert_eq!(starts[..3], [t0, t0, t0]);
+        // ...then one per millisecond.
+        assert_eq!(
+            starts[3..],
+            [t0 + 1_000_000, t0 + 2_000_000, t0 + 3_000_000]
+        );
+        // Over a second of arrivals as fast as they come, 1000 start within it (+ the burst).
+        let mut n = 0;
+        let t1 = t0 + 10_000_000_000;
+        while e.start(t1, 4096) < t1 + 1_000_000_000 {
+            n += 1;
+        }
+        assert!((1000..=1003).contains(&n), "{n}");
+    }
+
+    #[test]
+    fn a_bytes_cap_spaces_by_length_and_the_later_clock_wins() {
+        let e = Entry::new(
+            Key {
+                lease: 1,
+                device: 0,
+                offset: 0,
+            },
+            Terms {
+                max_iops: 1_000_000,
+                max_mib_s: 100,
+                ..Terms::default()
+            },
+        );
+        let t0 = 5_000_000_000;
+        let mut at = 0;
+        for _ in 0..110 {
+            at = e.start(t0, 1 << 20);
+        }
+        // 110 MiB at 100 MiB/s: the last starts ~1.07 s later (the burst is 2 ms).
+        let secs = (at - t0) as f64 / 1e9;
+        assert!((1.05..1.1).contains(&secs), "{secs}");
+    }
+
+    #[test]
+    fn without_terms_or_load_nothing_is_paced() {
+        let q = Qos::new(true);
+        q.set_capacity(vec![CAP]);
+        let k = Key {
+            lease: 7,
+            device: 0,
+            offset: 0,
+        };
+        let e = q.entry(k, Terms::default()).unwrap();
+        assert!(!e.paced());
+        e.add(&Counts {
+            ops: 10_000,
+            bytes: 40_960_000,
+            held: 0,
+        });
+        q.allocate(Duration::from_secs(1));
+        assert!(!e.paced(), "10% of the device is not busy");
+        assert!(Qos::new(false).entry(k, Terms::default()).is_none());
+    }
+
+    #[test]
+    fn promises_come_first_and_the_rest_goes_by_weight() {
+        // A promised lease and two without promises, all held back: busy.
+        let views = [
+            view(promise(30_000), 25_000.0, true),
+            view(Terms::default(), 40_000.0, true),
+            view(
+                Terms {
+                    weight: 200,
+                    ..Terms::default()
+                },
+                40_000.0,
+                true,
+            ),
+        ];
+        let r = divide(CAP, &views);
+        // 30% promised; the 70% left goes by weight, 1:1:2, the promised lease included.
+        assert_eq!(r[0].0, 30_000 + 17_500, "{r:?}");
+        assert_eq!(r[1].0, 17_500, "{r:?}");
+        assert_eq!(r[2].0, 35_000, "{r:?}");
+    }
+
+    #[test]
+    fn a_lease_gets_no_more_than_it_shows_it_wants_and_the_rest_goes_on() {
+        // The promised lease uses 10% and is not held: it is given what it used and room to
+        // grow (at least its promise); the other takes the rest.
+        let views = [
+            view(promise(20_000), 10_000.0, false),
+            view(Terms::default(), 85_000.0, true),
+        ];
+        let r = divide(CAP, &views);
+        assert_eq!(r[0].0, 20_000, "{r:?}");
+        assert_eq!(r[1].0, 80_000, "{r:?}");
+    }
+
+    #[test]
+    fn caps_hold_busy_or_not_and_idle_leases_are_free() {
+        let capped = Terms {
+            max_iops: 5_000,
+            max_mib_s: 10,
+            ..Terms::default()
+        };
+        // Not busy: the caps alone; an idle lease without terms is free.
+        let r = divide(
+            CAP,
+            &[
+                view(capped, 5_000.0, true),
+                view(Terms::default(), 0.0, false),
+            ],
+        );
+        assert_eq!(r, vec![(5_000, 10 << 20), (0, 0)]);
+        // Unknown capability: caps only, whatever the load.
+        let r = divide(
+            Capacity::default(),
+            &[view(capped, 5_000.0, true), view(promise(1), 1e6, true)],
+        );
+        assert_eq!(r, vec![(5_000, 10 << 20), (0, 0)]);
+        // Busy: the capped lease keeps within its cap; the other gets the rest.
+        let r = divide(
+            CAP,
+            &[
+                view(capped, 5_000.0, true),
+                view(Terms::default(), 90_000.0, true),
+            ],
+        );
+        assert_eq!(r[0], (5_000, 10 << 20));
+        assert_eq!(r[1].0, 95_000);
+        // An idle promised lease holds nothing back from the others.
+        let r = divide(
+            CAP,
+            &[
+                view(promise(50_000), 0.0, false),
+                view(Terms::default(), 50_000.0, false),
+            ],
+        );
+        assert_eq!(r, vec![(0, 0), (0, 0)]);
+    }
+
+    #[test]
+    fn counters_that_wrap_still_give_the_right_rate() {
+        let q = Qos::new(true);
+        q.set_capacity(vec![CAP]);
+        let k = Key {
+            lease: 1,
+            device: 0,
+            offset: 0,
+        };
+        let e = q.entry(k, Terms::default()).unwrap();
+        e.ops.store(u64::MAX - 99, Relaxed);
+        e.bytes.store(u64::MAX - 4095, Relaxed);
+        q.allocate(Duration::from_secs(1));
+        e.add(&Counts {
+            ops: 95_100,
+            bytes: 4096 * 2,
+            held: 1,
+        });
+        q.allocate(Duration::from_secs(1));
+        let d = q.delivered();
+        assert_eq!(d.len(), 1);
+        assert_eq!((d[0].1, d[0].2), (95_100.0, 8192.0));
+        // Busy (95%) and held: the lone lease is paced at the whole device.
+        assert_eq!(e.rates().0, CAP.iops);
+        // A clock near the end of time saturates rather than wrapping to the past.
+        e.ops_tat.store(u64::MAX - 5, Relaxed);
+        assert_eq!(e.start(10, 4096), u64::MAX - 5);
+        assert_eq!(cost(u64::MAX, 1), u64::MAX);
+    }
+
+    #[test]
+    fn entries_no_session_holds_are_forgotten() {
+        let q = Qos::new(true);
+        let k = Key {
+            lease: 3,
+            device: 0,
+            offset: 4096,
+        };
+        let e = q.entry(k, promise(10)).unwrap();
+        let again = q.entry(k, promise(20)).unwrap();
+        assert!(Arc::ptr_eq(&e, &again), "one entry per lease range");
+        assert_eq!(e.terms(), promise(20), "a newer token's terms apply");
+        q.allocate(PERIOD);
+        assert_eq!(q.len(), 1);
+        drop((e, again));
+        q.allocate(PERIOD);
+        assert!(q.is_empty());
+    }
+}
