@@ -374,7 +374,6 @@ impl Controller {
                 .iter()
                 .map(|e| {
                     let claim = Claim {
-                        terms: Default::default(),
                         node_id: NodeId(e.piece.key.node),
                         volume_id: VolumeId(v.id),
                         device_id: DeviceId(e.piece.key.device),
@@ -388,8 +387,9 @@ impl Controller {
                         epoch: Epoch(e.token_epoch(l.epoch)),
                         issued_at_ms: now_ms(),
                         expires_at_ms: l.expires_at_ms,
-                        // The lease id, so nodes can count usage per lease.
+                        // The lease id, so nodes can count usage and schedule per lease.
                         nonce: l.id,
+                        terms: crate::state::qos::terms(v.layout, &v.req, l.rw),
                     };
                     v1::MountedExtent {
                         extent: Some(extent_msg(s, v, e)),

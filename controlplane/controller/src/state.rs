@@ -142,6 +142,19 @@ pub struct Requirements {
     pub price_per_gib_hour: f64,
     /// Spread over failure domains.
     pub spread_failure_domains: bool,
+    /// IOPS cap (0: none).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub max_iops: u64,
+    /// MiB/s cap (0: none).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub max_mib_s: u64,
+    /// Weight in spare capacity (0: the default).
+    #[serde(default, skip_serializing_if = "is_zero_u32")]
+    pub weight: u32,
+}
+
+fn is_zero_u32(x: &u32) -> bool {
+    *x == 0
 }
 
 /// A volume.
@@ -223,6 +236,67 @@ pub struct UsageRec {
     pub read_ops: u64,
     /// Write ops.
     pub write_ops: u64,
+    /// What the nodes counted lately, for the rate it gets ([`UsageRec::recent`]).
+    #[serde(default, skip_serializing_if = "Recent::is_empty")]
+    pub recent: Recent,
+}
+
+/// A lease's operations and bytes since `since_ms`, and the rate of the window before.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Recent {
+    /// Start of the window being counted.
+    pub since_ms: u64,
+    /// Operations and bytes counted in it.
+    pub ops: u64,
+    /// Bytes.
+    pub bytes: u64,
+    /// Operations and bytes a second in the window before.
+    pub ops_s: f64,
+    /// Bytes a second.
+    pub bytes_s: f64,
+}
+
+/// How long a window of [`Recent`] runs.
+pub const RECENT_WINDOW_MS: u64 = 5_000;
+
+impl Recent {
+    fn is_empty(&self) -> bool {
+        *self == Recent::default()
+    }
+
+    fn add(&mut self, now_ms: u64, ops: u64, bytes: u64) {
+        if self.since_ms == 0 {
+            self.since_ms = now_ms;
+        }
+        if now_ms >= self.since_ms + RECENT_WINDOW_MS {
+            (self.ops_s, self.bytes_s) = self.rates(now_ms);
+            (self.since_ms, self.ops, self.bytes) = (now_ms, 0, 0);
+        }
+        self.ops = self.ops.saturating_add(ops);
+        self.bytes = self.bytes.saturating_add(bytes);
+    }
+
+    fn rates(&self, now_ms: u64) -> (f64, f64) {
+        let secs = now_ms.saturating_sub(self.since_ms).max(1) as f64 / 1000.0;
+        (self.ops as f64 / secs, self.bytes as f64 / secs)
+    }
+}
+
+impl UsageRec {
+    /// Operations and bytes a second the lease got lately, as its nodes counted them (a
+    /// mirror's write once per copy): over the last full window, or once no count came for a
+    /// window (an idle lease, or one that ended), over the time since.
+    pub fn recent(&self, now_ms: u64) -> (f64, f64) {
+        let r = &self.recent;
+        let now = self.ended_ms.unwrap_or(now_ms);
+        if r.since_ms == 0 {
+            (0.0, 0.0)
+        } else if now >= r.since_ms + RECENT_WINDOW_MS {
+            r.rates(now)
+        } else {
+            (r.ops_s, r.bytes_s)
+        }
+    }
 }
 
 /// Everything the controller knows.
@@ -768,6 +842,11 @@ fn apply_inner(s: &mut State, cmd: Command) -> Result<Outcome, Error> {
                     u.write_bytes = u.write_bytes.saturating_add(c.write_bytes);
                     u.read_ops = u.read_ops.saturating_add(c.read_ops);
                     u.write_ops = u.write_ops.saturating_add(c.write_ops);
+                    u.recent.add(
+                        now_ms,
+                        c.read_ops.saturating_add(c.write_ops),
+                        c.read_bytes.saturating_add(c.write_bytes),
+                    );
                 }
             }
             if !rebuilds.is_empty() {

@@ -51,6 +51,16 @@ pub enum VolumeCmd {
         /// Promised MiB/s, admitted the same way.
         #[arg(long = "mib-s", visible_alias = "min-mib-s", default_value_t = 0)]
         min_mib_s: u64,
+        /// IOPS cap, held by the nodes (0: none).
+        #[arg(long, default_value_t = 0)]
+        max_iops: u64,
+        /// MiB/s cap (0: none).
+        #[arg(long, default_value_t = 0)]
+        max_mib_s: u64,
+        /// Weight in what nobody was promised, against other volumes on the same devices
+        /// (1..=10000; 0: the default, 100).
+        #[arg(long, default_value_t = 0)]
+        weight: u32,
         /// Price per GiB-hour.
         #[arg(long, default_value_t = 0.0)]
         price: f64,
@@ -472,7 +482,7 @@ pub async fn exec(ctl: &Controllers, json_out: bool, cmd: Ctl) -> anyhow::Result
                 }
             }
             Ctl::Volume(c) => {
-                let mut vols = v1::volumes_client::VolumesClient::new(ch);
+                let mut vols = v1::volumes_client::VolumesClient::new(ch.clone());
                 let show = |v: &v1::Volume| {
                     if json_out {
                         println!("{}", volume_json(v));
@@ -511,6 +521,9 @@ pub async fn exec(ctl: &Controllers, json_out: bool, cmd: Ctl) -> anyhow::Result
                                 }
                             );
                         }
+                        if let Some(t) = terms_text(v.requirements.as_ref()) {
+                            println!("  terms: {t}");
+                        }
                         if !v.note.is_empty() {
                             println!("  note: {}", v.note);
                         }
@@ -539,6 +552,9 @@ pub async fn exec(ctl: &Controllers, json_out: bool, cmd: Ctl) -> anyhow::Result
                         layout,
                         min_iops,
                         min_mib_s,
+                        max_iops,
+                        max_mib_s,
+                        weight,
                         price,
                         spread_domains,
                     } => {
@@ -547,6 +563,9 @@ pub async fn exec(ctl: &Controllers, json_out: bool, cmd: Ctl) -> anyhow::Result
                             size_bytes: size,
                             layout: Some(parse_layout(&layout)?),
                             requirements: Some(v1::Requirements {
+                                max_iops,
+                                max_mib_s,
+                                weight,
                                 min_iops,
                                 min_mib_s,
                                 price_per_gib_hour: price,
@@ -588,13 +607,33 @@ pub async fn exec(ctl: &Controllers, json_out: bool, cmd: Ctl) -> anyhow::Result
                             }
                         }
                     }
-                    VolumeCmd::Show { name } => show(
-                        &vols
-                            .get(v1::GetVolumeRequest { name })
+                    VolumeCmd::Show { name } => {
+                        let v = vols
+                            .get(v1::GetVolumeRequest { name: name.clone() })
                             .await
                             .map_err(status)?
-                            .into_inner(),
-                    ),
+                            .into_inner();
+                        show(&v);
+                        if !json_out && terms_text(v.requirements.as_ref()).is_some() {
+                            // Promised versus delivered: what the nodes counted for its leases.
+                            let u = v1::usage_client::UsageClient::new(ch.clone())
+                                .report(v1::UsageRequest {
+                                    volume: name,
+                                    ..Default::default()
+                                })
+                                .await
+                                .map_err(status)?
+                                .into_inner();
+                            let live = u.records.iter().filter(|r| r.active);
+                            let (iops, mib_s) = live.fold((0.0, 0.0), |(i, m), r| {
+                                (i + r.recent_iops, m + r.recent_mib_s)
+                            });
+                            println!(
+                                "  delivered lately: {iops:.0} IOPS, {mib_s:.1} MiB/s \
+                                 (as its leases' nodes counted them)"
+                            );
+                        }
+                    }
                     VolumeCmd::Resize { name, size } => show(
                         &vols
                             .resize(v1::ResizeVolumeRequest {
@@ -752,23 +791,40 @@ pub async fn exec(ctl: &Controllers, json_out: bool, cmd: Ctl) -> anyhow::Result
                         json!({"total_charge": r.total_charge, "records": r.records.iter().map(|u| json!({"host": u.host_id, "volume": u.volume,
                         "lease_id": u.lease_id, "started_ms": u.started_ms, "ended_ms": u.ended_ms, "read_bytes": u.read_bytes,
                         "write_bytes": u.write_bytes, "read_ops": u.read_ops, "write_ops": u.write_ops, "gib_hours": u.gib_hours,
-                        "charge": u.charge})).collect::<Vec<_>>()})
+                        "charge": u.charge, "recent_iops": u.recent_iops, "recent_mib_s": u.recent_mib_s,
+                        "average_iops": u.average_iops, "promised_iops": u.promised_iops,
+                        "promised_mib_s": u.promised_mib_s, "max_iops": u.max_iops,
+                        "max_mib_s": u.max_mib_s})).collect::<Vec<_>>()})
                     );
                 } else {
                     println!(
-                        "{:<16} {:<20} {:>6} {:>10} {:>10} {:>10} {:>10}",
-                        "host", "volume", "lease", "read", "written", "GiB-h", "charge"
+                        "{:<16} {:<20} {:>6} {:>10} {:>10} {:>10} {:>10} {:>9} {:>9} {:>9}",
+                        "host",
+                        "volume",
+                        "lease",
+                        "read",
+                        "written",
+                        "GiB-h",
+                        "charge",
+                        "IOPS",
+                        "avg IOPS",
+                        "promised"
                     );
                     for u in &r.records {
+                        // The service level: what it got lately and on average, against
+                        // what its volume is promised.
                         println!(
-                            "{:<16} {:<20} {:>6} {:>10} {:>10} {:>10.6} {:>10.4}",
+                            "{:<16} {:<20} {:>6} {:>10} {:>10} {:>10.6} {:>10.4} {:>9.0} {:>9.0} {:>9}",
                             u.host_id,
                             u.volume,
                             u.lease_id,
                             format_amount(u.read_bytes),
                             format_amount(u.write_bytes),
                             u.gib_hours,
-                            u.charge
+                            u.charge,
+                            u.recent_iops,
+                            u.average_iops,
+                            u.promised_iops
                         );
                     }
                     println!("total charge {:.4}", r.total_charge);
@@ -777,6 +833,36 @@ pub async fn exec(ctl: &Controllers, json_out: bool, cmd: Ctl) -> anyhow::Result
         }
         Ok(())
     }
+}
+
+/// A volume's service terms in words, if it has any.
+fn terms_text(r: Option<&v1::Requirements>) -> Option<String> {
+    let r = r?;
+    let mut parts = Vec::new();
+    if r.min_iops > 0 || r.min_mib_s > 0 {
+        parts.push(format!(
+            "promised {} IOPS, {} MiB/s",
+            r.min_iops, r.min_mib_s
+        ));
+    }
+    if r.max_iops > 0 || r.max_mib_s > 0 {
+        let cap = |x: u64| {
+            if x == 0 {
+                "-".to_string()
+            } else {
+                x.to_string()
+            }
+        };
+        parts.push(format!(
+            "capped at {} IOPS, {} MiB/s",
+            cap(r.max_iops),
+            cap(r.max_mib_s)
+        ));
+    }
+    if r.weight > 0 {
+        parts.push(format!("weight {}", r.weight));
+    }
+    (!parts.is_empty()).then(|| parts.join("; "))
 }
 
 #[cfg(test)]

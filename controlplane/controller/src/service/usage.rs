@@ -24,6 +24,8 @@ impl v1::usage_server::Usage for Svc {
                     (to > from || (to == from && u.ended_ms.is_none())).then(|| {
                         let gib_hours =
                             u.size as f64 / (1u64 << 30) as f64 * (to - from) as f64 / 3_600_000.0;
+                        let (ops_s, bytes_s) = u.recent(now);
+                        let req = s.volumes.get(&u.volume).map(|v| v.req).unwrap_or_default();
                         v1::UsageRecord {
                             host_id: u.host.clone(),
                             volume: u.volume.clone(),
@@ -36,6 +38,18 @@ impl v1::usage_server::Usage for Svc {
                             write_ops: u.write_ops,
                             gib_hours,
                             charge: gib_hours * u.price_per_gib_hour,
+                            recent_iops: ops_s,
+                            recent_mib_s: bytes_s / 1_048_576.0,
+                            average_iops: u.read_ops.saturating_add(u.write_ops) as f64 * 1000.0
+                                / u.ended_ms
+                                    .unwrap_or(now)
+                                    .saturating_sub(u.started_ms)
+                                    .max(1) as f64,
+                            promised_iops: req.min_iops,
+                            promised_mib_s: req.min_mib_s,
+                            max_iops: req.max_iops,
+                            max_mib_s: req.max_mib_s,
+                            active: u.ended_ms.is_none(),
                         }
                     })
                 })

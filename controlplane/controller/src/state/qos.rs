@@ -153,3 +153,28 @@ pub fn among(why: String, fit: usize, up: usize, layout: Layout, req: &Requireme
          each extent; the others are promised to other volumes)"
     )
 }
+
+/// The service terms a token for one extent of a `layout` volume with `req` carries: the
+/// extent's share of the promise and the cap ([`share`]: a stripe splits them, other layouts
+/// carry them whole), and the weight. A read-only lease's tokens carry no promise: the promise
+/// was admitted once, for the volume's writer, and readers would multiply it. Figures past what
+/// a token can say saturate (a promise: admission never lets one reach it) or, for a cap, mean
+/// no cap.
+pub fn terms(layout: Layout, req: &Requirements, rw: bool) -> dasmesh_wire::Terms {
+    let (min_iops, min_mib_s) = if rw { share(layout, req) } else { (0, 0) };
+    let (max_iops, max_mib_s) = share(
+        layout,
+        &Requirements {
+            min_iops: req.max_iops,
+            min_mib_s: req.max_mib_s,
+            ..*req
+        },
+    );
+    dasmesh_wire::Terms {
+        min_iops: u32::try_from(min_iops).unwrap_or(u32::MAX),
+        max_iops: u32::try_from(max_iops).unwrap_or(0),
+        min_mib_s: u16::try_from(min_mib_s).unwrap_or(u16::MAX),
+        max_mib_s: u16::try_from(max_mib_s).unwrap_or(0),
+        weight: u16::try_from(req.weight).unwrap_or(u16::MAX),
+    }
+}

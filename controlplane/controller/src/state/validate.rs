@@ -195,6 +195,32 @@ pub fn requirements(r: &Requirements) -> Result<(), Error> {
             r.min_iops, r.min_mib_s
         )));
     }
+    if r.max_iops > MAX_DEVICE_IOPS || r.max_mib_s > MAX_DEVICE_MIB_S {
+        return Err(invalid(format!(
+            "a cap of {} IOPS and {} MiB/s is past what any device may say it does \
+             ({MAX_DEVICE_IOPS} IOPS, {MAX_DEVICE_MIB_S} MiB/s); 0 means no cap",
+            r.max_iops, r.max_mib_s
+        )));
+    }
+    if r.max_iops != 0 && r.max_iops < r.min_iops {
+        return Err(invalid(format!(
+            "the cap of {} IOPS is below the promise of {} IOPS",
+            r.max_iops, r.min_iops
+        )));
+    }
+    if r.max_mib_s != 0 && r.max_mib_s < r.min_mib_s {
+        return Err(invalid(format!(
+            "the cap of {} MiB/s is below the promise of {} MiB/s",
+            r.max_mib_s, r.min_mib_s
+        )));
+    }
+    if r.weight > MAX_WEIGHT {
+        return Err(invalid(format!(
+            "weight {} is not in 1..={MAX_WEIGHT} (0: the default, {})",
+            r.weight,
+            dasmesh_wire::Terms::DEFAULT_WEIGHT
+        )));
+    }
     Ok(())
 }
 
@@ -255,6 +281,8 @@ pub fn registration(address_: &str, version: &str, failure_domain: &str) -> Resu
 /// never lent), no duplicate ids, and sizes whose sums cannot overflow.
 /// The most IOPS a device may say it can do.
 pub const MAX_DEVICE_IOPS: u64 = 1_000_000_000;
+/// The largest weight a volume may have.
+pub const MAX_WEIGHT: u32 = 10_000;
 /// The most MiB/s a device may say it can do.
 pub const MAX_DEVICE_MIB_S: u64 = 10_000_000;
 

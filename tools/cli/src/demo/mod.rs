@@ -190,6 +190,9 @@ async fn steps(cl: &mut Cluster) -> anyhow::Result<()> {
             layout: layout.into(),
             min_iops: 0,
             min_mib_s: 0,
+            max_iops: 0,
+            max_mib_s: 0,
+            weight: 0,
             price: PRICE,
             spread_domains: false,
         };
