@@ -165,6 +165,33 @@ impl Node {
         .sign(key)
     }
 
+    /// A read-write-or-not token for `device`, bytes `[start, end)`, valid for an hour, under
+    /// service `terms` (signed as is: the node judges them).
+    pub fn token_terms(
+        &self,
+        device: u32,
+        start: u64,
+        end: u64,
+        rights: Rights,
+        terms: dasmesh_wire::Terms,
+    ) -> Token {
+        let now = now_ms();
+        Claim {
+            terms,
+            node_id: NodeId(0),
+            volume_id: VolumeId(0),
+            device_id: DeviceId(device),
+            range_offset: start,
+            range_length: end - start,
+            rights,
+            epoch: Epoch(1),
+            issued_at_ms: now,
+            expires_at_ms: now + 3_600_000,
+            nonce: rand::random(),
+        }
+        .sign(&self.key)
+    }
+
     /// Sends `signal` (TERM, KILL, ...) with kill(1).
     pub fn signal(&self, signal: &str) {
         let pid = self.pid();

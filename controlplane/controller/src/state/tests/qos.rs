@@ -175,3 +175,129 @@ fn the_headroom_is_the_controllers_to_say() {
     let e = create(&mut s, "c", 1, 95).unwrap_err();
     assert!(e.to_string().contains("0..=90"), "{e}");
 }
+
+fn create(
+    s: &mut State,
+    name: &str,
+    layout: Layout,
+    req: Requirements,
+) -> Result<VolumeRec, Error> {
+    match apply(
+        s,
+        Command::CreateVolume {
+            headroom_pct: 10,
+            name: name.into(),
+            size: G,
+            layout,
+            req,
+            now_ms: 0,
+        },
+    )? {
+        Outcome::Volume(v) => Ok(v),
+        o => panic!("{o:?}"),
+    }
+}
+
+#[test]
+fn caps_and_weights_are_checked_and_carried_in_tokens_split_by_a_stripe() {
+    let mut s = rated_pool(4, 20_000, 1_000);
+    let req = Requirements {
+        min_iops: 4_000,
+        min_mib_s: 100,
+        max_iops: 10_000,
+        max_mib_s: 401,
+        weight: 300,
+        ..Default::default()
+    };
+    let v = create(&mut s, "a", Layout::Single, req).unwrap();
+    let t = crate::state::qos::terms(v.layout, &v.req, true);
+    assert_eq!(
+        (t.min_iops, t.max_iops, t.min_mib_s, t.max_mib_s, t.weight),
+        (4_000, 10_000, 100, 401, 300)
+    );
+    // A reader's tokens carry the cap and the weight, never the promise.
+    let r = crate::state::qos::terms(v.layout, &v.req, false);
+    assert_eq!(
+        (r.min_iops, r.max_iops, r.min_mib_s, r.max_mib_s, r.weight),
+        (0, 10_000, 0, 401, 300)
+    );
+    r.check(dasmesh_wire::Rights::ReadOnly).unwrap();
+    t.check(dasmesh_wire::Rights::ReadWrite).unwrap();
+    // A stripe of 2 splits promise and cap, rounding up.
+    let stripe = Layout::Stripe {
+        width: 2,
+        unit: 1 << 20,
+    };
+    let v = create(&mut s, "b", stripe, req).unwrap();
+    let t = crate::state::qos::terms(v.layout, &v.req, true);
+    assert_eq!(
+        (t.min_iops, t.max_iops, t.min_mib_s, t.max_mib_s),
+        (2_000, 5_000, 50, 201)
+    );
+    // A cap past what a token can say is no cap there; a promise saturates.
+    let big = Requirements {
+        max_iops: 900_000_000,
+        max_mib_s: 5_000_000,
+        ..Default::default()
+    };
+    let t = crate::state::qos::terms(Layout::Single, &big, true);
+    assert_eq!((t.max_iops, t.max_mib_s), (900_000_000, 0));
+
+    // Refused in words: a cap below the promise, absurd caps, an absurd weight.
+    let cases = [
+        (
+            Requirements {
+                min_iops: 5_000,
+                max_iops: 4_000,
+                ..Default::default()
+            },
+            "the cap of 4000 IOPS is below the promise of 5000 IOPS",
+        ),
+        (
+            Requirements {
+                min_mib_s: 50,
+                max_mib_s: 10,
+                ..Default::default()
+            },
+            "the cap of 10 MiB/s is below the promise of 50 MiB/s",
+        ),
+        (
+            Requirements {
+                max_iops: u64::MAX,
+                ..Default::default()
+            },
+            "past what any device may say it does",
+        ),
+        (
+            Requirements {
+                max_mib_s: 10_000_001,
+                ..Default::default()
+            },
+            "past what any device may say it does",
+        ),
+        (
+            Requirements {
+                weight: 10_001,
+                ..Default::default()
+            },
+            "weight 10001 is not in 1..=10000",
+        ),
+    ];
+    for (req, why) in cases {
+        let e = create(&mut s, "c", Layout::Single, req).unwrap_err();
+        assert!(matches!(e, Error::Invalid(_)), "{e:?}");
+        assert!(e.to_string().contains(why), "{e} / {why}");
+    }
+    // A cap alone needs no capability: it is placed anywhere.
+    let mut bare = pool(1);
+    create(
+        &mut bare,
+        "d",
+        Layout::Single,
+        Requirements {
+            max_iops: 100,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+}

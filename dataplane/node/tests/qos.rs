@@ -1,0 +1,159 @@
+//! Service terms on the real node (`src/qos.rs`): a capped lease is held to its cap across its
+//! connections while a lease without terms beside it is not; a token whose terms cannot be
+//! served is refused at the handshake. Loose, bounded checks: the precise figures are
+//! bench/qos.sh's.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{Node, Raw};
+use dasmesh_client::{ConnectOptions, Connection};
+use dasmesh_wire::{DeviceId, Rights, Status, Terms, Token};
+
+const MIB: u64 = 1 << 20;
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Reads of `len` bytes, `depth` at a time on each of `conns` connections of one token lending
+/// 32 MiB from `base`, for `run`: how many completed.
+async fn load(
+    node: &Node,
+    (token, base): (&Token, u64),
+    conns: usize,
+    depth: usize,
+    len: usize,
+    run: Duration,
+) -> u64 {
+    let mut tasks = Vec::new();
+    let until = Instant::now() + run;
+    for _ in 0..conns {
+        let c = Arc::new(
+            Connection::connect(&node.addr, DeviceId(0), token, &ConnectOptions::default())
+                .await
+                .unwrap(),
+        );
+        for q in 0..depth {
+            let c = Arc::clone(&c);
+            tasks.push(tokio::spawn(async move {
+                let mut n = 0u64;
+                let mut off = (q as u64 * len as u64) % (32 * MIB);
+                while Instant::now() < until {
+                    c.read(base + off, len).await.unwrap();
+                    off = (off + 16 * len as u64) % (32 * MIB);
+                    n += 1;
+                }
+                n
+            }));
+        }
+    }
+    let mut total = 0;
+    for t in tasks {
+        total += t.await.unwrap();
+    }
+    total
+}
+
+#[test]
+fn a_capped_lease_is_held_to_its_cap_and_its_neighbour_is_not() {
+    let node = Node::start(&["memory:64M"], &[]);
+    let capped = node.token_terms(
+        0,
+        0,
+        32 * MIB,
+        Rights::ReadWrite,
+        Terms {
+            max_iops: 1_000,
+            ..Terms::default()
+        },
+    );
+    let free = node.token(0, 32 * MIB, 64 * MIB, Rights::ReadWrite, 1);
+    let run = Duration::from_millis(1500);
+    rt().block_on(async {
+        // Two connections of one lease share its cap; the neighbour runs at the same time.
+        let (held, other) = tokio::join!(
+            load(&node, (&capped, 0), 2, 8, 4096, run),
+            load(&node, (&free, 32 * MIB), 1, 8, 4096, run)
+        );
+        // 1,000 IOPS for 1.5 s, plus the 2 ms burst; loose below for a loaded machine.
+        assert!(
+            (800..=1_600).contains(&held),
+            "capped lease did {held} reads in 1.5 s"
+        );
+        assert!(
+            other > 2 * held,
+            "the neighbour did {other}, the capped lease {held}"
+        );
+        // A bandwidth cap: 16 MiB/s with 256 KiB reads is 64 a second.
+        let bw = node.token_terms(
+            0,
+            0,
+            32 * MIB,
+            Rights::ReadOnly,
+            Terms {
+                max_mib_s: 16,
+                ..Terms::default()
+            },
+        );
+        let n = load(&node, (&bw, 0), 1, 4, 256 << 10, Duration::from_secs(1)).await;
+        eprintln!("capped lease {held} reads, neighbour {other}, 16 MiB/s lease {n}");
+        assert!(
+            (40..=80).contains(&n),
+            "{n} reads of 256 KiB in 1 s under 16 MiB/s"
+        );
+    });
+}
+
+#[test]
+fn terms_a_node_cannot_serve_are_refused_at_the_handshake() {
+    let node = Node::start(&["memory:16M"], &[]);
+    let bad = [
+        // A promise on a read-only token.
+        (
+            Rights::ReadOnly,
+            Terms {
+                min_iops: 10,
+                ..Terms::default()
+            },
+        ),
+        // A promise above its own cap.
+        (
+            Rights::ReadWrite,
+            Terms {
+                min_mib_s: 20,
+                max_mib_s: 10,
+                ..Terms::default()
+            },
+        ),
+    ];
+    for (rights, terms) in bad {
+        let t = node.token_terms(0, 0, 16 * MIB, rights, terms);
+        let (_, reply) = Raw::hello(&node.addr, 0, t.as_bytes());
+        assert_eq!(
+            Status::from_code(reply.status),
+            Some(Status::BadToken),
+            "{terms:?}"
+        );
+    }
+    // The same caps on a read-only token are served.
+    let t = node.token_terms(
+        0,
+        0,
+        16 * MIB,
+        Rights::ReadOnly,
+        Terms {
+            max_iops: 10,
+            weight: 7,
+            ..Terms::default()
+        },
+    );
+    let (_, reply) = Raw::hello(&node.addr, 0, t.as_bytes());
+    assert_eq!(Status::from_code(reply.status), Some(Status::Ok));
+}
