@@ -12,9 +12,10 @@
 //! - **Allocation, every [`PERIOD`].** A thread looks at what each entry did in the period (the
 //!   reactors hand it their counts) and sets the rates: the caps always; and while the device is
 //!   busy (an active lease has a promise, or the leases together use 90% of the device's
-//!   capability) a share of the device to each lease: its promise first, then what is left split
-//!   by weight, each lease getting no more than it showed it wants (what it did plus a quarter,
-//!   or an even share if it was held back).
+//!   capability, and until they use less than 70%) a share of the device to each lease: its
+//!   promise first, then what is left split by weight, each lease getting no more than it showed
+//!   it wants (what it did lately plus a quarter, or as much as it can get if it was held back
+//!   in the last three periods).
 //!
 //! The unit of a share is a fraction of the device: a lease doing `ops` operations and `bytes`
 //! bytes a second uses `max(ops / capability IOPS, bytes / capability bytes a second)`.
@@ -31,8 +32,10 @@ pub const PERIOD: Duration = Duration::from_millis(10);
 /// How far behind the present a lease's clock may fall: after an idle spell it may start this
 /// much work at once, no more (a cap holds within `BURST` over any window).
 pub const BURST_NS: u64 = 2_000_000;
-/// The share of its capability above which a device counts as busy.
+/// The share of its capability above which a device counts as busy...
 pub const BUSY: f64 = 0.9;
+/// ...and below which a busy one stops counting as busy (its leases paced, they use less).
+pub const NOT_BUSY: f64 = 0.7;
 /// Headroom a satisfied lease gets above what it used, so it can grow.
 const GROWTH: f64 = 1.25;
 /// The least share an active lease is allocated while the device is busy.
@@ -74,9 +77,25 @@ struct Seen {
     ops: u64,
     bytes: u64,
     held: u64,
-    /// Operations and bytes a second in the last period.
+    /// Operations and bytes a second lately: a rise is taken at once, a fall a third at a
+    /// time, so that one quiet period (a 10 ms window is noisy) does not give a lease's share
+    /// away.
     ops_s: f64,
     bytes_s: f64,
+    /// Periods for which the lease still counts as held back.
+    held_for: u8,
+}
+
+/// Periods a lease counts as held back after a request of its waited.
+const HELD_PERIODS: u8 = 3;
+
+/// A rate seen lately, from the one before and this period's.
+fn smooth(before: f64, now: f64) -> f64 {
+    if now >= before {
+        now
+    } else {
+        before + (now - before) / 3.0
+    }
 }
 
 /// What a reactor counted for one entry since it last handed counts over.
@@ -174,8 +193,13 @@ impl Entry {
     }
 
     fn set_rates(&self, (ops, bytes): (u64, u64)) {
-        self.ops_rate.store(ops, Relaxed);
-        self.bytes_rate.store(bytes, Relaxed);
+        // Stored only when they change: every reactor serving the lease reads this line.
+        if self.ops_rate.load(Relaxed) != ops {
+            self.ops_rate.store(ops, Relaxed);
+        }
+        if self.bytes_rate.load(Relaxed) != bytes {
+            self.bytes_rate.store(bytes, Relaxed);
+        }
     }
 }
 
@@ -215,6 +239,8 @@ pub struct Qos {
     capacity: Mutex<Vec<Capacity>>,
     /// Whether any entry exists (the allocator sleeps longer while none does).
     any: AtomicBool,
+    /// Whether each device was busy at the last allocation.
+    busy: Mutex<HashMap<usize, bool>>,
 }
 
 impl Qos {
@@ -226,6 +252,7 @@ impl Qos {
             entries: Mutex::new(HashMap::new()),
             capacity: Mutex::new(Vec::new()),
             any: AtomicBool::new(false),
+            busy: Mutex::new(HashMap::new()),
         }
     }
 
@@ -281,6 +308,7 @@ impl Qos {
             by_device.entry(e.key.device).or_default().push(e);
         }
         let secs = dt.as_secs_f64().max(1e-6);
+        let mut busy = lock(&self.busy);
         for (dev, entries) in by_device {
             let cap = caps.get(dev).copied().unwrap_or_default();
             let views: Vec<View> = entries
@@ -292,24 +320,44 @@ impl Qos {
                         e.bytes.load(Relaxed),
                         e.held.load(Relaxed),
                     );
-                    let v = View {
-                        terms: e.terms(),
-                        ops_s: ops.wrapping_sub(last.ops) as f64 / secs,
-                        bytes_s: bytes.wrapping_sub(last.bytes) as f64 / secs,
-                        held: held != last.held,
+                    let held_for = if held != last.held {
+                        HELD_PERIODS
+                    } else {
+                        last.held_for.saturating_sub(1)
                     };
                     *last = Seen {
                         ops,
                         bytes,
                         held,
-                        ops_s: v.ops_s,
-                        bytes_s: v.bytes_s,
+                        ops_s: smooth(last.ops_s, ops.wrapping_sub(last.ops) as f64 / secs),
+                        bytes_s: smooth(last.bytes_s, bytes.wrapping_sub(last.bytes) as f64 / secs),
+                        held_for,
                     };
-                    v
+                    View {
+                        terms: e.terms(),
+                        ops_s: last.ops_s,
+                        bytes_s: last.bytes_s,
+                        held: held_for > 0,
+                    }
                 })
                 .collect();
-            for (e, r) in entries.iter().zip(divide(cap, &views)) {
-                e.set_rates(r);
+            let was_busy = busy.get(&dev).copied().unwrap_or(false);
+            let (rates, now_busy) = divide(cap, &views, was_busy);
+            busy.insert(dev, now_busy);
+            for (e, r) in entries.iter().zip(&rates) {
+                e.set_rates(*r);
+            }
+            if tracing::enabled!(tracing::Level::TRACE) {
+                for ((e, v), r) in entries.iter().zip(&views).zip(&rates) {
+                    tracing::trace!(
+                        lease = e.key.lease,
+                        device = dev,
+                        ops_s = v.ops_s as u64,
+                        held = v.held,
+                        ops_rate = r.0,
+                        "allocated"
+                    );
+                }
             }
         }
     }
@@ -359,11 +407,12 @@ impl View {
 }
 
 /// The rates (operations, bytes a second; 0 for none) of the entries on a device of capability
-/// `cap` that did what `views` say in the last period.
-pub fn divide(cap: Capacity, views: &[View]) -> Vec<(u64, u64)> {
+/// `cap` that did what `views` say lately, and whether the device is busy (`was_busy`: whether
+/// it was at the last allocation).
+pub fn divide(cap: Capacity, views: &[View], was_busy: bool) -> (Vec<(u64, u64)>, bool) {
     let capped: Vec<(u64, u64)> = views.iter().map(|v| caps(&v.terms)).collect();
     if !cap.known() {
-        return capped;
+        return (capped, false);
     }
     let used: Vec<f64> = views
         .iter()
@@ -383,9 +432,10 @@ pub fn divide(cap: Capacity, views: &[View]) -> Vec<(u64, u64)> {
             }
         })
         .collect();
-    let busy = promise.iter().any(|p| *p > 0.0) || used.iter().sum::<f64>() >= BUSY;
+    let total: f64 = used.iter().sum();
+    let busy = promise.iter().any(|p| *p > 0.0) || total >= BUSY || (was_busy && total >= NOT_BUSY);
     if !busy {
-        return capped;
+        return (capped, false);
     }
     // The most each lease can use: its cap, and what it showed it wants.
     let ceiling: Vec<f64> = views
@@ -437,7 +487,7 @@ pub fn divide(cap: Capacity, views: &[View]) -> Vec<(u64, u64)> {
         }
         open = still;
     }
-    views
+    let rates = views
         .iter()
         .zip(&share)
         .zip(&capped)
@@ -454,7 +504,8 @@ pub fn divide(cap: Capacity, views: &[View]) -> Vec<(u64, u64)> {
                 if *cb == 0 { b } else { b.min(*cb) },
             )
         })
-        .collect()
+        .collect();
+    (rates, true)
 }
 
 #[cfg(test)]
@@ -574,7 +625,7 @@ mod tests {
                 true,
             ),
         ];
-        let r = divide(CAP, &views);
+        let r = divide(CAP, &views, false).0;
         // 30% promised; the 70% left goes by weight, 1:1:2, the promised lease included.
         assert_eq!(r[0].0, 30_000 + 17_500, "{r:?}");
         assert_eq!(r[1].0, 17_500, "{r:?}");
@@ -589,7 +640,7 @@ mod tests {
             view(promise(20_000), 10_000.0, false),
             view(Terms::default(), 85_000.0, true),
         ];
-        let r = divide(CAP, &views);
+        let r = divide(CAP, &views, false).0;
         assert_eq!(r[0].0, 20_000, "{r:?}");
         assert_eq!(r[1].0, 80_000, "{r:?}");
     }
@@ -602,39 +653,75 @@ mod tests {
             ..Terms::default()
         };
         // Not busy: the caps alone; an idle lease without terms is free.
-        let r = divide(
+        let (r, busy) = divide(
             CAP,
             &[
                 view(capped, 5_000.0, true),
                 view(Terms::default(), 0.0, false),
             ],
+            false,
         );
+        assert!(!busy);
         assert_eq!(r, vec![(5_000, 10 << 20), (0, 0)]);
         // Unknown capability: caps only, whatever the load.
-        let r = divide(
+        let (r, _) = divide(
             Capacity::default(),
             &[view(capped, 5_000.0, true), view(promise(1), 1e6, true)],
+            true,
         );
         assert_eq!(r, vec![(5_000, 10 << 20), (0, 0)]);
         // Busy: the capped lease keeps within its cap; the other gets the rest.
-        let r = divide(
+        let (r, _) = divide(
             CAP,
             &[
                 view(capped, 5_000.0, true),
                 view(Terms::default(), 90_000.0, true),
             ],
+            false,
         );
         assert_eq!(r[0], (5_000, 10 << 20));
         assert_eq!(r[1].0, 95_000);
         // An idle promised lease holds nothing back from the others.
-        let r = divide(
+        let (r, busy) = divide(
             CAP,
             &[
                 view(promise(50_000), 0.0, false),
                 view(Terms::default(), 50_000.0, false),
             ],
+            false,
         );
         assert_eq!(r, vec![(0, 0), (0, 0)]);
+        assert!(!busy);
+    }
+
+    #[test]
+    fn a_busy_device_stays_busy_until_its_leases_use_much_less() {
+        let heavy = Terms {
+            weight: 300,
+            ..Terms::default()
+        };
+        let two = |used: f64| {
+            [
+                view(Terms::default(), used / 2.0, true),
+                view(heavy, used / 2.0, true),
+            ]
+        };
+        assert!(
+            !divide(CAP, &two(80_000.0), false).1,
+            "80% of an idle device is not busy"
+        );
+        assert!(
+            divide(CAP, &two(80_000.0), true).1,
+            "but a busy one stays busy"
+        );
+        assert!(!divide(CAP, &two(60_000.0), true).1);
+        // Busy: what nobody was promised goes 1:3.
+        let (r, busy) = divide(CAP, &two(92_000.0), false);
+        assert!(busy);
+        assert_eq!((r[0].0, r[1].0), (25_000, 75_000));
+        // Rates seen lately rise at once and fall a third of the way per period.
+        assert_eq!(smooth(10.0, 20.0), 20.0);
+        assert_eq!(smooth(30.0, 0.0), 20.0);
     }
 
     #[test]
@@ -647,9 +734,14 @@ mod tests {
             offset: 0,
         };
         let e = q.entry(k, Terms::default()).unwrap();
-        e.ops.store(u64::MAX - 99, Relaxed);
-        e.bytes.store(u64::MAX - 4095, Relaxed);
-        q.allocate(Duration::from_secs(1));
+        // Counters near the top after a long life (the allocator saw them there).
+        for (c, seen) in [(&e.ops, u64::MAX - 99), (&e.bytes, u64::MAX - 4095)] {
+            c.store(seen, Relaxed);
+        }
+        {
+            let mut l = lock(&e.last);
+            (l.ops, l.bytes) = (u64::MAX - 99, u64::MAX - 4095);
+        }
         e.add(&Counts {
             ops: 95_100,
             bytes: 4096 * 2,

@@ -205,12 +205,15 @@ fn show(a: &ShowArgs) -> anyhow::Result<()> {
     };
     let c = token.claim_unverified()?;
     let rights = if c.rights.writable() { "rw" } else { "ro" };
+    let t = c.terms;
     if a.json {
         let v = serde_json::json!({
             "node": c.node_id.0, "volume": c.volume_id.0, "device": c.device_id.0,
             "range_start": c.range_offset, "range_end": c.range_offset + c.range_length,
             "rights": rights, "epoch": c.epoch.0,
             "issued_at_ms": c.issued_at_ms, "expires_at_ms": c.expires_at_ms,
+            "terms": {"min_iops": t.min_iops, "max_iops": t.max_iops, "min_mib_s": t.min_mib_s,
+                      "max_mib_s": t.max_mib_s, "weight": t.weight()},
         });
         println!("{v}");
     } else {
@@ -233,6 +236,23 @@ fn show(a: &ShowArgs) -> anyhow::Result<()> {
         println!("rights    {rights}");
         println!("epoch     {}", c.epoch);
         println!("expires   {} ms since the Unix epoch", c.expires_at_ms);
+        if !t.is_none() {
+            let or_none = |x: u64| {
+                if x == 0 {
+                    "-".to_string()
+                } else {
+                    x.to_string()
+                }
+            };
+            println!(
+                "terms     promised {} IOPS {} MiB/s, capped {} IOPS {} MiB/s, weight {}",
+                t.min_iops,
+                t.min_mib_s,
+                or_none(t.max_iops.into()),
+                or_none(t.max_mib_s.into()),
+                t.weight()
+            );
+        }
         println!("(signature not checked: only a node with the trusted key can verify it)");
     }
     Ok(())

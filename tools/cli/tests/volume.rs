@@ -354,3 +354,112 @@ fn promises_and_copy_moves_are_refused_in_words() {
     let err = c.fails(&["volume", "replace-copy", "fast", "--copy", "0"]);
     assert!(err.contains("not a mirror"), "{err}");
 }
+
+#[test]
+fn caps_and_weights_reach_the_tokens_and_bad_terms_are_refused_in_words() {
+    let c = Cluster::start(1);
+    c.ok(&[
+        "volume",
+        "create",
+        "capped",
+        "--size",
+        "4M",
+        "--iops",
+        "1000",
+        "--max-iops",
+        "5000",
+        "--max-mib-s",
+        "100",
+        "--weight",
+        "300",
+    ]);
+    let show = c.ok(&["volume", "show", "capped"]);
+    assert!(
+        show.contains(
+            "terms: promised 1000 IOPS, 0 MiB/s; capped at 5000 IOPS, 100 MiB/s; weight 300"
+        ),
+        "{show}"
+    );
+    assert!(show.contains("delivered lately: 0 IOPS"), "{show}");
+    // The writer's token carries the promise, the cap and the weight; a reader's no promise.
+    let token_terms = |access: &str, host: &str| {
+        let m: serde_json::Value = serde_json::from_str(
+            &c.ok(&["--json", "lease", "mount", "capped", "--host", host, access]),
+        )
+        .unwrap();
+        let file = c.dir.path().join(format!("token-{host}"));
+        std::fs::write(&file, m["extents"][0]["token"].as_str().unwrap()).unwrap();
+        let t: serde_json::Value = serde_json::from_str(&c.ok(&[
+            "--json",
+            "token",
+            "show",
+            "--token-file",
+            file.to_str().unwrap(),
+        ]))
+        .unwrap();
+        t["terms"].clone()
+    };
+    assert_eq!(
+        token_terms("--rw", "writer"),
+        serde_json::json!({"min_iops": 1000, "max_iops": 5000, "min_mib_s": 0, "max_mib_s": 100, "weight": 300})
+    );
+    assert_eq!(
+        token_terms("--ro", "reader"),
+        serde_json::json!({"min_iops": 0, "max_iops": 5000, "min_mib_s": 0, "max_mib_s": 100, "weight": 300})
+    );
+    let usage = c.ok(&["usage", "--volume", "capped"]);
+    assert!(
+        usage.contains("promised") && usage.contains("1000"),
+        "{usage}"
+    );
+
+    // Bad terms, each refused in words before anything is placed.
+    for (args, why) in [
+        (
+            vec!["--iops", "1000", "--max-iops", "500"],
+            "the cap of 500 IOPS is below the promise of 1000 IOPS",
+        ),
+        (
+            vec!["--max-mib-s", "99999999999"],
+            "past what any device may say it does",
+        ),
+        (
+            vec!["--weight", "20000"],
+            "weight 20000 is not in 1..=10000",
+        ),
+        // A promise above what any device here can do (100,000 IOPS each, 10% kept back).
+        (
+            vec!["--iops", "200000"],
+            "has 89000 IOPS unpromised, 200000 needed",
+        ),
+    ] {
+        let mut a = vec!["volume", "create", "bad", "--size", "4M"];
+        a.extend(args);
+        let err = c.fails(&a);
+        assert!(err.contains(why), "{a:?}: {err}");
+    }
+    assert!(c
+        .fails(&["volume", "show", "bad"])
+        .contains("unknown volume"));
+    // Terms a token cannot carry are refused when minting by hand, too.
+    let keys = c.dir.path().join("keys");
+    c.ok(&["keygen", "--out", keys.to_str().unwrap()]);
+    let err = c.fails(&[
+        "token",
+        "mint",
+        "--key",
+        keys.to_str().unwrap(),
+        "--device",
+        "0",
+        "--range",
+        "0..1M",
+        "--rights",
+        "ro",
+        "--min-iops",
+        "10",
+    ]);
+    assert!(
+        err.contains("a read-only token carries no promise"),
+        "{err}"
+    );
+}
