@@ -915,7 +915,7 @@ fn apply_inner(s: &mut State, cmd: Command) -> Result<Outcome, Error> {
             }
             validate::volume_size(&name, size)?;
             validate::layout(layout)?;
-            validate::requirements(&req)?;
+            validate::requirements(&req, layout)?;
             let all = candidates(s);
             let up = all.len();
             validate::headroom(headroom_pct)?;

@@ -181,7 +181,7 @@ pub fn headroom(pct: u64) -> Result<(), Error> {
     Ok(())
 }
 
-pub fn requirements(r: &Requirements) -> Result<(), Error> {
+pub fn requirements(r: &Requirements, layout: Layout) -> Result<(), Error> {
     let p = r.price_per_gib_hour;
     if !p.is_finite() || !(0.0..=MAX_PRICE).contains(&p) {
         return Err(invalid(format!(
@@ -212,6 +212,25 @@ pub fn requirements(r: &Requirements) -> Result<(), Error> {
         return Err(invalid(format!(
             "the cap of {} MiB/s is below the promise of {} MiB/s",
             r.max_mib_s, r.min_mib_s
+        )));
+    }
+    // A node holds a capped extent's requests until their turn: below these, the queue a host
+    // keeps on one node (the host library's default: 2 connections of 64 requests of up to
+    // 1 MiB) would wait past its 30 s request timeout, and a mirror would call a copy stale.
+    let (iops, mib_s) = super::qos::share(
+        layout,
+        &Requirements {
+            min_iops: r.max_iops,
+            min_mib_s: r.max_mib_s,
+            ..*r
+        },
+    );
+    if (r.max_iops != 0 && iops < MIN_CAP_IOPS) || (r.max_mib_s != 0 && mib_s < MIN_CAP_MIB_S) {
+        return Err(invalid(format!(
+            "a cap of {} IOPS and {} MiB/s leaves each extent {iops} IOPS and {mib_s} MiB/s; \
+             a cap needs at least {MIN_CAP_IOPS} IOPS and {MIN_CAP_MIB_S} MiB/s per extent, \
+             or requests a host has queued wait past its request timeout (docs/qos.md)",
+            r.max_iops, r.max_mib_s
         )));
     }
     if r.weight > MAX_WEIGHT {
@@ -281,6 +300,10 @@ pub fn registration(address_: &str, version: &str, failure_domain: &str) -> Resu
 /// never lent), no duplicate ids, and sizes whose sums cannot overflow.
 /// The most IOPS a device may say it can do.
 pub const MAX_DEVICE_IOPS: u64 = 1_000_000_000;
+/// The least IOPS cap one extent may have (0 is no cap).
+pub const MIN_CAP_IOPS: u64 = 100;
+/// The least MiB/s cap one extent may have.
+pub const MIN_CAP_MIB_S: u64 = 16;
 /// The largest weight a volume may have.
 pub const MAX_WEIGHT: u32 = 10_000;
 /// The most MiB/s a device may say it can do.

@@ -288,6 +288,26 @@ fn caps_and_weights_are_checked_and_carried_in_tokens_split_by_a_stripe() {
         assert!(matches!(e, Error::Invalid(_)), "{e:?}");
         assert!(e.to_string().contains(why), "{e} / {why}");
     }
+    // A cap that leaves an extent too little for a host's queue to drain in time.
+    let e = create(
+        &mut s,
+        "c",
+        Layout::Stripe {
+            width: 4,
+            unit: 1 << 20,
+        },
+        Requirements {
+            max_mib_s: 40,
+            ..Default::default()
+        },
+    )
+    .unwrap_err();
+    assert!(
+        e.to_string().contains(
+            "leaves each extent 0 IOPS and 10 MiB/s; a cap needs at least 100 IOPS and 16 MiB/s"
+        ),
+        "{e}"
+    );
     // A cap alone needs no capability: it is placed anywhere.
     let mut bare = pool(1);
     create(
