@@ -231,6 +231,9 @@ pub struct Config {
     /// measuring what the scheduler costs; docs/qos.md).
     #[arg(long)]
     pub no_qos: bool,
+    /// How often the scheduler looks at what each lease did and sets their rates (1ms..=1s).
+    #[arg(long, default_value = "10ms", value_parser = humantime::parse_duration)]
+    pub qos_period: Duration,
     /// Reads of 1 MiB a rebuild keeps in flight to the node it copies from.
     #[arg(long, default_value_t = 4)]
     pub rebuild_depth: usize,
@@ -300,6 +303,12 @@ impl Config {
     pub fn validate(&self) -> Result<(), String> {
         if self.cores == 0 {
             return Err("--cores must be at least 1".into());
+        }
+        if !(Duration::from_millis(1)..=Duration::from_secs(1)).contains(&self.qos_period) {
+            return Err(format!(
+                "--qos-period {:?} is not in 1ms..=1s",
+                self.qos_period
+            ));
         }
         if self.tls && self.cert.is_none() {
             return Err("--tls needs the node's certificate: --cert DIR (or DASMESH_CERT)".into());

@@ -181,7 +181,7 @@ pub fn open_shared(cfg: &Config) -> anyhow::Result<Shared> {
         proofs: std::sync::Mutex::new(dasmesh_wire::ProofWindow::new(PROOF_NONCES)),
         require_holder: cfg.require_holder,
         guards: Default::default(),
-        qos: qos::Qos::new(!cfg.no_qos),
+        qos: qos::Qos::new(!cfg.no_qos, cfg.qos_period),
         #[cfg(feature = "fault-injection")]
         faults: Default::default(),
     };

@@ -57,12 +57,6 @@ fn run() -> anyhow::Result<()> {
             })
             .collect(),
     );
-    if shared.qos.enabled() {
-        let shared = Arc::clone(&shared);
-        std::thread::Builder::new()
-            .name("qos".into())
-            .spawn(move || shared.qos.run(&shared.shutdown))?;
-    }
     for b in &shared.backends {
         tracing::info!(device = b.id.0, name = %b.name, size = b.size, block = b.block_size, "backend");
     }

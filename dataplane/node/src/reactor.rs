@@ -468,6 +468,8 @@ impl Reactor {
                 }
             }
         }
+        // After the counts, so that an allocation sees this reactor's latest.
+        self.shared.qos.tick(self.now_ms);
     }
 
     fn mark_dirty(&mut self, ci: usize) {
