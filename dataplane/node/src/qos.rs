@@ -58,19 +58,53 @@ pub struct Key {
 pub struct Entry {
     key: Key,
     terms: Mutex<Terms>,
-    /// Operations a second allowed now (0: no limit).
-    ops_rate: AtomicU64,
-    /// Bytes a second allowed now (0: no limit).
-    bytes_rate: AtomicU64,
-    /// GCRA clocks, ns since the scheduler's start.
-    ops_tat: AtomicU64,
-    bytes_tat: AtomicU64,
+    /// Whether any of the four paces below has a rate (the one load of a request that none
+    /// holds back).
+    paced: AtomicBool,
+    /// The caps, from the terms: operations and bytes a second, a read counting `read_cost`
+    /// times.
+    cap_ops: Pace,
+    cap_bytes: Pace,
+    read_cost: AtomicU64,
+    /// The lease's share of a busy device, from the allocator: operations and bytes a second
+    /// as the device does them.
+    share_ops: Pace,
+    share_bytes: Pace,
     /// Counts the reactors hand over (wrapping; the allocator takes differences).
     ops: AtomicU64,
     bytes: AtomicU64,
     held: AtomicU64,
     /// The allocator's view of the last period.
     last: Mutex<Seen>,
+}
+
+/// A rate (0: none) and its GCRA clock (ns since the scheduler's start: when the next unit of
+/// work may start).
+#[derive(Debug, Default)]
+struct Pace {
+    rate: AtomicU64,
+    tat: AtomicU64,
+}
+
+impl Pace {
+    fn on(&self) -> bool {
+        self.rate.load(Relaxed) != 0
+    }
+
+    /// When `units` of work arriving at `now` may start at this pace (`now` without a rate).
+    fn take(&self, now: u64, units: u64) -> u64 {
+        match self.rate.load(Relaxed) {
+            0 => now,
+            r => take(&self.tat, now, cost(units, r)),
+        }
+    }
+
+    fn set(&self, rate: u64) {
+        // Stored only when it changes: every reactor serving the lease reads this line.
+        if self.rate.load(Relaxed) != rate {
+            self.rate.store(rate, Relaxed);
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -142,17 +176,18 @@ impl Entry {
         let e = Entry {
             key,
             terms: Mutex::new(terms),
-            ops_rate: AtomicU64::new(0),
-            bytes_rate: AtomicU64::new(0),
-            ops_tat: AtomicU64::new(0),
-            bytes_tat: AtomicU64::new(0),
+            paced: AtomicBool::new(false),
+            cap_ops: Pace::default(),
+            cap_bytes: Pace::default(),
+            read_cost: AtomicU64::new(1),
+            share_ops: Pace::default(),
+            share_bytes: Pace::default(),
             ops: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
             held: AtomicU64::new(0),
             last: Mutex::new(Seen::default()),
         };
-        // Capped from the first request, not from the first period.
-        e.set_rates(caps(&terms));
+        e.set_terms(terms);
         e
     }
 
@@ -161,24 +196,45 @@ impl Entry {
         *lock(&self.terms)
     }
 
+    /// Serves it under `terms` from now on: capped from the next request, not from the next
+    /// period.
+    fn set_terms(&self, terms: Terms) {
+        *lock(&self.terms) = terms;
+        let (ops, bytes) = caps(&terms);
+        self.read_cost.store(terms.read_cost(), Relaxed);
+        self.cap_ops.set(ops);
+        self.cap_bytes.set(bytes);
+        self.update_paced();
+    }
+
+    fn update_paced(&self) {
+        let on = self.cap_ops.on()
+            || self.cap_bytes.on()
+            || self.share_ops.on()
+            || self.share_bytes.on();
+        if self.paced.load(Relaxed) != on {
+            self.paced.store(on, Relaxed);
+        }
+    }
+
     /// Whether a request must ask [`Entry::start`] for its start time (false: it starts now).
     #[inline]
     pub fn paced(&self) -> bool {
-        self.ops_rate.load(Relaxed) != 0 || self.bytes_rate.load(Relaxed) != 0
+        self.paced.load(Relaxed)
     }
 
-    /// When a request of `len` bytes arriving at `now` (ns) may start: `now` or later.
-    pub fn start(&self, now: u64, len: u64) -> u64 {
-        let mut at = now;
-        let r = self.ops_rate.load(Relaxed);
-        if r != 0 {
-            at = at.max(take(&self.ops_tat, now, cost(1, r)));
-        }
-        let r = self.bytes_rate.load(Relaxed);
-        if r != 0 {
-            at = at.max(take(&self.bytes_tat, now, cost(len, r)));
-        }
-        at
+    /// When a request of `len` bytes arriving at `now` (ns) may start: `now` or later. A read
+    /// counts `read_cost` times against the caps.
+    pub fn start(&self, now: u64, len: u64, read: bool) -> u64 {
+        let k = if read {
+            self.read_cost.load(Relaxed)
+        } else {
+            1
+        };
+        now.max(self.cap_ops.take(now, k))
+            .max(self.cap_bytes.take(now, len.saturating_mul(k)))
+            .max(self.share_ops.take(now, 1))
+            .max(self.share_bytes.take(now, len))
     }
 
     /// Adds a reactor's counts.
@@ -188,19 +244,18 @@ impl Entry {
         self.held.fetch_add(c.held, Relaxed);
     }
 
-    /// The rates allowed now: operations and bytes a second, 0 for no limit.
-    pub fn rates(&self) -> (u64, u64) {
-        (self.ops_rate.load(Relaxed), self.bytes_rate.load(Relaxed))
+    /// The lease's share of its device now: operations and bytes a second, 0 for no limit.
+    pub fn share(&self) -> (u64, u64) {
+        (
+            self.share_ops.rate.load(Relaxed),
+            self.share_bytes.rate.load(Relaxed),
+        )
     }
 
-    fn set_rates(&self, (ops, bytes): (u64, u64)) {
-        // Stored only when they change: every reactor serving the lease reads this line.
-        if self.ops_rate.load(Relaxed) != ops {
-            self.ops_rate.store(ops, Relaxed);
-        }
-        if self.bytes_rate.load(Relaxed) != bytes {
-            self.bytes_rate.store(bytes, Relaxed);
-        }
+    fn set_share(&self, (ops, bytes): (u64, u64)) {
+        self.share_ops.set(ops);
+        self.share_bytes.set(bytes);
+        self.update_paced();
     }
 }
 
@@ -292,7 +347,9 @@ impl Qos {
         let e = m
             .entry(key)
             .or_insert_with(|| Arc::new(Entry::new(key, terms)));
-        *lock(&e.terms) = terms;
+        if e.terms() != terms {
+            e.set_terms(terms);
+        }
         self.any.store(true, Relaxed);
         Some(Arc::clone(e))
     }
@@ -356,7 +413,7 @@ impl Qos {
             let (rates, now_busy) = divide(cap, &views, was_busy);
             busy.insert(dev, now_busy);
             for (e, r) in entries.iter().zip(&rates) {
-                e.set_rates(*r);
+                e.set_share(*r);
             }
             if tracing::enabled!(tracing::Level::TRACE) {
                 for ((e, v), r) in entries.iter().zip(&views).zip(&rates) {
@@ -365,7 +422,7 @@ impl Qos {
                         device = dev,
                         ops_s = v.ops_s as u64,
                         held = v.held,
-                        ops_rate = r.0,
+                        share_ops = r.0,
                         "allocated"
                     );
                 }
@@ -432,13 +489,13 @@ impl View {
     }
 }
 
-/// The rates (operations, bytes a second; 0 for none) of the entries on a device of capability
+/// The shares, as rates (operations, bytes a second; 0 for none), of the entries on a device of capability
 /// `cap` that did what `views` say lately, and whether the device is busy (`was_busy`: whether
 /// it was at the last allocation).
 pub fn divide(cap: Capacity, views: &[View], was_busy: bool) -> (Vec<(u64, u64)>, bool) {
-    let capped: Vec<(u64, u64)> = views.iter().map(|v| caps(&v.terms)).collect();
+    let free = vec![(0, 0); views.len()];
     if !cap.known() {
-        return (capped, false);
+        return (free, false);
     }
     let used: Vec<f64> = views
         .iter()
@@ -461,7 +518,7 @@ pub fn divide(cap: Capacity, views: &[View], was_busy: bool) -> (Vec<(u64, u64)>
     let total: f64 = used.iter().sum();
     let busy = promise.iter().any(|p| *p > 0.0) || total >= BUSY || (was_busy && total >= NOT_BUSY);
     if !busy {
-        return (capped, false);
+        return (free, false);
     }
     // The most each lease can use: its cap, and what it showed it wants.
     let ceiling: Vec<f64> = views
@@ -513,21 +570,19 @@ pub fn divide(cap: Capacity, views: &[View], was_busy: bool) -> (Vec<(u64, u64)>
         }
         open = still;
     }
+    // As rates: the caps pace apart from these (`Entry::start`).
     let rates = views
         .iter()
         .zip(&share)
-        .zip(&capped)
-        .map(|((v, s), (co, cb))| {
+        .map(|(v, s)| {
             if !v.active() && v.terms.is_none() {
                 // An idle lease without terms: free until it shows up in a period.
                 return (0, 0);
             }
             let s = s.max(FLOOR);
-            let o = ((s * cap.iops as f64) as u64).max(1);
-            let b = ((s * cap.bytes_s as f64) as u64).max(1);
             (
-                if *co == 0 { o } else { o.min(*co) },
-                if *cb == 0 { b } else { b.min(*cb) },
+                ((s * cap.iops as f64) as u64).max(1),
+                ((s * cap.bytes_s as f64) as u64).max(1),
             )
         })
         .collect();
@@ -575,7 +630,7 @@ mod tests {
         assert!(e.paced());
         let t0 = 1_000_000_000;
         // After an idle spell: BURST_NS worth (2 requests at 1 ms each) start at once...
-        let starts: Vec<u64> = (0..6).map(|_| e.start(t0, 4096)).collect();
+        let starts: Vec<u64> = (0..6).map(|_| e.start(t0, 4096, false)).collect();
         assert_eq!(starts[..3], [t0, t0, t0]);
         // ...then one per millisecond.
         assert_eq!(
@@ -585,7 +640,7 @@ mod tests {
         // Over a second of arrivals as fast as they come, 1000 start within it (+ the burst).
         let mut n = 0;
         let t1 = t0 + 10_000_000_000;
-        while e.start(t1, 4096) < t1 + 1_000_000_000 {
+        while e.start(t1, 4096, false) < t1 + 1_000_000_000 {
             n += 1;
         }
         assert!((1000..=1003).contains(&n), "{n}");
@@ -608,11 +663,52 @@ mod tests {
         let t0 = 5_000_000_000;
         let mut at = 0;
         for _ in 0..110 {
-            at = e.start(t0, 1 << 20);
+            at = e.start(t0, 1 << 20, false);
         }
         // 110 MiB at 100 MiB/s: the last starts ~1.07 s later (the burst is 2 ms).
         let secs = (at - t0) as f64 / 1e9;
         assert!((1.05..1.1).contains(&secs), "{secs}");
+    }
+
+    #[test]
+    fn a_read_counts_read_cost_times_against_the_caps_only() {
+        // A copy of a 2-way mirror capped at 1000 IOPS: a read counts twice.
+        let e = Entry::new(
+            Key {
+                lease: 1,
+                device: 0,
+                offset: 0,
+            },
+            Terms {
+                max_iops: 1_000,
+                read_cost: 2,
+                ..Terms::default()
+            },
+        );
+        let t0 = 1_000_000_000;
+        let mut last = 0;
+        for _ in 0..102 {
+            last = e.start(t0, 4096, true);
+        }
+        // 102 reads = 204 operations: the last starts ~202 ms on (2 ms burst).
+        assert_eq!(last, t0 + 200_000_000);
+        let mut w = 0;
+        for _ in 0..10 {
+            w = e.start(t0, 4096, false);
+        }
+        assert_eq!(w, t0 + 211_000_000, "writes count once");
+        // The share of a busy device counts what the device does: a read once.
+        e.set_terms(Terms::default());
+        e.set_share((1_000, 0));
+        assert!(e.paced());
+        let t1 = 10 * t0;
+        let mut r = 0;
+        for _ in 0..12 {
+            r = e.start(t1, 4096, true);
+        }
+        assert_eq!(r, t1 + 9_000_000);
+        e.set_share((0, 0));
+        assert!(!e.paced(), "nothing left to pace");
     }
 
     #[test]
@@ -672,13 +768,13 @@ mod tests {
     }
 
     #[test]
-    fn caps_hold_busy_or_not_and_idle_leases_are_free() {
+    fn shares_are_for_a_busy_device_only_and_idle_leases_are_free() {
         let capped = Terms {
             max_iops: 5_000,
             max_mib_s: 10,
             ..Terms::default()
         };
-        // Not busy: the caps alone; an idle lease without terms is free.
+        // Not busy: no shares (the caps pace on their own, `Entry::start`).
         let (r, busy) = divide(
             CAP,
             &[
@@ -688,14 +784,14 @@ mod tests {
             false,
         );
         assert!(!busy);
-        assert_eq!(r, vec![(5_000, 10 << 20), (0, 0)]);
-        // Unknown capability: caps only, whatever the load.
+        assert_eq!(r, vec![(0, 0), (0, 0)]);
+        // Unknown capability: no shares, whatever the load.
         let (r, _) = divide(
             Capacity::default(),
             &[view(capped, 5_000.0, true), view(promise(1), 1e6, true)],
             true,
         );
-        assert_eq!(r, vec![(5_000, 10 << 20), (0, 0)]);
+        assert_eq!(r, vec![(0, 0), (0, 0)]);
         // Busy: the capped lease keeps within its cap; the other gets the rest.
         let (r, _) = divide(
             CAP,
@@ -705,7 +801,9 @@ mod tests {
             ],
             false,
         );
-        assert_eq!(r[0], (5_000, 10 << 20));
+        // Busy: the capped lease is given no more than its cap (5% of the device), the other
+        // the rest.
+        assert_eq!(r[0], (5_000, 50 << 20));
         assert_eq!(r[1].0, 95_000);
         // An idle promised lease holds nothing back from the others.
         let (r, busy) = divide(
@@ -722,14 +820,14 @@ mod tests {
 
     #[test]
     fn a_busy_device_stays_busy_until_its_leases_use_much_less() {
-        let heavy = Terms {
-            weight: 300,
+        let weight = |w| Terms {
+            weight: w,
             ..Terms::default()
         };
         let two = |used: f64| {
             [
-                view(Terms::default(), used / 2.0, true),
-                view(heavy, used / 2.0, true),
+                view(weight(50), used / 2.0, true),
+                view(weight(150), used / 2.0, true),
             ]
         };
         assert!(
@@ -778,10 +876,10 @@ mod tests {
         assert_eq!(d.len(), 1);
         assert_eq!((d[0].1, d[0].2), (95_100.0, 8192.0));
         // Busy (95%) and held: the lone lease is paced at the whole device.
-        assert_eq!(e.rates().0, CAP.iops);
+        assert_eq!(e.share().0, CAP.iops);
         // A clock near the end of time saturates rather than wrapping to the past.
-        e.ops_tat.store(u64::MAX - 5, Relaxed);
-        assert_eq!(e.start(10, 4096), u64::MAX - 5);
+        e.share_ops.tat.store(u64::MAX - 5, Relaxed);
+        assert_eq!(e.start(10, 4096, true), u64::MAX - 5);
         assert_eq!(cost(u64::MAX, 1), u64::MAX);
     }
 

@@ -430,7 +430,7 @@ impl Reactor {
             return false;
         }
         r.paced = true;
-        let len = r.hdr.length;
+        let (len, read) = (r.hdr.length, r.op != Op::Write);
         let Some(s) = self.conns[r.conn].session.as_mut() else {
             return false;
         };
@@ -443,7 +443,7 @@ impl Reactor {
             return false;
         }
         let now = self.shared.qos.now_ns();
-        let at = e.start(now, len);
+        let at = e.start(now, len, read);
         if at <= now {
             return false;
         }

@@ -120,7 +120,8 @@ struct RawClaim {
     magic: [u8; 4],
     format: u8,
     rights: u8,
-    weight: [u8; 2],
+    weight: u8,
+    read_cost: u8,
     node_id: [u8; 8],
     volume_id: [u8; 8],
     device_id: [u8; 4],
@@ -179,12 +180,16 @@ pub struct Terms {
     /// MiB/s cap.
     pub max_mib_s: u16,
     /// Share of spare capacity relative to other leases (0: the default).
-    pub weight: u16,
+    pub weight: u8,
+    /// How many operations (and times its bytes) a read counts for against the caps (0 and 1:
+    /// one): a mirror's copies each serve a share of its reads and every write, so a copy
+    /// counting each read once per copy holds the volume to its cap however reads are spread.
+    pub read_cost: u8,
 }
 
 impl Terms {
     /// The weight a lease without one has.
-    pub const DEFAULT_WEIGHT: u16 = 100;
+    pub const DEFAULT_WEIGHT: u8 = 100;
 
     /// Whether these are no terms at all.
     pub fn is_none(&self) -> bool {
@@ -196,8 +201,13 @@ impl Terms {
         self.min_iops > 0 || self.min_mib_s > 0
     }
 
+    /// What a read counts for against the caps (at least 1).
+    pub fn read_cost(&self) -> u64 {
+        u64::from(self.read_cost.max(1))
+    }
+
     /// The weight, the default for 0.
-    pub fn weight(&self) -> u16 {
+    pub fn weight(&self) -> u8 {
         if self.weight == 0 {
             Self::DEFAULT_WEIGHT
         } else {
@@ -233,7 +243,8 @@ impl Claim {
             magic: CLAIM_MAGIC,
             format,
             rights: self.rights as u8,
-            weight: self.terms.weight.to_le_bytes(),
+            weight: self.terms.weight,
+            read_cost: self.terms.read_cost,
             node_id: self.node_id.0.to_le_bytes(),
             volume_id: self.volume_id.0.to_le_bytes(),
             device_id: self.device_id.0.to_le_bytes(),
@@ -273,7 +284,8 @@ impl Claim {
             max_iops: u32::from_le_bytes(raw.max_iops),
             min_mib_s: u16::from_le_bytes(raw.min_mib_s),
             max_mib_s: u16::from_le_bytes(raw.max_mib_s),
-            weight: u16::from_le_bytes(raw.weight),
+            weight: raw.weight,
+            read_cost: raw.read_cost,
         };
         terms.check(rights).map_err(TokenError::BadClaim)?;
         Ok(Self {
@@ -550,7 +562,8 @@ mod tests {
             max_iops: 20_000,
             min_mib_s: 100,
             max_mib_s: 400,
-            weight: 300,
+            weight: 250,
+            read_cost: 2,
         };
         let t = c.sign(&key());
         assert_eq!(

@@ -393,7 +393,7 @@ fn signed_but_malformed_claims_are_refused() {
         assert_eq!(e.status(), Status::BadToken);
         assert!(matches!(Claim::decode(&c), Err(TokenError::BadClaim(_))));
     }
-    // A cap or a weight is fine on a read-only claim.
+    // A cap, a weight or a read cost is fine on a read-only claim.
     for at in [6, 7, 30, 31, 84, 85, 86, 87] {
         let mut c = claim().encode();
         c[at] = 1;

@@ -58,7 +58,7 @@ pub enum VolumeCmd {
         #[arg(long, default_value_t = 0)]
         max_mib_s: u64,
         /// Weight in what nobody was promised, against other volumes on the same devices
-        /// (1..=10000; 0: the default, 100).
+        /// (1..=255; 0: the default, 100).
         #[arg(long, default_value_t = 0)]
         weight: u32,
         /// Price per GiB-hour.

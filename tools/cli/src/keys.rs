@@ -79,9 +79,12 @@ pub struct MintArgs {
     /// MiB/s the range is capped at (0: no cap).
     #[arg(long, default_value_t = 0)]
     max_mib_s: u16,
-    /// The range's weight in spare capacity (1..=10000; 0: the default, 100).
-    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u16).range(0..=10000))]
-    weight: u16,
+    /// The range's weight in spare capacity (1..=255; 0: the default, 100).
+    #[arg(long, default_value_t = 0)]
+    weight: u8,
+    /// How many operations a read counts for against the caps (a mirror's copies; 0: one).
+    #[arg(long, default_value_t = 0)]
+    read_cost: u8,
 }
 
 /// `dasmesh token show`.
@@ -184,6 +187,7 @@ fn mint(a: &MintArgs) -> anyhow::Result<()> {
             min_mib_s: a.min_mib_s,
             max_mib_s: a.max_mib_s,
             weight: a.weight,
+            read_cost: a.read_cost,
         },
     };
     claim
@@ -213,7 +217,7 @@ fn show(a: &ShowArgs) -> anyhow::Result<()> {
             "rights": rights, "epoch": c.epoch.0,
             "issued_at_ms": c.issued_at_ms, "expires_at_ms": c.expires_at_ms,
             "terms": {"min_iops": t.min_iops, "max_iops": t.max_iops, "min_mib_s": t.min_mib_s,
-                      "max_mib_s": t.max_mib_s, "weight": t.weight()},
+                      "max_mib_s": t.max_mib_s, "weight": t.weight(), "read_cost": t.read_cost()},
         });
         println!("{v}");
     } else {
@@ -245,12 +249,13 @@ fn show(a: &ShowArgs) -> anyhow::Result<()> {
                 }
             };
             println!(
-                "terms     promised {} IOPS {} MiB/s, capped {} IOPS {} MiB/s, weight {}",
+                "terms     promised {} IOPS {} MiB/s, capped {} IOPS {} MiB/s, weight {}, a read counts {}",
                 t.min_iops,
                 t.min_mib_s,
                 or_none(t.max_iops.into()),
                 or_none(t.max_mib_s.into()),
-                t.weight()
+                t.weight(),
+                t.read_cost()
             );
         }
         println!("(signature not checked: only a node with the trusted key can verify it)");

@@ -371,12 +371,12 @@ fn caps_and_weights_reach_the_tokens_and_bad_terms_are_refused_in_words() {
         "--max-mib-s",
         "100",
         "--weight",
-        "300",
+        "200",
     ]);
     let show = c.ok(&["volume", "show", "capped"]);
     assert!(
         show.contains(
-            "terms: promised 1000 IOPS, 0 MiB/s; capped at 5000 IOPS, 100 MiB/s; weight 300"
+            "terms: promised 1000 IOPS, 0 MiB/s; capped at 5000 IOPS, 100 MiB/s; weight 200"
         ),
         "{show}"
     );
@@ -401,11 +401,11 @@ fn caps_and_weights_reach_the_tokens_and_bad_terms_are_refused_in_words() {
     };
     assert_eq!(
         token_terms("--rw", "writer"),
-        serde_json::json!({"min_iops": 1000, "max_iops": 5000, "min_mib_s": 0, "max_mib_s": 100, "weight": 300})
+        serde_json::json!({"min_iops": 1000, "max_iops": 5000, "min_mib_s": 0, "max_mib_s": 100, "weight": 200, "read_cost": 1})
     );
     assert_eq!(
         token_terms("--ro", "reader"),
-        serde_json::json!({"min_iops": 0, "max_iops": 5000, "min_mib_s": 0, "max_mib_s": 100, "weight": 300})
+        serde_json::json!({"min_iops": 0, "max_iops": 5000, "min_mib_s": 0, "max_mib_s": 100, "weight": 200, "read_cost": 1})
     );
     let usage = c.ok(&["usage", "--volume", "capped"]);
     assert!(
@@ -424,8 +424,8 @@ fn caps_and_weights_reach_the_tokens_and_bad_terms_are_refused_in_words() {
             "past what any device may say it does",
         ),
         (
-            vec!["--weight", "20000"],
-            "weight 20000 is not in 1..=10000",
+            vec!["--weight", "256"],
+            "weight 256 is not in 1..=255",
         ),
         // A promise above what any device here can do (100,000 IOPS each, 10% kept back).
         (

@@ -175,6 +175,12 @@ pub fn terms(layout: Layout, req: &Requirements, rw: bool) -> dasmesh_wire::Term
         max_iops: u32::try_from(max_iops).unwrap_or(0),
         min_mib_s: u16::try_from(min_mib_s).unwrap_or(u16::MAX),
         max_mib_s: u16::try_from(max_mib_s).unwrap_or(0),
-        weight: u16::try_from(req.weight).unwrap_or(u16::MAX),
+        weight: u8::try_from(req.weight).unwrap_or(u8::MAX),
+        // Each copy serves a share of the reads and every write: a read counting once per copy
+        // holds the volume to its cap however the host spreads its reads.
+        read_cost: match layout {
+            Layout::Mirror { copies } => copies.min(255) as u8,
+            _ => 0,
+        },
     }
 }

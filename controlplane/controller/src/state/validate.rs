@@ -305,7 +305,7 @@ pub const MIN_CAP_IOPS: u64 = 100;
 /// The least MiB/s cap one extent may have.
 pub const MIN_CAP_MIB_S: u64 = 16;
 /// The largest weight a volume may have.
-pub const MAX_WEIGHT: u32 = 10_000;
+pub const MAX_WEIGHT: u32 = 255;
 /// The most MiB/s a device may say it can do.
 pub const MAX_DEVICE_MIB_S: u64 = 10_000_000;
 

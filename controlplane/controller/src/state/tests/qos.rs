@@ -206,23 +206,27 @@ fn caps_and_weights_are_checked_and_carried_in_tokens_split_by_a_stripe() {
         min_mib_s: 100,
         max_iops: 10_000,
         max_mib_s: 401,
-        weight: 300,
+        weight: 200,
         ..Default::default()
     };
     let v = create(&mut s, "a", Layout::Single, req).unwrap();
     let t = crate::state::qos::terms(v.layout, &v.req, true);
     assert_eq!(
         (t.min_iops, t.max_iops, t.min_mib_s, t.max_mib_s, t.weight),
-        (4_000, 10_000, 100, 401, 300)
+        (4_000, 10_000, 100, 401, 200)
     );
     // A reader's tokens carry the cap and the weight, never the promise.
     let r = crate::state::qos::terms(v.layout, &v.req, false);
     assert_eq!(
         (r.min_iops, r.max_iops, r.min_mib_s, r.max_mib_s, r.weight),
-        (0, 10_000, 0, 401, 300)
+        (0, 10_000, 0, 401, 200)
     );
     r.check(dasmesh_wire::Rights::ReadOnly).unwrap();
     t.check(dasmesh_wire::Rights::ReadWrite).unwrap();
+    assert_eq!(t.read_cost, 0, "a read counts once on a single extent");
+    // A mirror's copies each count a read once per copy against the cap.
+    let m = crate::state::qos::terms(Layout::Mirror { copies: 3 }, &req, true);
+    assert_eq!((m.max_iops, m.read_cost), (10_000, 3));
     // A stripe of 2 splits promise and cap, rounding up.
     let stripe = Layout::Stripe {
         width: 2,
@@ -277,10 +281,10 @@ fn caps_and_weights_are_checked_and_carried_in_tokens_split_by_a_stripe() {
         ),
         (
             Requirements {
-                weight: 10_001,
+                weight: 256,
                 ..Default::default()
             },
-            "weight 10001 is not in 1..=10000",
+            "weight 256 is not in 1..=255",
         ),
     ];
     for (req, why) in cases {
