@@ -11,7 +11,7 @@
 #      terms, reads flat out: with --no-qos, then with the scheduler and A's token promising R;
 #   3. caps: lease A capped at L = C/4 IOPS read flat out; then capped at 200 MiB/s with 128 KiB
 #      reads: every whole second of the run within 5% of the cap (dasmesh-bench's timeline);
-#   4. weights: leases of weight 100 and 300 read flat out together: what each gets.
+#   4. weights: leases of weight 50 and 150 read flat out together: what each gets.
 # Needs bash, python3 (the figures) and the binaries.
 # Usage: bench/qos.sh [--bin DIR] [--dir DIR] [--runtime 5]
 set -euo pipefail
@@ -132,14 +132,14 @@ worst_a = max(abs(x / L - 1) for x in per); worst_b = max(abs(x / 200 - 1) for x
 print(f"   worst second: IOPS cap {worst_a*100:.1f}% off, MiB/s cap {worst_b*100:.1f}% off (target within 5%)")
 PY
 
-echo "== 4. weights: two leases read flat out together, weights 100 and 300"
-mint w1 0..1G --weight 100
-mint w3 1G..2G --weight 300
+echo "== 4. weights: two leases read flat out together, weights 50 and 150"
+mint w1 0..1G --weight 50
+mint w3 1G..2G --weight 150
 start_node --device-iops "$C" --device-mib-s 100000
 bench w1 w1 --rw randread --bs 4k --iodepth 32 &
 W=$!
 bench w3 w3 --rw randread --bs 4k --iodepth 32
 wait "$W"
-echo "   weight 100: $(fig row w1)"
-echo "   weight 300: $(fig row w3)"
+echo "   weight 50: $(fig row w1)"
+echo "   weight 150: $(fig row w3)"
 echo "   ratio: $(python3 -c "print(f'{$(fig iops w3)/$(fig iops w1):.2f}')") (weights say 3)"

@@ -423,10 +423,7 @@ fn caps_and_weights_reach_the_tokens_and_bad_terms_are_refused_in_words() {
             vec!["--max-mib-s", "99999999999"],
             "past what any device may say it does",
         ),
-        (
-            vec!["--weight", "256"],
-            "weight 256 is not in 1..=255",
-        ),
+        (vec!["--weight", "256"], "weight 256 is not in 1..=255"),
         // A promise above what any device here can do (100,000 IOPS each, 10% kept back).
         (
             vec!["--iops", "200000"],
