@@ -11,13 +11,15 @@
 //!   with no rates pays two relaxed loads.
 //! - **Allocation, every [`PERIOD`]** (`--qos-period`), by whichever reactor comes by first
 //!   ([`Qos::tick`]): it looks at what each entry did lately (the reactors hand over their
-//!   counts every 2 ms) and sets the rates: the caps always; and while the device is
-//!   busy (an active lease has a promise, or the leases together use 90% of the device's
-//!   capability, and until they use less than 70%) a share of the device to each lease: its
-//!   promise first, then what is left (less a tenth while a promise is kept) split by weight,
-//!   each lease getting no more than it showed
-//!   it wants (what it did lately plus a quarter, or as much as it can get if it was held back
-//!   in the last three periods).
+//!   counts every 2 ms) and sets the shares. A device is busy while an active lease has a
+//!   promise, or while two or more leases use 90% of what it does (its capability figure, or
+//!   more if the leases showed it does more), until they use less than 70%. While it is busy,
+//!   each lease gets a share: its promise first, then what is left split by weight (the figure
+//!   less a tenth while a promise is kept; else what the device showed it does and a twentieth
+//!   more, so that the leases can show it does more still), each lease getting no more than it
+//!   showed it wants (what it did lately plus a quarter, or as much as it can get if it was held
+//!   back in the last three periods). A lease alone without a promise is never paced by a share.
+//!   The caps pace always, apart from the shares.
 //!
 //! The unit of a share is a fraction of the device: a lease doing `ops` operations and `bytes`
 //! bytes a second uses `max(ops / capability IOPS, bytes / capability bytes a second)`.
@@ -40,6 +42,8 @@ pub const BUSY: f64 = 0.9;
 pub const NOT_BUSY: f64 = 0.7;
 /// Headroom a satisfied lease gets above what it used, so it can grow.
 const GROWTH: f64 = 1.25;
+/// How far above what a busy device showed it does its leases' shares reach, without a promise.
+pub const PROBE: f64 = 0.05;
 /// The share of a busy device not handed out while a promise is kept.
 pub const KEEP_BACK: f64 = 0.1;
 /// The least share an active lease is allocated while the device is busy.
@@ -305,7 +309,7 @@ pub struct Qos {
     /// Whether any entry exists (nothing to allocate while none does).
     any: AtomicBool,
     /// Whether each device was busy at the last allocation.
-    busy: Mutex<HashMap<usize, bool>>,
+    devices: Mutex<HashMap<usize, Device>>,
 }
 
 impl Qos {
@@ -321,7 +325,7 @@ impl Qos {
             entries: Mutex::new(HashMap::new()),
             capacity: Mutex::new(Vec::new()),
             any: AtomicBool::new(false),
-            busy: Mutex::new(HashMap::new()),
+            devices: Mutex::new(HashMap::new()),
         }
     }
 
@@ -379,7 +383,7 @@ impl Qos {
             by_device.entry(e.key.device).or_default().push(e);
         }
         let secs = dt.as_secs_f64().max(1e-6);
-        let mut busy = lock(&self.busy);
+        let mut devices = lock(&self.devices);
         for (dev, entries) in by_device {
             let cap = caps.get(dev).copied().unwrap_or_default();
             let views: Vec<View> = entries
@@ -412,9 +416,7 @@ impl Qos {
                     }
                 })
                 .collect();
-            let was_busy = busy.get(&dev).copied().unwrap_or(false);
-            let (rates, now_busy) = divide(cap, &views, was_busy);
-            busy.insert(dev, now_busy);
+            let rates = divide(cap, &views, devices.entry(dev).or_default());
             for (e, r) in entries.iter().zip(&rates) {
                 e.set_share(*r);
             }
@@ -492,13 +494,34 @@ impl View {
     }
 }
 
-/// The shares, as rates (operations, bytes a second; 0 for none), of the entries on a device of capability
-/// `cap` that did what `views` say lately, and whether the device is busy (`was_busy`: whether
-/// it was at the last allocation).
-pub fn divide(cap: Capacity, views: &[View], was_busy: bool) -> (Vec<(u64, u64)>, bool) {
+/// What the allocator keeps of a device from one period to the next.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Device {
+    /// Whether it was busy.
+    pub busy: bool,
+    /// What it showed it does, in capabilities (at least 1): the capability figure may be low
+    /// (a 150 ms probe at queue depth 32), and leases sharing a busy device must not be held
+    /// to it if the device does more.
+    pub scale: f64,
+}
+
+impl Default for Device {
+    fn default() -> Self {
+        Device {
+            busy: false,
+            scale: 1.0,
+        }
+    }
+}
+
+/// The shares, as rates (operations, bytes a second; 0 for none), of the entries on a device
+/// of capability `cap` that did what `views` say lately; `dev` carries what was seen of the
+/// device before.
+pub fn divide(cap: Capacity, views: &[View], dev: &mut Device) -> Vec<(u64, u64)> {
     let free = vec![(0, 0); views.len()];
     if !cap.known() {
-        return (free, false);
+        dev.busy = false;
+        return free;
     }
     let used: Vec<f64> = views
         .iter()
@@ -519,10 +542,19 @@ pub fn divide(cap: Capacity, views: &[View], was_busy: bool) -> (Vec<(u64, u64)>
         })
         .collect();
     let total: f64 = used.iter().sum();
+    // Up with what the leases got, by at most a twentieth a period (one noisy window does not
+    // make a device faster); down a hundredth a period; never below the figure.
+    dev.scale = total
+        .clamp(dev.scale * 0.99, dev.scale * (1.0 + PROBE))
+        .max(1.0);
     let promised = promise.iter().any(|p| *p > 0.0);
-    let busy = promised || total >= BUSY || (was_busy && total >= NOT_BUSY);
+    // A lease alone, without a promise, has nobody to share with: it is never paced by a share.
+    let sharing = views.iter().filter(|v| v.active()).count() >= 2;
+    let busy = promised
+        || (sharing && (total >= BUSY * dev.scale || (dev.busy && total >= NOT_BUSY * dev.scale)));
+    dev.busy = busy;
     if !busy {
-        return (free, false);
+        return free;
     }
     // The most each lease can use: its cap, and what it showed it wants.
     let ceiling: Vec<f64> = views
@@ -550,7 +582,13 @@ pub fn divide(cap: Capacity, views: &[View], was_busy: bool) -> (Vec<(u64, u64)>
     let mut share = promise;
     // While a promise is kept, a tenth of the capability is not handed out: the figure is an
     // estimate (a 150 ms probe, or a flag), and a promise must hold if the device does less.
-    let whole = if promised { 1.0 - KEEP_BACK } else { 1.0 };
+    // Without a promise, what the device showed it does and a twentieth more, so that the leases
+    // can show it does more still.
+    let whole = if promised {
+        1.0 - KEEP_BACK
+    } else {
+        dev.scale * (1.0 + PROBE)
+    };
     let mut left = (whole - share.iter().sum::<f64>()).max(0.0);
     let mut open: Vec<usize> = (0..views.len())
         .filter(|&i| share[i] < ceiling[i])
@@ -593,7 +631,7 @@ pub fn divide(cap: Capacity, views: &[View], was_busy: bool) -> (Vec<(u64, u64)>
             )
         })
         .collect();
-    (rates, true)
+    rates
 }
 
 #[cfg(test)]
@@ -754,7 +792,7 @@ mod tests {
                 true,
             ),
         ];
-        let r = divide(CAP, &views, false).0;
+        let r = divide(CAP, &views, &mut Device::default());
         // 30% promised; of the 70% left, 60% goes by weight, 1:1:2, the promised lease
         // included; 10% is kept back while a promise is kept.
         assert_eq!(r[0].0, 30_000 + 15_000, "{r:?}");
@@ -770,10 +808,21 @@ mod tests {
             view(promise(20_000), 10_000.0, false),
             view(Terms::default(), 85_000.0, true),
         ];
-        let r = divide(CAP, &views, false).0;
+        let r = divide(CAP, &views, &mut Device::default());
         assert_eq!(r[0].0, 20_000, "{r:?}");
         assert_eq!(r[1].0, 70_000, "{r:?}");
     }
+
+    /// `divide` on a device seen as `dev`; returns the rates and whether it is busy now.
+    fn share(cap: Capacity, views: &[View], dev: Device) -> (Vec<(u64, u64)>, Device) {
+        let mut dev = dev;
+        (divide(cap, views, &mut dev), dev)
+    }
+
+    const BUSY_BEFORE: Device = Device {
+        busy: true,
+        scale: 1.0,
+    };
 
     #[test]
     fn shares_are_for_a_busy_device_only_and_idle_leases_are_free() {
@@ -783,47 +832,95 @@ mod tests {
             ..Terms::default()
         };
         // Not busy: no shares (the caps pace on their own, `Entry::start`).
-        let (r, busy) = divide(
+        let (r, dev) = share(
             CAP,
             &[
                 view(capped, 5_000.0, true),
                 view(Terms::default(), 0.0, false),
             ],
-            false,
+            Device::default(),
         );
-        assert!(!busy);
+        assert!(!dev.busy);
         assert_eq!(r, vec![(0, 0), (0, 0)]);
         // Unknown capability: no shares, whatever the load.
-        let (r, _) = divide(
+        let (r, _) = share(
             Capacity::default(),
             &[view(capped, 5_000.0, true), view(promise(1), 1e6, true)],
-            true,
+            BUSY_BEFORE,
         );
         assert_eq!(r, vec![(0, 0), (0, 0)]);
-        // Busy: the capped lease keeps within its cap; the other gets the rest.
-        let (r, _) = divide(
+        // Busy: the capped lease is given no more than its cap (5% of the device), the other
+        // the rest of the device and a twentieth more (so that it can show the device does
+        // more than its figure).
+        let (r, dev) = share(
             CAP,
             &[
                 view(capped, 5_000.0, true),
                 view(Terms::default(), 90_000.0, true),
             ],
-            false,
+            Device::default(),
         );
-        // Busy: the capped lease is given no more than its cap (5% of the device), the other
-        // the rest.
+        assert!(dev.busy);
         assert_eq!(r[0], (5_000, 50 << 20));
-        assert_eq!(r[1].0, 95_000);
+        assert_eq!(r[1].0, 100_000);
         // An idle promised lease holds nothing back from the others.
-        let (r, busy) = divide(
+        let (r, dev) = share(
             CAP,
             &[
                 view(promise(50_000), 0.0, false),
                 view(Terms::default(), 50_000.0, false),
             ],
-            false,
+            Device::default(),
         );
         assert_eq!(r, vec![(0, 0), (0, 0)]);
-        assert!(!busy);
+        assert!(!dev.busy);
+    }
+
+    #[test]
+    fn a_lease_alone_is_never_paced_by_a_share() {
+        // Flat out on a device whose figure is low: nobody to share with, no pacing...
+        let (r, dev) = share(CAP, &[view(Terms::default(), 150_000.0, true)], BUSY_BEFORE);
+        assert_eq!(r, vec![(0, 0)]);
+        assert!(!dev.busy);
+        // ...and what it showed the device does raises the scale, a twentieth a period.
+        assert_eq!(dev.scale, 1.05);
+        // Unless it was promised something: then it is given its promise and the rest.
+        let (r, dev) = share(CAP, &[view(promise(10_000), 50_000.0, true)], dev);
+        assert!(dev.busy);
+        assert_eq!(r[0].0, 90_000);
+    }
+
+    #[test]
+    fn leases_sharing_a_device_that_does_more_than_its_figure_get_more() {
+        // Two equal leases held back, together doing 1.3 times the figure: each period the
+        // scale rises a twentieth, and their shares with it.
+        let views = [
+            view(Terms::default(), 65_000.0, true),
+            view(Terms::default(), 65_000.0, true),
+        ];
+        let mut dev = Device::default();
+        let mut last = 0;
+        for i in 0..10 {
+            let r = divide(CAP, &views, &mut dev);
+            assert_eq!(r[0], r[1]);
+            // 1.05^5 < 1.3 < 1.05^6: five periods of growth, then it stays.
+            assert!(r[0].0 > last || i > 5, "period {i}: {r:?}");
+            last = r[0].0;
+        }
+        // Half of 1.3 times the figure and a twentieth, each.
+        assert_eq!(last, 68_250);
+        assert!((dev.scale - 1.3).abs() < 1e-9, "{}", dev.scale);
+        // Once they use less, the scale falls back a hundredth a period, never below 1.
+        let idle = [
+            view(Terms::default(), 10_000.0, false),
+            view(Terms::default(), 10_000.0, false),
+        ];
+        divide(CAP, &idle, &mut dev);
+        assert!((dev.scale - 1.3 * 0.99).abs() < 1e-9);
+        for _ in 0..100 {
+            divide(CAP, &idle, &mut dev);
+        }
+        assert_eq!(dev.scale, 1.0);
     }
 
     #[test]
@@ -839,18 +936,18 @@ mod tests {
             ]
         };
         assert!(
-            !divide(CAP, &two(80_000.0), false).1,
+            !share(CAP, &two(80_000.0), Device::default()).1.busy,
             "80% of an idle device is not busy"
         );
         assert!(
-            divide(CAP, &two(80_000.0), true).1,
+            share(CAP, &two(80_000.0), BUSY_BEFORE).1.busy,
             "but a busy one stays busy"
         );
-        assert!(!divide(CAP, &two(60_000.0), true).1);
-        // Busy: what nobody was promised goes 1:3.
-        let (r, busy) = divide(CAP, &two(92_000.0), false);
-        assert!(busy);
-        assert_eq!((r[0].0, r[1].0), (25_000, 75_000));
+        assert!(!share(CAP, &two(60_000.0), BUSY_BEFORE).1.busy);
+        // Busy: what nobody was promised goes 1:3 (the device and a twentieth).
+        let (r, dev) = share(CAP, &two(92_000.0), Device::default());
+        assert!(dev.busy);
+        assert_eq!((r[0].0, r[1].0), (26_250, 78_750));
         // Rates seen lately rise at once and fall a third of the way per period.
         assert_eq!(smooth(10.0, 20.0), 20.0);
         assert_eq!(smooth(30.0, 0.0), 20.0);
@@ -883,9 +980,10 @@ mod tests {
         let d = q.delivered();
         assert_eq!(d.len(), 1);
         assert_eq!((d[0].1, d[0].2), (95_100.0, 8192.0));
-        // Busy (95%) and held: the lone lease is paced at the whole device.
-        assert_eq!(e.share().0, CAP.iops);
+        // Alone (95% of the device, held back): nobody to share with, so no share.
+        assert_eq!(e.share(), (0, 0));
         // A clock near the end of time saturates rather than wrapping to the past.
+        e.set_share((CAP.iops, 0));
         e.share_ops.tat.store(u64::MAX - 5, Relaxed);
         assert_eq!(e.start(10, 4096, true), u64::MAX - 5);
         assert_eq!(cost(u64::MAX, 1), u64::MAX);
