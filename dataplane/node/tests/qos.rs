@@ -63,7 +63,8 @@ async fn load(
 
 #[test]
 fn a_capped_lease_is_held_to_its_cap_and_its_neighbour_is_not() {
-    let node = Node::start(&["memory:64M"], &[]);
+    // Two reactors: the lease's connections land on either, and share one cap.
+    let node = Node::start(&["memory:64M"], &["--cores", "2"]);
     let capped = node.token_terms(
         0,
         0,
@@ -77,9 +78,9 @@ fn a_capped_lease_is_held_to_its_cap_and_its_neighbour_is_not() {
     let free = node.token(0, 32 * MIB, 64 * MIB, Rights::ReadWrite, 1);
     let run = Duration::from_millis(1500);
     rt().block_on(async {
-        // Two connections of one lease share its cap; the neighbour runs at the same time.
+        // Four connections of one lease share its cap; the neighbour runs at the same time.
         let (held, other) = tokio::join!(
-            load(&node, (&capped, 0), 2, 8, 4096, run),
+            load(&node, (&capped, 0), 4, 4, 4096, run),
             load(&node, (&free, 32 * MIB), 1, 8, 4096, run)
         );
         // 1,000 IOPS for 1.5 s, plus the 2 ms burst; loose below for a loaded machine.
