@@ -652,6 +652,18 @@ mod tests {
         }
     }
 
+    /// An entry of lease 1 under `terms`.
+    fn entry(terms: Terms) -> Entry {
+        Entry::new(
+            Key {
+                lease: 1,
+                device: 0,
+                offset: 0,
+            },
+            terms,
+        )
+    }
+
     fn promise(iops: u32) -> Terms {
         Terms {
             min_iops: iops,
@@ -661,17 +673,10 @@ mod tests {
 
     #[test]
     fn tags_space_requests_by_the_rate_and_allow_only_a_burst() {
-        let e = Entry::new(
-            Key {
-                lease: 1,
-                device: 0,
-                offset: 0,
-            },
-            Terms {
-                max_iops: 1_000,
-                ..Terms::default()
-            },
-        );
+        let e = entry(Terms {
+            max_iops: 1_000,
+            ..Terms::default()
+        });
         assert!(e.paced());
         let t0 = 1_000_000_000;
         // After an idle spell: BURST_NS worth (2 requests at 1 ms each) start at once...
@@ -693,18 +698,11 @@ mod tests {
 
     #[test]
     fn a_bytes_cap_spaces_by_length_and_the_later_clock_wins() {
-        let e = Entry::new(
-            Key {
-                lease: 1,
-                device: 0,
-                offset: 0,
-            },
-            Terms {
-                max_iops: 1_000_000,
-                max_mib_s: 100,
-                ..Terms::default()
-            },
-        );
+        let e = entry(Terms {
+            max_iops: 1_000_000,
+            max_mib_s: 100,
+            ..Terms::default()
+        });
         let t0 = 5_000_000_000;
         let mut at = 0;
         for _ in 0..110 {
@@ -718,18 +716,11 @@ mod tests {
     #[test]
     fn a_read_counts_read_cost_times_against_the_caps_only() {
         // A copy of a 2-way mirror capped at 1000 IOPS: a read counts twice.
-        let e = Entry::new(
-            Key {
-                lease: 1,
-                device: 0,
-                offset: 0,
-            },
-            Terms {
-                max_iops: 1_000,
-                read_cost: 2,
-                ..Terms::default()
-            },
-        );
+        let e = entry(Terms {
+            max_iops: 1_000,
+            read_cost: 2,
+            ..Terms::default()
+        });
         let t0 = 1_000_000_000;
         let mut last = 0;
         for _ in 0..102 {

@@ -5,21 +5,13 @@ mod common;
 
 use std::sync::Arc;
 
-use common::{pattern, Node};
+use common::{pattern, rt, Node};
 use dasmesh_client::{AlignedBuf, ConnectOptions, Connection, NodeSession};
 use dasmesh_wire::{DeviceId, Rights, Status};
 use rand::{Rng, SeedableRng};
 
 const MIB: u64 = 1 << 20;
 const SIZE: u64 = 64 * MIB;
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
 
 fn backends() -> [&'static str; 2] {
     ["file:{dir}/d0.img:64M", "memory:64M"]

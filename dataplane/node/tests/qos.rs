@@ -8,19 +8,11 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{Node, Raw};
+use common::{rt, Node, Raw};
 use dasmesh_client::{ConnectOptions, Connection};
 use dasmesh_wire::{DeviceId, Rights, Status, Terms, Token};
 
 const MIB: u64 = 1 << 20;
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
 
 /// Reads of `len` bytes, `depth` at a time on each of `conns` connections of one token lending
 /// 32 MiB from `base`, for `run`: how many completed.

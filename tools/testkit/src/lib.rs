@@ -150,23 +150,16 @@ impl Node {
     ) -> Token {
         let now = now_ms();
         Claim {
-            terms: Default::default(),
             node_id: NodeId(node),
-            volume_id: VolumeId(0),
-            device_id: DeviceId(device),
-            range_offset: start,
-            range_length: end - start,
-            rights,
             epoch: Epoch(epoch),
-            issued_at_ms: now,
             expires_at_ms: (now as i64 + ttl_ms) as u64,
-            nonce: rand::random(),
+            ..claim(device, start, end, rights, Default::default())
         }
         .sign(key)
     }
 
-    /// A read-write-or-not token for `device`, bytes `[start, end)`, valid for an hour, under
-    /// service `terms` (signed as is: the node judges them).
+    /// A token for any node, `device`, bytes `[start, end)`, valid for an hour, under service
+    /// `terms` (signed as is: the node judges them).
     pub fn token_terms(
         &self,
         device: u32,
@@ -175,21 +168,7 @@ impl Node {
         rights: Rights,
         terms: dasmesh_wire::Terms,
     ) -> Token {
-        let now = now_ms();
-        Claim {
-            terms,
-            node_id: NodeId(0),
-            volume_id: VolumeId(0),
-            device_id: DeviceId(device),
-            range_offset: start,
-            range_length: end - start,
-            rights,
-            epoch: Epoch(1),
-            issued_at_ms: now,
-            expires_at_ms: now + 3_600_000,
-            nonce: rand::random(),
-        }
-        .sign(&self.key)
+        claim(device, start, end, rights, terms).sign(&self.key)
     }
 
     /// Sends `signal` (TERM, KILL, ...) with kill(1).
@@ -405,6 +384,25 @@ impl Drop for Process {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A claim for any node, `device`, bytes `[start, end)`, epoch 1, valid for an hour, with a
+/// random nonce.
+fn claim(device: u32, start: u64, end: u64, rights: Rights, terms: dasmesh_wire::Terms) -> Claim {
+    let now = now_ms();
+    Claim {
+        terms,
+        node_id: NodeId(0),
+        volume_id: VolumeId(0),
+        device_id: DeviceId(device),
+        range_offset: start,
+        range_length: end - start,
+        rights,
+        epoch: Epoch(1),
+        issued_at_ms: now,
+        expires_at_ms: now + 3_600_000,
+        nonce: rand::random(),
     }
 }
 

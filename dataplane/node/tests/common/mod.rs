@@ -14,6 +14,15 @@ use dasmesh_wire::{
 #[allow(unused_imports)]
 pub use dasmesh_testkit::Node;
 
+/// A runtime of two worker threads, for tests that drive the node with the async client.
+pub fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
 /// A raw protocol connection over a blocking socket.
 pub struct Raw {
     pub s: TcpStream,

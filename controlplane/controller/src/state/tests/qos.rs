@@ -32,24 +32,12 @@ fn promise(
     iops: u64,
     mib_s: u64,
 ) -> Result<VolumeRec, Error> {
-    match apply(
-        s,
-        Command::CreateVolume {
-            headroom_pct: 10,
-            name: name.into(),
-            size: G,
-            layout,
-            req: Requirements {
-                min_iops: iops,
-                min_mib_s: mib_s,
-                ..Default::default()
-            },
-            now_ms: 0,
-        },
-    )? {
-        Outcome::Volume(v) => Ok(v),
-        o => panic!("{o:?}"),
-    }
+    let req = Requirements {
+        min_iops: iops,
+        min_mib_s: mib_s,
+        ..Default::default()
+    };
+    create(s, name, layout, req)
 }
 
 #[test]
