@@ -313,3 +313,45 @@ fn caps_and_weights_are_checked_and_carried_in_tokens_split_by_a_stripe() {
     )
     .unwrap();
 }
+
+#[test]
+fn a_lease_rate_lately_comes_from_its_nodes_counts_in_5_second_windows() {
+    let mut s = pool(1);
+    create(&mut s, "v", Layout::Single, Requirements::default()).unwrap();
+    let l = mount(&mut s, "v", "h", true).unwrap();
+    let node = *s.nodes.keys().next().unwrap();
+    let beat = |s: &mut State, now_ms: u64, ops: u64| {
+        apply(
+            s,
+            Command::Heartbeat {
+                node_id: node,
+                usage: vec![Counters {
+                    lease_id: l.id,
+                    read_ops: ops,
+                    read_bytes: ops * 4096,
+                    ..Default::default()
+                }],
+                now_ms,
+                rebuilds: vec![],
+            },
+        )
+        .unwrap();
+    };
+    assert_eq!(
+        s.usage[&l.id].recent(500),
+        (0.0, 0.0),
+        "nothing counted yet"
+    );
+    beat(&mut s, 1_000, 1_000);
+    beat(&mut s, 3_000, 2_000);
+    // The first window is still open: the rate of the one before (none) stands.
+    assert_eq!(s.usage[&l.id].recent(3_500), (0.0, 0.0));
+    // A count past 5 s closes it: 3,000 operations from 1.0 s to 6.5 s.
+    beat(&mut s, 6_500, 5_000);
+    let (ops_s, bytes_s) = s.usage[&l.id].recent(7_000);
+    assert!((ops_s - 3_000.0 / 5.5).abs() < 1e-6, "{ops_s}");
+    assert!((bytes_s - 4096.0 * 3_000.0 / 5.5).abs() < 1e-3, "{bytes_s}");
+    // No count for a whole window (an idle lease): the open window's rate so far.
+    let (ops_s, _) = s.usage[&l.id].recent(20_000);
+    assert!((ops_s - 5_000.0 / 13.5).abs() < 1e-6, "{ops_s}");
+}
