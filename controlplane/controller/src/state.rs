@@ -264,9 +264,11 @@ impl Recent {
         *self == Recent::default()
     }
 
-    fn add(&mut self, now_ms: u64, ops: u64, bytes: u64) {
+    /// Adds counts that arrived at `now_ms` for a lease that began at `start_ms` (the first
+    /// counts cover the time since then).
+    fn add(&mut self, now_ms: u64, start_ms: u64, ops: u64, bytes: u64) {
         if self.since_ms == 0 {
-            self.since_ms = now_ms;
+            self.since_ms = start_ms.clamp(1, now_ms.max(1));
         }
         if now_ms >= self.since_ms + RECENT_WINDOW_MS {
             (self.ops_s, self.bytes_s) = self.rates(now_ms);
@@ -284,14 +286,14 @@ impl Recent {
 
 impl UsageRec {
     /// Operations and bytes a second the lease got lately, as its nodes counted them (a
-    /// mirror's write once per copy): over the last full window, or once no count came for a
-    /// window (an idle lease, or one that ended), over the time since.
+    /// mirror's write once per copy): over the open window once it is a second old (until the
+    /// lease ended, if it did), else over the window before.
     pub fn recent(&self, now_ms: u64) -> (f64, f64) {
         let r = &self.recent;
         let now = self.ended_ms.unwrap_or(now_ms);
         if r.since_ms == 0 {
             (0.0, 0.0)
-        } else if now >= r.since_ms + RECENT_WINDOW_MS {
+        } else if now >= r.since_ms + 1000 {
             r.rates(now)
         } else {
             (r.ops_s, r.bytes_s)
@@ -844,6 +846,7 @@ fn apply_inner(s: &mut State, cmd: Command) -> Result<Outcome, Error> {
                     u.write_ops = u.write_ops.saturating_add(c.write_ops);
                     u.recent.add(
                         now_ms,
+                        u.started_ms,
                         c.read_ops.saturating_add(c.write_ops),
                         c.read_bytes.saturating_add(c.write_bytes),
                     );

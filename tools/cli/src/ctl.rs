@@ -624,14 +624,26 @@ pub async fn exec(ctl: &Controllers, json_out: bool, cmd: Ctl) -> anyhow::Result
                                 .await
                                 .map_err(status)?
                                 .into_inner();
-                            let live = u.records.iter().filter(|r| r.active);
-                            let (iops, mib_s) = live.fold((0.0, 0.0), |(i, m), r| {
-                                (i + r.recent_iops, m + r.recent_mib_s)
-                            });
-                            println!(
-                                "  delivered lately: {iops:.0} IOPS, {mib_s:.1} MiB/s \
-                                 (as its leases' nodes counted them)"
-                            );
+                            let live: Vec<_> = u.records.iter().filter(|r| r.active).collect();
+                            if live.is_empty() {
+                                // Nobody holds it now: what its last lease got.
+                                match u.records.iter().max_by_key(|r| r.ended_ms) {
+                                    Some(r) => println!(
+                                        "  delivered lately: no lease now; its last lease ({}) \
+                                         got {:.0} IOPS, {:.1} MiB/s (as its nodes counted them)",
+                                        r.lease_id, r.recent_iops, r.recent_mib_s
+                                    ),
+                                    None => println!("  delivered lately: never leased"),
+                                }
+                            } else {
+                                let (iops, mib_s) = live.iter().fold((0.0, 0.0), |(i, m), r| {
+                                    (i + r.recent_iops, m + r.recent_mib_s)
+                                });
+                                println!(
+                                    "  delivered lately: {iops:.0} IOPS, {mib_s:.1} MiB/s \
+                                     (as its leases' nodes counted them)"
+                                );
+                            }
                         }
                     }
                     VolumeCmd::Resize { name, size } => show(

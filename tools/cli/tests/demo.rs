@@ -27,15 +27,18 @@ fn demo_runs_every_step_and_leaves_nothing_behind() {
         "== 4. copy ",
         "== 5. search every volume",
         "== 6. benchmark",
-        "== 7. usage and charges",
-        "== 8. SIGKILL the node holding the mirror's second copy",
-        "== 9. the lost copy is replaced on the node no copy uses",
-        "== 10. stop",
+        "== 7. assured performance",
+        "== 8. usage and charges",
+        "== 9. SIGKILL the node holding the mirror's second copy",
+        "== 10. the lost copy is replaced on the node no copy uses",
+        "== 11. stop",
         "demo-mirror: verified, all 8389385 bytes identical",
         "demo-stripe: verified, all 8389385 bytes identical",
         "demo-concat: verified, all 8389385 bytes identical",
         "demo-stripe: hits at [327671]",
         "volume:demo-mirror",
+        "capped at 2000: held there by its node",
+        "terms: promised 1000 IOPS, 0 MiB/s; capped at 2000 IOPS, - MiB/s",
         "total charge",
         "demo-mirror is DEGRADED",
         "copy 1 rebuilt on node",
@@ -69,7 +72,7 @@ fn demo_runs_every_step_and_leaves_nothing_behind() {
         .lines()
         .filter(|l| l.starts_with("== ") && !l.starts_with("== HA."))
         .collect();
-    assert_eq!(headings.len(), 10, "{headings:#?}");
+    assert_eq!(headings.len(), 11, "{headings:#?}");
     for (i, h) in headings.iter().enumerate() {
         assert!(h.starts_with(&format!("== {}. ", i + 1)), "{h}");
     }

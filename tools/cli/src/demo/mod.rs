@@ -108,7 +108,7 @@ pub fn run(a: DemoArgs) -> anyhow::Result<()> {
                 println!("\n(the highly available control plane step needs etcd: scripts/setup.sh installs it)");
             }
         }
-        heading(10, "stop: SIGTERM to the nodes and the controller (in-flight I/O finishes, state is flushed)");
+        heading(11, "stop: SIGTERM to the nodes and the controller (in-flight I/O finishes, state is flushed)");
         let mut clean = true;
         for (name, status) in cl.stop(Duration::from_secs(15)) {
             match status {
@@ -266,6 +266,12 @@ async fn steps(cl: &mut Cluster) -> anyhow::Result<()> {
 
     heading(
         7,
+        &format!("assured performance: {CAPPED} is promised {CAPPED_PROMISE} IOPS and capped at {CAPPED_CAP}; read flat out, its node holds it to the cap"),
+    );
+    capped(cl.dir(), ctl, &url, &cl.operator).await?;
+
+    heading(
+        8,
         "usage and charges (counted on the nodes, reported with their heartbeats)",
     );
     // The last I/O's counters arrive with the next heartbeats.
@@ -290,13 +296,13 @@ async fn steps(cl: &mut Cluster) -> anyhow::Result<()> {
     );
 
     heading(
-        8,
+        9,
         "SIGKILL the node holding the mirror's second copy while the mirror is written: writes and reads carry on",
     );
     let victim = kill_under_mirror(cl, ctl).await?;
 
     heading(
-        9,
+        10,
         &format!("the lost copy is replaced on the node no copy uses ({REPLACE_AFTER} without its node: --replace-after), and that node rebuilds it from copy 0"),
     );
     replaced_copy(ctl, &victim).await
@@ -454,8 +460,98 @@ fn first_difference(a: &[u8], b: &[u8]) -> usize {
 
 /// `dasmesh-bench` (next to this binary) on the same workloads: a local file of the same size
 /// first, then every volume.
-async fn bench(dir: &Path, url: &str, cert: &CertDir) -> anyhow::Result<()> {
+/// The volume of step 7, its promise and its cap (IOPS).
+const CAPPED: &str = "demo-capped";
+const CAPPED_PROMISE: u64 = 1000;
+const CAPPED_CAP: u64 = 2000;
+
+/// Step 7: creates [`CAPPED`], shows its terms, reads it flat out with dasmesh-bench and checks
+/// that it got its cap, give or take a tenth.
+async fn capped(dir: &Path, ctl: &Controllers, url: &str, cert: &CertDir) -> anyhow::Result<()> {
+    let create = VolumeCmd::Create {
+        name: CAPPED.into(),
+        size: BENCH_SIZE,
+        layout: "single".into(),
+        min_iops: CAPPED_PROMISE,
+        min_mib_s: 0,
+        max_iops: CAPPED_CAP,
+        max_mib_s: 0,
+        weight: 0,
+        price: PRICE,
+        spread_domains: false,
+    };
+    exec(ctl, false, Ctl::Volume(create)).await?;
+    let json = dir.join("capped.json");
+    println!("-- 4k random reads, 16 in flight, {BENCH_RUNTIME}");
+    run_bench(
+        &[format!("volume:{CAPPED}")],
+        &["--rw", "randread", "--bs", "4k", "--iodepth", "16"],
+        url,
+        cert,
+        Some(&json),
+    )
+    .await?;
+    let out: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(&json).with_context(|| format!("reading {}", json.display()))?,
+    )?;
+    let iops = out["results"][0]["iops"].as_f64().unwrap_or(0.0);
+    let cap = CAPPED_CAP as f64;
+    ensure!(
+        (0.9 * cap..=1.05 * cap).contains(&iops),
+        "{CAPPED}: read flat out at {iops:.0} IOPS, its cap is {CAPPED_CAP}"
+    );
+    println!("{CAPPED}: {iops:.0} IOPS asked for as fast as they could come, capped at {CAPPED_CAP}: held there by its node");
+    // The heartbeats carry the reads' counts to the controller.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    exec(
+        ctl,
+        false,
+        Ctl::Volume(VolumeCmd::Show {
+            name: CAPPED.into(),
+        }),
+    )
+    .await
+}
+
+/// Runs dasmesh-bench on `targets` with `workload`, as the demo's operator.
+async fn run_bench(
+    targets: &[String],
+    workload: &[&str],
+    url: &str,
+    cert: &CertDir,
+    json: Option<&Path>,
+) -> anyhow::Result<()> {
     let bin = cluster::binary("dasmesh-bench")?;
+    let mut cmd = tokio::process::Command::new(&bin);
+    for t in targets {
+        cmd.arg("--target").arg(t);
+    }
+    if let Some(j) = json {
+        cmd.arg("--json").arg(j);
+    }
+    cmd.args(workload)
+        .args([
+            "--size",
+            &BENCH_SIZE.to_string(),
+            "--runtime",
+            BENCH_RUNTIME,
+            "--ramp",
+            "250ms",
+        ])
+        .args(["--no-progress", "--controller", url])
+        .arg("--cert")
+        .arg(cert.dir())
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    let status = cmd
+        .status()
+        .await
+        .with_context(|| format!("running {}", bin.display()))?;
+    ensure!(status.success(), "dasmesh-bench failed ({status})");
+    Ok(())
+}
+
+async fn bench(dir: &Path, url: &str, cert: &CertDir) -> anyhow::Result<()> {
     let local = dir.join("baseline.img");
     // Written in full, so the baseline reads real blocks rather than holes.
     std::fs::write(&local, vec![0x5a; BENCH_SIZE as usize])
@@ -473,29 +569,7 @@ async fn bench(dir: &Path, url: &str, cert: &CertDir) -> anyhow::Result<()> {
         ),
     ] {
         println!("-- {what}, {BENCH_RUNTIME} per target");
-        let mut cmd = tokio::process::Command::new(&bin);
-        for t in &targets {
-            cmd.arg("--target").arg(t);
-        }
-        cmd.args(workload)
-            .args([
-                "--size",
-                &BENCH_SIZE.to_string(),
-                "--runtime",
-                BENCH_RUNTIME,
-                "--ramp",
-                "250ms",
-            ])
-            .args(["--no-progress", "--controller", url])
-            .arg("--cert")
-            .arg(cert.dir())
-            .stdin(std::process::Stdio::null())
-            .kill_on_drop(true);
-        let status = cmd
-            .status()
-            .await
-            .with_context(|| format!("running {}", bin.display()))?;
-        ensure!(status.success(), "dasmesh-bench failed ({status})");
+        run_bench(&targets, &workload, url, cert, None).await?;
     }
     Ok(())
 }

@@ -344,8 +344,13 @@ fn a_lease_rate_lately_comes_from_its_nodes_counts_in_5_second_windows() {
     );
     beat(&mut s, 1_000, 1_000);
     beat(&mut s, 3_000, 2_000);
-    // The first window is still open: the rate of the one before (none) stands.
-    assert_eq!(s.usage[&l.id].recent(3_500), (0.0, 0.0));
+    // The first window, open 2.5 s: its rate so far.
+    assert_eq!(s.usage[&l.id].recent(3_500).0, 1_200.0);
+    assert_eq!(
+        s.usage[&l.id].recent(1_500),
+        (0.0, 0.0),
+        "under a second: the window before"
+    );
     // A count past 5 s closes it: 3,000 operations from 1.0 s to 6.5 s.
     beat(&mut s, 6_500, 5_000);
     let (ops_s, bytes_s) = s.usage[&l.id].recent(7_000);
@@ -354,4 +359,15 @@ fn a_lease_rate_lately_comes_from_its_nodes_counts_in_5_second_windows() {
     // No count for a whole window (an idle lease): the open window's rate so far.
     let (ops_s, _) = s.usage[&l.id].recent(20_000);
     assert!((ops_s - 5_000.0 / 13.5).abs() < 1e-6, "{ops_s}");
+    // An ended lease: what it got until it ended.
+    apply(
+        &mut s,
+        Command::Unmount {
+            lease_id: l.id,
+            now_ms: 8_500,
+        },
+    )
+    .unwrap();
+    let (ops_s, _) = s.usage[&l.id].recent(60_000);
+    assert!((ops_s - 5_000.0 / 2.0).abs() < 1e-6, "{ops_s}");
 }
