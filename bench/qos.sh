@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # qos.sh: service terms on one node, measured in one run (docs/qos.md, "Measured"). One node on
-# a prefilled file in DIR (4k random reads, QD32, unless said otherwise):
+# a prefilled file in DIR (4k random reads, QD32, unless said otherwise); 1 to 4 with tokens
+# minted by hand (as the controller's carry the terms), 5 with volumes:
 #   1. the scheduler's cost on the uncapped, uncontended path: one lease without terms, the node
 #      started afresh for each run, with the scheduler and with --no-qos, PAIRS (6) times each,
 #      each order in turn; C, what the node serves here without the scheduler, is the
@@ -11,7 +12,10 @@
 #      terms, reads flat out: with --no-qos, then with the scheduler and A's token promising R;
 #   3. caps: lease A capped at L = C/4 IOPS read flat out; then capped at 200 MiB/s with 128 KiB
 #      reads: every whole second of the run within 5% of the cap (dasmesh-bench's timeline);
-#   4. weights: leases of weight 50 and 150 read flat out together: what each gets.
+#   4. weights: leases of weight 50 and 150 read flat out together: what each gets;
+#   5. 2 and 3 again with volumes, through a controller and the host library (dasmesh-bench
+#      volume: targets): C measured for one volume alone, then a volume promised 0.7 C beside
+#      one without terms (--no-qos, then the scheduler), and a volume capped at C/4.
 # Needs bash, python3 (the figures) and the binaries.
 # Usage: bench/qos.sh [--bin DIR] [--dir DIR] [--runtime 5]
 set -euo pipefail
@@ -26,12 +30,12 @@ while [[ $# -gt 0 ]]; do
   esac
 done
 if [[ -z "$BIN" ]]; then
-  cargo build --release -q -p dasmesh-cli -p dasmesh-node -p dasmesh-bench
+  cargo build --release -q -p dasmesh-cli -p dasmesh-node -p dasmesh-bench -p dasmesh-controller
   BIN=$PWD/target/release
 fi
 DIR=$(mktemp -d "$DIRBASE/qos.XXXXXX")
 NODE=""
-cleanup() { [[ -n "$NODE" ]] && kill "$NODE" 2>/dev/null; wait 2>/dev/null || true; if [[ -n "$KEEP" ]]; then echo "qos: kept $DIR"; else rm -rf "$DIR"; fi; }
+cleanup() { for p in $NODE ${CTL_PID:-}; do kill "$p" 2>/dev/null; done; wait 2>/dev/null || true; if [[ -n "$KEEP" ]]; then echo "qos: kept $DIR"; else rm -rf "$DIR"; fi; }
 trap cleanup EXIT
 # Written through, so reads find real blocks rather than holes.
 dd if=/dev/zero of="$DIR/disk.img" bs=1M count=2048 oflag=direct status=none
@@ -143,3 +147,59 @@ wait "$W"
 echo "   weight 50: $(fig row w1)"
 echo "   weight 150: $(fig row w3)"
 echo "   ratio: $(python3 -c "print(f'{$(fig iops w3)/$(fig iops w1):.2f}')") (weights say 3)"
+
+echo "== 5. the same through the controller and the host library: volumes on one node"
+[[ -n "$NODE" ]] && { kill "$NODE"; wait "$NODE" 2>/dev/null || true; NODE=""; }
+"$BIN/dasmesh-controller" --listen 127.0.0.1:0 --insecure-no-auth --data-dir "$DIR/ctl" \
+  >"$DIR/ctl.out" 2>"$DIR/ctl.log" &
+CTL_PID=$!
+for _ in $(seq 100); do grep -q '^listening ' "$DIR/ctl.out" 2>/dev/null && break; sleep 0.05; done
+CTL=http://$(sed -n 's/^listening //p' "$DIR/ctl.out")
+D="$BIN/dasmesh --controller $CTL"
+vnode() { # [flags...]: (re)starts the node registered with the controller
+  [[ -n "$NODE" ]] && { kill "$NODE"; wait "$NODE" 2>/dev/null || true; }
+  "$BIN/dasmesh-node" --listen 127.0.0.1:0 --controller "$CTL" --state-dir "$DIR/vn" \
+    --backend "file:$DIR/disk.img" --device-mib-s 100000 "$@" >"$DIR/vn.out" 2>>"$DIR/vn.log" &
+  NODE=$!
+  for _ in $(seq 200); do [[ $($D --json node list 2>/dev/null | grep -c '"up"') -ge 1 ]] && break; sleep 0.05; done
+}
+vbench() { # name volume [args...]
+  local name=$1 vol=$2; shift 2
+  "$BIN/dasmesh-bench" --no-progress --controller "$CTL" --target "volume:$vol" --cpu-pid "$NODE" \
+    --runtime "${RT:-$RUNTIME}s" --json "$DIR/$name.json" "$@" >"$DIR/$name.txt" 2>&1
+}
+# The figure is what the node serves one volume without terms here, alone.
+vnode --device-iops 1000000
+$D volume create plain --size 512M >/dev/null
+vbench v-alone plain --rw randread --bs 4k --iodepth 32
+CV=$(fig iops v-alone)
+RV=$(( CV * 7 / 10 )); LV=$(( CV / 4 ))
+echo "   one volume alone: $(fig row v-alone): C = $CV IOPS"
+vnode --device-iops "$CV"
+$D volume create promised --size 512M --iops "$RV" >/dev/null
+$D volume create capped --size 512M --max-iops "$LV" >/dev/null
+vpair() { # tag
+  RT=$((RUNTIME + 2)) vbench "$1-b" plain --rw randread --bs 4k --iodepth 32 &
+  local b=$!; sleep 1
+  vbench "$1-a" promised --rw randread --bs 4k --iodepth 32 --rate-iops "$RV"
+  wait "$b"
+  echo "     promised: $(fig row "$1-a")  (per second: $(fig seconds "$1-a" iops))"
+  echo "     plain:    $(fig row "$1-b")"
+}
+echo "   volume promised R = $RV (0.7 C) asking R, volume without terms flat out:"
+echo "   -- node with --no-qos"
+vnode --device-iops "$CV" --no-qos; vpair v-off
+echo "   -- node with the scheduler"
+vnode --device-iops "$CV"; vpair v-on
+echo "     promised got $(python3 -c "print(f'{$(fig iops v-on-a)/$RV:.3f}')") R (target >= 0.95); without the scheduler $(python3 -c "print(f'{$(fig iops v-off-a)/$RV:.3f}')")"
+vbench v-cap capped --rw randread --bs 4k --iodepth 32
+echo "   volume capped at $LV IOPS, flat out: $(fig row v-cap); per second: $(fig seconds v-cap iops)"
+python3 - "$DIR" "$LV" <<'PY'
+import json, sys
+d, L = sys.argv[1], int(sys.argv[2])
+r = json.load(open(f"{d}/v-cap.json"))["results"][0]
+per = [m * 1048576 / r["bs"] for m in r["timeline_mib_s"]]
+print(f"     worst second {max(abs(x / L - 1) for x in per)*100:.1f}% off (target within 5%)")
+PY
+$D volume show promised | grep -E "terms|delivered" | sed 's/^/   /'
+kill "$CTL_PID" 2>/dev/null || true

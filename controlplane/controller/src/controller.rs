@@ -389,7 +389,7 @@ impl Controller {
                         expires_at_ms: l.expires_at_ms,
                         // The lease id, so nodes can count usage and schedule per lease.
                         nonce: l.id,
-                        terms: crate::state::qos::terms(v.layout, &v.req, l.rw),
+                        terms: crate::state::qos::terms(v.layout, &v.req),
                     };
                     v1::MountedExtent {
                         extent: Some(extent_msg(s, v, e)),

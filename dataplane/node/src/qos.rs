@@ -1,14 +1,15 @@
-//! Service terms on the node: each lease's requests on a device are paced to what its terms and
-//! its device's load allow (docs/qos.md, "The scheduler").
+//! Service terms on the node: each volume's requests on a device are paced to what its terms
+//! and its device's load allow (docs/qos.md, "The scheduler"). "Lease" below means what an
+//! entry schedules: a volume extent, whichever leases use it.
 //!
 //! Two parts:
-//! - **Pacing, on the I/O path.** Each lease's range on a device has an [`Entry`] that every
-//!   connection of that lease shares, whichever reactor serves it. It holds two rates (operations
-//!   and bytes per second, 0 for none) and, for each, a virtual clock (GCRA: the time the next
-//!   request may start). A request takes its place on both clocks with one compare-and-swap each
-//!   and starts at the later of the two; a reactor holds it until then. Nothing but the lease's
-//!   own entry is touched, so reactors serving different leases share no cache line, and a lease
-//!   with no rates pays two relaxed loads.
+//! - **Pacing, on the I/O path.** Each volume extent on a device has an [`Entry`] that every
+//!   connection of every lease of the volume shares, whichever reactor serves it. It holds up to
+//!   four rates (the caps, and a share of a busy device, each in operations and bytes a second),
+//!   each with a virtual clock (GCRA: the time the next unit of work may start). A request takes
+//!   its place on each clock with one compare-and-swap and starts at the latest; a reactor holds
+//!   it until then. Nothing but the volume's own entry is touched, so reactors serving
+//!   different volumes share no cache line, and a request nothing paces costs one relaxed load.
 //! - **Allocation, every [`PERIOD`]** (`--qos-period`), by whichever reactor comes by first
 //!   ([`Qos::tick`]): it looks at what each entry did lately (the reactors hand over their
 //!   counts every 2 ms) and sets the shares. A device is busy while an active lease has a
@@ -49,18 +50,40 @@ pub const KEEP_BACK: f64 = 0.1;
 /// The least share an active lease is allocated while the device is busy.
 const FLOOR: f64 = 0.01;
 
-/// What identifies an entry: a lease's range on a device.
+/// What identifies an entry: a volume's extent on a device, whichever leases use it (so that a
+/// promise admitted once is kept once, and a cap holds however many leases a volume has); or,
+/// for a token minted by hand (volume 0), the token's own range.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Key {
-    /// The lease (the token's nonce).
-    pub lease: u64,
+    /// The volume, or the token's nonce when it names no volume.
+    pub owner: Owner,
     /// The device index.
     pub device: usize,
     /// The first byte of the lent range.
     pub offset: u64,
 }
 
-/// One lease's range on one device, shared by its connections.
+/// Whose requests an entry schedules.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Owner {
+    /// Every lease of this volume.
+    Volume(u64),
+    /// This token alone (a volume id of 0: minted by hand).
+    Token(u64),
+}
+
+impl Owner {
+    /// The owner of a claim's requests.
+    pub fn of(claim: &dasmesh_wire::Claim) -> Self {
+        match claim.volume_id.0 {
+            0 => Owner::Token(claim.nonce),
+            v => Owner::Volume(v),
+        }
+    }
+}
+
+/// One volume extent on one device (or one hand-minted token's range), shared by the
+/// connections of every lease that uses it.
 #[derive(Debug)]
 pub struct Entry {
     key: Key,
@@ -423,7 +446,7 @@ impl Qos {
             if tracing::enabled!(tracing::Level::TRACE) {
                 for ((e, v), r) in entries.iter().zip(&views).zip(&rates) {
                     tracing::trace!(
-                        lease = e.key.lease,
+                        owner = ?e.key.owner,
                         device = dev,
                         ops_s = v.ops_s as u64,
                         held = v.held,
@@ -656,7 +679,7 @@ mod tests {
     fn entry(terms: Terms) -> Entry {
         Entry::new(
             Key {
-                lease: 1,
+                owner: Owner::Volume(1),
                 device: 0,
                 offset: 0,
             },
@@ -752,7 +775,7 @@ mod tests {
         let q = Qos::new(true, PERIOD);
         q.set_capacity(vec![CAP]);
         let k = Key {
-            lease: 7,
+            owner: Owner::Volume(7),
             device: 0,
             offset: 0,
         };
@@ -949,7 +972,7 @@ mod tests {
         let q = Qos::new(true, PERIOD);
         q.set_capacity(vec![CAP]);
         let k = Key {
-            lease: 1,
+            owner: Owner::Volume(1),
             device: 0,
             offset: 0,
         };
@@ -988,7 +1011,7 @@ mod tests {
         let e = q
             .entry(
                 Key {
-                    lease: 1,
+                    owner: Owner::Volume(1),
                     device: 0,
                     offset: 0,
                 },
@@ -1019,7 +1042,7 @@ mod tests {
     fn entries_no_session_holds_are_forgotten() {
         let q = Qos::new(true, PERIOD);
         let k = Key {
-            lease: 3,
+            owner: Owner::Volume(3),
             device: 0,
             offset: 4096,
         };

@@ -1136,7 +1136,7 @@ impl Reactor {
             usage: Default::default(),
             qos: self.shared.qos.entry(
                 crate::qos::Key {
-                    lease: claim.nonce,
+                    owner: crate::qos::Owner::of(&claim),
                     device,
                     offset: start,
                 },

@@ -1,7 +1,7 @@
 //! Service terms on the real node (`src/qos.rs`): a capped lease is held to its cap across its
-//! connections while a lease without terms beside it is not; a token whose terms cannot be
-//! served is refused at the handshake. Loose, bounded checks: the precise figures are
-//! bench/qos.sh's.
+//! connections and reactors while a lease without terms beside it is not; two readers of one
+//! volume share its cap; a token whose terms cannot be kept is refused at the handshake. Loose,
+//! bounded checks: the precise figures are bench/qos.sh's.
 
 mod common;
 
@@ -59,9 +59,9 @@ fn a_capped_lease_is_held_to_its_cap_and_its_neighbour_is_not() {
     let node = Node::start(&["memory:64M"], &["--cores", "2"]);
     let capped = node.token_terms(
         0,
-        0,
-        32 * MIB,
+        (0, 32 * MIB),
         Rights::ReadWrite,
+        0,
         Terms {
             max_iops: 1_000,
             ..Terms::default()
@@ -87,9 +87,9 @@ fn a_capped_lease_is_held_to_its_cap_and_its_neighbour_is_not() {
         // A bandwidth cap: 16 MiB/s with 256 KiB reads is 64 a second.
         let bw = node.token_terms(
             0,
-            0,
-            32 * MIB,
+            (0, 32 * MIB),
             Rights::ReadOnly,
+            0,
             Terms {
                 max_mib_s: 16,
                 ..Terms::default()
@@ -105,48 +105,55 @@ fn a_capped_lease_is_held_to_its_cap_and_its_neighbour_is_not() {
 }
 
 #[test]
-fn terms_a_node_cannot_serve_are_refused_at_the_handshake() {
-    let node = Node::start(&["memory:16M"], &[]);
-    let bad = [
-        // A promise on a read-only token.
-        (
-            Rights::ReadOnly,
-            Terms {
-                min_iops: 10,
-                ..Terms::default()
-            },
-        ),
-        // A promise above its own cap.
-        (
-            Rights::ReadWrite,
-            Terms {
-                min_mib_s: 20,
-                max_mib_s: 10,
-                ..Terms::default()
-            },
-        ),
-    ];
-    for (rights, terms) in bad {
-        let t = node.token_terms(0, 0, 16 * MIB, rights, terms);
-        let (_, reply) = Raw::hello(&node.addr, 0, t.as_bytes());
-        assert_eq!(
-            Status::from_code(reply.status),
-            Some(Status::BadToken),
-            "{terms:?}"
-        );
-    }
-    // The same caps on a read-only token are served.
-    let t = node.token_terms(
-        0,
-        0,
-        16 * MIB,
-        Rights::ReadOnly,
+fn a_volumes_readers_share_its_cap_and_terms_it_cannot_serve_are_refused() {
+    let node = Node::start(&["memory:64M"], &[]);
+    // Two read-only leases of volume 9, capped at 1,000 IOPS: their tokens carry the volume's
+    // terms, promise included, and the node schedules the volume's extent as one.
+    let terms = Terms {
+        min_iops: 100,
+        max_iops: 1_000,
+        ..Terms::default()
+    };
+    let r1 = node.token_terms(0, (0, 32 * MIB), Rights::ReadOnly, 9, terms);
+    let r2 = node.token_terms(0, (0, 32 * MIB), Rights::ReadOnly, 9, terms);
+    let run = Duration::from_millis(1500);
+    let (a, b) = rt().block_on(async {
+        tokio::join!(
+            load(&node, (&r1, 0), 1, 8, 4096, run),
+            load(&node, (&r2, 0), 1, 8, 4096, run)
+        )
+    });
+    eprintln!("two readers of one capped volume: {a} and {b} reads");
+    assert!(
+        (800..=1_600).contains(&(a + b)),
+        "{a} + {b} reads in 1.5 s at 1,000 IOPS"
+    );
+    assert!(
+        a.min(b) * 3 > a.max(b),
+        "shared, not taken by one: {a} and {b}"
+    );
+
+    // A promise above its own cap cannot be kept: refused at the handshake.
+    for over in [
         Terms {
-            max_iops: 10,
-            weight: 7,
+            min_iops: 2_000,
+            max_iops: 1_000,
             ..Terms::default()
         },
-    );
-    let (_, reply) = Raw::hello(&node.addr, 0, t.as_bytes());
-    assert_eq!(Status::from_code(reply.status), Some(Status::Ok));
+        Terms {
+            min_mib_s: 20,
+            max_mib_s: 10,
+            ..Terms::default()
+        },
+    ] {
+        for rights in [Rights::ReadOnly, Rights::ReadWrite] {
+            let t = node.token_terms(0, (0, 16 * MIB), rights, 9, over);
+            let (_, reply) = Raw::hello(&node.addr, 0, t.as_bytes());
+            assert_eq!(
+                Status::from_code(reply.status),
+                Some(Status::BadToken),
+                "{over:?}"
+            );
+        }
+    }
 }

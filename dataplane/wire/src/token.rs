@@ -215,18 +215,13 @@ impl Terms {
         }
     }
 
-    /// Why these terms cannot be served under `rights`, if they cannot: a promise above its
-    /// own cap, or a promise on a read-only token (a volume's promise is admitted once, for its
-    /// writer; readers would multiply it).
-    pub fn check(&self, rights: Rights) -> Result<(), &'static str> {
+    /// Why these terms cannot be served, if they cannot: a promise above its own cap.
+    pub fn check(&self) -> Result<(), &'static str> {
         if self.max_iops > 0 && self.min_iops > self.max_iops {
             return Err("terms promise more IOPS than they cap");
         }
         if self.max_mib_s > 0 && self.min_mib_s > self.max_mib_s {
             return Err("terms promise more MiB/s than they cap");
-        }
-        if !rights.writable() && self.promises() {
-            return Err("a read-only token carries no promise");
         }
         Ok(())
     }
@@ -287,7 +282,7 @@ impl Claim {
             weight: raw.weight,
             read_cost: raw.read_cost,
         };
-        terms.check(rights).map_err(TokenError::BadClaim)?;
+        terms.check().map_err(TokenError::BadClaim)?;
         Ok(Self {
             node_id: NodeId(u64::from_le_bytes(raw.node_id)),
             volume_id: VolumeId(u64::from_le_bytes(raw.volume_id)),
@@ -585,24 +580,15 @@ mod tests {
             };
             c.sign(&key()).verify(&vk, 1_500, NodeId(5), DeviceId(1))
         };
-        let promise = Terms {
+        // A reader's token carries its volume's terms, promise included.
+        let terms = Terms {
             min_iops: 10,
-            ..Terms::default()
-        };
-        assert_eq!(
-            refused(promise, Rights::ReadOnly),
-            Err(TokenError::BadClaim("a read-only token carries no promise"))
-        );
-        let cap = Terms {
             max_iops: 1_000,
             max_mib_s: 10,
             weight: 5,
             ..Terms::default()
         };
-        assert!(
-            refused(cap, Rights::ReadOnly).is_ok(),
-            "a reader may be capped"
-        );
+        assert!(refused(terms, Rights::ReadOnly).is_ok());
         let over = Terms {
             min_iops: 2_000,
             max_iops: 1_000,

@@ -67,13 +67,13 @@ pub struct MintArgs {
     /// Volume id recorded in the claim.
     #[arg(long, default_value_t = 0)]
     volume: u64,
-    /// IOPS promised to the range (docs/qos.md; read-write tokens only).
+    /// IOPS promised to the range (docs/qos.md).
     #[arg(long, default_value_t = 0)]
     min_iops: u32,
     /// IOPS the range is capped at (0: no cap).
     #[arg(long, default_value_t = 0)]
     max_iops: u32,
-    /// MiB/s promised to the range (read-write tokens only).
+    /// MiB/s promised to the range.
     #[arg(long, default_value_t = 0)]
     min_mib_s: u16,
     /// MiB/s the range is capped at (0: no cap).
@@ -192,7 +192,7 @@ fn mint(a: &MintArgs) -> anyhow::Result<()> {
     };
     claim
         .terms
-        .check(claim.rights)
+        .check()
         .map_err(|e| anyhow::anyhow!("{e} (docs/qos.md)"))?;
     println!("{}", claim.sign(&key).to_text());
     Ok(())

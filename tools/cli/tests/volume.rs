@@ -380,8 +380,8 @@ fn caps_and_weights_reach_the_tokens_and_bad_terms_are_refused_in_words() {
         ),
         "{show}"
     );
-    assert!(show.contains("delivered lately: 0 IOPS"), "{show}");
-    // The writer's token carries the promise, the cap and the weight; a reader's no promise.
+    assert!(show.contains("delivered lately: never leased"), "{show}");
+    // The writer's and a reader's tokens carry the same terms: nodes schedule the volume as one.
     let token_terms = |access: &str, host: &str| {
         let m: serde_json::Value = serde_json::from_str(
             &c.ok(&["--json", "lease", "mount", "capped", "--host", host, access]),
@@ -405,7 +405,7 @@ fn caps_and_weights_reach_the_tokens_and_bad_terms_are_refused_in_words() {
     );
     assert_eq!(
         token_terms("--ro", "reader"),
-        serde_json::json!({"min_iops": 0, "max_iops": 5000, "min_mib_s": 0, "max_mib_s": 100, "weight": 200, "read_cost": 1})
+        serde_json::json!({"min_iops": 1000, "max_iops": 5000, "min_mib_s": 0, "max_mib_s": 100, "weight": 200, "read_cost": 1})
     );
     let usage = c.ok(&["usage", "--volume", "capped"]);
     assert!(
@@ -454,9 +454,11 @@ fn caps_and_weights_reach_the_tokens_and_bad_terms_are_refused_in_words() {
         "ro",
         "--min-iops",
         "10",
+        "--max-iops",
+        "5",
     ]);
     assert!(
-        err.contains("a read-only token carries no promise"),
+        err.contains("terms promise more IOPS than they cap"),
         "{err}"
     );
 }

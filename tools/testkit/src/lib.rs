@@ -158,17 +158,21 @@ impl Node {
         .sign(key)
     }
 
-    /// A token for any node, `device`, bytes `[start, end)`, valid for an hour, under service
-    /// `terms` (signed as is: the node judges them).
+    /// A token for any node, `device`, bytes `[start, end)`, valid for an hour, of `volume` (0:
+    /// none, as minted by hand), under service `terms` (signed as is: the node judges them).
     pub fn token_terms(
         &self,
         device: u32,
-        start: u64,
-        end: u64,
+        (start, end): (u64, u64),
         rights: Rights,
+        volume: u64,
         terms: dasmesh_wire::Terms,
     ) -> Token {
-        claim(device, start, end, rights, terms).sign(&self.key)
+        Claim {
+            volume_id: VolumeId(volume),
+            ..claim(device, start, end, rights, terms)
+        }
+        .sign(&self.key)
     }
 
     /// Sends `signal` (TERM, KILL, ...) with kill(1).

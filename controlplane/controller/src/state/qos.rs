@@ -156,12 +156,13 @@ pub fn among(why: String, fit: usize, up: usize, layout: Layout, req: &Requireme
 
 /// The service terms a token for one extent of a `layout` volume with `req` carries: the
 /// extent's share of the promise and the cap ([`share`]: a stripe splits them, other layouts
-/// carry them whole), and the weight. A read-only lease's tokens carry no promise: the promise
-/// was admitted once, for the volume's writer, and readers would multiply it. Figures past what
+/// carry them whole), and the weight. Every lease's tokens carry the same terms, a reader's
+/// too: nodes schedule a volume's extent as one, whichever leases use it, so that a promise
+/// admitted once is kept once, and a cap holds however many leases there are. Figures past what
 /// a token can say saturate (a promise: admission never lets one reach it) or, for a cap, mean
 /// no cap.
-pub fn terms(layout: Layout, req: &Requirements, rw: bool) -> dasmesh_wire::Terms {
-    let (min_iops, min_mib_s) = if rw { share(layout, req) } else { (0, 0) };
+pub fn terms(layout: Layout, req: &Requirements) -> dasmesh_wire::Terms {
+    let (min_iops, min_mib_s) = share(layout, req);
     let (max_iops, max_mib_s) = share(
         layout,
         &Requirements {

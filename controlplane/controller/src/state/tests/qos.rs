@@ -198,22 +198,15 @@ fn caps_and_weights_are_checked_and_carried_in_tokens_split_by_a_stripe() {
         ..Default::default()
     };
     let v = create(&mut s, "a", Layout::Single, req).unwrap();
-    let t = crate::state::qos::terms(v.layout, &v.req, true);
+    let t = crate::state::qos::terms(v.layout, &v.req);
     assert_eq!(
         (t.min_iops, t.max_iops, t.min_mib_s, t.max_mib_s, t.weight),
         (4_000, 10_000, 100, 401, 200)
     );
-    // A reader's tokens carry the cap and the weight, never the promise.
-    let r = crate::state::qos::terms(v.layout, &v.req, false);
-    assert_eq!(
-        (r.min_iops, r.max_iops, r.min_mib_s, r.max_mib_s, r.weight),
-        (0, 10_000, 0, 401, 200)
-    );
-    r.check(dasmesh_wire::Rights::ReadOnly).unwrap();
-    t.check(dasmesh_wire::Rights::ReadWrite).unwrap();
+    t.check().unwrap();
     assert_eq!(t.read_cost, 0, "a read counts once on a single extent");
     // A mirror's copies each count a read once per copy against the cap.
-    let m = crate::state::qos::terms(Layout::Mirror { copies: 3 }, &req, true);
+    let m = crate::state::qos::terms(Layout::Mirror { copies: 3 }, &req);
     assert_eq!((m.max_iops, m.read_cost), (10_000, 3));
     // A stripe of 2 splits promise and cap, rounding up.
     let stripe = Layout::Stripe {
@@ -221,7 +214,7 @@ fn caps_and_weights_are_checked_and_carried_in_tokens_split_by_a_stripe() {
         unit: 1 << 20,
     };
     let v = create(&mut s, "b", stripe, req).unwrap();
-    let t = crate::state::qos::terms(v.layout, &v.req, true);
+    let t = crate::state::qos::terms(v.layout, &v.req);
     assert_eq!(
         (t.min_iops, t.max_iops, t.min_mib_s, t.max_mib_s),
         (2_000, 5_000, 50, 201)
@@ -232,7 +225,7 @@ fn caps_and_weights_are_checked_and_carried_in_tokens_split_by_a_stripe() {
         max_mib_s: 5_000_000,
         ..Default::default()
     };
-    let t = crate::state::qos::terms(Layout::Single, &big, true);
+    let t = crate::state::qos::terms(Layout::Single, &big);
     assert_eq!((t.max_iops, t.max_mib_s), (900_000_000, 0));
 
     // Refused in words: a cap below the promise, absurd caps, an absurd weight.
