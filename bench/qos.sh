@@ -3,7 +3,7 @@
 # a prefilled file in DIR (4k random reads, QD32, unless said otherwise); 1 to 4 with tokens
 # minted by hand (as the controller's carry the terms), 5 with volumes:
 #   1. the scheduler's cost on the uncapped, uncontended path: one lease without terms, the node
-#      started afresh for each run, with the scheduler and with --no-qos, PAIRS (6) times each,
+#      started afresh for each run, with the scheduler and with --no-qos, PAIRS (10) times each, 4 s each,
 #      each order in turn; C, what the node serves here without the scheduler, is the
 #      capability the promise is judged against (the nodes of 2 to 4 run with --device-iops C).
 #      (Two nodes on memory backends side by side were tried and dropped: how many huge pages
@@ -20,7 +20,7 @@
 # Usage: bench/qos.sh [--bin DIR] [--dir DIR] [--runtime 5]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-BIN=""; DIRBASE=${TMPDIR:-/var/tmp}; RUNTIME=5; KEEP=${KEEP:-}; PAIRS=${PAIRS:-6}
+BIN=""; DIRBASE=${TMPDIR:-/var/tmp}; RUNTIME=5; KEEP=${KEEP:-}; PAIRS=${PAIRS:-10}
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --bin) BIN="$2"; shift 2;;
@@ -79,7 +79,7 @@ for i in $(seq "$PAIRS"); do
   if (( i % 2 )); then order="on off"; else order="off on"; fi
   for side in $order; do
     if [[ $side == on ]]; then start_node; else start_node --no-qos; fi
-    bench "$side$i" plain --rw randread --bs 4k --iodepth 32
+    RT=4 bench "$side$i" plain --rw randread --bs 4k --iodepth 32
   done
   echo "   on  #$i: $(fig row "on$i")"
   echo "   off #$i: $(fig row "off$i")"
