@@ -168,6 +168,19 @@ where
     }
 
     fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
+        let path = req.uri().path().to_string();
+        let t0 = std::time::Instant::now();
+        let done = move |r: &http::Response<tonic::body::Body>| {
+            // A call that failed says so in its headers (trailers-only); one that ends OK says
+            // so in its trailers, after this: no status header counts as OK.
+            let code = r
+                .headers()
+                .get("grpc-status")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            crate::metrics::observe(&path, code, t0.elapsed());
+        };
         match check(&req) {
             Ok(id) => {
                 if let Some(id) = id {
@@ -176,9 +189,20 @@ where
                 // The clone is the one that was not polled ready: swap so the ready one serves.
                 let clone = self.inner.clone();
                 let mut ready = std::mem::replace(&mut self.inner, clone);
-                Box::pin(ready.call(req))
+                let call = ready.call(req);
+                Box::pin(async move {
+                    let r = call.await;
+                    if let Ok(r) = &r {
+                        done(r);
+                    }
+                    r
+                })
             }
-            Err(status) => Box::pin(async move { Ok(status.into_http()) }),
+            Err(status) => Box::pin(async move {
+                let r = status.into_http();
+                done(&r);
+                Ok(r)
+            }),
         }
     }
 }

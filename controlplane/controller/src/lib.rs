@@ -11,6 +11,7 @@ pub mod authz;
 pub mod controller;
 pub mod ha;
 pub mod keys;
+pub mod metrics;
 pub mod service;
 pub mod state;
 pub mod store;

@@ -28,6 +28,10 @@ struct Args {
     /// gRPC address (port 0 picks a free one; the chosen address is printed as `listening ADDR`).
     #[arg(long, default_value = "127.0.0.1:7600")]
     listen: SocketAddr,
+    /// HTTP address for `/metrics` (Prometheus text format; docs/controlplane.md, "Metrics").
+    /// Port 0 picks a free one, printed as `http ADDR`. Off by default.
+    #[arg(long)]
+    http: Option<SocketAddr>,
     /// Directory for the state (controller.redb) and the signing key (without --etcd).
     #[arg(long, required_unless_present = "etcd")]
     data_dir: Option<PathBuf>,
@@ -238,8 +242,28 @@ async fn run(a: Args) -> anyhow::Result<()> {
     };
     let reflection_v1alpha = reflection().build_v1alpha()?;
     let reflection = reflection().build_v1()?;
+    let http = match a.http {
+        Some(http) => {
+            let l = tokio::net::TcpListener::bind(http)
+                .await
+                .with_context(|| format!("--http {http}"))?;
+            let at = l.local_addr()?;
+            let roles = Arc::clone(&roles);
+            tokio::spawn(async move {
+                if let Err(e) = dasmesh_controller::metrics::serve(l, roles).await {
+                    tracing::warn!("--http: {e}");
+                }
+            });
+            Some(at)
+        }
+        None => None,
+    };
     let svc = Svc(roles);
     println!("listening {addr}");
+    // After `listening`, the line callers wait for first.
+    if let Some(at) = http {
+        println!("http {at}");
+    }
     tracing::info!(%addr, %url, "controller ready");
     let mut server = tonic::transport::Server::builder();
     match &cert {
