@@ -2,148 +2,33 @@
 //! the Prometheus text format (a strict parser below), and its values move with what the test
 //! does (a node registering, volumes created and refused, a lease).
 
-use std::collections::BTreeMap;
-use std::io::{Read as _, Write as _};
 use std::time::{Duration, Instant};
 
 use dasmesh_api::v1;
-use dasmesh_testkit::{free_addr, Process};
+use dasmesh_testkit::{free_addr, prometheus, Process};
 
 mod common;
 
 use common::channel;
-
-/// GET `/metrics` over plain HTTP/1.1.
-fn scrape(addr: &str) -> String {
-    let mut s = std::net::TcpStream::connect(addr).expect("connect to --http");
-    write!(
-        s,
-        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).unwrap();
-    let (head, body) = raw.split_once("\r\n\r\n").expect("an HTTP response");
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    assert!(
-        head.to_ascii_lowercase()
-            .contains("content-type: text/plain; version=0.0.4"),
-        "{head}"
-    );
-    body.to_string()
-}
-
-/// Parses the text format strictly: every sample belongs to a family declared by `# TYPE`
-/// before it, names and label names are valid, label values quoted, values numbers; a
-/// histogram's buckets are cumulative and end with `+Inf` equal to its `_count`. Returns each
-/// sample, by name and labels as written.
-fn parse(text: &str) -> BTreeMap<String, f64> {
-    let valid = |n: &str| {
-        !n.is_empty()
-            && n.chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
-            && !n.starts_with(|c: char| c.is_ascii_digit())
-    };
-    let mut types: BTreeMap<String, String> = BTreeMap::new();
-    let mut samples = BTreeMap::new();
-    for line in text.lines() {
-        if let Some(rest) = line.strip_prefix("# TYPE ") {
-            let (name, kind) = rest.split_once(' ').expect("# TYPE name kind");
-            assert!(valid(name), "{line}");
-            assert!(["counter", "gauge", "histogram"].contains(&kind), "{line}");
-            assert!(
-                types.insert(name.into(), kind.into()).is_none(),
-                "declared twice: {line}"
-            );
-            continue;
-        }
-        if line.starts_with("# HELP ") || line.is_empty() {
-            continue;
-        }
-        assert!(!line.starts_with('#'), "unknown comment: {line}");
-        let (series, value) = line.rsplit_once(' ').expect("name value");
-        let value: f64 = value.parse().unwrap_or_else(|_| panic!("value in {line}"));
-        let name = series.split('{').next().unwrap();
-        assert!(valid(name), "{line}");
-        if let Some(labels) = series.strip_prefix(name) {
-            if !labels.is_empty() {
-                let inner = labels
-                    .strip_prefix('{')
-                    .and_then(|l| l.strip_suffix('}'))
-                    .unwrap_or_else(|| panic!("labels in {line}"));
-                for pair in inner.split(',') {
-                    let (k, v) = pair.split_once('=').unwrap_or_else(|| panic!("{line}"));
-                    assert!(valid(k), "{line}");
-                    assert!(
-                        v.len() >= 2 && v.starts_with('"') && v.ends_with('"'),
-                        "{line}"
-                    );
-                }
-            }
-        }
-        let family = ["_bucket", "_sum", "_count"]
-            .iter()
-            .find_map(|s| {
-                name.strip_suffix(s)
-                    .filter(|f| types.get(*f).map(String::as_str) == Some("histogram"))
-            })
-            .unwrap_or(name);
-        assert!(
-            types.contains_key(family),
-            "sample before its # TYPE: {line}"
-        );
-        assert!(
-            samples.insert(series.to_string(), value).is_none(),
-            "twice: {line}"
-        );
-    }
-    // Histograms: cumulative buckets ending in +Inf == _count.
-    for (name, kind) in &types {
-        if kind != "histogram" {
-            continue;
-        }
-        let mut by_series: BTreeMap<String, Vec<f64>> = BTreeMap::new();
-        for (k, v) in &samples {
-            if let Some(rest) = k.strip_prefix(&format!("{name}_bucket{{")) {
-                let labels: String = rest.split(",le=").next().unwrap().to_string();
-                by_series.entry(labels.clone()).or_default().push(*v);
-                if rest.contains("le=\"+Inf\"") {
-                    let count = samples[&format!("{name}_count{{{labels}}}")];
-                    assert_eq!(*v, count, "{k}");
-                }
-            }
-        }
-        for (labels, _) in by_series {
-            let mut last = 0.0;
-            for (k, v) in &samples {
-                if k.starts_with(&format!("{name}_bucket{{{labels},le=")) && !k.contains("+Inf") {
-                    assert!(*v >= last, "{k} falls");
-                    last = *v;
-                }
-            }
-        }
-    }
-    samples
-}
 
 #[test]
 fn metrics_parse_and_move_with_what_the_pool_does() {
     let dir = tempfile::tempdir().unwrap();
     let http = free_addr();
     let ctl = Process::controller_with(&dir.path().join("ctl"), "127.0.0.1:0", &["--http", &http]);
-    let m = parse(&scrape(&http));
+    let m = prometheus::parse(&prometheus::scrape(&http));
     assert_eq!(m["dasmesh_controller_active"], 1.0);
     assert_eq!(m["dasmesh_nodes{state=\"up\"}"], 0.0);
     let _node = Process::node(dir.path(), &ctl.addr, "n0");
     let t0 = Instant::now();
-    while parse(&scrape(&http))["dasmesh_nodes{state=\"up\"}"] != 1.0 {
+    while prometheus::parse(&prometheus::scrape(&http))["dasmesh_nodes{state=\"up\"}"] != 1.0 {
         assert!(
             t0.elapsed() < Duration::from_secs(10),
             "the node never showed up"
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    let before = parse(&scrape(&http));
+    let before = prometheus::parse(&prometheus::scrape(&http));
     assert!(before["dasmesh_pool_lendable_bytes"] > 0.0);
     assert_eq!(
         before["dasmesh_pool_free_bytes"],
@@ -182,7 +67,7 @@ fn metrics_parse_and_move_with_what_the_pool_does() {
                 .await
                 .unwrap();
         });
-    let after = parse(&scrape(&http));
+    let after = prometheus::parse(&prometheus::scrape(&http));
     assert_eq!(after[create], 2.0);
     assert_eq!(after[refused], 1.0);
     assert_eq!(after["dasmesh_volumes{state=\"ok\"}"], 2.0);
@@ -197,7 +82,7 @@ fn metrics_parse_and_move_with_what_the_pool_does() {
     // The node beats every 200 ms: its heartbeats go on being counted.
     let hb = "dasmesh_rpc_duration_seconds_count{method=\"/dasmesh.v1.NodeRegistry/Heartbeat\"}";
     let t0 = Instant::now();
-    while parse(&scrape(&http))[hb] <= before[hb] {
+    while prometheus::parse(&prometheus::scrape(&http))[hb] <= before[hb] {
         assert!(
             t0.elapsed() < Duration::from_secs(10),
             "no heartbeat counted"

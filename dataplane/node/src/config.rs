@@ -231,6 +231,10 @@ pub struct Config {
     /// measuring what the scheduler costs; docs/qos.md).
     #[arg(long)]
     pub no_qos: bool,
+    /// Serve `/metrics` (Prometheus text format) on this address; port 0 picks one, printed as
+    /// `metrics ADDR` after the `listening` line. Off by default: reactors count nothing.
+    #[arg(long)]
+    pub metrics: Option<std::net::SocketAddr>,
     /// How often the scheduler looks at what each lease did and sets their rates (1ms..=1s).
     #[arg(long, default_value = "10ms", value_parser = humantime::parse_duration)]
     pub qos_period: Duration,

@@ -266,6 +266,8 @@ pub struct Req {
     pub guard: Option<std::sync::Arc<crate::guard::Guard>>,
     /// Whether the scheduler has given it its start time (`qos.rs`).
     pub paced: bool,
+    /// When it was parsed, by the reactor loop's clock (us; `metrics.rs`).
+    pub started_us: u64,
 }
 
 impl Req {

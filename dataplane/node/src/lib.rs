@@ -18,6 +18,7 @@ mod conn;
 pub mod fault;
 pub mod fence;
 pub mod guard;
+pub mod metrics;
 mod offload;
 pub mod probe;
 pub mod qos;
@@ -92,6 +93,8 @@ pub struct Shared {
     pub guards: guard::Guards,
     /// The per-lease scheduler (`qos.rs`).
     pub qos: qos::Qos,
+    /// Each reactor's counts for `/metrics` (`metrics.rs`); none without `--metrics`.
+    pub metrics: Option<metrics::Metrics>,
     /// Faults injected into device I/O (`--fault-file`; test builds only).
     #[cfg(feature = "fault-injection")]
     pub faults: Arc<fault::Faults>,
@@ -182,6 +185,7 @@ pub fn open_shared(cfg: &Config) -> anyhow::Result<Shared> {
         require_holder: cfg.require_holder,
         guards: Default::default(),
         qos: qos::Qos::new(!cfg.no_qos, cfg.qos_period),
+        metrics: cfg.metrics.map(|_| metrics::Metrics::new(cfg.cores)),
         #[cfg(feature = "fault-injection")]
         faults: Default::default(),
     };

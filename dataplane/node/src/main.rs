@@ -200,7 +200,21 @@ fn run() -> anyhow::Result<()> {
         }
         None => (None, None),
     };
+    // Serving before `listening` is printed, so that whoever waits for it can scrape at once.
+    let metrics = match cfg.metrics {
+        Some(m) => {
+            let l = std::net::TcpListener::bind(m).with_context(|| format!("--metrics {m}"))?;
+            let at = l.local_addr()?;
+            dasmesh_node::metrics::serve(l, Arc::clone(&shared)).context("--metrics")?;
+            Some(at)
+        }
+        None => None,
+    };
     println!("listening {addr}");
+    // After `listening`, the line callers wait for first.
+    if let Some(at) = metrics {
+        println!("metrics {at}");
+    }
     std::io::stdout().flush()?;
     let mut failed = false;
     match rx.recv()? {

@@ -52,6 +52,8 @@ const COPY_MAX: usize = 16 << 10;
 const SEARCH_CHUNK: u64 = 1 << 20;
 /// How long a blocked reactor sleeps before it looks at the shutdown flag again.
 const IDLE_WAIT: Duration = Duration::from_millis(100);
+/// How often a reactor publishes its `/metrics` counts.
+const STATS_EVERY_MS: u64 = 100;
 /// How often a reactor hands its scheduler counts over (`qos.rs`).
 const QOS_FLUSH_MS: u64 = 2;
 /// A throttled request due sooner than this is waited for spinning rather than sleeping.
@@ -143,6 +145,16 @@ pub struct Reactor {
     throttled: BinaryHeap<Reverse<(u64, usize)>>,
     /// When counts were last handed to the scheduler.
     last_qos_flush: u64,
+    /// What this reactor counted for `/metrics`; none without `--metrics`.
+    stats: Option<crate::metrics::ReactorStats>,
+    /// The loop's clock for request latencies (us since `born`), read once per turn while
+    /// `stats` is kept.
+    now_us: u64,
+    born: Instant,
+    /// When `stats` was last published.
+    last_stats_ms: u64,
+    /// Time spent waiting for work, ns (while `stats` is kept).
+    idle_ns: u64,
     /// The helper thread for blocking device calls.
     offload: Offload,
     /// Connections freed since the heap was last trimmed.
@@ -197,6 +209,13 @@ impl Reactor {
             "reactor ready"
         );
         let writes = shared.writes.writer(id);
+        let stats = shared
+            .metrics
+            .as_ref()
+            .map(|_| crate::metrics::ReactorStats {
+                devices: vec![Default::default(); shared.backends.len()],
+                busy_ns: 0,
+            });
         let offload = Offload::start(id, Arc::clone(&shared))?;
         Ok(Self {
             ring,
@@ -233,6 +252,11 @@ impl Reactor {
             parked: Vec::new(),
             throttled: BinaryHeap::new(),
             last_qos_flush: 0,
+            stats,
+            idle_ns: 0,
+            now_us: 0,
+            born: Instant::now(),
+            last_stats_ms: 0,
             offload,
             closed_since_trim: 0,
             last_trim_ms: 0,
@@ -250,6 +274,12 @@ impl Reactor {
         let mut last_sweep = self.now_ms;
         loop {
             self.now_ms = sys::now_ms();
+            if self.stats.is_some() {
+                self.now_us = self.born.elapsed().as_micros() as u64;
+                if self.now_ms >= self.last_stats_ms + STATS_EVERY_MS {
+                    self.publish_stats();
+                }
+            }
             if self.now_ms >= self.last_qos_flush + QOS_FLUSH_MS {
                 self.flush_qos();
             }
@@ -320,6 +350,17 @@ impl Reactor {
     }
 
     fn enter(&mut self, spin: bool, wait: Duration) -> std::io::Result<()> {
+        if self.stats.is_some() && !spin {
+            // The time spent waiting for work is the reactor's idle time.
+            let t = Instant::now();
+            let r = self.enter_ring(spin, wait);
+            self.idle_ns += t.elapsed().as_nanos() as u64;
+            return r;
+        }
+        self.enter_ring(spin, wait)
+    }
+
+    fn enter_ring(&mut self, spin: bool, wait: Duration) -> std::io::Result<()> {
         let r = if spin {
             let n = self.ring.submission().len() as u32;
             // SAFETY: no signal mask or extra argument is passed; GETEVENTS with min_complete 0
@@ -398,6 +439,45 @@ impl Reactor {
                 tracing::warn!("submit failed: {err}");
             }
         }
+    }
+
+    /// Counts a request refused before it became one (`/metrics`).
+    fn count_refusal(&mut self, ci: usize, h: &RequestHeader, status: Status) {
+        let Some(st) = self.stats.as_mut() else {
+            return;
+        };
+        let dev = self.conns[ci].session.as_ref().map(|s| s.device);
+        if let (Some(d), Some(op)) = (dev.and_then(|d| st.devices.get_mut(d)), h.known_op()) {
+            d.record(op, status, h.length, 0);
+        }
+    }
+
+    /// Copies what this reactor counted to its `/metrics` slot, with the requests it has in
+    /// flight per device and its busy time so far.
+    fn publish_stats(&mut self) {
+        self.last_stats_ms = self.now_ms;
+        let Some(mut s) = self.stats.take() else {
+            return;
+        };
+        for d in &mut s.devices {
+            d.inflight = 0;
+        }
+        for (_, r) in self.reqs.iter() {
+            let dev = self
+                .conns
+                .get(r.conn)
+                .and_then(|c| c.session.as_ref())
+                .map(|s| s.device);
+            if let Some(d) = dev.and_then(|d| s.devices.get_mut(d)) {
+                d.inflight += 1;
+            }
+        }
+        // Busy time: all of it, less the waits for work.
+        s.busy_ns = (self.born.elapsed().as_nanos() as u64).saturating_sub(self.idle_ns);
+        if let Some(m) = &self.shared.metrics {
+            m.publish(self.id, &s);
+        }
+        self.stats = Some(s);
     }
 
     /// Starts the throttled requests whose time has come (all of them once shutting down);
@@ -1236,7 +1316,10 @@ impl Reactor {
                 c.inflight += 1;
                 c.recv_exact = false;
                 match verdict {
-                    Err(s) => self.reply(ci, ReplyHeader::status(h.tag, s), Payload::None),
+                    Err(s) => {
+                        self.count_refusal(ci, &h, s);
+                        self.reply(ci, ReplyHeader::status(h.tag, s), Payload::None)
+                    }
                     Ok((op, seq)) => {
                         let ri = self.new_req(ci, h, op, buf, Stage::Data);
                         self.reqs[ri].write_seq = seq;
@@ -1343,7 +1426,10 @@ impl Reactor {
         c.inflight += 1;
         c.recv_exact = false;
         match verdict {
-            Err(s) => self.reply(ci, ReplyHeader::status(h.tag, s), Payload::None),
+            Err(s) => {
+                self.count_refusal(ci, &h, s);
+                self.reply(ci, ReplyHeader::status(h.tag, s), Payload::None)
+            }
             Ok((op, body)) => {
                 let ri = self.new_req(ci, h, op, buf, Stage::Data);
                 self.reqs[ri].search = Some(Box::new(Searcher::new(
@@ -1383,6 +1469,7 @@ impl Reactor {
             write_seq: None,
             guard: None,
             paced: false,
+            started_us: self.now_us,
         })
     }
 
@@ -1727,6 +1814,20 @@ impl Reactor {
         };
         // The rule clients check replies by (the hit limit was checked when the SEARCH was parsed).
         debug_assert_eq!(check_reply(r.op, r.hdr.length, u32::MAX, &h), Ok(()));
+        if let Some(st) = self.stats.as_mut() {
+            if let Some(d) = self.conns[ci]
+                .session
+                .as_ref()
+                .and_then(|s| st.devices.get_mut(s.device))
+            {
+                d.record(
+                    r.op,
+                    status,
+                    r.hdr.length,
+                    self.now_us.saturating_sub(r.started_us),
+                );
+            }
+        }
         if status != Status::Ok {
             tracing::debug!(conn = ci, op = ?r.op, offset = r.hdr.offset, length = r.hdr.length, "request failed: {status}");
         } else if let Some(sess) = self.conns[ci].session.as_mut() {

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 mod cluster;
 pub mod etcd;
+pub mod prometheus;
 
 pub use cluster::{layout, node_has_faults, Cluster};
 

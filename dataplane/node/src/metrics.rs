@@ -1,0 +1,335 @@
+//! The node's `/metrics` (Prometheus text format 0.0.4), served on `--metrics ADDR` by a thread
+//! of its own (docs/node.md, "Metrics").
+//!
+//! Nothing is shared on the I/O path: each reactor counts in plain integers of its own
+//! ([`ReactorStats`]) and copies them into its slot of [`Metrics`] every 100 ms, under a lock
+//! only it and a scrape take. A request's latency is taken from the reactor loop's clock, read
+//! once per turn of the loop, not per request: its resolution is one turn (microseconds under
+//! load), its cost nothing per request.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::io::{Read as _, Write as _};
+use std::net::TcpListener;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use dasmesh_wire::{Op, Status};
+
+use crate::Shared;
+
+/// Upper bounds of the latency buckets, microseconds.
+pub const LATENCY_US: [u64; 14] = [
+    10, 25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000,
+];
+
+/// One device as one reactor saw it (cumulative).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct DeviceStats {
+    /// Requests completed: reads (and searches), writes (and write-zeroes), others (flush,
+    /// discard).
+    pub ops: [u64; 3],
+    /// Bytes read and written.
+    pub bytes: [u64; 2],
+    /// Requests that ended with a status other than Ok, by status code.
+    pub errors: BTreeMap<u16, u64>,
+    /// Requests by latency bucket ([`LATENCY_US`], then one past the last).
+    pub latency: [u64; LATENCY_US.len() + 1],
+    /// Sum of the latencies, microseconds.
+    pub latency_sum_us: u64,
+    /// Requests in flight at the last copy.
+    pub inflight: u64,
+}
+
+impl DeviceStats {
+    /// Counts a completed request.
+    pub fn record(&mut self, op: Op, status: Status, len: u64, latency_us: u64) {
+        if status != Status::Ok {
+            *self.errors.entry(status.code()).or_default() += 1;
+        }
+        let (class, bytes) = match op {
+            Op::Read | Op::Search => (0, Some(0)),
+            Op::Write | Op::WriteZeroes => (1, Some(1)),
+            Op::Flush | Op::Discard => (2, None),
+        };
+        self.ops[class] += 1;
+        if let (Some(b), Status::Ok) = (bytes, status) {
+            self.bytes[b] += len;
+        }
+        let i = LATENCY_US
+            .iter()
+            .position(|b| latency_us <= *b)
+            .unwrap_or(LATENCY_US.len());
+        self.latency[i] += 1;
+        self.latency_sum_us += latency_us;
+    }
+
+    fn add(&mut self, o: &DeviceStats) {
+        for (a, b) in self.ops.iter_mut().zip(o.ops) {
+            *a += b;
+        }
+        for (a, b) in self.bytes.iter_mut().zip(o.bytes) {
+            *a += b;
+        }
+        for (k, v) in &o.errors {
+            *self.errors.entry(*k).or_default() += v;
+        }
+        for (a, b) in self.latency.iter_mut().zip(o.latency) {
+            *a += b;
+        }
+        self.latency_sum_us += o.latency_sum_us;
+        self.inflight += o.inflight;
+    }
+}
+
+/// What one reactor counted (cumulative).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ReactorStats {
+    /// By device index.
+    pub devices: Vec<DeviceStats>,
+    /// Time not spent waiting for work, ns (spinning counts as busy: it burns the core).
+    pub busy_ns: u64,
+}
+
+/// Every reactor's latest copy.
+#[derive(Debug)]
+pub struct Metrics {
+    reactors: Vec<Mutex<ReactorStats>>,
+}
+
+impl Metrics {
+    /// Slots for `reactors` reactors.
+    pub fn new(reactors: usize) -> Self {
+        Metrics {
+            reactors: (0..reactors).map(|_| Mutex::default()).collect(),
+        }
+    }
+
+    /// Reactor `id`'s copy of what it counted.
+    pub fn publish(&self, id: usize, s: &ReactorStats) {
+        if let Some(slot) = self.reactors.get(id) {
+            slot.lock().unwrap_or_else(|e| e.into_inner()).clone_from(s);
+        }
+    }
+}
+
+/// The metrics text.
+pub fn render(shared: &Shared) -> String {
+    let Some(m) = &shared.metrics else {
+        return String::new();
+    };
+    let mut devices: Vec<DeviceStats> = vec![DeviceStats::default(); shared.backends.len()];
+    let mut busy = Vec::new();
+    for r in &m.reactors {
+        let r = r.lock().unwrap_or_else(|e| e.into_inner());
+        for (d, s) in devices.iter_mut().zip(&r.devices) {
+            d.add(s);
+        }
+        busy.push(r.busy_ns);
+    }
+    let mut out = String::new();
+    let dev = |i: usize| shared.backends[i].id.0;
+    family(
+        &mut out,
+        "dasmesh_node_requests_total",
+        "counter",
+        "Requests completed, by device and op class",
+    );
+    for (i, d) in devices.iter().enumerate() {
+        for (class, n) in ["read", "write", "other"].iter().zip(d.ops) {
+            let _ = writeln!(
+                out,
+                "dasmesh_node_requests_total{{device=\"{}\",op=\"{class}\"}} {n}",
+                dev(i)
+            );
+        }
+    }
+    family(
+        &mut out,
+        "dasmesh_node_bytes_total",
+        "counter",
+        "Bytes read and written, by device",
+    );
+    for (i, d) in devices.iter().enumerate() {
+        for (dir, n) in ["read", "write"].iter().zip(d.bytes) {
+            let _ = writeln!(
+                out,
+                "dasmesh_node_bytes_total{{device=\"{}\",direction=\"{dir}\"}} {n}",
+                dev(i)
+            );
+        }
+    }
+    family(
+        &mut out,
+        "dasmesh_node_errors_total",
+        "counter",
+        "Requests that failed, by device and status",
+    );
+    for (i, d) in devices.iter().enumerate() {
+        for (code, n) in &d.errors {
+            let name =
+                Status::from_code(*code).map_or_else(|| code.to_string(), |s| format!("{s:?}"));
+            let _ = writeln!(
+                out,
+                "dasmesh_node_errors_total{{device=\"{}\",status=\"{name}\"}} {n}",
+                dev(i)
+            );
+        }
+    }
+    family(
+        &mut out,
+        "dasmesh_node_inflight",
+        "gauge",
+        "Requests in flight, by device",
+    );
+    for (i, d) in devices.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "dasmesh_node_inflight{{device=\"{}\"}} {}",
+            dev(i),
+            d.inflight
+        );
+    }
+    family(
+        &mut out,
+        "dasmesh_node_request_duration_seconds",
+        "histogram",
+        "Request latency on the node (parsed to answered), by device",
+    );
+    for (i, d) in devices.iter().enumerate() {
+        let mut cum = 0;
+        for (b, n) in LATENCY_US.iter().zip(d.latency) {
+            cum += n;
+            let _ = writeln!(
+                out,
+                "dasmesh_node_request_duration_seconds_bucket{{device=\"{}\",le=\"{}\"}} {cum}",
+                dev(i),
+                *b as f64 / 1e6
+            );
+        }
+        let count: u64 = d.latency.iter().sum();
+        let _ = writeln!(
+            out,
+            "dasmesh_node_request_duration_seconds_bucket{{device=\"{}\",le=\"+Inf\"}} {count}",
+            dev(i)
+        );
+        let _ = writeln!(
+            out,
+            "dasmesh_node_request_duration_seconds_sum{{device=\"{}\"}} {}",
+            dev(i),
+            d.latency_sum_us as f64 / 1e6
+        );
+        let _ = writeln!(
+            out,
+            "dasmesh_node_request_duration_seconds_count{{device=\"{}\"}} {count}",
+            dev(i)
+        );
+    }
+    family(
+        &mut out,
+        "dasmesh_node_reactor_busy_seconds_total",
+        "counter",
+        "Time each reactor was not waiting for work (its rate is the busy fraction)",
+    );
+    for (i, b) in busy.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "dasmesh_node_reactor_busy_seconds_total{{reactor=\"{i}\"}} {}",
+            *b as f64 / 1e9
+        );
+    }
+    family(
+        &mut out,
+        "dasmesh_node_volume_iops",
+        "gauge",
+        "Operations a second each volume extent got lately (the scheduler's view; docs/qos.md)",
+    );
+    family(
+        &mut out,
+        "dasmesh_node_volume_bytes_per_second",
+        "gauge",
+        "Bytes a second each volume extent got lately",
+    );
+    let mut rows = shared.qos.delivered();
+    rows.sort_by_key(|(k, ..)| (k.device, k.offset));
+    for (k, ops, bytes) in rows {
+        let owner = match k.owner {
+            crate::qos::Owner::Volume(v) => format!("volume=\"{v}\""),
+            crate::qos::Owner::Token(t) => format!("volume=\"0\",token=\"{t}\""),
+        };
+        let labels = format!(
+            "{owner},device=\"{}\",offset=\"{}\"",
+            dev(k.device),
+            k.offset
+        );
+        let _ = writeln!(out, "dasmesh_node_volume_iops{{{labels}}} {ops}");
+        let _ = writeln!(
+            out,
+            "dasmesh_node_volume_bytes_per_second{{{labels}}} {bytes}"
+        );
+    }
+    out
+}
+
+fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+/// Serves `/metrics` on `listener` from a thread of its own, one connection at a time (a scrape
+/// every few seconds needs no more). Anything but `GET /metrics` gets a 404.
+pub fn serve(listener: TcpListener, shared: Arc<Shared>) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name("metrics".into())
+        .spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut c) = conn else { continue };
+                let _ = c.set_read_timeout(Some(Duration::from_secs(5)));
+                let _ = c.set_write_timeout(Some(Duration::from_secs(5)));
+                let mut req = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !req.windows(4).any(|w| w == b"\r\n\r\n") && req.len() < 16 << 10 {
+                    match c.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => req.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let (status, body) = if req.starts_with(b"GET /metrics ") {
+                    ("200 OK", render(&shared))
+                } else {
+                    ("404 Not Found", "only GET /metrics here\n".to_string())
+                };
+                let _ = write!(
+                    c,
+                    "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        })?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_are_counted_by_class_status_and_latency() {
+        let mut d = DeviceStats::default();
+        d.record(Op::Read, Status::Ok, 4096, 30);
+        d.record(Op::Write, Status::Ok, 8192, 1_000_000);
+        d.record(Op::Flush, Status::Ok, 0, 5);
+        d.record(Op::Read, Status::OutOfRange, 4096, 1);
+        assert_eq!(d.ops, [2, 1, 1]);
+        assert_eq!(d.bytes, [4096, 8192], "a failed read moved no bytes");
+        assert_eq!(d.errors[&Status::OutOfRange.code()], 1);
+        assert_eq!(d.latency[0], 2, "1 and 5 us");
+        assert_eq!(d.latency[2], 1, "30 us");
+        assert_eq!(d.latency[LATENCY_US.len()], 1, "1 s: past the last bound");
+        let mut sum = DeviceStats::default();
+        sum.add(&d);
+        sum.add(&d);
+        assert_eq!(sum.ops, [4, 2, 2]);
+        assert_eq!(sum.latency_sum_us, 2 * d.latency_sum_us);
+    }
+}
