@@ -11,7 +11,7 @@ use std::time::Duration;
 use dasmesh_api::v1;
 
 use crate::ha::{Role, Roles};
-use crate::service::msg::{node_msg, volume_msg};
+use crate::service::msg::{up_devices, volume_msg};
 use crate::state::NodeState;
 
 /// Upper bounds of the latency buckets, seconds.
@@ -77,12 +77,7 @@ pub fn render(roles: &Roles) -> String {
                 let n = s.nodes.values().filter(|n| n.state == state).count();
                 let _ = writeln!(out, "dasmesh_nodes{{state=\"{name}\"}} {n}");
             }
-            let devices: Vec<v1::Device> = s
-                .nodes
-                .values()
-                .filter(|n| n.state == NodeState::Up)
-                .flat_map(|n| node_msg(s, n).devices)
-                .collect();
+            let devices = up_devices(s);
             family(
                 &mut out,
                 "dasmesh_pool_lendable_bytes",

@@ -11,10 +11,10 @@ use tonic::{Request, Response, Status};
 use crate::authz::{caller, require_self};
 pub use crate::controller::{now_ms, Controller, CtlError};
 use crate::ha::{Role, Roles};
-use crate::state::{self, Command, Error, NodeState, Outcome};
+use crate::state::{self, Command, Error, Outcome};
 use crate::store::StoreError;
 use dasmesh_api::tls::{Identity, Role as Who};
-use msg::{extent_msg, layout_from, lease_msg, node_msg, volume_msg};
+use msg::{extent_msg, layout_from, lease_msg, node_msg, up_devices, volume_msg};
 
 mod control;
 mod leases;

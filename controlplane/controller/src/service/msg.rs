@@ -111,6 +111,15 @@ pub(crate) fn volume_msg(s: &State, v: &VolumeRec) -> v1::Volume {
     }
 }
 
+/// The devices of the nodes that are up, as the API shows them.
+pub(crate) fn up_devices(s: &State) -> Vec<v1::Device> {
+    s.nodes
+        .values()
+        .filter(|n| n.state == state::NodeState::Up)
+        .flat_map(|n| node_msg(s, n).devices)
+        .collect()
+}
+
 pub(crate) fn node_msg(s: &State, n: &state::NodeRec) -> v1::Node {
     let cands = state::candidates(s);
     let promised = state::qos::promised(s);

@@ -21,12 +21,7 @@ impl v1::pool_server::Pool for Svc {
     ) -> Result<Response<v1::ListDevicesResponse>, Status> {
         let ctl = self.view().await?;
         Ok(Response::new(ctl.read(|s| {
-            let devices: Vec<v1::Device> = s
-                .nodes
-                .values()
-                .filter(|n| n.state == NodeState::Up)
-                .flat_map(|n| node_msg(s, n).devices)
-                .collect();
+            let devices = up_devices(s);
             v1::ListDevicesResponse {
                 total_bytes: devices.iter().map(|d| d.lendable_length).sum(),
                 free_bytes: devices.iter().map(|d| d.free_bytes).sum(),
