@@ -123,6 +123,29 @@ pub fn render(roles: &Roles) -> String {
             let _ = writeln!(out, "dasmesh_volume_bytes {bytes}");
             family(
                 &mut out,
+                "dasmesh_rebuild_bytes",
+                "gauge",
+                "Mirror extents being rebuilt on their node: bytes copied and in all",
+            );
+            for v in s.volumes.values() {
+                for e in &v.extents {
+                    if let Some(r) = &e.rebuild {
+                        let l = format!(
+                            "volume=\"{}\",copy=\"{}\",index=\"{}\",node=\"{}\"",
+                            v.name, e.piece.copy, e.piece.index, e.piece.key.node
+                        );
+                        let _ =
+                            writeln!(out, "dasmesh_rebuild_bytes{{{l},of=\"copied\"}} {}", r.done);
+                        let _ = writeln!(
+                            out,
+                            "dasmesh_rebuild_bytes{{{l},of=\"all\"}} {}",
+                            e.piece.length
+                        );
+                    }
+                }
+            }
+            family(
+                &mut out,
                 "dasmesh_leases",
                 "gauge",
                 "Mount leases by access",

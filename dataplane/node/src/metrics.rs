@@ -238,35 +238,34 @@ pub fn render(shared: &Shared) -> String {
             *b as f64 / 1e9
         );
     }
-    family(
-        &mut out,
-        "dasmesh_node_volume_iops",
-        "gauge",
-        "Operations a second each volume extent got lately (the scheduler's view; docs/qos.md)",
-    );
-    family(
-        &mut out,
-        "dasmesh_node_volume_bytes_per_second",
-        "gauge",
-        "Bytes a second each volume extent got lately",
-    );
-    let mut rows = shared.qos.delivered();
+    // Per volume extent in use (the scheduler's entries; none with --no-qos).
+    let mut rows = shared.qos.totals();
     rows.sort_by_key(|(k, ..)| (k.device, k.offset));
-    for (k, ops, bytes) in rows {
-        let owner = match k.owner {
-            crate::qos::Owner::Volume(v) => format!("volume=\"{v}\""),
-            crate::qos::Owner::Token(t) => format!("volume=\"0\",token=\"{t}\""),
-        };
-        let labels = format!(
-            "{owner},device=\"{}\",offset=\"{}\"",
-            dev(k.device),
-            k.offset
-        );
-        let _ = writeln!(out, "dasmesh_node_volume_iops{{{labels}}} {ops}");
-        let _ = writeln!(
-            out,
-            "dasmesh_node_volume_bytes_per_second{{{labels}}} {bytes}"
-        );
+    let labels: Vec<String> = rows
+        .iter()
+        .map(|(k, ..)| {
+            let owner = match k.owner {
+                crate::qos::Owner::Volume(v) => format!("volume=\"{v}\""),
+                crate::qos::Owner::Token(t) => format!("volume=\"0\",token=\"{t}\""),
+            };
+            format!(
+                "{owner},device=\"{}\",offset=\"{}\"",
+                dev(k.device),
+                k.offset
+            )
+        })
+        .collect();
+    let per_volume: [(&str, &str, &str, fn(&(crate::qos::Key, u64, u64, f64, f64)) -> f64); 4] = [
+        ("dasmesh_node_volume_requests_total", "counter", "Reads, writes and searches started per volume extent in use, every lease of it together", |r| r.1 as f64),
+        ("dasmesh_node_volume_bytes_total", "counter", "Their bytes", |r| r.2 as f64),
+        ("dasmesh_node_volume_iops", "gauge", "Operations a second each volume extent got lately (the scheduler's view; docs/qos.md)", |r| r.3),
+        ("dasmesh_node_volume_bytes_per_second", "gauge", "Bytes a second each volume extent got lately", |r| r.4),
+    ];
+    for (name, kind, help, value) in per_volume {
+        family(&mut out, name, kind, help);
+        for (l, r) in labels.iter().zip(&rows) {
+            let _ = writeln!(out, "{name}{{{l}}} {}", value(r));
+        }
     }
     out
 }

@@ -458,6 +458,24 @@ impl Qos {
         }
     }
 
+    /// Every entry's counts so far (operations and bytes started; handed over by the reactors
+    /// every 2 ms) and what it got lately (operations and bytes a second).
+    pub fn totals(&self) -> Vec<(Key, u64, u64, f64, f64)> {
+        lock(&self.entries)
+            .values()
+            .map(|e| {
+                let s = *lock(&e.last);
+                (
+                    e.key,
+                    e.ops.load(Relaxed),
+                    e.bytes.load(Relaxed),
+                    s.ops_s,
+                    s.bytes_s,
+                )
+            })
+            .collect()
+    }
+
     /// What the lease got in the last period: operations and bytes a second, by lease range.
     pub fn delivered(&self) -> Vec<(Key, f64, f64)> {
         lock(&self.entries)

@@ -22,7 +22,8 @@ fn metrics_count_every_request_by_device_class_status_and_latency() {
         0.0
     );
     rt().block_on(async {
-        let t = node.token(0, 0, 8 * MIB, Rights::ReadWrite, 1);
+        // A token of volume 5, as the controller's name their volume.
+        let t = node.token_terms(0, (0, 8 * MIB), Rights::ReadWrite, 5, Default::default());
         let c = Connection::connect(&node.addr, DeviceId(0), &t, &ConnectOptions::default())
             .await
             .unwrap();
@@ -35,6 +36,25 @@ fn metrics_count_every_request_by_device_class_status_and_latency() {
         c.flush().await.unwrap();
         let e = c.read(8 * MIB, 4096).await.unwrap_err();
         assert_eq!(e.status(), Some(Status::OutOfRange));
+        // The volume extent's own counts, while its lease is connected: the reads and writes
+        // that started (not the flush, not the refused read).
+        let vol = "dasmesh_node_volume_requests_total{volume=\"5\",device=\"0\",offset=\"0\"}";
+        let t0 = Instant::now();
+        loop {
+            let m = prometheus::parse(&prometheus::scrape(&at));
+            if m.get(vol) == Some(&150.0) {
+                let bytes =
+                    "dasmesh_node_volume_bytes_total{volume=\"5\",device=\"0\",offset=\"0\"}";
+                assert_eq!(m[bytes], (100 * 4096 + 50 * 8192) as f64);
+                break;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(5),
+                "{vol}: {:?}",
+                m.get(vol)
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     });
     // Reactors publish every 100 ms.
     let want = "dasmesh_node_request_duration_seconds_count{device=\"0\"}";

@@ -205,7 +205,12 @@ fn a_lost_copy_waits_for_a_node_then_is_rebuilt_there_and_the_old_extent_freed()
 /// and from another copy after the third, and the new copy alone holds every byte.
 #[test]
 fn a_rebuild_survives_kills_of_its_node_the_controller_and_its_source() {
-    let mut c = Cluster::start_with(4, &["--replace-after", "0s"], &["--rebuild-mib-s", "8"]);
+    let http = dasmesh_testkit::free_addr();
+    let mut c = Cluster::start_with(
+        4,
+        &["--replace-after", "0s", "--http", &http],
+        &["--rebuild-mib-s", "8"],
+    );
     let size = 64 * M;
     runtime().block_on(async {
         let vol = c.create("b", "mirror:3", size).await;
@@ -241,6 +246,18 @@ fn a_rebuild_survives_kills_of_its_node_the_controller_and_its_source() {
         // host writes only above the checkpoint, so nothing it missed lies below).
         let at =
             done_of(&wait_for(&c, "b", 60, "a quarter copied", |v| done_of(v) >= 16 * M).await);
+        // The controller's /metrics shows the same progress.
+        let m = dasmesh_testkit::prometheus::parse(&dasmesh_testkit::prometheus::scrape(&http));
+        let rebuild = |of: &str| {
+            m.iter()
+                .find(|(k, _)| {
+                    k.starts_with("dasmesh_rebuild_bytes{volume=\"b\",copy=\"2\",")
+                        && k.ends_with(&format!("of=\"{of}\"}}"))
+                })
+                .map(|(_, v)| *v)
+        };
+        assert_eq!(rebuild("all"), Some(size as f64));
+        assert!(rebuild("copied").is_some_and(|d| d >= at as f64), "{m:?}");
         c.nodes[target].send("KILL");
         tokio::time::sleep(Duration::from_millis(500)).await;
         c.nodes[target].restart();
