@@ -255,7 +255,7 @@ pub fn render(shared: &Shared) -> String {
             )
         })
         .collect();
-    let per_volume: [(&str, &str, &str, fn(&Totals) -> f64); 4] = [
+    let per_volume: [Family<Totals>; 4] = [
         ("dasmesh_node_volume_requests_total", "counter", "Reads, writes and searches started per volume extent in use, every lease of it together", |r| r.1 as f64),
         ("dasmesh_node_volume_bytes_total", "counter", "Their bytes", |r| r.2 as f64),
         ("dasmesh_node_volume_iops", "gauge", "Operations a second each volume extent got lately (the scheduler's view; docs/qos.md)", |r| r.3),
@@ -272,6 +272,8 @@ pub fn render(shared: &Shared) -> String {
 
 /// One row of [`crate::qos::Qos::totals`].
 type Totals = (crate::qos::Key, u64, u64, f64, f64);
+/// A family written from rows of `T`: name, type, help, and each row's value.
+type Family<T> = (&'static str, &'static str, &'static str, fn(&T) -> f64);
 
 fn family(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}");
