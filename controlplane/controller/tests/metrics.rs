@@ -19,7 +19,14 @@ fn metrics_parse_and_move_with_what_the_pool_does() {
     let m = prometheus::parse(&prometheus::scrape(&http));
     assert_eq!(m["dasmesh_controller_active"], 1.0);
     assert_eq!(m["dasmesh_nodes{state=\"up\"}"], 0.0);
-    let _node = Process::node(dir.path(), &ctl.addr, "n0");
+    let node_http = free_addr();
+    let _node = Process::node_with(
+        dir.path(),
+        &ctl.addr,
+        "n0",
+        "127.0.0.1:0",
+        &["--metrics", &node_http],
+    );
     let t0 = Instant::now();
     while prometheus::parse(&prometheus::scrape(&http))["dasmesh_nodes{state=\"up\"}"] != 1.0 {
         assert!(
@@ -89,4 +96,38 @@ fn metrics_parse_and_move_with_what_the_pool_does() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+
+    // Every family the Grafana dashboard in docs/ uses is one the controller or a node serves.
+    let declared: std::collections::BTreeSet<String> =
+        [prometheus::scrape(&http), prometheus::scrape(&node_http)]
+            .iter()
+            .flat_map(|t| {
+                t.lines()
+                    .filter_map(|l| l.strip_prefix("# TYPE "))
+                    .filter_map(|l| l.split(' ').next().map(String::from))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+    let dashboard = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/grafana/dasmesh.json"),
+    )
+    .unwrap();
+    serde_json::from_str::<serde_json::Value>(&dashboard).expect("the dashboard is JSON");
+    let mut used = 0;
+    for (i, _) in dashboard.match_indices("dasmesh_") {
+        let name: String = dashboard[i..]
+            .chars()
+            .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+            .collect();
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s))
+            .unwrap_or(&name);
+        assert!(
+            declared.contains(family),
+            "the dashboard uses {name}, served by no one"
+        );
+        used += 1;
+    }
+    assert!(used >= 16, "{used}");
 }
