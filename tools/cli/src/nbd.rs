@@ -84,6 +84,11 @@ pub struct ServeArgs {
     /// (tools/nbd/README.md, "Placement"). Default: wherever the scheduler puts it.
     #[arg(long, value_name = "CPU")]
     cpu: Option<usize>,
+    /// Serve `/metrics` (Prometheus text format) on this address: connections, and per command
+    /// requests, bytes, errors and latency. Port 0 picks one, printed as `metrics ADDR` after
+    /// the `listening` line. Off by default.
+    #[arg(long)]
+    metrics: Option<std::net::SocketAddr>,
 }
 
 /// Runs a subcommand.
@@ -120,6 +125,19 @@ pub fn run(cmd: NbdCmd, controller: &str) -> anyhow::Result<()> {
         max_buffer: a.max_buffer,
         standby: a.standby.then_some(a.standby_poll),
     };
+    // Bound before the export listens, so that whoever waits for `listening` can scrape.
+    let metrics = match a.metrics {
+        Some(m) => {
+            let l = rt
+                .block_on(tokio::net::TcpListener::bind(m))
+                .with_context(|| format!("--metrics {m}"))?;
+            let at = l.local_addr()?;
+            dasmesh_nbd::metrics::enable();
+            rt.spawn(dasmesh_nbd::metrics::serve(l));
+            Some(at)
+        }
+        None => None,
+    };
     rt.block_on(dasmesh_nbd::serve_volume(
         controller,
         &a.volume,
@@ -128,6 +146,9 @@ pub fn run(cmd: NbdCmd, controller: &str) -> anyhow::Result<()> {
             use std::io::Write;
             let mut out = std::io::stdout().lock();
             let _ = writeln!(out, "listening {addr}");
+            if let Some(at) = metrics {
+                let _ = writeln!(out, "metrics {at}");
+            }
             let _ = out.flush();
         },
         dasmesh_nbd::shutdown_signal(),

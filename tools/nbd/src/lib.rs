@@ -18,6 +18,7 @@
 
 pub mod budget;
 pub mod export;
+pub mod metrics;
 pub mod negotiate;
 pub mod poll;
 pub mod proto;

@@ -138,6 +138,7 @@ pub async fn serve<B: Backend>(
             activity: activity.clone(),
         };
         conns.spawn(async move {
+            crate::metrics::connections(1);
             match conn {
                 Conn::Tcp(s, peer) => {
                     tracing::info!(id, %peer, "client connected");
@@ -149,6 +150,7 @@ pub async fn serve<B: Backend>(
                     connection(s, |s| s.into_split(), c).await;
                 }
             }
+            crate::metrics::connections(-1);
         });
     }
     drop(listener);

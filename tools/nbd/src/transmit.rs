@@ -56,18 +56,39 @@ impl Gone {
     }
 }
 
+/// A request's handle, and what `/metrics` needs of it (`crate::metrics`).
+#[derive(Clone, Copy, Debug)]
+struct Handle {
+    id: u64,
+    kind: u16,
+    len: u32,
+    /// When it was read off the socket (only while metrics are kept).
+    at: Option<std::time::Instant>,
+}
+
+impl Handle {
+    fn of(req: &Request) -> Handle {
+        Handle {
+            id: req.handle,
+            kind: req.kind,
+            len: req.length,
+            at: crate::metrics::now(),
+        }
+    }
+}
+
 /// A request read off the socket, waiting for the dispatcher.
 enum Job {
     /// Answer at once (a refusal, or success with nothing to do).
     Answer {
-        handle: u64,
+        handle: Handle,
         error: u32,
         slot: OwnedSemaphorePermit,
     },
     /// Carry out `action`. A WRITE comes with its payload and the budget it was read into; a
     /// READ takes its budget when the dispatcher gets to it.
     Run {
-        handle: u64,
+        handle: Handle,
         action: Action,
         data: Vec<u8>,
         grant: Option<Grant>,
@@ -77,7 +98,7 @@ enum Job {
 
 /// One reply on its way to the writer.
 struct Reply {
-    handle: u64,
+    handle: Handle,
     error: u32,
     data: Option<Data>,
     /// The request's slot and budget, given back once the reply is written (or dropped).
@@ -259,7 +280,7 @@ async fn read_requests<R: AsyncRead + Unpin, B: Backend>(
                     return went(gone, "reading a WRITE payload", &e);
                 }
                 Job::Run {
-                    handle: req.handle,
+                    handle: Handle::of(&req),
                     action,
                     data,
                     grant: Some(grant),
@@ -267,7 +288,7 @@ async fn read_requests<R: AsyncRead + Unpin, B: Backend>(
                 }
             }
             (_, Some(action)) => Job::Run {
-                handle: req.handle,
+                handle: Handle::of(&req),
                 action,
                 data: Vec::new(),
                 grant: None,
@@ -285,7 +306,7 @@ async fn read_requests<R: AsyncRead + Unpin, B: Backend>(
                     }
                 }
                 Job::Answer {
-                    handle: req.handle,
+                    handle: Handle::of(&req),
                     error: error.unwrap_or(0),
                     slot,
                 }
@@ -377,7 +398,7 @@ impl<B: Backend> Runner<B> {
         None
     }
 
-    fn answer(&self, handle: u64, error: u32, slot: OwnedSemaphorePermit) {
+    fn answer(&self, handle: Handle, error: u32, slot: OwnedSemaphorePermit) {
         let _ = self.replies.send(Reply {
             handle,
             error,
@@ -390,7 +411,7 @@ impl<B: Backend> Runner<B> {
     /// Runs a request in a task of its own, holding `grant` until its reply is written.
     fn start(
         &self,
-        handle: u64,
+        handle: Handle,
         action: Action,
         data: Vec<u8>,
         grant: Grant,
@@ -422,7 +443,7 @@ impl<B: Backend> Runner<B> {
             let (error, data) = match r {
                 Ok(d) => (0, d),
                 Err(f) => {
-                    tracing::debug!(handle, "request failed: {f}");
+                    tracing::debug!(handle = handle.id, "request failed: {f}");
                     (f.code.code(), None)
                 }
             };
@@ -532,7 +553,11 @@ async fn write_replies<W: AsyncWrite + Unpin>(
             return;
         }
         headers.clear();
-        headers.extend(batch.iter().map(|r| proto::simple_reply(r.handle, r.error)));
+        headers.extend(
+            batch
+                .iter()
+                .map(|r| proto::simple_reply(r.handle.id, r.error)),
+        );
         let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(2 * batch.len());
         for (r, h) in batch.iter().zip(&headers) {
             slices.push(IoSlice::new(h));
@@ -546,6 +571,11 @@ async fn write_replies<W: AsyncWrite + Unpin>(
             r = write_all_vectored(&mut wr, &mut slices) => r,
         };
         drop(slices);
+        crate::metrics::record(
+            batch
+                .iter()
+                .map(|r| (r.handle.kind, r.handle.len, r.error, r.handle.at)),
+        );
         batch.clear();
         if let Err(e) = r {
             let _ = went(&gone, "writing replies", &e);
