@@ -181,29 +181,23 @@ pub fn render() -> String {
     out
 }
 
-/// Serves `/metrics` on `listener` until the runtime ends; anything else gets a 404.
+/// Serves `/metrics` on `listener` until the runtime ends, one connection at a time (a scrape
+/// every few seconds needs no more, and a client opening many connections holds at most one,
+/// for at most 5 s); anything else gets a 404.
 pub async fn serve(listener: tokio::net::TcpListener) {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     loop {
         let Ok((mut c, _)) = listener.accept().await else {
             continue;
         };
-        tokio::spawn(async move {
+        let answer = async {
             let mut req = Vec::new();
             let mut buf = [0u8; 1024];
-            let read = async {
-                while !req.windows(4).any(|w| w == b"\r\n\r\n") && req.len() < 16 << 10 {
-                    match c.read(&mut buf).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => req.extend_from_slice(&buf[..n]),
-                    }
+            while !req.windows(4).any(|w| w == b"\r\n\r\n") && req.len() < 16 << 10 {
+                match c.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => req.extend_from_slice(&buf[..n]),
                 }
-            };
-            if tokio::time::timeout(std::time::Duration::from_secs(5), read)
-                .await
-                .is_err()
-            {
-                return;
             }
             let (status, body) = if req.starts_with(b"GET /metrics ") {
                 ("200 OK", render())
@@ -216,6 +210,7 @@ pub async fn serve(listener: tokio::net::TcpListener) {
             );
             let _ = c.write_all(head.as_bytes()).await;
             let _ = c.write_all(body.as_bytes()).await;
-        });
+        };
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), answer).await;
     }
 }
