@@ -481,6 +481,28 @@ pub enum Command {
         #[serde(default = "qos::default_headroom")]
         headroom_pct: u64,
     },
+    /// `then` (a resize, delete or copy replacement of `volume`), only if the volume's
+    /// [`version`] is still `version`: a change made from a stale view is refused
+    /// ([`Error::Stale`]) rather than applied blindly.
+    IfVersion {
+        volume: String,
+        version: u64,
+        then: Box<Command>,
+    },
+}
+
+/// The version of a volume: a 53-bit hash of its record, so anything that changes the volume
+/// (size, extents, copies' health, dirty ranges, epoch, note) changes it, without a counter to
+/// keep in step with every command. Below 2^53 so JSON numbers carry it exactly; never 0 (the
+/// API's "no check").
+pub fn version(v: &VolumeRec) -> u64 {
+    // FNV-1a over the record's JSON: the same on every controller and every run (std's
+    // hasher promises neither).
+    let bytes = serde_json::to_vec(v).expect("a volume record serializes");
+    let h = bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    (h & ((1 << 53) - 1)).max(1)
 }
 
 /// What a command produced.
@@ -571,6 +593,9 @@ pub enum Error {
     /// Marking these copies stale would leave the mirror without a healthy copy.
     #[error("volume {volume:?}: marking copies {copies:?} stale would leave no healthy copy")]
     LastHealthyCopy { volume: String, copies: Vec<u32> },
+    /// The volume changed since the caller read it ([`Command::IfVersion`]).
+    #[error("volume {volume:?} has changed since it was read (version {seen}, now {now}): nothing was done; look at it again and retry if the change still makes sense")]
+    Stale { volume: String, seen: u64, now: u64 },
 }
 
 /// Why a lease is not its volume's current read-write lease.
@@ -961,6 +986,39 @@ fn apply_inner(s: &mut State, cmd: Command) -> Result<Outcome, Error> {
             validate::volume_name(&name)?;
             validate::volume_size(&name, size)?;
             resize::resize(s, &name, size, headroom_pct).map(Outcome::Volume)
+        }
+        Command::IfVersion {
+            volume: name,
+            version: seen,
+            then,
+        } => {
+            let of = match &*then {
+                Command::ResizeVolume { name, .. } | Command::DeleteVolume { name } => name,
+                Command::ReplaceCopy { volume, .. } => volume,
+                other => {
+                    return Err(Error::Invalid(format!(
+                        "a version check guards a resize, delete or copy replacement, not {}",
+                        validate::truncate(&format!("{other:?}"), 40)
+                    )))
+                }
+            };
+            if *of != name {
+                return Err(Error::Invalid(format!(
+                    "the version checked is of volume {:?}, the change is to {:?}",
+                    validate::truncate(&name, 130),
+                    validate::truncate(of, 130)
+                )));
+            }
+            validate::volume_name(&name)?;
+            let now = version(volume(s, &name)?);
+            if now != seen {
+                return Err(Error::Stale {
+                    volume: name,
+                    seen,
+                    now,
+                });
+            }
+            apply_inner(s, *then)
         }
         Command::DeleteVolume { name } => {
             validate::volume_name(&name)?;

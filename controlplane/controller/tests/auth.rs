@@ -167,17 +167,22 @@ async fn call(ch: Channel, path: &str, f: &Fixture) -> Result<(), Status> {
         }
         ("dasmesh.v1.Volumes", "Resize") => V::new(ch)
             .resize(v1::ResizeVolumeRequest {
+                expect_version: 0,
                 name: volume(),
                 size_bytes: 8 << 20,
             })
             .await
             .map(drop),
         ("dasmesh.v1.Volumes", "Delete") => V::new(ch)
-            .delete(v1::DeleteVolumeRequest { name: volume() })
+            .delete(v1::DeleteVolumeRequest {
+                expect_version: 0,
+                name: volume(),
+            })
             .await
             .map(drop),
         ("dasmesh.v1.Volumes", "ReplaceCopy") => V::new(ch)
             .replace_copy(v1::ReplaceCopyRequest {
+                expect_version: 0,
                 name: volume(),
                 copy: 0,
                 node_id: 0,
@@ -955,6 +960,7 @@ async fn every_allowed_call_succeeds_for_its_role() {
     }
     V::new(op.clone())
         .resize(v1::ResizeVolumeRequest {
+            expect_version: 0,
             name: "s".into(),
             size_bytes: 8 << 20,
         })
@@ -1061,6 +1067,7 @@ async fn every_allowed_call_succeeds_for_its_role() {
     // The mirror's copy 1 moves to the node no copy uses.
     let moved = V::new(op.clone())
         .replace_copy(v1::ReplaceCopyRequest {
+            expect_version: 0,
             name: "m".into(),
             copy: 1,
             node_id: 0,
@@ -1071,7 +1078,10 @@ async fn every_allowed_call_succeeds_for_its_role() {
     assert!(moved.extents.iter().any(|e| e.copy == 1 && e.rebuilding));
     did("/dasmesh.v1.Volumes/ReplaceCopy");
     V::new(op.clone())
-        .delete(v1::DeleteVolumeRequest { name: "s".into() })
+        .delete(v1::DeleteVolumeRequest {
+            expect_version: 0,
+            name: "s".into(),
+        })
         .await
         .unwrap();
     did("/dasmesh.v1.Leases/Revoke");

@@ -373,7 +373,11 @@ impl Client {
             Op::Resize { size: size_bytes } => {
                 // A shrink is only acknowledged once the lease has ended.
                 let shrunk = matches!(s.vol, Vol::Live { size, .. } if align(size_bytes) < size);
-                let r = v1::ResizeVolumeRequest { name, size_bytes };
+                let r = v1::ResizeVolumeRequest {
+                    expect_version: 0,
+                    name,
+                    size_bytes,
+                };
                 let v = named(vols.resize(r).await?.into_inner());
                 (v, if shrunk { vec![] } else { held })
             }
@@ -400,7 +404,11 @@ impl Client {
                 (s.vol.clone(), vec![])
             }
             Op::Delete => {
-                vols.delete(v1::DeleteVolumeRequest { name }).await?;
+                vols.delete(v1::DeleteVolumeRequest {
+                    expect_version: 0,
+                    name,
+                })
+                .await?;
                 (deleted, vec![])
             }
         })

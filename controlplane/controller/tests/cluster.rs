@@ -130,7 +130,10 @@ fn nodes_register_volumes_lease_and_state_survives_sigkill() {
         assert_eq!(e.code(), tonic::Code::FailedPrecondition);
         assert!(e.message().contains("host-a"), "{}", e.message());
         let e = vols
-            .delete(v1::DeleteVolumeRequest { name: "m".into() })
+            .delete(v1::DeleteVolumeRequest {
+                expect_version: 0,
+                name: "m".into(),
+            })
             .await
             .unwrap_err();
         assert_eq!(e.code(), tonic::Code::FailedPrecondition);
@@ -442,18 +445,24 @@ fn three_nodes_every_layout_missed_beats_bad_input_and_reflection() {
                 // A volume with an extent on the dead node cannot be discarded there: it stays
                 // DELETING (its range is not reused) instead of being freed with old data on it.
                 let mut vols = v1::volumes_client::VolumesClient::new(channel(&ctl.addr).await);
-                vols.delete(v1::DeleteVolumeRequest { name: "m3".into() })
-                    .await
-                    .unwrap();
+                vols.delete(v1::DeleteVolumeRequest {
+                    expect_version: 0,
+                    name: "m3".into(),
+                })
+                .await
+                .unwrap();
                 let v = vols
                     .get(v1::GetVolumeRequest { name: "m3".into() })
                     .await
                     .unwrap()
                     .into_inner();
                 assert_eq!(v.state, v1::VolumeState::Deleting as i32);
-                vols.delete(v1::DeleteVolumeRequest { name: "s".into() })
-                    .await
-                    .unwrap();
+                vols.delete(v1::DeleteVolumeRequest {
+                    expect_version: 0,
+                    name: "s".into(),
+                })
+                .await
+                .unwrap();
                 let e = vols.get(v1::GetVolumeRequest { name: "s".into() }).await;
                 assert_eq!(
                     e.unwrap_err().code(),
@@ -517,9 +526,12 @@ fn a_range_reused_by_a_new_volume_is_not_fenced_off() {
                     .await
                     .unwrap();
             }
-            vols.delete(v1::DeleteVolumeRequest { name: name.into() })
-                .await
-                .unwrap();
+            vols.delete(v1::DeleteVolumeRequest {
+                expect_version: 0,
+                name: name.into(),
+            })
+            .await
+            .unwrap();
         }
         assert_eq!(
             offsets[0], offsets[2],

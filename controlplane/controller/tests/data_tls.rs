@@ -118,9 +118,12 @@ fn hosts_and_the_controller_reach_a_tls_node_over_tls() {
         // Deleting the volume: the controller discards its extent at the node and only then
         // forgets it. (On one machine it reaches the node over the same-host socket, like any
         // client that may; over the network it would need its certificate, which it has.)
-        vols.delete(v1::DeleteVolumeRequest { name: "v".into() })
-            .await
-            .unwrap();
+        vols.delete(v1::DeleteVolumeRequest {
+            expect_version: 0,
+            name: "v".into(),
+        })
+        .await
+        .unwrap();
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let list = vols

@@ -159,7 +159,10 @@ async fn a_standby_takes_over_while_hosts_keep_doing_io() {
     assert!(vols.iter().any(|v| v.name == "m"), "{vols:?}");
     // And refuses a change, naming the active one.
     let refused = v1::volumes_client::VolumesClient::new(alone)
-        .delete(v1::DeleteVolumeRequest { name: "m".into() })
+        .delete(v1::DeleteVolumeRequest {
+            expect_version: 0,
+            name: "m".into(),
+        })
         .await
         .unwrap_err();
     assert!(
@@ -325,7 +328,10 @@ async fn etcd_member_loss_is_carried_and_quorum_loss_refuses_changes() {
     etcd.kill(1);
     let t = Instant::now();
     let e = v1::volumes_client::VolumesClient::new(one.clone())
-        .delete(v1::DeleteVolumeRequest { name: "b".into() })
+        .delete(v1::DeleteVolumeRequest {
+            expect_version: 0,
+            name: "b".into(),
+        })
         .await
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::Unavailable, "{e}");

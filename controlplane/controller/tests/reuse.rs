@@ -39,6 +39,7 @@ async fn create(ch: &tonic::transport::Channel, name: &str, size: u64, layout: &
 async fn resize(ch: &tonic::transport::Channel, name: &str, size: u64) -> v1::Volume {
     v1::volumes_client::VolumesClient::new(ch.clone())
         .resize(v1::ResizeVolumeRequest {
+            expect_version: 0,
             name: name.into(),
             size_bytes: size,
         })
@@ -135,7 +136,10 @@ fn a_volume_grown_onto_a_newer_deleted_volumes_range_mounts_read_only() {
         drop(opened);
         unmount(&ch, lease).await;
         v1::volumes_client::VolumesClient::new(ch.clone())
-            .delete(v1::DeleteVolumeRequest { name: "b".into() })
+            .delete(v1::DeleteVolumeRequest {
+                expect_version: 0,
+                name: "b".into(),
+            })
             .await
             .unwrap();
         let a = resize(&ch, "a", 96 * M).await;

@@ -649,6 +649,7 @@ pub async fn exec(ctl: &Controllers, json_out: bool, cmd: Ctl) -> anyhow::Result
                     VolumeCmd::Resize { name, size } => show(
                         &vols
                             .resize(v1::ResizeVolumeRequest {
+                                expect_version: 0,
                                 name,
                                 size_bytes: size,
                             })
@@ -657,9 +658,12 @@ pub async fn exec(ctl: &Controllers, json_out: bool, cmd: Ctl) -> anyhow::Result
                             .into_inner(),
                     ),
                     VolumeCmd::Delete { name } => {
-                        vols.delete(v1::DeleteVolumeRequest { name: name.clone() })
-                            .await
-                            .map_err(status)?;
+                        vols.delete(v1::DeleteVolumeRequest {
+                            expect_version: 0,
+                            name: name.clone(),
+                        })
+                        .await
+                        .map_err(status)?;
                         if json_out {
                             println!("{}", json!({"deleted": name}))
                         } else {
@@ -669,6 +673,7 @@ pub async fn exec(ctl: &Controllers, json_out: bool, cmd: Ctl) -> anyhow::Result
                     VolumeCmd::ReplaceCopy { name, copy, node } => show(
                         &vols
                             .replace_copy(v1::ReplaceCopyRequest {
+                                expect_version: 0,
                                 name,
                                 copy,
                                 node_id: node.unwrap_or(0),

@@ -226,6 +226,7 @@ fn a_rebuild_survives_kills_of_its_node_the_controller_and_its_source() {
 
         let moved = v1::volumes_client::VolumesClient::new(c.channel().await)
             .replace_copy(v1::ReplaceCopyRequest {
+                expect_version: 0,
                 name: "b".into(),
                 copy: 2,
                 node_id: 0,

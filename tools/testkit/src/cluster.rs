@@ -134,6 +134,7 @@ impl Cluster {
     pub async fn resize(&self, name: &str, size: u64) -> v1::Volume {
         v1::volumes_client::VolumesClient::new(self.channel().await)
             .resize(v1::ResizeVolumeRequest {
+                expect_version: 0,
                 name: name.into(),
                 size_bytes: size,
             })

@@ -54,6 +54,7 @@ impl From<CtlError> for Status {
                 | Error::NotCurrentWriter { .. }
                 | Error::LastHealthyCopy { .. },
             ) => Status::failed_precondition(msg),
+            CtlError::Refused(Error::Stale { .. }) => Status::aborted(msg),
             CtlError::Refused(Error::Insufficient(_)) => Status::resource_exhausted(msg),
             CtlError::Refused(Error::Invalid(_)) => Status::invalid_argument(msg),
             CtlError::Refused(Error::Exhausted(_)) => Status::resource_exhausted(msg),
@@ -147,6 +148,18 @@ pub fn standby(active: Option<&str>) -> Status {
         st.metadata_mut().insert(ACTIVE_HEADER, v);
     }
     st
+}
+
+/// `cmd` on volume `name`, guarded by the volume's version when the caller gave one (not 0).
+fn if_version(name: &str, expect: u64, cmd: Command) -> Command {
+    match expect {
+        0 => cmd,
+        version => Command::IfVersion {
+            volume: name.to_string(),
+            version,
+            then: Box::new(cmd),
+        },
+    }
 }
 
 fn lease_outcome(c: &Controller, out: Outcome) -> Result<Response<v1::MountResponse>, Status> {

@@ -95,6 +95,7 @@ pub(crate) fn volume_msg(s: &State, v: &VolumeRec) -> v1::Volume {
         state: state as i32,
         created_ms: v.created_ms,
         epoch: v.epoch,
+        version: state::version(v),
         active_leases: s.leases.values().filter(|l| l.volume == v.name).count() as u32,
         dirty: v
             .dirty

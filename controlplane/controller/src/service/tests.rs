@@ -237,13 +237,17 @@ async fn megabyte_strings_get_invalid_argument_with_a_short_message() {
     assert_refused(get, code, "get");
     let resize = svc
         .resize(Request::new(v1::ResizeVolumeRequest {
+            expect_version: 0,
             name: big.clone(),
             size_bytes: 1 << 30,
         }))
         .await;
     assert_refused(resize, code, "resize");
     let delete = svc
-        .delete(Request::new(v1::DeleteVolumeRequest { name: big.clone() }))
+        .delete(Request::new(v1::DeleteVolumeRequest {
+            expect_version: 0,
+            name: big.clone(),
+        }))
         .await;
     assert_refused(delete, code, "delete");
     svc.create(create("v".into())).await.unwrap();

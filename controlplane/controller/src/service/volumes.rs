@@ -74,12 +74,13 @@ impl v1::volumes_server::Volumes for Svc {
     ) -> Result<Response<v1::Volume>, Status> {
         let ctl = self.ctl()?;
         let r = r.into_inner();
+        let resize = Command::ResizeVolume {
+            name: r.name.clone(),
+            size: r.size_bytes,
+            headroom_pct: state::qos::headroom(),
+        };
         let Outcome::Volume(v) = ctl
-            .run(Command::ResizeVolume {
-                name: r.name,
-                size: r.size_bytes,
-                headroom_pct: state::qos::headroom(),
-            })
+            .run(if_version(&r.name, r.expect_version, resize))
             .await?
         else {
             return Err(Status::internal("unexpected outcome"));
@@ -95,10 +96,12 @@ impl v1::volumes_server::Volumes for Svc {
         r: Request<v1::DeleteVolumeRequest>,
     ) -> Result<Response<v1::DeleteVolumeResponse>, Status> {
         let ctl = self.ctl()?;
-        ctl.run(Command::DeleteVolume {
-            name: r.into_inner().name,
-        })
-        .await?;
+        let r = r.into_inner();
+        let delete = Command::DeleteVolume {
+            name: r.name.clone(),
+        };
+        ctl.run(if_version(&r.name, r.expect_version, delete))
+            .await?;
         // Discard now when the nodes answer; otherwise the ticker retries.
         ctl.reap_deleting().await;
         Ok(Response::new(v1::DeleteVolumeResponse {}))
@@ -110,14 +113,15 @@ impl v1::volumes_server::Volumes for Svc {
     ) -> Result<Response<v1::Volume>, Status> {
         let ctl = self.ctl()?;
         let r = r.into_inner();
+        let replace = Command::ReplaceCopy {
+            volume: r.name.clone(),
+            copy: r.copy,
+            node: (r.node_id != 0).then_some(r.node_id),
+            auto: false,
+            headroom_pct: state::qos::headroom(),
+        };
         let Outcome::Volume(v) = ctl
-            .run(Command::ReplaceCopy {
-                volume: r.name,
-                copy: r.copy,
-                node: (r.node_id != 0).then_some(r.node_id),
-                auto: false,
-                headroom_pct: state::qos::headroom(),
-            })
+            .run(if_version(&r.name, r.expect_version, replace))
             .await?
         else {
             return Err(Status::internal("unexpected outcome"));

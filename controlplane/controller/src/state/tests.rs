@@ -8,6 +8,7 @@ mod lifecycle;
 mod qos;
 mod replace;
 mod safety;
+mod versions;
 
 const G: u64 = 1 << 30;
 
