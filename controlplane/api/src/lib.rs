@@ -37,6 +37,7 @@ pub const METHODS: &[&str] = &[
     "/dasmesh.v1.Usage/Report",
     "/dasmesh.v1.ControlPlane/ListControllers",
     "/dasmesh.v1.ControlPlane/RotateSigningKey",
+    "/dasmesh.v1.ControlPlane/ConsoleLogin",
 ];
 
 /// The response metadata by which a standby controller refuses a call (with UNAVAILABLE).

@@ -484,6 +484,30 @@ impl CertDir {
         Ok(std::sync::Arc::new(cfg))
     }
 
+    /// The controller's HTTPS server (`--http`: console and metrics): shows this certificate
+    /// and asks every client for one of the same CA, but lets a client without one in (a
+    /// browser, to be told in words how to sign in); a certificate shown must be valid.
+    pub fn http_server_config(&self) -> Result<std::sync::Arc<rustls::ServerConfig>, TlsError> {
+        let (roots, chain, key) = self.rustls_parts()?;
+        let provider = ring_provider();
+        let bad = |e: &dyn fmt::Display| TlsError::Bad(format!("{}: {e}", self.dir.display()));
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            std::sync::Arc::new(roots),
+            provider.clone(),
+        )
+        .allow_unauthenticated()
+        .build()
+        .map_err(|e| bad(&e))?;
+        let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| bad(&e))?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(chain, key)
+            .map_err(|e| bad(&e))?;
+        cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(std::sync::Arc::new(cfg))
+    }
+
     /// The data plane's TLS client: shows this certificate and trusts nodes whose certificate is
     /// of the same CA and names the address it is reached at (`--san` when it was issued).
     pub fn data_client_config(&self) -> Result<std::sync::Arc<rustls::ClientConfig>, TlsError> {

@@ -8,6 +8,7 @@
 
 pub mod alloc;
 pub mod authz;
+pub mod console;
 pub mod controller;
 pub mod ha;
 pub mod keys;

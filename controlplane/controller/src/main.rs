@@ -28,8 +28,8 @@ struct Args {
     /// gRPC address (port 0 picks a free one; the chosen address is printed as `listening ADDR`).
     #[arg(long, default_value = "127.0.0.1:7600")]
     listen: SocketAddr,
-    /// HTTP address for `/metrics` (Prometheus text format; docs/controlplane.md, "Metrics").
-    /// Port 0 picks a free one, printed as `http ADDR`. Off by default.
+    /// HTTP address for the operators' console and `/metrics` (docs/console.md; HTTPS with
+    /// --cert). Port 0 picks a free one, printed as `http ADDR`. Off by default.
     #[arg(long)]
     http: Option<SocketAddr>,
     /// Directory for the state (controller.redb) and the signing key (without --etcd).
@@ -248,9 +248,19 @@ async fn run(a: Args) -> anyhow::Result<()> {
                 .await
                 .with_context(|| format!("--http {http}"))?;
             let at = l.local_addr()?;
+            // With identities, over TLS with this controller's certificate: a client shows one
+            // of the cluster's, or signs in with a login link (docs/console.md).
+            let tls = match &cert {
+                Some(c) => Some(
+                    c.http_server_config()
+                        .with_context(|| format!("--cert {}", c.dir().display()))?,
+                ),
+                None => None,
+            };
+            let incoming = dasmesh_controller::console::listen::Incoming::new(l, tls)?;
             let roles = Arc::clone(&roles);
             tokio::spawn(async move {
-                if let Err(e) = dasmesh_controller::metrics::serve(l, roles).await {
+                if let Err(e) = dasmesh_controller::console::serve(incoming, roles).await {
                     tracing::warn!("--http: {e}");
                 }
             });

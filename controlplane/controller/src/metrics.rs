@@ -215,29 +215,6 @@ fn family(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# TYPE {name} {kind}");
 }
 
-/// Serves `/metrics` on `listener` until the process ends.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    roles: std::sync::Arc<Roles>,
-) -> std::io::Result<()> {
-    let app = axum::Router::new().route(
-        "/metrics",
-        axum::routing::get(move || {
-            let roles = std::sync::Arc::clone(&roles);
-            async move {
-                (
-                    [(
-                        http::header::CONTENT_TYPE,
-                        "text/plain; version=0.0.4; charset=utf-8",
-                    )],
-                    render(&roles),
-                )
-            }
-        }),
-    );
-    axum::serve(listener, app).await
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

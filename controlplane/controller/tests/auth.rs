@@ -3,68 +3,16 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use common::{tls_channel, Pki};
+
+use std::path::Path;
 use std::time::{Duration, SystemTime};
 
-use dasmesh_api::tls::{self, CertDir, IssueRequest, Role};
+use dasmesh_api::tls::{self, CertDir, Role};
 use dasmesh_api::v1;
 use dasmesh_testkit::{free_addr, Process};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Code, Status};
-
-/// A CA, a controller's certificate for 127.0.0.1, and certificates issued on demand.
-struct Pki {
-    dir: tempfile::TempDir,
-}
-
-impl Pki {
-    fn new() -> Pki {
-        let dir = tempfile::tempdir().unwrap();
-        tls::init_ca(&dir.path().join("ca"), "test", Duration::from_secs(3600)).unwrap();
-        tls::init_ca(
-            &dir.path().join("evil-ca"),
-            "test",
-            Duration::from_secs(3600),
-        )
-        .unwrap();
-        let p = Pki { dir };
-        p.issue_with(
-            "ca",
-            Role::Controller,
-            "ctl",
-            &["127.0.0.1"],
-            SystemTime::now(),
-        );
-        p
-    }
-
-    fn issue_with(
-        &self,
-        ca: &str,
-        role: Role,
-        name: &str,
-        sans: &[&str],
-        now: SystemTime,
-    ) -> PathBuf {
-        let out = self.dir.path().join(format!("{ca}-{role}-{name}"));
-        let req = IssueRequest {
-            role,
-            name: name.into(),
-            sans: sans.iter().map(|s| s.to_string()).collect(),
-            lifetime: Duration::from_secs(3600),
-        };
-        tls::issue_at(&self.dir.path().join(ca), &req, &out, now).unwrap();
-        out
-    }
-
-    fn issue(&self, role: Role, name: &str) -> PathBuf {
-        self.issue_with("ca", role, name, &[], SystemTime::now())
-    }
-
-    fn controller(&self) -> PathBuf {
-        self.dir.path().join("ca-controller-ctl")
-    }
-}
 
 fn start_controller(pki: &Pki, data: &Path) -> Process {
     let args = [
@@ -76,21 +24,11 @@ fn start_controller(pki: &Pki, data: &Path) -> Process {
         "200ms".into(),
         "--cert".into(),
         pki.controller().display().to_string(),
+        // The console too: its login link is one of the calls.
+        "--http".into(),
+        "127.0.0.1:0".into(),
     ];
     Process::spawn("dasmesh-controller", &args)
-}
-
-/// A channel to `addr` over mutual TLS with the certificate in `cert`.
-async fn tls_channel(addr: &str, cert: &Path) -> Result<Channel, String> {
-    let c = CertDir::load(cert).unwrap();
-    Endpoint::from_shared(format!("https://{addr}"))
-        .unwrap()
-        .tls_config(c.client_config())
-        .unwrap()
-        .connect_timeout(Duration::from_secs(5))
-        .connect()
-        .await
-        .map_err(|e| format!("{e:?}"))
 }
 
 /// The call every role may not make unless the table says so, with a request that would
@@ -246,6 +184,10 @@ async fn call(ch: Channel, path: &str, f: &Fixture) -> Result<(), Status> {
             .map(drop),
         ("dasmesh.v1.ControlPlane", "RotateSigningKey") => Cp::new(ch)
             .rotate_signing_key(v1::RotateSigningKeyRequest::default())
+            .await
+            .map(drop),
+        ("dasmesh.v1.ControlPlane", "ConsoleLogin") => Cp::new(ch)
+            .console_login(v1::ConsoleLoginRequest {})
             .await
             .map(drop),
         _ => panic!("no call for {path}: add it here and to the table"),
@@ -1088,6 +1030,14 @@ async fn every_allowed_call_succeeds_for_its_role() {
     did("/dasmesh.v1.Usage/Report");
     did("/dasmesh.v1.ControlPlane/ListControllers");
     did("/dasmesh.v1.ControlPlane/RotateSigningKey");
+    let link = Cp::new(op.clone())
+        .console_login(v1::ConsoleLoginRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(link.url.starts_with("https://127.0.0.1:"), "{link:?}");
+    assert!(link.url.contains("/login?code="), "{link:?}");
+    did("/dasmesh.v1.ControlPlane/ConsoleLogin");
     did("/dasmesh.v1.Volumes/Delete");
 
     // A node leaves, as itself.

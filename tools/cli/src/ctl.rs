@@ -180,6 +180,8 @@ pub enum Ctl {
     Lease(LeaseCmd),
     /// Usage.
     Usage(UsageArgs),
+    /// A console login link.
+    Console,
 }
 
 /// Parses `single`, `concat`, `stripe:N[:UNIT]`, `mirror:N` (the forms of [`Layout`]).
@@ -396,6 +398,25 @@ pub async fn exec(ctl: &Controllers, json_out: bool, cmd: Ctl) -> anyhow::Result
                         );
                     }
                     println!("state: {}", r.store);
+                }
+            }
+            Ctl::Console => {
+                let r = v1::control_plane_client::ControlPlaneClient::new(ch)
+                    .console_login(v1::ConsoleLoginRequest {})
+                    .await
+                    .map_err(status)?
+                    .into_inner();
+                if json_out {
+                    println!("{}", json!({"url": r.url, "expires_ms": r.expires_ms}));
+                } else {
+                    println!("{}", r.url);
+                    if r.expires_ms > 0 {
+                        let left = r.expires_ms.saturating_sub(now_ms()) / 1000;
+                        eprintln!(
+                            "open it in a browser within {left} s; it works once, and signs that \
+                             browser in as this certificate's identity for 12 hours"
+                        );
+                    }
                 }
             }
             Ctl::Controller(ControllerCmd::RotateKey) => {

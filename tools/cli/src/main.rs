@@ -98,6 +98,9 @@ enum Cmd {
     Lease(ctl::LeaseCmd),
     /// Usage and charges per host and volume.
     Usage(ctl::UsageArgs),
+    /// A link that signs a browser in to the web console of the controller that answers
+    /// (started with --http), as this certificate's identity (docs/console.md).
+    Console,
     /// Serve a volume over NBD (qemu, nbd-client, fio, nbdcopy).
     #[command(subcommand)]
     Nbd(nbd::NbdCmd),
@@ -140,6 +143,7 @@ fn main() {
         Cmd::Volume(c) => ctl().and_then(|k| ctl::run(&k, cli.json, ctl::Ctl::Volume(c))),
         Cmd::Lease(c) => ctl().and_then(|k| ctl::run(&k, cli.json, ctl::Ctl::Lease(c))),
         Cmd::Usage(a) => ctl().and_then(|k| ctl::run(&k, cli.json, ctl::Ctl::Usage(a))),
+        Cmd::Console => ctl().and_then(|k| ctl::run(&k, cli.json, ctl::Ctl::Console)),
         Cmd::Nbd(c) => cert().and_then(|_| nbd::run(c, &cli.controller)),
         Cmd::Demo(a) => demo::run(a),
     };

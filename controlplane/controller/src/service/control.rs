@@ -68,4 +68,29 @@ impl v1::control_plane_server::ControlPlane for Svc {
             accepted_keys: accepted.iter().map(text).collect(),
         }))
     }
+
+    async fn console_login(
+        &self,
+        r: Request<v1::ConsoleLoginRequest>,
+    ) -> Result<Response<v1::ConsoleLoginResponse>, Status> {
+        let Some((url, tls)) = crate::console::url() else {
+            return Err(Status::failed_precondition(
+                "this controller serves no console: start it with --http ADDR",
+            ));
+        };
+        if !tls {
+            // No identities: the console needs no login either.
+            return Ok(Response::new(v1::ConsoleLoginResponse {
+                url: format!("{url}/"),
+                expires_ms: 0,
+            }));
+        }
+        let who = caller(&r).cloned();
+        let code = crate::console::session::code_for(who.clone());
+        tracing::info!(caller = ?who, "console login link made");
+        Ok(Response::new(v1::ConsoleLoginResponse {
+            url: format!("{url}/login?code={code}"),
+            expires_ms: now_ms() + crate::console::session::CODE_TTL.as_millis() as u64,
+        }))
+    }
 }

@@ -7,7 +7,11 @@ use dasmesh_client::{ConnectOptions, Connection};
 use dasmesh_testkit::etcd::EtcdCluster;
 use dasmesh_testkit::Process;
 use dasmesh_wire::{DeviceId, Token};
-use std::time::{Duration, Instant};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime};
+
+use dasmesh_api::tls::{self, CertDir, IssueRequest, Role};
+use tonic::transport::{Channel, Endpoint};
 
 pub async fn channel(addr: &str) -> tonic::transport::Channel {
     tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
@@ -122,4 +126,71 @@ pub async fn active_of<S: AsRef<str>>(addrs: &[S], within: Duration) -> usize {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// A CA, a controller's certificate for 127.0.0.1, and certificates issued on demand.
+pub struct Pki {
+    pub dir: tempfile::TempDir,
+}
+
+impl Pki {
+    pub fn new() -> Pki {
+        let dir = tempfile::tempdir().unwrap();
+        tls::init_ca(&dir.path().join("ca"), "test", Duration::from_secs(3600)).unwrap();
+        tls::init_ca(
+            &dir.path().join("evil-ca"),
+            "test",
+            Duration::from_secs(3600),
+        )
+        .unwrap();
+        let p = Pki { dir };
+        p.issue_with(
+            "ca",
+            Role::Controller,
+            "ctl",
+            &["127.0.0.1"],
+            SystemTime::now(),
+        );
+        p
+    }
+
+    pub fn issue_with(
+        &self,
+        ca: &str,
+        role: Role,
+        name: &str,
+        sans: &[&str],
+        now: SystemTime,
+    ) -> PathBuf {
+        let out = self.dir.path().join(format!("{ca}-{role}-{name}"));
+        let req = IssueRequest {
+            role,
+            name: name.into(),
+            sans: sans.iter().map(|s| s.to_string()).collect(),
+            lifetime: Duration::from_secs(3600),
+        };
+        tls::issue_at(&self.dir.path().join(ca), &req, &out, now).unwrap();
+        out
+    }
+
+    pub fn issue(&self, role: Role, name: &str) -> PathBuf {
+        self.issue_with("ca", role, name, &[], SystemTime::now())
+    }
+
+    pub fn controller(&self) -> PathBuf {
+        self.dir.path().join("ca-controller-ctl")
+    }
+}
+
+/// A channel to `addr` over mutual TLS with the certificate in `cert`.
+pub async fn tls_channel(addr: &str, cert: &Path) -> Result<Channel, String> {
+    let c = CertDir::load(cert).unwrap();
+    Endpoint::from_shared(format!("https://{addr}"))
+        .unwrap()
+        .tls_config(c.client_config())
+        .unwrap()
+        .connect_timeout(Duration::from_secs(5))
+        .connect()
+        .await
+        .map_err(|e| format!("{e:?}"))
 }
