@@ -6,16 +6,20 @@
 
 let S = null;          // the last view the controller sent
 let page = "";         // the page drawn now ("overview", "volume/NAME", ...)
+let keepBanner = false; // the next page keeps the banner (a change that moved to it)
 
 // ---- helpers -------------------------------------------------------------------------------
 function h(tag, attrs, ...kids) {
   const e = document.createElement(tag);
   for (const [k, v] of Object.entries(attrs || {})) {
     if (k === "class") e.className = v;
+    // Through the CSSOM, which the page's Content-Security-Policy allows (style attributes
+    // in markup it does not).
+    else if (k === "style") e.style.cssText = v;
     else if (k.startsWith("on")) e.addEventListener(k.slice(2), v);
     else if (v !== undefined && v !== null && v !== false) e.setAttribute(k, v === true ? "" : v);
   }
-  for (const k of kids.flat()) {
+  for (const k of kids.flat(Infinity)) {
     if (k === null || k === undefined || k === false) continue;
     e.append(k instanceof Node ? k : document.createTextNode(String(k)));
   }
@@ -76,7 +80,7 @@ async function change(url, body, done) {
       text = "Refused (409): " + text + "\nThe volume now: " + c.name + ", " + bytes(c.size) + ", " +
         c.layout + ", " + c.state + ", version " + c.version + ". The form now shows this version.";
       forms.version[c.name] = c.version;
-      drawForms();
+      drawForms(c);
     } else {
       text = "Refused (" + r.status + "): " + text;
     }
@@ -116,20 +120,21 @@ function follow() {
 // ---- forms: drawn when a page opens, holding the versions seen then ------------------------
 const forms = { version: {} };
 
-function drawForms() {
+// `fresh`: a volume as a change just answered it (newer than the view until the next update).
+function drawForms(fresh) {
   const f = document.getElementById("forms");
   f.replaceChildren();
   const [kind, arg] = page.split("/");
   if (kind === "volumes") f.append(createForm());
   if (kind === "volume" && S) {
-    const v = S.volumes.find(v => v.name === arg);
+    const v = fresh && fresh.name === arg ? fresh : S.volumes.find(v => v.name === arg);
     if (v) f.append(...volumeForms(v));
   }
 }
 
 function createForm() {
   const fm = h("form", { class: "inline", id: "create-form" },
-    h("label", {}, "name", h("input", { name: "name", required: true, placeholder: "db-1", pattern: "[A-Za-z0-9._-]{1,128}" })),
+    h("label", {}, "name", h("input", { name: "name", required: true, placeholder: "db-1", pattern: "[A-Za-z0-9._\\-]{1,128}" })),
     h("label", {}, "size", h("input", { name: "size", required: true, value: "1G", size: 6 })),
     h("label", {}, "layout", h("input", { name: "layout", value: "single", list: "layouts", size: 12 })),
     h("datalist", { id: "layouts" }, ["single", "concat", "stripe:2:64k", "stripe:3:64k", "mirror:2", "mirror:3"].map(l => h("option", { value: l }))),
@@ -160,7 +165,7 @@ function volumeForms(v) {
     e.preventDefault();
     const size = new FormData(rs).get("size").trim();
     const r = await change("/api/volumes/" + name + "/resize", { size, version: seen() }, "Volume " + v.name + " resized to " + size + ".");
-    if (r) { forms.version[v.name] = r.version; drawForms(); }
+    if (r) { forms.version[v.name] = r.version; drawForms(r); }
   });
   out.push(rs);
   if (v.layout.startsWith("mirror")) {
@@ -175,7 +180,7 @@ function volumeForms(v) {
       const d = new FormData(rc);
       const r = await change("/api/volumes/" + name + "/replace-copy", { copy: +d.get("copy"), node: +d.get("node"), version: seen() },
         "Copy " + d.get("copy") + " of " + v.name + " is being rebuilt on new extents.");
-      if (r) { forms.version[v.name] = r.version; drawForms(); }
+      if (r) { forms.version[v.name] = r.version; drawForms(r); }
     });
     out.push(rc);
   }
@@ -186,6 +191,7 @@ function volumeForms(v) {
     if (!confirm("Delete volume " + v.name + "? Its data is discarded on the nodes.")) return;
     if (await change("/api/volumes/" + name + "/delete", { version: seen() }, "Volume " + v.name + " deleted.")) {
       delete forms.version[v.name];
+      keepBanner = true;
       location.hash = "#/volumes";
     }
   });
@@ -346,7 +352,7 @@ function usage() {
     h("h2", {}, "Per lease"),
     table(["lease", "host", "volume", "state", "IOPS lately#", "read#", "written#", "GiB-hours#", "charge#"],
       S.usage.map(u => ({ cells: [u.lease, u.host, u.volume, u.active ? "active" : "ended", num(u.iops),
-        bytes(u.read_bytes), bytes(u.write_bytes), num(u.gib_hours, 4), num(u.charge, 4)] })), "No usage recorded yet.")];
+        bytes(u.read_bytes), bytes(u.write_bytes), num(u.gib_hours, 6), num(u.charge, 4)] })), "No usage recorded yet.")];
 }
 
 function controllers() {
@@ -362,15 +368,18 @@ function draw() {
   document.getElementById("me").textContent = "signed in as " + S.me;
   const arg = decodeURIComponent(rest.join("/"));
   const pages = { overview, nodes, volumes, leases, usage, controllers, volume: () => volume(arg) };
-  const v = document.getElementById("view");
-  v.replaceChildren(...(pages[kind] || overview)());
+  // A page's first element is its title, drawn above its forms.
+  const [title, ...body] = (pages[kind] || overview)().filter(x => x);
+  document.getElementById("title").replaceChildren(title);
+  document.getElementById("view").replaceChildren(...body);
   if (kind === "volume" && !document.getElementById("resize-form")) drawForms();
 }
 
 function route() {
   page = (location.hash.replace(/^#\/?/, "") || "overview");
   forms.version = {};
-  banner("");
+  if (!keepBanner) banner("");
+  keepBanner = false;
   draw();
   drawForms();
 }
