@@ -9,7 +9,7 @@ set -euo pipefail
 # chromium (Debian's) runs the console's browser tests headless, driven by Playwright for Python
 # (below), which is told to use it rather than download a browser of its own.
 packages=(build-essential pkg-config protobuf-compiler fio python3 python3-pip procps libnbd-bin qemu-utils
-  nbd-client etcd-server etcd-client chromium)
+  nbd-client etcd-server etcd-client chromium curl)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

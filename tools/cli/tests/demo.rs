@@ -45,6 +45,8 @@ fn demo_runs_every_step_and_leaves_nothing_behind() {
         "from copy 1's new node alone: identical",
         "controller exited 0",
         "demo complete",
+        "console https://127.0.0.1:",
+        "/login?code=",
     ] {
         assert!(stdout.contains(want), "{want:?} missing from:\n{stdout}");
     }
@@ -86,6 +88,75 @@ fn demo_runs_every_step_and_leaves_nothing_behind() {
     }
     let left: Vec<_> = std::fs::read_dir(parent.path()).unwrap().collect();
     assert!(left.is_empty(), "left behind: {left:?}");
+
+    demo_keep_serves_the_console_until_ctrl_c();
+}
+
+/// `dasmesh demo --keep`: after the steps the pool stays up with its console, signed in with
+/// the link it prints, until Ctrl-C (run after the demo above, not beside it: each takes both
+/// cores).
+fn demo_keep_serves_the_console_until_ctrl_c() {
+    use std::io::BufRead as _;
+    let parent = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_dasmesh"))
+        .args(["demo", "--keep", "--no-ha", "--dir"])
+        .arg(parent.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("run dasmesh demo --keep");
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut seen = String::new();
+    let mut kept = false;
+    let link = loop {
+        let Some(Ok(line)) = lines.next() else {
+            let _ = child.kill();
+            panic!("the demo ended without keeping the pool up:\n{seen}");
+        };
+        seen.push_str(&line);
+        seen.push('\n');
+        kept |= line.contains("--keep: the pool stays up");
+        if let (true, Some(url)) = (kept, line.strip_prefix("console ")) {
+            break url.to_string();
+        }
+    };
+    // The link signs curl in (a cookie), and the console shows the demo's pool.
+    let jar = parent.path().join("cookies");
+    let curl = |args: &[&str]| {
+        let o = Command::new("curl")
+            .args(["-sk", "--max-time", "10", "-b"])
+            .arg(&jar)
+            .arg("-c")
+            .arg(&jar)
+            .args(args)
+            .output()
+            .expect("curl (scripts/setup.sh installs it)");
+        String::from_utf8_lossy(&o.stdout).to_string()
+    };
+    curl(&["-o", "/dev/null", &link]);
+    let base = link.split("/login").next().unwrap();
+    let state = curl(&[&format!("{base}/api/state")]);
+    let _ = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status();
+    for line in lines.map_while(Result::ok) {
+        seen.push_str(&line);
+        seen.push('\n');
+    }
+    let status = child.wait().unwrap();
+    for want in [
+        "\"me\":\"operator operator\"",
+        "\"name\":\"demo-mirror\"",
+        "\"state\":\"up\"",
+    ] {
+        assert!(
+            state.contains(want),
+            "{want} missing from the console's view: {state}"
+        );
+    }
+    assert!(status.success(), "demo --keep: {status}\n{seen}");
+    assert!(seen.contains("== 11. stop"), "{seen}");
+    assert!(seen.contains("demo complete"), "{seen}");
 }
 
 #[test]

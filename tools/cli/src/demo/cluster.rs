@@ -209,6 +209,9 @@ impl Cluster {
                 super::REPLACE_AFTER,
                 "--cert",
                 &ctl_cert.display().to_string(),
+                // The operators' console (and /metrics), over TLS on a port of its own.
+                "--http",
+                "127.0.0.1:0",
             ]),
             d.join("controller.log"),
         )?;

@@ -108,6 +108,12 @@ pub fn run(a: DemoArgs) -> anyhow::Result<()> {
                 println!("\n(the highly available control plane step needs etcd: scripts/setup.sh installs it)");
             }
         }
+        if a.keep {
+            let ctl = crate::ctl::controllers(&cl.url(), Duration::from_secs(15), Some(&cl.operator))?;
+            println!("\n--keep: the pool stays up, with its console, until Ctrl-C");
+            console_link(&ctl, &cl).await?;
+            tokio::signal::ctrl_c().await?;
+        }
         heading(11, "stop: SIGTERM to the nodes and the controller (in-flight I/O finishes, state is flushed)");
         let mut clean = true;
         for (name, status) in cl.stop(Duration::from_secs(15)) {
@@ -156,6 +162,21 @@ async fn ha_only(parent: &Path, keep: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Prints a link that signs a browser in to the controller's console as the demo's operator.
+async fn console_link(ctl: &Controllers, cl: &Cluster) -> anyhow::Result<()> {
+    let link = v1::control_plane_client::ControlPlaneClient::new(ctl.clone())
+        .console_login(v1::ConsoleLoginRequest {})
+        .await
+        .context("a console login link")?
+        .into_inner();
+    println!("console {}", link.url);
+    println!(
+        "  (open it within 5 minutes; the browser warns that the certificate is of the demo's own CA, {})",
+        cl.dir().join("pki").join("ca").join("ca.pem").display()
+    );
+    Ok(())
+}
+
 fn heading(n: u32, text: &str) {
     println!("\n== {n}. {text}");
 }
@@ -175,6 +196,7 @@ async fn steps(cl: &mut Cluster) -> anyhow::Result<()> {
     println!("files and logs in {}", cl.dir().display());
     wait_for_nodes(&url, &cl.operator, cl.nodes.len()).await?;
     exec(ctl, false, Ctl::Node(NodeCmd::List)).await?;
+    console_link(ctl, cl).await?;
 
     heading(2, "the pool: every device's lendable and free space");
     exec(ctl, false, Ctl::Pool).await?;
