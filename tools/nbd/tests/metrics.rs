@@ -67,4 +67,14 @@ fn metrics_count_every_command_its_bytes_errors_and_latency() {
         10.0
     );
     assert!(m["dasmesh_nbd_request_duration_seconds_sum{command=\"write\"}"] > 0.0);
+    // Every gateway family the Grafana dashboard in docs/ uses is served here.
+    let declared = prometheus::declared(&prometheus::scrape(&at));
+    let used = prometheus::dashboard_families("dasmesh_nbd_");
+    assert!(used.len() >= 5, "{used:?}");
+    for family in &used {
+        assert!(
+            declared.contains(family),
+            "the dashboard uses {family}, which the gateway does not serve"
+        );
+    }
 }

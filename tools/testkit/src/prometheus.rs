@@ -115,3 +115,35 @@ pub fn parse(text: &str) -> BTreeMap<String, f64> {
     }
     samples
 }
+
+/// The families `text` declares (`# TYPE` lines).
+pub fn declared(text: &str) -> std::collections::BTreeSet<String> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split(' ').next().map(String::from))
+        .collect()
+}
+
+/// The families the Grafana dashboard in docs/grafana uses whose names start with `prefix`
+/// (a histogram's `_bucket`, `_sum` and `_count` named as its family), one entry per use.
+pub fn dashboard_families(prefix: &str) -> Vec<String> {
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/grafana/dasmesh.json");
+    let dashboard =
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str::<serde_json::Value>(&dashboard).expect("the dashboard is JSON");
+    dashboard
+        .match_indices(prefix)
+        .map(|(i, _)| {
+            let name: String = dashboard[i..]
+                .chars()
+                .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+                .collect();
+            ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| name.strip_suffix(s))
+                .unwrap_or(&name)
+                .to_string()
+        })
+        .collect()
+}
