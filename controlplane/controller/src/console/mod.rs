@@ -329,7 +329,15 @@ fn volume_json(v: &v1::Volume) -> Value {
     })
 }
 
-/// The whole view a page shows, as `id` may see it.
+/// How the caller is named to them.
+fn me(id: &Option<Identity>) -> String {
+    match id {
+        Some(i) => format!("{} {}", i.role, i.name),
+        None => "anyone (no identities: --insecure-no-auth)".into(),
+    }
+}
+
+/// The whole view a page shows, as `id` may see it (the same for everyone who may see it).
 async fn view(svc: &Svc, id: &Option<Identity>) -> Result<Value, ApiError> {
     let nodes = svc
         .list_nodes(request(
@@ -415,12 +423,7 @@ async fn view(svc: &Svc, id: &Option<Identity>) -> Result<Value, ApiError> {
     if lendable > 0 && free * 10 < lendable {
         alerts.push(format!("the pool is {}% used", 100 - free * 100 / lendable));
     }
-    let me = match id {
-        Some(i) => format!("{} {}", i.role, i.name),
-        None => "anyone (no identities: --insecure-no-auth)".into(),
-    };
     Ok(json!({
-        "me": me,
         "store": controllers.store,
         "controllers": controllers.controllers.iter().map(|c| json!({
             "url": c.url, "role": c.role, "answering": c.answering,
@@ -491,6 +494,7 @@ async fn state_now(
     let id = who(&peer, &headers)?;
     let mut v = view(&svc, &id).await?;
     v["now_ms"] = json!(now_ms());
+    v["me"] = json!(me(&id));
     Ok(Json(v))
 }
 
@@ -504,14 +508,49 @@ impl Drop for StreamSlot {
     }
 }
 
+/// The view every live page is sent: an event's name and data (`state` and the view, or
+/// `failure` and the refusal). One task makes it while any page listens, every
+/// [`EVENT_PERIOD`], and publishes it when it changed, so a page costs the controller its
+/// socket writes and not a view of its own each period.
+static HUB: OnceLock<tokio::sync::watch::Sender<Arc<(&'static str, String)>>> = OnceLock::new();
+
+fn hub(svc: &Svc) -> &'static tokio::sync::watch::Sender<Arc<(&'static str, String)>> {
+    HUB.get_or_init(|| {
+        let (tx, _) = tokio::sync::watch::channel(Arc::new(("state", String::new())));
+        let (svc, out) = (svc.clone(), tx.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(EVENT_PERIOD).await;
+                if out.receiver_count() == 0 {
+                    continue;
+                }
+                // Made as the controller itself: each page's caller was checked when it opened.
+                let ev = match view(&svc, &None).await {
+                    Ok(v) => ("state", v.to_string()),
+                    Err(e) => ("failure", e.body.to_string()),
+                };
+                out.send_if_modified(|now| {
+                    let changed = **now != ev;
+                    if changed {
+                        *now = Arc::new(ev);
+                    }
+                    changed
+                });
+            }
+        });
+        tx
+    })
+}
+
 async fn events(
     State(svc): State<Svc>,
     ConnectInfo(peer): ConnectInfo<Peer>,
     headers: HeaderMap,
 ) -> Result<impl IntoResponse, ApiError> {
     let id = who(&peer, &headers)?;
-    // Checked now, so a page that may not look is told at once rather than by a silent stream.
-    view(&svc, &id).await?;
+    // As the caller, now: a page that may not look is told at once, in words, and a page that
+    // may gets the view at once.
+    let first = view(&svc, &id).await?.to_string();
     if STREAMS.fetch_add(1, Ordering::Relaxed) >= MAX_EVENT_STREAMS {
         STREAMS.fetch_sub(1, Ordering::Relaxed);
         return Err(ApiError::new(
@@ -520,14 +559,38 @@ async fn events(
         ));
     }
     let slot = StreamSlot;
-    let session = (peer.identity.is_none())
+    let session = (peer.identity.is_none() && peer.tls)
         .then(|| cookie(&headers).map(str::to_string))
         .flatten();
+    let mut views = hub(&svc).subscribe();
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Event, std::convert::Infallible>>(2);
     tokio::spawn(async move {
         let _slot = slot;
-        let mut last = String::new();
+        let hello = [
+            Event::default()
+                .event("me")
+                .data(json!(me(&id)).to_string()),
+            Event::default().event("state").data(first),
+        ];
+        for ev in hello {
+            if tx.send(Ok(ev)).await.is_err() {
+                return;
+            }
+        }
         loop {
+            tokio::select! {
+                changed = views.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    let ev = Arc::clone(&views.borrow_and_update());
+                    if tx.send(Ok(Event::default().event(ev.0).data(&ev.1))).await.is_err() {
+                        return;
+                    }
+                }
+                _ = tx.closed() => return,
+                _ = tokio::time::sleep(EVENT_PERIOD * 10) => {}
+            }
             // A session that ended (signed out, expired) stops its page's updates.
             if session
                 .as_deref()
@@ -535,24 +598,6 @@ async fn events(
             {
                 return;
             }
-            let ev = match view(&svc, &id).await {
-                Ok(v) => {
-                    let text = v.to_string();
-                    (text != last).then(|| {
-                        last = text.clone();
-                        Event::default().event("state").data(text)
-                    })
-                }
-                Err(e) => Some(Event::default().event("failure").data(e.body.to_string())),
-            };
-            if let Some(ev) = ev {
-                if tx.send(Ok(ev)).await.is_err() {
-                    return;
-                }
-            } else if tx.is_closed() {
-                return;
-            }
-            tokio::time::sleep(EVENT_PERIOD).await;
         }
     });
     Ok(Sse::new(tokio_stream::wrappers::ReceiverStream::new(rx)).keep_alive(KeepAlive::default()))

@@ -99,6 +99,9 @@ function follow() {
     live.textContent = "live"; live.className = "live on";
     draw();
   });
+  es.addEventListener("me", ev => {
+    document.getElementById("me").textContent = "signed in as " + JSON.parse(ev.data);
+  });
   es.addEventListener("failure", ev => {
     const j = JSON.parse(ev.data);
     banner("The controller refused the view: " + (j.error || ev.data));
@@ -365,7 +368,6 @@ function draw() {
   const [kind, ...rest] = page.split("/");
   for (const a of document.querySelectorAll("nav a")) a.classList.toggle("here", kind.startsWith(a.dataset.page.replace(/s$/, "")));
   if (!S) return;
-  document.getElementById("me").textContent = "signed in as " + S.me;
   const arg = decodeURIComponent(rest.join("/"));
   const pages = { overview, nodes, volumes, leases, usage, controllers, volume: () => volume(arg) };
   // A page's first element is its title, drawn above its forms.
