@@ -9,7 +9,7 @@ use dasmesh_testkit::{free_addr, prometheus, Process};
 
 mod common;
 
-use common::channel;
+use common::{channel, mount_and_open};
 
 #[test]
 fn metrics_parse_and_move_with_what_the_pool_does() {
@@ -44,7 +44,7 @@ fn metrics_parse_and_move_with_what_the_pool_does() {
     let create = "dasmesh_rpc_requests_total{method=\"/dasmesh.v1.Volumes/Create\",code=\"0\"}";
     let refused = "dasmesh_rpc_requests_total{method=\"/dasmesh.v1.Volumes/Create\",code=\"8\"}";
     assert!(!before.contains_key(create));
-    tokio::runtime::Builder::new_current_thread()
+    let lease = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap()
@@ -63,16 +63,18 @@ fn metrics_parse_and_move_with_what_the_pool_does() {
                 // One node: the mirror is refused for want of a second.
                 assert_eq!(r.is_ok(), layout == "single", "{name}: {r:?}");
             }
-            v1::leases_client::LeasesClient::new(ch)
-                .mount(v1::MountRequest {
-                    volume: "a".into(),
-                    host_id: "h".into(),
-                    access: v1::Access::ReadWrite as i32,
-                    ttl_ms: 60_000,
-                    holder_key: Vec::new(),
-                })
-                .await
-                .unwrap();
+            // A lease, and I/O under it: 3 writes of 4 KiB and 2 reads at its node.
+            let (lease, opened) = mount_and_open(&ch, "a", "h", v1::Access::ReadWrite).await;
+            let (x, c) = &opened[0];
+            for i in 0..3u64 {
+                c.write(x.offset + i * 4096, &[7; 4096], false)
+                    .await
+                    .unwrap();
+            }
+            for _ in 0..2 {
+                c.read(x.offset, 4096).await.unwrap();
+            }
+            lease
         });
     let after = prometheus::parse(&prometheus::scrape(&http));
     assert_eq!(after[create], 2.0);
@@ -96,6 +98,30 @@ fn metrics_parse_and_move_with_what_the_pool_does() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+
+    // The node counts the lease's operations and bytes, as it reports them for metering.
+    let l = |name: &str, op: &str| format!("{name}{{lease=\"{lease}\",op=\"{op}\"}}");
+    let t0 = Instant::now();
+    let n = loop {
+        let n = prometheus::parse(&prometheus::scrape(&node_http));
+        if n.get(&l("dasmesh_node_lease_requests_total", "read")) == Some(&2.0) {
+            break n;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "the lease's reads were never counted: {n:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(n[&l("dasmesh_node_lease_requests_total", "write")], 3.0);
+    assert_eq!(
+        n[&l("dasmesh_node_lease_bytes_total", "write")],
+        3.0 * 4096.0
+    );
+    assert_eq!(
+        n[&l("dasmesh_node_lease_bytes_total", "read")],
+        2.0 * 4096.0
+    );
 
     // Every family the Grafana dashboard in docs/ uses is one the controller or a node serves
     // (the NBD gateway's are checked by its own test).

@@ -80,6 +80,8 @@ pub struct Shared {
     pub eager_submit: bool,
     /// Per-lease usage for the heartbeats (collected only when registered with a controller).
     pub usage: usage::UsageTable,
+    /// The rebuilds this node runs, for `/metrics` (the agent's own list is its thread's).
+    pub rebuilds: std::sync::Mutex<Vec<rebuild::Shown>>,
     /// Whether to collect usage at all.
     pub collect_usage: bool,
     /// Timeouts and per-connection budgets (`budget.rs`).
@@ -172,6 +174,7 @@ pub fn open_shared(cfg: &Config) -> anyhow::Result<Shared> {
         shutdown_grace: cfg.shutdown_grace,
         eager_submit: !cfg.batch_submit,
         usage: usage::UsageTable::default(),
+        rebuilds: std::sync::Mutex::default(),
         collect_usage: cfg.controller.is_some(),
         bounds: budget::Bounds {
             handshake_timeout_ms: cfg.handshake_timeout.as_millis() as u64,

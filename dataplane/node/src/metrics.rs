@@ -267,9 +267,60 @@ pub fn render(shared: &Shared) -> String {
             let _ = writeln!(out, "{name}{{{l}}} {}", value(r));
         }
     }
+    // Per lease (by its id, which its tokens carry), while it counted anything lately: what the
+    // heartbeats report to the controller for metering, never drained here.
+    let leases = shared.usage.shown();
+    let per_lease: [LeaseFamily; 2] = [
+        (
+            "dasmesh_node_lease_requests_total",
+            "Read-class and write-class operations per lease (a mirror's write once per copy on its node)",
+            [|u| u.read_ops, |u| u.write_ops],
+        ),
+        (
+            "dasmesh_node_lease_bytes_total",
+            "Bytes read (searched ranges included) and written per lease",
+            [|u| u.read_bytes, |u| u.write_bytes],
+        ),
+    ];
+    for (name, help, [read, write]) in per_lease {
+        family(&mut out, name, "counter", help);
+        for (lease, u) in &leases {
+            let _ = writeln!(out, "{name}{{lease=\"{lease}\",op=\"read\"}} {}", read(u));
+            let _ = writeln!(out, "{name}{{lease=\"{lease}\",op=\"write\"}} {}", write(u));
+        }
+    }
+    // The rebuilds this node runs (a mirror copy's new extent filled from a healthy copy).
+    let rebuilds = shared
+        .rebuilds
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    let name = "dasmesh_node_rebuild_bytes";
+    family(
+        &mut out,
+        name,
+        "gauge",
+        "Each extent this node rebuilds: bytes copied (durable, from its start) and all of it",
+    );
+    for r in &rebuilds {
+        let l = format!(
+            "volume=\"{}\",device=\"{}\",offset=\"{}\"",
+            r.volume,
+            dev(r.device as usize),
+            r.offset
+        );
+        let done = r
+            .done
+            .load(std::sync::atomic::Ordering::Acquire)
+            .min(r.length);
+        let _ = writeln!(out, "{name}{{{l},of=\"copied\"}} {done}");
+        let _ = writeln!(out, "{name}{{{l},of=\"all\"}} {}", r.length);
+    }
     out
 }
 
+/// A per-lease family: name, help, and its read and write values.
+type LeaseFamily = (&'static str, &'static str, [fn(&crate::usage::Usage) -> u64; 2]);
 /// One row of [`crate::qos::Qos::totals`].
 type Totals = (crate::qos::Key, u64, u64, f64, f64);
 /// A family written from rows of `T`: name, type, help, and each row's value.

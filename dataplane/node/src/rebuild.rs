@@ -48,10 +48,27 @@ impl Default for Tuning {
     }
 }
 
+/// A rebuild as `/metrics` shows it.
+#[derive(Clone, Debug)]
+pub struct Shown {
+    /// The volume.
+    pub volume: u64,
+    /// Its device and range.
+    pub device: u32,
+    /// First byte.
+    pub offset: u64,
+    /// Length.
+    pub length: u64,
+    /// Bytes from the range's start copied and durable.
+    pub done: Arc<AtomicU64>,
+}
+
 struct Task {
     guard: Arc<Guard>,
+    /// The volume (for `/metrics`).
+    volume: u64,
     /// Bytes from the extent's start copied and durable.
-    done: AtomicU64,
+    done: Arc<AtomicU64>,
     /// Set when it is no longer listed: its task ends.
     stop: AtomicBool,
     /// The controller says COPY.
@@ -190,7 +207,8 @@ impl Rebuilds {
                 );
                 Arc::new(Task {
                     guard,
-                    done: AtomicU64::new(t.done_bytes),
+                    volume: t.volume_id,
+                    done: Arc::new(AtomicU64::new(t.done_bytes)),
                     stop: AtomicBool::new(false),
                     copying: AtomicBool::new(false),
                     generation: AtomicU64::new(0),
@@ -238,6 +256,21 @@ impl Rebuilds {
         if before != self.tasks.keys().copied().collect::<Vec<_>>() {
             self.save();
         }
+        *self
+            .shared
+            .rebuilds
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = self
+            .tasks
+            .iter()
+            .map(|(&(device, offset, length), t)| Shown {
+                volume: t.volume,
+                device,
+                offset,
+                length,
+                done: Arc::clone(&t.done),
+            })
+            .collect();
     }
 
     fn save(&self) {

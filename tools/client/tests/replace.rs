@@ -207,13 +207,35 @@ fn a_lost_copy_waits_for_a_node_then_is_rebuilt_there_and_the_old_extent_freed()
 fn a_rebuild_survives_kills_of_its_node_the_controller_and_its_source() {
     let http = dasmesh_testkit::free_addr();
     let mut c = Cluster::start_with(
-        4,
+        3,
         &["--replace-after", "0s", "--http", &http],
         &["--rebuild-mib-s", "8"],
     );
     let size = 64 * M;
     runtime().block_on(async {
         let vol = c.create("b", "mirror:3", size).await;
+        // The fourth node, the only one without a copy, comes after the volume: the copy moves
+        // there, and its /metrics shows the rebuild.
+        let node_http = dasmesh_testkit::free_addr();
+        c.add_node(&["--rebuild-mib-s", "8", "--metrics", &node_http]);
+        let t0 = Instant::now();
+        while v1::pool_client::PoolClient::new(c.channel().await)
+            .list_nodes(v1::ListNodesRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .nodes
+            .iter()
+            .filter(|n| n.state == v1::NodeState::Up as i32)
+            .count()
+            < 4
+        {
+            assert!(
+                t0.elapsed() < Duration::from_secs(20),
+                "the fourth node never came up"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         let v = mount(&c, "b").await;
         let model = fill(&v, size).await;
         let stop = Arc::new(AtomicBool::new(false));
@@ -259,6 +281,22 @@ fn a_rebuild_survives_kills_of_its_node_the_controller_and_its_source() {
         };
         assert_eq!(rebuild("all"), Some(size as f64));
         assert!(rebuild("copied").is_some_and(|d| d >= at as f64), "{m:?}");
+        // So does the node's, for the extent it fills.
+        assert_eq!(target, 3, "the copy went to the node without one");
+        let n =
+            dasmesh_testkit::prometheus::parse(&dasmesh_testkit::prometheus::scrape(&node_http));
+        let on_node = |of: &str| {
+            n.iter()
+                .find(|(k, _)| {
+                    k.starts_with(&format!(
+                        "dasmesh_node_rebuild_bytes{{volume=\"{}\",device=\"{}\",offset=\"{}\",",
+                        vol.volume_id, new.device_id, new.offset
+                    )) && k.ends_with(&format!("of=\"{of}\"}}"))
+                })
+                .map(|(_, v)| *v)
+        };
+        assert_eq!(on_node("all"), Some(new.length as f64), "{n:?}");
+        assert!(on_node("copied").is_some_and(|d| d >= at as f64), "{n:?}");
         c.nodes[target].send("KILL");
         tokio::time::sleep(Duration::from_millis(500)).await;
         c.nodes[target].restart();
