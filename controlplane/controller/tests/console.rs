@@ -511,6 +511,33 @@ async fn the_console_is_held_to_the_grpc_roles_and_sessions() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
+    // A change sent as a form (what a page of another site can make a browser send) is
+    // refused, whoever sends it, and changes nothing.
+    let tcp = tokio::net::TcpStream::connect(&s.http).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let mut t = tokio_rustls::TlsConnector::from(Arc::clone(&as_op))
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    let form = format!(
+        "POST /api/volumes/web-1/delete HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 9\r\n\r\nversion=1",
+        s.http
+    );
+    t.write_all(form.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), t.read_to_end(&mut raw)).await;
+    let r = parse(&String::from_utf8_lossy(&raw));
+    assert_eq!(r.status, 415, "{r:?}");
+    assert!(r.body.contains("sent as JSON"), "{r:?}");
+    let st = https(&s.http, Arc::clone(&anon), "GET", "/api/state", &with, None)
+        .await
+        .json();
+    assert_eq!(st["volumes"][0]["name"], "web-1");
+    assert!(!st["volumes"][0]["state"]
+        .as_str()
+        .unwrap()
+        .contains("deleting"));
+
     // Signed out: the session is over.
     let r = https(
         &s.http,

@@ -320,7 +320,11 @@ pub fn render(shared: &Shared) -> String {
 }
 
 /// A per-lease family: name, help, and its read and write values.
-type LeaseFamily = (&'static str, &'static str, [fn(&crate::usage::Usage) -> u64; 2]);
+type LeaseFamily = (
+    &'static str,
+    &'static str,
+    [fn(&crate::usage::Usage) -> u64; 2],
+);
 /// One row of [`crate::qos::Qos::totals`].
 type Totals = (crate::qos::Key, u64, u64, f64, f64);
 /// A family written from rows of `T`: name, type, help, and each row's value.

@@ -116,6 +116,7 @@ fn router(svc: Svc, roles: Arc<Roles>) -> Router {
         .route("/api/volumes/{name}/replace-copy", post(replace_copy))
         .route("/api/leases/{id}/revoke", post(revoke))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such page") })
+        .layer(axum::middleware::from_fn(json_changes))
         .layer(axum::middleware::map_response(secure_headers))
         .with_state(svc)
 }
@@ -137,6 +138,26 @@ async fn secure_headers(mut r: Response) -> Response {
     );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     r
+}
+
+/// Every change is sent as JSON: a page of another site cannot send that without the browser
+/// asking this controller first (CORS), so it cannot make a signed-in browser change anything
+/// (a session cookie is `SameSite=Strict` too, but a browser shows its client certificate to
+/// any site's request).
+async fn json_changes(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let json = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim_start().starts_with("application/json"));
+    if req.method() == axum::http::Method::POST && !json {
+        return ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "a change is sent as JSON (Content-Type: application/json)",
+        )
+        .into_response();
+    }
+    next.run(req).await
 }
 
 fn page(kind: &'static str, body: &'static str) -> impl IntoResponse {

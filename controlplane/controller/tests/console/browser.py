@@ -99,9 +99,9 @@ def run(login, lease, out):
         expect.set_options(timeout=15_000)
 
         def expected(text):
-            # The browser logs every answer that is not 2xx: the stale change's 409 is the
-            # one this test causes.
-            return "status of 409 (Conflict)" in text
+            # The browser logs every answer that is not 2xx: the stale change's 409 and the
+            # signed-out page's 401s are the ones this test causes.
+            return "status of 409 (Conflict)" in text or "status of 401 (Unauthorized)" in text
 
         def page():
             pg = ctx.new_page()
@@ -196,6 +196,14 @@ def run(login, lease, out):
         expect(b.locator("#banner")).to_contain_text("Volume web-2 deleted")
         expect(b).to_have_url(base + "/#/volumes")
         expect(a.locator("#banner")).not_to_contain_text("Refused")
+
+        step("sign out: the page then says, in words, why it shows nothing")
+        a.locator("#signout").click()
+        expect(a.locator("#banner")).to_contain_text("Signed out")
+        a.reload()
+        expect(a.locator("#banner")).to_contain_text("Refused (401)")
+        expect(a.locator("#banner")).to_contain_text("not signed in: run `dasmesh console`")
+        shot(a, "signed-out")
         browser.close()
     if errors:
         raise AssertionError("the pages logged errors:\n" + "\n".join(errors))

@@ -91,16 +91,22 @@ async function change(url, body, done) {
   return j;
 }
 
+let events = null;
+
 function follow() {
   const live = document.getElementById("live");
   const es = new EventSource("/api/events");
+  events = es;
   es.addEventListener("state", ev => {
     S = JSON.parse(ev.data);
     live.textContent = "live"; live.className = "live on";
     draw();
   });
   es.addEventListener("me", ev => {
-    document.getElementById("me").textContent = "signed in as " + JSON.parse(ev.data);
+    const me = JSON.parse(ev.data);
+    document.getElementById("me").textContent = "signed in as " + me;
+    // Without identities there is nothing to sign out of.
+    document.getElementById("signout").hidden = me.startsWith("anyone");
   });
   es.addEventListener("failure", ev => {
     const j = JSON.parse(ev.data);
@@ -114,7 +120,14 @@ function follow() {
       if (!r.ok) {
         const j = await r.json().catch(() => ({}));
         banner("Refused (" + r.status + "): " + (j.error || r.statusText));
-        if (r.status === 401 || r.status === 403) es.close();
+        if (r.status === 401 || r.status === 403) {
+          es.close();
+          live.textContent = r.status === 401 ? "not signed in" : "refused";
+          document.getElementById("signout").hidden = true;
+          document.getElementById("forms").replaceChildren();
+          document.getElementById("view").replaceChildren(
+            h("p", { class: "muted" }, "Nothing to show until the controller lets this page look (see above)."));
+        }
       }
     } catch (e) { /* the controller is away: EventSource retries */ }
   };
@@ -386,6 +399,13 @@ function route() {
   drawForms();
 }
 
+document.getElementById("signout").addEventListener("click", async () => {
+  await fetch("/logout", { method: "POST", headers: { "Content-Type": "application/json" }, body: "{}", credentials: "same-origin" });
+  if (events) events.close();
+  const live = document.getElementById("live");
+  live.textContent = "signed out"; live.className = "live off";
+  banner("Signed out. Run `dasmesh console` for a new login link.", true);
+});
 window.addEventListener("hashchange", route);
 route();
 follow();
