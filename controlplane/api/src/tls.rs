@@ -466,45 +466,38 @@ impl CertDir {
     /// The data plane's TLS server (a node with `--tls`): shows this certificate and requires
     /// a certificate of the same CA from every client.
     pub fn data_server_config(&self) -> Result<std::sync::Arc<rustls::ServerConfig>, TlsError> {
-        let (roots, chain, key) = self.rustls_parts()?;
-        let provider = ring_provider();
-        let bad = |e: &dyn fmt::Display| TlsError::Bad(format!("{}: {e}", self.dir.display()));
-        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-            std::sync::Arc::new(roots),
-            provider.clone(),
-        )
-        .build()
-        .map_err(|e| bad(&e))?;
-        let cfg = rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| bad(&e))?
-            .with_client_cert_verifier(verifier)
-            .with_single_cert(chain, key)
-            .map_err(|e| bad(&e))?;
-        Ok(std::sync::Arc::new(cfg))
+        self.server_of(true, &[])
     }
 
     /// The controller's HTTPS server (`--http`: console and metrics): shows this certificate
     /// and asks every client for one of the same CA, but lets a client without one in (a
     /// browser, to be told in words how to sign in); a certificate shown must be valid.
     pub fn http_server_config(&self) -> Result<std::sync::Arc<rustls::ServerConfig>, TlsError> {
+        self.server_of(false, &[b"http/1.1"])
+    }
+
+    fn server_of(
+        &self,
+        require_client: bool,
+        alpn: &[&[u8]],
+    ) -> Result<std::sync::Arc<rustls::ServerConfig>, TlsError> {
         let (roots, chain, key) = self.rustls_parts()?;
         let provider = ring_provider();
         let bad = |e: &dyn fmt::Display| TlsError::Bad(format!("{}: {e}", self.dir.display()));
-        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        let mut verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
             std::sync::Arc::new(roots),
             provider.clone(),
-        )
-        .allow_unauthenticated()
-        .build()
-        .map_err(|e| bad(&e))?;
+        );
+        if !require_client {
+            verifier = verifier.allow_unauthenticated();
+        }
         let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .map_err(|e| bad(&e))?
-            .with_client_cert_verifier(verifier)
+            .with_client_cert_verifier(verifier.build().map_err(|e| bad(&e))?)
             .with_single_cert(chain, key)
             .map_err(|e| bad(&e))?;
-        cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+        cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         Ok(std::sync::Arc::new(cfg))
     }
 

@@ -129,6 +129,38 @@ fn tls_client(pki: &Pki, cert: Option<&Path>) -> Arc<rustls::ClientConfig> {
     )
 }
 
+/// A TLS connection to the console at `addr`.
+async fn connect(
+    addr: &str,
+    tls: Arc<rustls::ClientConfig>,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    tokio_rustls::TlsConnector::from(tls)
+        .connect(name, tcp)
+        .await
+        .unwrap()
+}
+
+/// Mounts `volume` read-write for host `h1`, with its certificate `host`: the lease id.
+async fn mount_as_h1(s: &Secure, host: &Path, volume: &str) -> u64 {
+    let hc = tls_channel(&s.ctl.addr, host).await.unwrap();
+    v1::leases_client::LeasesClient::new(hc)
+        .mount(v1::MountRequest {
+            volume: volume.into(),
+            host_id: "h1".into(),
+            access: v1::Access::ReadWrite as i32,
+            ttl_ms: 600_000,
+            holder_key: Vec::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .lease
+        .unwrap()
+        .lease_id
+}
+
 /// One HTTP/1.1 request over TLS to `addr`, read to its end.
 pub async fn https(
     addr: &str,
@@ -138,12 +170,7 @@ pub async fn https(
     headers: &[(&str, &str)],
     body: Option<&Value>,
 ) -> Answer {
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
-    let mut s = tokio_rustls::TlsConnector::from(tls)
-        .connect(name, tcp)
-        .await
-        .unwrap();
+    let mut s = connect(addr, tls).await;
     let body = body.map(|b| b.to_string()).unwrap_or_default();
     let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
     for (k, v) in headers {
@@ -216,12 +243,7 @@ async fn open_stream(
     tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
     String,
 ) {
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
-    let mut s = tokio_rustls::TlsConnector::from(tls)
-        .connect(name, tcp)
-        .await
-        .unwrap();
+    let mut s = connect(addr, tls).await;
     let req = format!("GET /api/events HTTP/1.1\r\nHost: {addr}\r\nCookie: {cookie}\r\n\r\n");
     s.write_all(req.as_bytes()).await.unwrap();
     let mut got = Vec::new();
@@ -438,19 +460,7 @@ async fn the_console_is_held_to_the_grpc_roles_and_sessions() {
     assert!(r.body.contains("unknown volume"), "{r:?}");
 
     // A lease, revoked from the console: once.
-    let hc = tls_channel(&s.ctl.addr, &host).await.unwrap();
-    let m = v1::leases_client::LeasesClient::new(hc)
-        .mount(v1::MountRequest {
-            volume: "web-1".into(),
-            host_id: "h1".into(),
-            access: v1::Access::ReadWrite as i32,
-            ttl_ms: 60_000,
-            holder_key: Vec::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let id = m.lease.unwrap().lease_id;
+    let id = mount_as_h1(&s, &host, "web-1").await;
     let r = post(format!("/api/leases/{id}/revoke"), json!({})).await;
     assert_eq!(r.status, 200, "{r:?}");
     let r = post(format!("/api/leases/{id}/revoke"), json!({})).await;
@@ -513,12 +523,7 @@ async fn the_console_is_held_to_the_grpc_roles_and_sessions() {
 
     // A change sent as a form (what a page of another site can make a browser send) is
     // refused, whoever sends it, and changes nothing.
-    let tcp = tokio::net::TcpStream::connect(&s.http).await.unwrap();
-    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
-    let mut t = tokio_rustls::TlsConnector::from(Arc::clone(&as_op))
-        .connect(name, tcp)
-        .await
-        .unwrap();
+    let mut t = connect(&s.http, Arc::clone(&as_op)).await;
     let form = format!(
         "POST /api/volumes/web-1/delete HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 9\r\n\r\nversion=1",
         s.http
@@ -658,25 +663,14 @@ fn the_console_in_a_browser() {
             })
             .await
             .unwrap();
-        let hc = tls_channel(&s.ctl.addr, &host).await.unwrap();
-        let m = v1::leases_client::LeasesClient::new(hc)
-            .mount(v1::MountRequest {
-                volume: "db-1".into(),
-                host_id: "h1".into(),
-                access: v1::Access::ReadWrite as i32,
-                ttl_ms: 600_000,
-                holder_key: Vec::new(),
-            })
-            .await
-            .unwrap()
-            .into_inner();
+        let lease = mount_as_h1(&s, &host, "db-1").await;
         let link = v1::control_plane_client::ControlPlaneClient::new(op.clone())
             .console_login(v1::ConsoleLoginRequest {})
             .await
             .unwrap()
             .into_inner()
             .url;
-        (op, m.lease.unwrap().lease_id, link)
+        (op, lease, link)
     });
     let out = match std::env::var_os("DASMESH_CONSOLE_SHOTS") {
         Some(d) => std::path::PathBuf::from(d),
