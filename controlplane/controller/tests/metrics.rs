@@ -74,6 +74,8 @@ fn metrics_parse_and_move_with_what_the_pool_does() {
             for _ in 0..2 {
                 c.read(x.offset, 4096).await.unwrap();
             }
+            // Past the lease's range: refused by the node, counted as the lease's error.
+            c.read(x.offset + x.length, 4096).await.unwrap_err();
             lease
         });
     let after = prometheus::parse(&prometheus::scrape(&http));
@@ -99,12 +101,12 @@ fn metrics_parse_and_move_with_what_the_pool_does() {
         std::thread::sleep(Duration::from_millis(50));
     }
 
-    // The node counts the lease's operations and bytes, as it reports them for metering.
-    let l = |name: &str, op: &str| format!("{name}{{lease=\"{lease}\",op=\"{op}\"}}");
+    // The node counts the lease's requests, bytes, errors and latency, as it does a device's.
+    let l = |name: &str, label: &str| format!("{name}{{lease=\"{lease}\",{label}}}");
     let t0 = Instant::now();
     let n = loop {
         let n = prometheus::parse(&prometheus::scrape(&node_http));
-        if n.get(&l("dasmesh_node_lease_requests_total", "read")) == Some(&2.0) {
+        if n.get(&l("dasmesh_node_lease_requests_total", "op=\"read\"")) == Some(&3.0) {
             break n;
         }
         assert!(
@@ -113,14 +115,36 @@ fn metrics_parse_and_move_with_what_the_pool_does() {
         );
         std::thread::sleep(Duration::from_millis(50));
     };
-    assert_eq!(n[&l("dasmesh_node_lease_requests_total", "write")], 3.0);
     assert_eq!(
-        n[&l("dasmesh_node_lease_bytes_total", "write")],
+        n[&l("dasmesh_node_lease_requests_total", "op=\"write\"")],
+        3.0
+    );
+    assert_eq!(
+        n[&l("dasmesh_node_lease_bytes_total", "direction=\"write\"")],
         3.0 * 4096.0
     );
     assert_eq!(
-        n[&l("dasmesh_node_lease_bytes_total", "read")],
+        n[&l("dasmesh_node_lease_bytes_total", "direction=\"read\"")],
         2.0 * 4096.0
+    );
+    let errors: f64 = n
+        .iter()
+        .filter(|(k, _)| {
+            k.starts_with(&format!(
+                "dasmesh_node_lease_errors_total{{lease=\"{lease}\","
+            ))
+        })
+        .map(|(_, v)| v)
+        .sum();
+    assert_eq!(errors, 1.0, "{n:?}");
+    let count = format!("dasmesh_node_lease_request_duration_seconds_count{{lease=\"{lease}\"}}");
+    assert_eq!(
+        n[&count], 6.0,
+        "every request answered, the refused one too"
+    );
+    assert_eq!(
+        n[&format!("dasmesh_node_lease_inflight{{lease=\"{lease}\"}}")],
+        0.0
     );
 
     // Every family the Grafana dashboard in docs/ uses is one the controller or a node serves

@@ -98,6 +98,9 @@ pub struct Session {
     pub qos: Option<std::sync::Arc<crate::qos::Entry>>,
     /// What this connection started since it last handed counts to the entry.
     pub qos_counts: crate::qos::Counts,
+    /// Its requests since it last handed them to the reactor's per-lease `/metrics` counts
+    /// (counted only with `--metrics`).
+    pub stats: crate::metrics::DeviceStats,
 }
 
 /// Where a connection is in its life.

@@ -64,7 +64,8 @@ impl DeviceStats {
         self.latency_sum_us += latency_us;
     }
 
-    fn add(&mut self, o: &DeviceStats) {
+    /// Adds `o`'s counts to these.
+    pub fn add(&mut self, o: &DeviceStats) {
         for (a, b) in self.ops.iter_mut().zip(o.ops) {
             *a += b;
         }
@@ -82,11 +83,27 @@ impl DeviceStats {
     }
 }
 
+/// How long a lease that answered nothing more and has no connection open is still shown.
+pub const LEASE_SHOWN_MS: u64 = 600_000;
+/// The most leases one reactor shows; past it, the one idle longest is forgotten.
+pub const LEASES_SHOWN: usize = 1024;
+
+/// One lease as one reactor saw it (cumulative over its connections there).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct LeaseStats {
+    /// Its requests.
+    pub stats: DeviceStats,
+    /// When it last answered a request or had a connection open here, ms of the reactor clock.
+    pub seen_ms: u64,
+}
+
 /// What one reactor counted (cumulative).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct ReactorStats {
     /// By device index.
     pub devices: Vec<DeviceStats>,
+    /// By lease id (the token's nonce).
+    pub leases: std::collections::HashMap<u64, LeaseStats>,
     /// Time not spent waiting for work, ns (spinning counts as busy: it burns the core).
     pub busy_ns: u64,
 }
@@ -129,102 +146,12 @@ pub fn render(shared: &Shared) -> String {
     }
     let mut out = String::new();
     let dev = |i: usize| shared.backends[i].id.0;
-    family(
-        &mut out,
-        "dasmesh_node_requests_total",
-        "counter",
-        "Requests completed, by device and op class",
-    );
-    for (i, d) in devices.iter().enumerate() {
-        for (class, n) in ["read", "write", "other"].iter().zip(d.ops) {
-            let _ = writeln!(
-                out,
-                "dasmesh_node_requests_total{{device=\"{}\",op=\"{class}\"}} {n}",
-                dev(i)
-            );
-        }
-    }
-    family(
-        &mut out,
-        "dasmesh_node_bytes_total",
-        "counter",
-        "Bytes read and written, by device",
-    );
-    for (i, d) in devices.iter().enumerate() {
-        for (dir, n) in ["read", "write"].iter().zip(d.bytes) {
-            let _ = writeln!(
-                out,
-                "dasmesh_node_bytes_total{{device=\"{}\",direction=\"{dir}\"}} {n}",
-                dev(i)
-            );
-        }
-    }
-    family(
-        &mut out,
-        "dasmesh_node_errors_total",
-        "counter",
-        "Requests that failed, by device and status",
-    );
-    for (i, d) in devices.iter().enumerate() {
-        for (code, n) in &d.errors {
-            let name =
-                Status::from_code(*code).map_or_else(|| code.to_string(), |s| format!("{s:?}"));
-            let _ = writeln!(
-                out,
-                "dasmesh_node_errors_total{{device=\"{}\",status=\"{name}\"}} {n}",
-                dev(i)
-            );
-        }
-    }
-    family(
-        &mut out,
-        "dasmesh_node_inflight",
-        "gauge",
-        "Requests in flight, by device",
-    );
-    for (i, d) in devices.iter().enumerate() {
-        let _ = writeln!(
-            out,
-            "dasmesh_node_inflight{{device=\"{}\"}} {}",
-            dev(i),
-            d.inflight
-        );
-    }
-    family(
-        &mut out,
-        "dasmesh_node_request_duration_seconds",
-        "histogram",
-        "Request latency on the node (parsed to answered), by device",
-    );
-    for (i, d) in devices.iter().enumerate() {
-        let mut cum = 0;
-        for (b, n) in LATENCY_US.iter().zip(d.latency) {
-            cum += n;
-            let _ = writeln!(
-                out,
-                "dasmesh_node_request_duration_seconds_bucket{{device=\"{}\",le=\"{}\"}} {cum}",
-                dev(i),
-                *b as f64 / 1e6
-            );
-        }
-        let count: u64 = d.latency.iter().sum();
-        let _ = writeln!(
-            out,
-            "dasmesh_node_request_duration_seconds_bucket{{device=\"{}\",le=\"+Inf\"}} {count}",
-            dev(i)
-        );
-        let _ = writeln!(
-            out,
-            "dasmesh_node_request_duration_seconds_sum{{device=\"{}\"}} {}",
-            dev(i),
-            d.latency_sum_us as f64 / 1e6
-        );
-        let _ = writeln!(
-            out,
-            "dasmesh_node_request_duration_seconds_count{{device=\"{}\"}} {count}",
-            dev(i)
-        );
-    }
+    let rows: Vec<(String, &DeviceStats)> = devices
+        .iter()
+        .enumerate()
+        .map(|(i, d)| (format!("device=\"{}\"", dev(i)), d))
+        .collect();
+    write_stats(&mut out, "dasmesh_node", "device", &rows);
     family(
         &mut out,
         "dasmesh_node_reactor_busy_seconds_total",
@@ -267,28 +194,20 @@ pub fn render(shared: &Shared) -> String {
             let _ = writeln!(out, "{name}{{{l}}} {}", value(r));
         }
     }
-    // Per lease (by its id, which its tokens carry), while it counted anything lately: what the
-    // heartbeats report to the controller for metering, never drained here.
-    let leases = shared.usage.shown();
-    let per_lease: [LeaseFamily; 2] = [
-        (
-            "dasmesh_node_lease_requests_total",
-            "Read-class and write-class operations per lease (a mirror's write once per copy on its node)",
-            [|u| u.read_ops, |u| u.write_ops],
-        ),
-        (
-            "dasmesh_node_lease_bytes_total",
-            "Bytes read (searched ranges included) and written per lease",
-            [|u| u.read_bytes, |u| u.write_bytes],
-        ),
-    ];
-    for (name, help, [read, write]) in per_lease {
-        family(&mut out, name, "counter", help);
-        for (lease, u) in &leases {
-            let _ = writeln!(out, "{name}{{lease=\"{lease}\",op=\"read\"}} {}", read(u));
-            let _ = writeln!(out, "{name}{{lease=\"{lease}\",op=\"write\"}} {}", write(u));
+    // Per lease (its id, which its tokens carry), while any of its connections is open or it
+    // answered a request in the last [`LEASE_SHOWN_MS`].
+    let mut leases: BTreeMap<u64, DeviceStats> = BTreeMap::new();
+    for r in &m.reactors {
+        let r = r.lock().unwrap_or_else(|e| e.into_inner());
+        for (lease, l) in &r.leases {
+            leases.entry(*lease).or_default().add(&l.stats);
         }
     }
+    let rows: Vec<(String, &DeviceStats)> = leases
+        .iter()
+        .map(|(lease, d)| (format!("lease=\"{lease}\""), d))
+        .collect();
+    write_stats(&mut out, "dasmesh_node_lease", "lease", &rows);
     // The rebuilds this node runs (a mirror copy's new extent filled from a healthy copy).
     let rebuilds = shared
         .rebuilds
@@ -319,16 +238,69 @@ pub fn render(shared: &Shared) -> String {
     out
 }
 
-/// A per-lease family: name, help, and its read and write values.
-type LeaseFamily = (
-    &'static str,
-    &'static str,
-    [fn(&crate::usage::Usage) -> u64; 2],
-);
 /// One row of [`crate::qos::Qos::totals`].
 type Totals = (crate::qos::Key, u64, u64, f64, f64);
 /// A family written from rows of `T`: name, type, help, and each row's value.
 type Family<T> = (&'static str, &'static str, &'static str, fn(&T) -> f64);
+
+/// The request families of `rows` (each a label, `device="0"` or `lease="7"`, and its
+/// counts), named `{prefix}_requests_total` and so on, by `what` in their help.
+fn write_stats(out: &mut String, prefix: &str, what: &str, rows: &[(String, &DeviceStats)]) {
+    let name = format!("{prefix}_requests_total");
+    let help = format!("Requests completed (refused ones included), by {what} and op class");
+    family(out, &name, "counter", &help);
+    for (l, d) in rows {
+        for (class, n) in ["read", "write", "other"].iter().zip(d.ops) {
+            let _ = writeln!(out, "{name}{{{l},op=\"{class}\"}} {n}");
+        }
+    }
+    let name = format!("{prefix}_bytes_total");
+    family(
+        out,
+        &name,
+        "counter",
+        &format!("Bytes read and written, by {what}"),
+    );
+    for (l, d) in rows {
+        for (dir, n) in ["read", "write"].iter().zip(d.bytes) {
+            let _ = writeln!(out, "{name}{{{l},direction=\"{dir}\"}} {n}");
+        }
+    }
+    let name = format!("{prefix}_errors_total");
+    let help = format!("Requests that failed, by {what} and status");
+    family(out, &name, "counter", &help);
+    for (l, d) in rows {
+        for (code, n) in &d.errors {
+            let status =
+                Status::from_code(*code).map_or_else(|| code.to_string(), |s| format!("{s:?}"));
+            let _ = writeln!(out, "{name}{{{l},status=\"{status}\"}} {n}");
+        }
+    }
+    let name = format!("{prefix}_inflight");
+    family(
+        out,
+        &name,
+        "gauge",
+        &format!("Requests in flight, by {what}"),
+    );
+    for (l, d) in rows {
+        let _ = writeln!(out, "{name}{{{l}}} {}", d.inflight);
+    }
+    let name = format!("{prefix}_request_duration_seconds");
+    let help = format!("Request latency on the node (parsed to answered), by {what}");
+    family(out, &name, "histogram", &help);
+    for (l, d) in rows {
+        let mut cum = 0;
+        for (b, n) in LATENCY_US.iter().zip(d.latency) {
+            cum += n;
+            let _ = writeln!(out, "{name}_bucket{{{l},le=\"{}\"}} {cum}", *b as f64 / 1e6);
+        }
+        let count: u64 = d.latency.iter().sum();
+        let _ = writeln!(out, "{name}_bucket{{{l},le=\"+Inf\"}} {count}");
+        let _ = writeln!(out, "{name}_sum{{{l}}} {}", d.latency_sum_us as f64 / 1e6);
+        let _ = writeln!(out, "{name}_count{{{l}}} {count}");
+    }
+}
 
 fn family(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}");

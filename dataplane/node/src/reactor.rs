@@ -215,6 +215,7 @@ impl Reactor {
             .map(|_| crate::metrics::ReactorStats {
                 devices: vec![Default::default(); shared.backends.len()],
                 busy_ns: 0,
+                leases: Default::default(),
             });
         let offload = Offload::start(id, Arc::clone(&shared))?;
         Ok(Self {
@@ -446,10 +447,13 @@ impl Reactor {
         let Some(st) = self.stats.as_mut() else {
             return;
         };
-        let dev = self.conns[ci].session.as_ref().map(|s| s.device);
-        if let (Some(d), Some(op)) = (dev.and_then(|d| st.devices.get_mut(d)), h.known_op()) {
+        let (Some(sess), Some(op)) = (self.conns[ci].session.as_mut(), h.known_op()) else {
+            return;
+        };
+        if let Some(d) = st.devices.get_mut(sess.device) {
             d.record(op, status, h.length, 0);
         }
+        sess.stats.record(op, status, h.length, 0);
     }
 
     /// Copies what this reactor counted to its `/metrics` slot, with the requests it has in
@@ -462,16 +466,27 @@ impl Reactor {
         for d in &mut s.devices {
             d.inflight = 0;
         }
-        for (_, r) in self.reqs.iter() {
-            let dev = self
-                .conns
-                .get(r.conn)
-                .and_then(|c| c.session.as_ref())
-                .map(|s| s.device);
-            if let Some(d) = dev.and_then(|d| s.devices.get_mut(d)) {
-                d.inflight += 1;
+        // Each connection's requests since the last copy go to its lease's counts.
+        for l in s.leases.values_mut() {
+            l.stats.inflight = 0;
+        }
+        for (_, c) in self.conns.iter_mut() {
+            if let Some(sess) = c.session.as_mut() {
+                hand_over(&mut s, sess, self.now_ms);
             }
         }
+        for (_, r) in self.reqs.iter() {
+            let Some(sess) = self.conns.get(r.conn).and_then(|c| c.session.as_ref()) else {
+                continue;
+            };
+            if let Some(d) = s.devices.get_mut(sess.device) {
+                d.inflight += 1;
+            }
+            if let Some(l) = s.leases.get_mut(&sess.claim.nonce) {
+                l.stats.inflight += 1;
+            }
+        }
+        forget_idle_leases(&mut s, self.now_ms);
         // Busy time: all of it, less the waits for work.
         s.busy_ns = (self.born.elapsed().as_nanos() as u64).saturating_sub(self.idle_ns);
         if let Some(m) = &self.shared.metrics {
@@ -999,8 +1014,11 @@ impl Reactor {
         if c.phase == Phase::Closing && !c.recv_armed && c.sending.is_none() && c.live_reqs == 0 {
             let c = self.conns.remove(ci);
             self.closed_since_trim += 1;
-            if let Some(s) = c.session {
+            if let Some(mut s) = c.session {
                 self.hand_over_usage(&s);
+                if let Some(st) = self.stats.as_mut() {
+                    hand_over(st, &mut s, self.now_ms);
+                }
             }
         }
     }
@@ -1223,6 +1241,7 @@ impl Reactor {
                 claim.terms,
             ),
             qos_counts: Default::default(),
+            stats: Default::default(),
         };
         Ok((session, reply))
     }
@@ -1814,19 +1833,12 @@ impl Reactor {
         };
         // The rule clients check replies by (the hit limit was checked when the SEARCH was parsed).
         debug_assert_eq!(check_reply(r.op, r.hdr.length, u32::MAX, &h), Ok(()));
-        if let Some(st) = self.stats.as_mut() {
-            if let Some(d) = self.conns[ci]
-                .session
-                .as_ref()
-                .and_then(|s| st.devices.get_mut(s.device))
-            {
-                d.record(
-                    r.op,
-                    status,
-                    r.hdr.length,
-                    self.now_us.saturating_sub(r.started_us),
-                );
+        if let (Some(st), Some(sess)) = (self.stats.as_mut(), self.conns[ci].session.as_mut()) {
+            let us = self.now_us.saturating_sub(r.started_us);
+            if let Some(d) = st.devices.get_mut(sess.device) {
+                d.record(r.op, status, r.hdr.length, us);
             }
+            sess.stats.record(r.op, status, r.hdr.length, us);
         }
         if status != Status::Ok {
             tracing::debug!(conn = ci, op = ?r.op, offset = r.hdr.offset, length = r.hdr.length, "request failed: {status}");
@@ -1857,5 +1869,34 @@ fn errno_status(errno: i32) -> Status {
         libc::ENOSPC => Status::NoSpace,
         libc::EINVAL => Status::Internal,
         _ => Status::IoError,
+    }
+}
+
+/// Moves what `sess` counted since its last hand-over to its lease's counts in `s`.
+fn hand_over(s: &mut crate::metrics::ReactorStats, sess: &mut Session, now_ms: u64) {
+    let l = s.leases.entry(sess.claim.nonce).or_default();
+    l.seen_ms = now_ms;
+    if sess.stats != crate::metrics::DeviceStats::default() {
+        l.stats.add(&std::mem::take(&mut sess.stats));
+    }
+}
+
+/// Forgets the leases with nothing in flight that answered nothing and had no connection here
+/// for [`crate::metrics::LEASE_SHOWN_MS`], and, past [`crate::metrics::LEASES_SHOWN`], those
+/// seen longest ago.
+fn forget_idle_leases(s: &mut crate::metrics::ReactorStats, now_ms: u64) {
+    s.leases.retain(|_, l| {
+        l.stats.inflight > 0 || now_ms.saturating_sub(l.seen_ms) < crate::metrics::LEASE_SHOWN_MS
+    });
+    while s.leases.len() > crate::metrics::LEASES_SHOWN {
+        let Some(oldest) = s
+            .leases
+            .iter()
+            .min_by_key(|(_, l)| l.seen_ms)
+            .map(|(k, _)| *k)
+        else {
+            break;
+        };
+        s.leases.remove(&oldest);
     }
 }

@@ -3,12 +3,6 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
-
-/// How long a lease that counts nothing more is still shown in `/metrics`.
-pub const SHOWN_IDLE: Duration = Duration::from_secs(600);
-/// The most leases shown in `/metrics`; past it, the one idle longest is forgotten.
-pub const SHOWN_MAX: usize = 4096;
 
 /// Bytes and operations.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -37,17 +31,10 @@ impl Usage {
     }
 }
 
-/// Usage by lease id (the token's nonce), waiting for the next heartbeat; and each lease's
-/// counts since it was first seen, for `/metrics`.
+/// Usage by lease id (the token's nonce), waiting for the next heartbeat.
 #[derive(Debug, Default)]
 pub struct UsageTable {
-    pending: Mutex<Counts>,
-}
-
-#[derive(Debug, Default)]
-struct Counts {
-    pending: HashMap<u64, Usage>,
-    shown: HashMap<u64, (Usage, Instant)>,
+    pending: Mutex<HashMap<u64, Usage>>,
 }
 
 impl UsageTable {
@@ -57,32 +44,13 @@ impl UsageTable {
             return;
         }
         let mut m = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        m.pending.entry(lease).or_default().add(u);
-        let now = Instant::now();
-        if m.shown.len() >= SHOWN_MAX && !m.shown.contains_key(&lease) {
-            if let Some(oldest) = m.shown.iter().min_by_key(|(_, (_, t))| *t).map(|(k, _)| *k) {
-                m.shown.remove(&oldest);
-            }
-        }
-        let e = m.shown.entry(lease).or_insert((Usage::default(), now));
-        e.0.add(u);
-        e.1 = now;
+        m.entry(lease).or_default().add(u);
     }
 
     /// Takes everything counted so far.
     pub fn take(&self) -> Vec<(u64, Usage)> {
         let mut m = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        m.pending.drain().collect()
-    }
-
-    /// Each lease's counts since it was first seen (those that counted anything in the last
-    /// [`SHOWN_IDLE`]), by lease id.
-    pub fn shown(&self) -> Vec<(u64, Usage)> {
-        let mut m = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        m.shown.retain(|_, (_, t)| t.elapsed() < SHOWN_IDLE);
-        let mut v: Vec<(u64, Usage)> = m.shown.iter().map(|(k, (u, _))| (*k, *u)).collect();
-        v.sort_unstable_by_key(|(k, _)| *k);
-        v
+        m.drain().collect()
     }
 }
 
@@ -124,35 +92,5 @@ mod tests {
             )]
         );
         assert!(t.take().is_empty());
-        // What /metrics shows is not drained by the heartbeats.
-        t.add(
-            7,
-            &Usage {
-                read_ops: 2,
-                ..Default::default()
-            },
-        );
-        let shown = t.shown();
-        assert_eq!(shown.len(), 1);
-        assert_eq!(shown[0].1.read_ops, 3);
-        assert_eq!(shown[0].1.write_bytes, 5);
-    }
-
-    #[test]
-    fn no_more_than_shown_max_leases_are_shown() {
-        let t = UsageTable::default();
-        let one = Usage {
-            write_ops: 1,
-            ..Default::default()
-        };
-        for lease in 0..(SHOWN_MAX as u64 + 10) {
-            t.add(lease, &one);
-        }
-        let shown = t.shown();
-        assert_eq!(shown.len(), SHOWN_MAX);
-        assert!(
-            shown.iter().any(|(k, _)| *k == SHOWN_MAX as u64 + 9),
-            "the newest kept"
-        );
     }
 }

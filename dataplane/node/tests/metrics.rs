@@ -21,9 +21,10 @@ fn metrics_count_every_request_by_device_class_status_and_latency() {
         m["dasmesh_node_requests_total{device=\"0\",op=\"read\"}"],
         0.0
     );
+    // A token of volume 5, as the controller's name their volume.
+    let t = node.token_terms(0, (0, 8 * MIB), Rights::ReadWrite, 5, Default::default());
+    let lease = t.claim_unverified().unwrap().nonce;
     rt().block_on(async {
-        // A token of volume 5, as the controller's name their volume.
-        let t = node.token_terms(0, (0, 8 * MIB), Rights::ReadWrite, 5, Default::default());
         let c = Connection::connect(&node.addr, DeviceId(0), &t, &ConnectOptions::default())
             .await
             .unwrap();
@@ -102,6 +103,19 @@ fn metrics_count_every_request_by_device_class_status_and_latency() {
         152.0
     );
     assert!(get("dasmesh_node_reactor_busy_seconds_total{reactor=\"0\"}") > 0.0);
+    // The same per lease (the token's nonce): its one connection was all of them.
+    for (family, label, want) in [
+        ("requests_total", "op=\"read\"", 51.0),
+        ("requests_total", "op=\"write\"", 100.0),
+        ("requests_total", "op=\"other\"", 1.0),
+        ("bytes_total", "direction=\"write\"", (100 * 4096) as f64),
+        ("errors_total", "status=\"OutOfRange\"", 1.0),
+        ("request_duration_seconds_bucket", "le=\"+Inf\"", 152.0),
+    ] {
+        let k = format!("dasmesh_node_lease_{family}{{lease=\"{lease}\",{label}}}");
+        assert_eq!(get(&k), want, "{k}");
+    }
+    assert_eq!(get(&format!("dasmesh_node_lease_inflight{{lease=\"{lease}\"}}")), 0.0);
     // Anything but GET /metrics is a 404, and the node serves on.
     let mut s = std::net::TcpStream::connect(&at).unwrap();
     use std::io::{Read as _, Write as _};
