@@ -115,7 +115,10 @@ fn metrics_count_every_request_by_device_class_status_and_latency() {
         let k = format!("dasmesh_node_lease_{family}{{lease=\"{lease}\",{label}}}");
         assert_eq!(get(&k), want, "{k}");
     }
-    assert_eq!(get(&format!("dasmesh_node_lease_inflight{{lease=\"{lease}\"}}")), 0.0);
+    assert_eq!(
+        get(&format!("dasmesh_node_lease_inflight{{lease=\"{lease}\"}}")),
+        0.0
+    );
     // Anything but GET /metrics is a 404, and the node serves on.
     let mut s = std::net::TcpStream::connect(&at).unwrap();
     use std::io::{Read as _, Write as _};
