@@ -528,3 +528,89 @@ async fn a_state_larger_than_one_etcd_answer_loads_in_pages() {
     let _c = controller(&etcd, &a);
     active_of(&[&a], Duration::from_secs(15)).await;
 }
+
+/// One plain HTTP/1.1 request (the console of a controller without identities): status and
+/// body.
+fn http(addr: &str, method: &str, path: &str, body: &str) -> (u16, String) {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut raw = String::new();
+    let _ = s.read_to_string(&mut raw);
+    let status = raw
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = raw
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// The console on every controller (issue 22): a standby's shows the pool from etcd and both
+/// controllers with their roles, and refuses a change in words, naming the active controller.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_controller_serves_the_console_and_a_standby_says_where_to_change() {
+    if !require_etcd("every_controller_serves_the_console_and_a_standby_says_where_to_change") {
+        return;
+    }
+    let etcd = EtcdCluster::start(1).unwrap();
+    let (a1, a2, h1, h2) = (free_addr(), free_addr(), free_addr(), free_addr());
+    let _c1 = common::etcd_controller_with(&etcd, &a1, &["--http", &h1]);
+    active_of(&[&a1], Duration::from_secs(10)).await;
+    let _c2 = common::etcd_controller_with(&etcd, &a2, &["--http", &h2]);
+    let t0 = Instant::now();
+    let view = loop {
+        let (status, body) = http(&h2, "GET", "/api/state", "");
+        assert_eq!(status, 200, "{body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let roles: Vec<(String, bool)> = v["controllers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| {
+                (
+                    c["role"].as_str().unwrap().to_string(),
+                    c["answering"] == true,
+                )
+            })
+            .collect();
+        if roles.len() == 2 {
+            break v;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(10), "{roles:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(view["store"].as_str().unwrap().contains("etcd"), "{view}");
+    let standby = view["controllers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["answering"] == true)
+        .unwrap();
+    assert_eq!(standby["role"], "standby", "{view}");
+    assert!(view["controllers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|c| c["role"] == "active" && c["url"] == format!("http://{a1}")));
+    // A change on the standby: refused with 503 and where to go.
+    let (status, body) = http(&h2, "POST", "/api/volumes", r#"{"name":"v","size":"4M"}"#);
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body.contains(&format!("the active controller is at http://{a1}")),
+        "{body}"
+    );
+    // The same on the active one reaches the allocator (no nodes: no room), in its words.
+    let (status, body) = http(&h1, "POST", "/api/volumes", r#"{"name":"v","size":"4M"}"#);
+    assert_eq!(status, 507, "{body}");
+    assert!(body.contains("cannot allocate"), "{body}");
+}

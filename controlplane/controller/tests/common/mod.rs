@@ -65,7 +65,12 @@ pub async fn mount_and_open(
 
 /// A controller over `etcd`, heartbeats every 200 ms, a 1 s election lease.
 pub fn etcd_controller(etcd: &EtcdCluster, listen: &str) -> Process {
-    let args = [
+    etcd_controller_with(etcd, listen, &[])
+}
+
+/// [`etcd_controller`] with more flags (e.g. `--http`).
+pub fn etcd_controller_with(etcd: &EtcdCluster, listen: &str, extra: &[&str]) -> Process {
+    let mut args = [
         "--listen",
         listen,
         "--etcd",
@@ -75,8 +80,11 @@ pub fn etcd_controller(etcd: &EtcdCluster, listen: &str) -> Process {
         "--election-ttl",
         "1s",
         "--insecure-no-auth",
-    ];
-    Process::spawn("dasmesh-controller", &args.map(String::from))
+    ]
+    .map(String::from)
+    .to_vec();
+    args.extend(extra.iter().map(|s| s.to_string()));
+    Process::spawn("dasmesh-controller", &args)
 }
 
 /// Whether the controller at `addr` serves (active), refuses as a standby, or is unreachable.
